@@ -1,0 +1,49 @@
+/*
+ * decision: DESIGN §1.3, the one place the decision table lives. Every
+ * protocol reaches it through check_batch (core/check.h); consentctl check
+ * too. Pure function of its arguments; any thread.
+ */
+#ifndef CONSENTD_CORE_DECISION_H
+#define CONSENTD_CORE_DECISION_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* What a lookup found: the stored value of one consent key. */
+struct consent_value {
+	uint8_t status;       /* STATUS_ONAY or STATUS_RET */
+	uint8_t source;       /* wire Source value */
+	int64_t consent_date; /* Unix seconds UTC */
+};
+
+/* One check, after validation and authorisation (rows 1-2 are decided by
+ * the caller's flags: invalid set means row 1, authorized false row 2). */
+struct decision_input {
+	const char *invalid; /* non-NULL: the request is malformed, this says why */
+	bool authorized;     /* the caller may ask about this brand */
+	int purpose;         /* enum purpose; PURPOSE_NONE means TICARI */
+	int rtype;           /* enum rtype; RTYPE_NONE means BIREYSEL */
+	bool stale;          /* data past the hard freshness bound (row 4) */
+	const struct consent_value *record; /* NULL: no record */
+};
+
+struct decision_policy {
+	bool merchant_default_deny; /* --merchant-default deny (row 7) */
+};
+
+/* The answer and the evidence for it. From row 3 on, status, source and
+ * consent_date are the record's when there is one (row 3 carries it for
+ * information); they are 0 when there is none or rows 1-2 decided. */
+struct verdict {
+	bool allow;
+	uint8_t reason;       /* enum reason */
+	uint8_t status;       /* enum status of the deciding record, or 0 */
+	uint8_t source;       /* its source, or 0 */
+	int64_t consent_date; /* its consent date (Unix seconds UTC), or 0 */
+	const char *error;    /* INVALID_REQUEST: static text saying what was wrong */
+};
+
+void decision_decide(const struct decision_policy *policy,
+		     const struct decision_input *in, struct verdict *out);
+
+#endif

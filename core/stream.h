@@ -1,0 +1,87 @@
+/*
+ * stream: snapshot and change streams (DESIGN §3.5). A stream is frames of
+ * a base-128 varint length and a serialized consent.v1.StreamFrame: one
+ * header, batches, and a trailer holding the record count and the XXH3-64
+ * of every byte before the trailer frame.
+ *
+ * The reader pulls from a file descriptor (file or pipe), survives input
+ * split at any byte, bounds every length before allocating (frames over
+ * max_frame_bytes are -EMSGSIZE) and decodes with protobuf-c into an arena
+ * it reuses per frame. It rejects, with a message naming the byte offset
+ * and the field: a first frame that is not a header, a frame that does not
+ * decode, a truncated stream, bytes after the trailer, a wrong record
+ * count or checksum, and a missing trailer where one is required
+ * (snapshots always; change streams may end without one). It checks the
+ * wire structure only; consent_validate (below) checks one record.
+ * One reader or writer per thread; not shared.
+ */
+#ifndef CONSENTD_CORE_STREAM_H
+#define CONSENTD_CORE_STREAM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/recipient.h"
+#include "proto/consent.pb-c.h"
+
+#define STREAM_FORMAT_VERSION 1
+#define STREAM_FRAME_MAX_DEFAULT (64u << 20)
+#define STREAM_BATCH_DEFAULT 1000
+
+struct stream_reader;
+
+enum stream_item_kind {
+	STREAM_ITEM_HEADER, /* the first frame */
+	STREAM_ITEM_BATCH,  /* consents[0..n_consents) */
+};
+
+/* Valid until the next stream_reader_next call. */
+struct stream_item {
+	enum stream_item_kind kind;
+	uint64_t offset; /* byte offset of the frame's length prefix */
+	const Consent__V1__StreamHeader *header;
+	Consent__V1__Consent *const *consents;
+	size_t n_consents;
+};
+
+/* The reader does not own fd. require_trailer: true for snapshots. */
+int stream_reader_create(int fd, size_t max_frame_bytes, bool require_trailer,
+			 struct stream_reader **out);
+void stream_reader_destroy(struct stream_reader *r);
+
+/* 1: *item filled. 0: the stream ended cleanly (trailer verified, or EOF on
+ * a frame boundary where no trailer is required). < 0: -EPROTO, -EMSGSIZE,
+ * -ENOMEM or an I/O -errno; stream_reader_error tells what and where. */
+int stream_reader_next(struct stream_reader *r, struct stream_item *item);
+const char *stream_reader_error(const struct stream_reader *r);
+uint64_t stream_reader_records(const struct stream_reader *r);
+/* The trailer, once next returned 0 after one (else NULL). */
+const Consent__V1__StreamTrailer *stream_reader_trailer(const struct stream_reader *r);
+
+struct stream_writer;
+
+/* Writes a header frame at once; the writer does not own fd. */
+int stream_writer_create(int fd, const Consent__V1__StreamHeader *header,
+			 size_t batch_records, struct stream_writer **out);
+/* Buffers c into the current batch; writes a batch frame when it is full. */
+int stream_writer_add(struct stream_writer *w, const Consent__V1__Consent *c);
+/* Writes the last batch and the trailer. The writer is destroyed either way. */
+int stream_writer_finish(struct stream_writer *w);
+void stream_writer_destroy(struct stream_writer *w); /* abandons, no trailer */
+
+/* Checks one record's meaning (DESIGN §1.1): the recipient normalises, the
+ * channel suits it, recipient type, status and brand are set, the consent
+ * date is not before 2015-05-01 Turkey time. Returns 0 and the normalised
+ * recipient, or -EINVAL with *field naming the field and *why the fault.
+ * An unknown source is not an error (it is SOURCE_OTHER). */
+int consent_validate(const Consent__V1__Consent *c, struct recipient *out,
+		     const char **field, const char **why);
+
+/* Varint helpers for framing (also used by tests and fuzzers). encode
+ * returns bytes written (<= 10); decode returns bytes consumed, 0 if more
+ * input is needed, or -EPROTO for a varint over 10 bytes. */
+size_t stream_varint_encode(uint64_t v, uint8_t *out);
+int stream_varint_decode(const uint8_t *in, size_t len, uint64_t *v);
+
+#endif

@@ -1,0 +1,42 @@
+/*
+ * synth: the deterministic synthetic dataset behind `consentctl gen`, the
+ * tests and the load generator. Record i of (seed, n) is computed in O(1)
+ * with no table, so a client can know the expected answer for any key
+ * without loading the dataset. Keys are unique by construction (record i's
+ * key is a bijection of i). About four in five recipients are Turkish
+ * mobile numbers (some landlines), one in five e-mails; brands follow a
+ * skewed (Zipf-like) popularity; both recipient types occur; about one
+ * record in six is RET; consent dates run from 2015-05-01 to the present,
+ * HS_2015 records dated exactly 2015-05-01 00:00:00 Turkey time.
+ * Pure functions; any thread.
+ */
+#ifndef CONSENTD_CORE_SYNTH_H
+#define CONSENTD_CORE_SYNTH_H
+
+#include <stdint.h>
+
+#include "core/recipient.h"
+
+struct synth_record {
+	char recipient[RECIPIENT_TEXT_MAX]; /* canonical text */
+	uint32_t brand_code;
+	uint32_t iys_code;
+	uint8_t channel;      /* enum channel */
+	uint8_t rtype;        /* enum rtype */
+	uint8_t status;       /* enum status */
+	uint8_t source;       /* wire Source value */
+	int64_t consent_date; /* Unix seconds UTC */
+	int64_t creation_date;
+};
+
+/* Record i (0 <= i < n) of the dataset (seed, n). */
+void synth_record(uint64_t seed, uint64_t n, uint64_t i, struct synth_record *out);
+
+/* A key guaranteed absent from the dataset (seed, n), for misses: same
+ * shape (brand, channel, type, recipient form) as real ones. */
+void synth_absent(uint64_t seed, uint64_t n, uint64_t j, struct synth_record *out);
+
+/* A brand code drawn with the dataset's skew, for load generation. */
+uint32_t synth_brand(uint64_t seed, uint64_t j);
+
+#endif

@@ -1,0 +1,45 @@
+/*
+ * tokens: partner principals from a token file (DESIGN §3.6, §5.2).
+ * One principal per line: NAME SHA256HEX BRANDS [apply], where SHA256HEX is
+ * the SHA-256 of the token, BRANDS is '*' or a comma-separated list of
+ * brand codes, and 'apply' allows the Apply RPC; '#' starts a comment.
+ * tokens_load refuses a malformed line with -EINVAL and a message naming
+ * its line number. After load the set is immutable: any thread may call
+ * tokens_authenticate and principal_may_check. tokens_destroy frees it.
+ */
+#ifndef CONSENTD_CORE_TOKENS_H
+#define CONSENTD_CORE_TOKENS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define TOKENS_NAME_MAX 63
+
+struct principal {
+	char name[TOKENS_NAME_MAX + 1];
+	uint8_t digest[32];     /* SHA-256 of the token */
+	bool all_brands;        /* BRANDS was '*' */
+	bool may_apply;         /* the 'apply' flag */
+	uint32_t *brands;       /* sorted, unique; n_brands of them */
+	size_t n_brands;
+};
+
+struct tokens;
+
+int tokens_load(const char *path, struct tokens **out, char *err, size_t err_cap);
+/* Parses a token file's text (the same rules as tokens_load; for tests and
+ * fuzzing). */
+int tokens_parse(const char *text, size_t len, struct tokens **out,
+		 char *err, size_t err_cap);
+void tokens_destroy(struct tokens *t);
+
+/* The principal whose digest equals SHA-256(token), or NULL. Compares the
+ * digest with every principal's in constant time. */
+const struct principal *tokens_authenticate(const struct tokens *t,
+					    const char *token, size_t len);
+
+/* True if p may check brand_code (p NULL means a trusted caller: true). */
+bool principal_may_check(const struct principal *p, uint32_t brand_code);
+
+#endif

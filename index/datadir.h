@@ -1,0 +1,35 @@
+/*
+ * datadir: a data directory's generations (DESIGN §3.6). Each generation
+ * is a directory gen-NNNNNNNNNNNNNNNNNNNN holding `index` (index/table.h's
+ * file) and `emails` (the e-mail addresses of the e-mail keys, one line
+ * "BRAND RTYPE CHANNEL ADDRESS", so a dump can give them back; cold, never
+ * read while serving). A generation is published by building it in a
+ * temp directory, fsyncing its files, renaming it into place and fsyncing
+ * DIR, so a crash leaves either the whole generation or none.
+ * One thread per data directory at a time; errors -errno with a message.
+ */
+#ifndef CONSENTD_INDEX_DATADIR_H
+#define CONSENTD_INDEX_DATADIR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "index/table.h"
+
+/* Opens the newest generation that validates; older or broken ones are
+ * skipped with a line each on stderr. -ENOENT if there is none. */
+int datadir_open_newest(const char *dir, enum index_load_mode mode,
+			struct index **out, uint64_t *generation,
+			char *err, size_t err_cap);
+
+/* Verifies every generation in dir (index checksums, e-mail file parses and
+ * each address is in the index). 0 only if all are whole. */
+int datadir_verify(const char *dir, char *err, size_t err_cap);
+
+/* Path helpers: "DIR/gen-NNN" and "DIR/gen-NNN/index". */
+int datadir_generation_path(const char *dir, uint64_t generation, char *buf,
+			    size_t cap);
+/* The newest generation number present (validated or not), 0 if none. */
+uint64_t datadir_newest_generation(const char *dir);
+
+#endif

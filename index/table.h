@@ -1,0 +1,119 @@
+/*
+ * table: the consent index, one generation of it, in memory. An
+ * open-addressing hash table of 16-byte entries in 64-byte buckets (the
+ * layout and its concurrency argument open table.c).
+ *
+ * Threads: lookups (index_lookup, index_lookup_batch, index_key_make,
+ * index_info) are wait-free and may run on any number of threads at once,
+ * concurrently with exactly one writer thread calling the *_writer
+ * functions; readers see each entry either whole before or whole after an
+ * update, never torn. Everything is validated at open, so a lookup cannot
+ * fail afterwards.
+ * Ownership: the index owns its memory; index_destroy releases it, and
+ * only once no reader can still hold it (the server waits an RCU grace
+ * period). Errors: -errno; a corrupt or truncated file is -EPROTO with a
+ * message in err.
+ */
+#ifndef CONSENTD_INDEX_TABLE_H
+#define CONSENTD_INDEX_TABLE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/decision.h"
+#include "core/recipient.h"
+
+#define INDEX_SECRET_BYTES 192 /* XXH3 secret, random per index */
+/* Earliest consent date İYS accepts: 2015-05-01 00:00:00 Turkey time. */
+#define INDEX_EPOCH 1430427600LL
+
+struct index;
+
+/* A consent key, made against one index (its secret): the packed key bits
+ * and the hash that picks its home bucket. Only compare or look up keys
+ * with the index that made them. */
+struct index_key {
+	uint64_t bits[2];
+	uint64_t hash;
+};
+
+struct index_info {
+	uint64_t n_records;
+	uint64_t n_buckets;
+	uint64_t capacity;     /* records it holds before the load limit */
+	uint64_t bytes;        /* memory of the bucket array */
+	uint64_t generation;
+	uint64_t watermark;    /* change sequence it is consistent with */
+	int64_t created_at;    /* Unix seconds */
+	int64_t data_as_of;    /* Unix seconds: newest change or heartbeat */
+	bool huge_pages;       /* the bucket array asked for THP */
+};
+
+/* An empty index in anonymous memory (huge pages advised), sized so that
+ * `capacity` records stay under the load limit. secret NULL: random. */
+int index_create(uint64_t capacity, const uint8_t *secret, struct index **out);
+
+enum index_load_mode {
+	INDEX_LOAD_ANON = 0, /* read the file into anonymous THP memory */
+	INDEX_LOAD_MMAP = 1, /* map the file MAP_PRIVATE (page cache) */
+};
+
+/* Validates a file written by index_write (magic, version, sizes,
+ * header and bucket checksums) and loads it. */
+int index_open(const char *path, enum index_load_mode mode, struct index **out,
+	       char *err, size_t err_cap);
+
+/* Writes the index to path: temp file, fsync, rename, fsync of the
+ * directory. A failed fsync is returned, never retried. */
+int index_write(const struct index *ix, const char *path);
+
+void index_destroy(struct index *ix);
+
+void index_info(const struct index *ix, struct index_info *out);
+
+/* rtype: RTYPE_BIREYSEL/TACIR; channel must suit the recipient kind
+ * (phones ARAMA/MESAJ, e-mails EPOSTA): callers validate first. */
+void index_key_make(const struct index *ix, const struct recipient *r,
+		    uint32_t brand_code, int rtype, int channel,
+		    struct index_key *out);
+
+bool index_lookup(const struct index *ix, const struct index_key *key,
+		  struct consent_value *out);
+
+/* Hashes are in the keys already: prefetches every home bucket, then
+ * probes. found[i] tells whether out[i] was filled. */
+void index_lookup_batch(const struct index *ix, const struct index_key *keys,
+			size_t n, struct consent_value *out, bool *found);
+
+/* Writer only. Applies one value under DESIGN §2's order rule: a value
+ * whose consent_date is older than the stored one is skipped, and at an
+ * equal consent_date a RET wins over an ONAY (an identical value is
+ * skipped). Returns INDEX_INSERTED, INDEX_UPDATED or INDEX_SKIPPED, or
+ * -ENOSPC when inserting would pass the load limit (build a bigger
+ * generation), or -EINVAL for a value the entry cannot hold (a status
+ * other than ONAY/RET, a date before INDEX_EPOCH or past the format's end). */
+enum index_apply_result { INDEX_INSERTED = 0, INDEX_UPDATED = 1, INDEX_SKIPPED = 2 };
+int index_apply_writer(struct index *ix, const struct index_key *key,
+		       const struct consent_value *value);
+
+/* Writer only: header fields that travel with the generation. */
+void index_set_meta_writer(struct index *ix, uint64_t generation,
+			   uint64_t watermark, int64_t created_at,
+			   int64_t data_as_of);
+
+/* Visits every entry (one thread; not concurrently with the writer).
+ * Phones come back whole; e-mails only as a fingerprint (is_email set,
+ * no recipient): their addresses live in the generation's e-mail file. */
+struct index_entry {
+	bool is_email;
+	uint64_t phone;     /* phones: the E.164 digits */
+	uint32_t brand_code; /* phones only */
+	uint8_t rtype;       /* phones only */
+	uint8_t channel;
+	struct consent_value value;
+};
+typedef int (*index_visit_fn)(const struct index_entry *e, void *arg);
+int index_foreach(const struct index *ix, index_visit_fn fn, void *arg);
+
+#endif

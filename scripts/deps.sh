@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the Debian packages consentd needs, only those missing, so that
+# `make run` and `make test` work as one command on a fresh Debian 12 machine.
+set -euo pipefail
+pkgs=(gcc g++ make pkg-config clang libclang-rt-14-dev
+      liburing-dev libxxhash-dev libjemalloc-dev libprotobuf-c-dev
+      protobuf-c-compiler protobuf-compiler liburcu-dev libmicrohttpd-dev
+      libssl-dev libbenchmark-dev hyperfine redis-server redis-tools
+      python3-protobuf python3-redis python3-pytest curl)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
+    || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "deps: installing ${missing[*]}"
+sudo_cmd=()
+[ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+"${sudo_cmd[@]}" apt-get update -qq
+DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq \
+  --no-install-recommends "${missing[@]}" >/dev/null

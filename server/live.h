@@ -1,0 +1,28 @@
+/*
+ * live: the served generation, the one piece of global mutable state
+ * (STYLE.md). Readers are liburcu QSBR threads: workers and the HTTP
+ * thread call rcu_register_thread() once, report rcu_quiescent_state()
+ * between requests and go offline while they block; between two
+ * quiescent states the index from live_index() stays valid.
+ * live_publish (one publisher at a time) swaps a new generation in, waits
+ * for a grace period and destroys the old one. Freshness (DESIGN §5.3)
+ * is read from the index's header fields, which the single writer updates.
+ */
+#ifndef CONSENTD_SERVER_LIVE_H
+#define CONSENTD_SERVER_LIVE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct index;
+
+/* Inside a read side only; NULL before the first publish. */
+const struct index *live_index(void);
+
+/* Swaps ix in; returns after the old generation is destroyed. */
+void live_publish(struct index *ix);
+
+/* Data age against the bounds of the configuration (0 = bound off). */
+bool live_stale(const struct index *ix, int64_t now, int64_t bound_s);
+
+#endif

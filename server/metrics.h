@@ -1,0 +1,103 @@
+/*
+ * metrics: the server's counters. Each worker (and the HTTP thread) owns
+ * one struct metrics and is its only writer: metrics_inc/metrics_add are a
+ * relaxed load and store, no locked instruction. Readers (/metrics, INFO,
+ * Stats) sum every slot with metrics_sum; relaxed loads suffice because a
+ * counter is only ever read as a whole 64-bit word and no other data is
+ * published through it. Counters are listed once in METRICS_COUNTERS: a
+ * name, the Prometheus name and its help text; /metrics renders the list.
+ * Add a counter by adding a line there.
+ */
+#ifndef CONSENTD_SERVER_METRICS_H
+#define CONSENTD_SERVER_METRICS_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "core/enums.h"
+
+#define METRICS_COUNTERS(X)                                                    \
+	X(connections_accepted, "consentd_connections_accepted_total",         \
+	  "Client connections accepted.")                                      \
+	X(connections_closed, "consentd_connections_closed_total",             \
+	  "Client connections closed, for any reason.")                        \
+	X(connections_refused, "consentd_connections_refused_total",           \
+	  "Connections refused at the connection cap.")                        \
+	X(closed_idle, "consentd_closed_idle_total",                           \
+	  "Connections closed after the idle deadline.")                       \
+	X(closed_partial, "consentd_closed_partial_total",                     \
+	  "Connections closed for stalling mid-frame.")                        \
+	X(closed_slow_reader, "consentd_closed_slow_reader_total",             \
+	  "Connections closed for not reading their replies.")                 \
+	X(frames_oversize, "consentd_frames_oversize_total",                   \
+	  "RPC frames or RESP requests over the size limits.")                 \
+	X(frames_undecodable, "consentd_frames_undecodable_total",             \
+	  "RPC frames or RESP requests that did not parse.")                   \
+	X(http_on_binary_port, "consentd_http_on_binary_port_total",           \
+	  "HTTP requests sent to the RPC or RESP port (closed).")              \
+	X(auth_failures, "consentd_auth_failures_total",                       \
+	  "AUTH attempts with an unknown token.")                              \
+	X(unauthenticated_refused, "consentd_unauthenticated_refused_total",   \
+	  "Commands refused before AUTH.")                                     \
+	X(accept_paused, "consentd_accept_paused_total",                       \
+	  "Times accepting paused on EMFILE/ENFILE.")                          \
+	X(recv_enobufs, "consentd_recv_enobufs_total",                         \
+	  "Multishot receives re-armed after running out of buffers.")         \
+	X(http_requests, "consentd_http_requests_total",                       \
+	  "Requests on the HTTP ops port.")                                    \
+	X(http_bad_requests, "consentd_http_bad_requests_total",               \
+	  "HTTP requests answered 400.")
+
+enum metrics_proto {
+	METRICS_RPC,  /* protobuf RPC */
+	METRICS_RESP, /* Redis protocol */
+	METRICS_HTTP, /* JSON on the ops port */
+	METRICS_PROTO_COUNT,
+};
+
+/* Upper bounds (microseconds) of the latency histogram's buckets; the last
+ * bucket is +Inf. Latency = from a request's bytes arriving to its reply
+ * being queued. */
+#define METRICS_LATENCY_BOUNDS_US \
+	{ 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000 }
+#define METRICS_LATENCY_BUCKETS 14
+
+struct metrics {
+#define METRICS_FIELD(name, prom, help) _Atomic uint64_t name;
+	METRICS_COUNTERS(METRICS_FIELD)
+#undef METRICS_FIELD
+	_Atomic uint64_t connections_open; /* gauge: accepted - closed */
+	_Atomic uint64_t checks[METRICS_PROTO_COUNT][REASON_COUNT];
+	_Atomic uint64_t latency[METRICS_PROTO_COUNT][METRICS_LATENCY_BUCKETS];
+	_Atomic uint64_t latency_sum_us[METRICS_PROTO_COUNT];
+	char pad[64]; /* keep the next worker's slot off this cache line */
+};
+
+static inline void metrics_add(_Atomic uint64_t *c, uint64_t n)
+{
+	/* Single writer: no read-modify-write needed; relaxed, as no reader
+	 * infers anything from the order of counter updates. */
+	atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+			      memory_order_relaxed);
+}
+
+static inline void metrics_inc(_Atomic uint64_t *c)
+{
+	metrics_add(c, 1);
+}
+
+/* Allocates n_slots zeroed slots (workers, then one for HTTP). Start-up
+ * only. */
+int metrics_init(unsigned n_slots);
+struct metrics *metrics_slot(unsigned i);
+unsigned metrics_n_slots(void);
+
+/* Records one check's reason and one request's latency. */
+void metrics_record_check(struct metrics *m, enum metrics_proto proto, int reason);
+void metrics_record_latency(struct metrics *m, enum metrics_proto proto,
+			    uint64_t latency_us);
+
+/* Sums every slot into *out (any thread). */
+void metrics_sum(struct metrics *out);
+
+#endif
