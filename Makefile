@@ -16,7 +16,8 @@ CXX     ?= g++
 OPT     ?= -O2
 PKGS    := liburing libxxhash libprotobuf-c
 CPPFLAGS := -I. -I$(BUILD)/gen -D_GNU_SOURCE
-CFLAGS  := -std=c11 $(OPT) -g -march=x86-64-v2 -Wall -Wextra -Wshadow -Werror \
+WERROR  ?= -Werror
+CFLAGS  := -std=c11 $(OPT) -g -march=x86-64-v2 -Wall -Wextra -Wshadow $(WERROR) \
            -Wno-missing-field-initializers -MMD -MP
 CXXFLAGS := -std=c++17 $(OPT) -g -Wall -Wextra -MMD -MP
 LDLIBS  := -luring -lxxhash -lprotobuf-c -lurcu-qsbr -lmicrohttpd -lcrypto \
