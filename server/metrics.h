@@ -67,6 +67,8 @@ struct metrics {
 	METRICS_COUNTERS(METRICS_FIELD)
 #undef METRICS_FIELD
 	_Atomic uint64_t connections_open; /* gauge: accepted - closed */
+	_Atomic uint64_t last_turn_ms;     /* worker: CLOCK_MONOTONIC ms of its
+					    * latest loop turn (/healthz) */
 	_Atomic uint64_t checks[METRICS_PROTO_COUNT][REASON_COUNT];
 	_Atomic uint64_t latency[METRICS_PROTO_COUNT][METRICS_LATENCY_BUCKETS];
 	_Atomic uint64_t latency_sum_us[METRICS_PROTO_COUNT];

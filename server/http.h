@@ -1,0 +1,23 @@
+/*
+ * http: the ops port (DESIGN §3.4): /healthz, /readyz, /metrics, /v1/check
+ * (GET and POST, JSON) and /v1/stats, served by libmicrohttpd on its own
+ * thread, off the hot path. That thread is a liburcu QSBR reader: it goes
+ * online only while it answers a request, so it never holds up a swap.
+ * Started once by main() after the first generation is published or while
+ * it builds; stopped once at shutdown.
+ */
+#ifndef CONSENTD_SERVER_HTTP_H
+#define CONSENTD_SERVER_HTTP_H
+
+#include <stddef.h>
+
+struct http;
+struct server_config;
+
+/* metrics_slot: the struct metrics slot this thread owns (the last one).
+ * Returns 0, or -errno with a message (e.g. the address is in use). */
+int http_start(const struct server_config *cfg, unsigned metrics_slot,
+	       struct http **out, char *err, size_t err_cap);
+void http_stop(struct http *h);
+
+#endif
