@@ -27,6 +27,11 @@ ifeq ($(SAN),asan)
   CXXFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer
   LDFLAGS += -fsanitize=address,undefined
   JEMALLOC :=
+else ifeq ($(SAN),fuzz)
+  # libFuzzer: coverage on every object, ASan+UBSan, fuzzer main at link.
+  CFLAGS  += -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer
+  LDFLAGS += -fsanitize=address,undefined
+  JEMALLOC :=
 else ifeq ($(SAN),tsan)
   CFLAGS  += -fsanitize=thread -fno-omit-frame-pointer
   CXXFLAGS += -fsanitize=thread
@@ -116,10 +121,11 @@ run: deps all ## build, generate a 1M-record demo, serve it in the foreground
 	@scripts/demo.sh $(BUILD)
 
 fuzz-build: ## build the libFuzzer targets (clang, ASan+UBSan)
-	@$(MAKE) --no-print-directory BUILD=build/fuzz CC=clang SAN=asan OPT=-O1 \
+	@$(MAKE) --no-print-directory BUILD=build/fuzz CC=clang SAN=fuzz OPT=-O1 \
 	  build/fuzz/libconsentd.a $(patsubst fuzz/%.c,build/fuzz/fuzz/%,$(wildcard fuzz/*_fuzz.c))
 
-$(BUILD)/fuzz/%: $(BUILD)/fuzz/%.o $(SRV_LIB_OBJ) $(BUILD)/libconsentd.a
+# The fuzz build links fuzz/X_fuzz.c with the fuzzer's main, not ours.
+$(BUILD)/fuzz/%_fuzz: $(BUILD)/fuzz/%_fuzz.o $(SRV_LIB_OBJ) $(BUILD)/libconsentd.a
 	$(CC) -fsanitize=fuzzer,address,undefined -o $@ $^ $(LDLIBS)
 
 fuzz: fuzz-build ## a campaign: make fuzz TARGET=x SECONDS=n
