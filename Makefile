@@ -10,9 +10,13 @@
 #   fuzz/*_fuzz.c          -> $(BUILD)/fuzz/X_fuzz     (libFuzzer, clang)
 
 BUILD   ?= build
+ifeq ($(origin CC),default)
+  CC := gcc
+endif
+ifeq ($(origin CXX),default)
+  CXX := g++
+endif
 SAN     ?=
-CC      ?= gcc
-CXX     ?= g++
 OPT     ?= -O2
 PKGS    := liburing libxxhash libprotobuf-c
 CPPFLAGS := -I. -I$(BUILD)/gen -D_GNU_SOURCE
@@ -84,8 +88,13 @@ $(BUILD)/consentd: $(SRV_OBJ) $(BUILD)/libconsentd.a
 $(BUILD)/consentctl: $(CTL_OBJ) $(BUILD)/libconsentd.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+# The server's modules but main, as an archive: a test or fuzzer pulls in
+# only the modules it uses.
+$(BUILD)/libserver.a: $(SRV_LIB_OBJ)
+	ar rcs $@ $^
+
 # A test links the library and the server's modules (not its main).
-$(BUILD)/tests/%: $(BUILD)/tests/%.o $(SRV_LIB_OBJ) $(BUILD)/libconsentd.a
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/libserver.a $(BUILD)/libconsentd.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/bench/%: bench/%.cc $(BUILD)/libconsentd.a $(GEN_H)
@@ -125,7 +134,7 @@ fuzz-build: ## build the libFuzzer targets (clang, ASan+UBSan)
 	  build/fuzz/libconsentd.a $(patsubst fuzz/%.c,build/fuzz/fuzz/%,$(wildcard fuzz/*_fuzz.c))
 
 # The fuzz build links fuzz/X_fuzz.c with the fuzzer's main, not ours.
-$(BUILD)/fuzz/%_fuzz: $(BUILD)/fuzz/%_fuzz.o $(SRV_LIB_OBJ) $(BUILD)/libconsentd.a
+$(BUILD)/fuzz/%_fuzz: $(BUILD)/fuzz/%_fuzz.o $(BUILD)/libserver.a $(BUILD)/libconsentd.a
 	$(CC) -fsanitize=fuzzer,address,undefined -o $@ $^ $(LDLIBS)
 
 fuzz: fuzz-build ## a campaign: make fuzz TARGET=x SECONDS=n
