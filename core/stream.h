@@ -45,7 +45,8 @@ struct stream_item {
 	size_t n_consents;
 };
 
-/* The reader does not own fd. require_trailer: true for snapshots. */
+/* The reader does not own fd. require_trailer: true for snapshots; a
+ * header saying changes=false requires the trailer whatever this says. */
 int stream_reader_create(int fd, size_t max_frame_bytes, bool require_trailer,
 			 struct stream_reader **out);
 void stream_reader_destroy(struct stream_reader *r);

@@ -17,6 +17,14 @@
 
 #include "core/recipient.h"
 
+/* The dataset's fixed "now" (2026-01-01 00:00:00 Turkey time): no consent
+ * or creation date is later; `consentctl gen` writes it as created_at. */
+#define SYNTH_NOW 1767214800
+/* Keys stay unique (and synth_absent absent) for n up to this. */
+#define SYNTH_RECORDS_MAX (1ull << 31)
+/* Brands in the dataset; synth_brand_code(0) is the most popular. */
+#define SYNTH_BRANDS 1024
+
 struct synth_record {
 	char recipient[RECIPIENT_TEXT_MAX]; /* canonical text */
 	uint32_t brand_code;
@@ -38,5 +46,9 @@ void synth_absent(uint64_t seed, uint64_t n, uint64_t j, struct synth_record *ou
 
 /* A brand code drawn with the dataset's skew, for load generation. */
 uint32_t synth_brand(uint64_t seed, uint64_t j);
+
+/* The brand code of popularity rank idx (0 <= idx < SYNTH_BRANDS); the
+ * same for every seed. */
+uint32_t synth_brand_code(unsigned idx);
 
 #endif

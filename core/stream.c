@@ -1,0 +1,758 @@
+/*
+ * stream: snapshot and change streams (see core/stream.h).
+ *
+ * Reader. Bytes come from the fd into one buffer that grows to hold the
+ * largest frame seen (never past max_frame_bytes plus the prefix, checked
+ * before growing). A frame is decoded only once it is whole in the buffer,
+ * so input split at any byte looks the same as input read at once. Every
+ * frame but the trailer is fed to a running XXH3-64 state as it is
+ * consumed; the trailer's checksum must equal the digest at that point.
+ * protobuf-c unpacks into an arena: alloc bumps a pointer, free does
+ * nothing, and the whole arena is reset when the next frame is read (the
+ * items handed out are documented as valid until then). The arena is
+ * bounded by a multiple of the frame length, so a small frame that claims
+ * millions of empty sub-messages cannot make us allocate without limit.
+ *
+ * Writer. Consents are packed straight into the batch frame's body as
+ * field 1 of ConsentBatch (tag 0x0a, varint length, message), leaving room
+ * in front for the frame prefix and StreamFrame's field 2 tag and length;
+ * the result is byte for byte what protobuf-c would pack for the whole
+ * StreamFrame, without copying Consent structs into a batch message.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <xxhash.h>
+
+#include "core/enums.h"
+#include "core/stream.h"
+
+#define READER_BUF_MIN (64u << 10)
+#define VARINT_MAX 10
+/* The arena for one frame may hold this many times the frame's length
+ * (plus a constant): a real Consent decodes to about 3-6 times its wire
+ * size, an adversarial one (empty sub-messages, unknown fields) to at most
+ * about 50 times; past the bound the frame is refused, not allocated. */
+#define ARENA_RATIO 24
+#define ARENA_SLACK (1u << 20)
+#define ARENA_ALIGN 16
+/* Writer: the front of the batch buffer reserved for the frame prefix,
+ * StreamFrame's tag and the batch's length (10 + 1 + 10 bytes). */
+#define WRITER_HEAD 24
+/* Writer: a batch frame is closed early past this many body bytes, so a
+ * writer never makes a frame a default reader refuses. */
+#define WRITER_BATCH_BYTES_MAX (8u << 20)
+
+/* 2015-05-01 00:00:00 Turkey time (UTC+3): no consent is older. */
+#define CONSENT_DATE_MIN 1430427600
+#define CONSENT_DATE_FUTURE_SLACK 86400
+
+/* ---- varints ---- */
+
+size_t stream_varint_encode(uint64_t v, uint8_t *out)
+{
+	size_t n = 0;
+
+	while (v >= 0x80) {
+		out[n++] = (uint8_t)(v | 0x80);
+		v >>= 7;
+	}
+	out[n++] = (uint8_t)v;
+	return n;
+}
+
+int stream_varint_decode(const uint8_t *in, size_t len, uint64_t *v)
+{
+	uint64_t x = 0;
+
+	for (size_t i = 0; i < VARINT_MAX; i++) {
+		if (i == len)
+			return 0;
+		/* The tenth byte may only carry the 64th bit. */
+		if (i == VARINT_MAX - 1 && in[i] > 1)
+			return -EPROTO;
+		x |= (uint64_t)(in[i] & 0x7f) << (7 * i);
+		if (!(in[i] & 0x80)) {
+			*v = x;
+			return (int)i + 1;
+		}
+	}
+	return -EPROTO;
+}
+
+static size_t varint_len(uint64_t v)
+{
+	size_t n = 1;
+
+	while (v >= 0x80) {
+		v >>= 7;
+		n++;
+	}
+	return n;
+}
+
+/* ---- the arena ---- */
+
+struct arena_chunk {
+	struct arena_chunk *next;
+	/* data follows, ARENA_ALIGN-aligned */
+};
+
+struct arena {
+	uint8_t *block;	/* the reusable block */
+	size_t cap;
+	size_t used;
+	struct arena_chunk *chunks; /* overflow for this frame only */
+	size_t chunk_bytes;
+	size_t limit;	/* bytes this frame may take in all */
+	size_t total;	/* bytes this frame has taken */
+	bool over;	/* a request went past limit */
+	bool oom;	/* malloc failed */
+};
+
+static size_t align_up(size_t n)
+{
+	return (n + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
+}
+
+static void *arena_alloc(void *data, size_t size)
+{
+	struct arena *a = data;
+	size_t n = align_up(size ? size : 1);
+
+	if (n < size || a->total + n > a->limit) {
+		a->over = true;
+		return NULL;
+	}
+	a->total += n;
+	if (a->cap - a->used >= n) {
+		void *p = a->block + a->used;
+		a->used += n;
+		return p;
+	}
+	/* Rare: the block is short this frame. Take a chunk of its own; the
+	 * block grows at reset so the next frame like this one fits. */
+	struct arena_chunk *c = malloc(align_up(sizeof(*c)) + n);
+	if (!c) {
+		a->oom = true;
+		return NULL;
+	}
+	c->next = a->chunks;
+	a->chunks = c;
+	a->chunk_bytes += n;
+	return (uint8_t *)c + align_up(sizeof(*c));
+}
+
+static void arena_free(void *data, void *ptr)
+{
+	/* Everything goes at once in arena_reset. */
+	(void)data;
+	(void)ptr;
+}
+
+static void arena_release_chunks(struct arena *a)
+{
+	while (a->chunks) {
+		struct arena_chunk *next = a->chunks->next;
+		free(a->chunks);
+		a->chunks = next;
+	}
+}
+
+/* Forgets the last frame and readies room for one of limit bytes. */
+static void arena_reset(struct arena *a, size_t limit)
+{
+	if (a->chunks) {
+		size_t want = a->cap + a->chunk_bytes;
+		arena_release_chunks(a);
+		uint8_t *nb = malloc(want);
+		if (nb) { /* else keep the old block and use chunks again */
+			free(a->block);
+			a->block = nb;
+			a->cap = want;
+		}
+	}
+	a->chunk_bytes = 0;
+	a->used = 0;
+	a->total = 0;
+	a->limit = limit;
+	a->over = false;
+	a->oom = false;
+}
+
+/* ---- reader ---- */
+
+enum reader_state {
+	READER_START,	/* no frame read yet */
+	READER_BODY,	/* header read; batches or the trailer next */
+	READER_DONE,	/* ended cleanly; next returns 0 */
+	READER_FAILED,	/* err holds the reason; next returns it again */
+};
+
+struct stream_reader {
+	int fd;
+	size_t max_frame;
+	bool require_trailer;
+	enum reader_state state;
+	int err_code;
+
+	uint8_t *buf;
+	size_t cap;
+	size_t start;	/* first unconsumed byte */
+	size_t end;	/* one past the last byte read */
+	uint64_t pos;	/* stream offset of buf[start] */
+	bool eof;
+
+	XXH3_state_t *hash;
+	uint64_t records;
+	struct arena arena;
+	ProtobufCAllocator alloc;
+	Consent__V1__StreamFrame *frame;	/* in the arena */
+	Consent__V1__StreamTrailer trailer;	/* copied out of the arena */
+	bool have_trailer;
+
+	char err[256];
+};
+
+static int reader_fail(struct stream_reader *r, int code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static int reader_fail(struct stream_reader *r, int code, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(r->err, sizeof(r->err), fmt, ap);
+	va_end(ap);
+	r->state = READER_FAILED;
+	r->err_code = code;
+	return code;
+}
+
+int stream_reader_create(int fd, size_t max_frame_bytes, bool require_trailer,
+			 struct stream_reader **out)
+{
+	struct stream_reader *r = calloc(1, sizeof(*r));
+
+	if (!r)
+		return -ENOMEM;
+	r->fd = fd;
+	r->max_frame = max_frame_bytes ? max_frame_bytes : STREAM_FRAME_MAX_DEFAULT;
+	r->require_trailer = require_trailer;
+	r->state = READER_START;
+	r->cap = READER_BUF_MIN;
+	r->buf = malloc(r->cap);
+	r->hash = XXH3_createState();
+	r->arena.cap = READER_BUF_MIN;
+	r->arena.block = malloc(r->arena.cap);
+	if (!r->buf || !r->hash || !r->arena.block) {
+		stream_reader_destroy(r);
+		return -ENOMEM;
+	}
+	XXH3_64bits_reset(r->hash);
+	r->alloc.alloc = arena_alloc;
+	r->alloc.free = arena_free;
+	r->alloc.allocator_data = &r->arena;
+	*out = r;
+	return 0;
+}
+
+void stream_reader_destroy(struct stream_reader *r)
+{
+	if (!r)
+		return;
+	free(r->buf);
+	if (r->hash)
+		XXH3_freeState(r->hash);
+	arena_release_chunks(&r->arena);
+	free(r->arena.block);
+	free(r);
+}
+
+const char *stream_reader_error(const struct stream_reader *r)
+{
+	return r->err;
+}
+
+uint64_t stream_reader_records(const struct stream_reader *r)
+{
+	return r->records;
+}
+
+const Consent__V1__StreamTrailer *stream_reader_trailer(const struct stream_reader *r)
+{
+	return r->have_trailer ? &r->trailer : NULL;
+}
+
+/* Makes room for need bytes from start (need is already bounded by the
+ * frame limit), moving the unconsumed bytes to the front first. */
+static int reader_room(struct stream_reader *r, size_t need)
+{
+	if (r->start > 0 && r->cap - r->start < need) {
+		memmove(r->buf, r->buf + r->start, r->end - r->start);
+		r->end -= r->start;
+		r->start = 0;
+	}
+	if (r->cap - r->start >= need)
+		return 0;
+	size_t ncap = r->cap * 2 > need ? r->cap * 2 : need;
+	uint8_t *nb = realloc(r->buf, ncap);
+	if (!nb)
+		return -ENOMEM;
+	r->buf = nb;
+	r->cap = ncap;
+	return 0;
+}
+
+/* Reads once into the free space after end. 1: got bytes; 0: end of
+ * input; < 0: -errno. */
+static int reader_fill(struct stream_reader *r)
+{
+	if (r->eof)
+		return 0;
+	if (r->end == r->cap) {
+		int rc = reader_room(r, r->end - r->start + READER_BUF_MIN);
+		if (rc < 0)
+			return rc;
+	}
+	for (;;) {
+		ssize_t n = read(r->fd, r->buf + r->end, r->cap - r->end);
+		if (n > 0) {
+			r->end += (size_t)n;
+			return 1;
+		}
+		if (n == 0) {
+			r->eof = true;
+			return 0;
+		}
+		if (errno != EINTR)
+			return -errno;
+	}
+}
+
+/* Ensures have bytes are buffered from start. 1: they are; 0: the input
+ * ended first; < 0: -errno. */
+static int reader_want(struct stream_reader *r, size_t have)
+{
+	while (r->end - r->start < have) {
+		int rc = reader_fill(r);
+		if (rc <= 0)
+			return rc;
+	}
+	return 1;
+}
+
+static int reader_io_error(struct stream_reader *r, int rc, uint64_t at)
+{
+	if (rc == -ENOMEM)
+		return reader_fail(r, rc, "offset %" PRIu64 ": out of memory", at);
+	return reader_fail(r, rc, "offset %" PRIu64 ": read: %s", at,
+			   strerror(-rc));
+}
+
+/* After the trailer: anything more is an error, else the stream is done. */
+static int reader_after_trailer(struct stream_reader *r)
+{
+	if (r->end == r->start) {
+		int rc = reader_fill(r);
+		if (rc < 0)
+			return reader_io_error(r, rc, r->pos);
+	}
+	if (r->end > r->start)
+		return reader_fail(r, -EPROTO,
+				   "offset %" PRIu64 ": bytes after the trailer",
+				   r->pos);
+	r->state = READER_DONE;
+	return 0;
+}
+
+static int reader_trailer(struct stream_reader *r, uint64_t at)
+{
+	const Consent__V1__StreamTrailer *t = r->frame->trailer;
+	uint64_t sum = XXH3_64bits_digest(r->hash);
+
+	if (t->checksum != sum)
+		return reader_fail(r, -EPROTO,
+				   "offset %" PRIu64 ": trailer checksum 0x%016" PRIx64
+				   " does not match 0x%016" PRIx64 " computed",
+				   at, t->checksum, sum);
+	if (t->record_count != r->records)
+		return reader_fail(r, -EPROTO,
+				   "offset %" PRIu64 ": trailer record count %" PRIu64
+				   " != %" PRIu64 " records read",
+				   at, t->record_count, r->records);
+	r->trailer = *t;
+	r->trailer.base.unknown_fields = NULL;
+	r->trailer.base.n_unknown_fields = 0;
+	r->have_trailer = true;
+	return reader_after_trailer(r);
+}
+
+int stream_reader_next(struct stream_reader *r, struct stream_item *item)
+{
+	if (r->state == READER_FAILED)
+		return r->err_code;
+	if (r->state == READER_DONE)
+		return 0;
+
+	uint64_t at = r->pos;
+	uint64_t len = 0;
+	int plen;
+
+	/* The length prefix: up to 10 bytes, which may arrive one by one. */
+	for (;;) {
+		plen = stream_varint_decode(r->buf + r->start, r->end - r->start,
+					    &len);
+		if (plen < 0)
+			return reader_fail(r, -EPROTO,
+					   "offset %" PRIu64 ": frame length prefix "
+					   "is not a varint of at most 10 bytes", at);
+		if (plen > 0)
+			break;
+		int rc = reader_fill(r);
+		if (rc < 0)
+			return reader_io_error(r, rc, at);
+		if (rc > 0)
+			continue;
+		if (r->end > r->start)
+			return reader_fail(r, -EPROTO,
+					   "offset %" PRIu64 ": stream ends inside a "
+					   "frame (truncated)", at);
+		/* End of input on a frame boundary. */
+		if (r->state == READER_START)
+			return reader_fail(r, -EPROTO,
+					   "offset %" PRIu64 ": empty stream (no header)",
+					   at);
+		if (r->require_trailer)
+			return reader_fail(r, -EPROTO,
+					   "offset %" PRIu64 ": no trailer (truncated "
+					   "stream)", at);
+		r->state = READER_DONE;
+		return 0;
+	}
+
+	/* Bound the length before making room for it. */
+	if (len > r->max_frame)
+		return reader_fail(r, -EMSGSIZE,
+				   "offset %" PRIu64 ": frame length %" PRIu64
+				   " over the %zu-byte limit", at, len, r->max_frame);
+	size_t need = (size_t)plen + (size_t)len;
+	int rc = reader_room(r, need);
+	if (rc < 0)
+		return reader_io_error(r, rc, at);
+	rc = reader_want(r, need);
+	if (rc < 0)
+		return reader_io_error(r, rc, at);
+	if (rc == 0)
+		return reader_fail(r, -EPROTO,
+				   "offset %" PRIu64 ": stream ends inside a frame "
+				   "(truncated)", at);
+
+	const uint8_t *frame_bytes = r->buf + r->start;
+	arena_reset(&r->arena, ARENA_RATIO * (size_t)len + ARENA_SLACK);
+	r->frame = consent__v1__stream_frame__unpack(&r->alloc, (size_t)len,
+						     frame_bytes + plen);
+	if (!r->frame) {
+		if (r->arena.oom)
+			return reader_fail(r, -ENOMEM, "offset %" PRIu64
+					   ": out of memory decoding a frame", at);
+		if (r->arena.over)
+			return reader_fail(r, -EMSGSIZE, "offset %" PRIu64
+					   ": frame decodes to more than %zu bytes",
+					   at, r->arena.limit);
+		return reader_fail(r, -EPROTO, "offset %" PRIu64
+				   ": frame does not decode as StreamFrame", at);
+	}
+	r->start += need;
+	r->pos += need;
+
+	Consent__V1__StreamFrame__FrameCase kind = r->frame->frame_case;
+	if (kind != CONSENT__V1__STREAM_FRAME__FRAME_HEADER &&
+	    kind != CONSENT__V1__STREAM_FRAME__FRAME_BATCH &&
+	    kind != CONSENT__V1__STREAM_FRAME__FRAME_TRAILER)
+		return reader_fail(r, -EPROTO, "offset %" PRIu64
+				   ": frame holds no header, batch or trailer", at);
+	if (r->state == READER_START &&
+	    kind != CONSENT__V1__STREAM_FRAME__FRAME_HEADER)
+		return reader_fail(r, -EPROTO, "offset %" PRIu64
+				   ": first frame is not a header", at);
+	if (kind == CONSENT__V1__STREAM_FRAME__FRAME_TRAILER)
+		return reader_trailer(r, at);
+
+	/* Everything before the trailer counts toward the checksum. */
+	XXH3_64bits_update(r->hash, frame_bytes, need);
+	memset(item, 0, sizeof(*item));
+	item->offset = at;
+	if (kind == CONSENT__V1__STREAM_FRAME__FRAME_HEADER) {
+		const Consent__V1__StreamHeader *h = r->frame->header;
+		if (r->state != READER_START)
+			return reader_fail(r, -EPROTO, "offset %" PRIu64
+					   ": second header", at);
+		if (h->format_version != STREAM_FORMAT_VERSION)
+			return reader_fail(r, -EPROTO, "offset %" PRIu64
+					   ": header format_version %" PRIu32
+					   " not supported (expected %d)", at,
+					   h->format_version, STREAM_FORMAT_VERSION);
+		/* A stream that says it is a snapshot must end in a trailer
+		 * whatever the caller asked for (DESIGN §3.5). */
+		if (!h->changes)
+			r->require_trailer = true;
+		r->state = READER_BODY;
+		item->kind = STREAM_ITEM_HEADER;
+		item->header = h;
+		return 1;
+	}
+	item->kind = STREAM_ITEM_BATCH;
+	item->consents = r->frame->batch->consents;
+	item->n_consents = r->frame->batch->n_consents;
+	r->records += item->n_consents;
+	return 1;
+}
+
+/* ---- writer ---- */
+
+struct stream_writer {
+	int fd;
+	int err;	/* sticky: the first failure */
+	size_t batch_records;
+	XXH3_state_t *hash;
+	uint8_t *buf;	/* WRITER_HEAD reserved bytes, then the batch body */
+	size_t cap;
+	size_t len;
+	size_t in_batch;
+	uint64_t records;
+};
+
+static int write_all(int fd, const uint8_t *p, size_t n)
+{
+	while (n > 0) {
+		ssize_t w = write(fd, p, n);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		p += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+/* Writes p[0..n) as one whole frame and hashes it unless it is the
+ * trailer. */
+static int writer_emit(struct stream_writer *w, const uint8_t *p, size_t n,
+		       bool hash)
+{
+	if (w->err)
+		return w->err;
+	if (hash)
+		XXH3_64bits_update(w->hash, p, n);
+	int rc = write_all(w->fd, p, n);
+	if (rc < 0)
+		w->err = rc;
+	return rc;
+}
+
+/* Packs a whole StreamFrame (header or trailer) with its prefix and
+ * writes it. */
+static int writer_frame(struct stream_writer *w,
+			const Consent__V1__StreamFrame *f, bool hash)
+{
+	size_t body = consent__v1__stream_frame__get_packed_size(f);
+	uint8_t *p = malloc(VARINT_MAX + body);
+
+	if (!p)
+		return w->err = -ENOMEM;
+	size_t pl = stream_varint_encode(body, p);
+	consent__v1__stream_frame__pack(f, p + pl);
+	int rc = writer_emit(w, p, pl + body, hash);
+	free(p);
+	return rc;
+}
+
+static int writer_flush(struct stream_writer *w)
+{
+	if (w->in_batch == 0)
+		return w->err;
+	size_t body = w->len - WRITER_HEAD;
+	uint64_t frame = 1 + varint_len(body) + body;
+	uint8_t head[WRITER_HEAD];
+	size_t hl = stream_varint_encode(frame, head);
+	head[hl++] = 0x12; /* StreamFrame.batch: field 2, length-delimited */
+	hl += stream_varint_encode(body, head + hl);
+	uint8_t *p = w->buf + WRITER_HEAD - hl;
+	memcpy(p, head, hl);
+	int rc = writer_emit(w, p, hl + body, true);
+	w->len = WRITER_HEAD;
+	w->in_batch = 0;
+	return rc;
+}
+
+int stream_writer_create(int fd, const Consent__V1__StreamHeader *header,
+			 size_t batch_records, struct stream_writer **out)
+{
+	struct stream_writer *w = calloc(1, sizeof(*w));
+
+	if (!w)
+		return -ENOMEM;
+	w->fd = fd;
+	w->batch_records = batch_records ? batch_records : STREAM_BATCH_DEFAULT;
+	w->cap = 64u << 10;
+	w->buf = malloc(w->cap);
+	w->len = WRITER_HEAD;
+	w->hash = XXH3_createState();
+	if (!w->buf || !w->hash) {
+		stream_writer_destroy(w);
+		return -ENOMEM;
+	}
+	XXH3_64bits_reset(w->hash);
+
+	/* A format_version left at 0 is written as the current one. */
+	Consent__V1__StreamHeader h = *header;
+	if (h.format_version == 0)
+		h.format_version = STREAM_FORMAT_VERSION;
+	if (!h.origin)
+		h.origin = (char *)"";
+	Consent__V1__StreamFrame f = CONSENT__V1__STREAM_FRAME__INIT;
+	f.frame_case = CONSENT__V1__STREAM_FRAME__FRAME_HEADER;
+	f.header = &h;
+	int rc = writer_frame(w, &f, true);
+	if (rc < 0) {
+		stream_writer_destroy(w);
+		return rc;
+	}
+	*out = w;
+	return 0;
+}
+
+int stream_writer_add(struct stream_writer *w, const Consent__V1__Consent *c)
+{
+	if (w->err)
+		return w->err;
+	size_t size = consent__v1__consent__get_packed_size(c);
+	size_t need = 1 + VARINT_MAX + size;
+	if (need > STREAM_FRAME_MAX_DEFAULT - 2 * VARINT_MAX)
+		return -EMSGSIZE; /* not sticky: the stream is still good */
+	if (w->in_batch > 0 && w->len - WRITER_HEAD + need > WRITER_BATCH_BYTES_MAX) {
+		int rc = writer_flush(w);
+		if (rc < 0)
+			return rc;
+	}
+	if (w->cap - w->len < need) {
+		size_t ncap = w->cap * 2 > w->len + need ? w->cap * 2 : w->len + need;
+		uint8_t *nb = realloc(w->buf, ncap);
+		if (!nb)
+			return w->err = -ENOMEM;
+		w->buf = nb;
+		w->cap = ncap;
+	}
+	w->buf[w->len++] = 0x0a; /* ConsentBatch.consents: field 1, length-delimited */
+	w->len += stream_varint_encode(size, w->buf + w->len);
+	w->len += consent__v1__consent__pack(c, w->buf + w->len);
+	w->in_batch++;
+	w->records++;
+	if (w->in_batch >= w->batch_records)
+		return writer_flush(w);
+	return 0;
+}
+
+int stream_writer_finish(struct stream_writer *w)
+{
+	int rc = writer_flush(w);
+
+	if (rc == 0) {
+		Consent__V1__StreamTrailer t = CONSENT__V1__STREAM_TRAILER__INIT;
+		t.record_count = w->records;
+		t.checksum = XXH3_64bits_digest(w->hash);
+		Consent__V1__StreamFrame f = CONSENT__V1__STREAM_FRAME__INIT;
+		f.frame_case = CONSENT__V1__STREAM_FRAME__FRAME_TRAILER;
+		f.trailer = &t;
+		rc = writer_frame(w, &f, false);
+	}
+	stream_writer_destroy(w);
+	return rc;
+}
+
+void stream_writer_destroy(struct stream_writer *w)
+{
+	if (!w)
+		return;
+	if (w->hash)
+		XXH3_freeState(w->hash);
+	free(w->buf);
+	free(w);
+}
+
+/* ---- one record's meaning ---- */
+
+int consent_validate(const Consent__V1__Consent *c, struct recipient *out,
+		     const char **field, const char **why)
+{
+	struct recipient local;
+	struct recipient *rc_out = out ? out : &local;
+	const char *text = c->recipient ? c->recipient : "";
+	const char *w = NULL;
+
+	*field = NULL;
+	*why = NULL;
+	if (recipient_normalize(text, strlen(text), rc_out, &w) < 0) {
+		*field = "recipient";
+		*why = w ? w : "does not normalise";
+		return -EINVAL;
+	}
+	switch ((int)c->channel) {
+	case CHANNEL_ARAMA:
+	case CHANNEL_MESAJ:
+		if (rc_out->kind != RECIPIENT_PHONE) {
+			*field = "channel";
+			*why = "ARAMA and MESAJ need a phone recipient";
+			return -EINVAL;
+		}
+		break;
+	case CHANNEL_EPOSTA:
+		if (rc_out->kind != RECIPIENT_EMAIL) {
+			*field = "channel";
+			*why = "EPOSTA needs an e-mail recipient";
+			return -EINVAL;
+		}
+		break;
+	default:
+		*field = "channel";
+		*why = c->channel == 0 ? "unspecified" : "unknown value";
+		return -EINVAL;
+	}
+	int rtype = (int)c->recipient_type, status = (int)c->status;
+
+	if (rtype != RTYPE_BIREYSEL && rtype != RTYPE_TACIR) {
+		*field = "recipient_type";
+		*why = rtype == 0 ? "unspecified" : "unknown value";
+		return -EINVAL;
+	}
+	if (status != STATUS_ONAY && status != STATUS_RET) {
+		*field = "status";
+		*why = status == 0 ? "unspecified" : "unknown value";
+		return -EINVAL;
+	}
+	if (c->brand_code == 0) {
+		*field = "brand_code";
+		*why = "is 0";
+		return -EINVAL;
+	}
+	if (c->consent_date < CONSENT_DATE_MIN) {
+		*field = "consent_date";
+		*why = "before 2015-05-01 00:00:00 Turkey time";
+		return -EINVAL;
+	}
+	if (c->consent_date > (int64_t)time(NULL) + CONSENT_DATE_FUTURE_SLACK) {
+		*field = "consent_date";
+		*why = "in the future";
+		return -EINVAL;
+	}
+	return 0;
+}

@@ -1,0 +1,255 @@
+/*
+ * consentctl gen: the synthetic dataset (core/synth.h) as a snapshot
+ * stream, or a change stream against it.
+ *
+ * Snapshot: header {format_version 1, changes false, sequence 0,
+ * created_at SYNTH_NOW, origin "consentctl gen seed=S records=N"}, then
+ * records 0..N-1 in order, then the trailer.
+ *
+ * Change stream (--changes K [--from-sequence Q]): changes Q+1..Q+K, each
+ * flipping ONAY<->RET on a record of the dataset (seed, N). Change s (0 for
+ * sequence 1) takes record F(s mod N), F a fixed permutation of [0, N), so
+ * K <= N changes touch K different records, and streams made with
+ * consecutive ranges (Q=0 K=1000, then Q=1000 K=1000, ...) never flip a
+ * record twice before every record was flipped once; past that the status
+ * keeps alternating correctly. Change s is dated SYNTH_NOW + s + 1 seconds:
+ * later than every record of the snapshot and than every earlier change,
+ * so applying the streams in order never goes back in time.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <xxhash.h>
+
+#include "core/enums.h"
+#include "core/stream.h"
+#include "core/synth.h"
+#include "ctl/ctl.h"
+
+static int gen_usage(void)
+{
+	fprintf(stderr, "usage: consentctl gen --records N [--seed S] "
+			"[--changes K [--from-sequence Q]] --out FILE|-\n");
+	return 2;
+}
+
+static int parse_u64(const char *flag, const char *s, uint64_t *out)
+{
+	char *end;
+
+	errno = 0;
+	if (!s || !*s || *s == '-' || *s == '+') {
+		fprintf(stderr, "consentctl gen: %s needs a number\n", flag);
+		return -EINVAL;
+	}
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno || *end) {
+		fprintf(stderr, "consentctl gen: %s: '%s' is not a number\n",
+			flag, s);
+		return -EINVAL;
+	}
+	*out = v;
+	return 0;
+}
+
+static uint64_t gcd_u64(uint64_t a, uint64_t b)
+{
+	while (b) {
+		uint64_t t = a % b;
+		a = b;
+		b = t;
+	}
+	return a;
+}
+
+/* The record a change at position s flips: a stride permutation of
+ * [0, n) (the stride is prime to n). */
+static uint64_t change_target(uint64_t n, uint64_t s)
+{
+	uint64_t a = 0x9e3779b97f4a7c15ull % n;
+
+	if (a == 0)
+		a = 1;
+	while (gcd_u64(a, n) != 1)
+		a++;
+	return (uint64_t)(((unsigned __int128)(s % n) * a + 12345) % n);
+}
+
+static void to_consent(const struct synth_record *s, Consent__V1__Consent *c)
+{
+	consent__v1__consent__init(c);
+	c->recipient = (char *)s->recipient;
+	c->channel = (Consent__V1__Channel)s->channel;
+	c->recipient_type = (Consent__V1__RecipientType)s->rtype;
+	c->brand_code = s->brand_code;
+	c->iys_code = s->iys_code;
+	c->status = (Consent__V1__Status)s->status;
+	c->source = (Consent__V1__Source)s->source;
+	c->consent_date = s->consent_date;
+	c->creation_date = s->creation_date;
+}
+
+static int gen_snapshot(struct stream_writer *w, uint64_t seed, uint64_t n)
+{
+	for (uint64_t i = 0; i < n; i++) {
+		struct synth_record s;
+		Consent__V1__Consent c;
+		synth_record(seed, n, i, &s);
+		to_consent(&s, &c);
+		int rc = stream_writer_add(w, &c);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
+static int gen_changes(struct stream_writer *w, uint64_t seed, uint64_t n,
+		       uint64_t from, uint64_t k)
+{
+	/* Sources for a flip, by the status it moves to. */
+	static const uint8_t phone_ret[4] = { 38, 32, 13, 34 };
+	static const uint8_t email_ret[4] = { 39, 13, 34, 36 };
+	static const uint8_t phone_onay[4] = { 6, 7, 5, 10 };
+	static const uint8_t email_onay[4] = { 6, 7, 9, 5 };
+
+	for (uint64_t j = 0; j < k; j++) {
+		uint64_t pos = from + j;
+		struct synth_record s;
+		synth_record(seed, n, change_target(n, pos), &s);
+		/* The record was flipped once per pass over the dataset
+		 * before this one; this change is flip number pos/n + 1. */
+		bool flipped = (pos / n + 1) % 2 == 1;
+		uint8_t status = s.status;
+		if (flipped)
+			status = status == STATUS_ONAY ? STATUS_RET : STATUS_ONAY;
+		uint64_t h = XXH3_64bits_withSeed(&pos, sizeof(pos), seed);
+		bool email = s.channel == CHANNEL_EPOSTA;
+		const uint8_t *t = status == STATUS_RET ? (email ? email_ret : phone_ret)
+							: (email ? email_onay : phone_onay);
+		s.status = status;
+		s.source = t[h & 3];
+		s.consent_date = SYNTH_NOW + (int64_t)pos + 1;
+		s.creation_date = s.consent_date + (int64_t)(h >> 8) % 5;
+
+		Consent__V1__Consent c;
+		char txid[33];
+		to_consent(&s, &c);
+		snprintf(txid, sizeof(txid), "%016" PRIx64 "%016" PRIx64, h,
+			 XXH3_64bits_withSeed(&pos, sizeof(pos), ~seed));
+		c.transaction_id = txid;
+		c.sequence = pos + 1;
+		int rc = stream_writer_add(w, &c);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
+int ctl_gen(int argc, char **argv)
+{
+	uint64_t n = 0, seed = 1, changes = 0, from = 0;
+	bool have_n = false, have_changes = false, have_from = false;
+	const char *out = NULL;
+
+	for (int i = 1; i < argc; i += 2) {
+		/* Every flag takes a value. */
+		const char *a = argv[i];
+		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+		int rc = 0;
+		if (strcmp(a, "--records") == 0) {
+			rc = parse_u64(a, v, &n);
+			have_n = true;
+		} else if (strcmp(a, "--seed") == 0) {
+			rc = parse_u64(a, v, &seed);
+		} else if (strcmp(a, "--changes") == 0) {
+			rc = parse_u64(a, v, &changes);
+			have_changes = true;
+		} else if (strcmp(a, "--from-sequence") == 0) {
+			rc = parse_u64(a, v, &from);
+			have_from = true;
+		} else if (strcmp(a, "--out") == 0) {
+			if (!v) {
+				fprintf(stderr, "consentctl gen: --out needs a file\n");
+				return gen_usage();
+			}
+			out = v;
+		} else {
+			fprintf(stderr, "consentctl gen: unknown argument '%s'\n", a);
+			return gen_usage();
+		}
+		if (rc < 0)
+			return gen_usage();
+	}
+	if (!have_n || !out)
+		return gen_usage();
+	if (n > SYNTH_RECORDS_MAX) {
+		fprintf(stderr, "consentctl gen: --records %" PRIu64
+			" is over the dataset's limit of %llu\n", n,
+			(unsigned long long)SYNTH_RECORDS_MAX);
+		return 2;
+	}
+	if (have_from && !have_changes) {
+		fprintf(stderr, "consentctl gen: --from-sequence needs --changes\n");
+		return gen_usage();
+	}
+	if (have_changes && n == 0) {
+		fprintf(stderr, "consentctl gen: changes need a dataset "
+				"(--records > 0)\n");
+		return 2;
+	}
+	if (have_changes && (from > UINT64_MAX / 2 || changes > UINT64_MAX / 2)) {
+		fprintf(stderr, "consentctl gen: sequence out of range\n");
+		return 2;
+	}
+
+	int fd = ctl_open_out(out);
+	if (fd < 0) {
+		fprintf(stderr, "consentctl gen: %s: %s\n", out, strerror(-fd));
+		return 1;
+	}
+	char origin[160];
+	Consent__V1__StreamHeader h = CONSENT__V1__STREAM_HEADER__INIT;
+	h.format_version = STREAM_FORMAT_VERSION;
+	if (have_changes) {
+		snprintf(origin, sizeof(origin),
+			 "consentctl gen seed=%" PRIu64 " records=%" PRIu64
+			 " changes=%" PRIu64 " from-sequence=%" PRIu64,
+			 seed, n, changes, from);
+		h.changes = true;
+		h.sequence = from;
+		h.created_at = SYNTH_NOW + (int64_t)(from + changes);
+	} else {
+		snprintf(origin, sizeof(origin),
+			 "consentctl gen seed=%" PRIu64 " records=%" PRIu64, seed, n);
+		h.created_at = SYNTH_NOW;
+	}
+	h.origin = origin;
+
+	struct stream_writer *w;
+	int rc = stream_writer_create(fd, &h, STREAM_BATCH_DEFAULT, &w);
+	if (rc == 0) {
+		rc = have_changes ? gen_changes(w, seed, n, from, changes)
+				  : gen_snapshot(w, seed, n);
+		if (rc == 0)
+			rc = stream_writer_finish(w);
+		else
+			stream_writer_destroy(w);
+	}
+	/* A file is synced before we say it is whole. */
+	struct stat st;
+	if (rc == 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+	    fsync(fd) < 0)
+		rc = -errno;
+	if (fd != STDOUT_FILENO && close(fd) < 0 && rc == 0)
+		rc = -errno;
+	if (rc < 0) {
+		fprintf(stderr, "consentctl gen: %s: %s\n", out, strerror(-rc));
+		return 1;
+	}
+	return 0;
+}
