@@ -1,0 +1,148 @@
+"""Session fixtures of the end-to-end suite: one synthetic dataset (generated
+by consentctl gen, indexed by consentctl build), its records read back as
+the oracle, and real consentd processes on free loopback ports. Every
+process is stopped with SIGTERM at the end and must exit 0."""
+
+import hashlib
+import os
+import shutil
+import tempfile
+
+import pytest
+
+import helpers
+
+RECORDS = 20000
+SEED = 7
+
+
+def pytest_configure(config):
+    helpers.raise_nofile()
+
+
+class Env:
+    """What every test needs: the generated protobuf module, the oracle and
+    a scratch directory."""
+
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.pb = helpers.load_pb(tmp)
+        self.snapshot = os.path.join(tmp, "snapshot.bin")
+        helpers.run([helpers.binary("consentctl"), "gen", "--records",
+                     str(RECORDS), "--seed", str(SEED), "--out", self.snapshot])
+        header, consents, trailer = helpers.read_stream(self.pb, self.snapshot)
+        assert header is not None and trailer is not None, \
+            "consentctl gen wrote no header or no trailer"
+        assert trailer.record_count == len(consents) == RECORDS, \
+            "gen: trailer says %d, stream holds %d, asked %d" % (
+                trailer.record_count, len(consents), RECORDS)
+        self.oracle = helpers.Oracle(header, consents, trailer)
+        self.n_dirs = 0
+
+    def data_dir(self):
+        """A fresh data directory built from the snapshot."""
+        self.n_dirs += 1
+        d = os.path.join(self.tmp, "data%d" % self.n_dirs)
+        helpers.run([helpers.binary("consentctl"), "build", "--snapshot",
+                     self.snapshot, "--out", d])
+        return d
+
+    def server(self, extra=(), name="consentd"):
+        need_binary("consentd")
+        d = self.data_dir()
+        log = os.path.join(self.tmp, "%s-%d.log" % (name, self.n_dirs))
+        for attempt in range(3):
+            s = helpers.Server(d, log, extra=extra)
+            try:
+                return s.start()
+            except AssertionError:
+                # Someone else took a port between free_port() and our
+                # bind: try new ones; any other failure is the test's.
+                if attempt == 2 or "in use" not in s.log_tail().lower():
+                    raise
+
+
+def need_binary(name):
+    if not os.access(helpers.binary(name), os.X_OK):
+        pytest.fail("%s is not built (CONSENTD_BUILD=%s)" % (
+            helpers.binary(name), helpers.build_dir()))
+
+
+@pytest.fixture(scope="session")
+def env():
+    need_binary("consentctl")
+    tmp = tempfile.mkdtemp(prefix="consentd-e2e-")
+    try:
+        yield Env(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _stop(server):
+    alive = server.alive()
+    rc = server.stop()
+    assert alive, "consentd died during the tests\n" + server.log_tail()
+    assert rc == 0, "consentd exited %s on SIGTERM\n%s" % (rc, server.log_tail())
+
+
+@pytest.fixture(scope="session")
+def server(env):
+    """The default server: every client trusted, merchant default allow."""
+    s = env.server()
+    try:
+        yield s
+    finally:
+        _stop(s)
+
+
+# Partners for the token server (DESIGN 3.6 token file). Brands are picked
+# from the dataset so that refusals hide records that really exist.
+class Partners:
+    def __init__(self, env):
+        o = env.oracle
+        # The two most populous brands for alice, the third for bob.
+        counts = {}
+        for k in o.records:
+            counts[k[0]] = counts.get(k[0], 0) + 1
+        top = sorted(counts, key=lambda b: (-counts[b], b))
+        self.alice_brands = sorted(top[:2])
+        self.bob_brands = [top[2]]
+        self.outside = top[2]  # a real brand alice may not ask about
+        self.tokens = {
+            "alice": "alice-" + os.urandom(16).hex(),
+            "bob": "bob-" + os.urandom(16).hex(),
+            "root": "root-" + os.urandom(16).hex(),
+        }
+        lines = ["# e2e partners", ""]
+        lines.append("alice %s %s" % (self._digest("alice"),
+                                      ",".join(map(str, self.alice_brands))))
+        lines.append("bob %s %s   # one brand" % (self._digest("bob"),
+                                                  self.bob_brands[0]))
+        lines.append("root %s * apply" % self._digest("root"))
+        self.path = os.path.join(env.tmp, "tokens.txt")
+        with open(self.path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+    def _digest(self, name):
+        return hashlib.sha256(self.tokens[name].encode()).hexdigest()
+
+    def may(self, name):
+        if name == "root":
+            return lambda b: True
+        brands = self.alice_brands if name == "alice" else self.bob_brands
+        return lambda b: b in brands
+
+
+@pytest.fixture(scope="session")
+def partners(env):
+    return Partners(env)
+
+
+@pytest.fixture(scope="session")
+def token_server(env, partners):
+    """A server with --tokens: clients must AUTH."""
+    s = env.server(extra=["--tokens", partners.path], name="consentd-tokens")
+    try:
+        yield s
+    finally:
+        _stop(s)
