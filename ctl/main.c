@@ -17,8 +17,11 @@ struct command {
 };
 
 static const struct command commands[] = {
-	{ "gen", ctl_gen, "gen --records N [--seed S] --out FILE",
-	  "write a deterministic synthetic snapshot stream" },
+	{ "gen", ctl_gen,
+	  "gen --records N [--seed S] [--changes K [--from-sequence Q]] --out FILE",
+	  "write a deterministic synthetic snapshot stream, or with --changes\n"
+	  "      a change stream of K ONAY<->RET flips of its records,\n"
+	  "      sequences Q+1..Q+K (Q defaults to 0)" },
 	{ "build", ctl_build, "build --snapshot FILE --out DIR",
 	  "build a data directory that consentd --data-dir DIR serves" },
 	{ "verify", ctl_verify, "verify DIR",
@@ -28,6 +31,19 @@ static const struct command commands[] = {
 	{ "check", ctl_check,
 	  "check DIR RECIPIENT BRAND CHANNEL [BIREYSEL|TACIR] [TICARI|BILGILENDIRME]",
 	  "decide one check offline against DIR's newest generation" },
+	{ "feed", ctl_feed,
+	  "feed --rpc HOST:PORT [--token T] [--batch K] FILE|-",
+	  "send a change stream to a server's Apply RPC, resuming after its "
+	  "applied sequence" },
+	{ "import-csv", ctl_import_csv,
+	  "import-csv --brand B [--iys-code I] [--skip-bad] [--from-sequence Q] "
+	  "FILE --out FILE",
+	  "İYS daily change file (CSV, Turkey time) to a change stream "
+	  "numbered Q+1.." },
+	{ "import-json", ctl_import_json,
+	  "import-json --brand B [--iys-code I] [--skip-bad] [--from-sequence Q] "
+	  "FILE --out FILE",
+	  "İYS pull API pages ({\"after\":..,\"list\":[..]}) to a change stream" },
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))

@@ -1,0 +1,824 @@
+/*
+ * changelog: the durable change log (see index/changelog.h).
+ *
+ * Format. DIR/changes holds segments named by the sequence of their first
+ * record, 20 decimal digits and ".log", so the names sort in log order.
+ * All integers are little-endian.
+ *
+ *   segment = "CONSLOG\x01" (8 bytes), u64 first sequence, record*
+ *   record  = u32 len, u32 len_check, u64 checksum, payload[len]
+ *
+ * payload is a serialized consent.v1.Consent (its sequence field is the
+ * record's sequence); checksum is XXH3-64 of the payload; len_check is the
+ * low half of XXH3-64 of the four len bytes. The separate check on the
+ * length is what lets open tell a torn tail from damage: without it a bit
+ * flip in the length of a record in the middle would make it "run past the
+ * end" and look exactly like the partial record a crash leaves, and
+ * truncating there would throw away acknowledged records.
+ *
+ * What a crash can leave. An append is one pwrite of whole records then an
+ * fdatasync, and nothing is acknowledged before the fdatasync returns. A
+ * process killed mid-write leaves a prefix of that write: whole records,
+ * then part of one (fewer than 16 header bytes, or a checked length that
+ * runs past the end of the file). A power loss may also leave the last
+ * record's bytes unwritten (its checksum fails) or a tail of zeros (the
+ * size reached the disk before the data). Open accepts exactly those
+ * shapes, at the end of the last segment only, as a torn tail and
+ * truncates it; everything else is -EPROTO. A segment is created with its
+ * header and first batch in one write, so a torn creation is a last
+ * segment without a whole record, which open removes. New segments are
+ * made durable in the directory (fsync of DIR/changes) before the append
+ * that created them returns.
+ *
+ * Sequences strictly increase through the log, and a segment's first
+ * record carries the sequence in its name; open checks both, so a segment
+ * copied from elsewhere or out of order is refused too.
+ */
+#include "index/changelog.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <xxhash.h>
+
+#define SEGMENT_MAGIC "CONSLOG\x01"
+#define SEGMENT_HEADER_BYTES 16
+#define RECORD_HEADER_BYTES 16
+#define SEGMENT_NAME_DIGITS 20
+#define SEGMENT_NAME_SUFFIX ".log"
+#define SEGMENT_NAME_LEN (SEGMENT_NAME_DIGITS + 4)
+
+struct segment {
+	uint64_t base;    /* first sequence (the name) */
+	uint64_t last;    /* last sequence in it */
+	uint64_t size;    /* bytes, all verified */
+	uint64_t records;
+};
+
+struct changelog {
+	char path[PATH_MAX]; /* DIR/changes */
+	int dir_fd;          /* DIR/changes, flocked */
+	int fd;              /* the segment appends go to (segs[n-1]), or -1 */
+	struct segment *segs;
+	size_t n_segs, cap_segs;
+	uint64_t segment_bytes;
+	uint64_t last_seq;
+	uint64_t records;
+	uint64_t truncated_bytes;
+	uint64_t appends;
+	int failed;          /* 0, or the -errno that failed an append */
+	uint8_t *buf;        /* the batch being encoded */
+	size_t buf_cap;
+	char err[512];
+};
+
+static void put_u32(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put_u64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint32_t get_u32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+	       (uint32_t)p[3] << 24;
+}
+
+static uint64_t get_u64(const uint8_t *p)
+{
+	return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
+}
+
+static uint32_t len_check(const uint8_t *len_bytes)
+{
+	return (uint32_t)XXH3_64bits(len_bytes, 4);
+}
+
+static void set_err(char *buf, size_t cap, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void set_err(char *buf, size_t cap, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!buf || cap == 0)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(buf, cap, fmt, ap);
+	va_end(ap);
+}
+
+static void segment_name(uint64_t base, char *buf, size_t cap)
+{
+	snprintf(buf, cap, "%020" PRIu64 SEGMENT_NAME_SUFFIX, base);
+}
+
+/* 1 and *base for a name of ours, else 0 (other files are left alone). */
+static int segment_parse_name(const char *name, uint64_t *base)
+{
+	uint64_t v = 0;
+
+	if (strlen(name) != SEGMENT_NAME_LEN ||
+	    strcmp(name + SEGMENT_NAME_DIGITS, SEGMENT_NAME_SUFFIX) != 0)
+		return 0;
+	for (int i = 0; i < SEGMENT_NAME_DIGITS; i++) {
+		if (name[i] < '0' || name[i] > '9')
+			return 0;
+		unsigned d = (unsigned)(name[i] - '0');
+		if (v > (UINT64_MAX - d) / 10)
+			return 0;
+		v = v * 10 + d;
+	}
+	*base = v;
+	return 1;
+}
+
+static int all_zero(const uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (p[i])
+			return 0;
+	return 1;
+}
+
+/* The sequence of a payload that decodes, or 0 with *ok = 0. */
+static uint64_t payload_sequence(const uint8_t *p, size_t len, int *ok)
+{
+	Consent__V1__Consent *c = consent__v1__consent__unpack(NULL, len, p);
+	uint64_t seq;
+
+	if (!c) {
+		*ok = 0;
+		return 0;
+	}
+	seq = c->sequence;
+	consent__v1__consent__free_unpacked(c, NULL);
+	*ok = 1;
+	return seq;
+}
+
+/*
+ * Verifies one segment's bytes. prev is the last sequence before it.
+ * Sets *valid_end to the end of the last whole record; for the last
+ * segment a torn tail (see the essay) stops the scan there, for any other
+ * the same shape is damage. Returns 0 or -EPROTO with the message in err.
+ */
+static int segment_verify(const char *path, const uint8_t *p, uint64_t size,
+			  uint64_t base, int is_last, uint64_t prev,
+			  struct segment *seg, uint64_t *valid_end, char *err,
+			  size_t err_cap)
+{
+	uint64_t pos = SEGMENT_HEADER_BYTES;
+
+	seg->base = base;
+	seg->last = 0;
+	seg->records = 0;
+	*valid_end = 0;
+	if (size < SEGMENT_HEADER_BYTES ||
+	    (is_last && all_zero(p, (size_t)size))) {
+		if (is_last)
+			return 0; /* torn creation: no record was ever acked */
+		set_err(err, err_cap, "%s: offset 0: segment header truncated",
+			path);
+		return -EPROTO;
+	}
+	if (memcmp(p, SEGMENT_MAGIC, 8) != 0) {
+		set_err(err, err_cap, "%s: offset 0: not a change log segment",
+			path);
+		return -EPROTO;
+	}
+	if (get_u64(p + 8) != base) {
+		set_err(err, err_cap,
+			"%s: offset 8: header says first sequence %" PRIu64
+			", the name %" PRIu64, path, get_u64(p + 8), base);
+		return -EPROTO;
+	}
+	*valid_end = pos;
+	while (pos < size) {
+		uint64_t rem = size - pos;
+		const uint8_t *h = p + pos;
+
+		if (is_last && all_zero(h, (size_t)rem))
+			return 0;
+		if (rem < RECORD_HEADER_BYTES) {
+			if (is_last)
+				return 0;
+			set_err(err, err_cap,
+				"%s: offset %" PRIu64 ": record header truncated",
+				path, pos);
+			return -EPROTO;
+		}
+		uint32_t len = get_u32(h);
+
+		if (get_u32(h + 4) != len_check(h)) {
+			set_err(err, err_cap,
+				"%s: offset %" PRIu64 ": record length check failed",
+				path, pos);
+			return -EPROTO;
+		}
+		if (len == 0 || len > CHANGELOG_RECORD_MAX) {
+			set_err(err, err_cap,
+				"%s: offset %" PRIu64 ": record length %" PRIu32
+				" out of range", path, pos, len);
+			return -EPROTO;
+		}
+		if (len > rem - RECORD_HEADER_BYTES) {
+			if (is_last)
+				return 0;
+			set_err(err, err_cap,
+				"%s: offset %" PRIu64 ": record runs past the end",
+				path, pos);
+			return -EPROTO;
+		}
+		const uint8_t *payload = h + RECORD_HEADER_BYTES;
+		uint64_t end = pos + RECORD_HEADER_BYTES + len;
+
+		if (XXH3_64bits(payload, len) != get_u64(h + 8)) {
+			if (is_last && end == size)
+				return 0;
+			set_err(err, err_cap,
+				"%s: offset %" PRIu64 ": record checksum mismatch",
+				path, pos);
+			return -EPROTO;
+		}
+		int ok;
+		uint64_t seq = payload_sequence(payload, len, &ok);
+
+		if (!ok) {
+			set_err(err, err_cap,
+				"%s: offset %" PRIu64 ": record does not decode "
+				"as a Consent", path, pos);
+			return -EPROTO;
+		}
+		if (seq <= prev) {
+			set_err(err, err_cap,
+				"%s: offset %" PRIu64 ": sequence %" PRIu64
+				" after %" PRIu64, path, pos, seq, prev);
+			return -EPROTO;
+		}
+		if (seg->records == 0 && seq != base) {
+			set_err(err, err_cap,
+				"%s: offset %" PRIu64 ": first sequence %" PRIu64
+				", the name says %" PRIu64, path, pos, seq, base);
+			return -EPROTO;
+		}
+		prev = seq;
+		seg->last = seq;
+		seg->records++;
+		pos = end;
+		*valid_end = pos;
+	}
+	return 0;
+}
+
+static int segs_push(struct changelog *log, const struct segment *s)
+{
+	if (log->n_segs == log->cap_segs) {
+		size_t cap = log->cap_segs ? log->cap_segs * 2 : 16;
+		struct segment *n = realloc(log->segs, cap * sizeof(*n));
+
+		if (!n)
+			return -ENOMEM;
+		log->segs = n;
+		log->cap_segs = cap;
+	}
+	log->segs[log->n_segs++] = *s;
+	return 0;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* The bases of the segment files in the directory, sorted. */
+static int list_segments(struct changelog *log, uint64_t **out, size_t *n_out,
+			 char *err, size_t err_cap)
+{
+	int fd = dup(log->dir_fd);
+	DIR *d;
+	struct dirent *e;
+	uint64_t *v = NULL;
+	size_t n = 0, cap = 0;
+
+	if (fd < 0 || !(d = fdopendir(fd))) {
+		int rc = -errno;
+
+		if (fd >= 0)
+			close(fd);
+		set_err(err, err_cap, "%s: %s", log->path, strerror(-rc));
+		return rc;
+	}
+	rewinddir(d);
+	while ((errno = 0, e = readdir(d))) {
+		uint64_t base;
+
+		if (!segment_parse_name(e->d_name, &base))
+			continue;
+		if (n == cap) {
+			size_t c = cap ? cap * 2 : 16;
+			uint64_t *nv = realloc(v, c * sizeof(*nv));
+
+			if (!nv) {
+				free(v);
+				closedir(d);
+				return -ENOMEM;
+			}
+			v = nv;
+			cap = c;
+		}
+		v[n++] = base;
+	}
+	if (errno) {
+		int rc = -errno;
+
+		set_err(err, err_cap, "%s: %s", log->path, strerror(errno));
+		free(v);
+		closedir(d);
+		return rc;
+	}
+	closedir(d);
+	if (n)
+		qsort(v, n, sizeof(*v), cmp_u64);
+	*out = v;
+	*n_out = n;
+	return 0;
+}
+
+/* Opens and verifies one segment; the last one is repaired in place. */
+static int open_segment(struct changelog *log, uint64_t base, int is_last,
+			char *err, size_t err_cap)
+{
+	char name[SEGMENT_NAME_LEN + 1], path[PATH_MAX + 64];
+	struct stat st;
+	struct segment seg;
+	uint64_t valid_end;
+	uint8_t *map = NULL;
+	int fd, rc;
+
+	segment_name(base, name, sizeof(name));
+	snprintf(path, sizeof(path), "%s/%s", log->path, name);
+	fd = openat(log->dir_fd, name, (is_last ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+	if (fd < 0 || fstat(fd, &st) < 0) {
+		rc = -errno;
+		set_err(err, err_cap, "%s: %s", path, strerror(errno));
+		goto out;
+	}
+	if (st.st_size > 0) {
+		map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+		if (map == MAP_FAILED) {
+			map = NULL;
+			rc = -errno;
+			set_err(err, err_cap, "%s: mmap: %s", path, strerror(errno));
+			goto out;
+		}
+	}
+	rc = segment_verify(path, map, (uint64_t)st.st_size, base, is_last,
+			    log->last_seq, &seg, &valid_end, err, err_cap);
+	if (map)
+		munmap(map, (size_t)st.st_size);
+	if (rc < 0)
+		goto out;
+	if (seg.records == 0 && !is_last) {
+		set_err(err, err_cap, "%s: offset %d: segment holds no record",
+			path, SEGMENT_HEADER_BYTES);
+		rc = -EPROTO;
+		goto out;
+	}
+	if (seg.records == 0) {
+		/* A torn creation: the file never held an acknowledged record. */
+		log->truncated_bytes += (uint64_t)st.st_size;
+		if (unlinkat(log->dir_fd, name, 0) < 0 || fsync(log->dir_fd) < 0) {
+			rc = -errno;
+			set_err(err, err_cap, "%s: removing a torn segment: %s",
+				path, strerror(errno));
+		}
+		goto out;
+	}
+	if (valid_end < (uint64_t)st.st_size) {
+		/* A torn tail: cut it, durably, before anything is appended
+		 * after it (else a later append would sit behind garbage). */
+		if (ftruncate(fd, (off_t)valid_end) < 0 || fdatasync(fd) < 0) {
+			rc = -errno;
+			set_err(err, err_cap, "%s: truncating a torn tail: %s",
+				path, strerror(errno));
+			goto out;
+		}
+		log->truncated_bytes += (uint64_t)st.st_size - valid_end;
+	}
+	seg.size = valid_end;
+	rc = segs_push(log, &seg);
+	if (rc < 0)
+		goto out;
+	log->last_seq = seg.last;
+	log->records += seg.records;
+	if (is_last && seg.size < log->segment_bytes) {
+		log->fd = fd; /* appends continue here */
+		return 0;
+	}
+out:
+	if (fd >= 0)
+		close(fd);
+	return rc;
+}
+
+int changelog_open(const char *dir, const struct changelog_options *opt,
+		   struct changelog **out, char *err, size_t err_cap)
+{
+	struct changelog *log;
+	uint64_t *bases = NULL;
+	size_t n = 0;
+	int rc;
+
+	set_err(err, err_cap, "%s", "");
+	log = calloc(1, sizeof(*log));
+	if (!log)
+		return -ENOMEM;
+	log->dir_fd = -1;
+	log->fd = -1;
+	log->segment_bytes = opt && opt->segment_bytes ?
+				     opt->segment_bytes :
+				     CHANGELOG_SEGMENT_BYTES_DEFAULT;
+	if ((size_t)snprintf(log->path, sizeof(log->path), "%s/%s", dir,
+			     CHANGELOG_DIR) >= sizeof(log->path)) {
+		rc = -ENAMETOOLONG;
+		set_err(err, err_cap, "%s: path too long", dir);
+		goto fail;
+	}
+	if (mkdir(log->path, 0755) == 0) {
+		/* The new directory's entry must survive a crash too. */
+		int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+		if (dfd < 0 || fsync(dfd) < 0) {
+			rc = -errno;
+			if (dfd >= 0)
+				close(dfd);
+			set_err(err, err_cap, "%s: %s", dir, strerror(-rc));
+			goto fail;
+		}
+		close(dfd);
+	} else if (errno != EEXIST) {
+		rc = -errno;
+		set_err(err, err_cap, "%s: %s", log->path, strerror(errno));
+		goto fail;
+	}
+	log->dir_fd = open(log->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (log->dir_fd < 0) {
+		rc = -errno;
+		set_err(err, err_cap, "%s: %s", log->path, strerror(errno));
+		goto fail;
+	}
+	if (flock(log->dir_fd, LOCK_EX | LOCK_NB) < 0) {
+		rc = errno == EWOULDBLOCK ? -EBUSY : -errno;
+		set_err(err, err_cap, "%s: %s", log->path,
+			rc == -EBUSY ? "another process holds the change log" :
+				       strerror(errno));
+		goto fail;
+	}
+	rc = list_segments(log, &bases, &n, err, err_cap);
+	if (rc < 0)
+		goto fail;
+	for (size_t i = 0; i < n; i++) {
+		rc = open_segment(log, bases[i], i + 1 == n, err, err_cap);
+		if (rc < 0)
+			goto fail;
+	}
+	free(bases);
+	*out = log;
+	return 0;
+fail:
+	free(bases);
+	changelog_close(log);
+	return rc;
+}
+
+void changelog_close(struct changelog *log)
+{
+	if (!log)
+		return;
+	if (log->fd >= 0)
+		close(log->fd);
+	if (log->dir_fd >= 0)
+		close(log->dir_fd); /* releases the flock */
+	free(log->segs);
+	free(log->buf);
+	free(log);
+}
+
+uint64_t changelog_last_sequence(const struct changelog *log)
+{
+	return log->last_seq;
+}
+
+const char *changelog_error(const struct changelog *log)
+{
+	return log->err;
+}
+
+void changelog_stats(const struct changelog *log, struct changelog_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->segments = log->n_segs;
+	for (size_t i = 0; i < log->n_segs; i++)
+		out->bytes += log->segs[i].size;
+	out->records = log->records;
+	out->first_sequence = log->n_segs ? log->segs[0].base : 0;
+	out->last_sequence = log->last_seq;
+	out->truncated_bytes = log->truncated_bytes;
+	out->appends = log->appends;
+	out->failed = log->failed != 0;
+}
+
+static int pwrite_all(int fd, const uint8_t *p, size_t len, uint64_t off)
+{
+	while (len > 0) {
+		ssize_t w = pwrite(fd, p, len, (off_t)off);
+
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (w == 0)
+			return -EIO;
+		p += w;
+		len -= (size_t)w;
+		off += (uint64_t)w;
+	}
+	return 0;
+}
+
+/* Marks the log failed; every later append returns rc. */
+static int append_fail(struct changelog *log, int rc, const char *what)
+{
+	log->failed = rc;
+	set_err(log->err, sizeof(log->err),
+		"%s: %s: %s; the change log takes no more appends until reopened",
+		log->path, what, strerror(-rc));
+	return rc;
+}
+
+int changelog_append(struct changelog *log, Consent__V1__Consent *const *changes,
+		     size_t n)
+{
+	uint64_t prev = log->last_seq;
+	size_t total = 0;
+	int roll, rc;
+
+	if (log->failed) {
+		set_err(log->err, sizeof(log->err),
+			"%s: an earlier append failed (%s); reopen the change log",
+			log->path, strerror(-log->failed));
+		return log->failed;
+	}
+	if (n == 0)
+		return 0;
+	/* Check everything before writing anything. */
+	for (size_t i = 0; i < n; i++) {
+		uint64_t seq = changes[i]->sequence;
+		size_t len = consent__v1__consent__get_packed_size(changes[i]);
+
+		if (seq == 0) {
+			set_err(log->err, sizeof(log->err),
+				"change %zu: sequence 0 (a change needs one)", i);
+			return -EINVAL;
+		}
+		if (seq <= prev) {
+			set_err(log->err, sizeof(log->err),
+				"sequence %" PRIu64 " after %" PRIu64, seq, prev);
+			return -EINVAL;
+		}
+		if (len > CHANGELOG_RECORD_MAX) {
+			set_err(log->err, sizeof(log->err),
+				"sequence %" PRIu64 ": record of %zu bytes over %u",
+				seq, len, CHANGELOG_RECORD_MAX);
+			return -EMSGSIZE;
+		}
+		prev = seq;
+		total += RECORD_HEADER_BYTES + len;
+	}
+	roll = log->fd < 0;
+	if (!roll && log->segs[log->n_segs - 1].size >= log->segment_bytes)
+		roll = 1;
+	if (roll)
+		total += SEGMENT_HEADER_BYTES;
+	if (total > log->buf_cap) {
+		uint8_t *b = realloc(log->buf, total);
+
+		if (!b) {
+			set_err(log->err, sizeof(log->err), "out of memory");
+			return -ENOMEM;
+		}
+		log->buf = b;
+		log->buf_cap = total;
+	}
+	if (roll && log->n_segs == log->cap_segs) {
+		/* Grow now so that nothing can fail after the file exists. */
+		struct segment dummy = { 0 };
+
+		if (segs_push(log, &dummy) < 0) {
+			set_err(log->err, sizeof(log->err), "out of memory");
+			return -ENOMEM;
+		}
+		log->n_segs--;
+	}
+
+	uint8_t *p = log->buf;
+	uint64_t base = changes[0]->sequence;
+
+	if (roll) {
+		memcpy(p, SEGMENT_MAGIC, 8);
+		put_u64(p + 8, base);
+		p += SEGMENT_HEADER_BYTES;
+	}
+	for (size_t i = 0; i < n; i++) {
+		size_t len = consent__v1__consent__pack(changes[i],
+							 p + RECORD_HEADER_BYTES);
+
+		put_u32(p, (uint32_t)len);
+		put_u32(p + 4, len_check(p));
+		put_u64(p + 8, XXH3_64bits(p + RECORD_HEADER_BYTES, len));
+		p += RECORD_HEADER_BYTES + len;
+	}
+
+	if (roll) {
+		char name[SEGMENT_NAME_LEN + 1];
+		int fd;
+
+		segment_name(base, name, sizeof(name));
+		fd = openat(log->dir_fd, name,
+			    O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+		if (fd < 0)
+			return append_fail(log, -errno, "creating a segment");
+		rc = pwrite_all(fd, log->buf, total, 0);
+		if (rc < 0) {
+			close(fd);
+			unlinkat(log->dir_fd, name, 0); /* best effort */
+			return append_fail(log, rc, "write");
+		}
+		if (fdatasync(fd) < 0) {
+			rc = -errno;
+			close(fd);
+			return append_fail(log, rc, "fdatasync");
+		}
+		/* The file's directory entry: without this a power loss may
+		 * lose the whole new segment after we acknowledged it. */
+		if (fsync(log->dir_fd) < 0) {
+			rc = -errno;
+			close(fd);
+			return append_fail(log, rc, "fsync of the directory");
+		}
+		if (log->fd >= 0)
+			close(log->fd);
+		log->fd = fd;
+		struct segment seg = { .base = base, .size = 0 };
+
+		segs_push(log, &seg); /* cannot fail: grown above */
+		log->segs[log->n_segs - 1].size = SEGMENT_HEADER_BYTES;
+		total -= SEGMENT_HEADER_BYTES;
+	} else {
+		struct segment *s = &log->segs[log->n_segs - 1];
+
+		rc = pwrite_all(log->fd, log->buf, total, s->size);
+		if (rc < 0) {
+			/* Best effort: a partial record would be cut as a torn
+			 * tail at the next open anyway. */
+			if (ftruncate(log->fd, (off_t)s->size) < 0) {
+				/* nothing more to do: the log is failed */
+			}
+			return append_fail(log, rc, "write");
+		}
+		if (fdatasync(log->fd) < 0)
+			return append_fail(log, -errno, "fdatasync");
+	}
+	struct segment *s = &log->segs[log->n_segs - 1];
+
+	s->size += total;
+	s->last = prev;
+	s->records += n;
+	log->records += n;
+	log->last_seq = prev;
+	log->appends++;
+	return 0;
+}
+
+int changelog_replay(struct changelog *log, uint64_t after,
+		     changelog_replay_fn fn, void *arg)
+{
+	for (size_t i = 0; i < log->n_segs; i++) {
+		const struct segment *s = &log->segs[i];
+		char name[SEGMENT_NAME_LEN + 1];
+		uint8_t *map;
+		int fd, rc = 0;
+
+		if (s->last <= after)
+			continue;
+		segment_name(s->base, name, sizeof(name));
+		fd = openat(log->dir_fd, name, O_RDONLY | O_CLOEXEC);
+		if (fd < 0) {
+			rc = -errno;
+			set_err(log->err, sizeof(log->err), "%s/%s: %s",
+				log->path, name, strerror(errno));
+			return rc;
+		}
+		map = mmap(NULL, (size_t)s->size, PROT_READ, MAP_PRIVATE, fd, 0);
+		close(fd);
+		if (map == MAP_FAILED) {
+			rc = -errno;
+			set_err(log->err, sizeof(log->err), "%s/%s: mmap: %s",
+				log->path, name, strerror(errno));
+			return rc;
+		}
+		/* Open verified these bytes; check again, cheaply, since the
+		 * file may have been damaged since. */
+		uint64_t pos = SEGMENT_HEADER_BYTES;
+
+		while (pos < s->size && rc == 0) {
+			const uint8_t *h = map + pos;
+			uint32_t len = get_u32(h);
+			Consent__V1__Consent *c = NULL;
+
+			if (s->size - pos < RECORD_HEADER_BYTES ||
+			    get_u32(h + 4) != len_check(h) || len == 0 ||
+			    len > s->size - pos - RECORD_HEADER_BYTES ||
+			    XXH3_64bits(h + RECORD_HEADER_BYTES, len) !=
+				    get_u64(h + 8) ||
+			    !(c = consent__v1__consent__unpack(
+				      NULL, len, h + RECORD_HEADER_BYTES))) {
+				set_err(log->err, sizeof(log->err),
+					"%s/%s: offset %" PRIu64
+					": record damaged since open",
+					log->path, name, pos);
+				rc = -EPROTO;
+				break;
+			}
+			if (c->sequence > after)
+				rc = fn(c, arg);
+			consent__v1__consent__free_unpacked(c, NULL);
+			pos += RECORD_HEADER_BYTES + len;
+		}
+		munmap(map, (size_t)s->size);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+int changelog_drop_through(struct changelog *log, uint64_t watermark)
+{
+	size_t n_drop = 0;
+	int rc = 0;
+
+	while (n_drop < log->n_segs && log->segs[n_drop].last <= watermark) {
+		const struct segment *s = &log->segs[n_drop];
+		char name[SEGMENT_NAME_LEN + 1];
+
+		if (n_drop + 1 == log->n_segs) {
+			/* The newest segment stays, so the last sequence
+			 * survives a restart; sealed, the next append starts
+			 * a new segment and a later drop removes this one. */
+			if (log->fd >= 0)
+				close(log->fd);
+			log->fd = -1;
+			break;
+		}
+		segment_name(s->base, name, sizeof(name));
+		if (unlinkat(log->dir_fd, name, 0) < 0) {
+			rc = -errno;
+			set_err(log->err, sizeof(log->err), "%s/%s: unlink: %s",
+				log->path, name, strerror(errno));
+			break;
+		}
+		log->records -= s->records;
+		n_drop++;
+	}
+	if (n_drop) {
+		memmove(log->segs, log->segs + n_drop,
+			(log->n_segs - n_drop) * sizeof(*log->segs));
+		log->n_segs -= n_drop;
+		if (fsync(log->dir_fd) < 0 && rc == 0) {
+			rc = -errno;
+			set_err(log->err, sizeof(log->err), "%s: fsync: %s",
+				log->path, strerror(errno));
+		}
+	}
+	return rc < 0 ? rc : (int)n_drop;
+}
