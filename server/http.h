@@ -10,6 +10,7 @@
 #define CONSENTD_SERVER_HTTP_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 struct http;
 struct server_config;
@@ -19,5 +20,8 @@ struct server_config;
 int http_start(const struct server_config *cfg, unsigned metrics_slot,
 	       struct http **out, char *err, size_t err_cap);
 void http_stop(struct http *h);
+
+/* The port it listens on (the one the kernel chose for port 0). */
+uint16_t http_port(const struct http *h);
 
 #endif

@@ -1,0 +1,1024 @@
+/*
+ * http: the ops port. libmicrohttpd runs in its "external" epoll mode on a
+ * thread of ours rather than on a thread of its own, for one reason: this
+ * thread is a liburcu QSBR reader, and a reader must register before its
+ * first read side and unregister before it exits. On our own thread both
+ * are plain calls at its start and end; on MHD's internal thread there is
+ * no hook for the second.
+ *
+ * The thread stays RCU-offline except around the few lines that use the
+ * served index (http_checks, http_index_info): there it copies out what it
+ * needs (verdicts, whose error strings are static, and the index's header
+ * fields) and goes offline again before it encodes or sends anything, so a
+ * slow client or a large JSON body never holds up a generation swap.
+ *
+ * Decisions (DESIGN §3.4 leaves them open):
+ * - A request the port cannot read (bad JSON, unknown field or parameter,
+ *   unknown enum name, wrong types, too many checks) is a 400 with
+ *   {"error":...}; a check the port can read but the decision table calls
+ *   malformed (a recipient that does not normalise, brand 0, no channel)
+ *   is a 200 whose verdict says INVALID_REQUEST with an "error", as the
+ *   RPC and RESP ports answer it. A body over 1 MiB is a 413.
+ * - In a query string '+' means a space (form encoding), so a phone sent
+ *   as ?recipient=+90532... arrives as " 90532..."; normalisation strips
+ *   spaces and "905321234567" is a Turkish number, so it still answers
+ *   right, but callers should send %2B.
+ * - Before the first generation is published, /v1/check answers 503 and
+ *   /v1/stats reports zeros for the index's fields; /metrics leaves the
+ *   index's gauges out and says consentd_ready 0.
+ */
+#include "server/http.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <microhttpd.h>
+#include <urcu-qsbr.h>
+
+#include "core/check.h"
+#include "core/enums.h"
+#include "core/tokens.h"
+#include "index/table.h"
+#include "server/config.h"
+#include "server/json.h"
+#include "server/live.h"
+#include "server/metrics.h"
+
+#define HTTP_MAX_CONNECTIONS 64
+/* MHD closes a connection idle this long. Short: an idle or stalled
+ * client holds one of few slots, and bytes MHD reads as blank lines (a
+ * stream of NULs, say) only ever end this way. */
+#define HTTP_CONN_TIMEOUT_S 3
+#define HTTP_BACKLOG 64
+#define HTTP_HEALTH_MAX_AGE_MS 2000 /* a worker silent longer is unhealthy */
+#define HTTP_TURN_MS 1000        /* longest wait between two loop turns */
+
+struct http {
+	const struct server_config *cfg;
+	struct metrics *m;      /* our slot: this thread is its only writer */
+	unsigned slot;
+	struct MHD_Daemon *daemon;
+	int epoll_fd;           /* MHD's, polled by our thread */
+	int stop_fd;            /* eventfd: http_stop wakes the thread */
+	pthread_t thread;
+	uint16_t port;
+	uint64_t start_ms;      /* CLOCK_MONOTONIC at http_start */
+};
+
+enum http_route {
+	ROUTE_NONE,    /* 404 */
+	ROUTE_HEALTHZ,
+	ROUTE_READYZ,
+	ROUTE_METRICS,
+	ROUTE_CHECK,   /* GET and POST */
+	ROUTE_STATS,
+};
+
+/* A POST /v1/check between its headers and the end of its body. */
+struct http_req {
+	uint64_t start_us;
+	const struct principal *principal;
+	char *body;
+	size_t len;
+	size_t cap;
+	bool too_large; /* went past JSON_MAX_BODY_BYTES: the rest is dropped */
+};
+
+static const char *const http_proto_names[METRICS_PROTO_COUNT] = {
+	[METRICS_RPC] = "rpc",
+	[METRICS_RESP] = "resp",
+	[METRICS_HTTP] = "http",
+};
+
+static uint64_t http_mono_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static int64_t http_wall_s(void)
+{
+	return (int64_t)time(NULL);
+}
+
+/* ---- replies ---- */
+
+/* Queues body (malloc'd; MHD frees it) and owns it in every case. */
+static enum MHD_Result http_reply(struct MHD_Connection *conn,
+				  unsigned status, const char *type, char *body,
+				  size_t len, const char *hdr, const char *hdr_val)
+{
+	static const char oom[] = "{\"error\":\"out of memory\"}";
+	struct MHD_Response *resp;
+	enum MHD_Result ret;
+
+	if (body)
+		resp = MHD_create_response_from_buffer(len, body,
+						       MHD_RESPMEM_MUST_FREE);
+	else
+		resp = MHD_create_response_from_buffer(sizeof(oom) - 1,
+						       (void *)oom,
+						       MHD_RESPMEM_PERSISTENT);
+	if (!resp) {
+		free(body);
+		return MHD_NO; /* MHD closes the connection */
+	}
+	if (!body) {
+		status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+		type = "application/json";
+	}
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+	if (hdr)
+		MHD_add_response_header(resp, hdr, hdr_val);
+	ret = MHD_queue_response(conn, status, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
+static enum MHD_Result http_reply_json(struct MHD_Connection *conn,
+				       unsigned status, char *json)
+{
+	return http_reply(conn, status, "application/json", json,
+			  json ? strlen(json) : 0, NULL, NULL);
+}
+
+static enum MHD_Result http_reply_text(struct MHD_Connection *conn,
+				       unsigned status, const char *text)
+{
+	char *s = strdup(text);
+
+	return http_reply(conn, status, "text/plain; charset=utf-8", s,
+			  s ? strlen(s) : 0, NULL, NULL);
+}
+
+/* {"error":...}; a 400 is counted as a bad request. */
+static enum MHD_Result http_reply_error(struct http *h,
+					struct MHD_Connection *conn,
+					unsigned status, const char *hdr,
+					const char *hdr_val, const char *fmt, ...)
+	__attribute__((format(printf, 6, 7)));
+static enum MHD_Result http_reply_error(struct http *h,
+					struct MHD_Connection *conn,
+					unsigned status, const char *hdr,
+					const char *hdr_val, const char *fmt, ...)
+{
+	char msg[256];
+	char *json;
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (status == MHD_HTTP_BAD_REQUEST)
+		metrics_inc(&h->m->http_bad_requests);
+	json = json_encode_error(msg);
+	return http_reply(conn, status, "application/json", json,
+			  json ? strlen(json) : 0, hdr, hdr_val);
+}
+
+/* ---- the index, inside a read side ---- */
+
+/*
+ * Decides in[0..n) into out. Returns false, deciding nothing, when no
+ * generation is published yet. The read side: rcu_thread_online() makes
+ * this thread a reader that live_publish's grace period waits for;
+ * rcu_thread_offline() ends it, after which neither ix nor anything in it
+ * is touched (verdict error strings are static, info is a copy).
+ */
+static bool http_checks(struct http *h, const struct principal *p,
+			const struct check_input *in, size_t n,
+			struct verdict *out, struct index_info *info)
+{
+	const struct index *ix;
+	bool have;
+
+	rcu_thread_online();
+	ix = live_index();
+	have = ix != NULL;
+	if (have) {
+		struct check_env env = {
+			.index = ix,
+			.policy = &h->cfg->policy,
+			.principal = p,
+			.stale = live_stale(ix, http_wall_s(),
+					    h->cfg->stale_hard_s),
+		};
+
+		index_info(ix, info);
+		check_batch(&env, in, n, out);
+	}
+	rcu_thread_offline();
+	return have;
+}
+
+/* The served generation's header fields and its soft freshness; false if
+ * there is none. Same read side as http_checks. */
+static bool http_index_info(struct http *h, struct index_info *info,
+			    bool *soft_stale)
+{
+	const struct index *ix;
+	bool have;
+
+	rcu_thread_online();
+	ix = live_index();
+	have = ix != NULL;
+	if (have) {
+		index_info(ix, info);
+		*soft_stale = live_stale(ix, http_wall_s(), h->cfg->stale_soft_s);
+	}
+	rcu_thread_offline();
+	if (!have)
+		memset(info, 0, sizeof(*info));
+	return have;
+}
+
+static void http_count_checks(struct http *h, const struct verdict *v,
+			      size_t n, uint64_t start_us)
+{
+	for (size_t i = 0; i < n; i++)
+		metrics_record_check(h->m, METRICS_HTTP, v[i].reason);
+	metrics_record_latency(h->m, METRICS_HTTP, http_mono_us() - start_us);
+}
+
+/* ---- endpoints ---- */
+
+static enum MHD_Result http_healthz(struct http *h, struct MHD_Connection *conn)
+{
+	uint64_t now_ms = http_mono_us() / 1000u;
+	unsigned n = metrics_n_slots();
+	char msg[128];
+
+	/* Every slot but ours is a worker's (ours keeps last_turn_ms 0: if
+	 * this answers at all, this thread is turning). */
+	for (unsigned i = 0; i < n; i++) {
+		uint64_t last;
+
+		if (i == h->slot)
+			continue;
+		/* Relaxed: pairs with the worker's relaxed store of its turn
+		 * time; the value alone is the message, nothing else is read
+		 * through it. */
+		last = atomic_load_explicit(&metrics_slot(i)->last_turn_ms,
+					    memory_order_relaxed);
+		/* A worker's first turn may still be under way just after
+		 * start-up: count a silent one's silence from our start. */
+		if (last == 0)
+			last = h->start_ms;
+		if (last + HTTP_HEALTH_MAX_AGE_MS < now_ms) {
+			snprintf(msg, sizeof(msg),
+				 "worker %u: no loop turn for %" PRIu64 " ms\n",
+				 i, now_ms - last);
+			return http_reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE,
+					       msg);
+		}
+	}
+	return http_reply_text(conn, MHD_HTTP_OK, "ok\n");
+}
+
+static enum MHD_Result http_readyz(struct http *h, struct MHD_Connection *conn)
+{
+	struct index_info info;
+	bool stale = false;
+	char msg[160];
+
+	if (!http_index_info(h, &info, &stale))
+		return http_reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE,
+				       "no index loaded\n");
+	if (stale) {
+		snprintf(msg, sizeof(msg),
+			 "data stale: %" PRId64 " s old, soft bound %" PRId64 " s\n",
+			 http_wall_s() - info.data_as_of, h->cfg->stale_soft_s);
+		return http_reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, msg);
+	}
+	return http_reply_text(conn, MHD_HTTP_OK, "ready\n");
+}
+
+/* 1 -> "0.000001", 10000 -> "0.01": Prometheus "le" labels in seconds. */
+static void http_us_to_s(char *buf, size_t cap, uint64_t us)
+{
+	size_t n;
+
+	n = (size_t)snprintf(buf, cap, "%" PRIu64 ".%06" PRIu64,
+			     us / 1000000u, us % 1000000u);
+	while (n > 0 && buf[n - 1] == '0')
+		buf[--n] = '\0';
+	if (n > 0 && buf[n - 1] == '.')
+		buf[--n] = '\0';
+}
+
+static void http_gauge(FILE *f, const char *name, const char *help,
+		       const char *fmt_value, ...)
+	__attribute__((format(printf, 4, 5)));
+static void http_gauge(FILE *f, const char *name, const char *help,
+		       const char *fmt_value, ...)
+{
+	va_list ap;
+
+	fprintf(f, "# HELP %s %s\n# TYPE %s gauge\n%s ", name, help, name, name);
+	va_start(ap, fmt_value);
+	vfprintf(f, fmt_value, ap);
+	va_end(ap);
+	fputc('\n', f);
+}
+
+#define HTTP_LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
+
+/* Prometheus text exposition format 0.0.4. */
+static char *http_metrics_text(struct http *h, size_t *len)
+{
+	static const uint64_t bounds[] = METRICS_LATENCY_BOUNDS_US;
+	_Static_assert(sizeof(bounds) / sizeof(bounds[0]) + 1 ==
+		       METRICS_LATENCY_BUCKETS, "buckets = bounds + Inf");
+	struct metrics *sum;
+	struct index_info info;
+	bool stale = false, have;
+	char *buf = NULL;
+	size_t size = 0;
+	FILE *f;
+
+	sum = calloc(1, sizeof(*sum));
+	if (!sum)
+		return NULL;
+	metrics_sum(sum);
+	have = http_index_info(h, &info, &stale);
+	f = open_memstream(&buf, &size);
+	if (!f) {
+		free(sum);
+		return NULL;
+	}
+
+#define HTTP_COUNTER(name, prom, help)                                       \
+	fprintf(f, "# HELP %s %s\n# TYPE %s counter\n%s %" PRIu64 "\n", prom, \
+		help, prom, prom, (uint64_t)HTTP_LOAD(sum->name));
+	METRICS_COUNTERS(HTTP_COUNTER)
+#undef HTTP_COUNTER
+
+	fputs("# HELP consentd_checks_total Checks answered, by protocol and "
+	      "reason.\n# TYPE consentd_checks_total counter\n", f);
+	for (int p = 0; p < METRICS_PROTO_COUNT; p++)
+		for (int r = 1; r < REASON_COUNT; r++)
+			fprintf(f,
+				"consentd_checks_total{protocol=\"%s\",reason=\"%s\"} %" PRIu64 "\n",
+				http_proto_names[p], enums_reason_name(r),
+				(uint64_t)HTTP_LOAD(sum->checks[p][r]));
+
+	fputs("# HELP consentd_request_latency_seconds Time from a request's "
+	      "bytes arriving to its reply being queued.\n"
+	      "# TYPE consentd_request_latency_seconds histogram\n", f);
+	for (int p = 0; p < METRICS_PROTO_COUNT; p++) {
+		uint64_t cum = 0;
+		uint64_t sum_us = HTTP_LOAD(sum->latency_sum_us[p]);
+		char le[32];
+
+		for (int b = 0; b < METRICS_LATENCY_BUCKETS; b++) {
+			cum += HTTP_LOAD(sum->latency[p][b]);
+			if (b + 1 < METRICS_LATENCY_BUCKETS)
+				http_us_to_s(le, sizeof(le), bounds[b]);
+			else
+				strcpy(le, "+Inf");
+			fprintf(f,
+				"consentd_request_latency_seconds_bucket{protocol=\"%s\",le=\"%s\"} %" PRIu64 "\n",
+				http_proto_names[p], le, cum);
+		}
+		fprintf(f,
+			"consentd_request_latency_seconds_sum{protocol=\"%s\"} %" PRIu64 ".%06" PRIu64 "\n"
+			"consentd_request_latency_seconds_count{protocol=\"%s\"} %" PRIu64 "\n",
+			http_proto_names[p], sum_us / 1000000u, sum_us % 1000000u,
+			http_proto_names[p], cum);
+	}
+
+	http_gauge(f, "consentd_connections_open", "Client connections open.",
+		   "%" PRIu64, (uint64_t)HTTP_LOAD(sum->connections_open));
+	if (have) {
+		int64_t now = http_wall_s();
+
+		http_gauge(f, "consentd_records",
+			   "Records in the served generation.", "%" PRIu64,
+			   info.n_records);
+		http_gauge(f, "consentd_index_capacity",
+			   "Records the served generation holds before its load limit.",
+			   "%" PRIu64, info.capacity);
+		http_gauge(f, "consentd_generation",
+			   "The served index generation.", "%" PRIu64,
+			   info.generation);
+		http_gauge(f, "consentd_applied_sequence",
+			   "Change-stream sequence the served data is consistent with.",
+			   "%" PRIu64, info.watermark);
+		http_gauge(f, "consentd_data_as_of",
+			   "Unix time of the newest applied change or heartbeat.",
+			   "%" PRId64, info.data_as_of);
+		http_gauge(f, "consentd_data_age_seconds",
+			   "Seconds since consentd_data_as_of.", "%" PRId64,
+			   now - info.data_as_of);
+	}
+	http_gauge(f, "consentd_stale_soft_seconds",
+		   "Data age past which readiness turns false (0: off).",
+		   "%" PRId64, h->cfg->stale_soft_s);
+	http_gauge(f, "consentd_stale_hard_seconds",
+		   "Data age past which allows become DATA_STALE (0: off).",
+		   "%" PRId64, h->cfg->stale_hard_s);
+	http_gauge(f, "consentd_ready",
+		   "1 when an index is loaded and fresh (as /readyz).", "%d",
+		   have && !stale);
+	free(sum);
+	if (fclose(f) != 0) {
+		free(buf);
+		return NULL;
+	}
+	*len = size;
+	return buf;
+}
+
+static enum MHD_Result http_metrics(struct http *h, struct MHD_Connection *conn)
+{
+	size_t len = 0;
+	char *text = http_metrics_text(h, &len);
+
+	return http_reply(conn, MHD_HTTP_OK,
+			  "text/plain; version=0.0.4; charset=utf-8", text, len,
+			  NULL, NULL);
+}
+
+static enum MHD_Result http_stats(struct http *h, struct MHD_Connection *conn)
+{
+	struct json_stats st = { 0 };
+	struct index_info info;
+	struct metrics *sum;
+	bool stale;
+
+	sum = calloc(1, sizeof(*sum));
+	if (!sum)
+		return http_reply_json(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL);
+	metrics_sum(sum);
+	st.checks_total = metrics_checks_total(sum);
+	free(sum);
+	http_index_info(h, &info, &stale);
+	st.records = info.n_records;
+	st.applied_sequence = info.watermark;
+	st.data_as_of = info.data_as_of;
+	st.generation = info.generation;
+	return http_reply_json(conn, MHD_HTTP_OK, json_encode_stats(&st));
+}
+
+/* GET /v1/check: one check from the query string. */
+struct http_query {
+	struct check_input in;
+	unsigned seen;  /* json_check_param's field bits */
+	int error;
+	char err[192];
+};
+
+static enum MHD_Result http_query_arg(void *cls, enum MHD_ValueKind kind,
+				      const char *key, size_t key_len,
+				      const char *val, size_t val_len)
+{
+	struct http_query *q = cls;
+	int bit;
+
+	(void)kind;
+	if (!val) { /* "?recipient" with no '=' */
+		val = "";
+		val_len = 0;
+	}
+	bit = json_check_param(&q->in, key, key_len, val, val_len, q->err,
+			       sizeof(q->err));
+	if (bit < 0) {
+		q->error = bit;
+		return MHD_NO;
+	}
+	if (q->seen & (unsigned)bit) {
+		snprintf(q->err, sizeof(q->err), "parameter %.*s given twice",
+			 (int)(key_len < 40 ? key_len : 40), key);
+		q->error = -EINVAL;
+		return MHD_NO;
+	}
+	q->seen |= (unsigned)bit;
+	return MHD_YES;
+}
+
+static enum MHD_Result http_get_check(struct http *h,
+				      struct MHD_Connection *conn,
+				      const struct principal *p)
+{
+	uint64_t start_us = http_mono_us();
+	struct http_query q = { .in = { .recipient = "" } };
+	struct index_info info;
+	struct verdict v;
+
+	MHD_get_connection_values_n(conn, MHD_GET_ARGUMENT_KIND, http_query_arg,
+				    &q);
+	if (q.error)
+		return http_reply_error(h, conn, MHD_HTTP_BAD_REQUEST, NULL,
+					NULL, "%s", q.err);
+	if (!http_checks(h, p, &q.in, 1, &v, &info))
+		return http_reply_error(h, conn, MHD_HTTP_SERVICE_UNAVAILABLE,
+					NULL, NULL, "no index loaded yet");
+	http_count_checks(h, &v, 1, start_us);
+	return http_reply_json(conn, MHD_HTTP_OK, json_encode_verdict(&v));
+}
+
+/* POST /v1/check, once the whole body is in. */
+static enum MHD_Result http_post_check(struct http *h,
+				       struct MHD_Connection *conn,
+				       struct http_req *r)
+{
+	struct json_check_request req;
+	struct index_info info;
+	struct verdict *v;
+	char err[256];
+	char *out;
+	int e;
+
+	if (r->too_large)
+		return http_reply_error(h, conn, MHD_HTTP_CONTENT_TOO_LARGE,
+					NULL, NULL,
+					"body: over the limit of %u bytes",
+					JSON_MAX_BODY_BYTES);
+	e = json_decode_check_request(r->body ? r->body : "", r->len,
+				      JSON_MAX_CHECKS, &req, err, sizeof(err));
+	if (e == -ENOMEM)
+		return http_reply_json(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL);
+	if (e < 0)
+		return http_reply_error(h, conn, MHD_HTTP_BAD_REQUEST, NULL,
+					NULL, "%s", err);
+	v = calloc(req.n_checks ? req.n_checks : 1, sizeof(*v));
+	if (!v) {
+		json_check_request_fini(&req);
+		return http_reply_json(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL);
+	}
+	if (!http_checks(h, r->principal, req.checks, req.n_checks, v, &info)) {
+		free(v);
+		json_check_request_fini(&req);
+		return http_reply_error(h, conn, MHD_HTTP_SERVICE_UNAVAILABLE,
+					NULL, NULL, "no index loaded yet");
+	}
+	http_count_checks(h, v, req.n_checks, r->start_us);
+	out = json_encode_check_response(v, req.n_checks, info.watermark,
+					 info.data_as_of);
+	free(v);
+	json_check_request_fini(&req);
+	return http_reply_json(conn, MHD_HTTP_OK, out);
+}
+
+/* Appends a piece of a POST body; past the limit the body is dropped and
+ * the rest of the upload is read and discarded, so the 413 can be sent. */
+static void http_body_append(struct http_req *r, const char *data, size_t n)
+{
+	if (r->too_large)
+		return;
+	if (n > JSON_MAX_BODY_BYTES - r->len) {
+		r->too_large = true;
+		free(r->body);
+		r->body = NULL;
+		r->len = r->cap = 0;
+		return;
+	}
+	if (r->len + n > r->cap) {
+		size_t cap = r->cap ? r->cap : 4096;
+		char *b;
+
+		while (cap < r->len + n)
+			cap *= 2;
+		if (cap > JSON_MAX_BODY_BYTES)
+			cap = JSON_MAX_BODY_BYTES;
+		b = realloc(r->body, cap);
+		if (!b) {
+			/* Out of memory: answered like an oversized body,
+			 * which it is, for what memory there is. */
+			r->too_large = true;
+			free(r->body);
+			r->body = NULL;
+			r->len = r->cap = 0;
+			return;
+		}
+		r->body = b;
+		r->cap = cap;
+	}
+	memcpy(r->body + r->len, data, n);
+	r->len += n;
+}
+
+/* ---- dispatch ---- */
+
+static enum http_route http_route_of(const char *url)
+{
+	if (!strcmp(url, "/healthz"))
+		return ROUTE_HEALTHZ;
+	if (!strcmp(url, "/readyz"))
+		return ROUTE_READYZ;
+	if (!strcmp(url, "/metrics"))
+		return ROUTE_METRICS;
+	if (!strcmp(url, "/v1/check"))
+		return ROUTE_CHECK;
+	if (!strcmp(url, "/v1/stats"))
+		return ROUTE_STATS;
+	return ROUTE_NONE;
+}
+
+/* Authorization: Bearer TOKEN, when a token file is configured. Returns 0
+ * with the principal (NULL: trusted), or -EACCES with a message. */
+static int http_authenticate(struct http *h, struct MHD_Connection *conn,
+			     const struct principal **out, const char **why)
+{
+	const char *a, *end;
+
+	*out = NULL;
+	if (!h->cfg->tokens)
+		return 0;
+	a = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+					MHD_HTTP_HEADER_AUTHORIZATION);
+	if (!a) {
+		*why = "missing Authorization: Bearer token";
+		return -EACCES;
+	}
+	if (strncasecmp(a, "Bearer ", 7) != 0) {
+		*why = "Authorization must be Bearer TOKEN";
+		return -EACCES;
+	}
+	a += 7;
+	while (*a == ' ' || *a == '\t')
+		a++;
+	end = a + strlen(a);
+	while (end > a && (end[-1] == ' ' || end[-1] == '\t'))
+		end--;
+	*out = tokens_authenticate(h->cfg->tokens, a, (size_t)(end - a));
+	if (!*out) {
+		metrics_inc(&h->m->auth_failures);
+		*why = "unknown token";
+		return -EACCES;
+	}
+	return 0;
+}
+
+static enum MHD_Result http_handle(void *cls, struct MHD_Connection *conn,
+				   const char *url, const char *method,
+				   const char *version, const char *upload_data,
+				   size_t *upload_size, void **con_cls)
+{
+	struct http *h = cls;
+	struct http_req *r = *con_cls;
+	const struct principal *p = NULL;
+	enum http_route route;
+	bool get, post;
+	const char *why;
+
+	(void)version;
+	if (r) { /* a POST /v1/check under way */
+		if (*upload_size) {
+			http_body_append(r, upload_data, *upload_size);
+			*upload_size = 0;
+			return MHD_YES;
+		}
+		return http_post_check(h, conn, r);
+	}
+	if (*upload_size) {
+		/* A body after a reply was queued early (an error before a
+		 * POST's body, or a GET with one): read and ignore it. */
+		*upload_size = 0;
+		return MHD_YES;
+	}
+
+	metrics_inc(&h->m->http_requests);
+	route = http_route_of(url);
+	if (route == ROUTE_NONE)
+		return http_reply_error(h, conn, MHD_HTTP_NOT_FOUND, NULL, NULL,
+					"no such path (try /healthz, /readyz, "
+					"/metrics, /v1/check, /v1/stats)");
+	get = !strcmp(method, MHD_HTTP_METHOD_GET) ||
+	      !strcmp(method, MHD_HTTP_METHOD_HEAD);
+	post = !strcmp(method, MHD_HTTP_METHOD_POST);
+	if (!get && !(post && route == ROUTE_CHECK))
+		return http_reply_error(h, conn, MHD_HTTP_METHOD_NOT_ALLOWED,
+					MHD_HTTP_HEADER_ALLOW,
+					route == ROUTE_CHECK ? "GET, HEAD, POST" :
+							       "GET, HEAD",
+					"method %.16s not allowed here", method);
+
+	switch (route) {
+	case ROUTE_HEALTHZ:
+		return http_healthz(h, conn);
+	case ROUTE_READYZ:
+		return http_readyz(h, conn);
+	case ROUTE_METRICS:
+		return http_metrics(h, conn);
+	default:
+		break;
+	}
+
+	/* /v1/: the partner API. */
+	if (http_authenticate(h, conn, &p, &why) < 0)
+		return http_reply_error(h, conn, MHD_HTTP_UNAUTHORIZED,
+					MHD_HTTP_HEADER_WWW_AUTHENTICATE,
+					"Bearer realm=\"consentd\"", "%s", why);
+	if (route == ROUTE_STATS)
+		return http_stats(h, conn);
+	if (get)
+		return http_get_check(h, conn, p);
+
+	{
+		const char *cl = MHD_lookup_connection_value(
+			conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+
+		/* Refuse a declared oversize body before reading it. */
+		if (cl && strtoull(cl, NULL, 10) > JSON_MAX_BODY_BYTES)
+			return http_reply_error(
+				h, conn, MHD_HTTP_CONTENT_TOO_LARGE, NULL, NULL,
+				"body: over the limit of %u bytes",
+				JSON_MAX_BODY_BYTES);
+		r = calloc(1, sizeof(*r));
+		if (!r)
+			return http_reply_json(conn,
+					       MHD_HTTP_INTERNAL_SERVER_ERROR,
+					       NULL);
+		r->start_us = http_mono_us();
+		r->principal = p;
+		if (cl) {
+			size_t n = strtoull(cl, NULL, 10);
+
+			/* Known length: one allocation (n <= the limit). */
+			if (n) {
+				r->body = malloc(n);
+				r->cap = r->body ? n : 0;
+			}
+		}
+		*con_cls = r;
+		return MHD_YES;
+	}
+}
+
+static void http_completed(void *cls, struct MHD_Connection *conn,
+			   void **con_cls, enum MHD_RequestTerminationCode toe)
+{
+	struct http_req *r = *con_cls;
+
+	(void)cls;
+	(void)conn;
+	(void)toe;
+	if (r) {
+		free(r->body);
+		free(r);
+		*con_cls = NULL;
+	}
+}
+
+static void http_log(void *cls, const char *fmt, va_list ap)
+{
+	(void)cls;
+	fputs("consentd: http: ", stderr);
+	vfprintf(stderr, fmt, ap);
+}
+
+/* ---- the thread ---- */
+
+static void *http_thread(void *arg)
+{
+	struct http *h = arg;
+
+	pthread_setname_np(pthread_self(), "consentd-http");
+	rcu_register_thread();
+	/* Offline whenever we wait: only http_checks/http_index_info go
+	 * online. */
+	rcu_thread_offline();
+	for (;;) {
+		struct pollfd pfd[2] = {
+			{ .fd = h->epoll_fd, .events = POLLIN },
+			{ .fd = h->stop_fd, .events = POLLIN },
+		};
+		MHD_UNSIGNED_LONG_LONG to;
+		int timeout_ms = HTTP_TURN_MS;
+
+		/* MHD's own deadline (connection timeouts, data it already
+		 * holds) bounds the wait, as MHD_get_timeout requires. */
+		if (MHD_get_timeout(h->daemon, &to) == MHD_YES &&
+		    to < (MHD_UNSIGNED_LONG_LONG)timeout_ms)
+			timeout_ms = (int)to;
+		if (poll(pfd, 2, timeout_ms) < 0 && errno != EINTR)
+			(void)0; /* ENOMEM: try again next turn */
+		if (pfd[1].revents)
+			break;
+		MHD_run(h->daemon);
+	}
+	rcu_unregister_thread();
+	return NULL;
+}
+
+/* "HOST:PORT" (IPv4 or a name) or "[IPv6]:PORT"; the port may be 0. */
+static int http_resolve(const char *addr, struct addrinfo **out, char *err,
+			size_t err_cap)
+{
+	struct addrinfo hints = {
+		.ai_family = AF_UNSPEC,
+		.ai_socktype = SOCK_STREAM,
+		.ai_flags = AI_PASSIVE | AI_NUMERICSERV,
+	};
+	char host[256];
+	const char *port, *colon;
+	size_t hlen;
+	int e;
+
+	if (!addr || !*addr) {
+		snprintf(err, err_cap, "http address: empty");
+		return -EINVAL;
+	}
+	if (addr[0] == '[') {
+		const char *close = strchr(addr, ']');
+
+		if (!close || close[1] != ':') {
+			snprintf(err, err_cap,
+				 "http address %s: expected [IPv6]:PORT", addr);
+			return -EINVAL;
+		}
+		hlen = (size_t)(close - addr - 1);
+		memcpy(host, addr + 1, hlen < sizeof(host) ? hlen : 0);
+		port = close + 2;
+	} else {
+		colon = strrchr(addr, ':');
+		if (!colon || strchr(addr, ':') != colon) {
+			snprintf(err, err_cap,
+				 "http address %s: expected HOST:PORT (IPv6 as [ADDR]:PORT)",
+				 addr);
+			return -EINVAL;
+		}
+		hlen = (size_t)(colon - addr);
+		memcpy(host, addr, hlen < sizeof(host) ? hlen : 0);
+		port = colon + 1;
+	}
+	if (hlen == 0 || hlen >= sizeof(host)) {
+		snprintf(err, err_cap, "http address %s: bad host", addr);
+		return -EINVAL;
+	}
+	host[hlen] = '\0';
+	if (!*port || strspn(port, "0123456789") != strlen(port) ||
+	    strlen(port) > 5 || atoi(port) > 65535) {
+		snprintf(err, err_cap, "http address %s: bad port", addr);
+		return -EINVAL;
+	}
+	e = getaddrinfo(host, port, &hints, out);
+	if (e) {
+		snprintf(err, err_cap, "http address %s: %s", addr,
+			 gai_strerror(e));
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int http_listen(const char *addr, int *fd_out, int *family,
+		       uint16_t *port, char *err, size_t err_cap)
+{
+	struct addrinfo *ai;
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	int fd, one = 1, e;
+
+	e = http_resolve(addr, &ai, err, err_cap);
+	if (e < 0)
+		return e;
+	fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+		    ai->ai_protocol);
+	if (fd < 0) {
+		e = -errno;
+		snprintf(err, err_cap, "http socket: %s", strerror(-e));
+		goto out;
+	}
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (ai->ai_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 ||
+	    listen(fd, HTTP_BACKLOG) < 0 ||
+	    getsockname(fd, (struct sockaddr *)&ss, &sl) < 0) {
+		e = -errno;
+		snprintf(err, err_cap, "http listen on %s: %s", addr,
+			 strerror(-e));
+		close(fd);
+		goto out;
+	}
+	*family = ai->ai_family;
+	*port = ntohs(ss.ss_family == AF_INET6 ?
+			      ((struct sockaddr_in6 *)&ss)->sin6_port :
+			      ((struct sockaddr_in *)&ss)->sin_port);
+	*fd_out = fd;
+	e = 0;
+out:
+	freeaddrinfo(ai);
+	return e;
+}
+
+int http_start(const struct server_config *cfg, unsigned metrics_slot_i,
+	       struct http **out, char *err, size_t err_cap)
+{
+	const union MHD_DaemonInfo *di;
+	struct http *h;
+	int fd = -1, family = AF_INET, e;
+	unsigned flags;
+
+	*out = NULL;
+	if (metrics_slot_i >= metrics_n_slots()) {
+		snprintf(err, err_cap, "http: metrics slot %u of %u",
+			 metrics_slot_i, metrics_n_slots());
+		return -EINVAL;
+	}
+	h = calloc(1, sizeof(*h));
+	if (!h) {
+		snprintf(err, err_cap, "http: out of memory");
+		return -ENOMEM;
+	}
+	h->cfg = cfg;
+	h->start_ms = http_mono_us() / 1000u;
+	h->slot = metrics_slot_i;
+	h->m = metrics_slot(metrics_slot_i);
+	h->stop_fd = -1;
+
+	e = http_listen(cfg->http_addr, &fd, &family, &h->port, err, err_cap);
+	if (e < 0)
+		goto fail;
+	h->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (h->stop_fd < 0) {
+		e = -errno;
+		snprintf(err, err_cap, "http eventfd: %s", strerror(-e));
+		goto fail;
+	}
+	/* No polling-thread flag: MHD runs in external mode, on ours. */
+	flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
+	if (family == AF_INET6)
+		flags |= MHD_USE_IPv6;
+	h->daemon = MHD_start_daemon(
+		flags, 0, NULL, NULL, http_handle, h,
+		/* First, so that MHD logs nothing through its own logger. */
+		MHD_OPTION_EXTERNAL_LOGGER, http_log, h,
+		MHD_OPTION_LISTEN_SOCKET, fd,
+		MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTP_MAX_CONNECTIONS,
+		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_CONN_TIMEOUT_S,
+		MHD_OPTION_NOTIFY_COMPLETED, http_completed, h,
+		MHD_OPTION_END);
+	if (!h->daemon) {
+		e = -EIO;
+		snprintf(err, err_cap, "http: libmicrohttpd failed to start on %s",
+			 cfg->http_addr);
+		goto fail;
+	}
+	fd = -1; /* the daemon owns (and closes) it now */
+	di = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_EPOLL_FD);
+	if (!di) {
+		e = -EIO;
+		snprintf(err, err_cap, "http: no epoll descriptor");
+		goto fail;
+	}
+	h->epoll_fd = di->epoll_fd;
+	e = -pthread_create(&h->thread, NULL, http_thread, h);
+	if (e < 0) {
+		snprintf(err, err_cap, "http thread: %s", strerror(-e));
+		goto fail;
+	}
+	*out = h;
+	return 0;
+
+fail:
+	if (h->daemon)
+		MHD_stop_daemon(h->daemon);
+	if (fd >= 0)
+		close(fd);
+	if (h->stop_fd >= 0)
+		close(h->stop_fd);
+	free(h);
+	return e;
+}
+
+uint16_t http_port(const struct http *h)
+{
+	return h->port;
+}
+
+void http_stop(struct http *h)
+{
+	uint64_t one = 1;
+
+	if (!h)
+		return;
+	/* The thread leaves its loop at the next poll and unregisters from
+	 * RCU; only then is the daemon stopped, from this thread (MHD's
+	 * external mode allows it once no MHD_run is under way). */
+	if (write(h->stop_fd, &one, sizeof(one)) < 0)
+		(void)0; /* an eventfd write of 1 cannot fail but for overflow */
+	pthread_join(h->thread, NULL);
+	MHD_stop_daemon(h->daemon);
+	close(h->stop_fd);
+	free(h);
+}

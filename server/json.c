@@ -1,0 +1,632 @@
+/*
+ * json: JSON for the ops port, on jansson (a well-kept parser beats a
+ * hand-written one off the hot path). Decoding is strict: a typo in a
+ * field name or an enum would otherwise turn silently into a default and
+ * a wrong answer, so anything the decoder can tell is wrong is refused
+ * with a message naming the field. What only check_batch can judge (does
+ * the recipient normalise, does the channel suit it) stays a verdict.
+ */
+#include "server/json.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "core/enums.h"
+
+enum json_field {
+	FIELD_UNKNOWN,
+	FIELD_CHECKS,
+	FIELD_RECIPIENT,
+	FIELD_BRAND_CODE,
+	FIELD_CHANNEL,
+	FIELD_RECIPIENT_TYPE,
+	FIELD_PURPOSE,
+};
+
+/* Names as the schema spells them and as the proto3 JSON mapping does; in
+ * enum json_field order (entry f - 1 is field f). */
+static const struct {
+	const char *snake;
+	const char *camel;
+	enum json_field field;
+} json_fields[] = {
+	{ "checks", "checks", FIELD_CHECKS },
+	{ "recipient", "recipient", FIELD_RECIPIENT },
+	{ "brand_code", "brandCode", FIELD_BRAND_CODE },
+	{ "channel", "channel", FIELD_CHANNEL },
+	{ "recipient_type", "recipientType", FIELD_RECIPIENT_TYPE },
+	{ "purpose", "purpose", FIELD_PURPOSE },
+};
+
+static enum json_field json_field_lookup(const char *key)
+{
+	for (size_t i = 0; i < sizeof(json_fields) / sizeof(json_fields[0]); i++)
+		if (!strcmp(key, json_fields[i].snake) ||
+		    !strcmp(key, json_fields[i].camel))
+			return json_fields[i].field;
+	return FIELD_UNKNOWN;
+}
+
+static void json_errf(char *err, size_t cap, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void json_errf(char *err, size_t cap, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!cap)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(err, cap, fmt, ap);
+	va_end(ap);
+}
+
+/* A client's text for an error message: printable ASCII only (the message
+ * goes back out as JSON, which must stay valid UTF-8), at most 40 bytes. */
+static const char *json_quote(char buf[48], const char *s, size_t len)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < len && n < 40; i++)
+		buf[n++] = (s[i] >= 0x20 && s[i] < 0x7f && s[i] != '"') ? s[i] : '?';
+	if (len > 40) {
+		buf[n - 1] = '.';
+		buf[n - 2] = '.';
+		buf[n - 3] = '.';
+	}
+	buf[n] = '\0';
+	return buf;
+}
+
+static int json_enum_max(enum json_enum kind)
+{
+	switch (kind) {
+	case JSON_ENUM_CHANNEL:
+		return CHANNEL_EPOSTA;
+	case JSON_ENUM_RTYPE:
+		return RTYPE_TACIR;
+	case JSON_ENUM_PURPOSE:
+		return PURPOSE_BILGILENDIRME;
+	}
+	return 0;
+}
+
+static const char *json_enum_expected(enum json_enum kind)
+{
+	switch (kind) {
+	case JSON_ENUM_CHANNEL:
+		return "ARAMA, MESAJ or EPOSTA";
+	case JSON_ENUM_RTYPE:
+		return "BIREYSEL or TACIR";
+	case JSON_ENUM_PURPOSE:
+		return "TICARI or BILGILENDIRME";
+	}
+	return "";
+}
+
+int json_enum_text(enum json_enum kind, const char *s, size_t len)
+{
+	int v = 0;
+	bool digits = len > 0 && len <= 9;
+
+	if (len == 0)
+		return 0;
+	for (size_t i = 0; digits && i < len; i++)
+		digits = s[i] >= '0' && s[i] <= '9';
+	if (digits) {
+		for (size_t i = 0; i < len; i++)
+			v = v * 10 + (s[i] - '0');
+		return v <= json_enum_max(kind) ? v : -EINVAL;
+	}
+	switch (kind) {
+	case JSON_ENUM_CHANNEL:
+		v = enums_channel_parse(s, len);
+		break;
+	case JSON_ENUM_RTYPE:
+		v = enums_rtype_parse(s, len);
+		break;
+	case JSON_ENUM_PURPOSE:
+		v = enums_purpose_parse(s, len);
+		break;
+	}
+	return v > 0 ? v : -EINVAL;
+}
+
+int json_brand_text(const char *s, size_t len, uint32_t *out)
+{
+	uint64_t v = 0;
+
+	if (len == 0 || len > 10)
+		return -EINVAL;
+	for (size_t i = 0; i < len; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return -EINVAL;
+		v = v * 10 + (uint64_t)(s[i] - '0');
+	}
+	if (v > UINT32_MAX)
+		return -EINVAL;
+	*out = (uint32_t)v;
+	return 0;
+}
+
+int json_check_param(struct check_input *c, const char *key, size_t key_len,
+		     const char *val, size_t val_len, char *err, size_t err_cap)
+{
+	char name[32], q[48];
+	enum json_field f = FIELD_UNKNOWN;
+	enum json_enum kind;
+	int e;
+
+	if (key_len < sizeof(name)) {
+		memcpy(name, key, key_len);
+		name[key_len] = '\0';
+		if (strlen(name) == key_len)
+			f = json_field_lookup(name);
+	}
+	switch (f) {
+	case FIELD_RECIPIENT:
+		c->recipient = val;
+		c->recipient_len = val_len;
+		return 1 << f;
+	case FIELD_BRAND_CODE:
+		if (json_brand_text(val, val_len, &c->brand_code) < 0) {
+			json_errf(err, err_cap,
+				  "brand_code: \"%s\" is not a number in 0..4294967295",
+				  json_quote(q, val, val_len));
+			return -EINVAL;
+		}
+		return 1 << f;
+	case FIELD_CHANNEL:
+		kind = JSON_ENUM_CHANNEL;
+		break;
+	case FIELD_RECIPIENT_TYPE:
+		kind = JSON_ENUM_RTYPE;
+		break;
+	case FIELD_PURPOSE:
+		kind = JSON_ENUM_PURPOSE;
+		break;
+	default:
+		json_errf(err, err_cap, "unknown parameter \"%s\"",
+			  json_quote(q, key, key_len));
+		return -EINVAL;
+	}
+	e = json_enum_text(kind, val, val_len);
+	if (e < 0) {
+		json_errf(err, err_cap, "%s: unknown value \"%s\" (expected %s)",
+			  json_fields[f - 1].snake, json_quote(q, val, val_len),
+			  json_enum_expected(kind));
+		return -EINVAL;
+	}
+	if (f == FIELD_CHANNEL)
+		c->channel = e;
+	else if (f == FIELD_RECIPIENT_TYPE)
+		c->rtype = e;
+	else
+		c->purpose = e;
+	return 1 << f;
+}
+
+/*
+ * Objects and arrays in the body, counted before parsing: a body of a
+ * megabyte of "{}," would make jansson build hundreds of thousands of
+ * objects before the check count could be refused. Quotes and escapes are
+ * followed so that brackets inside strings do not count.
+ */
+static size_t json_count_containers(const char *s, size_t len)
+{
+	size_t n = 0;
+	bool in_string = false;
+
+	for (size_t i = 0; i < len; i++) {
+		char c = s[i];
+
+		if (in_string) {
+			if (c == '\\')
+				i++;
+			else if (c == '"')
+				in_string = false;
+		} else if (c == '"') {
+			in_string = true;
+		} else if (c == '{' || c == '[') {
+			n++;
+		}
+	}
+	return n;
+}
+
+/* Decodes one field's value into *c; where names the field in errors. */
+static int json_decode_field(enum json_field f, const json_t *v,
+			     struct check_input *c, const char *where,
+			     char *err, size_t err_cap)
+{
+	char q[48];
+	enum json_enum kind;
+	int *slot;
+	int e;
+
+	if (json_is_null(v))
+		return 0; /* unset: the default applies */
+	switch (f) {
+	case FIELD_RECIPIENT:
+		if (!json_is_string(v)) {
+			json_errf(err, err_cap, "%srecipient: expected a string",
+				  where);
+			return -EINVAL;
+		}
+		c->recipient = json_string_value(v);
+		c->recipient_len = json_string_length(v);
+		return 0;
+	case FIELD_BRAND_CODE:
+		if (json_is_integer(v)) {
+			json_int_t b = json_integer_value(v);
+
+			if (b < 0 || b > (json_int_t)UINT32_MAX) {
+				json_errf(err, err_cap,
+					  "%sbrand_code: %lld is outside 0..4294967295",
+					  where, (long long)b);
+				return -EINVAL;
+			}
+			c->brand_code = (uint32_t)b;
+			return 0;
+		}
+		if (json_is_string(v)) {
+			if (json_brand_text(json_string_value(v),
+					    json_string_length(v),
+					    &c->brand_code) < 0) {
+				json_errf(err, err_cap,
+					  "%sbrand_code: \"%s\" is not a number in 0..4294967295",
+					  where,
+					  json_quote(q, json_string_value(v),
+						     json_string_length(v)));
+				return -EINVAL;
+			}
+			return 0;
+		}
+		json_errf(err, err_cap, "%sbrand_code: expected an integer",
+			  where);
+		return -EINVAL;
+	case FIELD_CHANNEL:
+		kind = JSON_ENUM_CHANNEL;
+		slot = &c->channel;
+		break;
+	case FIELD_RECIPIENT_TYPE:
+		kind = JSON_ENUM_RTYPE;
+		slot = &c->rtype;
+		break;
+	case FIELD_PURPOSE:
+		kind = JSON_ENUM_PURPOSE;
+		slot = &c->purpose;
+		break;
+	default:
+		return -EINVAL; /* callers route the others elsewhere */
+	}
+
+	/* The three enums. */
+	{
+		const char *name = f == FIELD_CHANNEL ? "channel" :
+				   f == FIELD_RECIPIENT_TYPE ? "recipient_type" :
+							       "purpose";
+
+		if (json_is_string(v)) {
+			e = json_enum_text(kind, json_string_value(v),
+					   json_string_length(v));
+			if (e < 0) {
+				json_errf(err, err_cap,
+					  "%s%s: unknown value \"%s\" (expected %s)",
+					  where, name,
+					  json_quote(q, json_string_value(v),
+						     json_string_length(v)),
+					  json_enum_expected(kind));
+				return -EINVAL;
+			}
+			*slot = e;
+			return 0;
+		}
+		if (json_is_integer(v)) {
+			json_int_t n = json_integer_value(v);
+
+			if (n < 0 || n > json_enum_max(kind)) {
+				json_errf(err, err_cap,
+					  "%s%s: %lld is not a defined value (expected %s)",
+					  where, name, (long long)n,
+					  json_enum_expected(kind));
+				return -EINVAL;
+			}
+			*slot = (int)n;
+			return 0;
+		}
+		json_errf(err, err_cap, "%s%s: expected a name or a number",
+			  where, name);
+		return -EINVAL;
+	}
+}
+
+int json_decode_check_request(const char *body, size_t len, size_t max_checks,
+			      struct json_check_request *out,
+			      char *err, size_t err_cap)
+{
+	struct check_input def = { 0 };
+	json_error_t je;
+	json_t *doc, *checks = NULL, *v;
+	const char *key;
+	char where[48], q[48];
+	size_t n;
+	int e;
+
+	memset(out, 0, sizeof(*out));
+	if (len > JSON_MAX_BODY_BYTES) {
+		json_errf(err, err_cap, "body: %zu bytes, over the limit of %u",
+			  len, JSON_MAX_BODY_BYTES);
+		return -EMSGSIZE;
+	}
+	/* The top object, the checks array, then one object per check. */
+	if (json_count_containers(body, len) > max_checks + 2) {
+		json_errf(err, err_cap,
+			  "checks: over the limit of %zu (the body holds more "
+			  "objects and arrays than that)", max_checks);
+		return -EMSGSIZE;
+	}
+	/* No JSON_DECODE_ANY: the top level must be an object or array; no
+	 * JSON_ALLOW_NUL: a "\u0000" in a string is refused. */
+	doc = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+	if (!doc) {
+		/* jansson quotes the offending bytes ("near '...'"): keep
+		 * the message printable ASCII, like every other. */
+		for (char *p = je.text; *p; p++)
+			if (*p < 0x20 || *p >= 0x7f)
+				*p = '?';
+		json_errf(err, err_cap,
+			  "body is not valid JSON: %s (line %d, column %d)",
+			  je.text, je.line, je.column);
+		return -EINVAL;
+	}
+	if (!json_is_object(doc)) {
+		json_errf(err, err_cap, "body: expected a JSON object");
+		e = -EINVAL;
+		goto fail;
+	}
+
+	json_object_foreach(doc, key, v) {
+		enum json_field f = json_field_lookup(key);
+
+		if (f == FIELD_CHECKS) {
+			if (json_is_null(v))
+				continue;
+			if (!json_is_array(v)) {
+				json_errf(err, err_cap,
+					  "checks: expected an array");
+				e = -EINVAL;
+				goto fail;
+			}
+			checks = v;
+		} else if (f == FIELD_UNKNOWN || f == FIELD_RECIPIENT) {
+			/* A request-level recipient is not a CheckRequest
+			 * field: probably a single check sent bare. */
+			json_errf(err, err_cap,
+				  "unknown field \"%s\"%s", json_quote(q, key, strlen(key)),
+				  f == FIELD_RECIPIENT ?
+				  " (put checks in \"checks\":[...])" : "");
+			e = -EINVAL;
+			goto fail;
+		} else {
+			e = json_decode_field(f, v, &def, "", err, err_cap);
+			if (e < 0)
+				goto fail;
+		}
+	}
+	if (!checks) {
+		json_errf(err, err_cap, "checks: missing (an array of checks)");
+		e = -EINVAL;
+		goto fail;
+	}
+	n = json_array_size(checks);
+	if (n > max_checks) {
+		json_errf(err, err_cap, "checks: %zu of them, over the limit of %zu",
+			  n, max_checks);
+		e = -EMSGSIZE;
+		goto fail;
+	}
+	out->checks = calloc(n ? n : 1, sizeof(*out->checks));
+	if (!out->checks) {
+		json_errf(err, err_cap, "out of memory");
+		e = -ENOMEM;
+		goto fail;
+	}
+
+	for (size_t i = 0; i < n; i++) {
+		json_t *chk = json_array_get(checks, i);
+		struct check_input *c = &out->checks[i];
+
+		snprintf(where, sizeof(where), "checks[%zu].", i);
+		if (!json_is_object(chk)) {
+			json_errf(err, err_cap, "checks[%zu]: expected an object",
+				  i);
+			e = -EINVAL;
+			goto fail;
+		}
+		json_object_foreach(chk, key, v) {
+			enum json_field f = json_field_lookup(key);
+
+			if (f == FIELD_UNKNOWN || f == FIELD_CHECKS) {
+				json_errf(err, err_cap,
+					  "%sunknown field \"%s\"", where,
+					  json_quote(q, key, strlen(key)));
+				e = -EINVAL;
+				goto fail;
+			}
+			e = json_decode_field(f, v, c, where, err, err_cap);
+			if (e < 0)
+				goto fail;
+		}
+		if (!c->recipient)
+			c->recipient = "";
+		/* Request-level fields are the defaults for a check's unset
+		 * (zero) ones, as in CheckRequest. */
+		if (!c->brand_code)
+			c->brand_code = def.brand_code;
+		if (!c->channel)
+			c->channel = def.channel;
+		if (!c->rtype)
+			c->rtype = def.rtype;
+		if (!c->purpose)
+			c->purpose = def.purpose;
+	}
+	out->n_checks = n;
+	out->doc = doc;
+	return 0;
+
+fail:
+	free(out->checks);
+	out->checks = NULL;
+	json_decref(doc);
+	return e;
+}
+
+void json_check_request_fini(struct json_check_request *req)
+{
+	free(req->checks);
+	json_decref(req->doc);
+	memset(req, 0, sizeof(*req));
+}
+
+/* Building objects: the first failed allocation sticks in *ok, so one test
+ * at the end covers them all (json_object_set_new drops a NULL value). */
+static void json_put(json_t *o, const char *key, json_t *v, bool *ok)
+{
+	if (json_object_set_new(o, key, v) != 0)
+		*ok = false;
+}
+
+static json_t *json_u64(uint64_t v)
+{
+	return json_integer(v > INT64_MAX ? INT64_MAX : (json_int_t)v);
+}
+
+/* An enum by name; by number should a value have none (not expected). */
+static json_t *json_enum_value(const char *name, int v)
+{
+	return name ? json_string(name) : json_integer(v);
+}
+
+static json_t *json_verdict_object(const struct verdict *v)
+{
+	json_t *o = json_object();
+	bool ok = o != NULL;
+
+	if (!o)
+		return NULL;
+	json_put(o, "allow", json_boolean(v->allow), &ok);
+	json_put(o, "reason",
+		 json_enum_value(enums_reason_name(v->reason), v->reason), &ok);
+	if (v->status) {
+		json_put(o, "status",
+			 json_enum_value(enums_status_name(v->status), v->status),
+			 &ok);
+		if (v->source)
+			json_put(o, "source",
+				 json_enum_value(enums_source_name(v->source),
+						 v->source),
+				 &ok);
+		json_put(o, "consent_date", json_integer(v->consent_date), &ok);
+	}
+	if (v->error)
+		json_put(o, "error", json_string(v->error), &ok);
+	if (!ok) {
+		json_decref(o);
+		return NULL;
+	}
+	return o;
+}
+
+/* Compact, in insertion order (jansson keeps it since 2.8). */
+static char *json_dump_free(json_t *o)
+{
+	char *s;
+
+	if (!o)
+		return NULL;
+	s = json_dumps(o, JSON_COMPACT);
+	json_decref(o);
+	return s;
+}
+
+char *json_encode_verdict(const struct verdict *v)
+{
+	return json_dump_free(json_verdict_object(v));
+}
+
+char *json_encode_check_response(const struct verdict *v, size_t n,
+				 uint64_t applied_sequence, int64_t data_as_of)
+{
+	json_t *o = json_object(), *arr = json_array();
+	bool ok = o && arr;
+
+	if (!ok) {
+		json_decref(o);
+		json_decref(arr);
+		return NULL;
+	}
+	for (size_t i = 0; i < n && ok; i++)
+		if (json_array_append_new(arr, json_verdict_object(&v[i])) != 0)
+			ok = false;
+	json_put(o, "verdicts", arr, &ok);
+	json_put(o, "applied_sequence", json_u64(applied_sequence), &ok);
+	json_put(o, "data_as_of", json_integer(data_as_of), &ok);
+	if (!ok) {
+		json_decref(o);
+		return NULL;
+	}
+	return json_dump_free(o);
+}
+
+char *json_encode_stats(const struct json_stats *s)
+{
+	json_t *o = json_object();
+	bool ok = o != NULL;
+
+	if (!o)
+		return NULL;
+	json_put(o, "records", json_u64(s->records), &ok);
+	json_put(o, "applied_sequence", json_u64(s->applied_sequence), &ok);
+	json_put(o, "data_as_of", json_integer(s->data_as_of), &ok);
+	json_put(o, "generation", json_u64(s->generation), &ok);
+	json_put(o, "checks_total", json_u64(s->checks_total), &ok);
+	if (!ok) {
+		json_decref(o);
+		return NULL;
+	}
+	return json_dump_free(o);
+}
+
+char *json_encode_error(const char *msg)
+{
+	json_t *o = json_object();
+	json_t *m = json_string(msg);
+	bool ok = o != NULL;
+
+	if (!m) {
+		/* Not valid UTF-8 (or ENOMEM): send it as printable ASCII. */
+		char buf[256];
+		size_t i;
+
+		for (i = 0; msg[i] && i < sizeof(buf) - 1; i++)
+			buf[i] = (msg[i] >= 0x20 && msg[i] < 0x7f) ? msg[i] : '?';
+		buf[i] = '\0';
+		m = json_string(buf);
+	}
+	if (!o) {
+		json_decref(m);
+		return NULL;
+	}
+	json_put(o, "error", m, &ok);
+	if (!ok) {
+		json_decref(o);
+		return NULL;
+	}
+	return json_dump_free(o);
+}
