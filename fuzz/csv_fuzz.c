@@ -1,14 +1,20 @@
 /*
- * csv_fuzz: arbitrary bytes as an İYS daily change file (ctl/import.c's
- * CSV parser, included here without the commands). The first input byte
- * picks a read size (1-256 bytes per read), the rest is the file. Checks:
- * no crash or over-read; a failure always says why; every record emitted
- * passes consent_validate with consecutive sequences; input read in small
- * pieces gives byte for byte the records of input read at once; and a
- * file that imports without --skip-bad imports the same with it.
+ * csv_fuzz: arbitrary bytes as an İYS daily change file (core/iys.c's CSV
+ * importer, iys_csv_import). The first input byte picks a read size (1-256
+ * bytes per read), the rest is the file. Checks: no crash or over-read; a
+ * failure always says why; every record emitted passes consent_validate
+ * with consecutive sequences; input read in small pieces gives byte for
+ * byte the records of input read at once; and a file that imports without
+ * skip_bad imports the same with it.
  */
-#define IMPORT_PARSERS_ONLY
-#include "ctl/import.c"
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+
+#include "core/iys.h"
+#include "core/stream.h"
 
 struct sink {
 	uint8_t *bytes;
@@ -56,17 +62,17 @@ static ssize_t mem_read(void *arg, char *buf, size_t cap)
 }
 
 static int run(const char *p, size_t len, size_t step, bool skip_bad,
-	       struct sink *s, struct import_counts *k)
+	       struct sink *s, struct iys_counts *k)
 {
-	struct import_opts o = { .brand_code = 4242, .iys_code = 1,
-				 .skip_bad = skip_bad, .first_sequence = 10 };
+	struct iys_opts o = { .brand_code = 4242, .iys_code = 1,
+			      .skip_bad = skip_bad, .first_sequence = 10 };
 	struct mem m = { p, len, 0, step };
 	char err[512] = "";
 	int rc;
 
 	s->len = 0;
 	s->next_seq = 11;
-	rc = import_csv_run(&o, mem_read, &m, sink_emit, s, k, err, sizeof(err));
+	rc = iys_csv_import(&o, mem_read, &m, sink_emit, s, k, err, sizeof(err));
 	if (rc < 0 && err[0] == '\0')
 		abort(); /* a failure must say why */
 	if (rc == 0 && k->records != s->next_seq - 11)
@@ -77,7 +83,7 @@ static int run(const char *p, size_t len, size_t step, bool skip_bad,
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static struct sink a, b;
-	struct import_counts ka, kb;
+	struct iys_counts ka, kb;
 
 	if (size < 1)
 		return 0;

@@ -1,14 +1,19 @@
 /*
- * json_import_fuzz: arbitrary bytes as İYS pull API pages (ctl/import.c's
- * JSON importer, included here without the commands). Checks: no crash or
- * over-read; a failure always says why; every record emitted passes
- * consent_validate with consecutive sequences; input that imports without
- * --skip-bad imports to the same records with it, none skipped.
+ * json_import_fuzz: arbitrary bytes as İYS pull API pages (core/iys.c's
+ * JSON importer, iys_json_import). Checks: no crash or over-read; a
+ * failure always says why; every record emitted passes consent_validate
+ * with consecutive sequences; input that imports without skip_bad imports
+ * to the same records with it, none skipped.
  */
-#define IMPORT_PARSERS_ONLY
-#include "ctl/import.c"
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include <xxhash.h>
+
+#include "core/iys.h"
+#include "core/stream.h"
 
 struct sink {
 	uint64_t hash;
@@ -34,15 +39,15 @@ static int sink_emit(void *arg, const Consent__V1__Consent *c)
 }
 
 static int run(const char *p, size_t len, bool skip_bad, struct sink *s,
-	       struct import_counts *k)
+	       struct iys_counts *k)
 {
-	struct import_opts o = { .brand_code = 7, .skip_bad = skip_bad };
+	struct iys_opts o = { .brand_code = 7, .skip_bad = skip_bad };
 	char err[512] = "", after[64];
 	int rc;
 
 	s->hash = 0;
 	s->next_seq = 1;
-	rc = import_json_run(&o, p, len, sink_emit, s, k, after, sizeof(after),
+	rc = iys_json_import(&o, p, len, sink_emit, s, k, after, sizeof(after),
 			     err, sizeof(err));
 	if (rc < 0 && err[0] == '\0')
 		abort();
@@ -52,7 +57,7 @@ static int run(const char *p, size_t len, bool skip_bad, struct sink *s,
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct sink a, b;
-	struct import_counts ka, kb;
+	struct iys_counts ka, kb;
 	char *p = malloc(size ? size : 1); /* exact size: ASan sees over-reads */
 
 	memcpy(p, data, size);

@@ -1,10 +1,9 @@
 /*
  * import_test: Turkey-time conversion (core/tztime.h) and the İYS
- * importers (ctl/import.c). The commands run as the real consentctl binary
- * (BUILD/consentctl, beside BUILD/tests/) on real files, and their output
- * is read back with the stream reader; the parsers are also driven
- * directly (this file includes ctl/import.c without its commands) to feed
- * input split at every byte.
+ * importers (core/iys.c, ctl/import.c). The commands run as the real
+ * consentctl binary (BUILD/consentctl, beside BUILD/tests/) on real files,
+ * and their output is read back with the stream reader; the parser is also
+ * driven directly through core/iys.h to feed input split at every byte.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -12,16 +11,18 @@
 #include <inttypes.h>
 #include <libgen.h>
 #include <limits.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define IMPORT_PARSERS_ONLY
-#include "ctl/import.c"
-
+#include "core/iys.h"
+#include "core/stream.h"
 #include "core/tztime.h"
 #include "index/table.h"
 #include "tests/check.h"
@@ -322,7 +323,7 @@ static void test_csv_bad_rows(void)
 		CHECKF(!exists("bad.stream"), "case %zu left output", i);
 	}
 	/* An overlong line. */
-	size_t big = IMPORT_LINE_MAX + 100;
+	size_t big = IYS_LINE_MAX + 100;
 	char *long_text = malloc(strlen(HEADER) + big + 300);
 
 	strcpy(long_text, HEADER);
@@ -548,15 +549,15 @@ static void test_csv_split_reads(void)
 		"2020-01-01 00:00:01,c,x@y.z,TACIR,EPOSTA,RET,,\n"
 		"2020-01-01 00:00:02,d,+905321234568,BIREYSEL,ARAMA,RET,"
 		"2020-01-01 00:00:00,IYS_CM";
-	struct import_opts o = { .brand_code = 3, .skip_bad = true,
-				 .first_sequence = 7 };
-	struct import_counts k;
+	struct iys_opts o = { .brand_code = 3, .skip_bad = true,
+			      .first_sequence = 7 };
+	struct iys_counts k;
 	struct packed whole = { .len = 0 }, split;
 	struct mem_reader m = { text, strlen(text), 0, SIZE_MAX };
 	char err[256];
 	int rc;
 
-	rc = import_csv_run(&o, mem_read, &m, pack_emit, &whole, &k, err,
+	rc = iys_csv_import(&o, mem_read, &m, pack_emit, &whole, &k, err,
 			    sizeof(err));
 	CHECKF(rc == 0, "%d %s", rc, err);
 	CHECK(k.records == 3 && k.bad == 1);
@@ -567,7 +568,7 @@ static void test_csv_split_reads(void)
 		struct mem_reader ms = { text, strlen(text), 0, step };
 
 		split.len = 0;
-		rc = import_csv_run(&o, mem_read, &ms, pack_emit, &split, &k,
+		rc = iys_csv_import(&o, mem_read, &ms, pack_emit, &split, &k,
 				    err, sizeof(err));
 		if (rc != 0 || k.records != 3 || k.bad != 1 ||
 		    split.len != whole.len ||
