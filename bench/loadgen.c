@@ -1,0 +1,1059 @@
+/*
+ * loadgen: drives consentd (RPC, RESP) or Redis (GET, MGET) with checks of
+ * the synthetic dataset and verifies every reply (bench/README.md).
+ *
+ * Each thread owns an epoll instance and its share of the connections.
+ * Closed loop (no --rate): every connection keeps --pipeline requests in
+ * flight; latency runs from the moment a request is queued. Open loop
+ * (--rate R): each connection has a fixed schedule of R / connections
+ * requests per second and a request's latency runs from its INTENDED send
+ * time, so a stall on either side is charged to every request it delays
+ * (no coordinated omission). Requests intended before --warmup ends are
+ * verified but not measured. The run stops issuing at --duration (or
+ * after --requests measured requests), waits --drain seconds for the
+ * replies still owed, and counts the rest as lost.
+ *
+ * Exit: 0 all verified; 1 any wrong answer; 2 usage; 3 transport trouble
+ * (refused connection, dropped connection, lost replies) with no wrong
+ * answer.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <math.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bench/loadgen.h"
+#include "core/enums.h"
+
+#define LG_EXIT_OK 0
+#define LG_EXIT_WRONG 1
+#define LG_EXIT_USAGE 2
+#define LG_EXIT_TRANSPORT 3
+
+#define LG_BATCH_MAX 10000
+#define LG_READ_CHUNK (64 * 1024)
+#define LG_SPIN_NS 5000        /* open loop: closer than this, poll */
+#define LG_WAIT_MAX_NS 10000000 /* wake at least every 10 ms */
+#define LG_DETAILS_MAX 5       /* wrong answers printed in full */
+#define LG_SECONDS_MAX 3600    /* per-second series length */
+
+struct options {
+	const char *host;
+	const char *port;
+	enum lg_proto proto;
+	uint32_t connections;
+	uint32_t threads;
+	uint32_t pipeline;
+	uint32_t batch;
+	double hit_ratio;
+	enum lg_skew skew;
+	double duration_s;
+	uint64_t requests;  /* 0: bounded by duration */
+	double rate;        /* requests/s in total; 0: closed loop */
+	double warmup_s;
+	double drain_s;
+	uint64_t seed;
+	uint64_t records;
+	bool have_records;
+	bool have_duration;
+	uint64_t pool;
+	uint32_t max_outstanding; /* open loop, per connection */
+	const char *json;
+	const char *label;
+	bool quiet;
+	bool emit_redis_load;
+	const char *out;    /* --emit-redis-load destination */
+};
+
+/* A request in flight. */
+struct slot {
+	uint64_t id;
+	uint64_t intended_ns; /* scheduled (open loop) or queued (closed) */
+	uint32_t n;           /* checks */
+	bool measured;        /* intended after the warm-up */
+};
+
+struct conn {
+	int fd;
+	bool dead;
+	bool want_out;       /* EPOLLOUT armed */
+	struct lg_buf out;
+	size_t out_off;      /* bytes of out already written */
+	struct lg_buf in;
+	struct slot *ring;   /* cap slots; requests in flight, oldest first */
+	struct lg_expect *expects; /* cap * batch */
+	uint32_t cap, head, count;
+	uint64_t next_id;
+	uint64_t next_due_ns; /* open loop schedule */
+};
+
+struct worker {
+	unsigned index;
+	pthread_t tid;
+	int epfd;
+	struct conn *conns;
+	uint32_t n_conns;
+	struct lg_rng rng;
+	struct lg_codec *codec;
+	struct lg_check *checks;
+	struct hist hist;
+	/* counters */
+	uint64_t issued, issued_checks, issued_hits;
+	uint64_t completed, measured, measured_checks;
+	uint64_t wrong_replies, wrong_checks;
+	uint64_t conn_errors, lost;
+	uint64_t last_measured_ns;
+	uint32_t *per_sec;
+	int rc;
+};
+
+/* Shared, set before the workers start and read-only afterwards, except
+ * the request budget and the detail counter (atomics). */
+static struct options opt;
+static const struct lg_keys *keys;
+static uint64_t t_start_ns, t_measure_ns, t_stop_ns;
+static uint64_t interval_ns; /* open loop, per connection */
+static _Atomic uint64_t budget_used; /* --requests: measured requests issued */
+static atomic_int details_printed;  /* wrong answers printed so far */
+static pthread_barrier_t start_barrier;
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static const char *proto_name(enum lg_proto p)
+{
+	static const char *const names[] = { "rpc", "resp-check", "resp-mcheck",
+					     "redis-get", "redis-mget" };
+	return names[p];
+}
+
+/* ---- connections -------------------------------------------------------- */
+
+static bool is_loopback(const struct sockaddr *sa)
+{
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+		return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+	}
+	if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+		return IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr);
+	}
+	return false;
+}
+
+static int conn_open(struct conn *c, const struct addrinfo *ai)
+{
+	int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
+		int e = -errno;
+		close(fd);
+		return e;
+	}
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	int fl = fcntl(fd, F_GETFL);
+	fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+	c->fd = fd;
+	return 0;
+}
+
+static int conn_init(struct conn *c, uint32_t cap, uint32_t batch)
+{
+	memset(c, 0, sizeof(*c));
+	c->fd = -1;
+	c->cap = cap;
+	c->ring = calloc(cap, sizeof(*c->ring));
+	c->expects = calloc((size_t)cap * batch, sizeof(*c->expects));
+	if (!c->ring || !c->expects)
+		return -ENOMEM;
+	return 0;
+}
+
+static void conn_fini(struct conn *c)
+{
+	if (c->fd >= 0)
+		close(c->fd);
+	lg_buf_fini(&c->out);
+	lg_buf_fini(&c->in);
+	free(c->ring);
+	free(c->expects);
+}
+
+/* A connection that failed: its replies are lost, the others go on. */
+static void conn_fail(struct worker *w, struct conn *c, const char *why, int err)
+{
+	if (c->dead)
+		return;
+	fprintf(stderr, "loadgen: connection lost (%s: %s), %u replies owed\n",
+		why, strerror(err < 0 ? -err : err), c->count);
+	w->conn_errors++;
+	w->lost += c->count;
+	c->count = 0;
+	c->dead = true;
+	epoll_ctl(w->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+	close(c->fd);
+	c->fd = -1;
+}
+
+static void conn_arm(struct worker *w, struct conn *c, bool want_out)
+{
+	if (c->want_out == want_out || c->dead)
+		return;
+	struct epoll_event ev = {
+		.events = EPOLLIN | (want_out ? EPOLLOUT : 0),
+		.data.ptr = c,
+	};
+	epoll_ctl(w->epfd, EPOLL_CTL_MOD, c->fd, &ev);
+	c->want_out = want_out;
+}
+
+static void conn_flush(struct worker *w, struct conn *c)
+{
+	while (!c->dead && c->out_off < c->out.len) {
+		ssize_t n = send(c->fd, c->out.data + c->out_off,
+				 c->out.len - c->out_off, MSG_NOSIGNAL);
+		if (n > 0) {
+			c->out_off += (size_t)n;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			conn_arm(w, c, true);
+			return;
+		}
+		conn_fail(w, c, "send", n < 0 ? errno : EPIPE);
+		return;
+	}
+	if (c->out_off == c->out.len) {
+		c->out.len = 0;
+		c->out_off = 0;
+		conn_arm(w, c, false);
+	}
+}
+
+/* ---- issuing ------------------------------------------------------------ */
+
+/* May one more request go out? Issues nothing past the stop time; with
+ * --requests, takes one unit of the shared measured budget. */
+static bool may_issue(uint64_t intended_ns)
+{
+	if (intended_ns >= t_stop_ns)
+		return false;
+	if (opt.requests && intended_ns >= t_measure_ns) {
+		uint64_t used = atomic_fetch_add_explicit(&budget_used, 1,
+							  memory_order_relaxed);
+		if (used >= opt.requests)
+			return false;
+	}
+	return true;
+}
+
+static int conn_issue(struct worker *w, struct conn *c, uint64_t intended_ns)
+{
+	uint32_t hits = lg_keys_next(keys, &w->rng, w->checks);
+	uint64_t id = ++c->next_id;
+	int rc = lg_encode(w->codec, opt.proto, id, w->checks, opt.batch, &c->out);
+	if (rc < 0)
+		return rc;
+	uint32_t at = (c->head + c->count) % c->cap;
+	struct slot *s = &c->ring[at];
+	s->id = id;
+	s->intended_ns = intended_ns;
+	s->n = opt.batch;
+	s->measured = intended_ns >= t_measure_ns;
+	struct lg_expect *e = &c->expects[(size_t)at * opt.batch];
+	for (uint32_t i = 0; i < opt.batch; i++)
+		e[i] = w->checks[i].expect;
+	c->count++;
+	w->issued++;
+	w->issued_checks += opt.batch;
+	w->issued_hits += hits;
+	return 0;
+}
+
+/* Tops every connection up: to the pipeline depth (closed loop) or to the
+ * schedule (open loop). Returns the next time the schedule wants a send
+ * (open loop), or UINT64_MAX. */
+static uint64_t worker_issue(struct worker *w, uint64_t now)
+{
+	uint64_t next = UINT64_MAX;
+	for (uint32_t k = 0; k < w->n_conns; k++) {
+		struct conn *c = &w->conns[k];
+		if (c->dead)
+			continue;
+		bool issued = false;
+		if (opt.rate > 0) {
+			while (c->next_due_ns <= now && c->count < c->cap &&
+			       may_issue(c->next_due_ns)) {
+				if (conn_issue(w, c, c->next_due_ns) < 0)
+					break;
+				c->next_due_ns += interval_ns;
+				issued = true;
+			}
+			if (c->next_due_ns < next && c->next_due_ns < t_stop_ns)
+				next = c->next_due_ns;
+		} else {
+			while (c->count < c->cap && may_issue(now)) {
+				if (conn_issue(w, c, now) < 0)
+					break;
+				issued = true;
+			}
+		}
+		if (issued)
+			conn_flush(w, c);
+	}
+	return next;
+}
+
+/* ---- replies ------------------------------------------------------------ */
+
+static void print_detail(const char *detail)
+{
+	int n = atomic_fetch_add_explicit(&details_printed, 1,
+					  memory_order_relaxed);
+	if (n < LG_DETAILS_MAX)
+		fprintf(stderr, "loadgen: WRONG ANSWER: %s\n", detail);
+	else if (n == LG_DETAILS_MAX)
+		fprintf(stderr, "loadgen: (further wrong answers not shown)\n");
+}
+
+static void conn_replies(struct worker *w, struct conn *c, uint64_t now)
+{
+	size_t off = 0;
+	while (off < c->in.len) {
+		if (c->count == 0) {
+			conn_fail(w, c, "reply with no request", EPROTO);
+			return;
+		}
+		struct slot *s = &c->ring[c->head];
+		const struct lg_expect *e = &c->expects[(size_t)c->head * opt.batch];
+		struct lg_reply r;
+		long used = lg_decode(w->codec, opt.proto, s->id, e, s->n,
+				      c->in.data + off, c->in.len - off, &r);
+		if (used == 0)
+			break;
+		if (used < 0) {
+			conn_fail(w, c, "reply does not parse", (int)used);
+			return;
+		}
+		off += (size_t)used;
+		c->head = (c->head + 1) % c->cap;
+		c->count--;
+		w->completed++;
+		if (r.wrong) {
+			w->wrong_replies++;
+			w->wrong_checks += r.wrong;
+			print_detail(r.detail);
+		}
+		if (s->measured) {
+			uint64_t lat = now > s->intended_ns ? now - s->intended_ns : 0;
+			hist_record(&w->hist, lat);
+			w->measured++;
+			w->measured_checks += s->n;
+			w->last_measured_ns = now;
+			uint64_t sec = (now - t_measure_ns) / 1000000000ull;
+			if (sec < LG_SECONDS_MAX)
+				w->per_sec[sec]++;
+		}
+	}
+	if (off) {
+		memmove(c->in.data, c->in.data + off, c->in.len - off);
+		c->in.len -= off;
+	}
+}
+
+static void conn_read(struct worker *w, struct conn *c)
+{
+	for (;;) {
+		if (lg_buf_reserve(&c->in, LG_READ_CHUNK) < 0) {
+			conn_fail(w, c, "read buffer", ENOMEM);
+			return;
+		}
+		ssize_t n = recv(c->fd, c->in.data + c->in.len,
+				 c->in.cap - c->in.len, 0);
+		if (n > 0) {
+			size_t room = c->in.cap - c->in.len;
+			c->in.len += (size_t)n;
+			conn_replies(w, c, now_ns());
+			/* A short read drained the socket: epoll (level-
+			 * triggered) says when there is more, and a recv
+			 * just to hear EAGAIN costs as much as a reply. */
+			if (c->dead || (size_t)n < room)
+				return;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return;
+		conn_fail(w, c, n == 0 ? "closed by server" : "recv",
+			  n == 0 ? ECONNRESET : errno);
+		return;
+	}
+}
+
+/* ---- the loop ----------------------------------------------------------- */
+
+static uint32_t worker_in_flight(const struct worker *w)
+{
+	uint32_t n = 0;
+	for (uint32_t k = 0; k < w->n_conns; k++)
+		n += w->conns[k].dead ? 0 : w->conns[k].count;
+	return n;
+}
+
+static bool worker_alive(const struct worker *w)
+{
+	for (uint32_t k = 0; k < w->n_conns; k++)
+		if (!w->conns[k].dead)
+			return true;
+	return false;
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	struct epoll_event evs[64];
+
+	/* The default 50 us timer slack would delay every scheduled send of
+	 * the open loop by up to that much, charged to the server. */
+	prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+	pthread_barrier_wait(&start_barrier); /* connected */
+	pthread_barrier_wait(&start_barrier); /* t_start_ns set */
+	for (uint32_t k = 0; k < w->n_conns; k++) {
+		/* Stagger the schedules so connections do not fire together. */
+		uint32_t global = w->index + k * opt.threads;
+		w->conns[k].next_due_ns = t_start_ns +
+					  interval_ns * global / opt.connections;
+	}
+
+	uint64_t drain_end = UINT64_MAX; /* set once issuing has stopped */
+	for (;;) {
+		uint64_t now = now_ns();
+		uint64_t next_due = worker_issue(w, now);
+		bool stopping = now >= t_stop_ns ||
+				(opt.requests &&
+				 atomic_load_explicit(&budget_used,
+						      memory_order_relaxed) >= opt.requests);
+		if (!worker_alive(w))
+			break;
+		if (stopping && worker_in_flight(w) == 0)
+			break;
+		if (stopping && drain_end == UINT64_MAX)
+			drain_end = now + (uint64_t)(opt.drain_s * 1e9);
+		if (now >= drain_end)
+			break;
+
+		uint64_t wait = LG_WAIT_MAX_NS;
+		if (opt.rate > 0 && next_due != UINT64_MAX)
+			wait = next_due > now ? next_due - now : 0;
+		if (wait < LG_SPIN_NS)
+			wait = 0;
+		if (wait > LG_WAIT_MAX_NS)
+			wait = LG_WAIT_MAX_NS;
+		struct timespec ts = { .tv_sec = 0, .tv_nsec = (long)wait };
+		int n = epoll_pwait2(w->epfd, evs, 64, &ts, NULL);
+		if (n < 0 && errno != EINTR) {
+			w->rc = -errno;
+			break;
+		}
+		for (int i = 0; i < n; i++) {
+			struct conn *c = evs[i].data.ptr;
+			if (c->dead)
+				continue;
+			if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))
+				conn_read(w, c);
+			if (!c->dead && (evs[i].events & EPOLLOUT))
+				conn_flush(w, c);
+		}
+	}
+	w->lost += worker_in_flight(w);
+	return NULL;
+}
+
+/* ---- set-up, report ----------------------------------------------------- */
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+"usage: loadgen --proto rpc|resp-check|resp-mcheck|redis-get|redis-mget\n"
+"               --records N [--seed S] [options]\n"
+"       loadgen --emit-redis-load --records N [--seed S] [--out FILE]\n"
+"\n"
+"  --host H            server address, loopback only (127.0.0.1)\n"
+"  --port P            default 7700 rpc, 7701 resp-*, 6379 redis-*\n"
+"  --connections N     connections in total (8)\n"
+"  --threads T         client threads, each with its own epoll (1)\n"
+"  --pipeline D        requests in flight per connection, closed loop (1)\n"
+"  --batch K           checks per request (1); K > 1 needs rpc, resp-mcheck\n"
+"                      or redis-mget; a batch is one brand/channel/type\n"
+"  --hit-ratio X       share of checks whose key exists (0.9)\n"
+"  --skew uniform|zipf key popularity (uniform; zipf exponent 0.99)\n"
+"  --duration SEC      measured seconds after the warm-up (10)\n"
+"  --requests N        or: stop after N measured requests\n"
+"  --rate R            open loop, R requests/s in total on a fixed\n"
+"                      schedule; latency from the intended send time\n"
+"  --max-outstanding M open loop: requests in flight per connection (4096/K)\n"
+"  --warmup SEC        verified but not measured (1)\n"
+"  --drain SEC         wait for owed replies after the end (5)\n"
+"  --seed S --records N  the dataset (consentctl gen --seed S --records N)\n"
+"  --pool N            keys per pool for batches, present and absent (4M)\n"
+"  --json FILE         write the results as JSON\n"
+"  --label TEXT        a name for this run in the output\n"
+"  --quiet             no human summary on stdout\n"
+"\n"
+"Redis form: key c:BRAND:CHANNEL:RTYPE:RECIPIENT, value STATUS:SOURCE:DATE\n"
+"(enums as wire numbers, date in Unix seconds).\n"
+"Exit: 0 verified, 1 wrong answers, 2 usage, 3 transport errors.\n");
+}
+
+static int parse_u64(const char *s, uint64_t *out)
+{
+	char *end;
+	errno = 0;
+	double d = strtod(s, &end);
+	/* Accept 10000000, 1e7 and 10M. */
+	if (*end == 'k' || *end == 'K')
+		d *= 1e3, end++;
+	else if (*end == 'm' || *end == 'M')
+		d *= 1e6, end++;
+	else if (*end == 'g' || *end == 'G')
+		d *= 1e9, end++;
+	if (errno || end == s || *end || d < 0 || d > 1.8e19 || d != floor(d))
+		return -EINVAL;
+	*out = (uint64_t)d;
+	return 0;
+}
+
+static int parse_double(const char *s, double *out)
+{
+	char *end;
+	errno = 0;
+	double d = strtod(s, &end);
+	if (errno || end == s || *end || !isfinite(d) || d < 0)
+		return -EINVAL;
+	*out = d;
+	return 0;
+}
+
+static int parse_u32(const char *s, uint32_t *out)
+{
+	uint64_t v;
+	if (parse_u64(s, &v) < 0 || v > UINT32_MAX)
+		return -EINVAL;
+	*out = (uint32_t)v;
+	return 0;
+}
+
+static int parse_options(int argc, char **argv)
+{
+	enum {
+		O_HOST = 256, O_PORT, O_PROTO, O_CONNS, O_THREADS, O_PIPE,
+		O_BATCH, O_HIT, O_SKEW, O_DUR, O_REQS, O_RATE, O_WARM, O_DRAIN,
+		O_SEED, O_RECS, O_POOL, O_MAXOUT, O_JSON, O_LABEL, O_QUIET,
+		O_EMIT, O_OUT, O_HELP,
+	};
+	static const struct option longs[] = {
+		{ "host", required_argument, 0, O_HOST },
+		{ "port", required_argument, 0, O_PORT },
+		{ "proto", required_argument, 0, O_PROTO },
+		{ "connections", required_argument, 0, O_CONNS },
+		{ "threads", required_argument, 0, O_THREADS },
+		{ "pipeline", required_argument, 0, O_PIPE },
+		{ "batch", required_argument, 0, O_BATCH },
+		{ "hit-ratio", required_argument, 0, O_HIT },
+		{ "skew", required_argument, 0, O_SKEW },
+		{ "duration", required_argument, 0, O_DUR },
+		{ "requests", required_argument, 0, O_REQS },
+		{ "rate", required_argument, 0, O_RATE },
+		{ "warmup", required_argument, 0, O_WARM },
+		{ "drain", required_argument, 0, O_DRAIN },
+		{ "seed", required_argument, 0, O_SEED },
+		{ "records", required_argument, 0, O_RECS },
+		{ "pool", required_argument, 0, O_POOL },
+		{ "max-outstanding", required_argument, 0, O_MAXOUT },
+		{ "json", required_argument, 0, O_JSON },
+		{ "label", required_argument, 0, O_LABEL },
+		{ "quiet", no_argument, 0, O_QUIET },
+		{ "emit-redis-load", no_argument, 0, O_EMIT },
+		{ "out", required_argument, 0, O_OUT },
+		{ "help", no_argument, 0, O_HELP },
+		{ 0, 0, 0, 0 },
+	};
+	opt = (struct options){
+		.host = "127.0.0.1", .proto = LG_PROTO_RPC, .connections = 8,
+		.threads = 1, .pipeline = 1, .batch = 1, .hit_ratio = 0.9,
+		.skew = LG_SKEW_UNIFORM, .duration_s = 10, .warmup_s = 1,
+		.drain_s = 5, .seed = 1, .pool = 4000000,
+	};
+	bool have_proto = false;
+	int ch, bad = 0;
+	while ((ch = getopt_long(argc, argv, "h", longs, NULL)) != -1) {
+		switch (ch) {
+		case O_HOST: opt.host = optarg; break;
+		case O_PORT: opt.port = optarg; break;
+		case O_PROTO:
+			have_proto = true;
+			if (!strcmp(optarg, "rpc"))
+				opt.proto = LG_PROTO_RPC;
+			else if (!strcmp(optarg, "resp-check"))
+				opt.proto = LG_PROTO_RESP_CHECK;
+			else if (!strcmp(optarg, "resp-mcheck"))
+				opt.proto = LG_PROTO_RESP_MCHECK;
+			else if (!strcmp(optarg, "redis-get"))
+				opt.proto = LG_PROTO_REDIS_GET;
+			else if (!strcmp(optarg, "redis-mget"))
+				opt.proto = LG_PROTO_REDIS_MGET;
+			else
+				bad = fprintf(stderr, "loadgen: unknown --proto '%s'\n", optarg);
+			break;
+		case O_CONNS: bad |= parse_u32(optarg, &opt.connections) < 0; break;
+		case O_THREADS: bad |= parse_u32(optarg, &opt.threads) < 0; break;
+		case O_PIPE: bad |= parse_u32(optarg, &opt.pipeline) < 0; break;
+		case O_BATCH: bad |= parse_u32(optarg, &opt.batch) < 0; break;
+		case O_HIT: bad |= parse_double(optarg, &opt.hit_ratio) < 0; break;
+		case O_SKEW:
+			if (!strcmp(optarg, "uniform"))
+				opt.skew = LG_SKEW_UNIFORM;
+			else if (!strcmp(optarg, "zipf"))
+				opt.skew = LG_SKEW_ZIPF;
+			else
+				bad = fprintf(stderr, "loadgen: unknown --skew '%s'\n", optarg);
+			break;
+		case O_DUR:
+			bad |= parse_double(optarg, &opt.duration_s) < 0;
+			opt.have_duration = true;
+			break;
+		case O_REQS: bad |= parse_u64(optarg, &opt.requests) < 0; break;
+		case O_RATE: bad |= parse_double(optarg, &opt.rate) < 0; break;
+		case O_WARM: bad |= parse_double(optarg, &opt.warmup_s) < 0; break;
+		case O_DRAIN: bad |= parse_double(optarg, &opt.drain_s) < 0; break;
+		case O_SEED: bad |= parse_u64(optarg, &opt.seed) < 0; break;
+		case O_RECS:
+			bad |= parse_u64(optarg, &opt.records) < 0;
+			opt.have_records = true;
+			break;
+		case O_POOL: bad |= parse_u64(optarg, &opt.pool) < 0; break;
+		case O_MAXOUT: bad |= parse_u32(optarg, &opt.max_outstanding) < 0; break;
+		case O_JSON: opt.json = optarg; break;
+		case O_LABEL: opt.label = optarg; break;
+		case O_QUIET: opt.quiet = true; break;
+		case O_EMIT: opt.emit_redis_load = true; break;
+		case O_OUT: opt.out = optarg; break;
+		case O_HELP: case 'h': usage(stdout); exit(LG_EXIT_OK);
+		default: bad = 1; break;
+		}
+	}
+	if (optind < argc)
+		bad = fprintf(stderr, "loadgen: unexpected argument '%s'\n", argv[optind]);
+	if (!opt.have_records)
+		bad = fprintf(stderr, "loadgen: --records is required (the dataset's size)\n");
+	if (opt.emit_redis_load)
+		return bad ? -EINVAL : 0;
+	if (!have_proto)
+		bad = fprintf(stderr, "loadgen: --proto is required\n");
+	if (opt.connections == 0 || opt.threads == 0 || opt.pipeline == 0 ||
+	    opt.batch == 0 || opt.batch > LG_BATCH_MAX || opt.hit_ratio > 1 ||
+	    opt.pool < 1024 || opt.pool > UINT32_MAX)
+		bad = fprintf(stderr, "loadgen: out-of-range option (connections, "
+				      "threads, pipeline >= 1; 1 <= batch <= %d; "
+				      "hit-ratio <= 1; 1024 <= pool < 2^32)\n",
+			      LG_BATCH_MAX);
+	if (opt.threads > opt.connections)
+		opt.threads = opt.connections;
+	if (opt.batch > 1 && (opt.proto == LG_PROTO_RESP_CHECK ||
+			      opt.proto == LG_PROTO_REDIS_GET))
+		bad = fprintf(stderr, "loadgen: --batch > 1 needs rpc, resp-mcheck or redis-mget\n");
+	if (opt.duration_s <= 0 && !opt.requests)
+		bad = fprintf(stderr, "loadgen: --duration must be > 0\n");
+	if (!opt.port)
+		opt.port = opt.proto == LG_PROTO_RPC ? "7700" :
+			   opt.proto <= LG_PROTO_RESP_MCHECK ? "7701" : "6379";
+	if (!opt.max_outstanding) {
+		opt.max_outstanding = 4096 / opt.batch;
+		if (opt.max_outstanding < 64)
+			opt.max_outstanding = 64;
+	}
+	return bad ? -EINVAL : 0;
+}
+
+/* Redis mass-insertion protocol (redis-cli --pipe): one SET per record. */
+static int emit_redis_load(void)
+{
+	FILE *f = stdout;
+	if (opt.out && strcmp(opt.out, "-") != 0) {
+		f = fopen(opt.out, "w");
+		if (!f) {
+			fprintf(stderr, "loadgen: %s: %s\n", opt.out, strerror(errno));
+			return 1;
+		}
+	}
+	static char iobuf[1 << 20];
+	setvbuf(f, iobuf, _IOFBF, sizeof(iobuf));
+	struct synth_record rec;
+	char key[RECIPIENT_TEXT_MAX + 64], val[64];
+	for (uint64_t i = 0; i < opt.records; i++) {
+		synth_record(opt.seed, opt.records, i, &rec);
+		int kl = lg_redis_key(&rec, key, sizeof(key));
+		int vl = lg_redis_value(rec.status, rec.source, rec.consent_date,
+					val, sizeof(val));
+		if (kl < 0 || vl < 0) {
+			fprintf(stderr, "loadgen: record %llu does not format\n",
+				(unsigned long long)i);
+			return 1;
+		}
+		fprintf(f, "*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n", kl,
+			key, vl, val);
+	}
+	if (fflush(f) != 0 || ferror(f)) {
+		fprintf(stderr, "loadgen: write: %s\n", strerror(errno));
+		return 1;
+	}
+	if (f != stdout)
+		fclose(f);
+	return 0;
+}
+
+struct totals {
+	struct hist hist;
+	uint64_t issued, issued_checks, issued_hits;
+	uint64_t completed, measured, measured_checks;
+	uint64_t wrong_replies, wrong_checks, conn_errors, lost;
+	uint64_t last_measured_ns;
+	uint32_t per_sec[LG_SECONDS_MAX];
+	double seconds, rps, cps, cpu;
+};
+
+static double us(uint64_t ns)
+{
+	return (double)ns / 1000.0;
+}
+
+static void write_json(const struct totals *t, FILE *f)
+{
+	const struct hist *h = &t->hist;
+	fprintf(f, "{\n  \"label\": \"%s\",\n  \"proto\": \"%s\",\n",
+		opt.label ? opt.label : "", proto_name(opt.proto));
+	fprintf(f, "  \"host\": \"%s\", \"port\": \"%s\",\n", opt.host, opt.port);
+	fprintf(f, "  \"connections\": %u, \"threads\": %u, \"pipeline\": %u, "
+		   "\"batch\": %u,\n",
+		opt.connections, opt.threads, opt.pipeline, opt.batch);
+	fprintf(f, "  \"records\": %llu, \"seed\": %llu, \"hit_ratio\": %.4f, "
+		   "\"skew\": \"%s\",\n",
+		(unsigned long long)opt.records, (unsigned long long)opt.seed,
+		opt.hit_ratio, opt.skew == LG_SKEW_ZIPF ? "zipf" : "uniform");
+	fprintf(f, "  \"open_loop\": %s, \"target_rate\": %.1f,\n",
+		opt.rate > 0 ? "true" : "false", opt.rate);
+	fprintf(f, "  \"warmup_s\": %.3f, \"seconds\": %.6f,\n", opt.warmup_s,
+		t->seconds);
+	fprintf(f, "  \"requests\": %llu, \"checks\": %llu,\n",
+		(unsigned long long)t->measured,
+		(unsigned long long)t->measured_checks);
+	fprintf(f, "  \"requests_per_s\": %.1f, \"checks_per_s\": %.1f,\n",
+		t->rps, t->cps);
+	fprintf(f, "  \"hit_ratio_sent\": %.4f,\n",
+		t->issued_checks ? (double)t->issued_hits / (double)t->issued_checks : 0);
+	fprintf(f, "  \"latency_us\": {\"mean\": %.2f, \"min\": %.2f, "
+		   "\"p50\": %.2f, \"p90\": %.2f, \"p99\": %.2f, \"p999\": %.2f, "
+		   "\"p9999\": %.2f, \"max\": %.2f},\n",
+		h->count ? us(h->sum / h->count) : 0, h->count ? us(h->min) : 0,
+		us(hist_quantile(h, 0.5)), us(hist_quantile(h, 0.9)),
+		us(hist_quantile(h, 0.99)), us(hist_quantile(h, 0.999)),
+		us(hist_quantile(h, 0.9999)), us(h->max));
+	fprintf(f, "  \"issued\": %llu, \"completed\": %llu,\n",
+		(unsigned long long)t->issued, (unsigned long long)t->completed);
+	fprintf(f, "  \"wrong_replies\": %llu, \"wrong_checks\": %llu,\n",
+		(unsigned long long)t->wrong_replies,
+		(unsigned long long)t->wrong_checks);
+	fprintf(f, "  \"connection_errors\": %llu, \"lost\": %llu,\n",
+		(unsigned long long)t->conn_errors, (unsigned long long)t->lost);
+	fprintf(f, "  \"client_cpu\": %.3f,\n", t->cpu);
+	fprintf(f, "  \"per_second\": [");
+	unsigned secs = (unsigned)ceil(t->seconds);
+	if (secs > LG_SECONDS_MAX)
+		secs = LG_SECONDS_MAX;
+	for (unsigned i = 0; i < secs; i++)
+		fprintf(f, "%s%u", i ? ", " : "", t->per_sec[i]);
+	fprintf(f, "]\n}\n");
+}
+
+static void print_summary(const struct totals *t)
+{
+	const struct hist *h = &t->hist;
+	printf("%s%s%s %s batch=%u conns=%u threads=%u %s%u: "
+	       "%.0f req/s, %.0f checks/s | p50 %.1f p90 %.1f p99 %.1f "
+	       "p99.9 %.1f max %.1f us | wrong %llu, lost %llu, conn errors "
+	       "%llu | client cpu %.0f%%\n",
+	       opt.label ? "[" : "", opt.label ? opt.label : "",
+	       opt.label ? "] " : "", proto_name(opt.proto), opt.batch,
+	       opt.connections, opt.threads, opt.rate > 0 ? "rate=" : "pipeline=",
+	       opt.rate > 0 ? (unsigned)opt.rate : opt.pipeline, t->rps, t->cps,
+	       us(hist_quantile(h, 0.5)), us(hist_quantile(h, 0.9)),
+	       us(hist_quantile(h, 0.99)), us(hist_quantile(h, 0.999)),
+	       us(h->max), (unsigned long long)t->wrong_checks,
+	       (unsigned long long)t->lost, (unsigned long long)t->conn_errors,
+	       t->cpu * 100);
+	if (opt.rate > 0 && t->rps < opt.rate * 0.95)
+		printf("  note: achieved %.0f of %.0f req/s: past saturation\n",
+		       t->rps, opt.rate);
+	if (t->cpu > 0.9 * opt.threads)
+		printf("  note: the client used %.0f%% of its %u thread(s): "
+		       "it may be the bottleneck\n", t->cpu * 100, opt.threads);
+}
+
+static double cpu_seconds(void)
+{
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
+	return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +
+	       (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+}
+
+/* Allocates worker t's state and opens its connections. On failure the
+ * worker is left for worker_fini, which copes with any partial state. */
+static int worker_init(struct worker *w, unsigned t, uint32_t cap,
+		       const struct addrinfo *ai)
+{
+	w->index = t;
+	w->epfd = -1;
+	w->n_conns = opt.connections / opt.threads +
+		     (t < opt.connections % opt.threads);
+	hist_init(&w->hist);
+	lg_rng_seed(&w->rng, opt.seed * 1000003u + t + 1);
+	w->conns = calloc(w->n_conns, sizeof(*w->conns));
+	w->checks = calloc(opt.batch, sizeof(*w->checks));
+	w->per_sec = calloc(LG_SECONDS_MAX, sizeof(*w->per_sec));
+	if (!w->conns || !w->checks || !w->per_sec)
+		return -ENOMEM;
+	for (uint32_t c = 0; c < w->n_conns; c++)
+		w->conns[c].fd = -1;
+	w->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (w->epfd < 0)
+		return -errno;
+	int rc = lg_codec_create(opt.batch, &w->codec);
+	if (rc < 0)
+		return rc;
+	for (uint32_t c = 0; c < w->n_conns; c++) {
+		struct conn *cn = &w->conns[c];
+		rc = conn_init(cn, cap, opt.batch);
+		if (rc < 0)
+			return rc;
+		rc = conn_open(cn, ai);
+		if (rc < 0)
+			return rc;
+		struct epoll_event ev = { .events = EPOLLIN, .data.ptr = cn };
+		if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, cn->fd, &ev) < 0)
+			return -errno;
+	}
+	return 0;
+}
+
+static void worker_fini(struct worker *w)
+{
+	if (w->conns)
+		for (uint32_t c = 0; c < w->n_conns; c++)
+			conn_fini(&w->conns[c]);
+	free(w->conns);
+	free(w->checks);
+	free(w->per_sec);
+	lg_codec_destroy(w->codec);
+	if (w->epfd >= 0)
+		close(w->epfd);
+}
+
+static void totals_add(struct totals *tot, const struct worker *w)
+{
+	hist_merge(&tot->hist, &w->hist);
+	tot->issued += w->issued;
+	tot->issued_checks += w->issued_checks;
+	tot->issued_hits += w->issued_hits;
+	tot->completed += w->completed;
+	tot->measured += w->measured;
+	tot->measured_checks += w->measured_checks;
+	tot->wrong_replies += w->wrong_replies;
+	tot->wrong_checks += w->wrong_checks;
+	tot->conn_errors += w->conn_errors;
+	tot->lost += w->lost;
+	if (w->last_measured_ns > tot->last_measured_ns)
+		tot->last_measured_ns = w->last_measured_ns;
+	for (unsigned s = 0; s < LG_SECONDS_MAX; s++)
+		tot->per_sec[s] += w->per_sec[s];
+}
+
+/* Runs the measurement with workers ws[0..opt.threads), all connected;
+ * fills *tot. Returns an exit code for trouble outside the replies. */
+static int measure(struct worker *ws, struct totals *tot)
+{
+	int exit_code = LG_EXIT_OK;
+	if (opt.rate > 0) {
+		interval_ns = (uint64_t)(1e9 * opt.connections / opt.rate);
+		if (interval_ns == 0)
+			interval_ns = 1;
+	}
+	pthread_barrier_init(&start_barrier, NULL, opt.threads + 1);
+	for (uint32_t t = 0; t < opt.threads; t++)
+		pthread_create(&ws[t].tid, NULL, worker_main, &ws[t]);
+	pthread_barrier_wait(&start_barrier);
+	double cpu0 = cpu_seconds();
+	t_start_ns = now_ns();
+	t_measure_ns = t_start_ns + (uint64_t)(opt.warmup_s * 1e9);
+	/* --requests alone ends on its count, yet never runs past an hour;
+	 * with --duration too, whichever comes first. */
+	t_stop_ns = t_measure_ns + (uint64_t)(opt.duration_s * 1e9);
+	if (opt.requests && !opt.have_duration)
+		t_stop_ns = t_measure_ns + LG_SECONDS_MAX * 1000000000ull;
+	pthread_barrier_wait(&start_barrier);
+
+	hist_init(&tot->hist);
+	for (uint32_t t = 0; t < opt.threads; t++) {
+		pthread_join(ws[t].tid, NULL);
+		totals_add(tot, &ws[t]);
+		if (ws[t].rc < 0) {
+			fprintf(stderr, "loadgen: epoll: %s\n", strerror(-ws[t].rc));
+			exit_code = LG_EXIT_TRANSPORT;
+		}
+	}
+	pthread_barrier_destroy(&start_barrier);
+	uint64_t t_end = now_ns();
+	tot->cpu = (cpu_seconds() - cpu0) / ((double)(t_end - t_start_ns) / 1e9);
+	tot->seconds = tot->last_measured_ns > t_measure_ns ?
+		(double)(tot->last_measured_ns - t_measure_ns) / 1e9 : 0;
+	if (tot->seconds > 0) {
+		tot->rps = (double)tot->measured / tot->seconds;
+		tot->cps = (double)tot->measured_checks / tot->seconds;
+	}
+	return exit_code;
+}
+
+/* The verdict on the whole run, as an exit code. */
+static int judge(const struct totals *tot, int exit_code)
+{
+	if (tot->wrong_checks) {
+		fprintf(stderr, "loadgen: %llu WRONG ANSWERS in %llu replies\n",
+			(unsigned long long)tot->wrong_checks,
+			(unsigned long long)tot->wrong_replies);
+		return LG_EXIT_WRONG;
+	}
+	if (tot->conn_errors || tot->lost) {
+		fprintf(stderr, "loadgen: %llu connection errors, %llu replies lost\n",
+			(unsigned long long)tot->conn_errors,
+			(unsigned long long)tot->lost);
+		return LG_EXIT_TRANSPORT;
+	}
+	if (tot->measured == 0 && exit_code == LG_EXIT_OK) {
+		fprintf(stderr, "loadgen: no measured replies\n");
+		return LG_EXIT_TRANSPORT;
+	}
+	return exit_code;
+}
+
+int main(int argc, char **argv)
+{
+	if (parse_options(argc, argv) < 0) {
+		usage(stderr);
+		return LG_EXIT_USAGE;
+	}
+	if (opt.emit_redis_load)
+		return emit_redis_load();
+
+	int exit_code = LG_EXIT_USAGE;
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai = NULL;
+	struct lg_keys *k = NULL;
+	struct worker *ws = NULL;
+	static struct totals tot; /* 14 KiB of per-second series */
+
+	int gai = getaddrinfo(opt.host, opt.port, &hints, &ai);
+	if (gai != 0) {
+		fprintf(stderr, "loadgen: %s:%s: %s\n", opt.host, opt.port,
+			gai_strerror(gai));
+		return LG_EXIT_USAGE;
+	}
+	if (!is_loopback(ai->ai_addr)) {
+		fprintf(stderr, "loadgen: %s is not a loopback address; the "
+				"bench runs on one machine only\n", opt.host);
+		goto out_ai;
+	}
+
+	struct lg_keys_config kc = {
+		.seed = opt.seed, .records = opt.records,
+		.hit_ratio = opt.hit_ratio, .skew = opt.skew,
+		.batch = opt.batch, .pool = opt.pool,
+	};
+	uint64_t t0 = now_ns();
+	int rc = lg_keys_create(&kc, &k);
+	if (rc < 0) {
+		fprintf(stderr, "loadgen: key pools: %s\n", strerror(-rc));
+		goto out_ai;
+	}
+	keys = k;
+	if (opt.batch > 1 && !opt.quiet)
+		fprintf(stderr, "loadgen: key pools ready in %.1f s\n",
+			(double)(now_ns() - t0) / 1e9);
+
+	exit_code = LG_EXIT_TRANSPORT;
+	ws = calloc(opt.threads, sizeof(*ws));
+	if (!ws) {
+		fprintf(stderr, "loadgen: out of memory\n");
+		goto out_keys;
+	}
+	uint32_t cap = opt.rate > 0 ? opt.max_outstanding : opt.pipeline;
+	uint32_t n_init = 0;
+	for (; n_init < opt.threads; n_init++) {
+		rc = worker_init(&ws[n_init], n_init, cap, ai);
+		if (rc < 0) {
+			fprintf(stderr, "loadgen: %s:%s: %s\n", opt.host,
+				opt.port, strerror(-rc));
+			n_init++; /* its partial state is torn down too */
+			goto out_workers;
+		}
+	}
+
+	exit_code = measure(ws, &tot);
+	if (!opt.quiet)
+		print_summary(&tot);
+	if (opt.json) {
+		FILE *f = fopen(opt.json, "w");
+		if (!f) {
+			fprintf(stderr, "loadgen: %s: %s\n", opt.json, strerror(errno));
+			exit_code = LG_EXIT_TRANSPORT;
+		} else {
+			write_json(&tot, f);
+			if (fclose(f) != 0)
+				exit_code = LG_EXIT_TRANSPORT;
+		}
+	}
+	exit_code = judge(&tot, exit_code);
+
+out_workers:
+	for (uint32_t t = 0; t < n_init; t++)
+		worker_fini(&ws[t]);
+	free(ws);
+out_keys:
+	lg_keys_destroy(k);
+out_ai:
+	freeaddrinfo(ai);
+	return exit_code;
+}

@@ -1,0 +1,595 @@
+#!/usr/bin/env bash
+# scripts/bench.sh BUILD [N] — `make bench`: consentd and Redis side by side
+# on the same N synthetic records, one run of this script (bench/README.md).
+#
+#   1. consentctl gen N records (cached per N and seed in BUILD/bench-data);
+#   2. hyperfine times `consentctl build` (--runs 3), then one more build
+#      is served;
+#   3. consentd (--workers 1) and redis-server (own port, no persistence)
+#      both start pinned to core 0; Redis gets the same keys through
+#      `loadgen --emit-redis-load | redis-cli --pipe`;
+#   4. the load generator, pinned to core 1, runs every workload against
+#      both, interleaved, RUNS times: RPC batch 1 and 100, RESP CHECK and
+#      MCHECK 100 against GET and MGET 100; then redis-benchmark (CHECK vs
+#      GET, same pipeline); then the open loop at half of consentd's peak;
+#   5. the Google Benchmark binaries BUILD/bench/*_bench, if any;
+#   6. bench/results/latest.{md,json} plus a dated copy, the table in
+#      README.md between <!-- bench:start --> and <!-- bench:end --> (only
+#      if both markers exist), and the table on stdout.
+#
+# It asserts nothing about speed. It exits non-zero only if the load
+# generator saw a wrong answer (exit 1): a fast wrong server must not pass.
+# QUICK=1 (CI): N = 100000, one run each, short durations.
+# Env: BENCH_SEED (1), BENCH_PORT_BASE (17700), BENCH_RUNS, BENCH_DURATION.
+set -uo pipefail
+
+build=${1:-build}
+quick=${QUICK:-0}
+n=${2:-}
+if [ -z "$n" ]; then
+  if [ "$quick" = 1 ]; then n=100000; else n=10000000; fi
+fi
+seed=${BENCH_SEED:-1}
+if [ "$quick" = 1 ]; then
+  runs=${BENCH_RUNS:-1}; dur=${BENCH_DURATION:-2}; warm=0.5; hf_runs=1
+  rb_requests=200000
+else
+  runs=${BENCH_RUNS:-3}; dur=${BENCH_DURATION:-8}; warm=2; hf_runs=3
+  rb_requests=3000000
+fi
+conns=8          # client connections, every workload
+depth=32         # pipeline depth, one check per request
+batch=100        # checks per request, batched workloads
+batch_depth=2    # pipeline depth, batched workloads
+python=/usr/bin/python3
+
+cd "$(dirname "$0")/.." || exit 2
+for bin in consentctl consentd loadgen; do
+  [ -x "$build/$bin" ] || echo "bench: $build/$bin is missing; its rows will be empty"
+done
+
+stamp=$(date +%Y-%m-%d-%H%M%S)
+data="$build/bench-data"
+out="$build/bench-runs/$stamp"
+mkdir -p "$data" "$out" bench/results
+# Absolute: redis-server resolves its log file after changing to --dir.
+data=$(cd "$data" && pwd); out=$(cd "$out" && pwd)
+status="$out/status.tsv"   # name run exit-code, one line per measured run
+facts="$out/facts.tsv"     # key value, everything the report needs
+: > "$status"; : > "$facts"
+fact() { printf '%s\t%s\n' "$1" "$2" >> "$facts"; }
+log() { printf '\n== %s\n' "$*"; }
+
+if [ "$(nproc)" -ge 2 ]; then srv_cpu=0; cli_cpu=1; else srv_cpu=0; cli_cpu=0; fi
+fact records "$n"; fact seed "$seed"; fact runs "$runs"; fact duration "$dur"
+fact warmup "$warm"; fact quick "$quick"; fact connections "$conns"
+fact depth "$depth"; fact batch "$batch"; fact batch_depth "$batch_depth"
+fact cpu "$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)"
+fact cores "$(nproc)"; fact kernel "$(uname -r)"
+fact redis_version "$(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')"
+fact commit "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+fact stamp "$stamp"
+
+# ---- ports: a free block of ten ----------------------------------------------
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+base=${BENCH_PORT_BASE:-17700}
+for _ in $(seq 1 20); do
+  busy=0
+  for off in 0 1 2 9; do port_busy $((base + off)) && busy=1; done
+  [ $busy -eq 0 ] && break
+  base=$((base + 10))
+done
+p_rpc=$base; p_resp=$((base + 1)); p_http=$((base + 2)); p_redis=$((base + 9))
+
+# ---- servers: started here, stopped here --------------------------------------
+cd_pid=""; rd_pid=""
+stop_servers() {
+  for p in $cd_pid $rd_pid; do
+    kill "$p" 2>/dev/null && wait "$p" 2>/dev/null
+  done
+  cd_pid=""; rd_pid=""
+}
+trap stop_servers EXIT
+trap 'stop_servers; exit 130' INT TERM
+
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null; }
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.3f", b - a}'; }
+
+# ---- 1. dataset ----------------------------------------------------------------
+# The cache is only good for the generator that wrote it: the marker holds
+# consentctl's digest, so a rebuilt synth.c regenerates the snapshot.
+snap="$data/snap-n$n-s$seed.bin"
+gen_id=$(sha256sum "$build/consentctl" 2>/dev/null | cut -d' ' -f1)
+if [ -s "$snap" ] && [ -n "$gen_id" ] && [ "$(cat "$snap.ok" 2>/dev/null)" = "$gen_id" ]; then
+  log "dataset: $snap (cached)"
+  fact gen_seconds cached
+else
+  log "dataset: consentctl gen --records $n --seed $seed"
+  rm -f "$snap" "$snap.ok"
+  t0=$(now)
+  if "$build/consentctl" gen --records "$n" --seed "$seed" --out "$snap"; then
+    echo "$gen_id" > "$snap.ok"; fact gen_seconds "$(elapsed "$t0")"
+  else
+    echo "bench: consentctl gen failed"; fact gen_seconds failed
+  fi
+fi
+fact snapshot_bytes "$(stat -c %s "$snap" 2>/dev/null || echo 0)"
+
+# ---- 2. index build, timed --------------------------------------------------
+idx="$data/idx-n$n-s$seed"
+if [ -s "$snap.ok" ]; then
+  log "index build: hyperfine --runs $hf_runs consentctl build"
+  hyperfine -N --runs "$hf_runs" --prepare "rm -rf $data/idx-timed" \
+    --export-json "$out/hyperfine-build.json" \
+    "$build/consentctl build --snapshot $snap --out $data/idx-timed" \
+    || echo "bench: the timed index build failed"
+  rm -rf "$data/idx-timed" "$idx"
+  "$build/consentctl" build --snapshot "$snap" --out "$idx" \
+    || echo "bench: consentctl build failed"
+  fact index_bytes "$(du -sb "$idx" 2>/dev/null | cut -f1)"
+fi
+
+# ---- 3. servers ----------------------------------------------------------------
+log "consentd --workers 1 on core $srv_cpu (rpc $p_rpc, resp $p_resp, http $p_http)"
+cd_ok=0
+if [ -x "$build/consentd" ] && [ -d "$idx" ]; then
+  t0=$(now)
+  taskset -c "$srv_cpu" "$build/consentd" --data-dir "$idx" \
+    --rpc "127.0.0.1:$p_rpc" --resp "127.0.0.1:$p_resp" \
+    --http "127.0.0.1:$p_http" --workers 1 > "$out/consentd.log" 2>&1 &
+  cd_pid=$!
+  for _ in $(seq 1 6000); do
+    kill -0 "$cd_pid" 2>/dev/null || break
+    if curl -sf -o /dev/null "http://127.0.0.1:$p_http/readyz"; then cd_ok=1; break; fi
+    sleep 0.1
+  done
+  if [ $cd_ok -eq 1 ]; then
+    fact consentd_ready_seconds "$(elapsed "$t0")"
+    fact consentd_rss_kb_loaded "$(rss_kb "$cd_pid")"
+    curl -sf "http://127.0.0.1:$p_http/v1/stats" > "$out/consentd-stats.json" || true
+  else
+    echo "bench: consentd did not become ready; see $out/consentd.log"
+    tail -n 5 "$out/consentd.log"
+    kill "$cd_pid" 2>/dev/null; wait "$cd_pid" 2>/dev/null; cd_pid=""
+  fi
+fi
+fact consentd_ok "$cd_ok"
+
+log "redis-server on core $srv_cpu (port $p_redis), loaded with the same $n records"
+rd_ok=0
+taskset -c "$srv_cpu" redis-server --port "$p_redis" --bind 127.0.0.1 \
+  --save '' --appendonly no --daemonize no --dir "$out" \
+  --logfile "$out/redis.log" &
+rd_pid=$!
+for _ in $(seq 1 100); do
+  [ "$(redis-cli -p "$p_redis" ping 2>/dev/null)" = PONG ] && { rd_ok=1; break; }
+  sleep 0.1
+done
+if [ $rd_ok -eq 1 ]; then
+  t0=$(now)
+  "$build/loadgen" --emit-redis-load --records "$n" --seed "$seed" |
+    taskset -c "$cli_cpu" redis-cli -p "$p_redis" --pipe > "$out/redis-load.log" 2>&1
+  fact redis_load_seconds "$(elapsed "$t0")"
+  keys=$(redis-cli -p "$p_redis" dbsize)
+  fact redis_keys "$keys"
+  if [ "$keys" != "$n" ]; then
+    echo "bench: Redis holds $keys keys, not $n; see $out/redis-load.log"
+    rd_ok=0
+  fi
+  fact redis_rss_kb_loaded "$(rss_kb "$rd_pid")"
+  fact redis_used_memory "$(redis-cli -p "$p_redis" info memory | tr -d '\r' | sed -n 's/^used_memory://p')"
+else
+  echo "bench: redis-server did not answer PING"
+fi
+fact redis_ok "$rd_ok"
+
+# ---- 4. workloads --------------------------------------------------------------
+wrong=0
+# run_lg NAME RUN ARGS...: one loadgen run on core $cli_cpu, JSON kept.
+run_lg() {
+  local name=$1 run=$2; shift 2
+  timeout $(( ${dur%.*} + 300 )) taskset -c "$cli_cpu" "$build/loadgen" \
+    --label "$name" --json "$out/$name.$run.json" --records "$n" \
+    --seed "$seed" --threads 1 --connections "$conns" --warmup "$warm" \
+    --duration "$dur" "$@"
+  local rc=$?
+  printf '%s\t%s\t%s\n' "$name" "$run" "$rc" >> "$status"
+  [ $rc -eq 1 ] && wrong=1
+  [ $rc -ne 0 ] && echo "bench: $name run $run: loadgen exit $rc"
+  return 0
+}
+
+closed_loop() {
+  local r=$1
+  if [ $cd_ok -eq 1 ]; then
+    run_lg cd_rpc_b1 "$r" --proto rpc --port "$p_rpc" --pipeline "$depth"
+    run_lg cd_resp_check "$r" --proto resp-check --port "$p_resp" --pipeline "$depth"
+  fi
+  [ $rd_ok -eq 1 ] && run_lg rd_get "$r" --proto redis-get --port "$p_redis" --pipeline "$depth"
+  if [ $cd_ok -eq 1 ]; then
+    run_lg cd_rpc_batch "$r" --proto rpc --port "$p_rpc" --batch "$batch" \
+      --pipeline "$batch_depth"
+    run_lg cd_resp_mcheck "$r" --proto resp-mcheck --port "$p_resp" \
+      --batch "$batch" --pipeline "$batch_depth"
+  fi
+  [ $rd_ok -eq 1 ] && run_lg rd_mget "$r" --proto redis-mget --port "$p_redis" \
+    --batch "$batch" --pipeline "$batch_depth"
+}
+
+for r in $(seq 1 "$runs"); do
+  log "closed loop, run $r of $runs ($conns connections, loadgen on core $cli_cpu)"
+  closed_loop "$r"
+done
+
+# redis-benchmark: the same RESP pair through a client nobody here wrote. It
+# cannot use the dataset's keys (only __rand_int__), so both sides miss:
+# CHECK of an unknown +1 number (NO_CONSENT) vs GET of an absent key.
+brand=1334567 # synth_brand_code(0), the most popular brand
+for r in $(seq 1 "$runs"); do
+  log "redis-benchmark, run $r of $runs (-c $conns -P $depth -n $rb_requests, misses)"
+  if [ $cd_ok -eq 1 ]; then
+    taskset -c "$cli_cpu" redis-benchmark -h 127.0.0.1 -p "$p_resp" -c "$conns" \
+      -P "$depth" -n "$rb_requests" -r 100000000 --threads 1 --csv \
+      CHECK "+1__rand_int__" "$brand" MESAJ > "$out/rb_check.$r.csv" 2> "$out/rb_check.$r.err"
+    printf 'rb_check\t%s\t%s\n' "$r" $? >> "$status"
+    tail -n 1 "$out/rb_check.$r.csv"
+  fi
+  if [ $rd_ok -eq 1 ]; then
+    taskset -c "$cli_cpu" redis-benchmark -h 127.0.0.1 -p "$p_redis" -c "$conns" \
+      -P "$depth" -n "$rb_requests" -r 100000000 --threads 1 --csv \
+      GET "c:$brand:2:1:+1__rand_int__" > "$out/rb_get.$r.csv" 2> "$out/rb_get.$r.err"
+    printf 'rb_get\t%s\t%s\n' "$r" $? >> "$status"
+    tail -n 1 "$out/rb_get.$r.csv"
+  fi
+done
+
+# Open loop at half of consentd's peak (median closed-loop rate), the same
+# absolute rate offered to Redis GET: latency from the intended send time.
+median_rps() {
+  $python - "$out" "$1" <<'EOF'
+import glob, json, statistics, sys
+v = []
+for f in glob.glob(f"{sys.argv[1]}/{sys.argv[2]}.*.json"):
+    try:
+        v.append(json.load(open(f))["requests_per_s"])
+    except Exception:
+        pass
+print(int(statistics.median(v)) if v else 0)
+EOF
+}
+if [ $cd_ok -eq 1 ]; then
+  half_check=$(( $(median_rps cd_resp_check) / 2 ))
+  half_rpc=$(( $(median_rps cd_rpc_b1) / 2 ))
+  fact open_rate_check "$half_check"; fact open_rate_rpc "$half_rpc"
+  for r in $(seq 1 "$runs"); do
+    log "open loop, run $r of $runs: CHECK and GET at $half_check/s, RPC and GET at $half_rpc/s"
+    if [ "$half_check" -gt 0 ]; then
+      run_lg open_cd_check "$r" --proto resp-check --port "$p_resp" --rate "$half_check"
+      [ $rd_ok -eq 1 ] && run_lg open_rd_get_check "$r" --proto redis-get \
+        --port "$p_redis" --rate "$half_check"
+    fi
+    if [ "$half_rpc" -gt 0 ]; then
+      run_lg open_cd_rpc "$r" --proto rpc --port "$p_rpc" --rate "$half_rpc"
+      [ $rd_ok -eq 1 ] && run_lg open_rd_get_rpc "$r" --proto redis-get \
+        --port "$p_redis" --rate "$half_rpc"
+    fi
+  done
+fi
+
+# Memory after every workload has touched the data.
+[ -n "$cd_pid" ] && fact consentd_rss_kb_after "$(rss_kb "$cd_pid")"
+[ -n "$rd_pid" ] && fact redis_rss_kb_after "$(rss_kb "$rd_pid")"
+stop_servers
+
+# ---- 5. Google Benchmark binaries ----------------------------------------------
+# Each gets the record count as BENCH_RECORDS and as --records=N when its
+# --help lists that flag (Google Benchmark's own main rejects unknown flags).
+min_time=$([ "$quick" = 1 ] && echo 0.05 || echo 0.5)
+for b in "$build"/bench/*_bench; do
+  [ -x "$b" ] || continue
+  name=$(basename "$b")
+  log "Google Benchmark: $name (records $n, core $cli_cpu)"
+  extra=()
+  "$b" --help 2>&1 | grep -q -- '--records' && extra=(--records="$n")
+  BENCH_RECORDS=$n timeout 900 taskset -c "$cli_cpu" "$b" "${extra[@]}" \
+    --benchmark_min_time="$min_time" --benchmark_out="$out/gbench-$name.json" \
+    --benchmark_out_format=json
+  printf 'gbench_%s\t1\t%s\n' "$name" $? >> "$status"
+done
+
+# ---- 6. report -----------------------------------------------------------------
+log "report"
+$python - "$out" bench/results "$stamp" <<'EOF'
+import glob, json, os, re, statistics, sys
+
+out, resdir, stamp = sys.argv[1], sys.argv[2], sys.argv[3]
+facts = {}
+for line in open(f"{out}/facts.tsv"):
+    k, _, v = line.rstrip("\n").partition("\t")
+    facts[k] = v
+status = [l.rstrip("\n").split("\t") for l in open(f"{out}/status.tsv") if l.strip()]
+n = int(facts["records"])
+
+def load_runs(name):
+    runs = []
+    for f in sorted(glob.glob(f"{out}/{name}.*.json")):
+        try:
+            runs.append(json.load(open(f)))
+        except Exception:
+            pass
+    return runs
+
+def med(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+def summary(name):
+    runs = load_runs(name)
+    if not runs:
+        return None
+    return {
+        "runs": len(runs),
+        "requests_per_s": med([r["requests_per_s"] for r in runs]),
+        "checks_per_s": med([r["checks_per_s"] for r in runs]),
+        "p50_us": med([r["latency_us"]["p50"] for r in runs]),
+        "p90_us": med([r["latency_us"]["p90"] for r in runs]),
+        "p99_us": med([r["latency_us"]["p99"] for r in runs]),
+        "p999_us": med([r["latency_us"]["p999"] for r in runs]),
+        "max_us": med([r["latency_us"]["max"] for r in runs]),
+        "wrong_checks": sum(r["wrong_checks"] for r in runs),
+        "lost": sum(r["lost"] for r in runs),
+        "client_cpu": med([r["client_cpu"] for r in runs]),
+        "hit_ratio_sent": med([r["hit_ratio_sent"] for r in runs]),
+        "target_rate": runs[0]["target_rate"],
+        "all": runs,
+    }
+
+def rb_summary(name):
+    rows = []
+    for f in sorted(glob.glob(f"{out}/{name}.*.csv")):
+        lines = [l for l in open(f).read().splitlines() if l.strip()]
+        if len(lines) < 2:
+            continue
+        head = [h.strip('"') for h in lines[0].split(",")]
+        vals = [v.strip('"') for v in lines[-1].split(",")]
+        try:
+            d = dict(zip(head, vals))
+            rows.append({k: float(d[k]) for k in
+                         ("rps", "p50_latency_ms", "p99_latency_ms", "max_latency_ms")})
+        except (KeyError, ValueError):
+            pass
+    if not rows:
+        return None
+    return {"runs": len(rows),
+            "requests_per_s": med([r["rps"] for r in rows]),
+            "p50_us": med([r["p50_latency_ms"] * 1000 for r in rows]),
+            "p99_us": med([r["p99_latency_ms"] * 1000 for r in rows]),
+            "max_us": med([r["max_latency_ms"] * 1000 for r in rows])}
+
+S = {k: summary(k) for k in (
+    "cd_rpc_b1", "cd_resp_check", "rd_get", "cd_rpc_batch", "cd_resp_mcheck",
+    "rd_mget", "open_cd_check", "open_rd_get_check", "open_cd_rpc",
+    "open_rd_get_rpc")}
+RB = {k: rb_summary(k) for k in ("rb_check", "rb_get")}
+
+def fnum(v, unit=""):
+    if v is None:
+        return "—"
+    if v >= 1e6:
+        return f"{v / 1e6:.2f} M{unit}"
+    if v >= 1e4:
+        return f"{v / 1e3:.0f} k{unit}"
+    if v >= 100:
+        return f"{v:.0f}{unit}"
+    return f"{v:.1f}{unit}"
+
+def flat(v):
+    return "—" if v is None else (f"{v:.0f}" if v >= 100 else f"{v:.1f}")
+
+def ratio(a, b):
+    if a is None or b is None or not b:
+        return None
+    return a / b
+
+def fratio(r):
+    return "—" if r is None else f"{r:.2f}×"
+
+def get(s, k):
+    return None if s is None else s.get(k)
+
+rows = []  # (workload, consentd, redis, key) for the throughput table
+def pair(label, cd, rd, key="checks_per_s"):
+    c, r = S.get(cd) if isinstance(cd, str) else cd, S.get(rd) if isinstance(rd, str) else rd
+    rows.append({
+        "workload": label,
+        "consentd_per_s": get(c, key), "redis_per_s": get(r, key),
+        "ratio": ratio(get(c, key), get(r, key)),
+        "consentd_p50_us": get(c, "p50_us"), "consentd_p99_us": get(c, "p99_us"),
+        "redis_p50_us": get(r, "p50_us"), "redis_p99_us": get(r, "p99_us"),
+        "p99_ratio": ratio(get(c, "p99_us"), get(r, "p99_us")),
+    })
+
+conns, depth = facts["connections"], facts["depth"]
+batch, bdepth = facts["batch"], facts["batch_depth"]
+pair(f"RPC, 1 check/request, {conns}×{depth} pipelined — vs GET", "cd_rpc_b1", "rd_get")
+pair(f"RESP CHECK, {conns}×{depth} pipelined — vs GET", "cd_resp_check", "rd_get")
+pair(f"RPC, {batch} checks/request, {conns}×{bdepth} — vs MGET {batch}", "cd_rpc_batch", "rd_mget")
+pair(f"RESP MCHECK {batch}, {conns}×{bdepth} — vs MGET {batch}", "cd_resp_mcheck", "rd_mget")
+pair(f"redis-benchmark CHECK vs GET, -c {conns} -P {depth} (misses)",
+     RB["rb_check"], RB["rb_get"], key="requests_per_s")
+
+open_rows = []
+for label, cd, rd, rate in (("RESP CHECK vs GET", "open_cd_check", "open_rd_get_check", "open_rate_check"),
+                            ("RPC (1 check) vs GET", "open_cd_rpc", "open_rd_get_rpc", "open_rate_rpc")):
+    c, r = S.get(cd), S.get(rd)
+    if c is None and r is None:
+        continue
+    open_rows.append({
+        "workload": label, "rate": float(facts.get(rate, 0) or 0),
+        "consentd": {k: get(c, k) for k in ("requests_per_s", "p50_us", "p99_us", "p999_us", "max_us")},
+        "redis": {k: get(r, k) for k in ("requests_per_s", "p50_us", "p99_us", "p999_us", "max_us")},
+        "p99_ratio": ratio(get(c, "p99_us"), get(r, "p99_us")),
+    })
+
+def kb(k):
+    try:
+        return int(facts[k])
+    except (KeyError, ValueError):
+        return None
+
+cd_rss = max([v for v in (kb("consentd_rss_kb_loaded"), kb("consentd_rss_kb_after")) if v] or [0]) or None
+rd_rss = max([v for v in (kb("redis_rss_kb_loaded"), kb("redis_rss_kb_after")) if v] or [0]) or None
+mem = {
+    "consentd_rss_kb_loaded": kb("consentd_rss_kb_loaded"),
+    "consentd_rss_kb_after": kb("consentd_rss_kb_after"),
+    "redis_rss_kb_loaded": kb("redis_rss_kb_loaded"),
+    "redis_rss_kb_after": kb("redis_rss_kb_after"),
+    "redis_used_memory": kb("redis_used_memory"),
+    "consentd_bytes_per_record": cd_rss * 1024 / n if cd_rss and n else None,
+    "redis_bytes_per_record": rd_rss * 1024 / n if rd_rss and n else None,
+}
+mem["ratio"] = ratio(mem["consentd_bytes_per_record"], mem["redis_bytes_per_record"])
+
+build = None
+try:
+    h = json.load(open(f"{out}/hyperfine-build.json"))["results"][0]
+    build = {"mean_s": h["mean"], "stddev_s": h.get("stddev"), "min_s": h["min"],
+             "max_s": h["max"], "runs": len(h["times"]),
+             "records_per_s": n / h["mean"] if h["mean"] else None}
+except Exception:
+    pass
+
+gbench = []
+for f in sorted(glob.glob(f"{out}/gbench-*.json")):
+    try:
+        g = json.load(open(f))
+    except Exception:
+        continue
+    for b in g.get("benchmarks", []):
+        if b.get("run_type") == "aggregate" and b.get("aggregate_name") != "median":
+            continue
+        gbench.append({"binary": os.path.basename(f)[7:-5], "name": b["name"],
+                       "real_time": b.get("real_time"), "cpu_time": b.get("cpu_time"),
+                       "time_unit": b.get("time_unit", "ns"),
+                       "items_per_second": b.get("items_per_second"),
+                       "counters": {k: v for k, v in b.items() if k not in (
+                           "name", "run_name", "run_type", "repetitions",
+                           "repetition_index", "threads", "iterations",
+                           "real_time", "cpu_time", "time_unit", "family_index",
+                           "per_family_instance_index", "items_per_second",
+                           "aggregate_name", "aggregate_unit")}})
+
+wrong_runs = [s for s in status if len(s) == 3 and s[2] == "1" and not s[0].startswith(("rb_", "gbench_"))]
+failed_runs = [s for s in status if len(s) == 3 and s[2] not in ("0", "1")]
+failed_runs += [s for s in status if len(s) == 3 and s[2] == "1" and s[0].startswith(("rb_", "gbench_"))]
+
+# ---- markdown ----
+L = []
+q = " (QUICK)" if facts.get("quick") == "1" else ""
+L.append(f"### consentd vs Redis {facts.get('redis_version', '')} — {n:,} records{q}")
+L.append("")
+L.append(f"{stamp}, commit {facts.get('commit')}; {facts.get('cpu')}, {facts.get('cores')} cores, "
+         f"kernel {facts.get('kernel')}. Each server runs on **one core** (taskset core 0; "
+         f"consentd `--workers 1`), the load generator on core 1, so every rate is per core. "
+         f"Medians of {facts.get('runs')} run(s) of {facts.get('duration')} s after "
+         f"{facts.get('warmup')} s warm-up; hit ratio 0.9, uniform keys; every reply verified.")
+L.append("")
+L.append("| workload | consentd /s | Redis /s | ratio | consentd p50 / p99 µs | Redis p50 / p99 µs | p99 ratio |")
+L.append("|---|---:|---:|---:|---:|---:|---:|")
+for r in rows:
+    L.append(f"| {r['workload']} | {fnum(r['consentd_per_s'])} | {fnum(r['redis_per_s'])} | "
+             f"{fratio(r['ratio'])} | {flat(r['consentd_p50_us'])} / {flat(r['consentd_p99_us'])} | "
+             f"{flat(r['redis_p50_us'])} / {flat(r['redis_p99_us'])} | {fratio(r['p99_ratio'])} |")
+L.append("")
+L.append("Rates are checks (consentd) and keys (Redis) per second; the redis-benchmark row is requests per second. "
+         "Ratio: consentd / Redis (above 1 is faster; for p99, below 1 is better).")
+if open_rows:
+    L.append("")
+    L.append("Open loop (fixed schedule, latency from the intended send time) at half of consentd's peak:")
+    L.append("")
+    L.append("| workload | offered /s | consentd achieved | consentd p50 / p99 / p99.9 / max µs | Redis achieved | Redis p50 / p99 / p99.9 / max µs | p99 ratio |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|")
+    for o in open_rows:
+        c, r = o["consentd"], o["redis"]
+        L.append(f"| {o['workload']} | {fnum(o['rate'])} | {fnum(c['requests_per_s'])} | "
+                 f"{flat(c['p50_us'])} / {flat(c['p99_us'])} / {flat(c['p999_us'])} / {flat(c['max_us'])} | "
+                 f"{fnum(r['requests_per_s'])} | "
+                 f"{flat(r['p50_us'])} / {flat(r['p99_us'])} / {flat(r['p999_us'])} / {flat(r['max_us'])} | "
+                 f"{fratio(o['p99_ratio'])} |")
+L.append("")
+L.append("| memory and loading | consentd | Redis | ratio |")
+L.append("|---|---:|---:|---:|")
+def fb(v):
+    return "—" if v is None else f"{v:.1f} B"
+L.append(f"| RSS per record (VmRSS / records) | {fb(mem['consentd_bytes_per_record'])} | "
+         f"{fb(mem['redis_bytes_per_record'])} | {fratio(mem['ratio'])} |")
+def fmb(v):
+    return "—" if v is None else f"{v / 1024:.0f} MiB"
+L.append(f"| RSS after load / after the runs | {fmb(mem['consentd_rss_kb_loaded'])} / {fmb(mem['consentd_rss_kb_after'])} | "
+         f"{fmb(mem['redis_rss_kb_loaded'])} / {fmb(mem['redis_rss_kb_after'])} | |")
+if build:
+    sd = f" ± {build['stddev_s']:.2f}" if build.get("stddev_s") else ""
+    L.append(f"| index build (`consentctl build`, hyperfine, {build['runs']} run(s)) | "
+             f"{build['mean_s']:.2f}{sd} s, {fnum(build['records_per_s'])} records/s | | |")
+def fs(k):
+    v = facts.get(k)
+    try:
+        return f"{float(v):.1f} s"
+    except (TypeError, ValueError):
+        return v or "—"
+L.append(f"| start to ready / to loaded | {fs('consentd_ready_seconds')} | "
+         f"{fs('redis_load_seconds')} (`redis-cli --pipe`) | |")
+L.append(f"| snapshot generation (`consentctl gen`) | {fs('gen_seconds')} | | |")
+if gbench:
+    L.append("")
+    L.append("Google Benchmark (in-process, core 1):")
+    L.append("")
+    L.append("| benchmark | time | items/s |")
+    L.append("|---|---:|---:|")
+    for g in gbench:
+        t = g["real_time"]
+        L.append(f"| {g['binary']}: {g['name']} | "
+                 f"{'—' if t is None else '%.1f %s' % (t, g['time_unit'])} | "
+                 f"{fnum(g['items_per_second'])} |")
+if wrong_runs or failed_runs:
+    L.append("")
+    for s in wrong_runs:
+        L.append(f"**WRONG ANSWERS** in {s[0]} run {s[1]} (see {out}).")
+    for s in failed_runs:
+        L.append(f"Run {s[0]} #{s[1]} failed (exit {s[2]}; see {out}).")
+md = "\n".join(L) + "\n"
+
+result = {
+    "stamp": stamp, "facts": facts, "throughput": rows, "open_loop": open_rows,
+    "memory": mem, "index_build": build, "google_benchmark": gbench,
+    "redis_benchmark": RB, "workloads": {k: v for k, v in S.items() if v},
+    "wrong_runs": wrong_runs, "failed_runs": failed_runs, "raw_dir": out,
+}
+tag = f"{stamp}-n{n}" + ("-quick" if facts.get("quick") == "1" else "")
+for name in ("latest", tag):
+    with open(f"{resdir}/{name}.md", "w") as f:
+        f.write(md)
+    with open(f"{resdir}/{name}.json", "w") as f:
+        json.dump(result, f, indent=1, default=str)
+        f.write("\n")
+
+if os.path.exists("README.md"):
+    text = open("README.md").read()
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    i, j = text.find(start), text.find(end)
+    if i >= 0 and j > i:
+        text = text[:i + len(start)] + "\n" + md + text[j:]
+        with open("README.md", "w") as f:
+            f.write(text)
+        print("bench: README.md table replaced")
+print()
+print(md)
+EOF
+
+echo "bench: raw results in $out; bench/results/latest.md"
+if [ $wrong -ne 0 ]; then
+  echo "bench: the load generator saw WRONG ANSWERS (see above)"
+  exit 1
+fi
+exit 0
