@@ -32,4 +32,19 @@ int datadir_generation_path(const char *dir, uint64_t generation, char *buf,
 /* The newest generation number present (validated or not), 0 if none. */
 uint64_t datadir_newest_generation(const char *dir);
 
+/* One line of a generation's `emails` file. */
+struct datadir_email {
+	uint32_t brand_code;
+	int rtype;   /* enum rtype */
+	int channel; /* enum channel: always CHANNEL_EPOSTA */
+	struct recipient recipient; /* normalised e-mail */
+};
+
+/* Calls fn for each line of generation's `emails` file, in file order; a
+ * non-zero return from fn stops and is returned. A line that does not
+ * parse is -EPROTO with its line number in err. */
+int datadir_emails_foreach(const char *dir, uint64_t generation,
+			   int (*fn)(const struct datadir_email *e, void *arg),
+			   void *arg, char *err, size_t err_cap);
+
 #endif

@@ -73,7 +73,10 @@ void index_destroy(struct index *ix);
 void index_info(const struct index *ix, struct index_info *out);
 
 /* rtype: RTYPE_BIREYSEL/TACIR; channel must suit the recipient kind
- * (phones ARAMA/MESAJ, e-mails EPOSTA): callers validate first. */
+ * (phones ARAMA/MESAJ, e-mails EPOSTA): callers validate first. A key
+ * depends only on the index's secret: indexes created with the same
+ * secret take each other's keys (the builder makes keys before it knows
+ * the table's size). */
 void index_key_make(const struct index *ix, const struct recipient *r,
 		    uint32_t brand_code, int rtype, int channel,
 		    struct index_key *out);
@@ -85,6 +88,10 @@ bool index_lookup(const struct index *ix, const struct index_key *key,
  * probes. found[i] tells whether out[i] was filled. */
 void index_lookup_batch(const struct index *ix, const struct index_key *keys,
 			size_t n, struct consent_value *out, bool *found);
+
+/* A hint, any thread: starts loading key's home bucket, for a caller
+ * about to apply or look up a run of keys (prefetch a few keys ahead). */
+void index_prefetch(const struct index *ix, const struct index_key *key);
 
 /* Writer only. Applies one value under DESIGN §2's order rule: a value
  * whose consent_date is older than the stored one is skipped, and at an

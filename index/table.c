@@ -1,0 +1,1082 @@
+/*
+ * table: the consent index, one generation of it.
+ *
+ * Why it looks like this
+ * ----------------------
+ * Three facts of the workload decide the layout. There are 10^8 to 10^9
+ * consent keys, so an entry has to stay at 16 bytes (DESIGN §2: at most
+ * 20 bytes of RAM per record at full load). Every lookup is a random DRAM
+ * access (~300-500 ns here), so the common lookup must touch exactly one
+ * cache line, and a batch of lookups must be able to overlap its misses.
+ * And there is exactly one writer and nothing is ever deleted (İYS never
+ * removes a consent; a withdrawal is a RET record), so a key, once written,
+ * never moves and never leaves. That last fact is what lets readers run
+ * without a lock, a seqlock or a retry loop.
+ *
+ * Buckets. The table is one array of n_buckets 64-byte, 64-aligned
+ * buckets, each holding four entries of two 64-bit words {key, val}:
+ *
+ *   key word   the low 64 key bits
+ *   val word   bit  0       status: 0 ONAY, 1 RET
+ *              bits 1-5     source as a dense code 1..24, never 0
+ *              bits 6-36    consent_date - INDEX_EPOCH in seconds (31 bits:
+ *                           good to 2083; other dates are -EINVAL)
+ *              bits 37-63   the high 27 key bits; 62-63 are the channel
+ *
+ * val == 0 means "empty slot": a stored source code is never 0, so an
+ * occupied slot never has a zero val, and the whole state of a slot lives
+ * in one word that can be published with one store. Source codes: wire
+ * values 1-13 are 1-13, 32-40 are 14-22, SOURCE_OTHER (63) and anything
+ * unknown 23, SOURCE_UNSPECIFIED (0) 24.
+ *
+ * Keys: 91 bits (the key word and val's 27), with a 2-bit channel field
+ * on top (1 ARAMA, 2 MESAJ, 3 EPOSTA) so that phone keys and e-mail keys
+ * live in disjoint spaces and can never match each other.
+ *   phone   number (50 bits: E.164 has at most 15 digits < 2^50), brand
+ *           (32 bits: the whole wire field, so no brand code can alias
+ *           another; 14 bits in the key word, 18 in val), rtype (1),
+ *           channel (2). 85 bits, exact: no hashing and no false
+ *           positives, and index_foreach gives the record back whole.
+ *   e-mail  channel 3 and 89 bits of a fingerprint: XXH3-128 keyed with
+ *           the index's secret over (rtype, brand, normalised address),
+ *           its low 64 bits in the key word, the low 25 bits of its high
+ *           half in val. Brand and rtype are inside the fingerprint, so
+ *           an e-mail key cannot be turned back into an address: a dump
+ *           takes the addresses from the generation's `emails` file.
+ * A key that no caller should have made (a phone on EPOSTA, an e-mail on
+ * ARAMA) gets channel field 0, which is never stored: such a lookup
+ * misses and index_apply_writer refuses it with -EINVAL.
+ *
+ * Home bucket. Every key carries a 64-bit hash: for phones XXH3-64 keyed
+ * with the secret over the 85 key bits, for e-mails the high half of the
+ * fingerprint. fastrange, ((u128)hash * n_buckets) >> 64, maps it to a
+ * bucket with one multiply and any bucket count (no power of two, no
+ * division). The secret is random per index and never leaves the process
+ * (DESIGN §5.2), so nobody can craft keys that pile into one bucket.
+ *
+ * Why 89 stored bits meet DESIGN §1.2's 96. fastrange takes the bucket
+ * from the high bits of the hash: with 2^k buckets, bits 63..64-k of the
+ * fingerprint's high half. The bits stored in val are that half's bits
+ * 0-24, disjoint from them for any table under 2^39 buckets (2*10^12
+ * records), so the home bucket is ~k more bits of the fingerprint that
+ * cost no memory. A probe compares a key with the entries of the w
+ * buckets it visits (w ~ 5.5 for a miss at the build load, ~20 at the
+ * load limit; see Sizing), so an absent e-mail matches a stored one with
+ * chance about 4w * 2^-89 per lookup, which is what a plain set of n
+ * fingerprints of 89 + k - log2(w) bits gives: at 10^8 records (k ~ 25)
+ * 111 bits (109 at the limit), at 10^9 115; and two stored e-mails share
+ * an identity with chance about n * 2w * 2^-89 (2 * 10^-17 at 10^9). Only
+ * tables under ~700 buckets (~2,500 records) fall below 96 effective
+ * bits, where n is so small that the absolute chance stays under 2^-70.
+ *
+ * Collisions between homes: linear probing to the next bucket, wrapping
+ * at the end. Within a bucket the slots fill in order, and nothing is
+ * ever deleted, so the first empty slot met on the probe path ends every
+ * search: a present key always sits before it.
+ *
+ * Sizing. The load limit is 0.92 of the slots: index_create(capacity)
+ * takes ceil(capacity / 0.92) slots rounded up to whole buckets, and
+ * inserting past the limit is -ENOSPC (the caller builds a bigger
+ * generation). The builder asks for records * 1.10, headroom for changes,
+ * so a fresh generation is ~84% full: 16 / 0.84 = 19 bytes per record of
+ * RAM, and 17.4 bytes at the limit (index_info().bytes / n_records).
+ * Probe lengths, simulated for this layout (random hashes, fastrange,
+ * 4-slot buckets): at the build load (0.84) a hit reads 1.5 buckets and a
+ * miss 5.5 on average; at 0.76, 1.3 and 2.8; at the 0.92 limit 2.3 and
+ * 20. Misses are the expensive case, and for a gateway a common one (no
+ * record), so index_lookup_batch moves all of a window's keys forward one
+ * bucket per round, prefetching each key's next bucket before reading
+ * anyone's: the later lines of every miss are in flight together (1.8x
+ * the miss throughput of prefetching only the home buckets). Near the
+ * limit misses get long; that is what the headroom is for: the server
+ * should rebuild well before it.
+ *
+ * Concurrency. One writer, any number of readers, no locks:
+ *  - insert: the writer stores the key word (relaxed), then the val word
+ *    with memory_order_release. A reader loads val with acquire; if it
+ *    sees the new val it also sees the key (the release/acquire pair).
+ *    If it sees 0 it stops there: the key is simply not there yet.
+ *  - update: the writer stores a new val with the same key bits
+ *    (release). A reader gets the old word or the new one, both whole:
+ *    status, source and date never tear, because they are one word.
+ *  - readers stop at the first val == 0, then load the key word (relaxed:
+ *    ordered by the acquire on val) and compare key word and val's key
+ *    bits. Keys never move, so no seqlock and no retry are needed.
+ *  - the meta fields readers read (watermark, data_as_of, n_records,
+ *    generation) are _Atomic in struct index; see index_set_meta_writer.
+ * Freeing an index is the server's business: it swaps generations under
+ * RCU and calls index_destroy after the grace period.
+ *
+ * Order rule (DESIGN §2), index_apply_writer: values of one key are
+ * ranked by (consent_date, status with RET above ONAY, source code) and
+ * the stored value is replaced only by a higher rank. So an older date is
+ * skipped, an equal date lets a RET beat an ONAY, an identical value is
+ * skipped; and because the rank is a total order the result is the
+ * maximum of everything applied, whatever the arrival order (the source
+ * tiebreak only matters for two same-date, same-status records, which
+ * İYS itself refuses). The builder uses the same function for a key a
+ * snapshot holds twice.
+ *
+ * Memory. INDEX_LOAD_ANON reads the file into anonymous memory aligned
+ * to 2 MiB with madvise(MADV_HUGEPAGE), hashing and checking each chunk as
+ * it arrives; page-cache mappings do not get transparent huge pages, and
+ * a random access costs ~317 ns with them against ~487 ns without (DESIGN
+ * §2). INDEX_LOAD_MMAP maps the file MAP_PRIVATE (copy on write, so the
+ * writer can still update) and reports no huge pages; it needs no second
+ * copy of the data. bench/table_bench.cc measures both.
+ *
+ * File. A 4096-byte header (struct index_file_header below: magic,
+ * version, sizes, counts, meta, the secret, the XXH3-64 of the bucket
+ * array, the XXH3-64 of the header bytes before it, zero padding) and
+ * then the bucket array, little-endian as in memory. index_open checks
+ * magic, version, sizes against the file size, both checksums, the
+ * padding, each entry's fields and the record count against the occupied
+ * slots before it trusts anything, so a lookup cannot fail afterwards;
+ * index_write goes through a temp file, fsync, rename, fsync of the
+ * directory.
+ */
+#include "index/table.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Inline XXH3: a phone key's 16-byte hash then costs a few ns, no call. */
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include "core/enums.h"
+
+#define INDEX_MAGIC "CONSENTX"
+#define INDEX_FORMAT_VERSION 1
+#define INDEX_HEADER_BYTES 4096
+#define BUCKET_SLOTS 4
+#define BUCKET_BYTES 64
+#define LOAD_PCT 92 /* load limit: 92% of the slots */
+#define HUGE_PAGE_BYTES (2u << 20)
+#define IO_CHUNK_BYTES (1u << 20) /* read+hash+check unit: stays in L2 */
+#define BATCH_WINDOW 32 /* keys in flight in a batch lookup */
+
+/* val word fields. */
+#define VAL_RET 1ULL
+#define VAL_SOURCE_SHIFT 1
+#define VAL_SOURCE_MASK 0x1fULL
+#define VAL_DATE_SHIFT 6
+#define VAL_DATE_BITS 31
+#define VAL_DATE_MASK ((1ULL << VAL_DATE_BITS) - 1)
+#define VAL_KEYHI_SHIFT 37
+#define VAL_KEYHI_MASK (~0ULL << VAL_KEYHI_SHIFT)
+#define VAL_LOW_MASK (~VAL_KEYHI_MASK)
+
+/* Fields of the 27 high key bits (positions within them). */
+#define KEYHI_CHANNEL_SHIFT 25
+#define KEYHI_RTYPE_SHIFT 18        /* phones */
+#define KEYHI_BRAND_MASK 0x3ffffULL /* phones: brand bits 14-31 */
+#define KEYHI_FP_MASK 0x1ffffffULL  /* e-mails: 25 fingerprint bits */
+
+#define PHONE_BITS 50
+#define PHONE_MASK ((1ULL << PHONE_BITS) - 1)
+#define BRAND_LO_BITS 14 /* brand bits in the key word, above the phone */
+
+#define SOURCE_CODE_OTHER 23
+#define SOURCE_CODE_UNSPECIFIED 24
+
+static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "64-bit atomics must be lock-free");
+static_assert(BATCH_WINDOW <= 256, "batch positions are uint8_t");
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+	      "the file format is the little-endian memory image");
+
+/* Entries are read and written as whole atomic words; see the essay. */
+struct index_slot {
+	_Atomic uint64_t key;
+	_Atomic uint64_t val;
+};
+
+struct index_bucket {
+	_Alignas(BUCKET_BYTES) struct index_slot slot[BUCKET_SLOTS];
+};
+
+static_assert(sizeof(struct index_slot) == 16, "16-byte entries");
+static_assert(sizeof(struct index_bucket) == BUCKET_BYTES, "one cache line");
+static_assert(_Alignof(struct index_bucket) == BUCKET_BYTES, "64-aligned");
+
+/* On-disk header: fixed-width fields, explicit padding, all of it either
+ * covered by header_xxh3 or required to be zero. */
+struct index_file_header {
+	char magic[8];              /* "CONSENTX" */
+	uint32_t format_version;    /* INDEX_FORMAT_VERSION */
+	uint32_t header_bytes;      /* 4096: the bucket array starts here */
+	uint32_t bucket_bytes;      /* 64 */
+	uint32_t reserved0;         /* 0 */
+	uint64_t n_buckets;
+	uint64_t n_records;         /* occupied slots */
+	uint64_t capacity;          /* the load limit, from n_buckets */
+	uint64_t generation;
+	uint64_t watermark;
+	int64_t created_at;
+	int64_t data_as_of;
+	uint8_t secret[INDEX_SECRET_BYTES];
+	uint64_t buckets_xxh3;      /* XXH3-64 of the bucket array */
+	uint64_t header_xxh3;       /* XXH3-64 of the bytes before this field */
+	uint8_t padding[INDEX_HEADER_BYTES - 288]; /* zero */
+};
+
+static_assert(sizeof(struct index_file_header) == INDEX_HEADER_BYTES,
+	      "header is one page");
+static_assert(offsetof(struct index_file_header, n_buckets) == 24, "layout");
+static_assert(offsetof(struct index_file_header, data_as_of) == 72, "layout");
+static_assert(offsetof(struct index_file_header, secret) == 80, "layout");
+static_assert(offsetof(struct index_file_header, buckets_xxh3) == 272, "layout");
+static_assert(offsetof(struct index_file_header, header_xxh3) == 280, "layout");
+static_assert(offsetof(struct index_file_header, padding) == 288, "layout");
+
+struct index {
+	struct index_bucket *buckets;
+	uint64_t n_buckets;
+	uint64_t limit;             /* records allowed: LOAD_PCT of the slots */
+	void *map;                  /* what to munmap */
+	size_t map_bytes;
+	bool huge_pages;
+	/* Read by any thread, written by the writer; see index_set_meta_writer
+	 * and index_apply_writer for what each store pairs with. */
+	_Atomic int64_t created_at;
+	_Atomic uint64_t n_records;
+	_Atomic uint64_t generation;
+	_Atomic uint64_t watermark;
+	_Atomic int64_t data_as_of;
+	uint8_t secret[INDEX_SECRET_BYTES];
+};
+
+/* Source: wire value <-> dense 5-bit code (never 0, so val != 0). */
+static uint64_t source_code(uint8_t wire)
+{
+	if (wire >= 1 && wire <= 13)
+		return wire;
+	if (wire >= 32 && wire <= 40)
+		return wire - 18u;
+	if (wire == 0)
+		return SOURCE_CODE_UNSPECIFIED;
+	return SOURCE_CODE_OTHER;
+}
+
+static uint8_t source_wire(uint64_t code)
+{
+	if (code <= 13)
+		return (uint8_t)code;
+	if (code <= 22)
+		return (uint8_t)(code + 18);
+	if (code == SOURCE_CODE_OTHER)
+		return SOURCE_OTHER;
+	return SOURCE_NONE; /* SOURCE_CODE_UNSPECIFIED; open refuses others */
+}
+
+static uint64_t home_bucket(const struct index *ix, uint64_t hash)
+{
+	return (uint64_t)(((unsigned __int128)hash * ix->n_buckets) >> 64);
+}
+
+static uint64_t limit_for(uint64_t n_buckets)
+{
+	return n_buckets * BUCKET_SLOTS * LOAD_PCT / 100;
+}
+
+static void decode_value(uint64_t v, struct consent_value *out)
+{
+	out->status = (v & VAL_RET) ? STATUS_RET : STATUS_ONAY;
+	out->source = source_wire((v >> VAL_SOURCE_SHIFT) & VAL_SOURCE_MASK);
+	out->consent_date = (int64_t)((v >> VAL_DATE_SHIFT) & VAL_DATE_MASK) +
+			    INDEX_EPOCH;
+}
+
+/*
+ * Memory for the bucket array: anonymous, 2 MiB aligned so that every
+ * huge page is whole, with MADV_HUGEPAGE (THP is "madvise" on Debian).
+ * The unaligned head and tail of the over-sized reservation go back at
+ * once.
+ */
+static int anon_alloc(struct index *ix, size_t bytes)
+{
+	size_t len = (bytes + HUGE_PAGE_BYTES - 1) & ~(size_t)(HUGE_PAGE_BYTES - 1);
+	size_t reserve = len + HUGE_PAGE_BYTES;
+	uint8_t *p = mmap(NULL, reserve, PROT_READ | PROT_WRITE,
+			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (p == MAP_FAILED)
+		return -errno;
+	uintptr_t start = ((uintptr_t)p + HUGE_PAGE_BYTES - 1) &
+			  ~(uintptr_t)(HUGE_PAGE_BYTES - 1);
+	size_t head = start - (uintptr_t)p;
+	if (head != 0)
+		munmap(p, head);
+	if (reserve - head > len)
+		munmap((uint8_t *)start + len, reserve - head - len);
+	ix->map = (void *)start;
+	ix->map_bytes = len;
+	ix->huge_pages = madvise(ix->map, len, MADV_HUGEPAGE) == 0;
+	ix->buckets = ix->map;
+	return 0;
+}
+
+static int sizes_for(uint64_t capacity, uint64_t *n_buckets)
+{
+	/* Bound so that slot and byte counts cannot overflow. */
+	if (capacity > (UINT64_MAX / 100) / BUCKET_BYTES)
+		return -EINVAL;
+	uint64_t n_slots = (capacity * 100 + LOAD_PCT - 1) / LOAD_PCT;
+	uint64_t nb = (n_slots + BUCKET_SLOTS - 1) / BUCKET_SLOTS;
+	*n_buckets = nb ? nb : 1;
+	return 0;
+}
+
+int index_create(uint64_t capacity, const uint8_t *secret, struct index **out)
+{
+	uint64_t n_buckets;
+	int rc = sizes_for(capacity, &n_buckets);
+	if (rc < 0)
+		return rc;
+	if (n_buckets > SIZE_MAX / BUCKET_BYTES)
+		return -ENOMEM;
+	struct index *ix = calloc(1, sizeof(*ix));
+	if (ix == NULL)
+		return -ENOMEM;
+	if (secret != NULL) {
+		memcpy(ix->secret, secret, INDEX_SECRET_BYTES);
+	} else if (getrandom(ix->secret, INDEX_SECRET_BYTES, 0) !=
+		   INDEX_SECRET_BYTES) {
+		free(ix);
+		return -EIO;
+	}
+	rc = anon_alloc(ix, n_buckets * BUCKET_BYTES);
+	if (rc < 0) {
+		free(ix);
+		return rc;
+	}
+	ix->n_buckets = n_buckets;
+	ix->limit = limit_for(n_buckets);
+	/* Fresh anonymous memory is zero: every slot is empty. The index is
+	 * not shared yet, so plain initial values need no ordering. */
+	atomic_init(&ix->n_records, 0);
+	atomic_init(&ix->generation, 0);
+	atomic_init(&ix->watermark, 0);
+	atomic_init(&ix->created_at, (int64_t)time(NULL));
+	atomic_init(&ix->data_as_of, atomic_load(&ix->created_at));
+	*out = ix;
+	return 0;
+}
+
+void index_destroy(struct index *ix)
+{
+	if (ix == NULL)
+		return;
+	if (ix->map != NULL)
+		munmap(ix->map, ix->map_bytes);
+	free(ix);
+}
+
+void index_info(const struct index *ix, struct index_info *out)
+{
+	/* Acquire loads pair with the release stores in index_set_meta_writer
+	 * (and n_records with index_apply_writer's), so a reader that sees a
+	 * watermark also sees every entry applied before it was set. */
+	out->n_records = atomic_load_explicit(&ix->n_records,
+					      memory_order_acquire);
+	out->generation = atomic_load_explicit(&ix->generation,
+					       memory_order_acquire);
+	out->watermark = atomic_load_explicit(&ix->watermark,
+					      memory_order_acquire);
+	out->data_as_of = atomic_load_explicit(&ix->data_as_of,
+					       memory_order_acquire);
+	out->n_buckets = ix->n_buckets;
+	out->capacity = ix->limit;
+	out->bytes = ix->n_buckets * BUCKET_BYTES;
+	out->created_at = atomic_load_explicit(&ix->created_at,
+					       memory_order_acquire);
+	out->huge_pages = ix->huge_pages;
+}
+
+void index_set_meta_writer(struct index *ix, uint64_t generation,
+			   uint64_t watermark, int64_t created_at,
+			   int64_t data_as_of)
+{
+	/* Release: pairs with the acquire loads in index_info, so the entries
+	 * written before this watermark are visible to whoever reads it. */
+	atomic_store_explicit(&ix->created_at, created_at, memory_order_release);
+	atomic_store_explicit(&ix->generation, generation, memory_order_release);
+	atomic_store_explicit(&ix->watermark, watermark, memory_order_release);
+	atomic_store_explicit(&ix->data_as_of, data_as_of, memory_order_release);
+}
+
+/* ---- keys ---- */
+
+void index_key_make(const struct index *ix, const struct recipient *r,
+		    uint32_t brand_code, int rtype, int channel,
+		    struct index_key *out)
+{
+	uint64_t rbit = rtype == RTYPE_TACIR ? 1 : 0;
+
+	if (r->kind == RECIPIENT_PHONE) {
+		uint64_t ch = (channel == CHANNEL_ARAMA ||
+			       channel == CHANNEL_MESAJ) ? (uint64_t)channel : 0;
+		uint64_t lo = (r->phone & PHONE_MASK) |
+			      ((uint64_t)brand_code << PHONE_BITS);
+		uint64_t hi = ((uint64_t)brand_code >> BRAND_LO_BITS) |
+			      rbit << KEYHI_RTYPE_SHIFT |
+			      ch << KEYHI_CHANNEL_SHIFT;
+		uint64_t in[2] = { lo, hi };
+		out->bits[0] = lo;
+		out->bits[1] = hi << VAL_KEYHI_SHIFT;
+		out->hash = XXH3_64bits_withSecret(in, sizeof(in), ix->secret,
+						   INDEX_SECRET_BYTES);
+		return;
+	}
+
+	/* E-mail: fingerprint of (rtype, brand LE, address). */
+	uint8_t buf[5 + RECIPIENT_EMAIL_MAX];
+	size_t len = r->email_len <= RECIPIENT_EMAIL_MAX ? r->email_len
+							 : RECIPIENT_EMAIL_MAX;
+	buf[0] = (uint8_t)rbit;
+	buf[1] = (uint8_t)brand_code;
+	buf[2] = (uint8_t)(brand_code >> 8);
+	buf[3] = (uint8_t)(brand_code >> 16);
+	buf[4] = (uint8_t)(brand_code >> 24);
+	memcpy(buf + 5, r->email, len);
+	XXH128_hash_t fp = XXH3_128bits_withSecret(buf, 5 + len, ix->secret,
+						   INDEX_SECRET_BYTES);
+	uint64_t ch = channel == CHANNEL_EPOSTA ? CHANNEL_EPOSTA : 0;
+	/* fastrange consumes the high bits of fp.high64; store its low 25,
+	 * disjoint from them (the essay's 96-bit argument). */
+	uint64_t hi = (fp.high64 & KEYHI_FP_MASK) | ch << KEYHI_CHANNEL_SHIFT;
+	out->bits[0] = fp.low64;
+	out->bits[1] = hi << VAL_KEYHI_SHIFT;
+	out->hash = fp.high64;
+}
+
+static bool key_channel_ok(const struct index_key *key)
+{
+	return (key->bits[1] >> (VAL_KEYHI_SHIFT + KEYHI_CHANNEL_SHIFT)) != 0;
+}
+
+/* ---- lookups (any thread) ---- */
+
+/* What one bucket says about a key: its val word (found), PROBE_ABSENT
+ * (an empty slot ends the search) or PROBE_NEXT (full: go on). */
+#define PROBE_ABSENT 0
+#define PROBE_NEXT 1 /* never a val word: source code 0 is not stored */
+
+static uint64_t probe_bucket(const struct index_bucket *bk,
+			     const struct index_key *key)
+{
+	for (int s = 0; s < BUCKET_SLOTS; s++) {
+		/* Acquire: pairs with the release store of val in
+		 * index_apply_writer, so the key word below is the one
+		 * written before this val. */
+		uint64_t v = atomic_load_explicit(&bk->slot[s].val,
+						  memory_order_acquire);
+		if (v == 0)
+			return PROBE_ABSENT;
+		if ((v & VAL_KEYHI_MASK) != key->bits[1])
+			continue;
+		/* Relaxed: ordered by the acquire above; key words never
+		 * change once published. */
+		uint64_t k = atomic_load_explicit(&bk->slot[s].key,
+						  memory_order_relaxed);
+		if (k == key->bits[0])
+			return v;
+	}
+	return PROBE_NEXT;
+}
+
+/* Probes from bucket b. Returns the val word of key, or 0 if absent. */
+static uint64_t probe(const struct index *ix, uint64_t b,
+		      const struct index_key *key)
+{
+	/* The limit keeps an empty slot in the table, so every probe ends at
+	 * one; the bound only guards against a table that broke that. */
+	for (uint64_t n = 0; n < ix->n_buckets; n++) {
+		uint64_t v = probe_bucket(&ix->buckets[b], key);
+		if (v != PROBE_NEXT)
+			return v;
+		if (++b == ix->n_buckets)
+			b = 0;
+	}
+	return 0;
+}
+
+bool index_lookup(const struct index *ix, const struct index_key *key,
+		  struct consent_value *out)
+{
+	uint64_t v = probe(ix, home_bucket(ix, key->hash), key);
+	if (v == 0)
+		return false;
+	decode_value(v, out);
+	return true;
+}
+
+/*
+ * Batches go in windows of BATCH_WINDOW keys and in rounds: round 0
+ * prefetches every home bucket, then each round reads one bucket of every
+ * key still unresolved, prefetching the next bucket of those that must go
+ * on. A miss reads several adjacent buckets (see Sizing in the essay);
+ * this way the second and later lines of all the window's misses are in
+ * flight together instead of one key after the other.
+ */
+void index_lookup_batch(const struct index *ix, const struct index_key *keys,
+			size_t n, struct consent_value *out, bool *found)
+{
+	for (size_t base = 0; base < n; base += BATCH_WINDOW) {
+		size_t m = n - base < BATCH_WINDOW ? n - base : BATCH_WINDOW;
+		uint64_t b[BATCH_WINDOW];
+		uint8_t todo[BATCH_WINDOW];
+		size_t n_todo = m;
+		for (size_t i = 0; i < m; i++) {
+			b[i] = home_bucket(ix, keys[base + i].hash);
+			__builtin_prefetch(&ix->buckets[b[i]], 0, 0);
+			todo[i] = (uint8_t)i;
+			found[base + i] = false;
+		}
+		/* Each round moves every unresolved key one bucket on, so
+		 * n_buckets rounds cover the table (the probe() bound). */
+		for (uint64_t round = 0; n_todo > 0 && round < ix->n_buckets;
+		     round++) {
+			size_t left = 0;
+			for (size_t t = 0; t < n_todo; t++) {
+				size_t i = todo[t];
+				uint64_t v = probe_bucket(&ix->buckets[b[i]],
+							  &keys[base + i]);
+				if (v == PROBE_NEXT) {
+					if (++b[i] == ix->n_buckets)
+						b[i] = 0;
+					__builtin_prefetch(&ix->buckets[b[i]], 0, 0);
+					todo[left++] = (uint8_t)i;
+				} else if (v != PROBE_ABSENT) {
+					found[base + i] = true;
+					decode_value(v, &out[base + i]);
+				}
+			}
+			n_todo = left;
+		}
+	}
+}
+
+void index_prefetch(const struct index *ix, const struct index_key *key)
+{
+	/* Write intent: the builder's next step is a store into the line. */
+	__builtin_prefetch(&ix->buckets[home_bucket(ix, key->hash)], 1, 0);
+}
+
+/* ---- the writer ---- */
+
+/* The order rule's rank (see the essay): date, then RET over ONAY, then
+ * source code. Everything but the key bits, reordered. */
+static uint64_t rank(uint64_t v)
+{
+	return ((v >> VAL_DATE_SHIFT) & VAL_DATE_MASK) << 6 |
+	       (v & VAL_RET) << 5 | ((v >> VAL_SOURCE_SHIFT) & VAL_SOURCE_MASK);
+}
+
+int index_apply_writer(struct index *ix, const struct index_key *key,
+		       const struct consent_value *value)
+{
+	if (value->status != STATUS_ONAY && value->status != STATUS_RET)
+		return -EINVAL;
+	if (value->consent_date < INDEX_EPOCH ||
+	    value->consent_date - INDEX_EPOCH > (int64_t)VAL_DATE_MASK)
+		return -EINVAL;
+	if (!key_channel_ok(key))
+		return -EINVAL;
+
+	uint64_t nv = key->bits[1] |
+		      (uint64_t)(value->consent_date - INDEX_EPOCH) << VAL_DATE_SHIFT |
+		      source_code(value->source) << VAL_SOURCE_SHIFT |
+		      (value->status == STATUS_RET ? VAL_RET : 0);
+	uint64_t b = home_bucket(ix, key->hash);
+
+	for (uint64_t n = 0; n < ix->n_buckets; n++) {
+		struct index_bucket *bk = &ix->buckets[b];
+		for (int s = 0; s < BUCKET_SLOTS; s++) {
+			/* Relaxed: only this thread writes slots. */
+			uint64_t v = atomic_load_explicit(&bk->slot[s].val,
+							  memory_order_relaxed);
+			if (v == 0) {
+				uint64_t nr = atomic_load_explicit(
+					&ix->n_records, memory_order_relaxed);
+				if (nr >= ix->limit)
+					return -ENOSPC;
+				/* Relaxed: published by the release below. */
+				atomic_store_explicit(&bk->slot[s].key,
+						      key->bits[0],
+						      memory_order_relaxed);
+				/* Release: pairs with the acquire load of val
+				 * in probe(); makes the key word visible with
+				 * it. */
+				atomic_store_explicit(&bk->slot[s].val, nv,
+						      memory_order_release);
+				/* Release: pairs with index_info's acquire. */
+				atomic_store_explicit(&ix->n_records, nr + 1,
+						      memory_order_release);
+				return INDEX_INSERTED;
+			}
+			if ((v & VAL_KEYHI_MASK) != key->bits[1] ||
+			    atomic_load_explicit(&bk->slot[s].key,
+						 memory_order_relaxed) !=
+				    key->bits[0])
+				continue;
+			if (rank(nv) <= rank(v))
+				return INDEX_SKIPPED;
+			/* Release: pairs with probe()'s acquire; one word,
+			 * so readers see the old value or this one whole. */
+			atomic_store_explicit(&bk->slot[s].val, nv,
+					      memory_order_release);
+			return INDEX_UPDATED;
+		}
+		if (++b == ix->n_buckets)
+			b = 0;
+	}
+	return -ENOSPC; /* unreachable while the limit holds */
+}
+
+int index_foreach(const struct index *ix, index_visit_fn fn, void *arg)
+{
+	for (uint64_t b = 0; b < ix->n_buckets; b++) {
+		const struct index_bucket *bk = &ix->buckets[b];
+		for (int s = 0; s < BUCKET_SLOTS; s++) {
+			/* Acquire for symmetry with probe(); foreach is not
+			 * run concurrently with the writer. */
+			uint64_t v = atomic_load_explicit(&bk->slot[s].val,
+							  memory_order_acquire);
+			if (v == 0)
+				break;
+			uint64_t k = atomic_load_explicit(&bk->slot[s].key,
+							  memory_order_relaxed);
+			uint64_t hi = v >> VAL_KEYHI_SHIFT;
+			struct index_entry e;
+			memset(&e, 0, sizeof(e));
+			e.channel = (uint8_t)(hi >> KEYHI_CHANNEL_SHIFT);
+			e.is_email = e.channel == CHANNEL_EPOSTA;
+			if (!e.is_email) {
+				e.phone = k & PHONE_MASK;
+				e.brand_code = (uint32_t)(k >> PHONE_BITS) |
+					(uint32_t)((hi & KEYHI_BRAND_MASK)
+						   << BRAND_LO_BITS);
+				e.rtype = ((hi >> KEYHI_RTYPE_SHIFT) & 1)
+						  ? RTYPE_TACIR : RTYPE_BIREYSEL;
+			}
+			decode_value(v, &e.value);
+			int rc = fn(&e, arg);
+			if (rc != 0)
+				return rc;
+		}
+	}
+	return 0;
+}
+
+/* ---- the file ---- */
+
+static int fail(char *err, size_t err_cap, int rc, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static int fail(char *err, size_t err_cap, int rc, const char *fmt, ...)
+{
+	if (err != NULL && err_cap > 0) {
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(err, err_cap, fmt, ap);
+		va_end(ap);
+	}
+	return rc;
+}
+
+static uint64_t header_hash(const struct index_file_header *h)
+{
+	return XXH3_64bits(h, offsetof(struct index_file_header, header_xxh3));
+}
+
+/*
+ * Checks one chunk of the bucket array as it is loaded: every slot is
+ * either empty (both words 0) or holds a valid source code and channel,
+ * and no occupied slot follows an empty one in its bucket (probes stop at
+ * the first empty slot). Counts occupied slots into *occupied. Returns
+ * the index of the first bad bucket in the chunk, or -1.
+ */
+static int64_t check_chunk(const struct index_bucket *bk, size_t n,
+			   uint64_t *occupied)
+{
+	uint64_t count = 0;
+	for (size_t i = 0; i < n; i++) {
+		bool empty_seen = false;
+		for (int s = 0; s < BUCKET_SLOTS; s++) {
+			/* Relaxed: the index is not shared during open. */
+			uint64_t v = atomic_load_explicit(&bk[i].slot[s].val,
+							  memory_order_relaxed);
+			uint64_t k = atomic_load_explicit(&bk[i].slot[s].key,
+							  memory_order_relaxed);
+			if (v == 0) {
+				if (k != 0)
+					return (int64_t)i;
+				empty_seen = true;
+				continue;
+			}
+			uint64_t code = (v >> VAL_SOURCE_SHIFT) & VAL_SOURCE_MASK;
+			uint64_t ch = v >> (VAL_KEYHI_SHIFT + KEYHI_CHANNEL_SHIFT);
+			if (empty_seen || code == 0 ||
+			    code > SOURCE_CODE_UNSPECIFIED || ch == 0)
+				return (int64_t)i;
+			count++;
+		}
+	}
+	*occupied += count;
+	return -1;
+}
+
+static int read_full(int fd, void *buf, size_t len, off_t off)
+{
+	uint8_t *p = buf;
+	while (len > 0) {
+		ssize_t r = pread(fd, p, len, off);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (r == 0)
+			return -EPROTO; /* the file shrank under us */
+		p += r;
+		len -= (size_t)r;
+		off += r;
+	}
+	return 0;
+}
+
+static int check_header(const struct index_file_header *h, uint64_t file_bytes,
+			const char *path, char *err, size_t err_cap)
+{
+	if (memcmp(h->magic, INDEX_MAGIC, sizeof(h->magic)) != 0)
+		return fail(err, err_cap, -EPROTO,
+			    "%s: bad magic: not a consentd index file", path);
+	if (h->format_version != INDEX_FORMAT_VERSION)
+		return fail(err, err_cap, -EPROTO,
+			    "%s: format version %" PRIu32 ", this build reads %d",
+			    path, h->format_version, INDEX_FORMAT_VERSION);
+	if (header_hash(h) != h->header_xxh3)
+		return fail(err, err_cap, -EPROTO,
+			    "%s: header checksum mismatch (header corrupt)", path);
+	for (size_t i = 0; i < sizeof(h->padding); i++)
+		if (h->padding[i] != 0)
+			return fail(err, err_cap, -EPROTO,
+				    "%s: header padding byte %zu is not zero",
+				    path, offsetof(struct index_file_header,
+						   padding) + i);
+	if (h->header_bytes != INDEX_HEADER_BYTES ||
+	    h->bucket_bytes != BUCKET_BYTES || h->reserved0 != 0)
+		return fail(err, err_cap, -EPROTO,
+			    "%s: header says %" PRIu32 "-byte header, %" PRIu32
+			    "-byte buckets; this build uses %d and %d",
+			    path, h->header_bytes, h->bucket_bytes,
+			    INDEX_HEADER_BYTES, BUCKET_BYTES);
+	uint64_t body = file_bytes - INDEX_HEADER_BYTES;
+	if (h->n_buckets == 0 || h->n_buckets > body / BUCKET_BYTES ||
+	    h->n_buckets * BUCKET_BYTES != body)
+		return fail(err, err_cap, -EPROTO,
+			    "%s: file is %" PRIu64 " bytes but the header says %"
+			    PRIu64 " buckets of %d bytes after the %d-byte "
+			    "header: truncated or extended", path, file_bytes,
+			    h->n_buckets, BUCKET_BYTES, INDEX_HEADER_BYTES);
+	if (h->capacity != limit_for(h->n_buckets) ||
+	    h->n_records > h->capacity)
+		return fail(err, err_cap, -EPROTO,
+			    "%s: header says %" PRIu64 " records, capacity %"
+			    PRIu64 ", but %" PRIu64 " buckets hold %" PRIu64,
+			    path, h->n_records, h->capacity, h->n_buckets,
+			    limit_for(h->n_buckets));
+	return 0;
+}
+
+int index_open(const char *path, enum index_load_mode mode, struct index **out,
+	       char *err, size_t err_cap)
+{
+	struct index_file_header *h = NULL;
+	struct index *ix = NULL;
+	struct stat st;
+	int rc;
+
+	if (err != NULL && err_cap > 0)
+		err[0] = '\0';
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		rc = -errno;
+		return fail(err, err_cap, rc, "%s: %s", path, strerror(-rc));
+	}
+	if (fstat(fd, &st) < 0) {
+		rc = fail(err, err_cap, -errno, "%s: fstat: %s", path,
+			  strerror(errno));
+		goto out_close;
+	}
+	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size < INDEX_HEADER_BYTES) {
+		rc = fail(err, err_cap, -EPROTO,
+			  "%s: %lld bytes, shorter than the %d-byte header "
+			  "(truncated or not an index)", path,
+			  (long long)st.st_size, INDEX_HEADER_BYTES);
+		goto out_close;
+	}
+	h = aligned_alloc(64, sizeof(*h));
+	ix = calloc(1, sizeof(*ix));
+	if (h == NULL || ix == NULL) {
+		rc = -ENOMEM;
+		goto out_free;
+	}
+	rc = read_full(fd, h, sizeof(*h), 0);
+	if (rc < 0) {
+		rc = fail(err, err_cap, rc, "%s: reading the header: %s", path,
+			  strerror(-rc));
+		goto out_free;
+	}
+	rc = check_header(h, (uint64_t)st.st_size, path, err, err_cap);
+	if (rc < 0)
+		goto out_free;
+	if (h->n_buckets > SIZE_MAX / BUCKET_BYTES) {
+		rc = -ENOMEM;
+		goto out_free;
+	}
+
+	size_t bytes = h->n_buckets * BUCKET_BYTES;
+	XXH3_state_t *hs = XXH3_createState();
+	if (hs == NULL) {
+		rc = -ENOMEM;
+		goto out_free;
+	}
+	XXH3_64bits_reset(hs);
+	uint64_t occupied = 0;
+	int64_t bad = -1;
+	size_t bad_at = 0;
+
+	if (mode == INDEX_LOAD_MMAP) {
+		/* MAP_PRIVATE: the writer's updates stay in this process (copy
+		 * on write); MAP_POPULATE maps what validation reads anyway. */
+		uint8_t *m = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE,
+				  MAP_PRIVATE | MAP_POPULATE, fd, 0);
+		if (m == MAP_FAILED) {
+			rc = fail(err, err_cap, -errno, "%s: mmap: %s", path,
+				  strerror(errno));
+			XXH3_freeState(hs);
+			goto out_free;
+		}
+		ix->map = m;
+		ix->map_bytes = (size_t)st.st_size;
+		ix->huge_pages = false;
+		ix->buckets = (struct index_bucket *)(m + INDEX_HEADER_BYTES);
+		for (size_t off = 0; off < bytes && bad < 0; off += IO_CHUNK_BYTES) {
+			size_t len = bytes - off < IO_CHUNK_BYTES ? bytes - off
+								  : IO_CHUNK_BYTES;
+			const uint8_t *p = (const uint8_t *)ix->buckets + off;
+			XXH3_64bits_update(hs, p, len);
+			bad = check_chunk((const struct index_bucket *)p,
+					  len / BUCKET_BYTES, &occupied);
+			bad_at = off / BUCKET_BYTES;
+		}
+	} else {
+		rc = anon_alloc(ix, bytes);
+		if (rc < 0) {
+			rc = fail(err, err_cap, rc, "%s: %" PRIu64
+				  " bytes of memory: %s", path, (uint64_t)bytes,
+				  strerror(-rc));
+			XXH3_freeState(hs);
+			goto out_free;
+		}
+		/* Read, hash and check a chunk while it is still in cache. */
+		for (size_t off = 0; off < bytes && bad < 0; off += IO_CHUNK_BYTES) {
+			size_t len = bytes - off < IO_CHUNK_BYTES ? bytes - off
+								  : IO_CHUNK_BYTES;
+			uint8_t *p = (uint8_t *)ix->buckets + off;
+			rc = read_full(fd, p, len, INDEX_HEADER_BYTES + (off_t)off);
+			if (rc < 0) {
+				rc = fail(err, err_cap, rc, "%s: read: %s", path,
+					  strerror(-rc));
+				XXH3_freeState(hs);
+				goto out_free;
+			}
+			XXH3_64bits_update(hs, p, len);
+			bad = check_chunk((const struct index_bucket *)p,
+					  len / BUCKET_BYTES, &occupied);
+			bad_at = off / BUCKET_BYTES;
+		}
+	}
+	uint64_t sum = XXH3_64bits_digest(hs);
+	XXH3_freeState(hs);
+
+	/* The checksum is the stronger statement; report it first. */
+	if (bad < 0 && sum != h->buckets_xxh3) {
+		rc = fail(err, err_cap, -EPROTO,
+			  "%s: bucket array checksum mismatch (data corrupt)",
+			  path);
+		goto out_free;
+	}
+	if (bad >= 0) {
+		rc = fail(err, err_cap, -EPROTO,
+			  "%s: bucket %zu holds an invalid entry%s", path,
+			  bad_at + (size_t)bad,
+			  sum == h->buckets_xxh3 ? "" : " (checksum mismatch)");
+		goto out_free;
+	}
+	if (occupied != h->n_records) {
+		rc = fail(err, err_cap, -EPROTO,
+			  "%s: header says %" PRIu64 " records but %" PRIu64
+			  " slots are occupied", path, h->n_records, occupied);
+		goto out_free;
+	}
+
+	ix->n_buckets = h->n_buckets;
+	ix->limit = h->capacity;
+	atomic_init(&ix->created_at, h->created_at);
+	memcpy(ix->secret, h->secret, INDEX_SECRET_BYTES);
+	atomic_init(&ix->n_records, h->n_records);
+	atomic_init(&ix->generation, h->generation);
+	atomic_init(&ix->watermark, h->watermark);
+	atomic_init(&ix->data_as_of, h->data_as_of);
+	free(h);
+	close(fd);
+	*out = ix;
+	return 0;
+
+out_free:
+	free(h);
+	index_destroy(ix);
+out_close:
+	close(fd);
+	return rc;
+}
+
+static int write_full(int fd, const void *buf, size_t len, off_t off)
+{
+	const uint8_t *p = buf;
+	while (len > 0) {
+		ssize_t w = pwrite(fd, p, len, off);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		p += w;
+		len -= (size_t)w;
+		off += w;
+	}
+	return 0;
+}
+
+/* fsync of the directory holding path, so a rename in it is durable. */
+static int fsync_parent(const char *path)
+{
+	char dir[4096];
+	const char *slash = strrchr(path, '/');
+	if (slash == NULL) {
+		strcpy(dir, ".");
+	} else if (slash == path) {
+		strcpy(dir, "/");
+	} else {
+		size_t n = (size_t)(slash - path);
+		if (n >= sizeof(dir))
+			return -ENAMETOOLONG;
+		memcpy(dir, path, n);
+		dir[n] = '\0';
+	}
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int rc = fsync(fd) < 0 ? -errno : 0;
+	close(fd);
+	return rc;
+}
+
+int index_write(const struct index *ix, const char *path)
+{
+	char tmp[4096];
+	int n = snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
+	if (n < 0 || (size_t)n >= sizeof(tmp))
+		return -ENAMETOOLONG;
+
+	struct index_file_header *h = aligned_alloc(64, sizeof(*h));
+	XXH3_state_t *hs = XXH3_createState();
+	if (h == NULL || hs == NULL) {
+		free(h);
+		XXH3_freeState(hs);
+		return -ENOMEM;
+	}
+	int rc;
+	unlink(tmp); /* left by a crashed process that had our pid */
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		rc = -errno;
+		goto out_free;
+	}
+
+	/* The bucket array first, hashed as it goes out, then the header
+	 * that carries its checksum. Only the writer thread (or the builder
+	 * before publishing) calls this, so the array holds still. */
+	XXH3_64bits_reset(hs);
+	size_t bytes = ix->n_buckets * BUCKET_BYTES;
+	for (size_t off = 0; off < bytes; off += IO_CHUNK_BYTES) {
+		size_t len = bytes - off < IO_CHUNK_BYTES ? bytes - off
+							  : IO_CHUNK_BYTES;
+		const uint8_t *p = (const uint8_t *)ix->buckets + off;
+		XXH3_64bits_update(hs, p, len);
+		rc = write_full(fd, p, len, INDEX_HEADER_BYTES + (off_t)off);
+		if (rc < 0)
+			goto out_unlink;
+	}
+
+	struct index_info info;
+	index_info(ix, &info);
+	memset(h, 0, sizeof(*h));
+	memcpy(h->magic, INDEX_MAGIC, sizeof(h->magic));
+	h->format_version = INDEX_FORMAT_VERSION;
+	h->header_bytes = INDEX_HEADER_BYTES;
+	h->bucket_bytes = BUCKET_BYTES;
+	h->n_buckets = ix->n_buckets;
+	h->n_records = info.n_records;
+	h->capacity = ix->limit;
+	h->generation = info.generation;
+	h->watermark = info.watermark;
+	h->created_at = info.created_at;
+	h->data_as_of = info.data_as_of;
+	memcpy(h->secret, ix->secret, INDEX_SECRET_BYTES);
+	h->buckets_xxh3 = XXH3_64bits_digest(hs);
+	h->header_xxh3 = header_hash(h);
+	rc = write_full(fd, h, sizeof(*h), 0);
+	if (rc < 0)
+		goto out_unlink;
+
+	/* A failed fsync is returned, never retried (DESIGN §5.1): the
+	 * kernel may have dropped the dirty pages already. */
+	if (fsync(fd) < 0) {
+		rc = -errno;
+		goto out_unlink;
+	}
+	rc = close(fd) < 0 ? -errno : 0;
+	fd = -1;
+	if (rc < 0)
+		goto out_unlink;
+	if (rename(tmp, path) < 0) {
+		rc = -errno;
+		goto out_unlink;
+	}
+	rc = fsync_parent(path);
+	goto out_free;
+
+out_unlink:
+	if (fd >= 0)
+		close(fd);
+	unlink(tmp);
+out_free:
+	free(h);
+	XXH3_freeState(hs);
+	return rc;
+}
