@@ -31,12 +31,45 @@ struct server_config {
 	uint32_t max_resp_args;          /* RESP arguments per command: 100000 */
 	uint32_t max_resp_args_unauth;   /* before AUTH: 8 */
 	uint32_t max_resp_arg_bytes;     /* one RESP argument: 4096 */
+	uint32_t max_resp_arg_bytes_unauth; /* before AUTH: 1024 */
 	uint32_t conn_in_cap_bytes;      /* buffered partial input: 1 MiB + frame header */
 	uint32_t conn_out_cap_bytes;     /* unsent replies: 4 MiB; stop reading past it */
 	uint32_t max_connections;        /* per worker: 10000 */
 	uint32_t idle_timeout_ms;        /* no bytes at all: 300000 */
 	uint32_t partial_timeout_ms;     /* stalled mid-frame: 10000 */
 	uint32_t send_timeout_ms;        /* replies unsent this long: 30000 */
+	uint32_t shutdown_grace_ms;      /* SIGTERM: in-flight replies, 5000 */
+
+	/* Receive buffers (one provided-buffer ring per worker). */
+	uint32_t recv_buffers;           /* power of 2, <= 32768: 2048 */
+	uint32_t recv_buffer_bytes;      /* each: 4096 */
+	int index_load;                  /* enum index_load_mode: anon */
 };
+
+/* The defaults above (workers 0 = one per online core, chosen by main). */
+static inline void server_config_defaults(struct server_config *cfg)
+{
+	*cfg = (struct server_config){
+		.rpc_addr = "127.0.0.1:7700",
+		.resp_addr = "127.0.0.1:7701",
+		.http_addr = "127.0.0.1:7702",
+		.max_frame_bytes = 1u << 20,
+		.max_frame_bytes_unauth = 4096,
+		.max_resp_args = 100000,
+		.max_resp_args_unauth = 8,
+		.max_resp_arg_bytes = 4096,
+		.max_resp_arg_bytes_unauth = 1024,
+		.conn_in_cap_bytes = (1u << 20) + 4,
+		.conn_out_cap_bytes = 4u << 20,
+		.max_connections = 10000,
+		.idle_timeout_ms = 300000,
+		.partial_timeout_ms = 10000,
+		.send_timeout_ms = 30000,
+		.shutdown_grace_ms = 5000,
+		.recv_buffers = 2048,
+		.recv_buffer_bytes = 4096,
+		.index_load = 0, /* INDEX_LOAD_ANON */
+	};
+}
 
 #endif

@@ -46,7 +46,27 @@
 	X(http_requests, "consentd_http_requests_total",                       \
 	  "Requests on the HTTP ops port.")                                    \
 	X(http_bad_requests, "consentd_http_bad_requests_total",               \
-	  "HTTP requests answered 400.")
+	  "HTTP requests answered 400.")                                       \
+	X(replies_too_large, "consentd_replies_too_large_total",               \
+	  "Requests refused because their reply would pass the output cap.")   \
+	X(read_paused, "consentd_read_paused_total",                           \
+	  "Times reading a connection paused on its unsent-output cap.")       \
+	X(cq_overflows, "consentd_cq_overflows_total",                         \
+	  "Completions the kernel had to hold back (CQ full; should stay 0).") \
+	X(changes_applied, "consentd_changes_applied_total",                   \
+	  "Changes that changed the index (inserted or updated).")             \
+	X(changes_skipped_replay, "consentd_changes_skipped_replay_total",     \
+	  "Changes at or below the applied sequence (replays), skipped.")      \
+	X(changes_skipped_order, "consentd_changes_skipped_order_total",       \
+	  "Changes older than the stored record (or identical), skipped.")     \
+	X(changelog_appends, "consentd_changelog_appends_total",               \
+	  "Group commits to the change log (one fdatasync each).")             \
+	X(changelog_failures, "consentd_changelog_failures_total",             \
+	  "Change log writes or fsyncs that failed (Applies refused since).")  \
+	X(generations_built, "consentd_generations_built_total",               \
+	  "Generations written to the data directory by the server.")          \
+	X(generation_swaps, "consentd_generation_swaps_total",                 \
+	  "Served generations replaced (RCU swaps).")
 
 enum metrics_proto {
 	METRICS_RPC,  /* protobuf RPC */
@@ -98,8 +118,16 @@ unsigned metrics_n_slots(void);
 void metrics_record_check(struct metrics *m, enum metrics_proto proto, int reason);
 void metrics_record_latency(struct metrics *m, enum metrics_proto proto,
 			    uint64_t latency_us);
+/* n requests that each took latency_us (one receive's worth). */
+void metrics_record_latency_n(struct metrics *m, enum metrics_proto proto,
+			      uint64_t latency_us, uint64_t n);
 
-/* Sums every slot into *out (any thread). */
+/* Sums every slot into *out (any thread). out->last_turn_ms is not a sum:
+ * it is the oldest last_turn_ms among the slots that run a loop (nonzero),
+ * i.e. the stalest worker's; 0 if none has turned yet. */
 void metrics_sum(struct metrics *out);
+
+/* Checks answered, every protocol and reason, in one slot or a sum. */
+uint64_t metrics_checks_total(const struct metrics *m);
 
 #endif

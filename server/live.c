@@ -1,0 +1,54 @@
+/*
+ * live: the published-index pointer behind liburcu QSBR.
+ *
+ * Readers (workers, the HTTP thread) load the pointer with
+ * rcu_dereference between two quiescent states; the publisher swaps it
+ * with rcu_xchg_pointer and then waits in synchronize_rcu until every
+ * registered reader has passed a quiescent state (or is offline), after
+ * which no reader can still hold the old generation and it is destroyed.
+ * Publishers are serialised by a mutex, so two publishes never destroy the
+ * same generation twice.
+ */
+#include "server/live.h"
+
+#include <pthread.h>
+#include <urcu-qsbr.h>
+
+#include "index/table.h"
+
+static struct index *live_ptr;
+static pthread_mutex_t live_publish_lock = PTHREAD_MUTEX_INITIALIZER;
+
+const struct index *live_index(void)
+{
+	/* Dependency-ordered load: pairs with the release in
+	 * rcu_xchg_pointer below, so the index's contents (built before the
+	 * publish) are visible through the pointer. */
+	return rcu_dereference(live_ptr);
+}
+
+void live_publish(struct index *ix)
+{
+	struct index *old;
+
+	pthread_mutex_lock(&live_publish_lock);
+	/* Full barrier before the exchange (liburcu's contract for
+	 * rcu_xchg_pointer): pairs with rcu_dereference in live_index. */
+	old = rcu_xchg_pointer(&live_ptr, ix);
+	/* Waits until every online reader has reported a quiescent state
+	 * since the exchange: none can still use `old` after this. */
+	synchronize_rcu();
+	if (old != NULL)
+		index_destroy(old);
+	pthread_mutex_unlock(&live_publish_lock);
+}
+
+bool live_stale(const struct index *ix, int64_t now, int64_t bound_s)
+{
+	struct index_info info;
+
+	if (bound_s <= 0 || ix == NULL)
+		return false;
+	index_info(ix, &info);
+	return now - info.data_as_of > bound_s;
+}

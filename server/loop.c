@@ -1,0 +1,1099 @@
+/*
+ * loop: thread-per-core workers on io_uring (server/loop.h).
+ *
+ * One turn of a worker:
+ *   1. give returned receive buffers back to the kernel (one advance);
+ *   2. go RCU-offline, submit everything queued and wait for at least one
+ *      completion or 100 ms; come back online;
+ *   3. read the clock and the live index once (conn_ctx_begin_turn);
+ *   4. handle every completion: one switch over the kinds in user_data,
+ *      failures routed to the kind's handler; received bytes go through
+ *      conn_feed at once and the provided buffer is returned at once;
+ *   5. for every connection touched this turn: one send of all the replies
+ *      gathered for it, pause/resume/re-arm its multishot receive, start
+ *      its close;
+ *   6. every 100 ms: deadlines (idle, stalled frame, slow reader), a
+ *      paused accept, the stop flag;
+ *   7. rcu_quiescent_state().
+ *
+ * Connections live in the fixed-file table: multishot accept allocates a
+ * slot (IORING_FILE_INDEX_ALLOC via the _direct helper, which liburing 2.3
+ * encodes correctly) and the slot number indexes conns[]. A slot's
+ * generation, bumped at each accept, rides in user_data so a completion
+ * that outlives its connection is recognised. A connection is closed only
+ * when neither its receive nor its send is in flight (cancelled first if
+ * need be), so no completion can name a slot that was reused.
+ *
+ * The CQ is sized for the worst turn: every provided buffer filled, plus
+ * an accept, a receive end, a send, a close and two cancels per slot, so
+ * completions never overflow (IORING_FEAT_NODROP would keep them, but on a
+ * slow list; the kernel's overflow count is exported as cq_overflows).
+ */
+#include "server/loop.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <liburing.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <urcu-qsbr.h>
+
+#include "server/config.h"
+#include "server/conn.h"
+#include "server/metrics.h"
+#include "server/resp.h"
+#include "server/rpc.h"
+
+#define LOOP_WAIT_MS 100         /* longest wait: deadlines, stop flag */
+#define LOOP_SWEEP_MS 100        /* deadline sweep period */
+#define LOOP_ACCEPT_PAUSE_MS 200 /* accept pause on EMFILE/ENFILE */
+#define LOOP_REFUSE_SLOTS 64     /* slots beyond the cap, for refusals */
+#define LOOP_SQ_ENTRIES 1024
+#define LOOP_CQ_MAX 65536        /* the kernel's IORING_MAX_CQ_ENTRIES */
+#define LOOP_BGID 0
+#define LOOP_CLOSE_WAIT_MS 2000  /* after the grace: wait for closes */
+#define LOOP_CLOSE_RETRY_MS 1000 /* re-cancel a close that is stuck */
+
+/* user_data: kind (8 bits) | slot (24) | generation (32). */
+enum loop_ud {
+	UD_ACCEPT = 1, /* slot = protocol */
+	UD_RECV,
+	UD_SEND,
+	UD_CLOSE,
+	UD_CANCEL,     /* a cancel request's own completion: ignored */
+};
+
+static inline uint64_t loop_ud(unsigned kind, uint32_t slot, uint32_t gen)
+{
+	return (uint64_t)kind << 56 | (uint64_t)(slot & 0xffffff) << 32 | gen;
+}
+
+enum wconn_state {
+	WC_FREE = 0,    /* slot unused */
+	WC_OPEN,        /* serving */
+	WC_CLOSING,     /* waiting for its receive/send to end */
+	WC_CLOSE_SENT,  /* close_direct submitted */
+};
+
+struct wconn {
+	struct conn c;
+	uint32_t gen;
+	uint8_t state;      /* enum wconn_state */
+	bool refused;       /* over the cap: sends the refusal, then closes */
+	bool recv_armed;    /* a multishot receive is in flight */
+	bool recv_cancel;   /* ... and its cancel was submitted */
+	bool send_inflight;
+	bool send_cancel;
+	bool abort;         /* close without sending what is queued */
+	bool cancel_all;    /* closing: everything on the fd was cancelled */
+	bool eof;           /* the peer shut its side */
+	bool dirty;         /* in the worker's dirty list this turn */
+	uint32_t active_idx;
+	size_t refusal_off; /* refused: bytes of the refusal sent */
+	uint64_t opened_ms;
+	uint64_t send_wait_ms; /* unsent output waiting since; 0 none */
+	uint64_t close_since_ms;
+};
+
+struct loop;
+
+struct worker {
+	struct loop *loop;
+	unsigned id;
+	int cpu;
+	pthread_t thread;
+	struct io_uring ring;
+	bool ring_ok;
+	int listen_fd[2]; /* by enum conn_proto */
+	bool accept_armed[2];
+	uint64_t accept_resume_ms; /* 0: not paused */
+
+	struct io_uring_buf_ring *br;
+	size_t br_bytes;
+	char *bufs;
+	size_t bufs_bytes;
+	uint32_t n_bufs;
+	uint32_t buf_size;
+	uint32_t bufs_returned; /* added since the last advance */
+
+	struct wconn *conns;
+	uint32_t n_slots;
+	uint32_t *active; /* open slots, dense, for the sweep */
+	uint32_t n_active;
+	uint32_t n_clients; /* open and not refused */
+	uint32_t *dirty;
+	uint32_t n_dirty;
+
+	struct conn_ctx ctx;
+	struct metrics *m;
+	uint64_t last_sweep_ms;
+	bool stopping;
+	uint64_t stop_deadline_ms;
+	uint64_t koverflow_seen;
+
+	int err;
+	char errmsg[200];
+};
+
+struct loop {
+	const struct server_config *cfg;
+	unsigned n;
+	struct worker *w;
+	atomic_bool stop;       /* set by loop_stop; workers poll it */
+	pthread_mutex_t lock;   /* start-up handshake */
+	pthread_cond_t cond;
+	unsigned n_started;
+};
+
+static uint64_t loop_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* ---- listeners --------------------------------------------------------- */
+
+static int loop_split_addr(const char *addr, char *host, size_t host_cap,
+			   char *port, size_t port_cap)
+{
+	const char *colon, *h = addr;
+	size_t hl;
+
+	if (addr[0] == '[') {
+		const char *close = strchr(addr, ']');
+
+		if (close == NULL || close[1] != ':')
+			return -EINVAL;
+		h = addr + 1;
+		hl = (size_t)(close - h);
+		colon = close + 1;
+	} else {
+		colon = strrchr(addr, ':');
+		if (colon == NULL)
+			return -EINVAL;
+		hl = (size_t)(colon - addr);
+	}
+	if (hl == 0 || hl >= host_cap || strlen(colon + 1) == 0 ||
+	    strlen(colon + 1) >= port_cap)
+		return -EINVAL;
+	memcpy(host, h, hl);
+	host[hl] = '\0';
+	strcpy(port, colon + 1);
+	for (const char *p = port; *p; p++)
+		if (*p < '0' || *p > '9')
+			return -EINVAL;
+	return 0;
+}
+
+static int loop_listen_one(const struct sockaddr *sa, socklen_t len)
+{
+	int one = 1, fd;
+
+	fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	/* TCP_NODELAY on the listener is inherited by accepted sockets: the
+	 * direct descriptors from multishot accept cannot be setsockopt'd
+	 * with liburing 2.3, and replies must not wait for Nagle. */
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0 ||
+	    bind(fd, sa, len) < 0 || listen(fd, 4096) < 0) {
+		int e = -errno;
+
+		close(fd);
+		return e;
+	}
+	return fd;
+}
+
+int loop_listen(const char *addr, unsigned n, int *fds, char *bound,
+		size_t bound_cap, char *err, size_t err_cap)
+{
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM,
+				  .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
+	struct addrinfo *ai = NULL;
+	struct sockaddr_storage ss;
+	socklen_t sl;
+	char host[256], port[16], hbuf[NI_MAXHOST];
+	unsigned i;
+	int rc;
+
+	if (loop_split_addr(addr, host, sizeof(host), port, sizeof(port)) < 0) {
+		snprintf(err, err_cap, "%s: not HOST:PORT", addr);
+		return -EINVAL;
+	}
+	rc = getaddrinfo(host, port, &hints, &ai);
+	if (rc != 0) {
+		snprintf(err, err_cap, "%s: %s", addr, gai_strerror(rc));
+		return -EINVAL;
+	}
+	memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
+	sl = ai->ai_addrlen;
+	freeaddrinfo(ai);
+	/* SO_REUSEPORT lets any process of the same user bind the port too
+	 * (a stale consentd would silently get half the connections). A probe
+	 * bound without it fails if anyone holds the port. */
+	{
+		int one = 1, probe = socket(ss.ss_family,
+					    SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+		if (probe < 0 ||
+		    setsockopt(probe, SOL_SOCKET, SO_REUSEADDR, &one,
+			       sizeof(one)) < 0 ||
+		    bind(probe, (struct sockaddr *)&ss, sl) < 0) {
+			rc = -errno;
+			snprintf(err, err_cap, "%s: %s", addr, strerror(-rc));
+			if (probe >= 0)
+				close(probe);
+			return rc;
+		}
+		close(probe);
+	}
+	for (i = 0; i < n; i++) {
+		fds[i] = loop_listen_one((struct sockaddr *)&ss, sl);
+		if (fds[i] < 0) {
+			rc = fds[i];
+			snprintf(err, err_cap, "%s: %s", addr, strerror(-rc));
+			while (i > 0)
+				close(fds[--i]);
+			return rc;
+		}
+		if (i == 0) {
+			/* Port 0: the others bind to the port the kernel
+			 * picked for the first. */
+			sl = sizeof(ss);
+			getsockname(fds[0], (struct sockaddr *)&ss, &sl);
+		}
+	}
+	if (getnameinfo((struct sockaddr *)&ss, sl, hbuf, sizeof(hbuf), port,
+			sizeof(port), NI_NUMERICHOST | NI_NUMERICSERV) == 0)
+		snprintf(bound, bound_cap, ss.ss_family == AF_INET6 ?
+			 "[%s]:%s" : "%s:%s", hbuf, port);
+	else
+		snprintf(bound, bound_cap, "%s", addr);
+	return 0;
+}
+
+/* ---- submission helpers ------------------------------------------------ */
+
+static struct io_uring_sqe *loop_sqe(struct worker *w)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
+
+	if (sqe == NULL) {
+		/* SQ full: hand the batch to the kernel and take another. */
+		io_uring_submit(&w->ring);
+		sqe = io_uring_get_sqe(&w->ring);
+	}
+	return sqe;
+}
+
+static void loop_arm_accept(struct worker *w, int proto)
+{
+	struct io_uring_sqe *sqe = loop_sqe(w);
+
+	if (sqe == NULL)
+		return;
+	io_uring_prep_multishot_accept_direct(sqe, w->listen_fd[proto], NULL,
+					      NULL, 0);
+	io_uring_sqe_set_data64(sqe, loop_ud(UD_ACCEPT, (uint32_t)proto, 0));
+	w->accept_armed[proto] = true;
+}
+
+static void loop_cancel(struct worker *w, uint64_t target)
+{
+	struct io_uring_sqe *sqe = loop_sqe(w);
+
+	if (sqe == NULL)
+		return;
+	io_uring_prep_cancel64(sqe, target, 0);
+	io_uring_sqe_set_data64(sqe, loop_ud(UD_CANCEL, 0, 0));
+}
+
+static void loop_arm_recv(struct worker *w, uint32_t slot)
+{
+	struct wconn *wc = &w->conns[slot];
+	struct io_uring_sqe *sqe = loop_sqe(w);
+
+	if (sqe == NULL)
+		return;
+	io_uring_prep_recv_multishot(sqe, (int)slot, NULL, 0, 0);
+	sqe->flags |= IOSQE_FIXED_FILE | IOSQE_BUFFER_SELECT;
+	sqe->buf_group = LOOP_BGID;
+	io_uring_sqe_set_data64(sqe, loop_ud(UD_RECV, slot, wc->gen));
+	wc->recv_armed = true;
+	wc->recv_cancel = false;
+}
+
+static void loop_send(struct worker *w, uint32_t slot, const void *buf,
+		      size_t len)
+{
+	struct wconn *wc = &w->conns[slot];
+	struct io_uring_sqe *sqe = loop_sqe(w);
+
+	if (sqe == NULL)
+		return;
+	io_uring_prep_send(sqe, (int)slot, buf, len, MSG_NOSIGNAL);
+	sqe->flags |= IOSQE_FIXED_FILE;
+	io_uring_sqe_set_data64(sqe, loop_ud(UD_SEND, slot, wc->gen));
+	wc->send_inflight = true;
+	wc->send_cancel = false;
+	if (wc->send_wait_ms == 0)
+		wc->send_wait_ms = w->ctx.now_ms;
+}
+
+static void loop_buf_return(struct worker *w, unsigned bid)
+{
+	io_uring_buf_ring_add(w->br, w->bufs + (size_t)bid * w->buf_size,
+			      w->buf_size, (unsigned short)bid,
+			      io_uring_buf_ring_mask(w->n_bufs),
+			      (int)w->bufs_returned);
+	w->bufs_returned++;
+}
+
+static void loop_mark(struct worker *w, uint32_t slot)
+{
+	struct wconn *wc = &w->conns[slot];
+
+	if (!wc->dirty) {
+		wc->dirty = true;
+		w->dirty[w->n_dirty++] = slot;
+	}
+}
+
+/* ---- connection life --------------------------------------------------- */
+
+static void loop_open(struct worker *w, uint32_t slot, int proto)
+{
+	const struct server_config *cfg = w->loop->cfg;
+	struct wconn *wc = &w->conns[slot];
+	uint32_t gen = wc->gen + 1;
+
+	memset(wc, 0, sizeof(*wc));
+	wc->gen = gen;
+	wc->state = WC_OPEN;
+	wc->opened_ms = w->ctx.now_ms;
+	wc->c.proto = (enum conn_proto)proto;
+	wc->active_idx = w->n_active;
+	w->active[w->n_active++] = slot;
+	if (w->n_clients >= cfg->max_connections || w->stopping ||
+	    conn_init(&wc->c, (enum conn_proto)proto, cfg, w->ctx.now_ms) < 0) {
+		/* A clean refusal: one reply, then close. */
+		wc->refused = true;
+		wc->c.want_close = true;
+		metrics_inc(&w->m->connections_refused);
+		if (proto == CONN_RPC)
+			loop_send(w, slot, rpc_refusal, rpc_refusal_len);
+		else
+			loop_send(w, slot, resp_refusal, resp_refusal_len);
+		return;
+	}
+	w->n_clients++;
+	metrics_inc(&w->m->connections_accepted);
+	atomic_store_explicit(&w->m->connections_open, w->n_clients,
+			      memory_order_relaxed);
+	loop_arm_recv(w, slot);
+}
+
+/* Starts (or continues) closing: cancels whatever is still in flight on
+ * the descriptor (its receive; its send too, which only an abort or a
+ * stuck peer leaves pending); submits the close once nothing is. */
+static void loop_close_step(struct worker *w, uint32_t slot)
+{
+	struct wconn *wc = &w->conns[slot];
+	struct io_uring_sqe *sqe;
+
+	if (wc->state == WC_OPEN) {
+		wc->state = WC_CLOSING;
+		wc->close_since_ms = w->ctx.now_ms;
+	}
+	if (wc->state != WC_CLOSING)
+		return;
+	if ((wc->recv_armed || wc->send_inflight) && !wc->cancel_all) {
+		sqe = loop_sqe(w);
+		if (sqe == NULL)
+			return;
+		io_uring_prep_cancel_fd(sqe, (int)slot,
+					IORING_ASYNC_CANCEL_ALL |
+						IORING_ASYNC_CANCEL_FD_FIXED);
+		io_uring_sqe_set_data64(sqe, loop_ud(UD_CANCEL, 0, 0));
+		wc->cancel_all = true;
+	}
+	if (wc->recv_armed || wc->send_inflight)
+		return;
+	sqe = loop_sqe(w);
+	if (sqe == NULL)
+		return;
+	io_uring_prep_close_direct(sqe, slot);
+	io_uring_sqe_set_data64(sqe, loop_ud(UD_CLOSE, slot, wc->gen));
+	wc->state = WC_CLOSE_SENT;
+}
+
+static void loop_abort(struct worker *w, uint32_t slot, _Atomic uint64_t *why)
+{
+	struct wconn *wc = &w->conns[slot];
+
+	if (why != NULL && wc->state == WC_OPEN)
+		metrics_inc(why);
+	wc->abort = true;
+	wc->c.want_close = true;
+	loop_mark(w, slot);
+}
+
+static void loop_closed(struct worker *w, uint32_t slot)
+{
+	struct wconn *wc = &w->conns[slot];
+	uint32_t last;
+
+	if (!wc->refused) {
+		conn_fini(&wc->c);
+		w->n_clients--;
+		atomic_store_explicit(&w->m->connections_open, w->n_clients,
+				      memory_order_relaxed);
+	}
+	metrics_inc(&w->m->connections_closed);
+	last = w->active[--w->n_active];
+	w->active[wc->active_idx] = last;
+	w->conns[last].active_idx = wc->active_idx;
+	wc->state = WC_FREE;
+}
+
+/* End of turn, for one touched connection: send, read or close. */
+static void loop_settle(struct worker *w, uint32_t slot)
+{
+	struct wconn *wc = &w->conns[slot];
+	struct conn *c = &wc->c;
+	const char *buf;
+	size_t len;
+
+	wc->dirty = false;
+	if (wc->state != WC_OPEN) {
+		loop_close_step(w, slot);
+		return;
+	}
+	if (wc->abort) {
+		loop_close_step(w, slot);
+		return;
+	}
+	if (wc->refused) {
+		if (!wc->send_inflight)
+			loop_close_step(w, slot);
+		return;
+	}
+	if (!wc->send_inflight && conn_take_send(c, &buf, &len))
+		loop_send(w, slot, buf, len);
+	/* The peer shut its side: answer what was received (a paused backlog
+	 * too), then close. */
+	if (wc->eof && !c->paused)
+		c->want_close = true;
+	if (c->want_close) {
+		if (wc->recv_armed && !wc->recv_cancel) {
+			loop_cancel(w, loop_ud(UD_RECV, slot, wc->gen));
+			wc->recv_cancel = true;
+		}
+		if (!wc->send_inflight && conn_out_pending(c) == 0)
+			loop_close_step(w, slot);
+		return;
+	}
+	if (c->paused) {
+		if (wc->recv_armed && !wc->recv_cancel) {
+			metrics_inc(&w->m->read_paused);
+			loop_cancel(w, loop_ud(UD_RECV, slot, wc->gen));
+			wc->recv_cancel = true;
+		}
+		return;
+	}
+	if (!wc->recv_armed && !wc->eof && !w->stopping)
+		loop_arm_recv(w, slot);
+}
+
+/* ---- completions ------------------------------------------------------- */
+
+static void loop_on_accept(struct worker *w, struct io_uring_cqe *cqe)
+{
+	int proto = (int)((cqe->user_data >> 32) & 0xffffff);
+
+	if (!(cqe->flags & IORING_CQE_F_MORE))
+		w->accept_armed[proto] = false;
+	if (cqe->res >= 0) {
+		uint32_t slot = (uint32_t)cqe->res;
+
+		if (slot >= w->n_slots || w->conns[slot].state != WC_FREE) {
+			/* Not a slot we handed out: never expected. */
+			struct io_uring_sqe *sqe = loop_sqe(w);
+
+			if (sqe != NULL) {
+				io_uring_prep_close_direct(sqe, slot);
+				io_uring_sqe_set_data64(
+					sqe, loop_ud(UD_CANCEL, 0, 0));
+			}
+			return;
+		}
+		loop_open(w, slot, proto);
+		loop_mark(w, slot);
+		return;
+	}
+	if (w->stopping)
+		return;
+	/* EMFILE/ENFILE (no free slot), ENOMEM, anything else: pause rather
+	 * than spin on a listener that fails at once. */
+	if (w->accept_armed[proto]) {
+		loop_cancel(w, loop_ud(UD_ACCEPT, (uint32_t)proto, 0));
+		w->accept_armed[proto] = false;
+	}
+	if (w->accept_resume_ms == 0)
+		metrics_inc(&w->m->accept_paused);
+	w->accept_resume_ms = w->ctx.now_ms + LOOP_ACCEPT_PAUSE_MS;
+}
+
+static void loop_on_recv(struct worker *w, struct io_uring_cqe *cqe,
+			 uint32_t slot, uint32_t gen)
+{
+	struct wconn *wc = &w->conns[slot];
+	bool has_buf = cqe->flags & IORING_CQE_F_BUFFER;
+	unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+	bool live = slot < w->n_slots && wc->gen == gen &&
+		    wc->state != WC_FREE;
+	int rc;
+
+	if (!live) {
+		if (has_buf)
+			loop_buf_return(w, bid);
+		return;
+	}
+	if (!(cqe->flags & IORING_CQE_F_MORE))
+		wc->recv_armed = false;
+	loop_mark(w, slot);
+	if (cqe->res > 0) {
+		if (has_buf && wc->state == WC_OPEN && !wc->abort) {
+			rc = conn_feed(&w->ctx, &wc->c,
+				       w->bufs + (size_t)bid * w->buf_size,
+				       (size_t)cqe->res);
+			if (rc < 0)
+				loop_abort(w, slot, NULL);
+		}
+		if (has_buf)
+			loop_buf_return(w, bid);
+		return;
+	}
+	if (has_buf)
+		loop_buf_return(w, bid);
+	switch (cqe->res) {
+	case 0:
+		wc->eof = true; /* replies already queued still go out */
+		break;
+	case -ENOBUFS:
+		/* Ran out of provided buffers: re-armed at the end of the
+		 * turn, after this turn's buffers went back. */
+		metrics_inc(&w->m->recv_enobufs);
+		break;
+	case -ECANCELED:
+		break; /* paused or closing: settle decides */
+	default:
+		loop_abort(w, slot, NULL); /* reset, or the socket failed */
+		break;
+	}
+}
+
+static void loop_on_send(struct worker *w, struct io_uring_cqe *cqe,
+			 uint32_t slot, uint32_t gen)
+{
+	const struct server_config *cfg = w->loop->cfg;
+	struct wconn *wc = &w->conns[slot];
+	struct conn *c = &wc->c;
+
+	if (slot >= w->n_slots || wc->gen != gen || wc->state == WC_FREE)
+		return;
+	wc->send_inflight = false;
+	loop_mark(w, slot);
+	if (cqe->res < 0) {
+		loop_abort(w, slot, NULL); /* EPIPE, ECONNRESET, cancelled */
+		return;
+	}
+	if (wc->refused) {
+		wc->refusal_off += (size_t)cqe->res;
+		if (cqe->res > 0 && wc->refusal_off < (c->proto == CONN_RPC
+						     ? rpc_refusal_len
+						     : resp_refusal_len)) {
+			const char *base = c->proto == CONN_RPC
+						   ? (const char *)rpc_refusal
+						   : resp_refusal;
+			size_t total = c->proto == CONN_RPC ? rpc_refusal_len
+							    : resp_refusal_len;
+
+			loop_send(w, slot, base + wc->refusal_off,
+				  total - wc->refusal_off);
+		}
+		return;
+	}
+	conn_sent(c, (size_t)cqe->res);
+	wc->send_wait_ms = conn_out_pending(c) ? w->ctx.now_ms : 0;
+	if (c->paused && conn_out_pending(c) <= cfg->conn_out_cap_bytes &&
+	    wc->state == WC_OPEN && !wc->abort) {
+		/* Below the cap again: go on with the carried input, then
+		 * reading (settle re-arms the receive). */
+		c->paused = false;
+		if (conn_feed(&w->ctx, c, NULL, 0) < 0)
+			loop_abort(w, slot, NULL);
+	}
+}
+
+static void loop_on_close(struct worker *w, uint32_t slot, uint32_t gen)
+{
+	struct wconn *wc = &w->conns[slot];
+
+	if (slot >= w->n_slots || wc->gen != gen || wc->state != WC_CLOSE_SENT)
+		return;
+	loop_closed(w, slot);
+}
+
+static void loop_on_cqe(struct worker *w, struct io_uring_cqe *cqe)
+{
+	unsigned kind = (unsigned)(cqe->user_data >> 56);
+	uint32_t slot = (uint32_t)(cqe->user_data >> 32) & 0xffffff;
+	uint32_t gen = (uint32_t)cqe->user_data;
+
+	switch (kind) {
+	case UD_ACCEPT:
+		loop_on_accept(w, cqe);
+		break;
+	case UD_RECV:
+		loop_on_recv(w, cqe, slot, gen);
+		break;
+	case UD_SEND:
+		loop_on_send(w, cqe, slot, gen);
+		break;
+	case UD_CLOSE:
+		loop_on_close(w, slot, gen);
+		break;
+	case UD_CANCEL:
+	default:
+		if (cqe->flags & IORING_CQE_F_BUFFER)
+			loop_buf_return(w, cqe->flags >>
+					       IORING_CQE_BUFFER_SHIFT);
+		break;
+	}
+}
+
+/* ---- deadlines --------------------------------------------------------- */
+
+static void loop_sweep(struct worker *w)
+{
+	const struct server_config *cfg = w->loop->cfg;
+	uint64_t now = w->ctx.now_ms;
+
+	for (uint32_t i = 0; i < w->n_active; i++) {
+		uint32_t slot = w->active[i];
+		struct wconn *wc = &w->conns[slot];
+		struct conn *c = &wc->c;
+
+		if (wc->state == WC_CLOSING &&
+		    now - wc->close_since_ms >= LOOP_CLOSE_RETRY_MS) {
+			/* A cancel that found its target mid-flight (-EALREADY)
+			 * leaves it running: ask again. */
+			wc->cancel_all = false;
+			wc->close_since_ms = now;
+			loop_mark(w, slot);
+			continue;
+		}
+		if (wc->state != WC_OPEN || wc->abort)
+			continue;
+		if (w->stopping && now >= w->stop_deadline_ms) {
+			loop_abort(w, slot, NULL);
+			continue;
+		}
+		if (wc->refused) {
+			if (now - wc->opened_ms >= cfg->send_timeout_ms)
+				loop_abort(w, slot, NULL);
+			continue;
+		}
+		if (conn_out_pending(c) && wc->send_wait_ms &&
+		    now - wc->send_wait_ms >= cfg->send_timeout_ms) {
+			loop_abort(w, slot, &w->m->closed_slow_reader);
+			continue;
+		}
+		if (c->want_close)
+			continue;
+		if (c->partial_since_ms &&
+		    now - c->partial_since_ms >= cfg->partial_timeout_ms) {
+			char msg[96];
+
+			metrics_inc(&w->m->closed_partial);
+			snprintf(msg, sizeof(msg),
+				 "incomplete %s after %u ms",
+				 c->proto == CONN_RPC ? "frame" : "command",
+				 cfg->partial_timeout_ms);
+			if ((c->proto == CONN_RPC
+				     ? rpc_reply_fatal(&w->ctx, c,
+						       RPC_E_TIMEOUT, msg)
+				     : resp_reply_fatal(&w->ctx, c, msg)) < 0)
+				loop_abort(w, slot, NULL);
+			c->in_len = 0;
+			loop_mark(w, slot);
+			continue;
+		}
+		if (conn_out_pending(c) == 0 && c->in_len == 0 &&
+		    now - c->last_rx_ms >= cfg->idle_timeout_ms) {
+			metrics_inc(&w->m->closed_idle);
+			c->want_close = true;
+			loop_mark(w, slot);
+		}
+	}
+}
+
+static void loop_begin_stop(struct worker *w)
+{
+	const struct server_config *cfg = w->loop->cfg;
+
+	w->stopping = true;
+	w->stop_deadline_ms = w->ctx.now_ms + cfg->shutdown_grace_ms;
+	for (int p = 0; p < 2; p++)
+		if (w->accept_armed[p])
+			loop_cancel(w, loop_ud(UD_ACCEPT, (uint32_t)p, 0));
+	w->accept_resume_ms = 0;
+	/* Finish what was received: each connection sends its queued replies
+	 * and closes (settle sees want_close). */
+	for (uint32_t i = 0; i < w->n_active; i++) {
+		uint32_t slot = w->active[i];
+
+		w->conns[slot].c.want_close = true;
+		loop_mark(w, slot);
+	}
+}
+
+/* ---- the worker -------------------------------------------------------- */
+
+static int loop_setup(struct worker *w)
+{
+	const struct server_config *cfg = w->loop->cfg;
+	struct io_uring_params p;
+	struct io_uring_buf_reg reg;
+	uint64_t cq;
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	int rc;
+
+	if (w->cpu >= 0) {
+		cpu_set_t set;
+
+		CPU_ZERO(&set);
+		CPU_SET(w->cpu, &set);
+		pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+	}
+	w->n_slots = cfg->max_connections + LOOP_REFUSE_SLOTS;
+	w->n_bufs = cfg->recv_buffers;
+	w->buf_size = cfg->recv_buffer_bytes;
+	cq = (uint64_t)w->n_bufs + 6ull * w->n_slots + 256;
+	if (cq > LOOP_CQ_MAX)
+		cq = LOOP_CQ_MAX;
+
+	memset(&p, 0, sizeof(p));
+	p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
+		  IORING_SETUP_CQSIZE;
+	p.cq_entries = (unsigned)cq;
+	rc = io_uring_queue_init_params(LOOP_SQ_ENTRIES, &w->ring, &p);
+	if (rc < 0) {
+		snprintf(w->errmsg, sizeof(w->errmsg),
+			 "worker %u: io_uring_queue_init: %s", w->id,
+			 strerror(-rc));
+		return rc;
+	}
+	w->ring_ok = true;
+	io_uring_register_ring_fd(&w->ring); /* optional: fewer fd lookups */
+	rc = io_uring_register_files_sparse(&w->ring, w->n_slots);
+	if (rc < 0) {
+		snprintf(w->errmsg, sizeof(w->errmsg),
+			 "worker %u: %u fixed files: %s (raise the open-files "
+			 "limit or lower --max-connections)",
+			 w->id, w->n_slots, strerror(-rc));
+		return rc;
+	}
+
+	/* liburing 2.3 has no io_uring_setup_buf_ring: map the ring
+	 * ourselves (page-aligned), register it, then fill it. */
+	w->br_bytes = ((size_t)w->n_bufs * sizeof(struct io_uring_buf) +
+		       page - 1) & ~(page - 1);
+	w->br = mmap(NULL, w->br_bytes, PROT_READ | PROT_WRITE,
+		     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	w->bufs_bytes = (size_t)w->n_bufs * w->buf_size;
+	w->bufs = mmap(NULL, w->bufs_bytes, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (w->br == MAP_FAILED || w->bufs == MAP_FAILED) {
+		if (w->br == MAP_FAILED)
+			w->br = NULL;
+		if (w->bufs == MAP_FAILED)
+			w->bufs = NULL;
+		snprintf(w->errmsg, sizeof(w->errmsg),
+			 "worker %u: receive buffers: out of memory", w->id);
+		return -ENOMEM;
+	}
+	memset(&reg, 0, sizeof(reg));
+	reg.ring_addr = (uint64_t)(uintptr_t)w->br;
+	reg.ring_entries = w->n_bufs;
+	reg.bgid = LOOP_BGID;
+	rc = io_uring_register_buf_ring(&w->ring, &reg, 0);
+	if (rc < 0) {
+		snprintf(w->errmsg, sizeof(w->errmsg),
+			 "worker %u: io_uring_register_buf_ring: %s", w->id,
+			 strerror(-rc));
+		return rc;
+	}
+	io_uring_buf_ring_init(w->br);
+	for (uint32_t i = 0; i < w->n_bufs; i++)
+		loop_buf_return(w, i);
+	io_uring_buf_ring_advance(w->br, (int)w->bufs_returned);
+	w->bufs_returned = 0;
+
+	w->conns = calloc(w->n_slots, sizeof(*w->conns));
+	w->active = calloc(w->n_slots, sizeof(*w->active));
+	w->dirty = calloc(w->n_slots, sizeof(*w->dirty));
+	if (w->conns == NULL || w->active == NULL || w->dirty == NULL ||
+	    conn_ctx_init(&w->ctx, cfg, w->m) < 0) {
+		snprintf(w->errmsg, sizeof(w->errmsg),
+			 "worker %u: out of memory", w->id);
+		return -ENOMEM;
+	}
+	loop_arm_accept(w, CONN_RPC);
+	loop_arm_accept(w, CONN_RESP);
+	rc = io_uring_submit(&w->ring);
+	if (rc < 0) {
+		snprintf(w->errmsg, sizeof(w->errmsg),
+			 "worker %u: io_uring_submit: %s", w->id,
+			 strerror(-rc));
+		return rc;
+	}
+	return 0;
+}
+
+static void loop_teardown(struct worker *w)
+{
+	if (w->conns != NULL)
+		for (uint32_t i = 0; i < w->n_active; i++) {
+			struct wconn *wc = &w->conns[w->active[i]];
+
+			if (!wc->refused)
+				conn_fini(&wc->c);
+		}
+	if (w->ring_ok)
+		io_uring_queue_exit(&w->ring); /* closes the fixed files */
+	if (w->br != NULL)
+		munmap(w->br, w->br_bytes);
+	if (w->bufs != NULL)
+		munmap(w->bufs, w->bufs_bytes);
+	conn_ctx_fini(&w->ctx);
+	free(w->conns);
+	free(w->active);
+	free(w->dirty);
+	for (int p = 0; p < 2; p++)
+		if (w->listen_fd[p] >= 0)
+			close(w->listen_fd[p]);
+}
+
+static void loop_turn_end(struct worker *w)
+{
+	uint64_t now = w->ctx.now_ms;
+	unsigned ov;
+
+	for (uint32_t i = 0; i < w->n_dirty; i++)
+		loop_settle(w, w->dirty[i]);
+	w->n_dirty = 0;
+	if (now - w->last_sweep_ms < LOOP_SWEEP_MS)
+		return;
+	w->last_sweep_ms = now;
+	if (!w->stopping && atomic_load_explicit(&w->loop->stop,
+						 memory_order_acquire))
+		loop_begin_stop(w);
+	if (w->accept_resume_ms && now >= w->accept_resume_ms) {
+		w->accept_resume_ms = 0;
+		for (int p = 0; p < 2; p++)
+			if (!w->accept_armed[p])
+				loop_arm_accept(w, p);
+	}
+	loop_sweep(w);
+	ov = *w->ring.cq.koverflow;
+	if (ov != w->koverflow_seen) {
+		metrics_add(&w->m->cq_overflows, ov - w->koverflow_seen);
+		w->koverflow_seen = ov;
+	}
+	/* Settle what the sweep touched now, not a turn later. */
+	for (uint32_t i = 0; i < w->n_dirty; i++)
+		loop_settle(w, w->dirty[i]);
+	w->n_dirty = 0;
+}
+
+static void loop_run(struct worker *w)
+{
+	struct __kernel_timespec ts = { .tv_sec = 0,
+					.tv_nsec = LOOP_WAIT_MS * 1000000L };
+	uint64_t hard_end = 0;
+
+	for (;;) {
+		struct io_uring_cqe *cqe;
+		unsigned head, n = 0;
+
+		if (w->bufs_returned) {
+			io_uring_buf_ring_advance(w->br,
+						  (int)w->bufs_returned);
+			w->bufs_returned = 0;
+		}
+		rcu_thread_offline();
+		io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, &ts, NULL);
+		rcu_thread_online();
+		conn_ctx_begin_turn(&w->ctx);
+		atomic_store_explicit(&w->m->last_turn_ms, w->ctx.now_ms,
+				      memory_order_relaxed);
+		io_uring_for_each_cqe(&w->ring, head, cqe) {
+			loop_on_cqe(w, cqe);
+			n++;
+		}
+		io_uring_cq_advance(&w->ring, n);
+		loop_turn_end(w);
+		rcu_quiescent_state();
+		if (w->stopping) {
+			if (w->n_active == 0)
+				break;
+			if (w->ctx.now_ms >= w->stop_deadline_ms) {
+				if (hard_end == 0)
+					hard_end = w->ctx.now_ms +
+						   LOOP_CLOSE_WAIT_MS;
+				else if (w->ctx.now_ms >= hard_end)
+					break;
+			}
+		}
+	}
+	/* Give the last buffers back before the ring goes (tidy only). */
+	if (w->bufs_returned)
+		io_uring_buf_ring_advance(w->br, (int)w->bufs_returned);
+}
+
+static void *loop_thread(void *arg)
+{
+	struct worker *w = arg;
+	struct loop *l = w->loop;
+	int rc;
+
+	rcu_register_thread();
+	rc = loop_setup(w);
+	pthread_mutex_lock(&l->lock);
+	w->err = rc;
+	l->n_started++;
+	pthread_cond_broadcast(&l->cond);
+	pthread_mutex_unlock(&l->lock);
+	if (rc == 0) {
+		w->ctx.now_ms = loop_now_ms();
+		w->last_sweep_ms = w->ctx.now_ms;
+		loop_run(w);
+	}
+	loop_teardown(w);
+	rcu_unregister_thread();
+	return NULL;
+}
+
+/* The cpu for worker i: the i-th (mod count) of the cpus this process may
+ * run on, so taskset is respected. */
+static int loop_pick_cpu(unsigned i)
+{
+	cpu_set_t set;
+	int n, k = 0;
+
+	if (sched_getaffinity(0, sizeof(set), &set) < 0)
+		return -1;
+	n = CPU_COUNT(&set);
+	if (n <= 0)
+		return -1;
+	k = (int)(i % (unsigned)n);
+	for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
+		if (CPU_ISSET(cpu, &set) && k-- == 0)
+			return cpu;
+	return -1;
+}
+
+int loop_start(const struct server_config *cfg, const int *rpc_fds,
+	       const int *resp_fds, struct loop **out, char *err,
+	       size_t err_cap)
+{
+	struct loop *l = calloc(1, sizeof(*l));
+	unsigned i, started = 0;
+	int rc = 0;
+
+	if (l == NULL)
+		return -ENOMEM;
+	l->cfg = cfg;
+	l->n = cfg->workers;
+	l->w = calloc(l->n, sizeof(*l->w));
+	if (l->w == NULL) {
+		free(l);
+		return -ENOMEM;
+	}
+	atomic_init(&l->stop, false);
+	pthread_mutex_init(&l->lock, NULL);
+	pthread_cond_init(&l->cond, NULL);
+	for (i = 0; i < l->n; i++) {
+		struct worker *w = &l->w[i];
+
+		w->loop = l;
+		w->id = i;
+		w->cpu = loop_pick_cpu(i);
+		w->listen_fd[CONN_RPC] = rpc_fds[i];
+		w->listen_fd[CONN_RESP] = resp_fds[i];
+		w->m = metrics_slot(i);
+	}
+	for (i = 0; i < l->n; i++) {
+		rc = -pthread_create(&l->w[i].thread, NULL, loop_thread,
+				     &l->w[i]);
+		if (rc < 0) {
+			snprintf(err, err_cap, "worker %u: %s", i,
+				 strerror(-rc));
+			/* The fds of workers never started are ours. */
+			for (unsigned j = i; j < l->n; j++) {
+				close(l->w[j].listen_fd[0]);
+				close(l->w[j].listen_fd[1]);
+			}
+			break;
+		}
+		started++;
+	}
+	pthread_mutex_lock(&l->lock);
+	while (l->n_started < started)
+		pthread_cond_wait(&l->cond, &l->lock);
+	pthread_mutex_unlock(&l->lock);
+	for (i = 0; i < started && rc == 0; i++)
+		if (l->w[i].err < 0) {
+			rc = l->w[i].err;
+			snprintf(err, err_cap, "%s", l->w[i].errmsg);
+		}
+	l->n = started;
+	if (rc < 0) {
+		loop_stop(l);
+		return rc;
+	}
+	*out = l;
+	return 0;
+}
+
+void loop_stop(struct loop *l)
+{
+	if (l == NULL)
+		return;
+	/* Release: pairs with the acquire load in loop_turn_end. */
+	atomic_store_explicit(&l->stop, true, memory_order_release);
+	for (unsigned i = 0; i < l->n; i++)
+		pthread_join(l->w[i].thread, NULL);
+	pthread_mutex_destroy(&l->lock);
+	pthread_cond_destroy(&l->cond);
+	free(l->w);
+	free(l);
+}

@@ -1,0 +1,519 @@
+/*
+ * consentd: the server (DESIGN §3.6). Parses the command line into a const
+ * struct server_config, loads the token file, opens the newest generation
+ * of the data directory (or builds one from --snapshot), starts the
+ * workers (server/loop.c) and the HTTP ops port (server/http.c), then waits
+ * for SIGTERM/SIGINT and stops gracefully. Exit status: 0 after a signal,
+ * 2 for bad flags or a bad token file (before anything listens), 1 for any
+ * other failure to start.
+ *
+ * A --snapshot is built on a background thread while the previous
+ * generation (if any) is served; the new one is then opened, published
+ * with live_publish and the old one released after the RCU grace period.
+ * With no previous generation the listeners are already up meanwhile and
+ * every check answers as if no record existed, without ever allowing
+ * (core/check.c: no index counts as stale); /readyz says not ready.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/tokens.h"
+#include "index/build.h"
+#include "index/datadir.h"
+#include "index/table.h"
+#include "server/config.h"
+#include "server/http.h"
+#include "server/live.h"
+#include "server/loop.h"
+#include "server/metrics.h"
+
+#define MAIN_LOOP_REFUSE_SLOTS 64 /* loop.c's slots beyond the cap */
+
+/* ---- flags ------------------------------------------------------------- */
+
+enum flag_kind {
+	FLAG_STR,
+	FLAG_U32,
+	FLAG_I64,
+};
+
+struct flag {
+	const char *name;
+	enum flag_kind kind;
+	size_t offset;     /* in struct server_config */
+	uint64_t min, max; /* numbers */
+	const char *help;
+};
+
+#define CFG_OFF(f) offsetof(struct server_config, f)
+
+static const struct flag main_flags[] = {
+	{ "data-dir", FLAG_STR, CFG_OFF(data_dir), 0, 0,
+	  "DIR: index generations and change log (required)" },
+	{ "snapshot", FLAG_STR, CFG_OFF(snapshot), 0, 0,
+	  "FILE|-: build a new generation from this snapshot stream" },
+	{ "rpc", FLAG_STR, CFG_OFF(rpc_addr), 0, 0,
+	  "HOST:PORT of the protobuf RPC port (127.0.0.1:7700)" },
+	{ "resp", FLAG_STR, CFG_OFF(resp_addr), 0, 0,
+	  "HOST:PORT of the Redis-protocol port (127.0.0.1:7701)" },
+	{ "http", FLAG_STR, CFG_OFF(http_addr), 0, 0,
+	  "HOST:PORT of the HTTP ops port (127.0.0.1:7702)" },
+	{ "workers", FLAG_U32, CFG_OFF(workers), 1, 1024,
+	  "N worker threads, one io_uring each (online cores)" },
+	{ "stale-soft", FLAG_I64, CFG_OFF(stale_soft_s), 0, INT32_MAX,
+	  "SEC: data older than this is not ready (0 = off)" },
+	{ "stale-hard", FLAG_I64, CFG_OFF(stale_hard_s), 0, INT32_MAX,
+	  "SEC: past this, allows become DATA_STALE (0 = off)" },
+	{ "max-frame-bytes", FLAG_U32, CFG_OFF(max_frame_bytes), 16,
+	  64u << 20, "RPC frame limit once authenticated (1048576)" },
+	{ "max-frame-bytes-unauth", FLAG_U32, CFG_OFF(max_frame_bytes_unauth),
+	  16, 64u << 20, "RPC frame limit before Auth (4096)" },
+	{ "max-resp-args", FLAG_U32, CFG_OFF(max_resp_args), 2, 1u << 20,
+	  "RESP arguments per command (100000)" },
+	{ "max-resp-args-unauth", FLAG_U32, CFG_OFF(max_resp_args_unauth), 2,
+	  1u << 20, "RESP arguments per command before AUTH (8)" },
+	{ "max-resp-arg-bytes", FLAG_U32, CFG_OFF(max_resp_arg_bytes), 16,
+	  64u << 20, "bytes of one RESP argument (4096)" },
+	{ "max-resp-arg-bytes-unauth", FLAG_U32,
+	  CFG_OFF(max_resp_arg_bytes_unauth), 16, 64u << 20,
+	  "bytes of one RESP argument before AUTH (1024)" },
+	{ "conn-in-cap-bytes", FLAG_U32, CFG_OFF(conn_in_cap_bytes), 1024,
+	  1u << 30, "unprocessed input held per connection (1048580)" },
+	{ "conn-out-cap-bytes", FLAG_U32, CFG_OFF(conn_out_cap_bytes), 1024,
+	  1u << 30, "unsent replies per connection; reading stops past it "
+	  "(4194304)" },
+	{ "max-connections", FLAG_U32, CFG_OFF(max_connections), 1,
+	  1u << 20, "client connections per worker (10000)" },
+	{ "idle-timeout-ms", FLAG_U32, CFG_OFF(idle_timeout_ms), 1,
+	  UINT32_MAX, "close a connection silent this long (300000)" },
+	{ "partial-timeout-ms", FLAG_U32, CFG_OFF(partial_timeout_ms), 1,
+	  UINT32_MAX, "close a connection stalled mid-frame (10000)" },
+	{ "send-timeout-ms", FLAG_U32, CFG_OFF(send_timeout_ms), 1,
+	  UINT32_MAX, "close a client that reads no replies this long (30000)" },
+	{ "shutdown-grace-ms", FLAG_U32, CFG_OFF(shutdown_grace_ms), 0,
+	  UINT32_MAX, "on SIGTERM, time to finish in-flight replies (5000)" },
+	{ "recv-buffers", FLAG_U32, CFG_OFF(recv_buffers), 1, 32768,
+	  "provided receive buffers per worker, a power of 2 (2048)" },
+	{ "recv-buffer-bytes", FLAG_U32, CFG_OFF(recv_buffer_bytes), 256,
+	  1u << 20, "bytes of each receive buffer (4096)" },
+};
+
+#define N_FLAGS (sizeof(main_flags) / sizeof(main_flags[0]))
+
+static void main_usage(FILE *f)
+{
+	fprintf(f,
+		"usage: consentd --data-dir DIR [--snapshot FILE|-] "
+		"[--rpc HOST:PORT]\n"
+		"                [--resp HOST:PORT] [--http HOST:PORT] "
+		"[--workers N]\n"
+		"                [--tokens FILE] [--stale-soft SEC] "
+		"[--stale-hard SEC]\n"
+		"                [--merchant-default allow|deny] "
+		"[--index-load anon|mmap] [LIMITS]\n\n");
+	for (size_t i = 0; i < N_FLAGS; i++)
+		fprintf(f, "  --%-26s %s\n", main_flags[i].name,
+			main_flags[i].help);
+	fprintf(f, "  --%-26s %s\n", "tokens",
+		"FILE: partner tokens (NAME SHA256HEX BRANDS [apply]); "
+		"without it every client is trusted");
+	fprintf(f, "  --%-26s %s\n", "merchant-default",
+		"allow|deny: a TACIR with no record (allow)");
+	fprintf(f, "  --%-26s %s\n", "index-load",
+		"anon|mmap: copy the index into huge-page memory, or map it "
+		"(anon)");
+	fprintf(f, "  --%-26s %s\n", "help", "this text");
+	fprintf(f, "\nSIGTERM or SIGINT stops gracefully. Flags also take "
+		   "--flag=value.\n");
+}
+
+static int main_number(const char *s, uint64_t min, uint64_t max,
+		       uint64_t *out)
+{
+	char *end;
+	unsigned long long v;
+
+	if (*s < '0' || *s > '9')
+		return -EINVAL;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno != 0 || *end != '\0' || v < min || v > max)
+		return -EINVAL;
+	*out = v;
+	return 0;
+}
+
+static int main_parse(int argc, char **argv, struct server_config *cfg,
+		      const char **tokens_path)
+{
+	for (int i = 1; i < argc; i++) {
+		const char *arg = argv[i], *name, *val, *eq;
+		char namebuf[64];
+		size_t nl;
+		const struct flag *f = NULL;
+
+		if (strncmp(arg, "--", 2) != 0) {
+			fprintf(stderr, "consentd: unexpected argument '%s'\n",
+				arg);
+			return -EINVAL;
+		}
+		name = arg + 2;
+		eq = strchr(name, '=');
+		nl = eq ? (size_t)(eq - name) : strlen(name);
+		if (nl >= sizeof(namebuf)) {
+			fprintf(stderr, "consentd: unknown flag '%s'\n", arg);
+			return -EINVAL;
+		}
+		memcpy(namebuf, name, nl);
+		namebuf[nl] = '\0';
+		if (strcmp(namebuf, "help") == 0) {
+			main_usage(stdout);
+			exit(0);
+		}
+		for (size_t k = 0; k < N_FLAGS; k++)
+			if (strcmp(main_flags[k].name, namebuf) == 0)
+				f = &main_flags[k];
+		if (f == NULL && strcmp(namebuf, "tokens") != 0 &&
+		    strcmp(namebuf, "merchant-default") != 0 &&
+		    strcmp(namebuf, "index-load") != 0) {
+			fprintf(stderr, "consentd: unknown flag '--%s' (see "
+				"--help)\n", namebuf);
+			return -EINVAL;
+		}
+		if (eq != NULL) {
+			val = eq + 1;
+		} else if (i + 1 < argc) {
+			val = argv[++i];
+		} else {
+			fprintf(stderr, "consentd: --%s needs a value\n",
+				namebuf);
+			return -EINVAL;
+		}
+		if (strcmp(namebuf, "tokens") == 0) {
+			*tokens_path = val;
+			continue;
+		}
+		if (strcmp(namebuf, "merchant-default") == 0) {
+			if (strcmp(val, "allow") == 0)
+				cfg->policy.merchant_default_deny = false;
+			else if (strcmp(val, "deny") == 0)
+				cfg->policy.merchant_default_deny = true;
+			else {
+				fprintf(stderr, "consentd: --merchant-default "
+					"must be allow or deny, not '%s'\n", val);
+				return -EINVAL;
+			}
+			continue;
+		}
+		if (strcmp(namebuf, "index-load") == 0) {
+			if (strcmp(val, "anon") == 0)
+				cfg->index_load = INDEX_LOAD_ANON;
+			else if (strcmp(val, "mmap") == 0)
+				cfg->index_load = INDEX_LOAD_MMAP;
+			else {
+				fprintf(stderr, "consentd: --index-load must be "
+					"anon or mmap, not '%s'\n", val);
+				return -EINVAL;
+			}
+			continue;
+		}
+		if (f->kind == FLAG_STR) {
+			if (*val == '\0') {
+				fprintf(stderr, "consentd: --%s is empty\n",
+					f->name);
+				return -EINVAL;
+			}
+			*(const char **)((char *)cfg + f->offset) = val;
+		} else {
+			uint64_t v;
+
+			if (main_number(val, f->min, f->max, &v) < 0) {
+				fprintf(stderr, "consentd: --%s wants a whole "
+					"number from %llu to %llu, not '%s'\n",
+					f->name, (unsigned long long)f->min,
+					(unsigned long long)f->max, val);
+				return -EINVAL;
+			}
+			if (f->kind == FLAG_U32)
+				*(uint32_t *)((char *)cfg + f->offset) =
+					(uint32_t)v;
+			else
+				*(int64_t *)((char *)cfg + f->offset) =
+					(int64_t)v;
+		}
+	}
+	if (cfg->data_dir == NULL) {
+		fprintf(stderr, "consentd: --data-dir DIR is required (see "
+			"--help)\n");
+		return -EINVAL;
+	}
+	if (cfg->recv_buffers & (cfg->recv_buffers - 1)) {
+		fprintf(stderr, "consentd: --recv-buffers must be a power of "
+			"2\n");
+		return -EINVAL;
+	}
+	if (cfg->conn_in_cap_bytes < cfg->max_frame_bytes_unauth + 4) {
+		fprintf(stderr, "consentd: --conn-in-cap-bytes must hold a "
+			"frame before Auth (--max-frame-bytes-unauth + 4)\n");
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* ---- the snapshot build ------------------------------------------------ */
+
+struct main_build {
+	const struct server_config *cfg;
+	pthread_t thread;
+	int fd;
+	int rc;
+	char err[512];
+	atomic_bool done;
+	atomic_bool had_index;
+};
+
+static void main_log_ready(const struct index *ix)
+{
+	struct index_info info;
+
+	index_info(ix, &info);
+	fprintf(stderr, "consentd: ready: generation %llu, %llu records\n",
+		(unsigned long long)info.generation,
+		(unsigned long long)info.n_records);
+}
+
+static void *main_build_thread(void *arg)
+{
+	struct main_build *b = arg;
+	struct build_result res;
+	struct index *ix = NULL;
+	uint64_t gen = 0;
+
+	memset(&res, 0, sizeof(res));
+	b->rc = build_snapshot(b->fd, b->cfg->data_dir, &res, b->err,
+			       sizeof(b->err));
+	if (b->fd != STDIN_FILENO)
+		close(b->fd);
+	if (b->rc == 0) {
+		fprintf(stderr, "consentd: built generation %llu: %llu records "
+			"in %.1f s\n", (unsigned long long)res.generation,
+			(unsigned long long)res.records, res.seconds);
+		b->rc = datadir_open_newest(b->cfg->data_dir,
+					    (enum index_load_mode)
+						    b->cfg->index_load,
+					    &ix, &gen, b->err, sizeof(b->err));
+	}
+	if (b->rc == 0) {
+		live_publish(ix);
+		if (atomic_load(&b->had_index))
+			fprintf(stderr, "consentd: now serving generation "
+				"%llu\n", (unsigned long long)gen);
+		else
+			main_log_ready(ix);
+	} else {
+		fprintf(stderr, "consentd: snapshot %s: %s%s\n",
+			b->cfg->snapshot, b->err,
+			atomic_load(&b->had_index)
+				? " (the previous generation stays served)"
+				: "");
+	}
+	/* Release: pairs with the acquire load in main's wait loop. */
+	atomic_store_explicit(&b->done, true, memory_order_release);
+	return NULL;
+}
+
+/* ---- start-up ---------------------------------------------------------- */
+
+static unsigned main_online_cores(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+	return n > 0 ? (unsigned)n : 1;
+}
+
+/* Raises the open-files limit to its hard maximum: each worker's fixed
+ * file table counts against it. Clamps the connection cap to fit. */
+static void main_files_limit(struct server_config *cfg)
+{
+	struct rlimit rl;
+	uint64_t need, have;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+		getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	have = rl.rlim_cur == RLIM_INFINITY ? UINT32_MAX : rl.rlim_cur;
+	need = (uint64_t)cfg->max_connections + MAIN_LOOP_REFUSE_SLOTS;
+	if (need > have && have > MAIN_LOOP_REFUSE_SLOTS + 64) {
+		cfg->max_connections =
+			(uint32_t)(have - MAIN_LOOP_REFUSE_SLOTS - 64);
+		fprintf(stderr, "consentd: open-files limit %llu: "
+			"--max-connections lowered to %u\n",
+			(unsigned long long)have, cfg->max_connections);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	static struct server_config cfg;
+	static struct main_build build;
+	const char *tokens_path = NULL;
+	struct tokens *tokens = NULL;
+	struct index *ix = NULL;
+	struct loop *loop = NULL;
+	struct http *http = NULL;
+	uint64_t gen = 0;
+	int *rpc_fds, *resp_fds, rc, exit_code = 0;
+	char err[512], bound[300];
+	sigset_t sigs;
+	bool had_index;
+
+	server_config_defaults(&cfg);
+	if (main_parse(argc, argv, &cfg, &tokens_path) < 0)
+		return 2;
+	if (cfg.workers == 0)
+		cfg.workers = main_online_cores();
+	if (tokens_path != NULL) {
+		if (tokens_load(tokens_path, &tokens, err, sizeof(err)) < 0) {
+			fprintf(stderr, "consentd: --tokens %s: %s\n",
+				tokens_path, err);
+			return 2;
+		}
+		cfg.tokens = tokens;
+	}
+	main_files_limit(&cfg);
+
+	/* Signals: only this thread takes SIGTERM/SIGINT (sigtimedwait
+	 * below); every thread created from here on inherits the mask. */
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	if (metrics_init(cfg.workers + 1) < 0) {
+		fprintf(stderr, "consentd: out of memory\n");
+		return 1;
+	}
+
+	rc = datadir_open_newest(cfg.data_dir,
+				 (enum index_load_mode)cfg.index_load, &ix,
+				 &gen, err, sizeof(err));
+	if (rc == 0) {
+		live_publish(ix);
+	} else if (rc != -ENOENT || cfg.snapshot == NULL) {
+		fprintf(stderr, "consentd: --data-dir %s: %s%s\n",
+			cfg.data_dir, err,
+			rc == -ENOENT ? " (give --snapshot FILE to build one)"
+				      : "");
+		return 1;
+	}
+	had_index = rc == 0;
+	if (cfg.snapshot != NULL) {
+		build.fd = strcmp(cfg.snapshot, "-") == 0
+				   ? STDIN_FILENO
+				   : open(cfg.snapshot, O_RDONLY | O_CLOEXEC);
+		if (build.fd < 0) {
+			fprintf(stderr, "consentd: --snapshot %s: %s\n",
+				cfg.snapshot, strerror(errno));
+			return 1;
+		}
+	}
+
+	rpc_fds = calloc(cfg.workers, sizeof(int));
+	resp_fds = calloc(cfg.workers, sizeof(int));
+	if (rpc_fds == NULL || resp_fds == NULL) {
+		fprintf(stderr, "consentd: out of memory\n");
+		return 1;
+	}
+	if (loop_listen(cfg.rpc_addr, cfg.workers, rpc_fds, bound,
+			sizeof(bound), err, sizeof(err)) < 0) {
+		fprintf(stderr, "consentd: --rpc %s\n", err);
+		return 1;
+	}
+	fprintf(stderr, "consentd: rpc listening on %s (%u workers)\n", bound,
+		cfg.workers);
+	if (loop_listen(cfg.resp_addr, cfg.workers, resp_fds, bound,
+			sizeof(bound), err, sizeof(err)) < 0) {
+		fprintf(stderr, "consentd: --resp %s\n", err);
+		return 1;
+	}
+	fprintf(stderr, "consentd: resp listening on %s (%u workers)\n", bound,
+		cfg.workers);
+	if (loop_start(&cfg, rpc_fds, resp_fds, &loop, err, sizeof(err)) < 0) {
+		fprintf(stderr, "consentd: %s\n", err);
+		return 1;
+	}
+	free(rpc_fds);
+	free(resp_fds);
+	if (http_start(&cfg, cfg.workers, &http, err, sizeof(err)) < 0) {
+		fprintf(stderr, "consentd: --http %s: %s\n", cfg.http_addr,
+			err);
+		loop_stop(loop);
+		return 1;
+	}
+	fprintf(stderr, "consentd: http listening on %s\n", cfg.http_addr);
+
+	if (had_index)
+		main_log_ready(ix); /* before a build can replace it */
+	if (cfg.snapshot != NULL) {
+		build.cfg = &cfg;
+		atomic_init(&build.done, false);
+		atomic_init(&build.had_index, had_index);
+		rc = pthread_create(&build.thread, NULL, main_build_thread,
+				    &build);
+		if (rc != 0) {
+			fprintf(stderr, "consentd: build thread: %s\n",
+				strerror(rc));
+			exit_code = 1;
+			goto stop;
+		}
+		pthread_detach(build.thread);
+	}
+
+	for (;;) {
+		struct timespec ts = { .tv_sec = 0, .tv_nsec = 100000000L };
+		int sig = sigtimedwait(&sigs, NULL, &ts);
+
+		if (sig == SIGTERM || sig == SIGINT) {
+			fprintf(stderr, "consentd: %s: stopping\n",
+				sig == SIGTERM ? "SIGTERM" : "SIGINT");
+			break;
+		}
+		/* Acquire: pairs with the build thread's release store. */
+		if (cfg.snapshot != NULL && !had_index &&
+		    atomic_load_explicit(&build.done, memory_order_acquire)) {
+			if (build.rc < 0) {
+				exit_code = 1; /* nothing to serve */
+				break;
+			}
+			had_index = true;
+		}
+	}
+stop:
+	loop_stop(loop);
+	http_stop(http);
+	if (cfg.snapshot == NULL ||
+	    atomic_load_explicit(&build.done, memory_order_acquire)) {
+		/* Release the generation (a build still running keeps its
+		 * own and the process exits around it). */
+		live_publish(NULL);
+		if (tokens != NULL)
+			tokens_destroy(tokens);
+	}
+	fprintf(stderr, "consentd: stopped\n");
+	return exit_code;
+}

@@ -1,0 +1,63 @@
+/*
+ * resp: the Redis-protocol port (DESIGN §3.3), enough of RESP2 for
+ * redis-cli, redis-benchmark and Redis client libraries.
+ *
+ * Commands (names in any case):
+ *   CHECK recipient brand channel [BIREYSEL|TACIR] [TICARI|BILGILENDIRME]
+ *     -> *4 [:allow, +REASON, $status or nil, :consent_date or nil]; a
+ *        malformed check -> -ERR INVALID_REQUEST <what was wrong>.
+ *        The two optional words may come in either order.
+ *   MCHECK brand channel rtype purpose r1 [r2 ...]
+ *     -> one :1/:0 per recipient, or -ERR INVALID_REQUEST <why> in the
+ *        place of a recipient that does not normalise.
+ *   AUTH [user] token -> +OK | -WRONGPASS ... (+OK with no token file)
+ *   PING [msg], QUIT (+OK, then close), INFO (bulk text)
+ *   anything else -> -ERR unknown command '...' (the connection stays).
+ * Before AUTH (with a token file) only AUTH, PING and QUIT are served
+ * (-NOAUTH otherwise) and the parser's limits are the lower ones.
+ *
+ * The parser takes arrays of bulk strings and, like Redis, inline commands
+ * (one line of space-separated words, at most 4 arguments' worth of
+ * bytes). It is incremental: state between receives lives in struct
+ * resp_parser, so a command dripping in byte by byte is scanned once.
+ * A protocol error is answered -ERR Protocol error: ... and closes.
+ */
+#ifndef CONSENTD_SERVER_RESP_H
+#define CONSENTD_SERVER_RESP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "server/conn.h"
+
+struct resp_limits {
+	uint32_t max_args;      /* arguments per command, name included */
+	uint32_t max_arg_bytes; /* bytes per argument */
+};
+
+/* Parses one command at the start of buf[0..len) (buf starts where the
+ * command starts; ps carries the progress of earlier calls on the same
+ * command, zeroed by the caller after each complete one). Returns the
+ * command's bytes with args[0..*argc) pointing into buf (argc 0: an empty
+ * command, to be ignored), 0 if more bytes are needed, or an error with
+ * *why set: -EPROTO (not RESP), -E2BIG (too many arguments), -EMSGSIZE (an
+ * argument too long). args_cap must be at least lim->max_args. */
+long resp_parse(struct resp_parser *ps, const char *buf, size_t len,
+		const struct resp_limits *lim, struct resp_arg *args,
+		uint32_t args_cap, uint32_t *argc, const char **why);
+
+/* Processes the complete commands at the start of buf[0..len) for c,
+ * appending replies to c->out. Returns bytes consumed (all of buf once
+ * c->want_close is set), or -ENOMEM; stops early and sets c->paused when
+ * c's unsent output is over its cap. */
+long resp_process(struct conn_ctx *x, struct conn *c, const char *buf,
+		  size_t len);
+
+/* "-ERR <message>" then close (stalled command, input over its cap). */
+int resp_reply_fatal(struct conn_ctx *x, struct conn *c, const char *message);
+
+/* The whole refusal sent at the connection cap. */
+extern const char resp_refusal[];
+extern const size_t resp_refusal_len;
+
+#endif

@@ -1,0 +1,980 @@
+/*
+ * rpc: frames, the hand-written Request decoder and Response encoders,
+ * and the per-connection request handling (server/rpc.h).
+ *
+ * Decoding follows protobuf-c 1.4's unpacker rule for rule, because the
+ * contract is "what protobuf-c would accept, with the same meaning":
+ *  - a tag is a varint of at most 5 bytes, wire types 0, 1, 2 and 5
+ *    only; a one-byte tag for field 0 is refused, longer ones are an
+ *    unknown field;
+ *  - a varint value has at most 10 bytes; uint32 and enum fields keep the
+ *    low 32 bits;
+ *  - a length prefix has at most 5 bytes and must fit the bytes left;
+ *  - a known field with a wire type other than its own fails the message;
+ *    unknown fields (field 0 included) are skipped;
+ *  - oneof members replace each other (no merge), each must decode.
+ * Validation runs over the whole Request first (the table-driven
+ * pb_validate), so handling a request never meets a malformed byte.
+ *
+ * Checks from the frames of one receive are decided together: small
+ * CheckRequests queue their checks in the worker's batch (conn_ctx) and
+ * are answered when the batch fills, another kind of request needs its
+ * reply in order, or the receive is done. A CheckRequest larger than the
+ * batch is decided chunk by chunk straight into the output buffer.
+ */
+#include "server/rpc.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/enums.h"
+#include "core/tokens.h"
+#include "server/config.h"
+#include "server/metrics.h"
+
+/* ---- wire reading ------------------------------------------------------ */
+
+enum pb_wire {
+	PB_VARINT = 0,
+	PB_I64 = 1,
+	PB_LEN = 2,
+	PB_I32 = 5,
+};
+
+struct pb_field {
+	uint32_t number;
+	int wire;
+	uint64_t v;          /* PB_VARINT: the value */
+	const uint8_t *data; /* PB_LEN: the payload; others: the raw bytes */
+	size_t len;
+};
+
+/* A varint of at most 10 bytes (protobuf-c's scan); 0 if unterminated. */
+static inline size_t pb_varint(const uint8_t *p, const uint8_t *end,
+			       uint64_t *out)
+{
+	size_t rem = (size_t)(end - p), max = rem < 10 ? rem : 10;
+	uint64_t v = 0;
+
+	for (size_t i = 0; i < max; i++) {
+		/* Unsigned shifts only (7 * 9 = 63 keeps the 10th byte's low
+		 * bit, as protobuf-c's parse_uint64 does). */
+		v |= (uint64_t)(p[i] & 0x7f) << (7 * i);
+		if (!(p[i] & 0x80)) {
+			*out = v;
+			return i + 1;
+		}
+	}
+	return 0;
+}
+
+/* A tag of at most 5 bytes: protobuf-c's parse_tag_and_wiretype. */
+static inline size_t pb_tag(const uint8_t *p, const uint8_t *end,
+			    uint32_t *number, int *wire)
+{
+	size_t rem = (size_t)(end - p), max = rem < 5 ? rem : 5;
+	uint32_t tag;
+	unsigned shift = 4;
+
+	/* protobuf-c refuses a one-byte field number 0 (first byte < 8), but
+	 * takes a longer encoding of 0 as an unknown field. */
+	if (rem == 0 || (p[0] & 0xf8) == 0)
+		return 0;
+	*wire = p[0] & 7;
+	tag = (uint32_t)(p[0] & 0x7f) >> 3;
+	if (!(p[0] & 0x80)) {
+		*number = tag;
+		return 1;
+	}
+	for (size_t i = 1; i < max; i++) {
+		tag |= (uint32_t)(p[i] & 0x7f) << shift;
+		if (!(p[i] & 0x80)) {
+			*number = tag;
+			return i + 1;
+		}
+		shift += 7;
+	}
+	return 0;
+}
+
+/* One field, the general case; returns its bytes (tag included), 0 if
+ * malformed. */
+static size_t pb_next_slow(const uint8_t *p, const uint8_t *end,
+			   struct pb_field *f)
+{
+	size_t n = pb_tag(p, end, &f->number, &f->wire), m;
+	size_t rem;
+
+	if (n == 0)
+		return 0;
+	p += n;
+	rem = (size_t)(end - p);
+	switch (f->wire) {
+	case PB_VARINT:
+		m = pb_varint(p, end, &f->v);
+		if (m == 0)
+			return 0;
+		f->data = p;
+		f->len = m;
+		return n + m;
+	case PB_I64:
+		if (rem < 8)
+			return 0;
+		f->data = p;
+		f->len = 8;
+		return n + 8;
+	case PB_I32:
+		if (rem < 4)
+			return 0;
+		f->data = p;
+		f->len = 4;
+		return n + 4;
+	case PB_LEN: {
+		/* Length prefix: at most 5 bytes, its value not truncated
+		 * and never larger than what is left (protobuf-c 1.4.1). */
+		size_t max = rem < 5 ? rem : 5, i;
+		uint64_t l = 0;
+
+		for (i = 0; i < max; i++) {
+			l |= (uint64_t)(p[i] & 0x7f) << (7 * i);
+			if (!(p[i] & 0x80))
+				break;
+		}
+		if (i == max)
+			return 0;
+		m = i + 1;
+		if ((uint64_t)m + l > rem)
+			return 0;
+		f->data = p + m;
+		f->len = (size_t)l;
+		return n + m + l;
+	}
+	default:
+		return 0; /* groups (3, 4) and 6, 7: protobuf-c refuses */
+	}
+}
+
+/* One field. Fast path for what every encoder writes for our messages: a
+ * one-byte tag (fields 1-15) with a varint or a one-byte length; anything
+ * else takes the general path, which applies the same rules. */
+static inline __attribute__((always_inline)) size_t
+pb_next(const uint8_t *p, const uint8_t *end, struct pb_field *f)
+{
+	if (end - p >= 2 && p[0] >= 8 && p[0] < 0x80) {
+		f->number = p[0] >> 3;
+		f->wire = p[0] & 7;
+		if (f->wire == PB_VARINT) {
+			size_t m = pb_varint(p + 1, end, &f->v);
+
+			f->data = p + 1;
+			f->len = m;
+			return m ? 1 + m : 0;
+		}
+		if (f->wire == PB_LEN && p[1] < 0x80 &&
+		    (size_t)(end - p) - 2 >= p[1]) {
+			f->data = p + 2;
+			f->len = p[1];
+			return 2 + (size_t)p[1];
+		}
+	}
+	return pb_next_slow(p, end, f);
+}
+
+/* ---- table-driven validation ------------------------------------------ */
+
+enum pb_kind {
+	PB_K_UNKNOWN = 0,
+	PB_K_VARINT,  /* int32/64, uint32/64, enum (no bool in requests) */
+	PB_K_STRING,
+	PB_K_MESSAGE,
+};
+
+#define PB_MAX_FIELD 16
+
+struct pb_schema {
+	uint8_t kind[PB_MAX_FIELD];
+	const struct pb_schema *sub[PB_MAX_FIELD];
+};
+
+static const struct pb_schema pb_consent = {
+	.kind = { [1] = PB_K_STRING, [2] = PB_K_VARINT, [3] = PB_K_VARINT,
+		  [4] = PB_K_VARINT, [5] = PB_K_VARINT, [6] = PB_K_VARINT,
+		  [7] = PB_K_VARINT, [8] = PB_K_VARINT, [9] = PB_K_VARINT,
+		  [10] = PB_K_STRING, [11] = PB_K_VARINT },
+};
+static const struct pb_schema pb_apply_request = {
+	.kind = { [1] = PB_K_MESSAGE },
+	.sub = { [1] = &pb_consent },
+};
+static const struct pb_schema pb_stats_request = { .kind = { 0 } };
+
+/* 0 if protobuf-c would unpack buf as a message of schema s. Recursion is
+ * bounded by the schema (3 levels), never by the input. */
+static int pb_validate(const struct pb_schema *s, const uint8_t *p,
+		       size_t len)
+{
+	const uint8_t *end = p + len;
+	struct pb_field f;
+
+	while (p < end) {
+		size_t n = pb_next(p, end, &f);
+		int kind;
+
+		if (n == 0)
+			return -EPROTO;
+		p += n;
+		kind = f.number < PB_MAX_FIELD ? s->kind[f.number]
+					       : PB_K_UNKNOWN;
+		switch (kind) {
+		case PB_K_UNKNOWN:
+			break;
+		case PB_K_VARINT:
+			if (f.wire != PB_VARINT)
+				return -EPROTO;
+			break;
+		case PB_K_STRING:
+			if (f.wire != PB_LEN)
+				return -EPROTO;
+			break;
+		case PB_K_MESSAGE:
+			if (f.wire != PB_LEN ||
+			    pb_validate(s->sub[f.number], f.data, f.len) < 0)
+				return -EPROTO;
+			break;
+		}
+	}
+	return 0;
+}
+
+/* ---- decoding ---------------------------------------------------------- */
+
+static const uint8_t rpc_empty[1];
+
+/* One Check message into *out (no defaults applied): validation and
+ * extraction in one walk, so rpc_decode (validating) and rpc_check_next
+ * (extracting) read a check the same way. 0, or -EPROTO. */
+static int rpc_check_parse(const uint8_t *p, size_t len,
+			   struct check_input *out)
+{
+	const uint8_t *end = p + len;
+	struct pb_field g;
+
+	out->recipient = (const char *)rpc_empty;
+	out->recipient_len = 0;
+	out->brand_code = 0;
+	out->channel = out->rtype = out->purpose = 0;
+	while (p < end) {
+		size_t m = pb_next(p, end, &g);
+
+		if (m == 0)
+			return -EPROTO;
+		p += m;
+		if (g.number >= 1 && g.number <= 5 &&
+		    g.wire != (g.number == 1 ? PB_LEN : PB_VARINT))
+			return -EPROTO;
+		switch (g.number) {
+		case 1:
+			out->recipient = (const char *)g.data;
+			out->recipient_len = g.len;
+			break;
+		case 2:
+			out->brand_code = (uint32_t)g.v;
+			break;
+		case 3:
+			out->channel = (int32_t)(uint32_t)g.v;
+			break;
+		case 4:
+			out->rtype = (int32_t)(uint32_t)g.v;
+			break;
+		case 5:
+			out->purpose = (int32_t)(uint32_t)g.v;
+			break;
+		default:
+			break;
+		}
+	}
+	return 0;
+}
+
+static int rpc_decode_check_request(const uint8_t *p, size_t len,
+				    struct rpc_request *req)
+{
+	const uint8_t *end = p + len;
+	struct pb_field f;
+
+	/* A later CheckRequest replaces an earlier one whole (oneof). */
+	req->check = p;
+	req->check_len = len;
+	req->n_checks = 0;
+	req->brand_code = 0;
+	req->channel = req->rtype = req->purpose = 0;
+	while (p < end) {
+		size_t n = pb_next(p, end, &f);
+
+		if (n == 0)
+			return -EPROTO;
+		p += n;
+		if (f.number >= 1 && f.number <= 5 &&
+		    f.wire != (f.number == 1 ? PB_LEN : PB_VARINT))
+			return -EPROTO;
+		switch (f.number) {
+		case 1: {
+			struct check_input scratch;
+
+			if (rpc_check_parse(f.data, f.len, &scratch) < 0)
+				return -EPROTO;
+			req->n_checks++;
+			break;
+		}
+		case 2:
+			req->brand_code = (uint32_t)f.v;
+			break;
+		case 3:
+			req->channel = (int32_t)(uint32_t)f.v;
+			break;
+		case 4:
+			req->rtype = (int32_t)(uint32_t)f.v;
+			break;
+		case 5:
+			req->purpose = (int32_t)(uint32_t)f.v;
+			break;
+		default:
+			break;
+		}
+	}
+	return 0;
+}
+
+static int rpc_decode_auth(const uint8_t *p, size_t len,
+			   struct rpc_request *req)
+{
+	const uint8_t *end = p + len;
+	struct pb_field f;
+
+	req->token = rpc_empty;
+	req->token_len = 0;
+	while (p < end) {
+		size_t n = pb_next(p, end, &f);
+
+		if (n == 0)
+			return -EPROTO;
+		p += n;
+		if (f.number == 1) {
+			if (f.wire != PB_LEN)
+				return -EPROTO;
+			req->token = f.data;
+			req->token_len = f.len;
+		}
+	}
+	return 0;
+}
+
+int rpc_decode(const uint8_t *buf, size_t len, struct rpc_request *req)
+{
+	const uint8_t *p = buf, *end = buf + len;
+	struct pb_field f;
+
+	memset(req, 0, sizeof(*req));
+	while (p < end) {
+		size_t n = pb_next(p, end, &f);
+
+		if (n == 0)
+			return -EPROTO;
+		p += n;
+		if (f.number >= 1 && f.number <= 5 &&
+		    f.wire != (f.number == 1 ? PB_VARINT : PB_LEN))
+			return -EPROTO;
+		switch (f.number) {
+		case 1:
+			req->id = f.v;
+			break;
+		case RPC_REQ_CHECK:
+			if (rpc_decode_check_request(f.data, f.len, req) < 0)
+				return -EPROTO;
+			req->kind = RPC_REQ_CHECK;
+			break;
+		case RPC_REQ_APPLY:
+			if (pb_validate(&pb_apply_request, f.data, f.len) < 0)
+				return -EPROTO;
+			req->kind = RPC_REQ_APPLY;
+			break;
+		case RPC_REQ_AUTH:
+			if (rpc_decode_auth(f.data, f.len, req) < 0)
+				return -EPROTO;
+			req->kind = RPC_REQ_AUTH;
+			break;
+		case RPC_REQ_STATS:
+			if (pb_validate(&pb_stats_request, f.data, f.len) < 0)
+				return -EPROTO;
+			req->kind = RPC_REQ_STATS;
+			break;
+		default:
+			break;
+		}
+	}
+	if (req->kind != RPC_REQ_CHECK) {
+		req->check = NULL;
+		req->check_len = 0;
+		req->n_checks = 0;
+	}
+	return 0;
+}
+
+void rpc_check_iter_init(struct rpc_check_iter *it,
+			 const struct rpc_request *req)
+{
+	it->p = req->check;
+	it->end = req->check + req->check_len;
+}
+
+bool rpc_check_next(struct rpc_check_iter *it, const struct rpc_request *req,
+		    struct check_input *out)
+{
+	struct pb_field f;
+
+	while (it->p < it->end) {
+		size_t n = pb_next(it->p, it->end, &f);
+
+		if (n == 0)
+			return false; /* not reached: validated by rpc_decode */
+		it->p += n;
+		if (f.number != 1 || f.wire != PB_LEN)
+			continue;
+		rpc_check_parse(f.data, f.len, out);
+		/* Request-level defaults fill what the check left unset. */
+		if (out->brand_code == 0)
+			out->brand_code = req->brand_code;
+		if (out->channel == 0)
+			out->channel = req->channel;
+		if (out->rtype == 0)
+			out->rtype = req->rtype;
+		if (out->purpose == 0)
+			out->purpose = req->purpose;
+		return true;
+	}
+	return false;
+}
+
+/* ---- encoding ---------------------------------------------------------- */
+
+/* Room reserved in front of a CheckResponse whose size is not yet known:
+ * frame length (4), Response.id tag + varint (11), Response.check tag +
+ * length varint (1 + 5). */
+#define RPC_HDR_MAX 21
+
+static inline size_t pb_varint_size(uint64_t v)
+{
+	/* 1 byte per started 7 bits; v | 1 keeps clz defined for 0. */
+	return (size_t)(63 - __builtin_clzll(v | 1)) / 7 + 1;
+}
+
+static inline uint8_t *pb_put_varint(uint8_t *p, uint64_t v)
+{
+	while (v >= 0x80) {
+		*p++ = (uint8_t)(v | 0x80);
+		v >>= 7;
+	}
+	*p++ = (uint8_t)v;
+	return p;
+}
+
+static inline uint8_t *pb_put_be32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)(v >> 24);
+	p[1] = (uint8_t)(v >> 16);
+	p[2] = (uint8_t)(v >> 8);
+	p[3] = (uint8_t)v;
+	return p + 4;
+}
+
+size_t rpc_verdict_size(const struct verdict *v)
+{
+	size_t n = 0;
+
+	/* proto3: a field at its zero value is not written (protobuf-c's
+	 * unlabeled_field_pack_to_buffer). */
+	if (v->allow)
+		n += 2;
+	if (v->reason)
+		n += 1 + pb_varint_size(v->reason);
+	if (v->status)
+		n += 1 + pb_varint_size(v->status);
+	if (v->source)
+		n += 1 + pb_varint_size(v->source);
+	if (v->consent_date)
+		n += 1 + pb_varint_size((uint64_t)v->consent_date);
+	if (v->error != NULL && v->error[0] != '\0') {
+		size_t el = strlen(v->error);
+
+		n += 1 + pb_varint_size(el) + el;
+	}
+	return n;
+}
+
+/* Writes Verdict v as CheckResponse.verdicts (tag 1) at p. */
+static uint8_t *rpc_put_verdict(uint8_t *p, const struct verdict *v,
+				size_t size)
+{
+	*p++ = 0x0a;
+	p = pb_put_varint(p, size);
+	if (v->allow) {
+		*p++ = 0x08;
+		*p++ = 1;
+	}
+	if (v->reason) {
+		*p++ = 0x10;
+		p = pb_put_varint(p, v->reason);
+	}
+	if (v->status) {
+		*p++ = 0x18;
+		p = pb_put_varint(p, v->status);
+	}
+	if (v->source) {
+		*p++ = 0x20;
+		p = pb_put_varint(p, v->source);
+	}
+	if (v->consent_date) {
+		*p++ = 0x28;
+		p = pb_put_varint(p, (uint64_t)v->consent_date);
+	}
+	if (v->error != NULL && v->error[0] != '\0') {
+		size_t el = strlen(v->error);
+
+		*p++ = 0x32;
+		p = pb_put_varint(p, el);
+		memcpy(p, v->error, el);
+		p += el;
+	}
+	return p;
+}
+
+/* Opens a CheckResponse frame; returns its start offset in b, or -1. */
+static long rpc_check_begin(struct obuf *b)
+{
+	size_t start = b->len;
+
+	if (obuf_reserve(b, RPC_HDR_MAX) == NULL)
+		return -1;
+	b->len += RPC_HDR_MAX;
+	return (long)start;
+}
+
+static int rpc_check_verdicts(struct obuf *b, const struct verdict *v,
+			      size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		size_t size = rpc_verdict_size(&v[i]);
+		size_t need = 1 + pb_varint_size(size) + size;
+		uint8_t *p = (uint8_t *)obuf_reserve(b, need);
+
+		if (p == NULL)
+			return -ENOMEM;
+		b->len = (size_t)((char *)rpc_put_verdict(p, &v[i], size) -
+				  b->data);
+	}
+	return 0;
+}
+
+/* Closes the frame opened at start: appends the CheckResponse scalars,
+ * then writes the real header and slides the body down to meet it. */
+static int rpc_check_end(struct obuf *b, size_t start, uint64_t id,
+			 uint64_t applied_sequence, int64_t data_as_of)
+{
+	uint8_t hdr[RPC_HDR_MAX], *q, *p = (uint8_t *)obuf_reserve(b, 22);
+	size_t body, hdr_len, body_at = start + RPC_HDR_MAX;
+
+	if (p == NULL)
+		return -ENOMEM;
+	if (applied_sequence) {
+		*p++ = 0x10;
+		p = pb_put_varint(p, applied_sequence);
+	}
+	if (data_as_of) {
+		*p++ = 0x18;
+		p = pb_put_varint(p, (uint64_t)data_as_of);
+	}
+	b->len = (size_t)((char *)p - b->data);
+	body = b->len - body_at;
+
+	q = hdr + 4;
+	if (id) {
+		*q++ = 0x08;
+		q = pb_put_varint(q, id);
+	}
+	*q++ = 0x12; /* Response.check: a oneof member, written even empty */
+	q = pb_put_varint(q, body);
+	hdr_len = (size_t)(q - hdr);
+	pb_put_be32(hdr, (uint32_t)(hdr_len - 4 + body));
+	memmove(b->data + start + hdr_len, b->data + body_at, body);
+	memcpy(b->data + start, hdr, hdr_len);
+	b->len = start + hdr_len + body;
+	return 0;
+}
+
+int rpc_encode_check(struct obuf *b, uint64_t id, const struct verdict *v,
+		     size_t n, uint64_t applied_sequence, int64_t data_as_of)
+{
+	long start = rpc_check_begin(b);
+
+	if (start < 0 || rpc_check_verdicts(b, v, n) < 0)
+		return -ENOMEM;
+	return rpc_check_end(b, (size_t)start, id, applied_sequence,
+			     data_as_of);
+}
+
+/* Appends a Response frame whose body is one message field `tag` holding
+ * `inner` bytes (already encoded). */
+static int rpc_encode_simple(struct obuf *b, uint64_t id, uint8_t tag,
+			     const uint8_t *inner, size_t inner_len)
+{
+	size_t resp = (id ? 1 + pb_varint_size(id) : 0) + 1 +
+		      pb_varint_size(inner_len) + inner_len;
+	uint8_t *p = (uint8_t *)obuf_reserve(b, 4 + resp);
+
+	if (p == NULL)
+		return -ENOMEM;
+	p = pb_put_be32(p, (uint32_t)resp);
+	if (id) {
+		*p++ = 0x08;
+		p = pb_put_varint(p, id);
+	}
+	*p++ = tag;
+	p = pb_put_varint(p, inner_len);
+	memcpy(p, inner, inner_len);
+	b->len += 4 + resp;
+	return 0;
+}
+
+#define RPC_MSG_MAX 512 /* error messages and principal names are short */
+
+int rpc_encode_error(struct obuf *b, uint64_t id, uint32_t code,
+		     const char *message)
+{
+	uint8_t inner[RPC_MSG_MAX + 16], *p = inner;
+	size_t ml = message ? strlen(message) : 0;
+
+	if (ml > RPC_MSG_MAX)
+		ml = RPC_MSG_MAX;
+	if (code) {
+		*p++ = 0x08;
+		p = pb_put_varint(p, code);
+	}
+	if (ml) {
+		*p++ = 0x12;
+		p = pb_put_varint(p, ml);
+		memcpy(p, message, ml);
+		p += ml;
+	}
+	return rpc_encode_simple(b, id, 0x7a /* field 15, LEN */, inner,
+				 (size_t)(p - inner));
+}
+
+int rpc_encode_auth(struct obuf *b, uint64_t id, const char *principal)
+{
+	uint8_t inner[RPC_MSG_MAX + 16], *p = inner;
+	size_t pl = principal ? strlen(principal) : 0;
+
+	if (pl > RPC_MSG_MAX)
+		pl = RPC_MSG_MAX;
+	if (pl) {
+		*p++ = 0x0a;
+		p = pb_put_varint(p, pl);
+		memcpy(p, principal, pl);
+		p += pl;
+	}
+	return rpc_encode_simple(b, id, 0x22 /* field 4 */, inner,
+				 (size_t)(p - inner));
+}
+
+int rpc_encode_stats(struct obuf *b, uint64_t id, const struct rpc_stats *s)
+{
+	uint8_t inner[64], *p = inner;
+
+	if (s->records) {
+		*p++ = 0x08;
+		p = pb_put_varint(p, s->records);
+	}
+	if (s->applied_sequence) {
+		*p++ = 0x10;
+		p = pb_put_varint(p, s->applied_sequence);
+	}
+	if (s->data_as_of) {
+		*p++ = 0x18;
+		p = pb_put_varint(p, (uint64_t)s->data_as_of);
+	}
+	if (s->generation) {
+		*p++ = 0x20;
+		p = pb_put_varint(p, s->generation);
+	}
+	if (s->checks_total) {
+		*p++ = 0x28;
+		p = pb_put_varint(p, s->checks_total);
+	}
+	return rpc_encode_simple(b, id, 0x2a /* field 5 */, inner,
+				 (size_t)(p - inner));
+}
+
+/* Response{error{code 503, "max connections"}}, framed. */
+const uint8_t rpc_refusal[] = {
+	0x00, 0x00, 0x00, 0x16,
+	0x7a, 0x14,
+	0x08, 0xf7, 0x03,
+	0x12, 0x0f, 'm', 'a', 'x', ' ', 'c', 'o', 'n', 'n', 'e', 'c', 't',
+	'i', 'o', 'n', 's',
+};
+const size_t rpc_refusal_len = sizeof(rpc_refusal);
+
+/* ---- handling ---------------------------------------------------------- */
+
+static uint64_t rpc_applied(const struct conn_ctx *x)
+{
+	return x->ix ? x->info.watermark : 0;
+}
+
+static int64_t rpc_as_of(const struct conn_ctx *x)
+{
+	return x->ix ? x->info.data_as_of : 0;
+}
+
+/* Decides the queued checks and writes their responses, in order. */
+static int rpc_flush(struct conn_ctx *x, struct conn *c)
+{
+	struct check_env env;
+	int rc = 0;
+
+	if (x->n_rpc_pending == 0)
+		return 0;
+	env = conn_check_env(x, c, &x->cfg->policy);
+	if (x->n_in)
+		check_batch(&env, x->in, x->n_in, x->out);
+	for (uint32_t i = 0; i < x->n_in; i++)
+		metrics_inc(&x->m->checks[METRICS_RPC]
+					 [x->out[i].reason % REASON_COUNT]);
+	for (uint32_t i = 0; i < x->n_rpc_pending && rc == 0; i++) {
+		const struct conn_rpc_pending *p = &x->rpc_pending[i];
+
+		rc = rpc_encode_check(&c->out, p->id, x->out + p->first,
+				      p->count, rpc_applied(x), rpc_as_of(x));
+	}
+	x->n_in = 0;
+	x->n_rpc_pending = 0;
+	return rc;
+}
+
+/* A CheckRequest too big for the shared batch: chunk by chunk into the
+ * output, refused whole (413) if its reply passes the output cap. */
+static int rpc_check_large(struct conn_ctx *x, struct conn *c,
+			   const struct rpc_request *req)
+{
+	struct check_env env = conn_check_env(x, c, &x->cfg->policy);
+	uint64_t by_reason[REASON_COUNT] = { 0 };
+	struct rpc_check_iter it;
+	size_t left = req->n_checks;
+	long start = rpc_check_begin(&c->out);
+	char msg[128];
+
+	if (start < 0)
+		return -ENOMEM;
+	rpc_check_iter_init(&it, req);
+	while (left > 0) {
+		uint32_t k = left < CONN_BATCH_MAX ? (uint32_t)left
+						   : CONN_BATCH_MAX;
+
+		for (uint32_t j = 0; j < k; j++)
+			rpc_check_next(&it, req, &x->in[j]);
+		check_batch(&env, x->in, k, x->out);
+		for (uint32_t j = 0; j < k; j++)
+			by_reason[x->out[j].reason % REASON_COUNT]++;
+		if (rpc_check_verdicts(&c->out, x->out, k) < 0)
+			return -ENOMEM;
+		left -= k;
+		if (c->out.len - (size_t)start > x->cfg->conn_out_cap_bytes) {
+			c->out.len = (size_t)start;
+			metrics_inc(&x->m->replies_too_large);
+			snprintf(msg, sizeof(msg),
+				 "reply to %zu checks passes the output cap "
+				 "of %u bytes: send fewer per request",
+				 req->n_checks, x->cfg->conn_out_cap_bytes);
+			return rpc_encode_error(&c->out, req->id,
+						RPC_E_TOO_LARGE, msg);
+		}
+	}
+	for (unsigned r = 0; r < REASON_COUNT; r++)
+		if (by_reason[r])
+			metrics_add(&x->m->checks[METRICS_RPC][r],
+				    by_reason[r]);
+	return rpc_check_end(&c->out, (size_t)start, req->id, rpc_applied(x),
+			     rpc_as_of(x));
+}
+
+static int rpc_check(struct conn_ctx *x, struct conn *c,
+		     const struct rpc_request *req)
+{
+	struct rpc_check_iter it;
+	struct conn_rpc_pending *p;
+
+	if (req->n_checks > CONN_BATCH_MAX - x->n_in ||
+	    x->n_rpc_pending == CONN_BATCH_MAX) {
+		int rc = rpc_flush(x, c);
+
+		if (rc < 0)
+			return rc;
+		if (req->n_checks > CONN_BATCH_MAX)
+			return rpc_check_large(x, c, req);
+	}
+	p = &x->rpc_pending[x->n_rpc_pending++];
+	p->id = req->id;
+	p->first = x->n_in;
+	p->count = (uint32_t)req->n_checks;
+	rpc_check_iter_init(&it, req);
+	for (size_t j = 0; j < req->n_checks; j++)
+		rpc_check_next(&it, req, &x->in[x->n_in++]);
+	if (x->n_in == CONN_BATCH_MAX)
+		return rpc_flush(x, c);
+	return 0;
+}
+
+static int rpc_stats(struct conn_ctx *x, struct conn *c, uint64_t id)
+{
+	struct rpc_stats s = { 0 };
+	struct metrics sum;
+
+	if (x->ix) {
+		s.records = x->info.n_records;
+		s.applied_sequence = x->info.watermark;
+		s.data_as_of = x->info.data_as_of;
+		s.generation = x->info.generation;
+	}
+	metrics_sum(&sum);
+	s.checks_total = metrics_checks_total(&sum);
+	return rpc_encode_stats(&c->out, id, &s);
+}
+
+static int rpc_auth(struct conn_ctx *x, struct conn *c,
+		    const struct rpc_request *req)
+{
+	const struct principal *p;
+
+	if (x->cfg->tokens == NULL)
+		return rpc_encode_auth(&c->out, req->id, "trusted");
+	p = tokens_authenticate(x->cfg->tokens, (const char *)req->token,
+				req->token_len);
+	if (p == NULL) {
+		metrics_inc(&x->m->auth_failures);
+		return rpc_encode_error(&c->out, req->id,
+					RPC_E_UNAUTHENTICATED, "bad token");
+	}
+	c->principal = p;
+	c->authed = true;
+	return rpc_encode_auth(&c->out, req->id, p->name);
+}
+
+static int rpc_handle(struct conn_ctx *x, struct conn *c,
+		      const struct rpc_request *req)
+{
+	int rc;
+
+	x->n_requests++;
+	c->stat_requests++;
+	if (req->kind == RPC_REQ_CHECK && c->authed)
+		return rpc_check(x, c, req);
+	/* Every other reply goes after the queued check replies. */
+	rc = rpc_flush(x, c);
+	if (rc < 0)
+		return rc;
+	if (!c->authed && req->kind != RPC_REQ_AUTH &&
+	    req->kind != RPC_REQ_NONE) {
+		metrics_inc(&x->m->unauthenticated_refused);
+		return rpc_encode_error(&c->out, req->id,
+					RPC_E_UNAUTHENTICATED,
+					"authenticate first (Auth)");
+	}
+	switch (req->kind) {
+	case RPC_REQ_AUTH:
+		return rpc_auth(x, c, req);
+	case RPC_REQ_STATS:
+		return rpc_stats(x, c, req->id);
+	case RPC_REQ_APPLY:
+		if (c->principal != NULL && !c->principal->may_apply)
+			return rpc_encode_error(&c->out, req->id,
+						RPC_E_FORBIDDEN,
+						"this principal may not apply "
+						"changes");
+		return rpc_encode_error(&c->out, req->id,
+					RPC_E_NOT_IMPLEMENTED,
+					"Apply is not available in this build");
+	default:
+		return rpc_encode_error(&c->out, req->id, RPC_E_BAD_REQUEST,
+					"Request has no body (check, apply, "
+					"auth or stats)");
+	}
+}
+
+int rpc_reply_fatal(struct conn_ctx *x, struct conn *c, uint32_t code,
+		    const char *message)
+{
+	int rc = rpc_flush(x, c);
+
+	c->want_close = true;
+	if (rc < 0)
+		return rc;
+	return rpc_encode_error(&c->out, 0, code, message);
+}
+
+static uint32_t rpc_be32(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
+	       (uint32_t)p[2] << 8 | p[3];
+}
+
+long rpc_process(struct conn_ctx *x, struct conn *c, const uint8_t *buf,
+		 size_t len)
+{
+	const struct server_config *cfg = x->cfg;
+	struct rpc_request req;
+	size_t pos = 0;
+	char msg[128];
+	int rc = 0;
+
+	while (!c->want_close && rc == 0) {
+		uint32_t flen, limit;
+
+		if (len - pos < RPC_FRAME_HEADER)
+			break;
+		if (conn_out_pending(c) > cfg->conn_out_cap_bytes) {
+			c->paused = true;
+			break;
+		}
+		flen = rpc_be32(buf + pos);
+		limit = c->authed ? cfg->max_frame_bytes
+				  : cfg->max_frame_bytes_unauth;
+		if (limit > cfg->conn_in_cap_bytes - RPC_FRAME_HEADER)
+			limit = cfg->conn_in_cap_bytes - RPC_FRAME_HEADER;
+		if (flen > limit) {
+			metrics_inc(&x->m->frames_oversize);
+			snprintf(msg, sizeof(msg),
+				 "frame of %u bytes is over the limit of %u "
+				 "bytes%s", flen, limit,
+				 c->authed ? "" : " before Auth");
+			rc = rpc_reply_fatal(x, c, RPC_E_TOO_LARGE, msg);
+			break;
+		}
+		if (len - pos - RPC_FRAME_HEADER < flen)
+			break;
+		if (rpc_decode(buf + pos + RPC_FRAME_HEADER, flen, &req) < 0) {
+			metrics_inc(&x->m->frames_undecodable);
+			rc = rpc_reply_fatal(x, c, RPC_E_BAD_REQUEST,
+					     "frame does not decode as a "
+					     "consent.v1.Request");
+			break;
+		}
+		pos += RPC_FRAME_HEADER + flen;
+		rc = rpc_handle(x, c, &req);
+	}
+	if (rc == 0)
+		rc = rpc_flush(x, c);
+	if (rc < 0)
+		return rc;
+	return c->want_close ? (long)len : (long)pos;
+}

@@ -1,0 +1,126 @@
+/*
+ * rpc: the protobuf RPC port (DESIGN §3.2). A TCP stream of frames, each a
+ * 4-byte big-endian length N and N bytes of a consent.v1.Request; replies
+ * are Response frames in request order, carrying the request's id.
+ *
+ * The decoder is hand-written for the hot path (no allocation: strings
+ * point into the frame) and accepts exactly what protobuf-c 1.4 accepts,
+ * with the same meaning: unknown fields skipped, the last value of a
+ * scalar wins, repeated checks concatenate, a later oneof member replaces
+ * an earlier one (each must still decode), a known field with the wrong
+ * wire type is an error. Strings are taken whole; protobuf-c would cut them
+ * at a NUL byte (such recipients never normalise anyway). tests/rpc_test.c
+ * and fuzz/rpc_fuzz.c hold it to protobuf-c; the encoders produce the
+ * bytes consent__v1__response__pack produces.
+ *
+ * Error replies (Response.error, then the connection stays open unless
+ * noted):
+ *   400 the frame does not decode (closed) / the Request has no body
+ *   401 not authenticated (Check, Stats, Apply before Auth) / bad token
+ *   403 authenticated but not permitted (Apply without 'apply')
+ *   408 a frame stalled half-sent past the deadline (closed)
+ *   413 a frame over the size limit (closed) / a reply over the output cap
+ *   501 Apply: not available in this build (the change log is a later
+ *       issue)
+ *   503 the server is at its connection cap (closed)
+ * All functions are pure or act on one conn; any worker thread.
+ */
+#ifndef CONSENTD_SERVER_RPC_H
+#define CONSENTD_SERVER_RPC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/check.h"
+#include "server/conn.h"
+
+#define RPC_FRAME_HEADER 4
+
+enum rpc_error_code {
+	RPC_E_BAD_REQUEST = 400,
+	RPC_E_UNAUTHENTICATED = 401,
+	RPC_E_FORBIDDEN = 403,
+	RPC_E_TIMEOUT = 408,
+	RPC_E_TOO_LARGE = 413,
+	RPC_E_NOT_IMPLEMENTED = 501,
+	RPC_E_UNAVAILABLE = 503,
+};
+
+/* Request.body, by its field number. */
+enum rpc_kind {
+	RPC_REQ_NONE = 0,
+	RPC_REQ_CHECK = 2,
+	RPC_REQ_APPLY = 3,
+	RPC_REQ_AUTH = 4,
+	RPC_REQ_STATS = 5,
+};
+
+struct rpc_request {
+	uint64_t id;
+	int kind; /* enum rpc_kind */
+	/* CHECK: the CheckRequest's bytes, its check count and defaults. */
+	const uint8_t *check;
+	size_t check_len;
+	size_t n_checks;
+	uint32_t brand_code;
+	int channel;
+	int rtype;
+	int purpose;
+	/* AUTH: the token's bytes. */
+	const uint8_t *token;
+	size_t token_len;
+};
+
+/* Decodes one Request (the frame's body). 0, or -EPROTO when protobuf-c
+ * would refuse it. */
+int rpc_decode(const uint8_t *buf, size_t len, struct rpc_request *req);
+
+/* Walks the checks of a decoded CHECK request in order, with the request's
+ * defaults applied to fields a check leaves at zero. */
+struct rpc_check_iter {
+	const uint8_t *p;
+	const uint8_t *end;
+};
+void rpc_check_iter_init(struct rpc_check_iter *it,
+			 const struct rpc_request *req);
+bool rpc_check_next(struct rpc_check_iter *it, const struct rpc_request *req,
+		    struct check_input *out);
+
+/* Encoders append one whole Response frame (length prefix included) to b.
+ * 0, or -ENOMEM. */
+int rpc_encode_check(struct obuf *b, uint64_t id, const struct verdict *v,
+		     size_t n, uint64_t applied_sequence, int64_t data_as_of);
+int rpc_encode_error(struct obuf *b, uint64_t id, uint32_t code,
+		     const char *message);
+int rpc_encode_auth(struct obuf *b, uint64_t id, const char *principal);
+struct rpc_stats {
+	uint64_t records;
+	uint64_t applied_sequence;
+	int64_t data_as_of;
+	uint64_t generation;
+	uint64_t checks_total;
+};
+int rpc_encode_stats(struct obuf *b, uint64_t id, const struct rpc_stats *s);
+
+/* Bytes of a Verdict message's encoding (without its tag and length). */
+size_t rpc_verdict_size(const struct verdict *v);
+
+/* Processes the complete frames at the start of buf[0..len) for c,
+ * appending replies to c->out; returns the bytes consumed (the caller
+ * carries the rest over), or -ENOMEM. Stops early when c's output is over
+ * its cap (sets c->paused) or c must close (sets c->want_close; all of buf
+ * then counts as consumed). */
+long rpc_process(struct conn_ctx *x, struct conn *c, const uint8_t *buf,
+		 size_t len);
+
+/* Replies to a frame stalled past the deadline (408) or over the input
+ * cap (413); both then close. */
+int rpc_reply_fatal(struct conn_ctx *x, struct conn *c, uint32_t code,
+		    const char *message);
+
+/* The whole refusal sent at the connection cap (Error 503, id 0). */
+extern const uint8_t rpc_refusal[];
+extern const size_t rpc_refusal_len;
+
+#endif
