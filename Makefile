@@ -61,6 +61,9 @@ FUZZERS := $(patsubst fuzz/%.c,$(BUILD)/fuzz/%,$(wildcard fuzz/*_fuzz.c))
 .PHONY: all deps test test-asan test-tsan test-unit bench run fuzz fuzz-replay \
         clean help
 .DEFAULT_GOAL := all
+# Keep objects make would treat as intermediate (tests, fuzzers): no
+# "rm" lines after the test summary, and no rebuilds.
+.SECONDARY:
 
 all: $(BUILD)/consentd $(BUILD)/consentctl ## build consentd and consentctl
 
