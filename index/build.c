@@ -56,6 +56,10 @@
 #include "index/table.h"
 
 #define HEADROOM_PCT 110     /* table capacity: records * 1.10 */
+/* build_once's (and read_stream's) "the trailer hint was short, read the
+ * stream again staging": positive, so that no -errno (a real -EAGAIN from
+ * pthread_create, say) can be taken for it. */
+#define BUILD_RESTART 1
 #define PREFETCH_AHEAD 16    /* inserts in flight */
 #define GROW_MIN (4u << 20)
 #define EMAILS_BUF (1u << 20)
@@ -450,15 +454,16 @@ static int insert_staged(struct builder *b, struct index *ix)
 
 /* Runs the decoder thread and stages (direct: inserts) what it hands
  * over. Returns 0 when the whole stream, trailer included, was read and
- * every record staged or inserted; -EAGAIN when the direct table
- * overflowed. */
+ * every record staged or inserted; BUILD_RESTART when the direct table
+ * overflowed; -errno with a message. */
 static int read_stream(struct builder *b, char *err, size_t err_cap)
 {
 	pthread_t th;
 	int rc = pthread_create(&th, NULL, decode_main, b);
 	if (rc != 0)
-		return fail(err, err_cap, -rc, "cannot start the decoder: %s",
-			    strerror(rc));
+		return fail(err, err_cap, -rc, "cannot start the decoder "
+			    "thread%s: %s", rc == EAGAIN ? " (out of memory or "
+			    "threads)" : "", strerror(rc));
 	int stage_rc = 0;
 	for (;;) {
 		pthread_mutex_lock(&b->mu);
@@ -481,7 +486,7 @@ static int read_stream(struct builder *b, char *err, size_t err_cap)
 		if (stage_rc == 0 && b->direct != NULL) {
 			stage_rc = insert_staged(b, b->direct);
 			if (stage_rc == -ENOSPC)
-				stage_rc = -EAGAIN;
+				stage_rc = BUILD_RESTART;
 		}
 		if (stage_rc == 0)
 			continue;
@@ -492,7 +497,7 @@ static int read_stream(struct builder *b, char *err, size_t err_cap)
 		break;
 	}
 	pthread_join(th, NULL);
-	if (stage_rc == -EAGAIN)
+	if (stage_rc == BUILD_RESTART)
 		return stage_rc;
 	if (stage_rc < 0) {
 		if (stage_rc == -ENOMEM)
@@ -590,8 +595,25 @@ static int publish(const char *dir, uint64_t gen, const struct index *ix,
 		goto out_rm;
 	}
 	rc = fsync_path(dir, O_RDONLY | O_DIRECTORY);
-	if (rc < 0)
-		return fail(err, err_cap, rc, "%s: fsync: %s", dir, strerror(-rc));
+	if (rc < 0) {
+		/* The rename may or may not be durable: a build that reports
+		 * failure must not leave gen-N to be served at the next
+		 * start. Take it back; the second fsync is best effort (a
+		 * crash before it can still bring gen-N back whole, which
+		 * is no worse than a crash just after a success). */
+		fail(err, err_cap, rc, "%s: fsync: %s", dir, strerror(-rc));
+		if (rename(final, tmp) < 0) {
+			size_t used = err != NULL ? strlen(err) : 0;
+			if (err != NULL && used < err_cap)
+				fail(err + used, err_cap - used, rc, "; and %s "
+				     "stays: cannot take it back: %s", final,
+				     strerror(errno));
+			return rc;
+		}
+		remove_tmp(tmp);
+		(void)fsync_path(dir, O_RDONLY | O_DIRECTORY);
+		return rc;
+	}
 	return 0;
 
 out_rm:
@@ -612,8 +634,12 @@ static int snapshot_fill(void *arg, FILE *emails, const char *path,
 {
 	struct snapshot_fill *f = arg;
 	const struct grow *l = &f->b->lines;
-	if (l->len != 0 && fwrite(l->p, 1, l->len, emails) != l->len)
-		return fail(err, err_cap, -EIO, "%s: write error", path);
+	errno = 0;
+	if (l->len != 0 && fwrite(l->p, 1, l->len, emails) != l->len) {
+		/* stdio leaves write(2)'s errno: ENOSPC must say so. */
+		int rc = errno != 0 ? -errno : -EIO;
+		return fail(err, err_cap, rc, "%s: %s", path, strerror(-rc));
+	}
 	index_set_meta_writer(f->ix, f->gen, f->b->watermark,
 			      f->b->created_at, f->b->created_at);
 	return 0;
@@ -669,7 +695,8 @@ static uint64_t capacity_for(uint64_t records)
 }
 
 /* One attempt: with a hint (records >= 0 from trailer_hint) the table is
- * made first and filled while reading; -EAGAIN if the hint proved short.
+ * made first and filled while reading; BUILD_RESTART if the hint proved
+ * short.
  * Without (hint false), records are staged and inserted after the
  * trailer. */
 static int build_once(int fd, const char *dir, bool have_hint, uint64_t hint,
@@ -715,12 +742,12 @@ static int build_once(int fd, const char *dir, bool have_hint, uint64_t hint,
 		goto out;
 	}
 	rc = read_stream(b, err, err_cap);
-	if (rc < 0)
+	if (rc != 0)
 		goto out;
 	/* Direct: the table was sized for hint records; more means less
 	 * headroom than a generation must have, so start again. */
 	if (have_hint && b->n_items > hint) {
-		rc = -EAGAIN;
+		rc = BUILD_RESTART;
 		goto out;
 	}
 	double t_read = now_s();
@@ -740,7 +767,14 @@ static int build_once(int fd, const char *dir, bool have_hint, uint64_t hint,
 			goto out;
 		}
 	}
-	uint64_t gen = datadir_newest_generation(dir) + 1;
+	uint64_t gen;
+	rc = datadir_newest_generation(dir, &gen);
+	if (rc < 0) {
+		rc = fail(err, err_cap, rc, "%s: listing its generations: %s",
+			  dir, strerror(-rc));
+		goto out;
+	}
+	gen++;
 	struct snapshot_fill fill = { .b = b, .ix = ix, .gen = gen };
 	rc = publish(dir, gen, ix, snapshot_fill, &fill, err, err_cap);
 	if (rc < 0)
@@ -789,7 +823,7 @@ int build_snapshot(int fd, const char *dir, struct build_result *res,
 	uint64_t hint = 0;
 	bool have_hint = trailer_hint(fd, &hint);
 	int rc = build_once(fd, dir, have_hint, hint, res, err, err_cap);
-	if (rc == -EAGAIN && have_hint) {
+	if (rc == BUILD_RESTART) {
 		/* The hint was wrong (the reader would have refused a stream
 		 * whose trailer disagrees with it, so this is a trailer we
 		 * misread): the file is seekable, read it again, staging. */
@@ -799,6 +833,8 @@ int build_snapshot(int fd, const char *dir, struct build_result *res,
 		if (err != NULL && err_cap > 0)
 			err[0] = '\0';
 		rc = build_once(fd, dir, false, 0, res, err, err_cap);
+		/* Without a hint nothing is inserted before the trailer. */
+		assert(rc != BUILD_RESTART);
 	}
 	return rc;
 }
@@ -926,9 +962,10 @@ static int lines_one(const struct datadir_email *e, void *arg)
 	char line[32 + RECIPIENT_EMAIL_MAX];
 	size_t ll = email_line(line, e->brand_code, e->rtype,
 			       e->recipient.email, e->recipient.email_len);
+	errno = 0;
 	if (fwrite(line, 1, ll, l->f) != ll) {
 		l->failed = true;
-		return -EIO;
+		return errno != 0 ? -errno : -EIO; /* ENOSPC must say so */
 	}
 	return 0;
 }
@@ -940,7 +977,7 @@ static int lines_fill(void *arg, FILE *emails, const char *path, char *err,
 	l->f = emails;
 	int rc = emails_each(l->emails, lines_one, l, err, err_cap);
 	if (rc < 0 && l->failed)
-		return fail(err, err_cap, rc, "%s: write error", path);
+		return fail(err, err_cap, rc, "%s: %s", path, strerror(-rc));
 	return rc;
 }
 

@@ -12,6 +12,7 @@
 #include "core/decision.h"
 
 struct tokens;
+struct writer;
 
 struct server_config {
 	const char *data_dir;
@@ -24,6 +25,11 @@ struct server_config {
 	int64_t stale_soft_s;      /* readiness off past this age; 0 = off */
 	int64_t stale_hard_s;      /* ALLOW becomes DATA_STALE; 0 = off */
 	struct decision_policy policy;
+	/* The single writer (server/writer.h), set by main before the workers
+	 * start; NULL: Apply is refused (503). */
+	struct writer *writer;
+	uint32_t checkpoint_changes;     /* a generation every N changes; 0: auto */
+	uint32_t changelog_segment_bytes; /* change log segments; 0: 64 MiB */
 
 	/* Limits (DESIGN §4). */
 	uint32_t max_frame_bytes;        /* RPC frame, authenticated: 1 MiB */

@@ -6,7 +6,8 @@
  * unfinished tail is copied into the connection's carry buffer so the
  * provided buffer can go back to the kernel at once. When something is
  * carried, the new bytes are appended and the protocol runs on the carry
- * buffer. The carry buffer never grows past cfg->conn_in_cap_bytes.
+ * buffer. The carry buffer never grows past cfg->conn_in_cap_bytes (plus
+ * conn_out_cap_bytes while an Apply waits for the writer).
  *
  * Output: two buffers. `out` gathers this turn's replies; `wire` is what
  * the kernel is sending. conn_take_send swaps them when the previous send
@@ -244,9 +245,13 @@ static int conn_carry(struct conn_ctx *x, struct conn *c, const char *data,
 		      size_t len)
 {
 	size_t need = c->in_len + len, cap = c->in_cap;
+	/* Behind an Apply waiting for the writer, the requests a client
+	 * pipelined may also take what its unsent replies could. */
+	size_t limit = (size_t)x->cfg->conn_in_cap_bytes +
+		       (c->apply_wait ? x->cfg->conn_out_cap_bytes : 0);
 	char *p;
 
-	if (need > x->cfg->conn_in_cap_bytes) {
+	if (need > limit) {
 		c->in_len = 0;
 		if (c->paused) {
 			/* A client that pipelines without reading: the output
@@ -261,8 +266,8 @@ static int conn_carry(struct conn_ctx *x, struct conn *c, const char *data,
 	if (need > cap) {
 		while (cap < need)
 			cap = cap * 2 < need ? need : cap * 2;
-		if (cap > x->cfg->conn_in_cap_bytes)
-			cap = x->cfg->conn_in_cap_bytes;
+		if (cap > limit)
+			cap = limit;
 		p = realloc(c->in, cap);
 		if (p == NULL)
 			return -ENOMEM;

@@ -69,6 +69,9 @@ struct conn {
 	bool sniffing;     /* first bytes: may still be an HTTP request line */
 	bool want_close;   /* send what is queued, then close; read no more */
 	bool paused;       /* unsent output past its cap: process no input */
+	bool apply_wait;   /* an Apply is with the writer: paused until its
+			    * reply, so no later reply can pass it */
+	uint64_t tag;      /* the worker's name for it (writer replies) */
 	const struct principal *principal; /* NULL: trusted */
 
 	char *in;          /* unprocessed input carried between receives */
@@ -98,6 +101,7 @@ struct conn_rpc_pending {
 struct conn_ctx {
 	const struct server_config *cfg;
 	struct metrics *m;
+	unsigned worker;        /* its writer completion queue */
 
 	const struct index *ix; /* this turn's generation; NULL: none yet */
 	struct index_info info; /* valid when ix != NULL */

@@ -24,6 +24,12 @@
  * when neither its receive nor its send is in flight (cancelled first if
  * need be), so no completion can name a slot that was reused.
  *
+ * Apply: the worker hands it to the single writer (server/writer.h) and
+ * pauses the connection; the writer's reply comes back on this worker's
+ * completion queue, whose eventfd the ring keeps a read armed on
+ * (UD_WAKE). The reply carries the connection's slot and generation, so
+ * one for a connection closed meanwhile is dropped.
+ *
  * The CQ is sized for the worst turn: every provided buffer filled, plus
  * an accept, a receive end, a send, a close and two cancels per slot, so
  * completions never overflow (IORING_FEAT_NODROP would keep them, but on a
@@ -54,6 +60,7 @@
 #include "server/metrics.h"
 #include "server/resp.h"
 #include "server/rpc.h"
+#include "server/writer.h"
 
 #define LOOP_WAIT_MS 100         /* longest wait: deadlines, stop flag */
 #define LOOP_SWEEP_MS 100        /* deadline sweep period */
@@ -72,6 +79,7 @@ enum loop_ud {
 	UD_SEND,
 	UD_CLOSE,
 	UD_CANCEL,     /* a cancel request's own completion: ignored */
+	UD_WAKE,       /* the writer's completion eventfd was read */
 };
 
 static inline uint64_t loop_ud(unsigned kind, uint32_t slot, uint32_t gen)
@@ -141,6 +149,8 @@ struct worker {
 	bool stopping;
 	uint64_t stop_deadline_ms;
 	uint64_t koverflow_seen;
+	uint64_t wake_buf;  /* the writer eventfd's count, read by the ring */
+	bool wake_armed;
 
 	int err;
 	char errmsg[200];
@@ -402,6 +412,7 @@ static void loop_open(struct worker *w, uint32_t slot, int proto)
 			loop_send(w, slot, resp_refusal, resp_refusal_len);
 		return;
 	}
+	wc->c.tag = (uint64_t)slot << 32 | gen;
 	w->n_clients++;
 	metrics_inc(&w->m->connections_accepted);
 	atomic_store_explicit(&w->m->connections_open, w->n_clients,
@@ -505,13 +516,16 @@ static void loop_settle(struct worker *w, uint32_t slot)
 			loop_cancel(w, loop_ud(UD_RECV, slot, wc->gen));
 			wc->recv_cancel = true;
 		}
-		if (!wc->send_inflight && conn_out_pending(c) == 0)
+		/* An Apply with the writer still gets its reply. */
+		if (!wc->send_inflight && conn_out_pending(c) == 0 &&
+		    !c->apply_wait)
 			loop_close_step(w, slot);
 		return;
 	}
 	if (c->paused) {
 		if (wc->recv_armed && !wc->recv_cancel) {
-			metrics_inc(&w->m->read_paused);
+			if (!c->apply_wait)
+				metrics_inc(&w->m->read_paused);
 			loop_cancel(w, loop_ud(UD_RECV, slot, wc->gen));
 			wc->recv_cancel = true;
 		}
@@ -642,7 +656,8 @@ static void loop_on_send(struct worker *w, struct io_uring_cqe *cqe,
 	}
 	conn_sent(c, (size_t)cqe->res);
 	wc->send_wait_ms = conn_out_pending(c) ? w->ctx.now_ms : 0;
-	if (c->paused && conn_out_pending(c) <= cfg->conn_out_cap_bytes &&
+	if (c->paused && !c->apply_wait &&
+	    conn_out_pending(c) <= cfg->conn_out_cap_bytes &&
 	    wc->state == WC_OPEN && !wc->abort) {
 		/* Below the cap again: go on with the carried input, then
 		 * reading (settle re-arms the receive). */
@@ -659,6 +674,59 @@ static void loop_on_close(struct worker *w, uint32_t slot, uint32_t gen)
 	if (slot >= w->n_slots || wc->gen != gen || wc->state != WC_CLOSE_SENT)
 		return;
 	loop_closed(w, slot);
+}
+
+/* Reads the writer's completion eventfd (server/writer.h) once more. */
+static void loop_arm_wake(struct worker *w)
+{
+	const struct server_config *cfg = w->loop->cfg;
+	struct io_uring_sqe *sqe;
+
+	if (cfg->writer == NULL || w->wake_armed)
+		return;
+	sqe = loop_sqe(w);
+	if (sqe == NULL)
+		return;
+	io_uring_prep_read(sqe, writer_queue_fd(cfg->writer, w->id),
+			   &w->wake_buf, sizeof(w->wake_buf), 0);
+	io_uring_sqe_set_data64(sqe, loop_ud(UD_WAKE, 0, 0));
+	w->wake_armed = true;
+}
+
+/* One Apply answered by the writer: its reply goes out, and the
+ * connection's input, held since, is processed again. */
+static void loop_on_applied(const struct writer_reply *r, void *arg)
+{
+	const struct server_config *cfg;
+	struct worker *w = arg;
+	uint32_t slot = (uint32_t)(r->tag >> 32), gen = (uint32_t)r->tag;
+	struct wconn *wc;
+	struct conn *c;
+
+	if (slot >= w->n_slots)
+		return;
+	wc = &w->conns[slot];
+	c = &wc->c;
+	if (wc->gen != gen || wc->state != WC_OPEN || wc->refused ||
+	    !c->apply_wait)
+		return; /* the connection went away meanwhile */
+	cfg = w->loop->cfg;
+	c->apply_wait = false;
+	c->paused = conn_out_pending(c) > cfg->conn_out_cap_bytes;
+	loop_mark(w, slot);
+	if (wc->abort)
+		return;
+	if (rpc_reply_apply(&c->out, r) < 0 ||
+	    (!c->paused && !c->want_close && conn_feed(&w->ctx, c, NULL, 0) < 0))
+		loop_abort(w, slot, NULL);
+}
+
+static void loop_on_wake(struct worker *w, struct io_uring_cqe *cqe)
+{
+	w->wake_armed = false;
+	writer_take(w->loop->cfg->writer, w->id, loop_on_applied, w);
+	if (cqe->res != -ECANCELED)
+		loop_arm_wake(w);
 }
 
 static void loop_on_cqe(struct worker *w, struct io_uring_cqe *cqe)
@@ -679,6 +747,9 @@ static void loop_on_cqe(struct worker *w, struct io_uring_cqe *cqe)
 		break;
 	case UD_CLOSE:
 		loop_on_close(w, slot, gen);
+		break;
+	case UD_WAKE:
+		loop_on_wake(w, cqe);
 		break;
 	case UD_CANCEL:
 	default:
@@ -747,6 +818,7 @@ static void loop_sweep(struct worker *w)
 			continue;
 		}
 		if (conn_out_pending(c) == 0 && c->in_len == 0 &&
+		    !c->apply_wait &&
 		    now - c->last_rx_ms >= cfg->idle_timeout_ms) {
 			metrics_inc(&w->m->closed_idle);
 			c->want_close = true;
@@ -866,8 +938,10 @@ static int loop_setup(struct worker *w)
 			 "worker %u: out of memory", w->id);
 		return -ENOMEM;
 	}
+	w->ctx.worker = w->id;
 	loop_arm_accept(w, CONN_RPC);
 	loop_arm_accept(w, CONN_RESP);
+	loop_arm_wake(w);
 	rc = io_uring_submit(&w->ring);
 	if (rc < 0) {
 		snprintf(w->errmsg, sizeof(w->errmsg),

@@ -1,18 +1,21 @@
 /*
  * consentd: the server (DESIGN §3.6). Parses the command line into a const
- * struct server_config, loads the token file, opens the newest generation
- * of the data directory (or builds one from --snapshot), starts the
- * workers (server/loop.c) and the HTTP ops port (server/http.c), then waits
- * for SIGTERM/SIGINT and stops gracefully. Exit status: 0 after a signal,
- * 2 for bad flags or a bad token file (before anything listens), 1 for any
- * other failure to start.
+ * struct server_config, loads the token file, opens the data directory
+ * through the single writer (server/writer.c: the change log, the newest
+ * generation, the log replayed into it), starts the writer, the workers
+ * (server/loop.c) and the HTTP ops port (server/http.c), then waits for
+ * SIGTERM/SIGINT and stops gracefully. SIGUSR1 asks the writer for a
+ * rebuilt generation. Exit status: 0 after a signal, 2 for bad flags or a
+ * bad token file (before anything listens), 1 for any other failure to
+ * start (a damaged change log among them).
  *
- * A --snapshot is built on a background thread while the previous
- * generation (if any) is served; the new one is then opened, published
- * with live_publish and the old one released after the RCU grace period.
- * With no previous generation the listeners are already up meanwhile and
- * every check answers as if no record existed, without ever allowing
- * (core/check.c: no index counts as stale); /readyz says not ready.
+ * A --snapshot is built on a background thread, in a staging directory,
+ * while the previous generation (if any) is served; the writer then takes
+ * it (replays the changes past its watermark, publishes it as the next
+ * generation and swaps it in with live_publish). With no previous
+ * generation the listeners are already up meanwhile and every check
+ * answers as if no record existed, without ever allowing (core/check.c: no
+ * index counts as stale); /readyz says not ready.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -36,8 +39,11 @@
 #include "server/live.h"
 #include "server/loop.h"
 #include "server/metrics.h"
+#include "server/writer.h"
 
 #define MAIN_LOOP_REFUSE_SLOTS 64 /* loop.c's slots beyond the cap */
+#define MAIN_OTHER_FILES 64       /* room for listeners, rings, data files */
+#define MAIN_MIN_CONNECTIONS 8    /* per worker: fewer is no server */
 
 /* ---- flags ------------------------------------------------------------- */
 
@@ -106,6 +112,12 @@ static const struct flag main_flags[] = {
 	  "provided receive buffers per worker, a power of 2 (2048)" },
 	{ "recv-buffer-bytes", FLAG_U32, CFG_OFF(recv_buffer_bytes), 256,
 	  1u << 20, "bytes of each receive buffer (4096)" },
+	{ "checkpoint-changes", FLAG_U32, CFG_OFF(checkpoint_changes), 0,
+	  UINT32_MAX, "write a generation every N applied changes (0: the "
+	  "larger of 1000000 and half the records)" },
+	{ "changelog-segment-bytes", FLAG_U32,
+	  CFG_OFF(changelog_segment_bytes), 4096, 1u << 30,
+	  "change log segment size (67108864)" },
 };
 
 #define N_FLAGS (sizeof(main_flags) / sizeof(main_flags[0]))
@@ -274,6 +286,8 @@ static int main_parse(int argc, char **argv, struct server_config *cfg,
 
 struct main_build {
 	const struct server_config *cfg;
+	struct writer *writer;
+	char staging[PATH_MAX]; /* writer_staging_dir */
 	pthread_t thread;
 	int fd;
 	int rc;
@@ -296,31 +310,22 @@ static void *main_build_thread(void *arg)
 {
 	struct main_build *b = arg;
 	struct build_result res;
-	struct index *ix = NULL;
-	uint64_t gen = 0;
 
 	memset(&res, 0, sizeof(res));
-	b->rc = build_snapshot(b->fd, b->cfg->data_dir, &res, b->err,
+	/* In a staging directory, never a generation of the data directory
+	 * itself: the writer takes it from there (server/writer.h). */
+	b->rc = build_snapshot(b->fd, b->staging, &res, b->err,
 			       sizeof(b->err));
 	if (b->fd != STDIN_FILENO)
 		close(b->fd);
 	if (b->rc == 0) {
-		fprintf(stderr, "consentd: built generation %llu: %llu records "
-			"in %.1f s\n", (unsigned long long)res.generation,
-			(unsigned long long)res.records, res.seconds);
-		b->rc = datadir_open_newest(b->cfg->data_dir,
-					    (enum index_load_mode)
-						    b->cfg->index_load,
-					    &ix, &gen, b->err, sizeof(b->err));
-	}
-	if (b->rc == 0) {
-		live_publish(ix);
-		if (atomic_load(&b->had_index))
-			fprintf(stderr, "consentd: now serving generation "
-				"%llu\n", (unsigned long long)gen);
-		else
-			main_log_ready(ix);
+		fprintf(stderr, "consentd: built snapshot: %llu records, "
+			"watermark %llu, in %.1f s; the writer takes it\n",
+			(unsigned long long)res.records,
+			(unsigned long long)res.watermark, res.seconds);
+		writer_take_snapshot(b->writer, b->staging, res.generation);
 	} else {
+		rmdir(b->staging); /* empty: the build removed its files */
 		fprintf(stderr, "consentd: snapshot %s: %s%s\n",
 			b->cfg->snapshot, b->err,
 			atomic_load(&b->had_index)
@@ -342,28 +347,40 @@ static unsigned main_online_cores(void)
 }
 
 /* Raises the open-files limit to its hard maximum: each worker's fixed
- * file table counts against it. Clamps the connection cap to fit. */
-static void main_files_limit(struct server_config *cfg)
+ * file table (its connection cap plus loop.c's refusal slots) must not
+ * exceed it. Lowers the connection cap to fit, leaving the process's own
+ * descriptors MAIN_OTHER_FILES, or half of what remains under a lower
+ * limit; -EMFILE (said on stderr) if under MAIN_MIN_CONNECTIONS remain. */
+static int main_files_limit(struct server_config *cfg)
 {
 	struct rlimit rl;
-	uint64_t need, have;
+	uint64_t have, room, other;
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
-		return;
+		return 0;
 	if (rl.rlim_cur < rl.rlim_max) {
 		rl.rlim_cur = rl.rlim_max;
 		setrlimit(RLIMIT_NOFILE, &rl);
 		getrlimit(RLIMIT_NOFILE, &rl);
 	}
 	have = rl.rlim_cur == RLIM_INFINITY ? UINT32_MAX : rl.rlim_cur;
-	need = (uint64_t)cfg->max_connections + MAIN_LOOP_REFUSE_SLOTS;
-	if (need > have && have > MAIN_LOOP_REFUSE_SLOTS + 64) {
-		cfg->max_connections =
-			(uint32_t)(have - MAIN_LOOP_REFUSE_SLOTS - 64);
-		fprintf(stderr, "consentd: open-files limit %llu: "
-			"--max-connections lowered to %u\n",
-			(unsigned long long)have, cfg->max_connections);
+	room = have > MAIN_LOOP_REFUSE_SLOTS ? have - MAIN_LOOP_REFUSE_SLOTS : 0;
+	if (cfg->max_connections <= room)
+		return 0;
+	other = room / 2 < MAIN_OTHER_FILES ? room / 2 : MAIN_OTHER_FILES;
+	if (room - other < MAIN_MIN_CONNECTIONS) {
+		fprintf(stderr, "consentd: open-files limit %llu leaves room "
+			"for %llu connections per worker, fewer than %d: "
+			"raise it (ulimit -n)\n", (unsigned long long)have,
+			(unsigned long long)(room - other),
+			MAIN_MIN_CONNECTIONS);
+		return -EMFILE;
 	}
+	cfg->max_connections = (uint32_t)(room - other);
+	fprintf(stderr, "consentd: open-files limit %llu: "
+		"--max-connections lowered to %u\n",
+		(unsigned long long)have, cfg->max_connections);
+	return 0;
 }
 
 int main(int argc, char **argv)
@@ -372,10 +389,10 @@ int main(int argc, char **argv)
 	static struct main_build build;
 	const char *tokens_path = NULL;
 	struct tokens *tokens = NULL;
-	struct index *ix = NULL;
+	const struct index *ix;
+	struct writer *writer = NULL;
 	struct loop *loop = NULL;
 	struct http *http = NULL;
-	uint64_t gen = 0;
 	int *rpc_fds, *resp_fds, rc, exit_code = 0;
 	char err[512], bound[300];
 	sigset_t sigs;
@@ -394,34 +411,54 @@ int main(int argc, char **argv)
 		}
 		cfg.tokens = tokens;
 	}
-	main_files_limit(&cfg);
+	if (main_files_limit(&cfg) < 0)
+		return 1;
 
 	/* Signals: only this thread takes SIGTERM/SIGINT (sigtimedwait
 	 * below); every thread created from here on inherits the mask. */
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGTERM);
 	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGUSR1);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	if (metrics_init(cfg.workers + 1) < 0) {
+	/* Slots: the workers, the HTTP thread, the writer. */
+	if (metrics_init(cfg.workers + 2) < 0) {
 		fprintf(stderr, "consentd: out of memory\n");
 		return 1;
 	}
 
-	rc = datadir_open_newest(cfg.data_dir,
-				 (enum index_load_mode)cfg.index_load, &ix,
-				 &gen, err, sizeof(err));
-	if (rc == 0) {
-		live_publish(ix);
-	} else if (rc != -ENOENT || cfg.snapshot == NULL) {
-		fprintf(stderr, "consentd: --data-dir %s: %s%s\n",
-			cfg.data_dir, err,
-			rc == -ENOENT ? " (give --snapshot FILE to build one)"
-				      : "");
+	struct writer_options wo = {
+		.data_dir = cfg.data_dir,
+		.index_load = cfg.index_load,
+		.n_queues = cfg.workers,
+		.metrics = metrics_slot(cfg.workers + 1),
+		.checkpoint_changes = cfg.checkpoint_changes,
+		.segment_bytes = cfg.changelog_segment_bytes,
+	};
+	rc = writer_open(&wo, &writer, err, sizeof(err));
+	if (rc < 0) {
+		fprintf(stderr, "consentd: --data-dir %s: %s\n", cfg.data_dir,
+			err);
 		return 1;
 	}
-	had_index = rc == 0;
+	/* No reader or writer thread runs yet: the pointer is stable. */
+	ix = live_index();
+	had_index = ix != NULL;
+	if (!had_index && cfg.snapshot == NULL) {
+		fprintf(stderr, "consentd: --data-dir %s: no valid generation "
+			"(give --snapshot FILE to build one)\n", cfg.data_dir);
+		writer_close(writer);
+		return 1;
+	}
+	if (had_index)
+		main_log_ready(ix);
+	cfg.writer = writer;
+	if (writer_start(writer, err, sizeof(err)) < 0) {
+		fprintf(stderr, "consentd: %s\n", err);
+		return 1;
+	}
 	if (cfg.snapshot != NULL) {
 		build.fd = strcmp(cfg.snapshot, "-") == 0
 				   ? STDIN_FILENO
@@ -467,10 +504,16 @@ int main(int argc, char **argv)
 	}
 	fprintf(stderr, "consentd: http listening on %s\n", cfg.http_addr);
 
-	if (had_index)
-		main_log_ready(ix); /* before a build can replace it */
 	if (cfg.snapshot != NULL) {
 		build.cfg = &cfg;
+		build.writer = writer;
+		if (writer_staging_dir(writer, build.staging,
+				       sizeof(build.staging)) < 0) {
+			fprintf(stderr, "consentd: --data-dir %s: path too "
+				"long\n", cfg.data_dir);
+			exit_code = 1;
+			goto stop;
+		}
 		atomic_init(&build.done, false);
 		atomic_init(&build.had_index, had_index);
 		rc = pthread_create(&build.thread, NULL, main_build_thread,
@@ -493,6 +536,11 @@ int main(int argc, char **argv)
 				sig == SIGTERM ? "SIGTERM" : "SIGINT");
 			break;
 		}
+		if (sig == SIGUSR1) {
+			fprintf(stderr, "consentd: SIGUSR1: rebuilding the "
+				"served generation\n");
+			writer_rebuild(writer);
+		}
 		/* Acquire: pairs with the build thread's release store. */
 		if (cfg.snapshot != NULL && !had_index &&
 		    atomic_load_explicit(&build.done, memory_order_acquire)) {
@@ -506,11 +554,15 @@ int main(int argc, char **argv)
 stop:
 	loop_stop(loop);
 	http_stop(http);
+	/* Finishes what was submitted and writes a generation holding
+	 * every change applied since the last one. */
+	writer_stop(writer);
 	if (cfg.snapshot == NULL ||
 	    atomic_load_explicit(&build.done, memory_order_acquire)) {
-		/* Release the generation (a build still running keeps its
-		 * own and the process exits around it). */
-		live_publish(NULL);
+		/* Release the generation and the log (a build still running
+		 * may still hand the writer its result, so the writer stays
+		 * and the process exits around it). */
+		writer_close(writer);
 		if (tokens != NULL)
 			tokens_destroy(tokens);
 	}

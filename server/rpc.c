@@ -32,6 +32,7 @@
 #include "core/tokens.h"
 #include "server/config.h"
 #include "server/metrics.h"
+#include "server/writer.h"
 
 /* ---- wire reading ------------------------------------------------------ */
 
@@ -376,6 +377,8 @@ int rpc_decode(const uint8_t *buf, size_t len, struct rpc_request *req)
 	struct pb_field f;
 
 	memset(req, 0, sizeof(*req));
+	req->frame = buf;
+	req->frame_len = len;
 	while (p < end) {
 		size_t n = pb_next(p, end, &f);
 
@@ -687,6 +690,35 @@ int rpc_encode_auth(struct obuf *b, uint64_t id, const char *principal)
 				 (size_t)(p - inner));
 }
 
+int rpc_encode_apply(struct obuf *b, uint64_t id, uint64_t applied_sequence,
+		     uint32_t applied, uint32_t skipped)
+{
+	uint8_t inner[32], *p = inner;
+
+	if (applied_sequence) {
+		*p++ = 0x08;
+		p = pb_put_varint(p, applied_sequence);
+	}
+	if (applied) {
+		*p++ = 0x10;
+		p = pb_put_varint(p, applied);
+	}
+	if (skipped) {
+		*p++ = 0x18;
+		p = pb_put_varint(p, skipped);
+	}
+	return rpc_encode_simple(b, id, 0x1a /* field 3 */, inner,
+				 (size_t)(p - inner));
+}
+
+int rpc_reply_apply(struct obuf *b, const struct writer_reply *r)
+{
+	if (r->code != 0)
+		return rpc_encode_error(b, r->id, r->code, r->message);
+	return rpc_encode_apply(b, r->id, r->applied_sequence, r->applied,
+				r->skipped);
+}
+
 int rpc_encode_stats(struct obuf *b, uint64_t id, const struct rpc_stats *s)
 {
 	uint8_t inner[64], *p = inner;
@@ -870,6 +902,31 @@ static int rpc_auth(struct conn_ctx *x, struct conn *c,
 	return rpc_encode_auth(&c->out, req->id, p->name);
 }
 
+/* Hands an Apply to the single writer. Its reply comes back through the
+ * worker's completion queue (server/loop.c); until then the connection
+ * processes no more input (apply_wait), so no later reply can pass it. */
+static int rpc_apply(struct conn_ctx *x, struct conn *c,
+		     const struct rpc_request *req)
+{
+	struct writer_reply now;
+	int rc;
+
+	if (x->cfg->writer == NULL) /* the module alone: tests, fuzzers */
+		return rpc_encode_error(&c->out, req->id,
+					RPC_E_NOT_IMPLEMENTED,
+					"Apply is not available here (no "
+					"change log)");
+	rc = writer_submit(x->cfg->writer, x->worker, c->tag, req->id,
+			   req->frame, req->frame_len, &now);
+	if (rc < 0)
+		return rc;
+	if (rc == 0) /* refused at once: a bad change, or the log failed */
+		return rpc_reply_apply(&c->out, &now);
+	c->apply_wait = true;
+	c->paused = true;
+	return 0;
+}
+
 static int rpc_handle(struct conn_ctx *x, struct conn *c,
 		      const struct rpc_request *req)
 {
@@ -901,9 +958,7 @@ static int rpc_handle(struct conn_ctx *x, struct conn *c,
 						RPC_E_FORBIDDEN,
 						"this principal may not apply "
 						"changes");
-		return rpc_encode_error(&c->out, req->id,
-					RPC_E_NOT_IMPLEMENTED,
-					"Apply is not available in this build");
+		return rpc_apply(x, c, req);
 	default:
 		return rpc_encode_error(&c->out, req->id, RPC_E_BAD_REQUEST,
 					"Request has no body (check, apply, "
@@ -937,7 +992,7 @@ long rpc_process(struct conn_ctx *x, struct conn *c, const uint8_t *buf,
 	char msg[128];
 	int rc = 0;
 
-	while (!c->want_close && rc == 0) {
+	while (!c->want_close && !c->apply_wait && rc == 0) {
 		uint32_t flen, limit;
 
 		if (len - pos < RPC_FRAME_HEADER)

@@ -15,14 +15,19 @@
  *
  * Error replies (Response.error, then the connection stays open unless
  * noted):
- *   400 the frame does not decode (closed) / the Request has no body
+ *   400 the frame does not decode (closed) / the Request has no body /
+ *       Apply: a change is invalid (the message names it and its field;
+ *       nothing of the request is applied)
  *   401 not authenticated (Check, Stats, Apply before Auth) / bad token
  *   403 authenticated but not permitted (Apply without 'apply')
  *   408 a frame stalled half-sent past the deadline (closed)
  *   413 a frame over the size limit (closed) / a reply over the output cap
- *   501 Apply: not available in this build (the change log is a later
- *       issue)
- *   503 the server is at its connection cap (closed)
+ *   501 Apply where no writer was configured (the module alone)
+ *   503 the server is at its connection cap (closed) / Apply: the change
+ *       log failed (its message) or no generation is loaded yet
+ * An Apply is answered once its changes are durable (server/writer.h);
+ * until then the connection processes no further input, so replies stay
+ * in request order.
  * All functions are pure or act on one conn; any worker thread.
  */
 #ifndef CONSENTD_SERVER_RPC_H
@@ -70,6 +75,9 @@ struct rpc_request {
 	/* AUTH: the token's bytes. */
 	const uint8_t *token;
 	size_t token_len;
+	/* The whole Request (APPLY hands it to the writer). */
+	const uint8_t *frame;
+	size_t frame_len;
 };
 
 /* Decodes one Request (the frame's body). 0, or -EPROTO when protobuf-c
@@ -94,6 +102,11 @@ int rpc_encode_check(struct obuf *b, uint64_t id, const struct verdict *v,
 int rpc_encode_error(struct obuf *b, uint64_t id, uint32_t code,
 		     const char *message);
 int rpc_encode_auth(struct obuf *b, uint64_t id, const char *principal);
+int rpc_encode_apply(struct obuf *b, uint64_t id, uint64_t applied_sequence,
+		     uint32_t applied, uint32_t skipped);
+/* The writer's reply to an Apply: an ApplyResponse, or its Error. */
+struct writer_reply;
+int rpc_reply_apply(struct obuf *b, const struct writer_reply *r);
 struct rpc_stats {
 	uint64_t records;
 	uint64_t applied_sequence;

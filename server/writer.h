@@ -1,0 +1,112 @@
+/*
+ * writer: the single writer (DESIGN §2 Changes and Generations). One
+ * thread owns the change log and the served index. Workers hand it Apply
+ * requests (writer_submit: a lock-free push and an eventfd write, never a
+ * wait); it appends each group of requests that arrived together to the
+ * log with one fdatasync (group commit), applies them in sequence order
+ * under the index's order rule, and pushes each reply onto its worker's
+ * completion queue, whose eventfd the worker's io_uring reads. It also
+ * makes every new generation: when the table is full (growth), when a
+ * snapshot built in the background is ready, when asked (writer_rebuild),
+ * and as a checkpoint every so many changes and at a graceful stop; it
+ * writes it to the data directory, swaps it in with live_publish and drops
+ * the change log the generations on disk no longer need.
+ *
+ * Threads: writer_open/start/stop/close and writer_take_snapshot,
+ * writer_rebuild from main (and its snapshot thread); writer_submit and
+ * writer_take from workers, each with its own queue; writer_fault and
+ * writer_staging_dir from any thread. Errors: -errno with a message.
+ */
+#ifndef CONSENTD_SERVER_WRITER_H
+#define CONSENTD_SERVER_WRITER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct metrics;
+struct writer;
+
+struct writer_options {
+	const char *data_dir;
+	int index_load;             /* enum index_load_mode */
+	unsigned n_queues;          /* completion queues: one per worker */
+	struct metrics *metrics;    /* a slot only the writer thread writes */
+	/* Write a generation (a checkpoint, so a restart replays less) once
+	 * this many changes were applied since the last one; 0: the larger
+	 * of 1,000,000 and half the records. */
+	uint64_t checkpoint_changes;
+	uint64_t segment_bytes;     /* change log segments; 0: its default */
+};
+
+/* Opens DIR's change log (a damaged one is refused: -EPROTO, the message
+ * names the file and offset), removes what crashed builds left, opens the
+ * newest generation that validates, replays the change log past its
+ * watermark into it and publishes it (live_publish). With no generation in
+ * DIR the writer is open without an index (-ENOENT is not returned): every
+ * Apply is refused with 503 until writer_take_snapshot gives it one. */
+int writer_open(const struct writer_options *opt, struct writer **out,
+		char *err, size_t err_cap);
+
+/* Starts the thread. */
+int writer_start(struct writer *w, char *err, size_t err_cap);
+
+/* Finishes the requests already submitted, writes a generation if changes
+ * arrived since the last one, and joins the thread. Call after the
+ * workers stopped submitting. */
+void writer_stop(struct writer *w);
+
+/* Frees the writer and closes the log (after writer_stop). */
+void writer_close(struct writer *w);
+
+/* The outcome of one Apply request. */
+struct writer_reply {
+	uint64_t tag;              /* the submitter's (its connection) */
+	uint64_t id;               /* the Request's id */
+	uint32_t code;             /* 0: ApplyResponse; else Error (400, 503) */
+	uint32_t applied;          /* changes that changed the index */
+	uint32_t skipped;          /* replays, and changes older than stored */
+	uint64_t applied_sequence; /* highest sequence durably processed */
+	char message[240];         /* code != 0: what went wrong */
+};
+
+/* Worker: decodes the Request frame (protobuf-c), checks every change
+ * (sequence > 0 and increasing, consent_validate, size) and queues it for
+ * the writer. Returns 1 when queued: the reply comes back through queue's
+ * completions with this tag; 0 when *now holds the reply already (a bad
+ * request, 400, naming the change and field; or 503 when the log failed
+ * or there is no index); -ENOMEM. */
+int writer_submit(struct writer *w, unsigned queue, uint64_t tag, uint64_t id,
+		  const uint8_t *frame, size_t len, struct writer_reply *now);
+
+/* Worker: the eventfd that turns readable when queue has completions. */
+int writer_queue_fd(const struct writer *w, unsigned queue);
+
+/* Worker: calls fn for every completed request of queue, oldest first,
+ * and frees them. */
+void writer_take(struct writer *w, unsigned queue,
+		 void (*fn)(const struct writer_reply *r, void *arg), void *arg);
+
+/* A directory for a background snapshot build (DIR/.snapshot-PID): build
+ * there with build_snapshot, then hand it over with writer_take_snapshot.
+ * Never a generation of DIR itself, so a crash before the writer took it
+ * leaves nothing a restart would serve (writer_open removes it). */
+int writer_staging_dir(const struct writer *w, char *buf, size_t cap);
+
+/* The snapshot thread: the build in staging (generation gen there) is
+ * ready. The writer replays the change log past the snapshot's watermark
+ * into it, merges the served index when the log no longer reaches back to
+ * that watermark, publishes the result as DIR's next generation, swaps it
+ * in and removes staging. Returns at once. */
+void writer_take_snapshot(struct writer *w, const char *staging, uint64_t gen);
+
+/* Rebuilds the served index into a fresh table (a new hash secret) and
+ * swaps it in, writing it as a new generation (main: SIGUSR1). Returns at
+ * once. */
+void writer_rebuild(struct writer *w);
+
+/* Any thread: true once the change log failed (Applies are refused since;
+ * the state served stays). msg gets the reason. For /readyz. */
+bool writer_fault(const struct writer *w, char *msg, size_t cap);
+
+#endif

@@ -1,0 +1,814 @@
+/*
+ * writer_test: the single writer against a real data directory (built by
+ * build_snapshot from a stream written here), a real change log and the
+ * real live pointer: Apply requests go in as protobuf frames through
+ * writer_submit, replies come back through the completion queue's eventfd,
+ * and the served index is read back key by key against a model of the
+ * order rule. Growth, restart (in-process and after a SIGKILL), snapshot
+ * hand-over with and without a merge, rebuild, a failing log
+ * (RLIMIT_FSIZE), concurrent submitters and request validation.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/enums.h"
+#include "core/recipient.h"
+#include "core/stream.h"
+#include "index/build.h"
+#include "index/changelog.h"
+#include "index/datadir.h"
+#include "index/table.h"
+#include "proto/consent.pb-c.h"
+#include "server/live.h"
+#include "server/writer.h"
+#include "tests/check.h"
+
+static char tmpdir[] = "/tmp/writer_test.XXXXXX";
+static int n_dirs;
+
+#define DATE0 1700000000LL /* the snapshot's records */
+#define MAX_KEYS 20000
+
+/* ---- keys and the model ---- */
+
+/* Key k: a phone (k even) or an e-mail (k odd), brand 100 + k % 3. */
+static void key_text(uint64_t k, char *buf, size_t cap, int *channel)
+{
+	if (k % 2 == 0) {
+		snprintf(buf, cap, "+90532%07" PRIu64, k);
+		*channel = CHANNEL_MESAJ;
+	} else {
+		snprintf(buf, cap, "User%" PRIu64 "@Example.com", k);
+		*channel = CHANNEL_EPOSTA;
+	}
+}
+
+static uint32_t key_brand(uint64_t k)
+{
+	return 100 + (uint32_t)(k % 3);
+}
+
+struct model {
+	uint8_t status[MAX_KEYS];
+	int64_t date[MAX_KEYS];
+};
+
+static void model_apply(struct model *m, uint64_t k, int status, int64_t date)
+{
+	if (m->status[k] == 0 || date > m->date[k] ||
+	    (date == m->date[k] && status == STATUS_RET)) {
+		m->status[k] = (uint8_t)status;
+		m->date[k] = date;
+	}
+}
+
+/* A change: key, status, date, sequence. Text lives in the struct. */
+struct chg {
+	Consent__V1__Consent c;
+	char text[64];
+};
+
+static void chg_make(struct chg *x, uint64_t k, int status, int64_t date,
+		     uint64_t seq)
+{
+	int channel;
+	consent__v1__consent__init(&x->c);
+	key_text(k, x->text, sizeof(x->text), &channel);
+	x->c.recipient = x->text;
+	x->c.channel = (Consent__V1__Channel)channel;
+	x->c.recipient_type = CONSENT__V1__RECIPIENT_TYPE__BIREYSEL;
+	x->c.brand_code = key_brand(k);
+	x->c.status = (Consent__V1__Status)status;
+	x->c.source = CONSENT__V1__SOURCE__HS_WEB;
+	x->c.consent_date = date;
+	x->c.sequence = seq;
+}
+
+/* What the served index holds for key k: 0 if absent. */
+static int lookup(uint64_t k, int64_t *date)
+{
+	char text[64];
+	int channel;
+	struct recipient r;
+	const char *why;
+	struct consent_value v;
+	struct index_key key;
+	const struct index *ix = live_index();
+
+	key_text(k, text, sizeof(text), &channel);
+	if (ix == NULL || recipient_normalize(text, strlen(text), &r, &why) < 0)
+		return -1;
+	index_key_make(ix, &r, key_brand(k), RTYPE_BIREYSEL, channel, &key);
+	if (!index_lookup(ix, &key, &v))
+		return 0;
+	if (date)
+		*date = v.consent_date;
+	return v.status;
+}
+
+/* Keys [0, n) that disagree with the model. */
+static uint64_t mismatches(const struct model *m, uint64_t n)
+{
+	uint64_t bad = 0;
+	for (uint64_t k = 0; k < n; k++) {
+		int64_t d = 0;
+		int st = lookup(k, &d);
+		if (st != m->status[k] || (st && d != m->date[k])) {
+			if (bad < 5)
+				fprintf(stderr, "  key %" PRIu64 ": index %d@%"
+					PRId64 ", model %d@%" PRId64 "\n", k,
+					st, d, m->status[k], m->date[k]);
+			bad++;
+		}
+	}
+	return bad;
+}
+
+/* ---- data directories ---- */
+
+/* Writes keys [0, n) as ONAY at DATE0 + k to a snapshot stream file. */
+static void snapshot_file(const char *path, uint64_t n, uint64_t watermark)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	CHECK(fd >= 0);
+	Consent__V1__StreamHeader h = CONSENT__V1__STREAM_HEADER__INIT;
+	h.format_version = STREAM_FORMAT_VERSION;
+	h.sequence = watermark;
+	h.created_at = DATE0;
+	h.origin = "writer_test";
+	struct stream_writer *sw;
+	CHECK(stream_writer_create(fd, &h, 100, &sw) == 0);
+	for (uint64_t k = 0; k < n; k++) {
+		struct chg x;
+		chg_make(&x, k, STATUS_ONAY, DATE0 + (int64_t)k, 0);
+		CHECK(stream_writer_add(sw, &x.c) == 0);
+	}
+	CHECK(stream_writer_finish(sw) == 0);
+	close(fd);
+}
+
+static void build_into(const char *dir, uint64_t n, uint64_t watermark,
+		       uint64_t *gen)
+{
+	char snap[300];
+	char err[512] = "";
+	struct build_result res;
+	snprintf(snap, sizeof(snap), "%s/snap-%d.bin", tmpdir, ++n_dirs);
+	snapshot_file(snap, n, watermark);
+	int fd = open(snap, O_RDONLY | O_CLOEXEC);
+	int rc = build_snapshot(fd, dir, &res, err, sizeof(err));
+	CHECKF(rc == 0, "build_snapshot: %s", err);
+	close(fd);
+	if (gen)
+		*gen = res.generation;
+}
+
+/* A fresh data directory holding keys [0, n) as ONAY. */
+static void new_dir(char *dir, size_t cap, uint64_t n, struct model *m)
+{
+	snprintf(dir, cap, "%s/data-%d", tmpdir, ++n_dirs);
+	build_into(dir, n, 0, NULL);
+	if (m != NULL) {
+		memset(m, 0, sizeof(*m));
+		for (uint64_t k = 0; k < n; k++)
+			model_apply(m, k, STATUS_ONAY, DATE0 + (int64_t)k);
+	}
+}
+
+static struct writer *open_writer(const char *dir, uint64_t checkpoint,
+				  unsigned queues)
+{
+	struct writer_options o = {
+		.data_dir = dir,
+		.index_load = INDEX_LOAD_ANON,
+		.n_queues = queues,
+		.checkpoint_changes = checkpoint,
+	};
+	struct writer *w = NULL;
+	char err[512] = "";
+	int rc = writer_open(&o, &w, err, sizeof(err));
+	CHECKF(rc == 0, "writer_open: %s", err);
+	if (rc == 0) {
+		rc = writer_start(w, err, sizeof(err));
+		CHECKF(rc == 0, "writer_start: %s", err);
+	}
+	return w;
+}
+
+static unsigned count_generations(const char *dir)
+{
+	DIR *d = opendir(dir);
+	unsigned n = 0;
+	struct dirent *de;
+	if (d == NULL)
+		return 0;
+	while ((de = readdir(d)) != NULL)
+		n += strncmp(de->d_name, "gen-", 4) == 0;
+	closedir(d);
+	return n;
+}
+
+static void verify_dir(const char *dir)
+{
+	char err[512] = "";
+	int rc = datadir_verify(dir, err, sizeof(err));
+	CHECKF(rc == 0, "datadir_verify %s: %s", dir, err);
+}
+
+/* ---- submitting ---- */
+
+struct waiter {
+	struct writer_reply got[64];
+	unsigned n;
+};
+
+static void on_reply(const struct writer_reply *r, void *arg)
+{
+	struct waiter *wt = arg;
+	if (wt->n < 64)
+		wt->got[wt->n++] = *r;
+}
+
+/* Applies changes[0..n) as one request on queue q; waits for the reply. */
+static struct writer_reply apply_q(struct writer *w, unsigned q,
+				   struct chg *changes, size_t n, uint64_t id)
+{
+	Consent__V1__Consent *ptrs[1024];
+	Consent__V1__ApplyRequest a = CONSENT__V1__APPLY_REQUEST__INIT;
+	Consent__V1__Request req = CONSENT__V1__REQUEST__INIT;
+	struct writer_reply now;
+	for (size_t i = 0; i < n && i < 1024; i++)
+		ptrs[i] = &changes[i].c;
+	a.n_changes = n;
+	a.changes = ptrs;
+	req.id = id;
+	req.body_case = CONSENT__V1__REQUEST__BODY_APPLY;
+	req.apply = &a;
+	size_t len = consent__v1__request__get_packed_size(&req);
+	uint8_t *buf = malloc(len + 1);
+	consent__v1__request__pack(&req, buf);
+	int rc = writer_submit(w, q, 1000 + id, id, buf, len, &now);
+	free(buf);
+	CHECK(rc >= 0);
+	if (rc != 1)
+		return now;
+	struct waiter wt = { .n = 0 };
+	struct pollfd p = { .fd = writer_queue_fd(w, q), .events = POLLIN };
+	for (int tries = 0; wt.n == 0 && tries < 600; tries++) {
+		if (poll(&p, 1, 100) == 1) {
+			uint64_t v;
+			CHECK(read(p.fd, &v, sizeof(v)) == sizeof(v));
+		}
+		writer_take(w, q, on_reply, &wt);
+	}
+	CHECKF(wt.n == 1, "%u replies", wt.n);
+	CHECK(wt.got[0].tag == 1000 + id && wt.got[0].id == id);
+	return wt.got[0];
+}
+
+static struct writer_reply apply(struct writer *w, struct chg *changes,
+				 size_t n, uint64_t id)
+{
+	return apply_q(w, 0, changes, n, id);
+}
+
+static uint64_t watermark(void)
+{
+	struct index_info info;
+	index_info(live_index(), &info);
+	return info.watermark;
+}
+
+/* ---- tests ---- */
+
+static void test_apply_order_replay(void)
+{
+	char dir[300];
+	struct model *m = calloc(1, sizeof(*m));
+	struct chg c[16];
+	new_dir(dir, sizeof(dir), 50, m);
+	struct writer *w = open_writer(dir, 0, 1);
+
+	/* Flips, new phones and e-mails. */
+	for (uint64_t i = 0; i < 10; i++) {
+		uint64_t k = i < 5 ? i * 3 : 100 + i;
+		chg_make(&c[i], k, i < 5 ? STATUS_RET : STATUS_ONAY,
+			 DATE0 + 1000 + (int64_t)i, i + 1);
+		model_apply(m, k, i < 5 ? STATUS_RET : STATUS_ONAY,
+			    DATE0 + 1000 + (int64_t)i);
+	}
+	struct writer_reply r = apply(w, c, 10, 1);
+	CHECKF(r.code == 0, "%u %s", r.code, r.message);
+	CHECK(r.applied == 10 && r.skipped == 0 && r.applied_sequence == 10);
+	CHECK(mismatches(m, 120) == 0);
+	CHECK(watermark() == 10);
+
+	/* The same request again: all replays. */
+	r = apply(w, c, 10, 2);
+	CHECK(r.code == 0 && r.applied == 0 && r.skipped == 10 &&
+	      r.applied_sequence == 10);
+
+	/* Order rule: older skipped, equal date RET wins, identical skipped. */
+	chg_make(&c[0], 3, STATUS_ONAY, DATE0 + 500, 11);       /* older */
+	chg_make(&c[1], 20, STATUS_RET, DATE0 + 20, 12);        /* tie: RET */
+	chg_make(&c[2], 20, STATUS_RET, DATE0 + 20, 13);        /* identical */
+	chg_make(&c[3], 21, STATUS_RET, DATE0 + 5000, 14);
+	chg_make(&c[4], 21, STATUS_ONAY, DATE0 + 5000, 15);     /* tie: ONAY loses */
+	model_apply(m, 20, STATUS_RET, DATE0 + 20);
+	model_apply(m, 21, STATUS_RET, DATE0 + 5000);
+	r = apply(w, c, 5, 3);
+	CHECKF(r.code == 0 && r.applied == 2 && r.skipped == 3 &&
+	       r.applied_sequence == 15, "code %u applied %u skipped %u seq %"
+	       PRIu64, r.code, r.applied, r.skipped, r.applied_sequence);
+	CHECK(mismatches(m, 120) == 0);
+
+	/* A request straddling the watermark. */
+	chg_make(&c[0], 30, STATUS_RET, DATE0 + 9000, 14);
+	chg_make(&c[1], 31, STATUS_RET, DATE0 + 9000, 15);
+	chg_make(&c[2], 32, STATUS_RET, DATE0 + 9000, 16);
+	model_apply(m, 32, STATUS_RET, DATE0 + 9000);
+	r = apply(w, c, 3, 4);
+	CHECK(r.code == 0 && r.applied == 1 && r.skipped == 2 &&
+	      r.applied_sequence == 16);
+	CHECK(mismatches(m, 120) == 0);
+
+	writer_close(w);
+	/* A clean stop wrote everything into a generation. */
+	verify_dir(dir);
+	w = open_writer(dir, 0, 1);
+	CHECK(watermark() == 16);
+	CHECK(mismatches(m, 120) == 0);
+	r = apply(w, NULL, 0, 5);
+	CHECK(r.code == 0 && r.applied_sequence == 16);
+	writer_close(w);
+	free(m);
+}
+
+static void test_bad_requests(void)
+{
+	char dir[300];
+	struct model *m = calloc(1, sizeof(*m));
+	struct chg c[4];
+	new_dir(dir, sizeof(dir), 20, m);
+	struct writer *w = open_writer(dir, 0, 1);
+
+	/* A heartbeat (no changes) moves data_as_of from the snapshot's
+	 * time to now. */
+	struct index_info info;
+	index_info(live_index(), &info);
+	CHECK(info.data_as_of == DATE0);
+	struct writer_reply r = apply(w, NULL, 0, 100);
+	CHECK(r.code == 0 && r.applied == 0 && r.applied_sequence == 0);
+	index_info(live_index(), &info);
+	CHECK(info.data_as_of >= time(NULL) - 5);
+
+	chg_make(&c[0], 2, STATUS_RET, DATE0 + 100, 1);
+	chg_make(&c[1], 4, STATUS_RET, DATE0 + 100, 0);
+	r = apply(w, c, 2, 1);
+	CHECKF(r.code == 400 && strstr(r.message, "changes[1]") &&
+	       strstr(r.message, "sequence"), "%u %s", r.code, r.message);
+
+	chg_make(&c[1], 4, STATUS_RET, DATE0 + 100, 2);
+	c[1].c.recipient = "not a recipient";
+	r = apply(w, c, 2, 2);
+	CHECKF(r.code == 400 && strstr(r.message, "changes[1]") &&
+	       strstr(r.message, "recipient"), "%u %s", r.code, r.message);
+
+	chg_make(&c[1], 4, STATUS_RET, DATE0 + 100, 1);
+	r = apply(w, c, 2, 3);
+	CHECKF(r.code == 400 && strstr(r.message, "changes[1]") &&
+	       strstr(r.message, "must increase"), "%u %s", r.code, r.message);
+
+	chg_make(&c[1], 4, STATUS_RET, DATE0 + 100, 2);
+	c[1].c.channel = CONSENT__V1__CHANNEL__EPOSTA;
+	r = apply(w, c, 2, 4);
+	CHECKF(r.code == 400 && strstr(r.message, "changes[1]") &&
+	       strstr(r.message, "channel"), "%u %s", r.code, r.message);
+
+	chg_make(&c[1], 4, STATUS_RET, 1000000000, 2); /* 2001 */
+	r = apply(w, c, 2, 5);
+	CHECKF(r.code == 400 && strstr(r.message, "consent_date"), "%u %s",
+	       r.code, r.message);
+
+	/* Nothing of any of them was applied. */
+	CHECK(watermark() == 0);
+	CHECK(mismatches(m, 20) == 0);
+	chg_make(&c[1], 4, STATUS_RET, DATE0 + 100, 2);
+	model_apply(m, 2, STATUS_RET, DATE0 + 100);
+	model_apply(m, 4, STATUS_RET, DATE0 + 100);
+	r = apply(w, c, 2, 6);
+	CHECK(r.code == 0 && r.applied == 2 && r.applied_sequence == 2);
+	CHECK(mismatches(m, 20) == 0);
+	writer_close(w);
+	free(m);
+}
+
+/* Inserts keys [from, to) with sequences from seq on, batch at a time. */
+static uint64_t insert_range(struct writer *w, struct model *m, uint64_t from,
+			     uint64_t to, uint64_t seq, size_t batch,
+			     int64_t date)
+{
+	static struct chg c[256];
+	uint64_t id = 100;
+	for (uint64_t k = from; k < to;) {
+		size_t n = 0;
+		for (; n < batch && k < to; n++, k++) {
+			int st = k % 5 == 0 ? STATUS_RET : STATUS_ONAY;
+			chg_make(&c[n], k, st, date + (int64_t)k, seq++);
+			model_apply(m, k, st, date + (int64_t)k);
+		}
+		struct writer_reply r = apply(w, c, n, id++);
+		CHECKF(r.code == 0 && r.applied == n, "%u %s applied %u of %zu",
+		       r.code, r.message, r.applied, n);
+	}
+	return seq;
+}
+
+static void test_growth_and_restart(void)
+{
+	char dir[300];
+	struct model *m = calloc(1, sizeof(*m));
+	struct index_info before, after;
+	new_dir(dir, sizeof(dir), 20, m);
+	struct writer *w = open_writer(dir, 0, 1);
+	index_info(live_index(), &before);
+
+	uint64_t seq = insert_range(w, m, 20, 6000, 1, 100, DATE0 + 10);
+	index_info(live_index(), &after);
+	CHECKF(after.capacity > before.capacity && after.n_records == 6000,
+	       "capacity %" PRIu64 " -> %" PRIu64 ", %" PRIu64 " records",
+	       before.capacity, after.capacity, after.n_records);
+	CHECK(after.watermark == seq - 1);
+	CHECK(mismatches(m, 6000) == 0);
+	/* Growth writes generations; two stay on disk at most. */
+	CHECKF(count_generations(dir) <= 2, "%u generations",
+	       count_generations(dir));
+	verify_dir(dir);
+	writer_close(w);
+	verify_dir(dir);
+
+	w = open_writer(dir, 0, 1);
+	CHECK(mismatches(m, 6000) == 0);
+	CHECK(watermark() == seq - 1);
+	writer_close(w);
+
+	/* The fallback: the newest generation damaged, the previous one plus
+	 * the log give everything back. */
+	w = open_writer(dir, 0, 1);
+	seq = insert_range(w, m, 6000, 6500, seq, 50, DATE0 + 10);
+	writer_rebuild(w); /* a new generation with the writer running */
+	seq = insert_range(w, m, 6500, 6600, seq, 50, DATE0 + 10);
+	writer_close(w);
+	CHECK(count_generations(dir) == 2);
+	uint64_t newest = 0;
+	CHECK(datadir_newest_generation(dir, &newest) == 0);
+	char path[400];
+	datadir_generation_path(dir, newest, path, sizeof(path));
+	strcat(path, "/index");
+	int fd = open(path, O_RDWR);
+	CHECK(fd >= 0 && pwrite(fd, "XX", 2, 8192) == 2);
+	close(fd);
+	w = open_writer(dir, 0, 1);
+	CHECK(mismatches(m, 6600) == 0);
+	CHECK(watermark() == seq - 1);
+	struct index_info info;
+	index_info(live_index(), &info);
+	CHECK(info.generation < newest);
+	writer_close(w);
+	verify_dir(dir); /* the damaged one was replaced */
+	free(m);
+}
+
+static void test_crash_replay(void)
+{
+	char dir[300];
+	struct model *m = calloc(1, sizeof(*m));
+	int pfd[2];
+	new_dir(dir, sizeof(dir), 100, m);
+	CHECK(pipe(pfd) == 0);
+	fflush(NULL);
+	pid_t pid = fork();
+	if (pid == 0) {
+		/* The child applies, reports its acknowledged sequence and
+		 * dies without any stop: what it acknowledged must survive. */
+		close(pfd[0]);
+		struct writer *w = open_writer(dir, 300, 1);
+		struct model *cm = calloc(1, sizeof(*cm));
+		uint64_t seq = 1;
+		for (int round = 0; round < 20; round++) {
+			seq = insert_range(w, cm, (uint64_t)round * 100,
+					   (uint64_t)round * 100 + 100, seq,
+					   37, DATE0 + 100000 + round);
+			if (write(pfd[1], &seq, sizeof(seq)) != sizeof(seq))
+				_exit(3);
+		}
+		raise(SIGKILL);
+		_exit(2);
+	}
+	close(pfd[1]);
+	uint64_t acked = 0, v;
+	while (read(pfd[0], &v, sizeof(v)) == sizeof(v))
+		acked = v - 1;
+	close(pfd[0]);
+	int status;
+	waitpid(pid, &status, 0);
+	CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+	CHECK(acked == 2000);
+	/* The same changes in the model. */
+	for (int round = 0; round < 20; round++)
+		for (uint64_t k = (uint64_t)round * 100;
+		     k < (uint64_t)round * 100 + 100; k++)
+			model_apply(m, k, k % 5 == 0 ? STATUS_RET : STATUS_ONAY,
+				    DATE0 + 100000 + round + (int64_t)k);
+	struct writer *w = open_writer(dir, 0, 1);
+	CHECK(watermark() == acked);
+	CHECK(mismatches(m, 2000) == 0);
+	writer_close(w);
+	verify_dir(dir);
+	free(m);
+}
+
+static bool exists(const char *path)
+{
+	struct stat st;
+	return stat(path, &st) == 0;
+}
+
+/* Builds keys [0, n) at watermark wm in w's staging directory, hands it
+ * over and waits until the writer took it. */
+static void take_snapshot(struct writer *w, uint64_t n, uint64_t wm)
+{
+	char staging[400];
+	uint64_t gen = 0;
+	CHECK(writer_staging_dir(w, staging, sizeof(staging)) == 0);
+	build_into(staging, n, wm, &gen);
+	writer_take_snapshot(w, staging, gen);
+	for (int i = 0; i < 300 && exists(staging); i++)
+		usleep(20000);
+	CHECK(!exists(staging));
+	/* A round trip through the writer orders what it did before (the
+	 * take) before what this thread reads next (release/acquire of the
+	 * completion queue). A heartbeat moves data_as_of only. */
+	struct writer_reply r = apply(w, NULL, 0, 999);
+	CHECK(r.code == 0 || r.code == 503);
+}
+
+static void test_snapshot_take(void)
+{
+	char dir[300];
+	struct model *m = calloc(1, sizeof(*m));
+	new_dir(dir, sizeof(dir), 50, m);
+	struct writer *w = open_writer(dir, 0, 1);
+	uint64_t seq = insert_range(w, m, 0, 40, 1, 10, DATE0 + 50);
+
+	/* A snapshot at sequence 0 with more keys: the log holds all 40
+	 * changes past it, so they are replayed into it. */
+	take_snapshot(w, 80, 0);
+	for (uint64_t k = 0; k < 80; k++)
+		model_apply(m, k, STATUS_ONAY, DATE0 + (int64_t)k);
+	CHECK(mismatches(m, 80) == 0);
+	CHECK(watermark() == seq - 1);
+	verify_dir(dir);
+	writer_close(w);
+
+	/* Checkpoints drop the log; then a snapshot older than the log's
+	 * start needs the served index merged in. */
+	w = open_writer(dir, 25, 1);
+	seq = insert_range(w, m, 80, 200, seq, 10, DATE0 + 60);
+	seq = insert_range(w, m, 0, 30, seq, 10, DATE0 + 70);
+	take_snapshot(w, 120, 0);
+	for (uint64_t k = 0; k < 120; k++)
+		model_apply(m, k, STATUS_ONAY, DATE0 + (int64_t)k);
+	CHECK(mismatches(m, 200) == 0);
+	CHECK(watermark() == seq - 1);
+	verify_dir(dir);
+	/* And a newer one: it states the whole state through its sequence,
+	 * which becomes the applied sequence. */
+	take_snapshot(w, 10, seq + 100);
+	CHECK(watermark() == seq + 100);
+	memset(m, 0, sizeof(*m));
+	for (uint64_t k = 0; k < 10; k++)
+		model_apply(m, k, STATUS_ONAY, DATE0 + (int64_t)k);
+	CHECK(mismatches(m, 200) == 0);
+	struct chg c[1];
+	chg_make(&c[0], 7, STATUS_RET, DATE0 + 99999, seq + 50);
+	struct writer_reply r = apply(w, c, 1, 1);
+	CHECK(r.code == 0 && r.skipped == 1 && r.applied_sequence == seq + 100);
+	writer_close(w);
+	verify_dir(dir);
+	w = open_writer(dir, 0, 1);
+	CHECK(mismatches(m, 200) == 0);
+	writer_close(w);
+	free(m);
+}
+
+static void test_log_failure(void)
+{
+	char dir[300], seg[1024] = "";
+	struct model *m = calloc(1, sizeof(*m));
+	new_dir(dir, sizeof(dir), 30, m);
+	struct writer *w = open_writer(dir, 0, 1);
+	uint64_t seq = insert_range(w, m, 0, 10, 1, 5, DATE0 + 50);
+
+	/* The log's segment may not grow: its next write fails (EFBIG). */
+	char cdir[400];
+	snprintf(cdir, sizeof(cdir), "%s/changes", dir);
+	DIR *d = opendir(cdir);
+	struct dirent *de;
+	while (d && (de = readdir(d)) != NULL)
+		if (strstr(de->d_name, ".log"))
+			snprintf(seg, sizeof(seg), "%s/%s", cdir, de->d_name);
+	if (d)
+		closedir(d);
+	struct stat st;
+	CHECK(seg[0] && stat(seg, &st) == 0);
+	struct rlimit old, lim;
+	getrlimit(RLIMIT_FSIZE, &old);
+	lim = old;
+	lim.rlim_cur = (rlim_t)st.st_size;
+	signal(SIGXFSZ, SIG_IGN);
+	CHECK(setrlimit(RLIMIT_FSIZE, &lim) == 0);
+
+	struct chg c[2];
+	chg_make(&c[0], 1, STATUS_RET, DATE0 + 99999, seq);
+	struct writer_reply r = apply(w, c, 1, 1);
+	CHECKF(r.code == 503 && strstr(r.message, "change log"), "%u %s",
+	       r.code, r.message);
+	char msg[256];
+	CHECK(writer_fault(w, msg, sizeof(msg)));
+	/* Refused from now on, even once the disk would take it again. */
+	setrlimit(RLIMIT_FSIZE, &old);
+	r = apply(w, c, 1, 2);
+	CHECK(r.code == 503);
+	/* The state served is unchanged. */
+	CHECK(mismatches(m, 30) == 0);
+	CHECK(watermark() == seq - 1);
+	writer_close(w);
+	/* A restart reopens the log; the refused change is not there (or,
+	 * if its bytes reached the disk, it may be; never half). */
+	w = open_writer(dir, 0, 1);
+	CHECK(!writer_fault(w, NULL, 0));
+	uint64_t wm = watermark();
+	CHECK(wm == seq - 1 || wm == seq);
+	if (wm == seq)
+		model_apply(m, 1, STATUS_RET, DATE0 + 99999);
+	CHECK(mismatches(m, 30) == 0);
+	writer_close(w);
+	free(m);
+}
+
+/* Four submitters send the same stream at once, each on its own queue. */
+struct feeder {
+	struct writer *w;
+	unsigned q;
+	uint64_t n;
+	unsigned seed;
+	uint64_t applied, bad;
+};
+
+static void *feeder_main(void *arg)
+{
+	struct feeder *f = arg;
+	static __thread struct chg c[64];
+	uint64_t seq = 1, id = 1;
+	while (seq <= f->n) {
+		size_t n = 1 + (size_t)(rand_r(&f->seed) % 40);
+		size_t i = 0;
+		for (; i < n && seq <= f->n; i++, seq++) {
+			uint64_t k = seq % 700;
+			chg_make(&c[i], k, seq % 2 ? STATUS_RET : STATUS_ONAY,
+				 DATE0 + 10000 + (int64_t)seq, seq);
+		}
+		struct writer_reply r = apply_q(f->w, f->q, c, i, id++);
+		if (r.code != 0 || r.applied_sequence < seq - 1)
+			f->bad++;
+		f->applied += r.applied;
+	}
+	return NULL;
+}
+
+static void test_concurrent_submitters(void)
+{
+	char dir[300];
+	struct model *m = calloc(1, sizeof(*m));
+	new_dir(dir, sizeof(dir), 700, m);
+	struct writer *w = open_writer(dir, 0, 4);
+	struct feeder f[4];
+	pthread_t th[4];
+	uint64_t n = 3000;
+	for (unsigned i = 0; i < 4; i++) {
+		f[i] = (struct feeder){ .w = w, .q = i, .n = n, .seed = i + 1 };
+		pthread_create(&th[i], NULL, feeder_main, &f[i]);
+	}
+	uint64_t applied = 0, bad = 0;
+	for (unsigned i = 0; i < 4; i++) {
+		pthread_join(th[i], NULL);
+		applied += f[i].applied;
+		bad += f[i].bad;
+	}
+	for (uint64_t s = 1; s <= n; s++)
+		model_apply(m, s % 700, s % 2 ? STATUS_RET : STATUS_ONAY,
+			    DATE0 + 10000 + (int64_t)s);
+	CHECK(bad == 0);
+	/* Each sequence was applied by exactly one of the four. */
+	CHECKF(applied == n, "%" PRIu64 " applied of %" PRIu64, applied, n);
+	CHECK(watermark() == n);
+	CHECK(mismatches(m, 700) == 0);
+	writer_close(w);
+	free(m);
+}
+
+static void test_no_generation(void)
+{
+	char dir[300];
+	struct model *m = calloc(1, sizeof(*m));
+	snprintf(dir, sizeof(dir), "%s/empty-%d", tmpdir, ++n_dirs);
+	struct writer *w = open_writer(dir, 0, 1);
+	struct chg c[1];
+	chg_make(&c[0], 1, STATUS_RET, DATE0 + 5, 1);
+	struct writer_reply r = apply(w, c, 1, 1);
+	CHECKF(r.code == 503, "%u %s", r.code, r.message);
+	take_snapshot(w, 10, 3);
+	for (uint64_t k = 0; k < 10; k++)
+		model_apply(m, k, STATUS_ONAY, DATE0 + (int64_t)k);
+	CHECK(mismatches(m, 10) == 0);
+	chg_make(&c[0], 1, STATUS_RET, DATE0 + 5, 4);
+	model_apply(m, 1, STATUS_RET, DATE0 + 5);
+	r = apply(w, c, 1, 2);
+	CHECK(r.code == 0 && r.applied == 1 && r.applied_sequence == 4);
+	CHECK(mismatches(m, 10) == 0);
+	writer_close(w);
+	verify_dir(dir);
+	free(m);
+}
+
+static void test_damaged_log_refused(void)
+{
+	char dir[300], cdir[400], seg[1024] = "", err[512] = "";
+	struct model *m = calloc(1, sizeof(*m));
+	new_dir(dir, sizeof(dir), 10, m);
+	struct writer *w = open_writer(dir, 0, 1);
+	insert_range(w, m, 0, 10, 1, 2, DATE0 + 50);
+	writer_close(w);
+	/* The clean stop wrote a generation, but the log keeps its newest
+	 * segment: a bit flipped inside a record that is not its last is
+	 * damage, not a torn tail. */
+	snprintf(cdir, sizeof(cdir), "%s/changes", dir);
+	DIR *d = opendir(cdir);
+	struct dirent *de;
+	while (d && (de = readdir(d)) != NULL)
+		if (strstr(de->d_name, ".log"))
+			snprintf(seg, sizeof(seg), "%s/%s", cdir, de->d_name);
+	if (d)
+		closedir(d);
+	struct stat st;
+	CHECK(seg[0] && stat(seg, &st) == 0 && st.st_size > 64);
+	int fd = open(seg, O_RDWR);
+	uint8_t b;
+	CHECK(pread(fd, &b, 1, 40) == 1);
+	b ^= 0x10;
+	CHECK(pwrite(fd, &b, 1, 40) == 1);
+	close(fd);
+	struct writer_options o = { .data_dir = dir, .n_queues = 1 };
+	w = NULL;
+	int rc = writer_open(&o, &w, err, sizeof(err));
+	CHECKF(rc == -EPROTO && strstr(err, seg + strlen(dir)) != NULL,
+	       "rc %d: %s", rc, err);
+	CHECK(w == NULL);
+	free(m);
+}
+
+int main(void)
+{
+	if (mkdtemp(tmpdir) == NULL) {
+		perror("mkdtemp");
+		return 1;
+	}
+	RUN(test_apply_order_replay);
+	RUN(test_bad_requests);
+	RUN(test_growth_and_restart);
+	RUN(test_crash_replay);
+	RUN(test_snapshot_take);
+	RUN(test_log_failure);
+	RUN(test_concurrent_submitters);
+	RUN(test_no_generation);
+	RUN(test_damaged_log_refused);
+	char cmd[200];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "could not remove %s\n", tmpdir);
+	return check_summary();
+}
