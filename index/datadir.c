@@ -128,15 +128,16 @@ static int gen_file_path(const char *dir, uint64_t generation,
 	return 0;
 }
 
-uint64_t datadir_newest_generation(const char *dir)
+int datadir_newest_generation(const char *dir, uint64_t *out)
 {
 	uint64_t *gens = NULL;
 	size_t n = 0;
-	if (list_generations(dir, &gens, &n) < 0)
-		return 0;
-	uint64_t newest = n ? gens[0] : 0;
+	int rc = list_generations(dir, &gens, &n);
+	if (rc < 0)
+		return rc;
+	*out = n ? gens[0] : 0;
 	free(gens);
-	return newest;
+	return 0;
 }
 
 /* Opens generation g's index and checks that it calls itself g. */
@@ -175,7 +176,7 @@ int datadir_open_newest(const char *dir, enum index_load_mode mode,
 		return fail(err, err_cap, rc, "%s: %s", dir, strerror(-rc));
 	size_t broken = 0;
 	for (size_t i = 0; i < n; i++) {
-		char e[512];
+		char e[512] = "";
 		struct index *ix;
 		rc = open_generation(dir, gens[i], mode, &ix, e, sizeof(e));
 		if (rc == 0) {
@@ -290,8 +291,17 @@ int datadir_emails_foreach(const char *dir, uint64_t generation,
 		if (rc != 0)
 			break;
 	}
-	if (rc == 0 && ferror(f))
-		rc = fail(err, err_cap, -EIO, "%s: read error", path);
+	/* getline returns -1 both at the end and when it cannot grow its
+	 * buffer (or read): only feof says the file was read whole. */
+	if (rc == 0 && !feof(f)) {
+		rc = errno != 0 ? -errno : -EIO;
+		if (rc == -ENOMEM)
+			fail(err, err_cap, rc, "%s: line %" PRIu64 ": out of "
+			     "memory", path, lineno + 1);
+		else
+			fail(err, err_cap, rc, "%s: read error: %s", path,
+			     strerror(-rc));
+	}
 	free(line);
 	fclose(f);
 	return rc;
@@ -396,6 +406,11 @@ int datadir_verify(const char *dir, char *err, size_t err_cap)
 		rc = verify_generation(dir, gens[i], e, sizeof(e));
 		if (rc == 0)
 			continue;
+		if (rc == -ENOMEM) {
+			/* Not the generation's fault: do not call it broken. */
+			free(gens);
+			return fail(err, err_cap, rc, "%s", e);
+		}
 		if (broken++ == 0) {
 			first_rc = rc;
 			snprintf(first, sizeof(first), "%s", e);

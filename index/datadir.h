@@ -29,8 +29,11 @@ int datadir_verify(const char *dir, char *err, size_t err_cap);
 /* Path helpers: "DIR/gen-NNN" and "DIR/gen-NNN/index". */
 int datadir_generation_path(const char *dir, uint64_t generation, char *buf,
 			    size_t cap);
-/* The newest generation number present (validated or not), 0 if none. */
-uint64_t datadir_newest_generation(const char *dir);
+/* The newest generation number present (validated or not) in *out, 0 if
+ * none. -errno if dir cannot be listed (no number is guessed: a build
+ * that numbered its generation from a failed listing could publish one
+ * older than what is served). */
+int datadir_newest_generation(const char *dir, uint64_t *out);
 
 /* One line of a generation's `emails` file. */
 struct datadir_email {
@@ -42,7 +45,8 @@ struct datadir_email {
 
 /* Calls fn for each line of generation's `emails` file, in file order; a
  * non-zero return from fn stops and is returned. A line that does not
- * parse is -EPROTO with its line number in err. */
+ * parse is -EPROTO with its line number in err; a failure to read (memory
+ * for a line included) is -errno with a message, never an early end. */
 int datadir_emails_foreach(const char *dir, uint64_t generation,
 			   int (*fn)(const struct datadir_email *e, void *arg),
 			   void *arg, char *err, size_t err_cap);

@@ -831,7 +831,7 @@ int index_open(const char *path, enum index_load_mode mode, struct index **out,
 	h = aligned_alloc(64, sizeof(*h));
 	ix = calloc(1, sizeof(*ix));
 	if (h == NULL || ix == NULL) {
-		rc = -ENOMEM;
+		rc = fail(err, err_cap, -ENOMEM, "%s: out of memory", path);
 		goto out_free;
 	}
 	rc = read_full(fd, h, sizeof(*h), 0);
@@ -844,14 +844,15 @@ int index_open(const char *path, enum index_load_mode mode, struct index **out,
 	if (rc < 0)
 		goto out_free;
 	if (h->n_buckets > SIZE_MAX / BUCKET_BYTES) {
-		rc = -ENOMEM;
+		rc = fail(err, err_cap, -ENOMEM, "%s: %" PRIu64 " buckets do "
+			  "not fit in memory", path, h->n_buckets);
 		goto out_free;
 	}
 
 	size_t bytes = h->n_buckets * BUCKET_BYTES;
 	XXH3_state_t *hs = XXH3_createState();
 	if (hs == NULL) {
-		rc = -ENOMEM;
+		rc = fail(err, err_cap, -ENOMEM, "%s: out of memory", path);
 		goto out_free;
 	}
 	XXH3_64bits_reset(hs);

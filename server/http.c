@@ -58,15 +58,35 @@
 #include "server/json.h"
 #include "server/live.h"
 #include "server/metrics.h"
+#include "server/writer.h"
 
-#define HTTP_MAX_CONNECTIONS 64
+#define HTTP_MAX_CONNECTIONS 256
 /* MHD closes a connection idle this long. Short: an idle or stalled
  * client holds one of few slots, and bytes MHD reads as blank lines (a
  * stream of NULs, say) only ever end this way. */
 #define HTTP_CONN_TIMEOUT_S 3
-#define HTTP_BACKLOG 64
+/* MHD's timeout is an idle one, reset by every byte: a client dribbling
+ * a byte a second would keep its slot for ever. So each request also
+ * gets deadlines of ours: from the connection's start (or its previous
+ * reply) to its whole header, and from there to its reply sent (a body
+ * read included). A connection past one is shut down. */
+#define HTTP_HEADER_MS 2000
+#define HTTP_REPLY_MS 10000 /* JSON_MAX_BODY_BYTES at 100 KB/s */
+/* Room for a burst of fresh clients while the slots turn over (the
+ * kernel caps it at net.core.somaxconn). */
+#define HTTP_BACKLOG 1024
 #define HTTP_HEALTH_MAX_AGE_MS 2000 /* a worker silent longer is unhealthy */
 #define HTTP_TURN_MS 1000        /* longest wait between two loop turns */
+
+/* A connection of the ops port, from MHD's STARTED notification to its
+ * CLOSED one. MHD calls back on our thread, inside MHD_run, or (stopping)
+ * on http_stop's once ours has ended: never two threads at once. */
+struct http_conn {
+	struct http_conn *prev, *next;
+	int fd;
+	uint64_t deadline_ms; /* CLOCK_MONOTONIC */
+	bool cut;             /* shut down: MHD sees the end and closes it */
+};
 
 struct http {
 	const struct server_config *cfg;
@@ -78,6 +98,7 @@ struct http {
 	pthread_t thread;
 	uint16_t port;
 	uint64_t start_ms;      /* CLOCK_MONOTONIC at http_start */
+	struct http_conn conns; /* list head: every open connection */
 };
 
 enum http_route {
@@ -263,16 +284,16 @@ static void http_count_checks(struct http *h, const struct verdict *v,
 static enum MHD_Result http_healthz(struct http *h, struct MHD_Connection *conn)
 {
 	uint64_t now_ms = http_mono_us() / 1000u;
-	unsigned n = metrics_n_slots();
+	unsigned n = h->slot < metrics_n_slots() ? h->slot : metrics_n_slots();
 	char msg[128];
 
-	/* Every slot but ours is a worker's (ours keeps last_turn_ms 0: if
-	 * this answers at all, this thread is turning). */
+	/* The slots before ours are the workers' (main.c's layout: workers,
+	 * then this thread, whose last_turn_ms stays 0 since answering at
+	 * all shows it turns, then the single writer, which is no loop and
+	 * may be busy for seconds with a generation). */
 	for (unsigned i = 0; i < n; i++) {
 		uint64_t last;
 
-		if (i == h->slot)
-			continue;
 		/* Relaxed: pairs with the worker's relaxed store of its turn
 		 * time; the value alone is the message, nothing else is read
 		 * through it. */
@@ -297,11 +318,16 @@ static enum MHD_Result http_readyz(struct http *h, struct MHD_Connection *conn)
 {
 	struct index_info info;
 	bool stale = false;
-	char msg[160];
+	char msg[300], why[240];
 
 	if (!http_index_info(h, &info, &stale))
 		return http_reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE,
 				       "no index loaded\n");
+	/* The change log failed: the state served is frozen (writer.h). */
+	if (writer_fault(h->cfg->writer, why, sizeof(why))) {
+		snprintf(msg, sizeof(msg), "changes refused: %s\n", why);
+		return http_reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, msg);
+	}
 	if (stale) {
 		snprintf(msg, sizeof(msg),
 			 "data stale: %" PRId64 " s old, soft bound %" PRId64 " s\n",
@@ -437,7 +463,7 @@ static char *http_metrics_text(struct http *h, size_t *len)
 		   "%" PRId64, h->cfg->stale_hard_s);
 	http_gauge(f, "consentd_ready",
 		   "1 when an index is loaded and fresh (as /readyz).", "%d",
-		   have && !stale);
+		   have && !stale && !writer_fault(h->cfg->writer, NULL, 0));
 	free(sum);
 	if (fclose(f) != 0) {
 		free(buf);
@@ -668,6 +694,17 @@ static int http_authenticate(struct http *h, struct MHD_Connection *conn,
 	return 0;
 }
 
+/* Gives conn until ms from now to reach its next step (http_cut_late). */
+static void http_conn_deadline(struct MHD_Connection *conn, uint64_t ms)
+{
+	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(
+		conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+	struct http_conn *c = ci ? ci->socket_context : NULL;
+
+	if (c)
+		c->deadline_ms = http_mono_us() / 1000u + ms;
+}
+
 static enum MHD_Result http_handle(void *cls, struct MHD_Connection *conn,
 				   const char *url, const char *method,
 				   const char *version, const char *upload_data,
@@ -696,6 +733,8 @@ static enum MHD_Result http_handle(void *cls, struct MHD_Connection *conn,
 		return MHD_YES;
 	}
 
+	/* The header is in: the body (if any) and the reply next. */
+	http_conn_deadline(conn, HTTP_REPLY_MS);
 	metrics_inc(&h->m->http_requests);
 	route = http_route_of(url);
 	if (route == ROUTE_NONE)
@@ -770,13 +809,73 @@ static void http_completed(void *cls, struct MHD_Connection *conn,
 	struct http_req *r = *con_cls;
 
 	(void)cls;
-	(void)conn;
 	(void)toe;
+	/* Kept alive: the next request's header has its own deadline. */
+	http_conn_deadline(conn, HTTP_HEADER_MS);
 	if (r) {
 		free(r->body);
 		free(r);
 		*con_cls = NULL;
 	}
+}
+
+/* MHD_OPTION_NOTIFY_CONNECTION: tracks every connection for
+ * http_cut_late. */
+static void http_notify(void *cls, struct MHD_Connection *conn,
+			void **socket_context,
+			enum MHD_ConnectionNotificationCode toe)
+{
+	struct http *h = cls;
+	struct http_conn *c = *socket_context;
+
+	if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+		const union MHD_ConnectionInfo *ci = MHD_get_connection_info(
+			conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+
+		if (!ci)
+			return;
+		c = calloc(1, sizeof(*c));
+		if (!c) {
+			/* Untracked it would have no deadline: refuse it. */
+			shutdown(ci->connect_fd, SHUT_RDWR);
+			return;
+		}
+		c->fd = ci->connect_fd;
+		c->deadline_ms = http_mono_us() / 1000u + HTTP_HEADER_MS;
+		c->next = &h->conns;
+		c->prev = h->conns.prev;
+		c->prev->next = c;
+		h->conns.prev = c;
+		*socket_context = c;
+		return;
+	}
+	if (c) {
+		c->prev->next = c->next;
+		c->next->prev = c->prev;
+		free(c);
+		*socket_context = NULL;
+	}
+}
+
+/* Shuts down every connection past its deadline (MHD reads the end at its
+ * next turn and closes it); returns the milliseconds until the next
+ * deadline, at most wait_ms. */
+static int http_cut_late(struct http *h, int wait_ms)
+{
+	uint64_t now = http_mono_us() / 1000u;
+
+	for (struct http_conn *c = h->conns.next; c != &h->conns;
+	     c = c->next) {
+		if (c->cut)
+			continue;
+		if (now >= c->deadline_ms) {
+			shutdown(c->fd, SHUT_RDWR);
+			c->cut = true;
+		} else if (c->deadline_ms - now < (uint64_t)wait_ms) {
+			wait_ms = (int)(c->deadline_ms - now);
+		}
+	}
+	return wait_ms;
 }
 
 static void http_log(void *cls, const char *fmt, va_list ap)
@@ -810,6 +909,8 @@ static void *http_thread(void *arg)
 		if (MHD_get_timeout(h->daemon, &to) == MHD_YES &&
 		    to < (MHD_UNSIGNED_LONG_LONG)timeout_ms)
 			timeout_ms = (int)to;
+		/* So do ours; the connections cut now close in MHD_run. */
+		timeout_ms = http_cut_late(h, timeout_ms);
 		if (poll(pfd, 2, timeout_ms) < 0 && errno != EINTR)
 			(void)0; /* ENOMEM: try again next turn */
 		if (pfd[1].revents)
@@ -945,6 +1046,7 @@ int http_start(const struct server_config *cfg, unsigned metrics_slot_i,
 	h->slot = metrics_slot_i;
 	h->m = metrics_slot(metrics_slot_i);
 	h->stop_fd = -1;
+	h->conns.next = h->conns.prev = &h->conns;
 
 	e = http_listen(cfg->http_addr, &fd, &family, &h->port, err, err_cap);
 	if (e < 0)
@@ -967,6 +1069,7 @@ int http_start(const struct server_config *cfg, unsigned metrics_slot_i,
 		MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTP_MAX_CONNECTIONS,
 		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_CONN_TIMEOUT_S,
 		MHD_OPTION_NOTIFY_COMPLETED, http_completed, h,
+		MHD_OPTION_NOTIFY_CONNECTION, http_notify, h,
 		MHD_OPTION_END);
 	if (!h->daemon) {
 		e = -EIO;

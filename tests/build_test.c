@@ -268,7 +268,8 @@ static void test_build_and_dump(void)
 	CHECK(res.generation == 1 && res.records == n &&
 	      res.stream_records == n && res.watermark == 4242 &&
 	      res.created_at == SYNTH_NOW);
-	CHECK(datadir_newest_generation(dir) == 1);
+	uint64_t newest = 0;
+	CHECK(datadir_newest_generation(dir, &newest) == 0 && newest == 1);
 
 	for (int mode = INDEX_LOAD_ANON; mode <= INDEX_LOAD_MMAP; mode++) {
 		struct index *ix;
@@ -391,7 +392,8 @@ static void test_rejected_whole(void)
 	rc = build_file(snap, dir, &res, err, sizeof(err));
 	CHECKF(rc == -EPROTO && strstr(err, "change stream"), "%d %s", rc, err);
 
-	CHECK(datadir_newest_generation(dir) == 2);
+	uint64_t newest = 0;
+	CHECK(datadir_newest_generation(dir, &newest) == 0 && newest == 2);
 	CHECK(no_temp_dirs(dir));
 	struct index *ix;
 	uint64_t gen;
@@ -618,7 +620,9 @@ static void test_verify_and_fallback(void)
 	CHECK(datadir_open_newest(empty, INDEX_LOAD_ANON, &ix, &gen, err,
 				  sizeof(err)) == -ENOENT);
 	CHECK(datadir_verify(empty, err, sizeof(err)) == -ENOENT);
-	CHECK(datadir_newest_generation(empty) == 0);
+	uint64_t newest = 1;
+	CHECK(datadir_newest_generation(empty, &newest) == 0 && newest == 0);
+	CHECK(datadir_newest_generation("/nonexistent/x", &newest) == -ENOENT);
 	char buf[16];
 	CHECK(datadir_generation_path("/x", 5, buf, sizeof(buf)) == -ENAMETOOLONG);
 }
