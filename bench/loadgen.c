@@ -13,6 +13,11 @@
  * after --requests measured requests), waits --drain seconds for the
  * replies still owed, and counts the rest as lost.
  *
+ * The requests are prepared before the run (loadgen_reqs.c): a connection
+ * picks one at random, copies its bytes with a fresh id, and verifies the
+ * reply against the expected bytes, decoding it only when they differ
+ * (--verify full decodes every reply, the slower path kept to compare).
+ *
  * Exit: 0 all verified; 1 any wrong answer; 2 usage; 3 transport trouble
  * (refused connection, dropped connection, lost replies) with no wrong
  * answer.
@@ -78,12 +83,22 @@ struct options {
 	bool quiet;
 	bool emit_redis_load;
 	const char *out;    /* --emit-redis-load destination */
+	bool verify_full;   /* decode every reply, not just the odd ones */
+	uint32_t distinct;  /* requests prepared; 0: LG_DISTINCT_CHECKS worth */
 };
+
+/* Checks prepared by default: enough distinct keys that the server's
+ * lookups miss its caches as with fresh draws (1 M keys of a 10 M-record
+ * index touch ~64 MB of buckets, twice the L3; 4 M measured the same),
+ * few enough to prepare in about a second and hold in 50-170 MB. */
+#define LG_DISTINCT_CHECKS (1u << 20)
+#define LG_DISTINCT_MIN 256u
 
 /* A request in flight. */
 struct slot {
 	uint64_t id;
 	uint64_t intended_ns; /* scheduled (open loop) or queued (closed) */
+	uint32_t req;         /* which prepared request (lg_reqs) */
 	uint32_t n;           /* checks */
 	bool measured;        /* intended after the warm-up */
 };
@@ -96,7 +111,6 @@ struct conn {
 	size_t out_off;      /* bytes of out already written */
 	struct lg_buf in;
 	struct slot *ring;   /* cap slots; requests in flight, oldest first */
-	struct lg_expect *expects; /* cap * batch */
 	uint32_t cap, head, count;
 	uint64_t next_id;
 	uint64_t next_due_ns; /* open loop schedule */
@@ -110,12 +124,12 @@ struct worker {
 	uint32_t n_conns;
 	struct lg_rng rng;
 	struct lg_codec *codec;
-	struct lg_check *checks;
+	struct lg_expect *scratch; /* batch answers for a full decode */
 	struct hist hist;
 	/* counters */
 	uint64_t issued, issued_checks, issued_hits;
 	uint64_t completed, measured, measured_checks;
-	uint64_t wrong_replies, wrong_checks;
+	uint64_t wrong_replies, wrong_checks, decoded;
 	uint64_t conn_errors, lost;
 	uint64_t last_measured_ns;
 	uint32_t *per_sec;
@@ -125,7 +139,7 @@ struct worker {
 /* Shared, set before the workers start and read-only afterwards, except
  * the request budget and the detail counter (atomics). */
 static struct options opt;
-static const struct lg_keys *keys;
+static const struct lg_reqs *reqs;
 static uint64_t t_start_ns, t_measure_ns, t_stop_ns;
 static uint64_t interval_ns; /* open loop, per connection */
 static _Atomic uint64_t budget_used; /* --requests: measured requests issued */
@@ -179,14 +193,14 @@ static int conn_open(struct conn *c, const struct addrinfo *ai)
 	return 0;
 }
 
-static int conn_init(struct conn *c, uint32_t cap, uint32_t batch)
+static int conn_init(struct conn *c, uint32_t cap)
 {
 	memset(c, 0, sizeof(*c));
 	c->fd = -1;
 	c->cap = cap;
+	c->next_id = LG_ID_BASE;
 	c->ring = calloc(cap, sizeof(*c->ring));
-	c->expects = calloc((size_t)cap * batch, sizeof(*c->expects));
-	if (!c->ring || !c->expects)
+	if (!c->ring)
 		return -ENOMEM;
 	return 0;
 }
@@ -198,7 +212,6 @@ static void conn_fini(struct conn *c)
 	lg_buf_fini(&c->out);
 	lg_buf_fini(&c->in);
 	free(c->ring);
-	free(c->expects);
 }
 
 /* A connection that failed: its replies are lost, the others go on. */
@@ -273,24 +286,21 @@ static bool may_issue(uint64_t intended_ns)
 
 static int conn_issue(struct worker *w, struct conn *c, uint64_t intended_ns)
 {
-	uint32_t hits = lg_keys_next(keys, &w->rng, w->checks);
-	uint64_t id = ++c->next_id;
-	int rc = lg_encode(w->codec, opt.proto, id, w->checks, opt.batch, &c->out);
+	uint32_t r = (uint32_t)lg_rng_below(&w->rng, lg_reqs_count(reqs));
+	uint64_t id = c->next_id++;
+	int rc = lg_reqs_emit(reqs, r, id, &c->out);
 	if (rc < 0)
 		return rc;
-	uint32_t at = (c->head + c->count) % c->cap;
-	struct slot *s = &c->ring[at];
+	struct slot *s = &c->ring[(c->head + c->count) % c->cap];
 	s->id = id;
 	s->intended_ns = intended_ns;
+	s->req = r;
 	s->n = opt.batch;
 	s->measured = intended_ns >= t_measure_ns;
-	struct lg_expect *e = &c->expects[(size_t)at * opt.batch];
-	for (uint32_t i = 0; i < opt.batch; i++)
-		e[i] = w->checks[i].expect;
 	c->count++;
 	w->issued++;
 	w->issued_checks += opt.batch;
-	w->issued_hits += hits;
+	w->issued_hits += lg_reqs_hits(reqs, r);
 	return 0;
 }
 
@@ -349,10 +359,10 @@ static void conn_replies(struct worker *w, struct conn *c, uint64_t now)
 			return;
 		}
 		struct slot *s = &c->ring[c->head];
-		const struct lg_expect *e = &c->expects[(size_t)c->head * opt.batch];
 		struct lg_reply r;
-		long used = lg_decode(w->codec, opt.proto, s->id, e, s->n,
-				      c->in.data + off, c->in.len - off, &r);
+		long used = lg_reqs_verify(reqs, w->codec, s->req, s->id,
+					   opt.verify_full, w->scratch,
+					   c->in.data + off, c->in.len - off, &r);
 		if (used == 0)
 			break;
 		if (used < 0) {
@@ -363,6 +373,7 @@ static void conn_replies(struct worker *w, struct conn *c, uint64_t now)
 		c->head = (c->head + 1) % c->cap;
 		c->count--;
 		w->completed++;
+		w->decoded += r.decoded;
 		if (r.wrong) {
 			w->wrong_replies++;
 			w->wrong_checks += r.wrong;
@@ -521,6 +532,10 @@ static void usage(FILE *f)
 "  --drain SEC         wait for owed replies after the end (5)\n"
 "  --seed S --records N  the dataset (consentctl gen --seed S --records N)\n"
 "  --pool N            keys per pool for batches, present and absent (4M)\n"
+"  --distinct N        requests prepared at start-up, picked at random\n"
+"                      (as many as hold 1M checks, at least 256)\n"
+"  --verify fast|full  fast: compare each reply with the expected bytes,\n"
+"                      decode only one that differs; full: decode all (fast)\n"
 "  --json FILE         write the results as JSON\n"
 "  --label TEXT        a name for this run in the output\n"
 "  --quiet             no human summary on stdout\n"
@@ -574,7 +589,7 @@ static int parse_options(int argc, char **argv)
 		O_HOST = 256, O_PORT, O_PROTO, O_CONNS, O_THREADS, O_PIPE,
 		O_BATCH, O_HIT, O_SKEW, O_DUR, O_REQS, O_RATE, O_WARM, O_DRAIN,
 		O_SEED, O_RECS, O_POOL, O_MAXOUT, O_JSON, O_LABEL, O_QUIET,
-		O_EMIT, O_OUT, O_HELP,
+		O_EMIT, O_OUT, O_HELP, O_VERIFY, O_DISTINCT,
 	};
 	static const struct option longs[] = {
 		{ "host", required_argument, 0, O_HOST },
@@ -601,6 +616,8 @@ static int parse_options(int argc, char **argv)
 		{ "emit-redis-load", no_argument, 0, O_EMIT },
 		{ "out", required_argument, 0, O_OUT },
 		{ "help", no_argument, 0, O_HELP },
+		{ "verify", required_argument, 0, O_VERIFY },
+		{ "distinct", required_argument, 0, O_DISTINCT },
 		{ 0, 0, 0, 0 },
 	};
 	opt = (struct options){
@@ -663,6 +680,17 @@ static int parse_options(int argc, char **argv)
 		case O_QUIET: opt.quiet = true; break;
 		case O_EMIT: opt.emit_redis_load = true; break;
 		case O_OUT: opt.out = optarg; break;
+		case O_VERIFY:
+			if (!strcmp(optarg, "fast"))
+				opt.verify_full = false;
+			else if (!strcmp(optarg, "full"))
+				opt.verify_full = true;
+			else
+				bad = fprintf(stderr, "loadgen: unknown --verify '%s'\n", optarg);
+			break;
+		case O_DISTINCT:
+			bad |= parse_u32(optarg, &opt.distinct) < 0 || opt.distinct == 0;
+			break;
 		case O_HELP: case 'h': usage(stdout); exit(LG_EXIT_OK);
 		default: bad = 1; break;
 		}
@@ -692,6 +720,11 @@ static int parse_options(int argc, char **argv)
 	if (!opt.port)
 		opt.port = opt.proto == LG_PROTO_RPC ? "7700" :
 			   opt.proto <= LG_PROTO_RESP_MCHECK ? "7701" : "6379";
+	if (!opt.distinct && opt.batch) {
+		opt.distinct = (LG_DISTINCT_CHECKS + opt.batch - 1) / opt.batch;
+		if (opt.distinct < LG_DISTINCT_MIN)
+			opt.distinct = LG_DISTINCT_MIN;
+	}
 	if (!opt.max_outstanding) {
 		opt.max_outstanding = 4096 / opt.batch;
 		if (opt.max_outstanding < 64)
@@ -741,7 +774,7 @@ struct totals {
 	struct hist hist;
 	uint64_t issued, issued_checks, issued_hits;
 	uint64_t completed, measured, measured_checks;
-	uint64_t wrong_replies, wrong_checks, conn_errors, lost;
+	uint64_t wrong_replies, wrong_checks, conn_errors, lost, decoded;
 	uint64_t last_measured_ns;
 	uint32_t per_sec[LG_SECONDS_MAX];
 	double seconds, rps, cps, cpu;
@@ -791,6 +824,10 @@ static void write_json(const struct totals *t, FILE *f)
 	fprintf(f, "  \"connection_errors\": %llu, \"lost\": %llu,\n",
 		(unsigned long long)t->conn_errors, (unsigned long long)t->lost);
 	fprintf(f, "  \"client_cpu\": %.3f,\n", t->cpu);
+	fprintf(f, "  \"verify\": \"%s\", \"distinct_requests\": %u, "
+		   "\"replies_decoded\": %llu,\n",
+		opt.verify_full ? "full" : "fast", opt.distinct,
+		(unsigned long long)t->decoded);
 	fprintf(f, "  \"per_second\": [");
 	unsigned secs = (unsigned)ceil(t->seconds);
 	if (secs > LG_SECONDS_MAX)
@@ -819,6 +856,9 @@ static void print_summary(const struct totals *t)
 	if (opt.rate > 0 && t->rps < opt.rate * 0.95)
 		printf("  note: achieved %.0f of %.0f req/s: past saturation\n",
 		       t->rps, opt.rate);
+	if (!opt.verify_full && t->decoded)
+		printf("  note: %llu replies differed from the expected bytes and "
+		       "were decoded in full\n", (unsigned long long)t->decoded);
 	if (t->cpu > 0.9 * opt.threads)
 		printf("  note: the client used %.0f%% of its %u thread(s): "
 		       "it may be the bottleneck\n", t->cpu * 100, opt.threads);
@@ -844,9 +884,9 @@ static int worker_init(struct worker *w, unsigned t, uint32_t cap,
 	hist_init(&w->hist);
 	lg_rng_seed(&w->rng, opt.seed * 1000003u + t + 1);
 	w->conns = calloc(w->n_conns, sizeof(*w->conns));
-	w->checks = calloc(opt.batch, sizeof(*w->checks));
+	w->scratch = calloc(opt.batch, sizeof(*w->scratch));
 	w->per_sec = calloc(LG_SECONDS_MAX, sizeof(*w->per_sec));
-	if (!w->conns || !w->checks || !w->per_sec)
+	if (!w->conns || !w->scratch || !w->per_sec)
 		return -ENOMEM;
 	for (uint32_t c = 0; c < w->n_conns; c++)
 		w->conns[c].fd = -1;
@@ -858,7 +898,7 @@ static int worker_init(struct worker *w, unsigned t, uint32_t cap,
 		return rc;
 	for (uint32_t c = 0; c < w->n_conns; c++) {
 		struct conn *cn = &w->conns[c];
-		rc = conn_init(cn, cap, opt.batch);
+		rc = conn_init(cn, cap);
 		if (rc < 0)
 			return rc;
 		rc = conn_open(cn, ai);
@@ -877,7 +917,7 @@ static void worker_fini(struct worker *w)
 		for (uint32_t c = 0; c < w->n_conns; c++)
 			conn_fini(&w->conns[c]);
 	free(w->conns);
-	free(w->checks);
+	free(w->scratch);
 	free(w->per_sec);
 	lg_codec_destroy(w->codec);
 	if (w->epfd >= 0)
@@ -896,6 +936,7 @@ static void totals_add(struct totals *tot, const struct worker *w)
 	tot->wrong_replies += w->wrong_replies;
 	tot->wrong_checks += w->wrong_checks;
 	tot->conn_errors += w->conn_errors;
+	tot->decoded += w->decoded;
 	tot->lost += w->lost;
 	if (w->last_measured_ns > tot->last_measured_ns)
 		tot->last_measured_ns = w->last_measured_ns;
@@ -982,6 +1023,7 @@ int main(int argc, char **argv)
 	int exit_code = LG_EXIT_USAGE;
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai = NULL;
 	struct lg_keys *k = NULL;
+	struct lg_reqs *rq = NULL;
 	struct worker *ws = NULL;
 	static struct totals tot; /* 14 KiB of per-second series */
 
@@ -1008,16 +1050,32 @@ int main(int argc, char **argv)
 		fprintf(stderr, "loadgen: key pools: %s\n", strerror(-rc));
 		goto out_ai;
 	}
-	keys = k;
 	if (opt.batch > 1 && !opt.quiet)
 		fprintf(stderr, "loadgen: key pools ready in %.1f s\n",
+			(double)(now_ns() - t0) / 1e9);
+	t0 = now_ns();
+	struct lg_reqs_config rc_cfg = {
+		.proto = opt.proto, .batch = opt.batch, .count = opt.distinct,
+		.seed = opt.seed,
+	};
+	rc = lg_reqs_create(k, &rc_cfg, &rq);
+	if (rc < 0) {
+		fprintf(stderr, "loadgen: preparing requests: %s\n", strerror(-rc));
+		goto out_keys;
+	}
+	reqs = rq;
+	if (!opt.quiet)
+		fprintf(stderr, "loadgen: %u requests (%llu checks, %.0f MB) "
+				"prepared in %.1f s\n", opt.distinct,
+			(unsigned long long)opt.distinct * opt.batch,
+			(double)lg_reqs_bytes(rq) / 1e6,
 			(double)(now_ns() - t0) / 1e9);
 
 	exit_code = LG_EXIT_TRANSPORT;
 	ws = calloc(opt.threads, sizeof(*ws));
 	if (!ws) {
 		fprintf(stderr, "loadgen: out of memory\n");
-		goto out_keys;
+		goto out_reqs;
 	}
 	uint32_t cap = opt.rate > 0 ? opt.max_outstanding : opt.pipeline;
 	uint32_t n_init = 0;
@@ -1051,6 +1109,8 @@ out_workers:
 	for (uint32_t t = 0; t < n_init; t++)
 		worker_fini(&ws[t]);
 	free(ws);
+out_reqs:
+	lg_reqs_destroy(rq);
 out_keys:
 	lg_keys_destroy(k);
 out_ai:

@@ -5,8 +5,10 @@
  * the same synthetic record (core/synth.h), so a fast wrong server loses.
  * Internal header shared by bench/loadgen*.c: the histogram (loadgen_hist.c),
  * the key chooser and expected answers (loadgen_keys.c), the request
- * encoders and reply verifiers per protocol (loadgen_proto.c). Everything
- * here is per thread unless it says otherwise; errors are -errno.
+ * encoders and reply verifiers per protocol (loadgen_proto.c), and the
+ * table of requests prepared at start-up with their expected reply bytes
+ * (loadgen_reqs.c). Everything here is per thread unless it says
+ * otherwise; errors are -errno.
  */
 #ifndef CONSENTD_BENCH_LOADGEN_H
 #define CONSENTD_BENCH_LOADGEN_H
@@ -111,6 +113,10 @@ void lg_expect_present(uint64_t i, const struct synth_record *rec,
 		       struct lg_expect *out);
 void lg_expect_absent(uint64_t j, const struct synth_record *rec,
 		      struct lg_expect *out);
+/* The check (record text and expected answer) for a key as lg_expect.key
+ * holds it: a record index, or LG_KEY_ABSENT | an absent index. */
+void lg_keys_check(const struct lg_keys *keys, uint64_t key,
+		   struct lg_check *out);
 
 /* ---- protocols (loadgen_proto.c) ---------------------------------------- */
 
@@ -144,7 +150,8 @@ int lg_encode(struct lg_codec *c, enum lg_proto proto, uint64_t id,
 struct lg_reply {
 	uint32_t wrong;     /* checks answered wrongly (or the whole reply) */
 	uint32_t checks;    /* checks answered */
-	char detail[256];   /* first mismatch, for the diagnostics */
+	bool decoded;       /* judged by a full decode, not by its bytes */
+	char detail[400];   /* first mismatch, for the diagnostics */
 };
 
 /* Decodes one reply from in[0..len) and verifies it against expect[0..n)
@@ -154,11 +161,71 @@ long lg_decode(struct lg_codec *c, enum lg_proto proto, uint64_t id,
 	       const struct lg_expect *expect, uint32_t n, const char *in,
 	       size_t len, struct lg_reply *out);
 
+/* Appends the reply a correct server gives to checks with answers
+ * expect[0..n), computed from the expected answers alone: for rpc the
+ * CheckResponse.verdicts entries (tag, length, Verdict as protobuf-c packs
+ * it), for the RESP forms the whole reply. */
+int lg_expect_bytes(enum lg_proto proto, const struct lg_expect *expect,
+		    uint32_t n, struct lg_buf *out);
+
+/* The fast verdict on one reply: compares in[0..len) with the expected
+ * bytes exp[0..exp_len) of lg_expect_bytes (rpc: after reading the frame,
+ * the echoed id and the CheckResponse around the verdicts). Returns bytes
+ * consumed when the reply is exactly the expected one, 0 when it is its
+ * beginning so far (need more), LG_FAST_UNSURE when it differs, in which
+ * case lg_decode must judge it. */
+#define LG_FAST_UNSURE (-1L)
+long lg_fast_verify(enum lg_proto proto, uint64_t id, const char *exp,
+		    size_t exp_len, const char *in, size_t len);
+
 /* The Redis form of a record (documented in bench/README.md):
  * key "c:BRAND:CHANNEL:RTYPE:RECIPIENT", value "STATUS:SOURCE:DATE", the
  * enums as their wire numbers, the date in Unix seconds. Return lengths. */
 int lg_redis_key(const struct synth_record *rec, char *buf, size_t cap);
 int lg_redis_value(uint8_t status, uint8_t source, int64_t consent_date,
 		   char *buf, size_t cap);
+
+/* ---- the request table (loadgen_reqs.c) --------------------------------
+ * The requests of a run are drawn (lg_keys_next) and encoded once, at
+ * start-up, with the bytes of their correct replies (lg_expect_bytes); a
+ * run then copies a frame, patches its id, and checks each reply with one
+ * memcmp, so the client costs little next to the server. A reply that does
+ * not match byte for byte is decoded in full against the expected answers
+ * (recomputed from the keys), which says what was wrong, and still
+ * accepts a correct answer encoded differently. Shared and read-only
+ * after lg_reqs_create. */
+
+/* RPC ids are drawn from [2^49, 2^56): every such value is a minimal
+ * varint of exactly 8 bytes, so the id is patched in place and the frame
+ * stays canonical protobuf. */
+#define LG_ID_BASE (1ull << 49)
+#define LG_ID_END (1ull << 56)
+
+struct lg_reqs;
+
+struct lg_reqs_config {
+	enum lg_proto proto;
+	uint32_t batch;     /* checks per request */
+	uint32_t count;     /* requests to prepare */
+	uint64_t seed;      /* for the draws */
+};
+
+int lg_reqs_create(const struct lg_keys *keys, const struct lg_reqs_config *cfg,
+		   struct lg_reqs **out);
+void lg_reqs_destroy(struct lg_reqs *reqs);
+uint32_t lg_reqs_count(const struct lg_reqs *reqs);
+size_t lg_reqs_bytes(const struct lg_reqs *reqs); /* memory held */
+/* Present keys among request r's checks. */
+uint32_t lg_reqs_hits(const struct lg_reqs *reqs, uint32_t r);
+/* Appends request r with the given id (rpc) to out. */
+int lg_reqs_emit(const struct lg_reqs *reqs, uint32_t r, uint64_t id,
+		 struct lg_buf *out);
+/* Verifies one reply to request r (sent with id) at in[0..len), as
+ * lg_decode does; full skips the byte comparison and always decodes.
+ * scratch has room for batch answers. Returns bytes consumed, 0 for need
+ * more, -EPROTO for bytes that are not a reply. */
+long lg_reqs_verify(const struct lg_reqs *reqs, struct lg_codec *c,
+		    uint32_t r, uint64_t id, bool full, struct lg_expect *scratch,
+		    const char *in, size_t len, struct lg_reply *out);
 
 #endif

@@ -399,6 +399,12 @@ static void make_check(const struct lg_keys *k, bool present, uint64_t idx,
 	}
 }
 
+void lg_keys_check(const struct lg_keys *keys, uint64_t key,
+		   struct lg_check *out)
+{
+	make_check(keys, !(key & LG_KEY_ABSENT), key & ~LG_KEY_ABSENT, out);
+}
+
 /* Draws a member of group g from pool p, with the run's skew over the
  * group's members (in sampling order, so hot keys stay hot). */
 static uint64_t group_draw(const struct lg_keys *k, const struct lg_pool *p,

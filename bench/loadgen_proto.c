@@ -11,6 +11,12 @@
  *   redis-mget   one such value or nil per key.
  * A reply that decodes but disagrees is a wrong answer; bytes that are not
  * a reply at all are -EPROTO (the caller drops the connection).
+ *
+ * The hot path does not decode at all: lg_expect_bytes writes, from the
+ * expected answers alone, the bytes a correct server sends (the Verdicts
+ * as protobuf-c packs them, the RESP reply as DESIGN §3.3 and Redis shape
+ * it), and lg_fast_verify compares a reply with them. Only a reply that
+ * differs goes through the decoders above, which judge it by its values.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -364,12 +370,39 @@ static void note(struct lg_reply *r, const struct lg_expect *e,
 		return;
 	snprintf(r->detail, sizeof(r->detail),
 		 "key %s%llu: expected allow=%u reason=%s status=%u source=%u "
-		 "date=%lld; %s %.120s",
+		 "date=%lld; %s%s%.240s",
 		 e && (e->key & LG_KEY_ABSENT) ? "absent#" : "record#",
 		 e ? (unsigned long long)(e->key & ~LG_KEY_ABSENT) : 0ull,
 		 e ? e->allow : 0, e ? enums_reason_name(e->reason) : "-",
 		 e ? e->status : 0, e ? e->source : 0,
-		 e ? (long long)e->consent_date : 0ll, fmt, got ? got : "");
+		 e ? (long long)e->consent_date : 0ll, fmt, fmt[0] ? " " : "",
+		 got ? got : "");
+}
+
+/* Names the first field (in field order) where verdict v differs from e,
+ * into buf; false when they agree. */
+static bool verdict_diff(const Consent__V1__Verdict *v,
+			 const struct lg_expect *e, char *buf, size_t cap)
+{
+	if ((uint8_t)!!v->allow != e->allow)
+		snprintf(buf, cap, "allow differs (expected %u, got %d)",
+			 e->allow, (int)v->allow);
+	else if ((int)v->reason != e->reason)
+		snprintf(buf, cap, "reason differs (expected %s, got %s)",
+			 enums_reason_name(e->reason),
+			 enums_reason_name((int)v->reason));
+	else if ((int)v->status != e->status)
+		snprintf(buf, cap, "status differs (expected %u, got %d)",
+			 e->status, (int)v->status);
+	else if ((int)v->source != e->source)
+		snprintf(buf, cap, "source differs (expected %u, got %d)",
+			 e->source, (int)v->source);
+	else if (v->consent_date != e->consent_date)
+		snprintf(buf, cap, "consent_date differs (expected %lld, got %lld)",
+			 (long long)e->consent_date, (long long)v->consent_date);
+	else
+		return false;
+	return true;
 }
 
 static long decode_rpc(struct lg_codec *c, uint64_t id,
@@ -423,18 +456,20 @@ static long decode_rpc(struct lg_codec *c, uint64_t id,
 	for (uint32_t i = 0; i < n; i++) {
 		const Consent__V1__Verdict *v = cr->verdicts[i];
 		const struct lg_expect *e = &expect[i];
-		if ((uint8_t)!!v->allow == e->allow && (int)v->reason == e->reason &&
-		    (int)v->status == e->status && (int)v->source == e->source &&
-		    v->consent_date == e->consent_date)
+		char diff[96];
+		if (!verdict_diff(v, e, diff, sizeof(diff)))
 			continue;
 		out->wrong++;
-		char got[200];
+		if (out->detail[0])
+			continue;
+		char got[240];
 		snprintf(got, sizeof(got),
-			 "allow=%d reason=%s status=%d source=%d date=%lld %s",
-			 (int)v->allow, enums_reason_name((int)v->reason),
-			 (int)v->status, (int)v->source, (long long)v->consent_date,
+			 "verdict %u of %u: %s; got allow=%d reason=%s status=%d "
+			 "source=%d date=%lld %.40s", i, n, diff, (int)v->allow,
+			 enums_reason_name((int)v->reason), (int)v->status,
+			 (int)v->source, (long long)v->consent_date,
 			 v->error ? v->error : "");
-		note(out, e, "got", got);
+		note(out, e, "", got);
 	}
 	return used;
 }
@@ -644,7 +679,12 @@ static long decode_resp(struct lg_codec *c, enum lg_proto proto,
 			if (ok)
 				continue;
 			out->wrong++;
-			note(out, &expect[i], "got", elem_text(&m[i], got, sizeof(got)));
+			if (out->detail[0])
+				continue;
+			char el[120];
+			snprintf(got, sizeof(got), "member %u of %u: %s", i, n,
+				 elem_text(&m[i], el, sizeof(el)));
+			note(out, &expect[i], "got", got);
 		}
 		return (long)pos;
 	default:
@@ -658,8 +698,177 @@ long lg_decode(struct lg_codec *c, enum lg_proto proto, uint64_t id,
 {
 	out->wrong = 0;
 	out->checks = 0;
+	out->decoded = true;
 	out->detail[0] = '\0';
 	if (proto == LG_PROTO_RPC)
 		return decode_rpc(c, id, expect, n, in, len, out);
 	return decode_resp(c, proto, expect, n, in, len, out);
+}
+
+/* ---- expected reply bytes and the byte-wise verdict --------------------- */
+
+static char *put_varint(char *p, uint64_t v)
+{
+	while (v >= 0x80) {
+		*p++ = (char)(v | 0x80);
+		v >>= 7;
+	}
+	*p++ = (char)v;
+	return p;
+}
+
+static char *put_lit(char *p, const char *s)
+{
+	size_t n = strlen(s);
+	memcpy(p, s, n);
+	return p + n;
+}
+
+/* One RESP value in Redis's RESP2 form: "$LEN\r\nSTATUS:SOURCE:DATE\r\n",
+ * or the nil bulk string for a key that has no record. */
+static char *expect_value(char *p, const struct lg_expect *e)
+{
+	if (!e->status)
+		return put_lit(p, "$-1\r\n");
+	char val[64];
+	int vlen = lg_redis_value(e->status, e->source, e->consent_date, val,
+				  sizeof(val));
+	return resp_bulk(p, val, (size_t)vlen);
+}
+
+int lg_expect_bytes(enum lg_proto proto, const struct lg_expect *expect,
+		    uint32_t n, struct lg_buf *out)
+{
+	/* Per check: a Verdict is at most 2 + 2 + 2 + 3 + 11 bytes plus its
+	 * tag and length; a CHECK reply is at most about 80 bytes. */
+	int rc = lg_buf_reserve(out, 32 + (size_t)n * 96);
+	if (rc < 0)
+		return rc;
+	char *p = out->data + out->len;
+
+	switch (proto) {
+	case LG_PROTO_RPC:
+		for (uint32_t i = 0; i < n; i++) {
+			const struct lg_expect *e = &expect[i];
+			Consent__V1__Verdict v = CONSENT__V1__VERDICT__INIT;
+			v.allow = e->allow;
+			v.reason = (Consent__V1__Reason)e->reason;
+			v.status = (Consent__V1__Status)e->status;
+			v.source = (Consent__V1__Source)e->source;
+			v.consent_date = e->consent_date;
+			size_t size = consent__v1__verdict__get_packed_size(&v);
+			if (size > 64)
+				return -EMSGSIZE;
+			*p++ = 0x0a; /* CheckResponse.verdicts, LEN */
+			p = put_varint(p, size);
+			p += consent__v1__verdict__pack(&v, (uint8_t *)p);
+		}
+		break;
+	case LG_PROTO_RESP_CHECK: {
+		/* DESIGN §3.3: [allow, reason (simple string), status (bulk)
+		 * or nil, consent_date (integer) or nil]. */
+		const struct lg_expect *e = &expect[0];
+		p = put_lit(p, e->allow ? "*4\r\n:1\r\n+" : "*4\r\n:0\r\n+");
+		p = put_lit(p, enums_reason_name(e->reason));
+		p = put_lit(p, "\r\n");
+		if (e->status) {
+			p = resp_bulk_str(p, enums_status_name(e->status));
+			*p++ = ':';
+			p = put_i64(p, e->consent_date);
+			p = put_lit(p, "\r\n");
+		} else {
+			p = put_lit(p, "$-1\r\n$-1\r\n");
+		}
+		break;
+	}
+	case LG_PROTO_RESP_MCHECK:
+		p = resp_header(p, '*', n);
+		for (uint32_t i = 0; i < n; i++)
+			p = put_lit(p, expect[i].allow ? ":1\r\n" : ":0\r\n");
+		break;
+	case LG_PROTO_REDIS_GET:
+		p = expect_value(p, &expect[0]);
+		break;
+	case LG_PROTO_REDIS_MGET:
+		p = resp_header(p, '*', n);
+		for (uint32_t i = 0; i < n; i++)
+			p = expect_value(p, &expect[i]);
+		break;
+	default:
+		return -EINVAL;
+	}
+	out->len = (size_t)(p - out->data);
+	return 0;
+}
+
+/* A varint at p (at most 10 bytes, before end); its length, 0 if none. */
+static size_t get_varint(const unsigned char *p, const unsigned char *end,
+			 uint64_t *out)
+{
+	uint64_t v = 0;
+	for (size_t i = 0; i < 10 && p + i < end; i++) {
+		v |= (uint64_t)(p[i] & 0x7f) << (7 * i);
+		if (!(p[i] & 0x80)) {
+			*out = v;
+			return i + 1;
+		}
+	}
+	return 0;
+}
+
+/* A Response frame that is exactly: id (field 1, once), then one
+ * CheckResponse (field 2) holding the expected verdicts and after them
+ * nothing but applied_sequence and data_as_of (fields 2 and 3, varints).
+ * Anything else (another field, a repeat, another order) may still be a
+ * right answer, so it is left to the decoder. */
+static long fast_rpc(uint64_t id, const char *exp, size_t exp_len,
+		     const char *in, size_t len)
+{
+	if (len < 4)
+		return 0;
+	const unsigned char *u = (const unsigned char *)in;
+	uint32_t flen = (uint32_t)u[0] << 24 | (uint32_t)u[1] << 16 |
+			(uint32_t)u[2] << 8 | u[3];
+	if (flen > LG_RPC_FRAME_MAX)
+		return LG_FAST_UNSURE;
+	if (len < 4 + (size_t)flen)
+		return 0;
+	const unsigned char *p = u + 4, *end = p + flen;
+	uint64_t v;
+	size_t m;
+
+	if (p == end || *p++ != 0x08)
+		return LG_FAST_UNSURE;
+	if (!(m = get_varint(p, end, &v)) || v != id)
+		return LG_FAST_UNSURE;
+	p += m;
+	if (p == end || *p++ != 0x12)
+		return LG_FAST_UNSURE;
+	if (!(m = get_varint(p, end, &v)) || v != (uint64_t)(end - p - m))
+		return LG_FAST_UNSURE;
+	p += m; /* the CheckResponse runs to the end of the frame */
+	if ((size_t)(end - p) < exp_len || memcmp(p, exp, exp_len) != 0)
+		return LG_FAST_UNSURE;
+	p += exp_len;
+	while (p < end) {
+		if (*p != 0x10 && *p != 0x18)
+			return LG_FAST_UNSURE;
+		if (!(m = get_varint(p + 1, end, &v)))
+			return LG_FAST_UNSURE;
+		p += 1 + m;
+	}
+	return 4 + (long)flen;
+}
+
+long lg_fast_verify(enum lg_proto proto, uint64_t id, const char *exp,
+		    size_t exp_len, const char *in, size_t len)
+{
+	if (proto == LG_PROTO_RPC)
+		return fast_rpc(id, exp, exp_len, in, len);
+	/* RESP is self-delimiting: when the input starts with the whole
+	 * expected reply, that is the reply, whatever follows it. */
+	if (len >= exp_len)
+		return memcmp(in, exp, exp_len) == 0 ? (long)exp_len :
+						       LG_FAST_UNSURE;
+	return memcmp(in, exp, len) == 0 ? 0 : LG_FAST_UNSURE;
 }
