@@ -252,6 +252,30 @@ static int pb_validate(const struct pb_schema *s, const uint8_t *p,
 
 static const uint8_t rpc_empty[1];
 
+/* Fields 2-5 are the same four in Check and in CheckRequest (where they
+ * are defaults for its checks): stores f into the one it names, if any. */
+static void rpc_take_check_field(const struct pb_field *f,
+				 uint32_t *brand_code, int *channel, int *rtype,
+				 int *purpose)
+{
+	switch (f->number) {
+	case 2:
+		*brand_code = (uint32_t)f->v;
+		break;
+	case 3:
+		*channel = (int32_t)(uint32_t)f->v;
+		break;
+	case 4:
+		*rtype = (int32_t)(uint32_t)f->v;
+		break;
+	case 5:
+		*purpose = (int32_t)(uint32_t)f->v;
+		break;
+	default:
+		break;
+	}
+}
+
 /* One Check message into *out (no defaults applied): validation and
  * extraction in one walk, so rpc_decode (validating) and rpc_check_next
  * (extracting) read a check the same way. 0, or -EPROTO. */
@@ -274,25 +298,13 @@ static int rpc_check_parse(const uint8_t *p, size_t len,
 		if (g.number >= 1 && g.number <= 5 &&
 		    g.wire != (g.number == 1 ? PB_LEN : PB_VARINT))
 			return -EPROTO;
-		switch (g.number) {
-		case 1:
+		if (g.number == 1) {
 			out->recipient = (const char *)g.data;
 			out->recipient_len = g.len;
-			break;
-		case 2:
-			out->brand_code = (uint32_t)g.v;
-			break;
-		case 3:
-			out->channel = (int32_t)(uint32_t)g.v;
-			break;
-		case 4:
-			out->rtype = (int32_t)(uint32_t)g.v;
-			break;
-		case 5:
-			out->purpose = (int32_t)(uint32_t)g.v;
-			break;
-		default:
-			break;
+		} else {
+			rpc_take_check_field(&g, &out->brand_code,
+					     &out->channel, &out->rtype,
+					     &out->purpose);
 		}
 	}
 	return 0;
@@ -319,29 +331,16 @@ static int rpc_decode_check_request(const uint8_t *p, size_t len,
 		if (f.number >= 1 && f.number <= 5 &&
 		    f.wire != (f.number == 1 ? PB_LEN : PB_VARINT))
 			return -EPROTO;
-		switch (f.number) {
-		case 1: {
+		if (f.number == 1) {
 			struct check_input scratch;
 
 			if (rpc_check_parse(f.data, f.len, &scratch) < 0)
 				return -EPROTO;
 			req->n_checks++;
-			break;
-		}
-		case 2:
-			req->brand_code = (uint32_t)f.v;
-			break;
-		case 3:
-			req->channel = (int32_t)(uint32_t)f.v;
-			break;
-		case 4:
-			req->rtype = (int32_t)(uint32_t)f.v;
-			break;
-		case 5:
-			req->purpose = (int32_t)(uint32_t)f.v;
-			break;
-		default:
-			break;
+		} else {
+			rpc_take_check_field(&f, &req->brand_code,
+					     &req->channel, &req->rtype,
+					     &req->purpose);
 		}
 	}
 	return 0;
