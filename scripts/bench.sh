@@ -564,7 +564,8 @@ result = {
     "stamp": stamp, "facts": facts, "throughput": rows, "open_loop": open_rows,
     "memory": mem, "index_build": build, "google_benchmark": gbench,
     "redis_benchmark": RB, "workloads": {k: v for k, v in S.items() if v},
-    "wrong_runs": wrong_runs, "failed_runs": failed_runs, "raw_dir": out,
+    "wrong_runs": wrong_runs, "failed_runs": failed_runs,
+    "raw_dir": os.path.relpath(out),
 }
 tag = f"{stamp}-n{n}" + ("-quick" if facts.get("quick") == "1" else "")
 for name in ("latest", tag):
