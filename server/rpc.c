@@ -252,13 +252,21 @@ static int pb_validate(const struct pb_schema *s, const uint8_t *p,
 
 static const uint8_t rpc_empty[1];
 
-/* Fields 2-5 are the same four in Check and in CheckRequest (where they
- * are defaults for its checks): stores f into the one it names, if any. */
-static void rpc_take_check_field(const struct pb_field *f,
-				 uint32_t *brand_code, int *channel, int *rtype,
-				 int *purpose)
+/* Check and CheckRequest share their shape: field 1 is length-delimited
+ * (the recipient; the checks), fields 2-5 are the same four varints (in a
+ * CheckRequest, defaults for its checks). Checks f's wire type (-EPROTO if
+ * wrong), stores a field 2-5 into the one it names, and returns 1 for a
+ * field 1, which the caller takes, else 0. */
+static int rpc_take_check_field(const struct pb_field *f,
+				uint32_t *brand_code, int *channel, int *rtype,
+				int *purpose)
 {
+	if (f->number >= 1 && f->number <= 5 &&
+	    f->wire != (f->number == 1 ? PB_LEN : PB_VARINT))
+		return -EPROTO;
 	switch (f->number) {
+	case 1:
+		return 1;
 	case 2:
 		*brand_code = (uint32_t)f->v;
 		break;
@@ -274,6 +282,7 @@ static void rpc_take_check_field(const struct pb_field *f,
 	default:
 		break;
 	}
+	return 0;
 }
 
 /* One Check message into *out (no defaults applied): validation and
@@ -284,6 +293,7 @@ static int rpc_check_parse(const uint8_t *p, size_t len,
 {
 	const uint8_t *end = p + len;
 	struct pb_field g;
+	int rc;
 
 	out->recipient = (const char *)rpc_empty;
 	out->recipient_len = 0;
@@ -295,16 +305,13 @@ static int rpc_check_parse(const uint8_t *p, size_t len,
 		if (m == 0)
 			return -EPROTO;
 		p += m;
-		if (g.number >= 1 && g.number <= 5 &&
-		    g.wire != (g.number == 1 ? PB_LEN : PB_VARINT))
-			return -EPROTO;
-		if (g.number == 1) {
+		rc = rpc_take_check_field(&g, &out->brand_code, &out->channel,
+					  &out->rtype, &out->purpose);
+		if (rc < 0)
+			return rc;
+		if (rc == 1) {
 			out->recipient = (const char *)g.data;
 			out->recipient_len = g.len;
-		} else {
-			rpc_take_check_field(&g, &out->brand_code,
-					     &out->channel, &out->rtype,
-					     &out->purpose);
 		}
 	}
 	return 0;
@@ -315,6 +322,7 @@ static int rpc_decode_check_request(const uint8_t *p, size_t len,
 {
 	const uint8_t *end = p + len;
 	struct pb_field f;
+	int rc;
 
 	/* A later CheckRequest replaces an earlier one whole (oneof). */
 	req->check = p;
@@ -328,19 +336,16 @@ static int rpc_decode_check_request(const uint8_t *p, size_t len,
 		if (n == 0)
 			return -EPROTO;
 		p += n;
-		if (f.number >= 1 && f.number <= 5 &&
-		    f.wire != (f.number == 1 ? PB_LEN : PB_VARINT))
-			return -EPROTO;
-		if (f.number == 1) {
+		rc = rpc_take_check_field(&f, &req->brand_code, &req->channel,
+					  &req->rtype, &req->purpose);
+		if (rc < 0)
+			return rc;
+		if (rc == 1) {
 			struct check_input scratch;
 
 			if (rpc_check_parse(f.data, f.len, &scratch) < 0)
 				return -EPROTO;
 			req->n_checks++;
-		} else {
-			rpc_take_check_field(&f, &req->brand_code,
-					     &req->channel, &req->rtype,
-					     &req->purpose);
 		}
 	}
 	return 0;
