@@ -921,7 +921,7 @@ static int rpc_apply(struct conn_ctx *x, struct conn *c,
 					"Apply is not available here (no "
 					"change log)");
 	rc = writer_submit(x->cfg->writer, x->worker, c->tag, req->id,
-			   req->frame, req->frame_len, &now);
+			   c->principal, req->frame, req->frame_len, &now);
 	if (rc < 0)
 		return rc;
 	if (rc == 0) /* refused at once: a bad change, or the log failed */

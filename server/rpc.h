@@ -19,7 +19,8 @@
  *       Apply: a change is invalid (the message names it and its field;
  *       nothing of the request is applied)
  *   401 not authenticated (Check, Stats, Apply before Auth) / bad token
- *   403 authenticated but not permitted (Apply without 'apply')
+ *   403 authenticated but not permitted (Apply without 'apply', or a
+ *       change for a brand outside the principal's list: nothing applied)
  *   408 a frame stalled half-sent past the deadline (closed)
  *   413 a frame over the size limit (closed) / a reply over the output cap
  *   501 Apply where no writer was configured (the module alone)

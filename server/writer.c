@@ -72,6 +72,7 @@
 #include "core/enums.h"
 #include "core/recipient.h"
 #include "core/stream.h"
+#include "core/tokens.h"
 #include "index/build.h"
 #include "index/changelog.h"
 #include "index/datadir.h"
@@ -1244,7 +1245,8 @@ static int submit_error(struct writer_reply *now, uint32_t code,
 }
 
 int writer_submit(struct writer *w, unsigned queue, uint64_t tag, uint64_t id,
-		  const uint8_t *frame, size_t len, struct writer_reply *now)
+		  const struct principal *principal, const uint8_t *frame,
+		  size_t len, struct writer_reply *now)
 {
 	memset(now, 0, sizeof(*now));
 	now->tag = tag;
@@ -1267,6 +1269,20 @@ int writer_submit(struct writer *w, unsigned queue, uint64_t tag, uint64_t id,
 		return submit_error(now, 400, "not an ApplyRequest");
 	}
 	const Consent__V1__ApplyRequest *a = msg->apply;
+	/* The principal's brands bound what it may write, as they bound what
+	 * it may read: one change outside them refuses the whole request,
+	 * before anything else is looked at, so the reply is the same whether
+	 * the brand exists or not and tells nothing about its records. */
+	for (size_t i = 0; i < a->n_changes; i++) {
+		if (principal_may_check(principal, a->changes[i]->brand_code))
+			continue;
+		submit_error(now, 403, "changes[%zu]: brand_code %" PRIu32
+			     " is not among this principal's brands (nothing "
+			     "of this request was applied)", i,
+			     a->changes[i]->brand_code);
+		consent__v1__request__free_unpacked(msg, NULL);
+		return 0;
+	}
 	uint64_t prev = 0;
 	for (size_t i = 0; i < a->n_changes; i++) {
 		const Consent__V1__Consent *c = a->changes[i];

@@ -27,6 +27,7 @@
 #include "core/enums.h"
 #include "core/recipient.h"
 #include "core/stream.h"
+#include "core/tokens.h"
 #include "index/build.h"
 #include "index/changelog.h"
 #include "index/datadir.h"
@@ -242,6 +243,9 @@ static void on_reply(const struct writer_reply *r, void *arg)
 		wt->got[wt->n++] = *r;
 }
 
+/* Who submits (NULL: a trusted caller). */
+static const struct principal *submit_as;
+
 /* Applies changes[0..n) as one request on queue q; waits for the reply. */
 static struct writer_reply apply_q(struct writer *w, unsigned q,
 				   struct chg *changes, size_t n, uint64_t id)
@@ -260,7 +264,8 @@ static struct writer_reply apply_q(struct writer *w, unsigned q,
 	size_t len = consent__v1__request__get_packed_size(&req);
 	uint8_t *buf = malloc(len + 1);
 	consent__v1__request__pack(&req, buf);
-	int rc = writer_submit(w, q, 1000 + id, id, buf, len, &now);
+	int rc = writer_submit(w, q, 1000 + id, id, submit_as, buf, len,
+			      &now);
 	free(buf);
 	CHECK(rc >= 0);
 	if (rc != 1)
@@ -402,6 +407,37 @@ static void test_bad_requests(void)
 	r = apply(w, c, 2, 5);
 	CHECKF(r.code == 400 && strstr(r.message, "consent_date"), "%u %s",
 	       r.code, r.message);
+
+	/* A principal limited to brand 100 may write neither brand 101 nor
+	 * an unknown brand, and both refusals read alike. Key 4's brand is
+	 * 101 (it has a record); brand 999 has none. */
+	struct principal scoped = { .name = "scoped", .may_apply = true };
+	uint32_t scoped_brands[] = { 100 };
+	scoped.brands = scoped_brands;
+	scoped.n_brands = 1;
+	submit_as = &scoped;
+	chg_make(&c[0], 3, STATUS_RET, DATE0 + 100, 1); /* brand 100 */
+	chg_make(&c[1], 4, STATUS_RET, DATE0 + 100, 2); /* brand 101 */
+	r = apply(w, c, 2, 7);
+	CHECKF(r.code == 403 && strstr(r.message, "changes[1]") &&
+	       strstr(r.message, "brand_code 101"), "%u %s", r.code, r.message);
+	char other[sizeof(r.message)];
+	snprintf(other, sizeof(other), "%s", r.message);
+	c[1].c.brand_code = 999;
+	r = apply(w, c, 2, 8);
+	CHECKF(r.code == 403 && strstr(r.message, "brand_code 999"), "%u %s",
+	       r.code, r.message);
+	/* The same words but for the brand the caller named. */
+	char *at = strstr(other, "101");
+	if (at != NULL)
+		memcpy(at, "999", 3);
+	CHECK_STREQ(other, r.message);
+	c[1].c.brand_code = 100;
+	c[1].c.sequence = 0; /* invalid too: the brand is not the problem */
+	r = apply(w, c, 2, 9);
+	CHECKF(r.code == 400, "%u %s", r.code, r.message);
+	submit_as = NULL;
+	chg_make(&c[0], 2, STATUS_RET, DATE0 + 100, 1);
 
 	/* Nothing of any of them was applied. */
 	CHECK(watermark() == 0);

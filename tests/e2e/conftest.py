@@ -112,6 +112,7 @@ class Partners:
             "alice": "alice-" + os.urandom(16).hex(),
             "bob": "bob-" + os.urandom(16).hex(),
             "root": "root-" + os.urandom(16).hex(),
+            "carol": "carol-" + os.urandom(16).hex(),
         }
         lines = ["# e2e partners", ""]
         lines.append("alice %s %s" % (self._digest("alice"),
@@ -119,6 +120,9 @@ class Partners:
         lines.append("bob %s %s   # one brand" % (self._digest("bob"),
                                                   self.bob_brands[0]))
         lines.append("root %s * apply" % self._digest("root"))
+        # carol may apply, but only to bob's brand.
+        lines.append("carol %s %d apply" % (self._digest("carol"),
+                                            self.bob_brands[0]))
         self.path = os.path.join(env.tmp, "tokens.txt")
         with open(self.path, "w") as f:
             f.write("\n".join(lines) + "\n")
@@ -130,6 +134,7 @@ class Partners:
         if name == "root":
             return lambda b: True
         brands = self.alice_brands if name == "alice" else self.bob_brands
+        # carol holds bob's brand (and may apply to it)
         return lambda b: b in brands
 
 

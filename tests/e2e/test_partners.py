@@ -356,3 +356,78 @@ def test_rpc_client_script_with_token(env, token_server, partners):
                            stderr=subprocess.PIPE, timeout=30)
         assert p.returncode != 0, "no or a wrong token got: %s" % p.stdout.decode()
         assert REASON_NAMES[exp.reason] not in p.stdout.decode()
+
+
+def consent(pb, key, status, date, seq):
+    brand, rec, rtype, channel = key
+    return pb.Consent(recipient=rec, brand_code=brand, recipient_type=rtype,
+                      channel=channel, status=status, source=6,
+                      consent_date=date, sequence=seq)
+
+
+def apply(c, pb, changes, rid=9):
+    req = pb.Request(id=rid)
+    req.apply.changes.extend(changes)
+    req.apply.SetInParent()
+    return c.call(req)
+
+
+def test_rpc_apply_brand_scope(env, partners):
+    """A principal with 'apply' limited to one brand can neither change nor
+    learn anything about another brand: a change outside its list refuses
+    the whole request with 403 naming the change, the words are the same
+    for a brand with records and for an unknown one, and nothing of the
+    request is applied."""
+    pb, o = env.pb, env.oracle
+    s = env.server(extra=["--tokens", partners.path], name="consentd-apply-scope")
+    try:
+        own = partners.bob_brands[0]
+        other = partners.alice_brands[0]
+        absent = o.absent_brand()
+        # Keys with ONAY records, so a newer RET would flip them to deny.
+        k_other = [k for k in sorted(o.records) if k[0] == other
+                   and o.records[k][0] == ONAY][0]
+        k_own = [k for k in sorted(o.records) if k[0] == own
+                 and o.records[k][0] == ONAY][0]
+        k_absent = (absent,) + k_other[1:]
+        date = max(o.records[k_other][1], o.records[k_own][1]) + 3600
+        RET = 2
+        with Rpc(pb, s.rpc) as root:
+            root.auth(partners.tokens["root"])
+            seq0 = root.stats().applied_sequence
+
+            def verdicts():
+                resp = root.check([dict(recipient=k[1], brand_code=k[0],
+                                        channel=k[3], recipient_type=k[2])
+                                   for k in (k_other, k_own, k_absent)])
+                return [v.SerializeToString() for v in resp.verdicts]
+
+            before = verdicts()
+            with Rpc(pb, s.rpc) as c:
+                assert c.auth(partners.tokens["carol"]).auth.principal == "carol"
+                r1 = apply(c, pb, [consent(pb, k_other, RET, date, seq0 + 1)])
+                r2 = apply(c, pb, [consent(pb, k_absent, RET, date, seq0 + 1)])
+                for r, brand in ((r1, other), (r2, absent)):
+                    assert r.WhichOneof("body") == "error" and r.error.code == 403, r
+                    assert "changes[0]" in r.error.message, r
+                    assert str(brand) in r.error.message, r
+                # Brand with records vs unknown brand: the same words.
+                assert r1.error.message.replace(str(other), "B") == \
+                    r2.error.message.replace(str(absent), "B")
+                # A mixed batch: refused whole, its own change not applied.
+                r = apply(c, pb, [consent(pb, k_own, RET, date, seq0 + 1),
+                                  consent(pb, k_other, RET, date, seq0 + 2)])
+                assert r.WhichOneof("body") == "error" and r.error.code == 403, r
+                assert "changes[1]" in r.error.message, r
+                assert root.stats().applied_sequence == seq0
+                assert verdicts() == before, "a refused Apply changed verdicts"
+                # Its own brand: applied.
+                r = apply(c, pb, [consent(pb, k_own, RET, date, seq0 + 1)])
+                assert r.WhichOneof("body") == "apply", r
+                assert r.apply.applied == 1 and r.apply.applied_sequence == seq0 + 1, r
+            after = verdicts()
+            assert after[0] == before[0] and after[2] == before[2]
+            v = root.check_one(k_own[1], own, k_own[3], k_own[2])
+            assert (v.allow, v.status) == (False, RET), v
+    finally:
+        s.stop()
