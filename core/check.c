@@ -44,6 +44,11 @@ static const char *check_validate(const struct check_input *c,
 		return "recipient_type: not BIREYSEL or TACIR";
 	if (c->purpose < PURPOSE_NONE || c->purpose > PURPOSE_BILGILENDIRME)
 		return "purpose: not TICARI or BILGILENDIRME";
+	if (c->as_of_time != 0 && c->as_of_sequence != 0)
+		return "as_of_time, as_of_sequence: at most one may be set";
+	if (c->as_of_time != 0 || c->as_of_sequence != 0)
+		return "as_of_time, as_of_sequence: this server keeps no "
+		       "history to answer as of a past state";
 	if (recipient_normalize(c->recipient, c->recipient_len, r, &why) < 0)
 		return why;
 	if (r->kind == RECIPIENT_PHONE && c->channel == CHANNEL_EPOSTA)

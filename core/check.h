@@ -30,6 +30,9 @@ struct check_input {
 	int channel; /* enum channel */
 	int rtype;   /* enum rtype */
 	int purpose; /* enum purpose */
+	/* §10 as-of: at most one non-zero (Unix seconds / log position). */
+	int64_t as_of_time;
+	uint64_t as_of_sequence;
 };
 
 struct check_env {

@@ -372,6 +372,66 @@ static int reader_after_trailer(struct stream_reader *r)
 	return 0;
 }
 
+/* How many of the StreamFrame oneof's fields (1-3) frame[0..len) sets at
+ * its top level. protobuf-c 1.4 keeps only the last of a oneof set twice
+ * (the spec would merge two batches), so such a frame would lose records
+ * without a word: the reader refuses it instead. A frame that does not
+ * walk counts 0 here; protobuf-c then refuses it. */
+static int frame_bodies(const uint8_t *p, size_t len)
+{
+	size_t pos = 0;
+	int n = 0;
+
+	while (pos < len) {
+		uint64_t tag = 0, v = 0;
+		size_t i, t = 0, m = 0;
+
+		for (i = 0; pos + i < len && i < 10; i++) {
+			tag |= (uint64_t)(p[pos + i] & 0x7f) << (7 * i);
+			if (!(p[pos + i] & 0x80)) {
+				t = i + 1;
+				break;
+			}
+		}
+		if (t == 0)
+			return 0;
+		pos += t;
+		switch (tag & 7) {
+		case 0:
+		case 2:
+			for (i = 0; pos + i < len && i < 10; i++) {
+				v |= (uint64_t)(p[pos + i] & 0x7f) << (7 * i);
+				if (!(p[pos + i] & 0x80)) {
+					m = i + 1;
+					break;
+				}
+			}
+			if (m == 0)
+				return 0;
+			if ((tag & 7) == 2) {
+				if (v > len - pos - m)
+					return 0;
+				m += (size_t)v;
+			}
+			break;
+		case 1:
+			m = 8;
+			break;
+		case 5:
+			m = 4;
+			break;
+		default:
+			return 0;
+		}
+		if (m > len - pos)
+			return 0;
+		pos += m;
+		if ((tag >> 3) >= 1 && (tag >> 3) <= 3)
+			n++;
+	}
+	return n;
+}
+
 static int reader_trailer(struct stream_reader *r, uint64_t at)
 {
 	const Consent__V1__StreamTrailer *t = r->frame->trailer;
@@ -455,6 +515,10 @@ int stream_reader_next(struct stream_reader *r, struct stream_item *item)
 				   "(truncated)", at);
 
 	const uint8_t *frame_bytes = r->buf + r->start;
+	if (frame_bodies(frame_bytes + plen, (size_t)len) > 1)
+		return reader_fail(r, -EPROTO, "offset %" PRIu64
+				   ": frame sets header, batch or trailer more "
+				   "than once (a StreamFrame carries one)", at);
 	arena_reset(&r->arena, ARENA_RATIO * (size_t)len + ARENA_SLACK);
 	r->frame = consent__v1__stream_frame__unpack(&r->alloc, (size_t)len,
 						     frame_bytes + plen);

@@ -3,8 +3,13 @@
  *  1. Differential: the input as one Request body, decoded by rpc_decode
  *     and by protobuf-c. They must accept the same inputs and agree on
  *     every field (strings compared up to a NUL, where protobuf-c's
- *     C strings end). A copy of exactly the input's size lets ASan catch
- *     any over-read.
+ *     C strings end), but for one rule of ours: a Request whose body
+ *     oneof is set twice is refused (RPC_DECODE_TWO_BODIES), which an
+ *     independent field walk (tests/pb_fields.h) confirms. Each input is
+ *     also tried reshaped: concatenated with itself (every field
+ *     repeated, as protobuf's merge of two messages) and with its halves
+ *     swapped (fields out of order). A copy of exactly the input's size
+ *     lets ASan catch any over-read.
  *  2. The input as a byte stream on a connection (conn_feed over a small
  *     real index), cut into fragments whose sizes come from the input's
  *     own hash: whatever the server writes back must be whole Response
@@ -25,6 +30,7 @@
 #include "server/live.h"
 #include "server/metrics.h"
 #include "server/rpc.h"
+#include "tests/pb_fields.h"
 
 #define REQUIRE(c)                                                         \
 	do {                                                               \
@@ -74,12 +80,21 @@ static void fuzz_differential(const uint8_t *buf, size_t len)
 	struct rpc_request req;
 	int rc = rpc_decode(buf, len, &req);
 
+	if (m != NULL && pb_fields_count(buf, len, 2, 7) > 1) {
+		REQUIRE(rc == RPC_DECODE_TWO_BODIES);
+		consent__v1__request__free_unpacked(m, NULL);
+		return;
+	}
+	REQUIRE(rc != RPC_DECODE_TWO_BODIES);
 	REQUIRE((m == NULL) == (rc < 0));
 	if (m == NULL)
 		return;
 	REQUIRE(m->id == req.id && (int)m->body_case == req.kind);
 	if (req.kind == RPC_REQ_AUTH)
 		REQUIRE(same_string(m->auth->token, req.token, req.token_len));
+	if (req.kind == RPC_REQ_STATS)
+		REQUIRE(same_string(m->stats->origin, req.origin,
+				    req.origin_len));
 	if (req.kind == RPC_REQ_CHECK) {
 		const Consent__V1__CheckRequest *cr = m->check;
 		struct rpc_check_iter it;
@@ -106,6 +121,8 @@ static void fuzz_differential(const uint8_t *buf, size_t len)
 						     : (int)cr->recipient_type));
 			REQUIRE(in.purpose == (c->purpose ? (int)c->purpose
 							  : (int)cr->purpose));
+			REQUIRE(in.as_of_time == c->as_of_time &&
+				in.as_of_sequence == c->as_of_sequence);
 		}
 		REQUIRE(!rpc_check_next(&it, &req, &in));
 	}
@@ -155,6 +172,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	memcpy(copy, data, size);
 	fuzz_differential(copy, size);
+	if (size > 0 && size <= 4096) {
+		uint8_t *twice = malloc(2 * size);
+
+		memcpy(twice, data, size);
+		memcpy(twice + size, data, size);
+		fuzz_differential(twice, 2 * size);
+		/* halves swapped, in an exact-size copy */
+		memcpy(twice, data + size / 2, size - size / 2);
+		memcpy(twice + (size - size / 2), data, size / 2);
+		memcpy(copy, twice, size);
+		fuzz_differential(copy, size);
+		memcpy(copy, data, size);
+		free(twice);
+	}
 
 	for (size_t i = 0; i < size && i < 16; i++)
 		h = (h ^ data[i]) * 1099511628211ull;

@@ -387,10 +387,10 @@ static int resp_check(struct conn_ctx *x, struct conn *c,
 		rc = resp_flush(x, c);
 		return rc < 0 ? rc : resp_arity(c, "check");
 	}
-	in->recipient = a[1].p;
-	in->recipient_len = a[1].len;
-	in->rtype = 0;
-	in->purpose = 0;
+	*in = (struct check_input){
+		.recipient = a[1].p,
+		.recipient_len = a[1].len,
+	};
 	bad = resp_brand(&a[2], &in->brand_code);
 	if (bad == NULL)
 		bad = resp_channel(&a[3], &in->channel);

@@ -205,10 +205,21 @@ static const struct pb_schema pb_consent = {
 		  [10] = PB_K_STRING, [11] = PB_K_VARINT },
 };
 static const struct pb_schema pb_apply_request = {
-	.kind = { [1] = PB_K_MESSAGE },
+	.kind = { [1] = PB_K_MESSAGE, [2] = PB_K_STRING, [3] = PB_K_STRING,
+		  [4] = PB_K_STRING },
 	.sub = { [1] = &pb_consent },
 };
-static const struct pb_schema pb_stats_request = { .kind = { 0 } };
+static const struct pb_schema pb_stats_request = {
+	.kind = { [1] = PB_K_STRING },
+};
+static const struct pb_schema pb_history_request = {
+	.kind = { [1] = PB_K_STRING, [2] = PB_K_VARINT, [3] = PB_K_VARINT,
+		  [4] = PB_K_VARINT },
+};
+static const struct pb_schema pb_reject_request = {
+	.kind = { [1] = PB_K_STRING, [2] = PB_K_VARINT, [3] = PB_K_VARINT,
+		  [4] = PB_K_VARINT, [5] = PB_K_VARINT },
+};
 
 /* 0 if protobuf-c would unpack buf as a message of schema s. Recursion is
  * bounded by the schema (3 levels), never by the input. */
@@ -254,16 +265,24 @@ static const uint8_t rpc_empty[1];
 
 /* Check and CheckRequest share their shape: field 1 is length-delimited
  * (the recipient; the checks), fields 2-5 are the same four varints (in a
- * CheckRequest, defaults for its checks). Checks f's wire type (-EPROTO if
- * wrong), stores a field 2-5 into the one it names, and returns 1 for a
- * field 1, which the caller takes, else 0. */
+ * CheckRequest, defaults for its checks); a Check also has the as-of
+ * varints 6 and 7 (as_of NULL for a CheckRequest, where they are unknown
+ * fields). Checks f's wire type (-EPROTO if wrong), stores a field 2-7
+ * into the one it names, and returns 1 for a field 1, which the caller
+ * takes, else 0. */
 static int rpc_take_check_field(const struct pb_field *f,
 				uint32_t *brand_code, int *channel, int *rtype,
-				int *purpose)
+				int *purpose, struct check_input *as_of)
 {
-	if (f->number >= 1 && f->number <= 5 &&
+	uint32_t last = as_of != NULL ? 7 : 5;
+
+	if (f->number >= 1 && f->number <= last &&
 	    f->wire != (f->number == 1 ? PB_LEN : PB_VARINT))
 		return -EPROTO;
+	if (as_of != NULL && f->number == 6)
+		as_of->as_of_time = (int64_t)f->v;
+	else if (as_of != NULL && f->number == 7)
+		as_of->as_of_sequence = f->v;
 	switch (f->number) {
 	case 1:
 		return 1;
@@ -299,6 +318,8 @@ static int rpc_check_parse(const uint8_t *p, size_t len,
 	out->recipient_len = 0;
 	out->brand_code = 0;
 	out->channel = out->rtype = out->purpose = 0;
+	out->as_of_time = 0;
+	out->as_of_sequence = 0;
 	while (p < end) {
 		size_t m = pb_next(p, end, &g);
 
@@ -306,7 +327,7 @@ static int rpc_check_parse(const uint8_t *p, size_t len,
 			return -EPROTO;
 		p += m;
 		rc = rpc_take_check_field(&g, &out->brand_code, &out->channel,
-					  &out->rtype, &out->purpose);
+					  &out->rtype, &out->purpose, out);
 		if (rc < 0)
 			return rc;
 		if (rc == 1) {
@@ -337,7 +358,7 @@ static int rpc_decode_check_request(const uint8_t *p, size_t len,
 			return -EPROTO;
 		p += n;
 		rc = rpc_take_check_field(&f, &req->brand_code, &req->channel,
-					  &req->rtype, &req->purpose);
+					  &req->rtype, &req->purpose, NULL);
 		if (rc < 0)
 			return rc;
 		if (rc == 1) {
@@ -375,56 +396,99 @@ static int rpc_decode_auth(const uint8_t *p, size_t len,
 	return 0;
 }
 
+/* StatsRequest: its origin (field 1), the last one written. */
+static void rpc_decode_stats(const uint8_t *p, size_t len,
+			     struct rpc_request *req)
+{
+	const uint8_t *end = p + len;
+	struct pb_field f;
+
+	req->origin = rpc_empty;
+	req->origin_len = 0;
+	while (p < end) {
+		size_t n = pb_next(p, end, &f); /* validated: never 0 */
+
+		if (n == 0)
+			return;
+		p += n;
+		if (f.number == 1) {
+			req->origin = f.data;
+			req->origin_len = f.len;
+		}
+	}
+}
+
 int rpc_decode(const uint8_t *buf, size_t len, struct rpc_request *req)
 {
 	const uint8_t *p = buf, *end = buf + len;
 	struct pb_field f;
+	int rc = 0;
 
 	memset(req, 0, sizeof(*req));
 	req->frame = buf;
 	req->frame_len = len;
 	while (p < end) {
 		size_t n = pb_next(p, end, &f);
+		const struct pb_schema *body = NULL;
 
 		if (n == 0)
 			return -EPROTO;
 		p += n;
-		if (f.number >= 1 && f.number <= 5 &&
+		if (f.number >= 1 && f.number < RPC_REQ_END &&
 		    f.wire != (f.number == 1 ? PB_VARINT : PB_LEN))
 			return -EPROTO;
 		switch (f.number) {
 		case 1:
 			req->id = f.v;
-			break;
+			continue;
 		case RPC_REQ_CHECK:
 			if (rpc_decode_check_request(f.data, f.len, req) < 0)
 				return -EPROTO;
-			req->kind = RPC_REQ_CHECK;
 			break;
 		case RPC_REQ_APPLY:
-			if (pb_validate(&pb_apply_request, f.data, f.len) < 0)
-				return -EPROTO;
-			req->kind = RPC_REQ_APPLY;
+			body = &pb_apply_request;
 			break;
 		case RPC_REQ_AUTH:
 			if (rpc_decode_auth(f.data, f.len, req) < 0)
 				return -EPROTO;
-			req->kind = RPC_REQ_AUTH;
 			break;
 		case RPC_REQ_STATS:
-			if (pb_validate(&pb_stats_request, f.data, f.len) < 0)
-				return -EPROTO;
-			req->kind = RPC_REQ_STATS;
+			body = &pb_stats_request;
+			break;
+		case RPC_REQ_HISTORY:
+			body = &pb_history_request;
+			break;
+		case RPC_REQ_REJECT:
+			body = &pb_reject_request;
 			break;
 		default:
-			break;
+			continue;
 		}
+		if (body != NULL && pb_validate(body, f.data, f.len) < 0)
+			return -EPROTO;
+		/* The body is a oneof. The protobuf spec merges a message
+		 * field that occurs twice; protobuf-c 1.4 instead frees the
+		 * earlier member and keeps the later one. Either way a request
+		 * split over two body fields would be answered for a part of
+		 * it, so it is refused (after the whole frame was checked: an
+		 * undecodable frame is the graver error). */
+		if (req->kind != RPC_REQ_NONE) {
+			req->first_kind = req->kind;
+			rc = RPC_DECODE_TWO_BODIES;
+		}
+		req->kind = (int)f.number;
+		req->body = f.data;
+		req->body_len = f.len;
 	}
+	if (rc < 0)
+		return rc;
 	if (req->kind != RPC_REQ_CHECK) {
 		req->check = NULL;
 		req->check_len = 0;
 		req->n_checks = 0;
 	}
+	if (req->kind == RPC_REQ_STATS)
+		rpc_decode_stats(req->body, req->body_len, req);
 	return 0;
 }
 
@@ -931,6 +995,18 @@ static int rpc_apply(struct conn_ctx *x, struct conn *c,
 	return 0;
 }
 
+static const char *rpc_kind_name(int kind)
+{
+	static const char *const names[RPC_REQ_END] = {
+		[RPC_REQ_CHECK] = "check",     [RPC_REQ_APPLY] = "apply",
+		[RPC_REQ_AUTH] = "auth",       [RPC_REQ_STATS] = "stats",
+		[RPC_REQ_HISTORY] = "history", [RPC_REQ_REJECT] = "reject",
+	};
+
+	return kind > 0 && kind < RPC_REQ_END && names[kind] ? names[kind]
+							     : "?";
+}
+
 static int rpc_handle(struct conn_ctx *x, struct conn *c,
 		      const struct rpc_request *req)
 {
@@ -963,6 +1039,12 @@ static int rpc_handle(struct conn_ctx *x, struct conn *c,
 						"this principal may not apply "
 						"changes");
 		return rpc_apply(x, c, req);
+	case RPC_REQ_HISTORY:
+	case RPC_REQ_REJECT:
+		return rpc_encode_error(&c->out, req->id,
+					RPC_E_NOT_IMPLEMENTED,
+					"this server keeps no history and takes "
+					"no local rejections");
 	default:
 		return rpc_encode_error(&c->out, req->id, RPC_E_BAD_REQUEST,
 					"Request has no body (check, apply, "
@@ -1021,7 +1103,27 @@ long rpc_process(struct conn_ctx *x, struct conn *c, const uint8_t *buf,
 		}
 		if (len - pos - RPC_FRAME_HEADER < flen)
 			break;
-		if (rpc_decode(buf + pos + RPC_FRAME_HEADER, flen, &req) < 0) {
+		int drc = rpc_decode(buf + pos + RPC_FRAME_HEADER, flen, &req);
+
+		if (drc == RPC_DECODE_TWO_BODIES) {
+			/* Well framed and decodable: refuse this request
+			 * only, and go on with the next. */
+			pos += RPC_FRAME_HEADER + flen;
+			rc = rpc_flush(x, c);
+			if (rc < 0)
+				break;
+			metrics_inc(&x->m->frames_undecodable);
+			snprintf(msg, sizeof(msg),
+				 "Request: body fields %d (%s) and %d (%s) are "
+				 "both set; a Request carries one body (nothing "
+				 "of it was done)", req.first_kind,
+				 rpc_kind_name(req.first_kind), req.kind,
+				 rpc_kind_name(req.kind));
+			rc = rpc_encode_error(&c->out, req.id,
+					      RPC_E_BAD_REQUEST, msg);
+			continue;
+		}
+		if (drc < 0) {
 			metrics_inc(&x->m->frames_undecodable);
 			rc = rpc_reply_fatal(x, c, RPC_E_BAD_REQUEST,
 					     "frame does not decode as a "

@@ -34,6 +34,7 @@
 #ifndef CONSENTD_SERVER_RPC_H
 #define CONSENTD_SERVER_RPC_H
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -60,7 +61,14 @@ enum rpc_kind {
 	RPC_REQ_APPLY = 3,
 	RPC_REQ_AUTH = 4,
 	RPC_REQ_STATS = 5,
+	RPC_REQ_HISTORY = 6,
+	RPC_REQ_REJECT = 7,
+	RPC_REQ_END, /* one past the last body field */
 };
+
+/* rpc_decode: the frame decodes, but carries two body fields (the oneof
+ * set twice); first_kind and kind name them. Answered 400. */
+#define RPC_DECODE_TWO_BODIES (-EEXIST)
 
 struct rpc_request {
 	uint64_t id;
@@ -76,13 +84,22 @@ struct rpc_request {
 	/* AUTH: the token's bytes. */
 	const uint8_t *token;
 	size_t token_len;
+	/* STATS: the origin asked about (§8), "" when none. */
+	const uint8_t *origin;
+	size_t origin_len;
+	/* The body message's bytes (any kind), validated. */
+	const uint8_t *body;
+	size_t body_len;
+	int first_kind; /* RPC_DECODE_TWO_BODIES: the earlier body field */
 	/* The whole Request (APPLY hands it to the writer). */
 	const uint8_t *frame;
 	size_t frame_len;
 };
 
-/* Decodes one Request (the frame's body). 0, or -EPROTO when protobuf-c
- * would refuse it. */
+/* Decodes one Request (the frame's body). 0; -EPROTO when protobuf-c
+ * would refuse it; RPC_DECODE_TWO_BODIES when it decodes but sets the
+ * body oneof more than once (protobuf-c would keep the last, the spec
+ * would merge them: neither is what the client meant to be answered). */
 int rpc_decode(const uint8_t *buf, size_t len, struct rpc_request *req);
 
 /* Walks the checks of a decoded CHECK request in order, with the request's

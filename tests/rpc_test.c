@@ -24,6 +24,7 @@
 #include "server/metrics.h"
 #include "server/rpc.h"
 #include "tests/check.h"
+#include "tests/pb_fields.h"
 
 #define D1 1700000000LL
 #define BRAND 600123u
@@ -92,6 +93,20 @@ static const char *decode_diff(const uint8_t *buf, size_t len)
 	const char *diff = NULL;
 	int rc = rpc_decode(buf, len, &req);
 
+	/* Our one departure from protobuf-c: a Request whose body oneof is
+	 * set twice is refused (protobuf-c keeps the last member, the spec
+	 * merges them). */
+	int bodies = m != NULL ? pb_fields_count(buf, len, 2, 7) : 0;
+
+	if (m != NULL && bodies > 1) {
+		if (rc != RPC_DECODE_TWO_BODIES)
+			diff = "two body fields, not refused as such";
+		goto out;
+	}
+	if (rc == RPC_DECODE_TWO_BODIES) {
+		diff = "refused as two bodies, but protobuf-c sees fewer";
+		goto out;
+	}
 	if ((m == NULL) != (rc < 0)) {
 		diff = m == NULL ? "protobuf-c refused, rpc_decode accepted"
 				 : "protobuf-c accepted, rpc_decode refused";
@@ -110,6 +125,9 @@ static const char *decode_diff(const uint8_t *buf, size_t len)
 	if (req.kind == RPC_REQ_AUTH &&
 	    !same_string(m->auth->token, req.token, req.token_len))
 		diff = "token";
+	if (req.kind == RPC_REQ_STATS &&
+	    !same_string(m->stats->origin, req.origin, req.origin_len))
+		diff = "stats origin";
 	if (req.kind == RPC_REQ_CHECK) {
 		Consent__V1__CheckRequest *cr = m->check;
 		struct rpc_check_iter it;
@@ -138,7 +156,9 @@ static const char *decode_diff(const uint8_t *buf, size_t len)
 			if (!same_string(c->recipient, in.recipient,
 					 in.recipient_len) ||
 			    b != in.brand_code || ch != in.channel ||
-			    rt != in.rtype || pu != in.purpose) {
+			    rt != in.rtype || pu != in.purpose ||
+			    c->as_of_time != in.as_of_time ||
+			    c->as_of_sequence != in.as_of_sequence) {
 				diff = "a check";
 				goto out;
 			}
@@ -165,12 +185,14 @@ static size_t random_request(uint8_t *out, size_t cap)
 	Consent__V1__AuthRequest ar = CONSENT__V1__AUTH_REQUEST__INIT;
 	Consent__V1__StatsRequest sr = CONSENT__V1__STATS_REQUEST__INIT;
 	Consent__V1__ApplyRequest ap = CONSENT__V1__APPLY_REQUEST__INIT;
+	Consent__V1__HistoryRequest hr = CONSENT__V1__HISTORY_REQUEST__INIT;
+	Consent__V1__RejectRequest rj = CONSENT__V1__REJECT_REQUEST__INIT;
 	Consent__V1__Consent cons[3], *consp[3];
 	Consent__V1__Check checks[40], *ptrs[40];
 	size_t n;
 
 	req.id = rnd() % 4 ? rnd() >> (rnd() % 64) : 0;
-	switch (rnd() % 5) {
+	switch (rnd() % 7) {
 	case 0:
 	case 1:
 		req.body_case = CONSENT__V1__REQUEST__BODY_CHECK;
@@ -185,6 +207,10 @@ static size_t random_request(uint8_t *out, size_t cap)
 			c.channel = (Consent__V1__Channel)(rnd() % 5);
 			c.recipient_type = (Consent__V1__RecipientType)(rnd() % 3);
 			c.purpose = (Consent__V1__Purpose)(rnd() % 3);
+			if (rnd() % 8 == 0)
+				c.as_of_time = (int64_t)(rnd() >> (rnd() % 64));
+			if (rnd() % 8 == 0)
+				c.as_of_sequence = rnd() >> (rnd() % 64);
 			checks[i] = c;
 			ptrs[i] = &checks[i];
 		}
@@ -201,6 +227,23 @@ static size_t random_request(uint8_t *out, size_t cap)
 	case 3:
 		req.body_case = CONSENT__V1__REQUEST__BODY_STATS;
 		req.stats = &sr;
+		sr.origin = rnd() % 2 ? "iys:600123:HS" : "";
+		break;
+	case 4:
+		req.body_case = CONSENT__V1__REQUEST__BODY_HISTORY;
+		req.history = &hr;
+		hr.recipient = (char *)recipients[rnd() % 8];
+		hr.brand_code = (uint32_t)rnd() % 1000000;
+		hr.channel = (Consent__V1__Channel)(rnd() % 4);
+		hr.recipient_type = (Consent__V1__RecipientType)(rnd() % 3);
+		break;
+	case 5:
+		req.body_case = CONSENT__V1__REQUEST__BODY_REJECT;
+		req.reject = &rj;
+		rj.recipient = (char *)recipients[rnd() % 8];
+		rj.brand_code = (uint32_t)rnd() % 1000000;
+		rj.channel = (Consent__V1__Channel)(rnd() % 4);
+		rj.source = (Consent__V1__Source)(rnd() % 64);
 		break;
 	default:
 		req.body_case = CONSENT__V1__REQUEST__BODY_APPLY;
@@ -218,12 +261,112 @@ static size_t random_request(uint8_t *out, size_t cap)
 			cons[i] = c;
 			consp[i] = &cons[i];
 		}
+		if (rnd() % 2) {
+			ap.origin = "iys:600123:HS";
+			ap.after_cursor = rnd() % 2 ? "c41" : "";
+			ap.cursor = "c42";
+		}
 		break;
 	}
 	n = consent__v1__request__get_packed_size(&req);
 	if (n > cap)
 		abort();
 	return consent__v1__request__pack(&req, out);
+}
+
+/* Reorders the top-level fields of msg[0..n) into out (reversed, or
+ * rotated by one), so fields arrive out of number order. */
+struct reorder {
+	const uint8_t *start[512];
+	size_t len[512];
+	size_t n;
+};
+
+static void reorder_cb(uint32_t number, const uint8_t *start, size_t n,
+		       void *arg)
+{
+	struct reorder *r = arg;
+
+	(void)number;
+	if (r->n < 512) {
+		r->start[r->n] = start;
+		r->len[r->n++] = n;
+	}
+}
+
+static size_t reorder_fields(const uint8_t *msg, size_t n, uint8_t *out)
+{
+	struct reorder r = { .n = 0 };
+	size_t pos = 0;
+	bool reverse = rnd() % 2;
+
+	if (pb_fields_each(msg, n, reorder_cb, &r) < 0 || r.n >= 512) {
+		memcpy(out, msg, n);
+		return n;
+	}
+	for (size_t i = 0; i < r.n; i++) {
+		size_t j = reverse ? r.n - 1 - i : (i + 1) % r.n;
+
+		memcpy(out + pos, r.start[j], r.len[j]);
+		pos += r.len[j];
+	}
+	return pos;
+}
+
+/* A valid request reshaped as a conformant encoder never writes it, but
+ * a peer may: two requests concatenated (protobuf's merge: every field
+ * repeated, the body set twice), or fields out of number order at the top
+ * or inside the body. */
+static size_t random_wire_request(uint8_t *out, size_t cap)
+{
+	uint8_t a[8192], b[8192];
+	size_t n = random_request(a, sizeof(a)), m;
+
+	switch (rnd() % 4) {
+	case 0: /* concatenation */
+		m = random_request(b, sizeof(b));
+		if (rnd() % 2 && n >= 2 && a[0] == 0x08) {
+			/* the same request twice: id and body repeated */
+			memcpy(b, a, n);
+			m = n;
+		}
+		if (n + m > cap)
+			abort();
+		memcpy(out, a, n);
+		memcpy(out + n, b, m);
+		return n + m;
+	case 1: /* top-level fields out of order */
+		return reorder_fields(a, n, out);
+	case 2: { /* the body's fields out of order (same length) */
+		uint8_t body[8192];
+		uint64_t tag, l;
+		size_t pos = 0;
+
+		memcpy(out, a, n);
+		while (pos < n) {
+			size_t t = pb_fields_varint(a + pos, n - pos, &tag), k;
+
+			if (t == 0 || (tag & 7) != 2) {
+				uint64_t v;
+
+				k = t ? pb_fields_varint(a + pos + t,
+							 n - pos - t, &v) : 0;
+				if (k == 0)
+					break;
+				pos += t + k;
+				continue;
+			}
+			k = pb_fields_varint(a + pos + t, n - pos - t, &l);
+			reorder_fields(a + pos + t + k, (size_t)l, body);
+			memcpy(out + pos + t + k, body, (size_t)l);
+			pos += t + k + (size_t)l;
+		}
+		return n;
+	}
+	default:
+		memcpy(out, a, n);
+		return n;
+	}
 }
 
 /* ---- decoder tests ----------------------------------------------------- */
@@ -237,6 +380,14 @@ static void test_decode_valid(void)
 		const char *d = decode_diff(guard(buf, n), n);
 
 		CHECKF(d == NULL, "request %d (%zu bytes): %s", i, n, d);
+	}
+	for (int i = 0; i < 6000; i++) {
+		uint8_t w[16384];
+		size_t n = random_wire_request(w, sizeof(w));
+		const char *d = decode_diff(guard(w, n), n);
+
+		CHECKF(d == NULL, "reshaped request %d (%zu bytes): %s", i, n,
+		       d);
 	}
 }
 
@@ -265,27 +416,41 @@ static const struct edge edges[] = {
 	E("group start", "\x0b", -1),
 	E("group end", "\x0c", -1),
 	E("wire type 6", "\x0e", -1),
-	E("fixed64 unknown", "\x31\x01\x02\x03\x04\x05\x06\x07\x08", 0),
-	E("fixed64 short", "\x31\x01\x02", -1),
-	E("fixed32 unknown", "\x35\x01\x02\x03\x04", 0),
+	E("history as fixed64 (known field 6)", "\x31\x01\x02\x03\x04\x05\x06\x07\x08", -1),
+	E("fixed64 unknown", "\x71\x01\x02\x03\x04\x05\x06\x07\x08", 0),
+	E("fixed64 short", "\x71\x01\x02", -1),
+	E("fixed32 unknown", "\x75\x01\x02\x03\x04", 0),
 	E("id as length-delimited", "\x0a\x00", -1),
 	E("check as varint", "\x10\x01", -1),
 	E("empty check request", "\x12\x00", 0),
 	E("length past end", "\x12\x05\x00", -1),
 	E("6-byte length", "\x12\x80\x80\x80\x80\x80\x00", -1),
-	E("check then stats (oneof)", "\x12\x02\x10\x05\x2a\x00", 0),
-	E("stats then check", "\x2a\x00\x12\x04\x0a\x02\x0a\x00", 0),
+	E("check then stats (two bodies)", "\x12\x02\x10\x05\x2a\x00", -1),
+	E("stats then check (two bodies)", "\x2a\x00\x12\x04\x0a\x02\x0a\x00", -1),
+	E("apply twice (two bodies)", "\x1a\x04\x0a\x02\x58\x01\x1a\x04\x0a\x02\x58\x02", -1),
 	E("bad check then stats", "\x12\x02\x10\xff\x2a\x00", -1),
 	E("check with checks", "\x12\x0a\x0a\x03\x0a\x01x\x0a\x03\x10\x80\x01", 0),
 	E("check: recipient as varint", "\x12\x04\x0a\x02\x08\x01", -1),
 	E("check: brand as string", "\x12\x05\x0a\x03\x12\x01x", -1),
 	E("check request brand 64-bit", "\x12\x0b\x10\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", 0),
-	E("two check requests replace", "\x12\x02\x10\x07\x12\x02\x18\x02", 0),
+	E("two check requests (two bodies)", "\x12\x02\x10\x07\x12\x02\x18\x02", -1),
+	E("id twice, last wins", "\x08\x01\x2a\x00\x08\x02", 0),
+	E("check: as-of fields", "\x12\x06\x0a\x04\x30\x05\x38\x06", 0),
+	E("check: as_of_time as string", "\x12\x05\x0a\x03\x32\x01x", -1),
+	E("check request: field 6 unknown", "\x12\x03\x32\x01x", 0),
+	E("stats origin", "\x2a\x03\x0a\x01o", 0),
+	E("stats origin as varint", "\x2a\x02\x08\x01", -1),
+	E("apply origin and cursors", "\x1a\x09\x12\x01o\x1a\x00\x22\x02" "c1", 0),
+	E("apply cursor as varint", "\x1a\x02\x20\x01", -1),
+	E("history", "\x32\x05\x0a\x01x\x10\x05", 0),
+	E("history: brand as string", "\x32\x03\x12\x01x", -1),
+	E("reject", "\x3a\x04\x18\x02\x28\x08", 0),
+	E("reject: recipient as varint", "\x3a\x02\x08\x01", -1),
 	E("auth token", "\x22\x08\x0a\x06s3cret", 0),
 	E("auth token twice", "\x22\x06\x0a\x01x\x0a\x01y", 0),
 	E("auth token with NUL", "\x22\x05\x0a\x03" "a\x00" "b", 0),
 	E("auth token as varint", "\x22\x02\x08\x01", -1),
-	E("stats with unknown field", "\x2a\x02\x08\x01", 0),
+	E("stats with unknown field", "\x2a\x02\x10\x01", 0),
 	E("apply with consent", "\x1a\x06\x0a\x04\x20\x05\x40\x01", 0),
 	E("apply with bad consent", "\x1a\x05\x0a\x03\x22\x01x", -1),
 	E("apply consent as varint", "\x1a\x02\x08\x01", -1),
@@ -353,10 +518,10 @@ static void test_decode_semantics(void)
  * agree with protobuf-c on every one. */
 static void test_decode_mutations(void)
 {
-	uint8_t buf[8192], m[8300];
+	uint8_t buf[16384], m[16500];
 
 	for (int i = 0; i < 40000; i++) {
-		size_t n = random_request(buf, sizeof(buf)), k;
+		size_t n = random_wire_request(buf, sizeof(buf)), k;
 		const char *d;
 
 		memcpy(m, buf, n);

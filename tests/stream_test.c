@@ -618,6 +618,30 @@ static void test_structure_errors(void)
 	read_bytes(b, n, false, &res);
 	CHECKF(res.rc == 0 && res.header_seen, "%s", res.err);
 
+	/* A frame that sets its oneof twice (two batches in one frame: the
+	 * spec merges them, protobuf-c keeps the last): refused, naming it. */
+	{
+		uint64_t plen = 0;
+		size_t vl = 0;
+		const uint8_t *f = s + offs[1];
+
+		while (f[vl] & 0x80) {
+			plen |= (uint64_t)(f[vl] & 0x7f) << (7 * vl);
+			vl++;
+		}
+		plen |= (uint64_t)f[vl] << (7 * vl);
+		vl++;
+		uint8_t *twice = malloc(2 * plen);
+		memcpy(twice, f + vl, plen);
+		memcpy(twice + plen, f + vl, plen);
+		memcpy(b, s, offs[1]);
+		n = offs[1] + put_frame(b + offs[1], twice, 2 * plen);
+		snprintf(want, sizeof(want), "offset %zu: frame sets header, "
+			 "batch or trailer more than once", offs[1]);
+		expect_error(b, n, false, -EPROTO, want);
+		free(twice);
+	}
+
 	/* A length prefix over 10 bytes. */
 	memset(b, 0x80, 11);
 	b[11] = 0;

@@ -334,6 +334,49 @@ def test_apply_rpc(env):
     ctl("verify", d)
 
 
+def test_body_set_twice_is_refused(env):
+    """A Request whose body field occurs twice (the bytes of two Requests
+    concatenated: Google's runtime merges them into one Apply of both
+    changes, protobuf-c would keep only the last) is refused with a 400
+    naming both fields, nothing of it is applied, and the connection goes
+    on serving. The same for a CheckRequest split over two check fields."""
+    pb = env.pb
+    d = env.data_dir()
+    s = start(d, os.path.join(env.tmp, "two-bodies.log"))
+    try:
+        st = Stream(pb, env.oracle.records, seed=3)
+        two = st.get(1, 2)
+        first, second = apply_frame(5, [two[0][3]]), apply_frame(5, [two[1][3]])
+        raw = first[4:] + second[4:]
+        merged = pb.Request.FromString(raw)
+        assert len(merged.apply.changes) == 2, "the spec merges them"
+        keys = [k for _, k, _, _ in two]
+        with Rpc(pb, s.rpc) as rpc:
+            before = rpc.check([key_check(k) for k in keys])
+            rpc.sock.sendall(Rpc.frame(raw))
+            r = rpc.recv()
+            assert r.WhichOneof("body") == "error" and r.error.code == 400, r
+            assert "3 (apply)" in r.error.message and "both set" in r.error.message, r
+            assert rpc.stats().applied_sequence == 0
+            after = rpc.check([key_check(k) for k in keys])
+            assert after == before, "a refused request changed verdicts"
+            # Check split in two: refused, not answered for a part.
+            a = pb.Request(id=7)
+            a.check.checks.add(**key_check(keys[0]))
+            b = pb.Request(id=7)
+            b.check.checks.add(**key_check(keys[1]))
+            rpc.sock.sendall(Rpc.frame(a.SerializeToString() + b.SerializeToString()))
+            r = rpc.recv()
+            assert r.id == 7 and r.WhichOneof("body") == "error", r
+            assert r.error.code == 400 and "2 (check)" in r.error.message, r
+            # The connection serves on, and an Apply sent whole is applied.
+            rpc.sock.sendall(first)
+            r = rpc.recv()
+            assert r.WhichOneof("body") == "apply" and r.apply.applied_sequence == 1, r
+    finally:
+        stop_ok(s)
+
+
 def test_apply_needs_the_apply_right(env, partners):
     """With --tokens only a principal with 'apply' may apply (403 else)."""
     pb = env.pb
