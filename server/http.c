@@ -695,6 +695,50 @@ static int http_authenticate(struct http *h, struct MHD_Connection *conn,
 }
 
 /* Gives conn until ms from now to reach its next step (http_cut_late). */
+/* Message framing (RFC 9112 §6.3): a body's length must be stated once.
+ * Two Content-Length headers, a Content-Length that is not one decimal
+ * number, or one beside Transfer-Encoding are the stuff of request
+ * smuggling behind a proxy that reads the other length: refused with a
+ * 400 and the connection closed, since where the next request starts is
+ * no longer known. */
+struct http_framing {
+	unsigned content_lengths;
+	unsigned transfer_encodings;
+	bool bad_length;
+};
+
+static enum MHD_Result http_framing_header(void *cls, enum MHD_ValueKind kind,
+					   const char *key, const char *value)
+{
+	struct http_framing *f = cls;
+
+	(void)kind;
+	if (!strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH)) {
+		f->content_lengths++;
+		if (!value || !*value || value[strspn(value, "0123456789")])
+			f->bad_length = true;
+	} else if (!strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING)) {
+		f->transfer_encodings++;
+	}
+	return MHD_YES;
+}
+
+/* NULL if the request's framing is sound, else what is wrong with it. */
+static const char *http_framing_error(struct MHD_Connection *conn)
+{
+	struct http_framing f = { 0 };
+
+	MHD_get_connection_values(conn, MHD_HEADER_KIND, http_framing_header,
+				  &f);
+	if (f.content_lengths > 1)
+		return "Content-Length: stated more than once";
+	if (f.content_lengths && f.transfer_encodings)
+		return "Content-Length: stated together with Transfer-Encoding";
+	if (f.bad_length)
+		return "Content-Length: not a decimal number";
+	return NULL;
+}
+
 static void http_conn_deadline(struct MHD_Connection *conn, uint64_t ms)
 {
 	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(
@@ -736,6 +780,11 @@ static enum MHD_Result http_handle(void *cls, struct MHD_Connection *conn,
 	/* The header is in: the body (if any) and the reply next. */
 	http_conn_deadline(conn, HTTP_REPLY_MS);
 	metrics_inc(&h->m->http_requests);
+	why = http_framing_error(conn);
+	if (why)
+		return http_reply_error(h, conn, MHD_HTTP_BAD_REQUEST,
+					MHD_HTTP_HEADER_CONNECTION, "close",
+					"%s", why);
 	route = http_route_of(url);
 	if (route == ROUTE_NONE)
 		return http_reply_error(h, conn, MHD_HTTP_NOT_FOUND, NULL, NULL,

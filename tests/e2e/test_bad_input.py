@@ -383,3 +383,44 @@ def test_idle_connections(env, server):
         assert time.monotonic() < deadline, "only %d closes seen" % closed
         time.sleep(0.1)
     assert_still_serving(env, server)
+
+
+@pytest.mark.parametrize("framing,why", [
+    (b"Content-Length: 2\r\nContent-Length: 40\r\n", b"more than once"),
+    (b"Content-Length: 40\r\nContent-Length: 40\r\n", b"more than once"),
+    # libmicrohttpd refuses this one itself, before consentd sees it
+    # (a 400 naming Content-Length, and the connection closed).
+    (b"Content-Length: 2, 40\r\n", b"Content-Length"),
+    (b"Content-Length: 40\r\nTransfer-Encoding: chunked\r\n",
+     b"together with Transfer-Encoding"),
+    (b"Transfer-Encoding: chunked\r\nContent-Length: 40\r\n",
+     b"together with Transfer-Encoding"),
+])
+def test_http_ambiguous_body_length(env, server, framing, why):
+    """RFC 9112 6.3: a body whose length is stated twice, or by both
+    Content-Length and Transfer-Encoding, is refused with a 400 naming
+    the header, and the connection is closed (where the next request
+    would start is unknown), on every path."""
+    o = env.oracle
+    k = known_keys(o, 1)[0]
+    body = ('{"checks":[{"recipient":"%s","brand_code":%d}]}' % (k[1], k[0])).encode()
+    body = body.ljust(40)[:40]
+    for path in (b"/v1/check", b"/healthz"):
+        s = raw(server.http)
+        try:
+            send_quietly(s, b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: application/json\r\n" + framing +
+                         b"\r\n" + body)
+            got = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break  # closed by the server, as it must
+                got += chunk
+        finally:
+            s.close()
+        assert got.startswith(b"HTTP/1.1 400"), got[:200]
+        assert why in got, got
+        if why != b"Content-Length":  # consentd's refusal, not MHD's own
+            assert got.count(b"HTTP/1.1 ") == 1, "a second reply: %r" % got
+    assert_still_serving(env, server)
