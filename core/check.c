@@ -127,6 +127,7 @@ void check_batch(const struct check_env *env, const struct check_input *in,
 {
 	size_t done = 0;
 
+	principal_count_checks(env->principal, n);
 	while (done < n) {
 		size_t k = n - done < CHECK_BATCH_MAX ? n - done
 						       : CHECK_BATCH_MAX;

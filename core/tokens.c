@@ -1,6 +1,7 @@
 /*
  * tokens: the token file parser and the two questions asked of it on the
- * request path (who is this token? may they ask about this brand?).
+ * request path (who is this token? may they ask about this brand?), and
+ * the per-principal count of checks answered, for a partner's own stats.
  *
  * The file holds digests, never tokens, so reading it gives nothing away.
  * Authentication hashes the offered token once and compares the digest
@@ -16,6 +17,7 @@
  *              token (that would let an empty AUTH in);
  *   BRANDS     '*' alone, or codes of 1-8 digits, not 0, comma-separated
  *              without spaces; sorted and deduplicated for the search;
+ *   flags      'apply' and 'stats', in any order, each at most once;
  *   names and digests are unique; a file without a principal is refused
  *   (it would lock every client out, which is never what was meant).
  * '#' starts a comment anywhere on a line; CRLF line ends are accepted.
@@ -37,11 +39,18 @@
 #define TOKENS_FILE_MAX (16u << 20) /* a token file is a few KiB */
 #define TOKENS_BRAND_MAX 99999999u  /* brand codes have up to 8 digits */
 #define TOKENS_QUOTE_MAX 32         /* bytes of a bad field quoted back */
-#define TOKENS_FIELDS_MAX 4
+#define TOKENS_FIELDS_MAX 5
+
+/* A principal's check counter, alone on its cache line: two workers
+ * answering two partners never write the same line. */
+struct tokens_counter {
+	_Alignas(64) _Atomic uint64_t checks;
+};
 
 struct tokens {
 	struct principal *p;
 	size_t n;
+	struct tokens_counter *counters; /* n, one per principal */
 };
 
 /* One field of a line: bytes [s, s + len). */
@@ -183,7 +192,7 @@ static int parse_principal(const struct field *f, size_t nf,
 	memset(p, 0, sizeof(*p));
 	if (nf < 3 || nf > TOKENS_FIELDS_MAX) {
 		set_err(err, err_cap, "tokens line %zu: %s fields: the format "
-			"is NAME SHA256HEX BRANDS [apply]", line,
+			"is NAME SHA256HEX BRANDS [apply] [stats]", line,
 			nf < 3 ? "too few" : "too many");
 		return -EINVAL;
 	}
@@ -233,14 +242,25 @@ static int parse_principal(const struct field *f, size_t nf,
 	rc = parse_brands(&f[2], p, line, err, err_cap);
 	if (rc < 0)
 		return rc;
-	if (nf == 4) {
-		if (f[3].len != 5 || memcmp(f[3].s, "apply", 5) != 0) {
+	for (i = 3; i < nf; i++) {
+		bool is_apply = f[i].len == 5 && !memcmp(f[i].s, "apply", 5);
+		bool is_stats = f[i].len == 5 && !memcmp(f[i].s, "stats", 5);
+		bool *flag = is_apply ? &p->may_apply :
+			     is_stats ? &p->may_stats : NULL;
+
+		if (flag == NULL) {
 			set_err(err, err_cap, "tokens line %zu: '%s' is not a "
-				"flag (the only one is 'apply')", line,
-				quote(f[3].s, f[3].len, q, sizeof(q)));
+				"flag (they are 'apply' and 'stats')", line,
+				quote(f[i].s, f[i].len, q, sizeof(q)));
 			return -EINVAL;
 		}
-		p->may_apply = true;
+		if (*flag) {
+			set_err(err, err_cap, "tokens line %zu: flag '%s' "
+				"given twice", line,
+				quote(f[i].s, f[i].len, q, sizeof(q)));
+			return -EINVAL;
+		}
+		*flag = true;
 	}
 	return 0;
 }
@@ -366,6 +386,17 @@ int tokens_parse(const char *text, size_t len, struct tokens **out,
 		rc = -EINVAL;
 		goto fail;
 	}
+	t->counters = aligned_alloc(_Alignof(struct tokens_counter),
+				    t->n * sizeof(*t->counters));
+	if (t->counters == NULL) {
+		set_err(err, err_cap, "tokens: out of memory");
+		rc = -ENOMEM;
+		goto fail;
+	}
+	for (size_t i = 0; i < t->n; i++) {
+		atomic_init(&t->counters[i].checks, 0);
+		t->p[i].checks = &t->counters[i].checks;
+	}
 	free(lines);
 	*out = t;
 	return 0;
@@ -445,6 +476,7 @@ void tokens_destroy(struct tokens *t)
 	for (i = 0; i < t->n; i++)
 		free(t->p[i].brands);
 	free(t->p);
+	free(t->counters);
 	free(t);
 }
 
@@ -488,4 +520,22 @@ bool principal_may_check(const struct principal *p, uint32_t brand_code)
 			hi = mid;
 	}
 	return lo < p->n_brands && p->brands[lo] == brand_code;
+}
+
+bool principal_may_stats(const struct principal *p)
+{
+	return p == NULL || p->may_stats;
+}
+
+void principal_count_checks(const struct principal *p, uint64_t n)
+{
+	if (p != NULL && p->checks != NULL)
+		atomic_fetch_add_explicit(p->checks, n, memory_order_relaxed);
+}
+
+uint64_t principal_checks(const struct principal *p)
+{
+	if (p == NULL || p->checks == NULL)
+		return 0;
+	return atomic_load_explicit(p->checks, memory_order_relaxed);
 }

@@ -591,10 +591,12 @@ char *json_encode_stats(const struct json_stats *s)
 
 	if (!o)
 		return NULL;
-	json_put(o, "records", json_u64(s->records), &ok);
+	if (!s->own_only)
+		json_put(o, "records", json_u64(s->records), &ok);
 	json_put(o, "applied_sequence", json_u64(s->applied_sequence), &ok);
 	json_put(o, "data_as_of", json_integer(s->data_as_of), &ok);
-	json_put(o, "generation", json_u64(s->generation), &ok);
+	if (!s->own_only)
+		json_put(o, "generation", json_u64(s->generation), &ok);
 	json_put(o, "checks_total", json_u64(s->checks_total), &ok);
 	if (!ok) {
 		json_decref(o);

@@ -83,6 +83,7 @@ char *json_encode_check_response(const struct verdict *v, size_t n,
 
 /* StatsResponse (DESIGN §3.1). */
 struct json_stats {
+	bool own_only;   /* no 'stats' right: records, generation left out */
 	uint64_t records;
 	uint64_t applied_sequence;
 	int64_t data_as_of;

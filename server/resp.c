@@ -517,12 +517,28 @@ static int resp_auth(struct conn_ctx *x, struct conn *c,
 	return resp_line(&c->out, '+', "OK");
 }
 
+/* INFO. Without the 'stats' right (core/tokens.h) only what is the
+ * principal's own or says how fresh the answers are: applied_sequence,
+ * data_as_of and its own checks; no records, generation or connections. */
 static int resp_info(struct conn_ctx *x, struct conn *c)
 {
 	struct metrics sum;
 	char text[512];
 	int n;
 
+	if (!principal_may_stats(c->principal)) {
+		n = snprintf(text, sizeof(text),
+			     "# consentd\r\n"
+			     "applied_sequence:%llu\r\n"
+			     "data_as_of:%lld\r\n"
+			     "checks:%llu\r\n",
+			     (unsigned long long)(x->ix ? x->info.watermark : 0),
+			     (long long)(x->ix ? x->info.data_as_of : 0),
+			     (unsigned long long)principal_checks(c->principal));
+		if (n < 0 || (size_t)n >= sizeof(text))
+			n = 0;
+		return resp_bulk(&c->out, text, (size_t)n);
+	}
 	metrics_sum(&sum);
 	n = snprintf(text, sizeof(text),
 		     "# consentd\r\n"

@@ -37,7 +37,7 @@ static int good_text(char *buf, size_t cap)
 			"alpha %s 300,100,200,100   # duplicate 100 is fine\n"
 			"   \t\n"
 			"bravo\t%s\t*\tapply\r\n"
-			"charlie %s 12345678 apply\n"
+			"charlie %s 12345678 stats apply\n"
 			"# the end, no newline after this comment",
 			hexdigest(tok_a, a), hexdigest(tok_b, b),
 			hexdigest(tok_c, c));
@@ -69,7 +69,8 @@ static void test_good_file(void)
 	CHECK(p != NULL);
 	if (p != NULL) {
 		CHECK_STREQ(p->name, "alpha");
-		CHECK(!p->all_brands && !p->may_apply);
+		CHECK(!p->all_brands && !p->may_apply && !p->may_stats);
+		CHECK(!principal_may_stats(p));
 		CHECK(p->n_brands == 3);
 		CHECK(p->brands[0] == 100 && p->brands[1] == 200 &&
 		      p->brands[2] == 300);
@@ -85,7 +86,7 @@ static void test_good_file(void)
 	CHECK(p != NULL);
 	if (p != NULL) {
 		CHECK_STREQ(p->name, "bravo");
-		CHECK(p->all_brands && p->may_apply);
+		CHECK(p->all_brands && p->may_apply && !p->may_stats);
 		CHECK(principal_may_check(p, 1));
 		CHECK(principal_may_check(p, 99999999));
 	}
@@ -94,8 +95,37 @@ static void test_good_file(void)
 	if (p != NULL) {
 		CHECK_STREQ(p->name, "charlie");
 		CHECK(p->may_apply && !p->all_brands && p->n_brands == 1);
+		CHECK(p->may_stats && principal_may_stats(p));
 		CHECK(principal_may_check(p, 12345678));
 		CHECK(!principal_may_check(p, 1234567));
+	}
+	tokens_destroy(t);
+}
+
+/* Each principal counts its own checks; NULL (trusted) counts nowhere. */
+static void test_own_check_counts(void)
+{
+	char text[1024], err[256];
+	struct tokens *t = NULL;
+	const struct principal *a, *b;
+	int len = good_text(text, sizeof(text));
+
+	CHECK(tokens_parse(text, (size_t)len, &t, err, sizeof(err)) == 0);
+	if (t == NULL)
+		return;
+	a = tokens_authenticate(t, tok_a, strlen(tok_a));
+	b = tokens_authenticate(t, tok_b, strlen(tok_b));
+	CHECK(a != NULL && b != NULL);
+	if (a != NULL && b != NULL) {
+		CHECK(principal_checks(a) == 0 && principal_checks(b) == 0);
+		principal_count_checks(a, 3);
+		principal_count_checks(a, 4);
+		principal_count_checks(b, 1);
+		principal_count_checks(NULL, 100);
+		CHECK(principal_checks(a) == 7);
+		CHECK(principal_checks(b) == 1);
+		CHECK(principal_checks(NULL) == 0);
+		CHECK(principal_may_stats(NULL));
 	}
 	tokens_destroy(t);
 }
@@ -153,15 +183,20 @@ static void test_malformed_lines(void)
 	const char *hb = hexdigest(tok_b, b);
 
 	bad_line("bravo", "tokens line 2: too few fields: the format is NAME "
-		 "SHA256HEX BRANDS [apply]");
+		 "SHA256HEX BRANDS [apply] [stats]");
 	bad_line("bravo 0123", "tokens line 2: too few fields: the format is "
-		 "NAME SHA256HEX BRANDS [apply]");
-	snprintf(line, sizeof(line), "bravo %s 1 apply extra", hb);
+		 "NAME SHA256HEX BRANDS [apply] [stats]");
+	snprintf(line, sizeof(line), "bravo %s 1 apply stats extra", hb);
 	bad_line(line, "tokens line 2: too many fields: the format is NAME "
-		 "SHA256HEX BRANDS [apply]");
+		 "SHA256HEX BRANDS [apply] [stats]");
 	snprintf(line, sizeof(line), "bravo %s 1 Apply", hb);
-	bad_line(line, "tokens line 2: 'Apply' is not a flag (the only one "
-		 "is 'apply')");
+	bad_line(line, "tokens line 2: 'Apply' is not a flag (they are "
+		 "'apply' and 'stats')");
+	snprintf(line, sizeof(line), "bravo %s 1 apply extra", hb);
+	bad_line(line, "tokens line 2: 'extra' is not a flag (they are "
+		 "'apply' and 'stats')");
+	snprintf(line, sizeof(line), "bravo %s 1 stats stats", hb);
+	bad_line(line, "tokens line 2: flag 'stats' given twice");
 	snprintf(line, sizeof(line), "bravo %s abc", hb);
 	bad_line(line, "tokens line 2: brand list: 'abc' is not a brand code "
 		 "(1 to 99999999)");
@@ -332,6 +367,7 @@ static void test_many(void)
 int main(void)
 {
 	RUN(test_good_file);
+	RUN(test_own_check_counts);
 	RUN(test_authenticate_wrong);
 	RUN(test_malformed_lines);
 	RUN(test_line_numbers_and_comments);

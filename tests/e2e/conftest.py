@@ -119,7 +119,8 @@ class Partners:
                                       ",".join(map(str, self.alice_brands))))
         lines.append("bob %s %s   # one brand" % (self._digest("bob"),
                                                   self.bob_brands[0]))
-        lines.append("root %s * apply" % self._digest("root"))
+        # Only root may see fleet-wide figures (the 'stats' right).
+        lines.append("root %s * stats apply" % self._digest("root"))
         # carol may apply, but only to bob's brand.
         lines.append("carol %s %d apply" % (self._digest("carol"),
                                             self.bob_brands[0]))

@@ -99,7 +99,8 @@ def test_rpc_before_auth(env, token_server, partners):
         r = c.auth(partners.tokens["alice"])
         assert r.WhichOneof("body") == "auth" and r.auth.principal == "alice", r
         s = c.stats()
-        assert s.records == len(o)
+        assert s.records == 0, "alice has no 'stats' right: %s" % s
+        assert s.generation == 0 and s.data_as_of > 0, s
     finally:
         c.close()
     m1 = token_server.metrics()
@@ -304,7 +305,7 @@ def test_http_bearer(env, token_server, partners):
     v = json.loads(body)
     assert v["reason"] == "CONSENT_GIVEN" and v["allow"] is True, v
     st, _, body = token_server.http_get("/v1/stats", headers=bearer(tok))
-    assert st == 200 and json.loads(body)["records"] == len(o)
+    assert st == 200 and "records" not in json.loads(body), body
     # Outside the list: refused, and alike for a real and an unknown brand.
     ko = [k for k in sorted(o.records) if k[0] == partners.outside
           and o.records[k][0] == ONAY][0]
@@ -431,3 +432,57 @@ def test_rpc_apply_brand_scope(env, partners):
             assert (v.allow, v.status) == (False, RET), v
     finally:
         s.stop()
+
+
+def test_stats_right(env, token_server, partners):
+    """Issue 15 item 5: without the 'stats' right a partner's stats hold
+    liveness, its own check count, applied_sequence and data_as_of, never
+    the record count, the generation or other clients' traffic; root (with
+    the right) sees them all, on RPC, RESP and HTTP."""
+    o = env.oracle
+    k = [k for k in sorted(o.records) if k[0] == partners.bob_brands[0]][0]
+    one = dict(recipient=k[1], brand_code=k[0], channel=k[3],
+               recipient_type=k[2])
+    with Rpc(env.pb, token_server.rpc) as root:
+        assert root.auth(partners.tokens["root"]).auth.principal == "root"
+        # Traffic that is not bob's: bob must not see it.
+        root.check([one] * 50)
+        full = root.stats()
+        assert full.records == len(o) and full.generation >= 1, full
+        with Rpc(env.pb, token_server.rpc) as bob:
+            assert bob.auth(partners.tokens["bob"]).auth.principal == "bob"
+            mine0 = bob.stats().checks_total
+            bob.check([one] * 7)
+            s = bob.stats()
+            assert (s.records, s.generation) == (0, 0), s
+            assert s.checks_total == mine0 + 7, (mine0, s)
+            assert s.applied_sequence == full.applied_sequence, s
+            assert s.data_as_of == full.data_as_of, s
+            assert root.stats().checks_total >= full.checks_total + 7
+            assert s.checks_total < root.stats().checks_total
+            mine = s.checks_total
+
+    with Resp(token_server.resp) as c:
+        assert c.cmd("AUTH", partners.tokens["bob"]) == "OK"
+        c.cmd("CHECK", k[1], k[0], CHANNEL_NAMES[k[3]], RTYPE_NAMES[k[2]])
+        info = c.cmd("INFO")
+        info = info.decode() if isinstance(info, bytes) else info
+        fields = dict(l.split(":", 1) for l in info.split("\r\n") if ":" in l)
+        assert set(fields) == {"applied_sequence", "data_as_of", "checks"}, info
+        assert int(fields["checks"]) == mine + 1, (mine, info)
+        assert int(fields["data_as_of"]) == full.data_as_of
+        assert c.cmd("AUTH", partners.tokens["root"]) == "OK"
+        info = c.cmd("INFO")
+        info = info.decode() if isinstance(info, bytes) else info
+        assert "records:%d" % len(o) in info and "connections:" in info, info
+
+    def stats(who):
+        st, _, body = token_server.http_get(
+            "/v1/stats", headers={"Authorization": "Bearer " + partners.tokens[who]})
+        assert st == 200, (st, body)
+        return json.loads(body)
+    b = stats("bob")
+    assert set(b) == {"applied_sequence", "data_as_of", "checks_total"}, b
+    assert b["checks_total"] == mine + 1, (mine, b)
+    r = stats("root")
+    assert r["records"] == len(o) and r["checks_total"] > b["checks_total"], r
