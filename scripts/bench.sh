@@ -282,6 +282,21 @@ fi
 [ -n "$rd_pid" ] && fact redis_rss_kb_after "$(rss_kb "$rd_pid")"
 stop_servers
 
+# ---- 4b. start to warm ---------------------------------------------------------
+# consentd restarted on the same generation (page cache dropped when root
+# may), the RPC batch-100 load started the moment /readyz turns true, and
+# the server's own check rate sampled every 0.25 s (scripts/warm.py).
+if [ -x "$build/consentd" ] && [ -d "$idx" ]; then
+  log "start to warm: consentd restarted on core $srv_cpu, RPC batch $batch from core $cli_cpu"
+  warm_dur=$([ "$quick" = 1 ] && echo 3 || echo 12)
+  $python scripts/warm.py --build "$build" --data "$idx" --records "$n" \
+    --seed "$seed" --ports "$p_rpc,$p_resp,$p_http" --server-cpu "$srv_cpu" \
+    --client-cpu "$cli_cpu" --duration "$warm_dur" --json "$out/warm.json"
+  rc=$?
+  printf 'warm\t1\t%s\n' "$rc" >> "$status"
+  [ $rc -eq 1 ] && wrong=1
+fi
+
 # ---- 5. Google Benchmark binaries ----------------------------------------------
 # Each gets the record count as BENCH_RECORDS and as --records=N when its
 # --help lists that flag (Google Benchmark's own main rejects unknown flags).
@@ -541,6 +556,16 @@ def fs(k):
 L.append(f"| start to ready / to loaded | {fs('consentd_ready_seconds')} | "
          f"{fs('redis_load_seconds')} (`redis-cli --pipe`) | |")
 L.append(f"| snapshot generation (`consentctl gen`) | {fs('gen_seconds')} | | |")
+try:
+    warm = json.load(open(f"{out}/warm.json"))
+except Exception:
+    warm = None
+if warm and warm.get("steady_checks_per_s"):
+    cache = "page cache dropped" if warm["cold_page_cache"] else "page cache kept"
+    wa = "—" if warm.get("warm_s") is None else f"{warm['warm_s']:.1f} s"
+    L.append(f"| start to warm ({cache}): ready / first load / 90 % of steady RPC batch {100} | "
+             f"{warm['ready_s']:.1f} s / {warm['first_load_s']:.1f} s / {wa}; first window "
+             f"{fnum(warm['first_window_checks_per_s'])}/s, steady {fnum(warm['steady_checks_per_s'])}/s | | |")
 if gbench:
     L.append("")
     L.append("Google Benchmark (in-process, core 1):")
@@ -564,6 +589,7 @@ result = {
     "stamp": stamp, "facts": facts, "throughput": rows, "open_loop": open_rows,
     "memory": mem, "index_build": build, "google_benchmark": gbench,
     "redis_benchmark": RB, "workloads": {k: v for k, v in S.items() if v},
+    "start_to_warm": {k: v for k, v in (warm or {}).items() if k != "windows"},
     "wrong_runs": wrong_runs, "failed_runs": failed_runs,
     "raw_dir": os.path.relpath(out),
 }
