@@ -346,19 +346,13 @@ static int json_decode_field(enum json_field f, const json_t *v,
 	}
 }
 
-int json_decode_check_request(const char *body, size_t len, size_t max_checks,
-			      struct json_check_request *out,
-			      char *err, size_t err_cap)
+/* The body's bytes to a jansson document, refusing what is too big to
+ * parse at all (bytes, or more containers than checks allowed). */
+static int json_parse_body(const char *body, size_t len, size_t max_checks,
+			   json_t **doc, char *err, size_t err_cap)
 {
-	struct check_input def = { 0 };
 	json_error_t je;
-	json_t *doc, *checks = NULL, *v;
-	const char *key;
-	char where[48], q[48];
-	size_t n;
-	int e;
 
-	memset(out, 0, sizeof(*out));
 	if (len > JSON_MAX_BODY_BYTES) {
 		json_errf(err, err_cap, "body: %zu bytes, over the limit of %u",
 			  len, JSON_MAX_BODY_BYTES);
@@ -373,8 +367,8 @@ int json_decode_check_request(const char *body, size_t len, size_t max_checks,
 	}
 	/* No JSON_DECODE_ANY: the top level must be an object or array; no
 	 * JSON_ALLOW_NUL: a "\u0000" in a string is refused. */
-	doc = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
-	if (!doc) {
+	*doc = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+	if (!*doc) {
 		/* jansson quotes the offending bytes ("near '...'"): keep
 		 * the message printable ASCII, like every other. */
 		for (char *p = je.text; *p; p++)
@@ -385,12 +379,26 @@ int json_decode_check_request(const char *body, size_t len, size_t max_checks,
 			  je.text, je.line, je.column);
 		return -EINVAL;
 	}
-	if (!json_is_object(doc)) {
+	if (!json_is_object(*doc)) {
 		json_errf(err, err_cap, "body: expected a JSON object");
-		e = -EINVAL;
-		goto fail;
+		json_decref(*doc);
+		*doc = NULL;
+		return -EINVAL;
 	}
+	return 0;
+}
 
+/* The top object's fields: the defaults into *def, the array into
+ * *checks (never NULL on success). */
+static int json_decode_top(json_t *doc, struct check_input *def,
+			   json_t **checks, char *err, size_t err_cap)
+{
+	const char *key;
+	char q[48];
+	json_t *v;
+	int e;
+
+	*checks = NULL;
 	json_object_foreach(doc, key, v) {
 		enum json_field f = json_field_lookup(key);
 
@@ -400,10 +408,9 @@ int json_decode_check_request(const char *body, size_t len, size_t max_checks,
 			if (!json_is_array(v)) {
 				json_errf(err, err_cap,
 					  "checks: expected an array");
-				e = -EINVAL;
-				goto fail;
+				return -EINVAL;
 			}
-			checks = v;
+			*checks = v;
 		} else if (f == FIELD_UNKNOWN || f == FIELD_RECIPIENT) {
 			/* A request-level recipient is not a CheckRequest
 			 * field: probably a single check sent bare. */
@@ -411,19 +418,78 @@ int json_decode_check_request(const char *body, size_t len, size_t max_checks,
 				  "unknown field \"%s\"%s", json_quote(q, key, strlen(key)),
 				  f == FIELD_RECIPIENT ?
 				  " (put checks in \"checks\":[...])" : "");
-			e = -EINVAL;
-			goto fail;
+			return -EINVAL;
 		} else {
-			e = json_decode_field(f, v, &def, "", err, err_cap);
+			e = json_decode_field(f, v, def, "", err, err_cap);
 			if (e < 0)
-				goto fail;
+				return e;
 		}
 	}
-	if (!checks) {
+	if (!*checks) {
 		json_errf(err, err_cap, "checks: missing (an array of checks)");
-		e = -EINVAL;
-		goto fail;
+		return -EINVAL;
 	}
+	return 0;
+}
+
+/* checks[i] into *c, the request's defaults filling its unset fields. */
+static int json_decode_one(json_t *chk, size_t i,
+			   const struct check_input *def, struct check_input *c,
+			   char *err, size_t err_cap)
+{
+	char where[48], q[48];
+	const char *key;
+	json_t *v;
+	int e;
+
+	snprintf(where, sizeof(where), "checks[%zu].", i);
+	if (!json_is_object(chk)) {
+		json_errf(err, err_cap, "checks[%zu]: expected an object", i);
+		return -EINVAL;
+	}
+	json_object_foreach(chk, key, v) {
+		enum json_field f = json_field_lookup(key);
+
+		if (f == FIELD_UNKNOWN || f == FIELD_CHECKS) {
+			json_errf(err, err_cap, "%sunknown field \"%s\"", where,
+				  json_quote(q, key, strlen(key)));
+			return -EINVAL;
+		}
+		e = json_decode_field(f, v, c, where, err, err_cap);
+		if (e < 0)
+			return e;
+	}
+	if (!c->recipient)
+		c->recipient = "";
+	/* Request-level fields are the defaults for a check's unset (zero)
+	 * ones, as in CheckRequest. */
+	if (!c->brand_code)
+		c->brand_code = def->brand_code;
+	if (!c->channel)
+		c->channel = def->channel;
+	if (!c->rtype)
+		c->rtype = def->rtype;
+	if (!c->purpose)
+		c->purpose = def->purpose;
+	return 0;
+}
+
+int json_decode_check_request(const char *body, size_t len, size_t max_checks,
+			      struct json_check_request *out,
+			      char *err, size_t err_cap)
+{
+	struct check_input def = { 0 };
+	json_t *doc, *checks;
+	size_t n;
+	int e;
+
+	memset(out, 0, sizeof(*out));
+	e = json_parse_body(body, len, max_checks, &doc, err, err_cap);
+	if (e < 0)
+		return e;
+	e = json_decode_top(doc, &def, &checks, err, err_cap);
+	if (e < 0)
+		goto fail;
 	n = json_array_size(checks);
 	if (n > max_checks) {
 		json_errf(err, err_cap, "checks: %zu of them, over the limit of %zu",
@@ -437,44 +503,11 @@ int json_decode_check_request(const char *body, size_t len, size_t max_checks,
 		e = -ENOMEM;
 		goto fail;
 	}
-
 	for (size_t i = 0; i < n; i++) {
-		json_t *chk = json_array_get(checks, i);
-		struct check_input *c = &out->checks[i];
-
-		snprintf(where, sizeof(where), "checks[%zu].", i);
-		if (!json_is_object(chk)) {
-			json_errf(err, err_cap, "checks[%zu]: expected an object",
-				  i);
-			e = -EINVAL;
+		e = json_decode_one(json_array_get(checks, i), i, &def,
+				    &out->checks[i], err, err_cap);
+		if (e < 0)
 			goto fail;
-		}
-		json_object_foreach(chk, key, v) {
-			enum json_field f = json_field_lookup(key);
-
-			if (f == FIELD_UNKNOWN || f == FIELD_CHECKS) {
-				json_errf(err, err_cap,
-					  "%sunknown field \"%s\"", where,
-					  json_quote(q, key, strlen(key)));
-				e = -EINVAL;
-				goto fail;
-			}
-			e = json_decode_field(f, v, c, where, err, err_cap);
-			if (e < 0)
-				goto fail;
-		}
-		if (!c->recipient)
-			c->recipient = "";
-		/* Request-level fields are the defaults for a check's unset
-		 * (zero) ones, as in CheckRequest. */
-		if (!c->brand_code)
-			c->brand_code = def.brand_code;
-		if (!c->channel)
-			c->channel = def.channel;
-		if (!c->rtype)
-			c->rtype = def.rtype;
-		if (!c->purpose)
-			c->purpose = def.purpose;
 	}
 	out->n_checks = n;
 	out->doc = doc;
