@@ -454,27 +454,21 @@ static int reader_trailer(struct stream_reader *r, uint64_t at)
 	return reader_after_trailer(r);
 }
 
-int stream_reader_next(struct stream_reader *r, struct stream_item *item)
+/* The next frame's length prefix into *len, *plen its bytes: 1 with one,
+ * 0 at the end of input on a frame boundary (state DONE), < 0 failed. */
+static int reader_prefix(struct stream_reader *r, uint64_t at, uint64_t *len,
+			 int *plen)
 {
-	if (r->state == READER_FAILED)
-		return r->err_code;
-	if (r->state == READER_DONE)
-		return 0;
-
-	uint64_t at = r->pos;
-	uint64_t len = 0;
-	int plen;
-
-	/* The length prefix: up to 10 bytes, which may arrive one by one. */
+	/* Up to 10 bytes, which may arrive one by one. */
 	for (;;) {
-		plen = stream_varint_decode(r->buf + r->start, r->end - r->start,
-					    &len);
-		if (plen < 0)
+		*plen = stream_varint_decode(r->buf + r->start,
+					     r->end - r->start, len);
+		if (*plen < 0)
 			return reader_fail(r, -EPROTO,
 					   "offset %" PRIu64 ": frame length prefix "
 					   "is not a varint of at most 10 bytes", at);
-		if (plen > 0)
-			break;
+		if (*plen > 0)
+			return 1;
 		int rc = reader_fill(r);
 		if (rc < 0)
 			return reader_io_error(r, rc, at);
@@ -496,7 +490,13 @@ int stream_reader_next(struct stream_reader *r, struct stream_item *item)
 		r->state = READER_DONE;
 		return 0;
 	}
+}
 
+/* Reads the frame of len bytes after a prefix of plen and decodes it into
+ * r->frame: 0, or < 0 failed. Its bytes stay at r->buf + r->start - need. */
+static int reader_decode(struct stream_reader *r, uint64_t at, uint64_t len,
+			 int plen)
+{
 	/* Bound the length before making room for it. */
 	if (len > r->max_frame)
 		return reader_fail(r, -EMSGSIZE,
@@ -514,14 +514,14 @@ int stream_reader_next(struct stream_reader *r, struct stream_item *item)
 				   "offset %" PRIu64 ": stream ends inside a frame "
 				   "(truncated)", at);
 
-	const uint8_t *frame_bytes = r->buf + r->start;
-	if (frame_bodies(frame_bytes + plen, (size_t)len) > 1)
+	const uint8_t *body = r->buf + r->start + plen;
+	if (frame_bodies(body, (size_t)len) > 1)
 		return reader_fail(r, -EPROTO, "offset %" PRIu64
 				   ": frame sets header, batch or trailer more "
 				   "than once (a StreamFrame carries one)", at);
 	arena_reset(&r->arena, ARENA_RATIO * (size_t)len + ARENA_SLACK);
 	r->frame = consent__v1__stream_frame__unpack(&r->alloc, (size_t)len,
-						     frame_bytes + plen);
+						     body);
 	if (!r->frame) {
 		if (r->arena.oom)
 			return reader_fail(r, -ENOMEM, "offset %" PRIu64
@@ -535,6 +535,52 @@ int stream_reader_next(struct stream_reader *r, struct stream_item *item)
 	}
 	r->start += need;
 	r->pos += need;
+	return 0;
+}
+
+/* The decoded header frame into *item. */
+static int reader_header(struct stream_reader *r, uint64_t at,
+			 struct stream_item *item)
+{
+	const Consent__V1__StreamHeader *h = r->frame->header;
+
+	if (r->state != READER_START)
+		return reader_fail(r, -EPROTO, "offset %" PRIu64
+				   ": second header", at);
+	if (h->format_version != STREAM_FORMAT_VERSION)
+		return reader_fail(r, -EPROTO, "offset %" PRIu64
+				   ": header format_version %" PRIu32
+				   " not supported (expected %d)", at,
+				   h->format_version, STREAM_FORMAT_VERSION);
+	/* A stream that says it is a snapshot must end in a trailer whatever
+	 * the caller asked for (DESIGN §3.5). */
+	if (!h->changes)
+		r->require_trailer = true;
+	r->state = READER_BODY;
+	item->kind = STREAM_ITEM_HEADER;
+	item->header = h;
+	return 1;
+}
+
+int stream_reader_next(struct stream_reader *r, struct stream_item *item)
+{
+	if (r->state == READER_FAILED)
+		return r->err_code;
+	if (r->state == READER_DONE)
+		return 0;
+
+	uint64_t at = r->pos;
+	uint64_t len = 0;
+	int plen;
+	int rc = reader_prefix(r, at, &len, &plen);
+
+	if (rc <= 0)
+		return rc;
+	rc = reader_decode(r, at, len, plen);
+	if (rc < 0)
+		return rc;
+	size_t need = (size_t)plen + (size_t)len;
+	const uint8_t *frame_bytes = r->buf + r->start - need;
 
 	Consent__V1__StreamFrame__FrameCase kind = r->frame->frame_case;
 	if (kind != CONSENT__V1__STREAM_FRAME__FRAME_HEADER &&
@@ -553,25 +599,8 @@ int stream_reader_next(struct stream_reader *r, struct stream_item *item)
 	XXH3_64bits_update(r->hash, frame_bytes, need);
 	memset(item, 0, sizeof(*item));
 	item->offset = at;
-	if (kind == CONSENT__V1__STREAM_FRAME__FRAME_HEADER) {
-		const Consent__V1__StreamHeader *h = r->frame->header;
-		if (r->state != READER_START)
-			return reader_fail(r, -EPROTO, "offset %" PRIu64
-					   ": second header", at);
-		if (h->format_version != STREAM_FORMAT_VERSION)
-			return reader_fail(r, -EPROTO, "offset %" PRIu64
-					   ": header format_version %" PRIu32
-					   " not supported (expected %d)", at,
-					   h->format_version, STREAM_FORMAT_VERSION);
-		/* A stream that says it is a snapshot must end in a trailer
-		 * whatever the caller asked for (DESIGN §3.5). */
-		if (!h->changes)
-			r->require_trailer = true;
-		r->state = READER_BODY;
-		item->kind = STREAM_ITEM_HEADER;
-		item->header = h;
-		return 1;
-	}
+	if (kind == CONSENT__V1__STREAM_FRAME__FRAME_HEADER)
+		return reader_header(r, at, item);
 	item->kind = STREAM_ITEM_BATCH;
 	item->consents = r->frame->batch->consents;
 	item->n_consents = r->frame->batch->n_consents;
@@ -610,7 +639,7 @@ static int write_all(int fd, const uint8_t *p, size_t n)
 
 /* Writes p[0..n) as one whole frame and hashes it unless it is the
  * trailer. */
-static int writer_emit(struct stream_writer *w, const uint8_t *p, size_t n,
+static int stream_emit(struct stream_writer *w, const uint8_t *p, size_t n,
 		       bool hash)
 {
 	if (w->err)
@@ -625,7 +654,7 @@ static int writer_emit(struct stream_writer *w, const uint8_t *p, size_t n,
 
 /* Packs a whole StreamFrame (header or trailer) with its prefix and
  * writes it. */
-static int writer_frame(struct stream_writer *w,
+static int stream_emit_frame(struct stream_writer *w,
 			const Consent__V1__StreamFrame *f, bool hash)
 {
 	size_t body = consent__v1__stream_frame__get_packed_size(f);
@@ -635,12 +664,12 @@ static int writer_frame(struct stream_writer *w,
 		return w->err = -ENOMEM;
 	size_t pl = stream_varint_encode(body, p);
 	consent__v1__stream_frame__pack(f, p + pl);
-	int rc = writer_emit(w, p, pl + body, hash);
+	int rc = stream_emit(w, p, pl + body, hash);
 	free(p);
 	return rc;
 }
 
-static int writer_flush(struct stream_writer *w)
+static int stream_emit_batch(struct stream_writer *w)
 {
 	if (w->in_batch == 0)
 		return w->err;
@@ -652,7 +681,7 @@ static int writer_flush(struct stream_writer *w)
 	hl += stream_varint_encode(body, head + hl);
 	uint8_t *p = w->buf + WRITER_HEAD - hl;
 	memcpy(p, head, hl);
-	int rc = writer_emit(w, p, hl + body, true);
+	int rc = stream_emit(w, p, hl + body, true);
 	w->len = WRITER_HEAD;
 	w->in_batch = 0;
 	return rc;
@@ -686,7 +715,7 @@ int stream_writer_create(int fd, const Consent__V1__StreamHeader *header,
 	Consent__V1__StreamFrame f = CONSENT__V1__STREAM_FRAME__INIT;
 	f.frame_case = CONSENT__V1__STREAM_FRAME__FRAME_HEADER;
 	f.header = &h;
-	int rc = writer_frame(w, &f, true);
+	int rc = stream_emit_frame(w, &f, true);
 	if (rc < 0) {
 		stream_writer_destroy(w);
 		return rc;
@@ -704,7 +733,7 @@ int stream_writer_add(struct stream_writer *w, const Consent__V1__Consent *c)
 	if (need > STREAM_FRAME_MAX_DEFAULT - 2 * VARINT_MAX)
 		return -EMSGSIZE; /* not sticky: the stream is still good */
 	if (w->in_batch > 0 && w->len - WRITER_HEAD + need > WRITER_BATCH_BYTES_MAX) {
-		int rc = writer_flush(w);
+		int rc = stream_emit_batch(w);
 		if (rc < 0)
 			return rc;
 	}
@@ -722,13 +751,13 @@ int stream_writer_add(struct stream_writer *w, const Consent__V1__Consent *c)
 	w->in_batch++;
 	w->records++;
 	if (w->in_batch >= w->batch_records)
-		return writer_flush(w);
+		return stream_emit_batch(w);
 	return 0;
 }
 
 int stream_writer_finish(struct stream_writer *w)
 {
-	int rc = writer_flush(w);
+	int rc = stream_emit_batch(w);
 
 	if (rc == 0) {
 		Consent__V1__StreamTrailer t = CONSENT__V1__STREAM_TRAILER__INIT;
@@ -737,7 +766,7 @@ int stream_writer_finish(struct stream_writer *w)
 		Consent__V1__StreamFrame f = CONSENT__V1__STREAM_FRAME__INIT;
 		f.frame_case = CONSENT__V1__STREAM_FRAME__FRAME_TRAILER;
 		f.trailer = &t;
-		rc = writer_frame(w, &f, false);
+		rc = stream_emit_frame(w, &f, false);
 	}
 	stream_writer_destroy(w);
 	return rc;
