@@ -801,6 +801,80 @@ static int check_header(const struct index_file_header *h, uint64_t file_bytes,
 	return 0;
 }
 
+/* MAP_PRIVATE: the writer's updates stay in this process (copy on
+ * write); MAP_POPULATE maps what validation reads anyway. */
+static int map_buckets(struct index *ix, int fd, size_t file_bytes)
+{
+	uint8_t *m = mmap(NULL, file_bytes, PROT_READ | PROT_WRITE,
+			  MAP_PRIVATE | MAP_POPULATE, fd, 0);
+
+	if (m == MAP_FAILED)
+		return -errno;
+	ix->map = m;
+	ix->map_bytes = file_bytes;
+	ix->huge_pages = false;
+	ix->buckets = (struct index_bucket *)(m + INDEX_HEADER_BYTES);
+	return 0;
+}
+
+/*
+ * The one chunk loader of both modes: chunk by chunk, read the bucket
+ * array into place (read_in: anonymous memory) or take it as mapped, then
+ * hash and check the chunk while it is still in cache. Afterwards the
+ * checksum, every entry and the record count agree with the header h, or
+ * it fails naming what does not.
+ */
+static int load_buckets(struct index *ix, int fd, size_t bytes, bool read_in,
+			const struct index_file_header *h, const char *path,
+			char *err, size_t err_cap)
+{
+	XXH3_state_t *hs = XXH3_createState();
+	uint64_t occupied = 0, sum;
+	int64_t bad = -1;
+	size_t bad_at = 0;
+
+	if (hs == NULL)
+		return fail(err, err_cap, -ENOMEM, "%s: out of memory", path);
+	XXH3_64bits_reset(hs);
+	for (size_t off = 0; off < bytes && bad < 0; off += IO_CHUNK_BYTES) {
+		size_t len = bytes - off < IO_CHUNK_BYTES ? bytes - off
+							  : IO_CHUNK_BYTES;
+		uint8_t *p = (uint8_t *)ix->buckets + off;
+
+		if (read_in) {
+			int rc = read_full(fd, p, len,
+					   INDEX_HEADER_BYTES + (off_t)off);
+			if (rc < 0) {
+				XXH3_freeState(hs);
+				return fail(err, err_cap, rc, "%s: read: %s",
+					    path, strerror(-rc));
+			}
+		}
+		XXH3_64bits_update(hs, p, len);
+		bad = check_chunk((const struct index_bucket *)p,
+				  len / BUCKET_BYTES, &occupied);
+		bad_at = off / BUCKET_BYTES;
+	}
+	sum = XXH3_64bits_digest(hs);
+	XXH3_freeState(hs);
+
+	/* The checksum is the stronger statement; report it first. */
+	if (bad < 0 && sum != h->buckets_xxh3)
+		return fail(err, err_cap, -EPROTO,
+			    "%s: bucket array checksum mismatch (data corrupt)",
+			    path);
+	if (bad >= 0)
+		return fail(err, err_cap, -EPROTO,
+			    "%s: bucket %zu holds an invalid entry%s", path,
+			    bad_at + (size_t)bad,
+			    sum == h->buckets_xxh3 ? "" : " (checksum mismatch)");
+	if (occupied != h->n_records)
+		return fail(err, err_cap, -EPROTO,
+			    "%s: header says %" PRIu64 " records but %" PRIu64
+			    " slots are occupied", path, h->n_records, occupied);
+	return 0;
+}
+
 int index_open(const char *path, enum index_load_mode mode, struct index **out,
 	       char *err, size_t err_cap)
 {
@@ -850,90 +924,21 @@ int index_open(const char *path, enum index_load_mode mode, struct index **out,
 	}
 
 	size_t bytes = h->n_buckets * BUCKET_BYTES;
-	XXH3_state_t *hs = XXH3_createState();
-	if (hs == NULL) {
-		rc = fail(err, err_cap, -ENOMEM, "%s: out of memory", path);
+	rc = mode == INDEX_LOAD_MMAP ? map_buckets(ix, fd, (size_t)st.st_size)
+				     : anon_alloc(ix, bytes);
+	if (rc < 0) {
+		rc = mode == INDEX_LOAD_MMAP
+			? fail(err, err_cap, rc, "%s: mmap: %s", path,
+			       strerror(-rc))
+			: fail(err, err_cap, rc, "%s: %" PRIu64 " bytes of "
+			       "memory: %s", path, (uint64_t)bytes,
+			       strerror(-rc));
 		goto out_free;
 	}
-	XXH3_64bits_reset(hs);
-	uint64_t occupied = 0;
-	int64_t bad = -1;
-	size_t bad_at = 0;
-
-	if (mode == INDEX_LOAD_MMAP) {
-		/* MAP_PRIVATE: the writer's updates stay in this process (copy
-		 * on write); MAP_POPULATE maps what validation reads anyway. */
-		uint8_t *m = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE,
-				  MAP_PRIVATE | MAP_POPULATE, fd, 0);
-		if (m == MAP_FAILED) {
-			rc = fail(err, err_cap, -errno, "%s: mmap: %s", path,
-				  strerror(errno));
-			XXH3_freeState(hs);
-			goto out_free;
-		}
-		ix->map = m;
-		ix->map_bytes = (size_t)st.st_size;
-		ix->huge_pages = false;
-		ix->buckets = (struct index_bucket *)(m + INDEX_HEADER_BYTES);
-		for (size_t off = 0; off < bytes && bad < 0; off += IO_CHUNK_BYTES) {
-			size_t len = bytes - off < IO_CHUNK_BYTES ? bytes - off
-								  : IO_CHUNK_BYTES;
-			const uint8_t *p = (const uint8_t *)ix->buckets + off;
-			XXH3_64bits_update(hs, p, len);
-			bad = check_chunk((const struct index_bucket *)p,
-					  len / BUCKET_BYTES, &occupied);
-			bad_at = off / BUCKET_BYTES;
-		}
-	} else {
-		rc = anon_alloc(ix, bytes);
-		if (rc < 0) {
-			rc = fail(err, err_cap, rc, "%s: %" PRIu64
-				  " bytes of memory: %s", path, (uint64_t)bytes,
-				  strerror(-rc));
-			XXH3_freeState(hs);
-			goto out_free;
-		}
-		/* Read, hash and check a chunk while it is still in cache. */
-		for (size_t off = 0; off < bytes && bad < 0; off += IO_CHUNK_BYTES) {
-			size_t len = bytes - off < IO_CHUNK_BYTES ? bytes - off
-								  : IO_CHUNK_BYTES;
-			uint8_t *p = (uint8_t *)ix->buckets + off;
-			rc = read_full(fd, p, len, INDEX_HEADER_BYTES + (off_t)off);
-			if (rc < 0) {
-				rc = fail(err, err_cap, rc, "%s: read: %s", path,
-					  strerror(-rc));
-				XXH3_freeState(hs);
-				goto out_free;
-			}
-			XXH3_64bits_update(hs, p, len);
-			bad = check_chunk((const struct index_bucket *)p,
-					  len / BUCKET_BYTES, &occupied);
-			bad_at = off / BUCKET_BYTES;
-		}
-	}
-	uint64_t sum = XXH3_64bits_digest(hs);
-	XXH3_freeState(hs);
-
-	/* The checksum is the stronger statement; report it first. */
-	if (bad < 0 && sum != h->buckets_xxh3) {
-		rc = fail(err, err_cap, -EPROTO,
-			  "%s: bucket array checksum mismatch (data corrupt)",
-			  path);
+	rc = load_buckets(ix, fd, bytes, mode != INDEX_LOAD_MMAP, h, path, err,
+			  err_cap);
+	if (rc < 0)
 		goto out_free;
-	}
-	if (bad >= 0) {
-		rc = fail(err, err_cap, -EPROTO,
-			  "%s: bucket %zu holds an invalid entry%s", path,
-			  bad_at + (size_t)bad,
-			  sum == h->buckets_xxh3 ? "" : " (checksum mismatch)");
-		goto out_free;
-	}
-	if (occupied != h->n_records) {
-		rc = fail(err, err_cap, -EPROTO,
-			  "%s: header says %" PRIu64 " records but %" PRIu64
-			  " slots are occupied", path, h->n_records, occupied);
-		goto out_free;
-	}
 
 	ix->n_buckets = h->n_buckets;
 	ix->limit = h->capacity;
