@@ -25,8 +25,8 @@ int metrics_init(unsigned n_slots)
 
 	if (n_slots == 0)
 		return -EINVAL;
-	/* 64-byte aligned, so each slot starts on its own cache line (the
-	 * struct is padded at the end for the same reason). */
+	/* 64-byte aligned, and the struct ends in 64 bytes of padding, so no
+	 * cache line holds counters of two slots (two writers). */
 	bytes = (bytes + 63) & ~(size_t)63;
 	metrics_slots = aligned_alloc(64, bytes);
 	if (metrics_slots == NULL)

@@ -1,5 +1,5 @@
 /*
- * import_test: Turkey-time conversion (core/tztime.h) and the İYS
+ * iys_test: Turkey-time conversion (core/tztime.h) and the İYS
  * importers (core/iys.c, ctl/import.c). The commands run as the real
  * consentctl binary (BUILD/consentctl, beside BUILD/tests/) on real files,
  * and their output is read back with the stream reader; the parser is also
