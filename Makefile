@@ -58,7 +58,7 @@ BENCHES := $(patsubst bench/%.cc,$(BUILD)/bench/%,$(wildcard bench/*_bench.cc))
 LOADGEN_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard bench/loadgen*.c))
 FUZZERS := $(patsubst fuzz/%.c,$(BUILD)/fuzz/%,$(wildcard fuzz/*_fuzz.c))
 
-.PHONY: all deps test test-asan test-tsan test-unit bench run fuzz fuzz-replay \
+.PHONY: FORCE all deps test test-asan test-tsan test-unit bench run fuzz fuzz-replay \
         clean help
 .DEFAULT_GOAL := all
 # Keep objects make would treat as intermediate (tests, fuzzers): no
@@ -77,8 +77,22 @@ $(GEN_C) $(GEN_H): proto/consent.proto
 $(BUILD)/gen/proto/consent.pb-c.o: $(GEN_C)
 	$(CC) $(CPPFLAGS) $(filter-out -Werror -Wshadow,$(CFLAGS)) -c $< -o $@
 
-# Every object may include the generated header.
-$(BUILD)/%.o: %.c $(GEN_H)
+# The version and the commit the binaries report (/metrics consentd_build_info,
+# --version). Rewritten only when it changes, so a new commit rebuilds only
+# what includes it.
+VERSION := 0.2.0
+VERSION_H := $(BUILD)/gen/version.h
+$(VERSION_H): FORCE
+	@mkdir -p $(@D)
+	@c=$$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown); \
+	git diff --quiet HEAD 2>/dev/null || c="$$c-dirty"; \
+	printf '#define CONSENTD_VERSION "%s"\n#define CONSENTD_COMMIT "%s"\n' \
+	  "$(VERSION)" "$$c" > $@.tmp; \
+	cmp -s $@.tmp $@ && rm -f $@.tmp || mv -f $@.tmp $@
+FORCE:
+
+# Every object may include the generated headers.
+$(BUILD)/%.o: %.c $(GEN_H) | $(VERSION_H)
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
 

@@ -6,7 +6,7 @@ pkgs=(gcc g++ make pkg-config clang libclang-rt-14-dev
       liburing-dev libxxhash-dev libjemalloc-dev libprotobuf-c-dev
       protobuf-c-compiler protobuf-compiler liburcu-dev libmicrohttpd-dev
       libssl-dev libjansson-dev libbenchmark-dev hyperfine redis-server redis-tools
-      python3-protobuf python3-redis python3-pytest curl strace)
+      python3-protobuf python3-redis python3-pytest curl strace prometheus)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \

@@ -59,6 +59,7 @@
 #include "server/live.h"
 #include "server/metrics.h"
 #include "server/writer.h"
+#include "version.h"
 
 #define HTTP_MAX_CONNECTIONS 256
 /* MHD closes a connection idle this long. Short: an idle or stalled
@@ -98,6 +99,7 @@ struct http {
 	pthread_t thread;
 	uint16_t port;
 	uint64_t start_ms;      /* CLOCK_MONOTONIC at http_start */
+	int64_t started_at;     /* Unix time at http_start */
 	struct http_conn conns; /* list head: every open connection */
 };
 
@@ -431,6 +433,12 @@ static char *http_metrics_text(struct http *h, size_t *len)
 			http_proto_names[p], cum);
 	}
 
+	fprintf(f, "# HELP consentd_build_info The running build (always 1).\n"
+		"# TYPE consentd_build_info gauge\n"
+		"consentd_build_info{version=\"%s\",commit=\"%s\"} 1\n",
+		CONSENTD_VERSION, CONSENTD_COMMIT);
+	http_gauge(f, "consentd_start_time_seconds",
+		   "Unix time the server started.", "%" PRId64, h->started_at);
 	http_gauge(f, "consentd_connections_open", "Client connections open.",
 		   "%" PRIu64, (uint64_t)HTTP_LOAD(sum->connections_open));
 	if (have) {
@@ -442,17 +450,21 @@ static char *http_metrics_text(struct http *h, size_t *len)
 		http_gauge(f, "consentd_index_capacity",
 			   "Records the served generation holds before its load limit.",
 			   "%" PRIu64, info.capacity);
+		http_gauge(f, "consentd_index_bytes",
+			   "Memory of the served generation's table.", "%" PRIu64,
+			   info.bytes);
 		http_gauge(f, "consentd_generation",
 			   "The served index generation.", "%" PRIu64,
 			   info.generation);
 		http_gauge(f, "consentd_applied_sequence",
 			   "Change-stream sequence the served data is consistent with.",
 			   "%" PRIu64, info.watermark);
-		http_gauge(f, "consentd_data_as_of",
+		http_gauge(f, "consentd_data_as_of_timestamp_seconds",
 			   "Unix time of the newest applied change or heartbeat.",
 			   "%" PRId64, info.data_as_of);
 		http_gauge(f, "consentd_data_age_seconds",
-			   "Seconds since consentd_data_as_of.", "%" PRId64,
+			   "Seconds since consentd_data_as_of_timestamp_seconds.",
+			   "%" PRId64,
 			   now - info.data_as_of);
 	}
 	http_gauge(f, "consentd_stale_soft_seconds",
@@ -1101,6 +1113,7 @@ int http_start(const struct server_config *cfg, unsigned metrics_slot_i,
 	}
 	h->cfg = cfg;
 	h->start_ms = http_mono_us() / 1000u;
+	h->started_at = http_wall_s();
 	h->slot = metrics_slot_i;
 	h->m = metrics_slot(metrics_slot_i);
 	h->stop_fd = -1;

@@ -5,6 +5,9 @@ import json
 import os
 import random
 import re
+import shutil
+import subprocess
+import time
 import urllib.parse
 
 import helpers
@@ -113,6 +116,23 @@ def test_metrics(env, server):
         "checks are not labelled by reason: %s" % labels[:5]
     assert m2.total("consentd_http_requests_total") > \
         m.total("consentd_http_requests_total")
+
+
+def test_metrics_conventions(env, server):
+    """/metrics passes Prometheus's own linter (promtool check metrics:
+    names, units, HELP and TYPE), names the build, and gives a Unix
+    timestamp only under a _timestamp_seconds name."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing (make deps installs Debian's prometheus)"
+    m = server.metrics()
+    r = subprocess.run([promtool, "check", "metrics"], input=m.text.encode(),
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+    assert r.returncode == 0, "promtool check metrics:\n" + r.stdout.decode()
+    (labels, value), = m.samples["consentd_build_info"]
+    assert value == 1 and labels["version"] and labels["commit"], labels
+    assert m.total("consentd_data_as_of_timestamp_seconds") == env.oracle.header.created_at
+    assert m.total("consentd_index_bytes") > 0
+    assert abs(m.total("consentd_start_time_seconds") - time.time()) < 24 * 3600
 
 
 def test_get_check(env, server):
