@@ -340,11 +340,9 @@ static int stage_chunk(struct builder *b, const struct chunk *c)
 
 		struct recipient rcp;
 		const char *field, *why;
+		/* Also what makes the value fit the index. */
 		if (consent_validate(&m, &rcp, &field, &why) < 0)
 			return stage_fail(b, c, i, field, why);
-		if (r->consent_date - INDEX_EPOCH > (int64_t)UINT32_MAX / 2)
-			return stage_fail(b, c, i, "consent_date",
-					  "past 2083, beyond the index format");
 
 		struct item *it = &out[i];
 		index_key_make(b->keymaker, &rcp, r->brand_code, r->rtype,

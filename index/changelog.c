@@ -591,7 +591,9 @@ int changelog_append(struct changelog *log, Consent__V1__Consent *const *changes
 	}
 	if (n == 0)
 		return 0;
-	/* Check everything before writing anything. */
+	/* The format's guard, not a validation (the caller ran
+	 * change_validate): nothing out of order or oversize is stored, and
+	 * everything is checked before anything is written. */
 	for (size_t i = 0; i < n; i++) {
 		uint64_t seq = changes[i]->sequence;
 		size_t len = consent__v1__consent__get_packed_size(changes[i]);

@@ -584,15 +584,21 @@ static uint64_t rank(uint64_t v)
 	       (v & VAL_RET) << 5 | ((v >> VAL_SOURCE_SHIFT) & VAL_SOURCE_MASK);
 }
 
+/* The date field holds exactly the range core/decision.h defines. */
+static_assert(VAL_DATE_MASK == CONSENT_DATE_MAX - CONSENT_DATE_MIN,
+	      "the index's date bits are the consent date range");
+
+bool index_value_fits(const struct consent_value *value)
+{
+	return (value->status == STATUS_ONAY || value->status == STATUS_RET) &&
+	       value->consent_date >= CONSENT_DATE_MIN &&
+	       value->consent_date <= CONSENT_DATE_MAX;
+}
+
 int index_apply_writer(struct index *ix, const struct index_key *key,
 		       const struct consent_value *value)
 {
-	if (value->status != STATUS_ONAY && value->status != STATUS_RET)
-		return -EINVAL;
-	if (value->consent_date < INDEX_EPOCH ||
-	    value->consent_date - INDEX_EPOCH > (int64_t)VAL_DATE_MASK)
-		return -EINVAL;
-	if (!key_channel_ok(key))
+	if (!index_value_fits(value) || !key_channel_ok(key))
 		return -EINVAL;
 
 	uint64_t nv = key->bits[1] |

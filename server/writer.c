@@ -90,7 +90,7 @@
 struct writer_req {
 	struct writer_req *next;  /* inbox, then its queue's done list */
 	unsigned queue;
-	Consent__V1__Request *msg; /* freed once applied */
+	Consent__V1__ApplyRequest *apply; /* freed once applied */
 	struct writer_reply reply;
 };
 
@@ -806,7 +806,7 @@ static void writer_group(struct writer *w, struct writer_req *list)
 	char msg[240];
 
 	for (struct writer_req *r = list; r != NULL; r = r->next)
-		total += r->msg->apply->n_changes;
+		total += r->apply->n_changes;
 	if (writer_reserve(w, total) < 0) {
 		for (struct writer_req *r = list; r != NULL; r = r->next)
 			reply_error(r, 503, "the writer is out of memory");
@@ -824,7 +824,7 @@ static void writer_group(struct writer *w, struct writer_req *list)
 				    "snapshot is being built)");
 			continue;
 		}
-		const Consent__V1__ApplyRequest *a = r->msg->apply;
+		const Consent__V1__ApplyRequest *a = r->apply;
 		if (a->n_changes == 0)
 			heartbeat = true;
 		for (size_t i = 0; i < a->n_changes; i++) {
@@ -916,8 +916,8 @@ static void writer_complete(struct writer *w, struct writer_req *list)
 	while (list != NULL) {
 		struct writer_req *r = list;
 		list = r->next;
-		consent__v1__request__free_unpacked(r->msg, NULL);
-		r->msg = NULL;
+		consent__v1__apply_request__free_unpacked(r->apply, NULL);
+		r->apply = NULL;
 		struct writer_queue *q = &w->queues[r->queue];
 		struct writer_req *head =
 			atomic_load_explicit(&q->done, memory_order_relaxed);
@@ -1198,7 +1198,7 @@ void writer_close(struct writer *w)
 	/* Requests never processed, and replies no worker took. */
 	for (struct writer_req *r = writer_inbox(w); r != NULL;) {
 		struct writer_req *next = r->next;
-		consent__v1__request__free_unpacked(r->msg, NULL);
+		consent__v1__apply_request__free_unpacked(r->apply, NULL);
 		free(r);
 		r = next;
 	}
@@ -1245,30 +1245,23 @@ static int submit_error(struct writer_reply *now, uint32_t code,
 }
 
 int writer_submit(struct writer *w, unsigned queue, uint64_t tag, uint64_t id,
-		  const struct principal *principal, const uint8_t *frame,
-		  size_t len, struct writer_reply *now)
+		  const struct principal *principal,
+		  Consent__V1__ApplyRequest *a, struct writer_reply *now)
 {
 	memset(now, 0, sizeof(*now));
 	now->tag = tag;
 	now->id = id;
 	/* Acquire: pairs with the release in writer_set_fault. */
-	if (atomic_load_explicit(&w->failed, memory_order_acquire))
+	if (atomic_load_explicit(&w->failed, memory_order_acquire)) {
+		consent__v1__apply_request__free_unpacked(a, NULL);
 		return submit_error(now, 503, "changes refused: %s", w->fault);
+	}
 	/* Acquire: pairs with the release stores of has_index. */
-	if (!atomic_load_explicit(&w->has_index, memory_order_acquire))
+	if (!atomic_load_explicit(&w->has_index, memory_order_acquire)) {
+		consent__v1__apply_request__free_unpacked(a, NULL);
 		return submit_error(now, 503, "no generation is loaded yet (a "
 				    "snapshot is being built)");
-
-	Consent__V1__Request *msg = consent__v1__request__unpack(NULL, len,
-								 frame);
-	if (msg == NULL)
-		return submit_error(now, 400, "the Request does not decode");
-	if (msg->body_case != CONSENT__V1__REQUEST__BODY_APPLY ||
-	    msg->apply == NULL) {
-		consent__v1__request__free_unpacked(msg, NULL);
-		return submit_error(now, 400, "not an ApplyRequest");
 	}
-	const Consent__V1__ApplyRequest *a = msg->apply;
 	/* The principal's brands bound what it may write, as they bound what
 	 * it may read: one change outside them refuses the whole request,
 	 * before anything else is looked at, so the reply is the same whether
@@ -1280,45 +1273,25 @@ int writer_submit(struct writer *w, unsigned queue, uint64_t tag, uint64_t id,
 			     " is not among this principal's brands (nothing "
 			     "of this request was applied)", i,
 			     a->changes[i]->brand_code);
-		consent__v1__request__free_unpacked(msg, NULL);
+		consent__v1__apply_request__free_unpacked(a, NULL);
 		return 0;
 	}
 	uint64_t prev = 0;
 	for (size_t i = 0; i < a->n_changes; i++) {
 		const Consent__V1__Consent *c = a->changes[i];
-		const char *field, *why;
-		struct recipient r;
-		size_t size;
-		int rc = 0;
+		const char *field;
+		char why[160];
 
-		if (c->sequence == 0)
-			rc = submit_error(now, 400, "changes[%zu]: sequence: "
-					  "is 0 (a change needs its position in "
-					  "the change stream)", i);
-		else if (c->sequence <= prev)
-			rc = submit_error(now, 400, "changes[%zu]: sequence: %"
-					  PRIu64 " after %" PRIu64 " (sequences "
-					  "must increase)", i, c->sequence,
-					  prev);
-		else if (consent_validate(c, &r, &field, &why) < 0)
-			rc = submit_error(now, 400, "changes[%zu] (sequence %"
-					  PRIu64 "): %s: %s", i, c->sequence,
-					  field, why);
-		else if ((size = consent__v1__consent__get_packed_size(c)) >
-			 CHANGELOG_RECORD_MAX)
-			rc = submit_error(now, 400, "changes[%zu] (sequence %"
-					  PRIu64 "): %zu bytes, over the change "
-					  "log's limit of %u", i, c->sequence,
-					  size, CHANGELOG_RECORD_MAX);
-		else if (c->consent_date - INDEX_EPOCH > (int64_t)UINT32_MAX / 2)
-			rc = submit_error(now, 400, "changes[%zu] (sequence %"
-					  PRIu64 "): consent_date: past 2083, "
-					  "beyond the index format", i,
-					  c->sequence);
-		else
-			rc = 1;
-		if (rc == 0) {
-			consent__v1__request__free_unpacked(msg, NULL);
+		if (change_validate(c, prev, NULL, &field, why,
+				    sizeof(why)) < 0) {
+			if (strcmp(field, "sequence") == 0)
+				submit_error(now, 400, "changes[%zu]: sequence: "
+					     "%s", i, why);
+			else
+				submit_error(now, 400, "changes[%zu] (sequence %"
+					     PRIu64 "): %s: %s", i, c->sequence,
+					     field, why);
+			consent__v1__apply_request__free_unpacked(a, NULL);
 			return 0;
 		}
 		prev = c->sequence;
@@ -1326,11 +1299,11 @@ int writer_submit(struct writer *w, unsigned queue, uint64_t tag, uint64_t id,
 
 	struct writer_req *req = calloc(1, sizeof(*req));
 	if (req == NULL) {
-		consent__v1__request__free_unpacked(msg, NULL);
+		consent__v1__apply_request__free_unpacked(a, NULL);
 		return -ENOMEM;
 	}
 	req->queue = queue < w->opt.n_queues ? queue : 0;
-	req->msg = msg;
+	req->apply = a;
 	req->reply.tag = tag;
 	req->reply.id = id;
 	struct writer_req *head = atomic_load_explicit(&w->inbox,

@@ -70,18 +70,20 @@ struct writer_reply {
 	char message[240];         /* code != 0: what went wrong */
 };
 
-/* Worker: decodes the Request frame (protobuf-c), checks that principal
- * (NULL: trusted) may write every change's brand, then every change
- * (sequence > 0 and increasing, consent_validate, size), and queues it for
- * the writer. Returns 1 when queued: the reply comes back through queue's
- * completions with this tag; 0 when *now holds the reply already (403 for
- * a brand outside the principal's list, naming the change; 400 for a bad
- * change, naming it and its field; 503 when the log failed or there is no
- * index); -ENOMEM. Nothing of a refused request is applied. */
+/* Worker: takes an Apply the RPC decoded (apply: protobuf-c's, owned by
+ * the writer from here on, freed whatever the outcome), checks that
+ * principal (NULL: trusted) may write every change's brand, then every
+ * change (change_validate, core/stream.h), and queues it for the writer.
+ * Returns 1 when queued: the reply comes back through queue's completions
+ * with this tag; 0 when *now holds the reply already (403 for a brand
+ * outside the principal's list, naming the change; 400 for a bad change,
+ * naming it and its field; 503 when the log failed or there is no index);
+ * -ENOMEM. Nothing of a refused request is applied. */
 struct principal;
+typedef struct Consent__V1__ApplyRequest Consent__V1__ApplyRequest;
 int writer_submit(struct writer *w, unsigned queue, uint64_t tag, uint64_t id,
-		  const struct principal *principal, const uint8_t *frame,
-		  size_t len, struct writer_reply *now);
+		  const struct principal *principal,
+		  Consent__V1__ApplyRequest *apply, struct writer_reply *now);
 
 /* Worker: the eventfd that turns readable when queue has completions. */
 int writer_queue_fd(const struct writer *w, unsigned queue);

@@ -1,7 +1,7 @@
 /*
  * writer_test: the single writer against a real data directory (built by
  * build_snapshot from a stream written here), a real change log and the
- * real live pointer: Apply requests go in as protobuf frames through
+ * real live pointer: Apply requests go in decoded by protobuf-c through
  * writer_submit, replies come back through the completion queue's eventfd,
  * and the served index is read back key by key against a model of the
  * order rule. Growth, restart (in-process and after a SIGKILL), snapshot
@@ -252,21 +252,20 @@ static struct writer_reply apply_q(struct writer *w, unsigned q,
 {
 	Consent__V1__Consent *ptrs[1024];
 	Consent__V1__ApplyRequest a = CONSENT__V1__APPLY_REQUEST__INIT;
-	Consent__V1__Request req = CONSENT__V1__REQUEST__INIT;
 	struct writer_reply now;
 	for (size_t i = 0; i < n && i < 1024; i++)
 		ptrs[i] = &changes[i].c;
 	a.n_changes = n;
 	a.changes = ptrs;
-	req.id = id;
-	req.body_case = CONSENT__V1__REQUEST__BODY_APPLY;
-	req.apply = &a;
-	size_t len = consent__v1__request__get_packed_size(&req);
+	/* Through the wire and back, as the RPC hands it over. */
+	size_t len = consent__v1__apply_request__get_packed_size(&a);
 	uint8_t *buf = malloc(len + 1);
-	consent__v1__request__pack(&req, buf);
-	int rc = writer_submit(w, q, 1000 + id, id, submit_as, buf, len,
-			      &now);
+	consent__v1__apply_request__pack(&a, buf);
+	Consent__V1__ApplyRequest *dec =
+		consent__v1__apply_request__unpack(NULL, len, buf);
 	free(buf);
+	CHECK(dec != NULL);
+	int rc = writer_submit(w, q, 1000 + id, id, submit_as, dec, &now);
 	CHECK(rc >= 0);
 	if (rc != 1)
 		return now;
