@@ -31,6 +31,7 @@
 #include <xxhash.h>
 
 #include "core/enums.h"
+#include "core/fsutil.h"
 #include "core/stream.h"
 
 #define READER_BUF_MIN (64u << 10)
@@ -591,21 +592,6 @@ struct stream_writer {
 	uint64_t records;
 };
 
-static int write_all(int fd, const uint8_t *p, size_t n)
-{
-	while (n > 0) {
-		ssize_t w = write(fd, p, n);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
 /* Writes p[0..n) as one whole frame and hashes it unless it is the
  * trailer. */
 static int writer_emit(struct stream_writer *w, const uint8_t *p, size_t n,
@@ -615,7 +601,7 @@ static int writer_emit(struct stream_writer *w, const uint8_t *p, size_t n,
 		return w->err;
 	if (hash)
 		XXH3_64bits_update(w->hash, p, n);
-	int rc = write_all(w->fd, p, n);
+	int rc = fsutil_write_all(w->fd, p, n);
 	if (rc < 0)
 		w->err = rc;
 	return rc;

@@ -157,6 +157,7 @@
 #include <xxhash.h>
 
 #include "core/enums.h"
+#include "core/fsutil.h"
 
 #define INDEX_MAGIC "CONSENTX"
 #define INDEX_FORMAT_VERSION 1
@@ -962,47 +963,6 @@ out_close:
 	return rc;
 }
 
-static int write_full(int fd, const void *buf, size_t len, off_t off)
-{
-	const uint8_t *p = buf;
-	while (len > 0) {
-		ssize_t w = pwrite(fd, p, len, off);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		p += w;
-		len -= (size_t)w;
-		off += w;
-	}
-	return 0;
-}
-
-/* fsync of the directory holding path, so a rename in it is durable. */
-static int fsync_parent(const char *path)
-{
-	char dir[4096];
-	const char *slash = strrchr(path, '/');
-	if (slash == NULL) {
-		strcpy(dir, ".");
-	} else if (slash == path) {
-		strcpy(dir, "/");
-	} else {
-		size_t n = (size_t)(slash - path);
-		if (n >= sizeof(dir))
-			return -ENAMETOOLONG;
-		memcpy(dir, path, n);
-		dir[n] = '\0';
-	}
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	int rc = fsync(fd) < 0 ? -errno : 0;
-	close(fd);
-	return rc;
-}
-
 int index_write(const struct index *ix, const char *path)
 {
 	char tmp[4096];
@@ -1035,7 +995,7 @@ int index_write(const struct index *ix, const char *path)
 							  : IO_CHUNK_BYTES;
 		const uint8_t *p = (const uint8_t *)ix->buckets + off;
 		XXH3_64bits_update(hs, p, len);
-		rc = write_full(fd, p, len, INDEX_HEADER_BYTES + (off_t)off);
+		rc = fsutil_pwrite_all(fd, p, len, INDEX_HEADER_BYTES + off);
 		if (rc < 0)
 			goto out_unlink;
 	}
@@ -1057,7 +1017,7 @@ int index_write(const struct index *ix, const char *path)
 	memcpy(h->secret, ix->secret, INDEX_SECRET_BYTES);
 	h->buckets_xxh3 = XXH3_64bits_digest(hs);
 	h->header_xxh3 = header_hash(h);
-	rc = write_full(fd, h, sizeof(*h), 0);
+	rc = fsutil_pwrite_all(fd, h, sizeof(*h), 0);
 	if (rc < 0)
 		goto out_unlink;
 
@@ -1075,7 +1035,7 @@ int index_write(const struct index *ix, const char *path)
 		rc = -errno;
 		goto out_unlink;
 	}
-	rc = fsync_parent(path);
+	rc = fsutil_fsync_parent(path);
 	goto out_free;
 
 out_unlink:

@@ -14,8 +14,8 @@
  *
  * Threads: writer_open/start/stop/close and writer_take_snapshot,
  * writer_rebuild from main (and its snapshot thread); writer_submit and
- * writer_take from workers, each with its own queue; writer_fault and
- * writer_staging_dir from any thread. Errors: -errno with a message.
+ * writer_take from workers, each with its own queue; writer_fault from
+ * any thread. Errors: -errno with a message.
  */
 #ifndef CONSENTD_SERVER_WRITER_H
 #define CONSENTD_SERVER_WRITER_H
@@ -93,18 +93,19 @@ int writer_queue_fd(const struct writer *w, unsigned queue);
 void writer_take(struct writer *w, unsigned queue,
 		 void (*fn)(const struct writer_reply *r, void *arg), void *arg);
 
-/* A directory for a background snapshot build (DIR/.snapshot-PID): build
- * there with build_snapshot, then hand it over with writer_take_snapshot.
- * Never a generation of DIR itself, so a crash before the writer took it
- * leaves nothing a restart would serve (writer_open removes it). */
-int writer_staging_dir(const struct writer *w, char *buf, size_t cap);
-
-/* The snapshot thread: the build in staging (generation gen there) is
- * ready. The writer replays the change log past the snapshot's watermark
- * into it, merges the served index when the log no longer reaches back to
- * that watermark, publishes the result as DIR's next generation, swaps it
- * in and removes staging. Returns at once. */
-void writer_take_snapshot(struct writer *w, const char *staging, uint64_t gen);
+/* The snapshot thread: hands over a snapshot built in memory (build_index:
+ * the table and its e-mail addresses; the writer owns it from here on and
+ * frees it). The writer replays the change log past the snapshot's
+ * watermark into it, merges the served index when the log no longer
+ * reaches back to that watermark, publishes the result once as DIR's next
+ * generation and swaps it in. Nothing of it is on disk before that, so a
+ * crash meanwhile leaves DIR as it was. Waits until the writer took it
+ * (one snapshot at a time; never call it from the writer's own thread or
+ * after writer_stop): 0, or -errno with the reason in err (the served
+ * generation, if any, stays). */
+struct generation;
+int writer_take_snapshot(struct writer *w, struct generation *built,
+			 char *err, size_t err_cap);
 
 /* Rebuilds the served index into a fresh table (a new hash secret) and
  * swaps it in, writing it as a new generation (main: SIGUSR1). Returns at

@@ -30,7 +30,7 @@
 #include "core/tokens.h"
 #include "index/build.h"
 #include "index/changelog.h"
-#include "index/datadir.h"
+#include "index/generation.h"
 #include "index/table.h"
 #include "proto/consent.pb-c.h"
 #include "server/live.h"
@@ -225,8 +225,8 @@ static unsigned count_generations(const char *dir)
 static void verify_dir(const char *dir)
 {
 	char err[512] = "";
-	int rc = datadir_verify(dir, err, sizeof(err));
-	CHECKF(rc == 0, "datadir_verify %s: %s", dir, err);
+	int rc = generation_verify(dir, err, sizeof(err));
+	CHECKF(rc == 0, "generation_verify %s: %s", dir, err);
 }
 
 /* ---- submitting ---- */
@@ -509,9 +509,9 @@ static void test_growth_and_restart(void)
 	writer_close(w);
 	CHECK(count_generations(dir) == 2);
 	uint64_t newest = 0;
-	CHECK(datadir_newest_generation(dir, &newest) == 0);
+	CHECK(generation_newest(dir, &newest) == 0);
 	char path[400];
-	datadir_generation_path(dir, newest, path, sizeof(path));
+	generation_path(dir, newest, path, sizeof(path));
 	strcat(path, "/index");
 	int fd = open(path, O_RDWR);
 	CHECK(fd >= 0 && pwrite(fd, "XX", 2, 8192) == 2);
@@ -576,24 +576,23 @@ static void test_crash_replay(void)
 	free(m);
 }
 
-static bool exists(const char *path)
-{
-	struct stat st;
-	return stat(path, &st) == 0;
-}
-
-/* Builds keys [0, n) at watermark wm in w's staging directory, hands it
- * over and waits until the writer took it. */
+/* Builds keys [0, n) at watermark wm in memory and hands it over (the
+ * writer has swapped it in when that returns). */
 static void take_snapshot(struct writer *w, uint64_t n, uint64_t wm)
 {
-	char staging[400];
-	uint64_t gen = 0;
-	CHECK(writer_staging_dir(w, staging, sizeof(staging)) == 0);
-	build_into(staging, n, wm, &gen);
-	writer_take_snapshot(w, staging, gen);
-	for (int i = 0; i < 300 && exists(staging); i++)
-		usleep(20000);
-	CHECK(!exists(staging));
+	char snap[300], err[512] = "";
+	struct build_result res;
+	struct generation *g = calloc(1, sizeof(*g));
+	snprintf(snap, sizeof(snap), "%s/snap-%d.bin", tmpdir, ++n_dirs);
+	snapshot_file(snap, n, wm);
+	int fd = open(snap, O_RDONLY | O_CLOEXEC);
+	int rc = build_index(fd, g, &res, err, sizeof(err));
+	CHECKF(rc == 0, "build_index: %s", err);
+	close(fd);
+	const struct index *before = live_index();
+	rc = writer_take_snapshot(w, g, err, sizeof(err));
+	CHECKF(rc == 0, "writer_take_snapshot: %s", err);
+	CHECK(live_index() != before);
 	/* A round trip through the writer orders what it did before (the
 	 * take) before what this thread reads next (release/acquire of the
 	 * completion queue). A heartbeat moves data_as_of only. */
