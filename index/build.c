@@ -346,10 +346,7 @@ static int stage_chunk(struct builder *b, const struct chunk *c)
 			       r->channel, &it->key);
 		it->date_off = (uint32_t)(r->consent_date - INDEX_EPOCH);
 		it->status = (uint8_t)r->status;
-		/* Source is open (DESIGN §1.1): unknown is SOURCE_OTHER. */
-		it->source = r->source == SOURCE_NONE ? SOURCE_NONE
-			     : enums_source_valid(r->source) ? (uint8_t)r->source
-							      : SOURCE_OTHER;
+		it->source = (uint8_t)enums_source_stored(r->source);
 		it->is_email = rcp.kind == RECIPIENT_EMAIL;
 		it->reserved = 0;
 		if (it->is_email) {

@@ -907,15 +907,6 @@ int generation_absorb(struct generation *dst, const struct generation *src,
 	}
 }
 
-static uint8_t value_source(int32_t source)
-{
-	/* Source is open (DESIGN §1.1): unknown values are SOURCE_OTHER, as
-	 * the builder stores them. */
-	if (source == SOURCE_NONE)
-		return SOURCE_NONE;
-	return enums_source_valid(source) ? (uint8_t)source : SOURCE_OTHER;
-}
-
 int generation_apply(struct generation *g, const Consent__V1__Consent *c)
 {
 	const char *text = c->recipient ? c->recipient : "";
@@ -927,7 +918,7 @@ int generation_apply(struct generation *g, const Consent__V1__Consent *c)
 		return -EINVAL;
 	struct consent_value v = {
 		.status = (uint8_t)c->status,
-		.source = value_source(c->source),
+		.source = (uint8_t)enums_source_stored(c->source),
 		.consent_date = c->consent_date,
 	};
 	index_key_make(g->ix, &r, c->brand_code, (int)c->recipient_type,
