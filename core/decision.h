@@ -9,6 +9,13 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+/* The range of a consent date (DESIGN §1.1), the one definition of it:
+ * none is older than İYS, 2015-05-01 00:00:00 Turkey time (UTC+3), and
+ * the index stores a date as 31 bits of seconds past that floor, so none
+ * may be later than 2^31 - 1 seconds after it (2083-05-19). */
+#define CONSENT_DATE_MIN 1430427600LL
+#define CONSENT_DATE_MAX (CONSENT_DATE_MIN + 2147483647LL)
+
 /* What a lookup found: the stored value of one consent key. */
 struct consent_value {
 	uint8_t status;       /* STATUS_ONAY or STATUS_RET */

@@ -235,3 +235,10 @@ int enums_source_valid(int source)
 	return source != SOURCE_NONE &&
 	       name_of(source_names, N_OF(source_names), source) != NULL;
 }
+
+int enums_source_stored(int source)
+{
+	if (source == SOURCE_NONE || enums_source_valid(source))
+		return source;
+	return SOURCE_OTHER;
+}

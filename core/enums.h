@@ -72,4 +72,8 @@ int enums_source_parse(const char *s, size_t len); /* never 0 for len > 0 */
 /* True for a value the schema defines (source: any defined value). */
 int enums_source_valid(int source);
 
+/* The source a record keeps (DESIGN §1.1: source is open): a defined
+ * value as it is, SOURCE_NONE as it is, anything else SOURCE_OTHER. */
+int enums_source_stored(int source);
+
 #endif

@@ -31,6 +31,7 @@
 #include <xxhash.h>
 
 #include "core/enums.h"
+#include "core/fsutil.h"
 #include "core/stream.h"
 
 #define READER_BUF_MIN (64u << 10)
@@ -49,8 +50,6 @@
  * writer never makes a frame a default reader refuses. */
 #define WRITER_BATCH_BYTES_MAX (8u << 20)
 
-/* 2015-05-01 00:00:00 Turkey time (UTC+3): no consent is older. */
-#define CONSENT_DATE_MIN 1430427600
 #define CONSENT_DATE_FUTURE_SLACK 86400
 
 /* ---- varints ---- */
@@ -622,21 +621,6 @@ struct stream_writer {
 	uint64_t records;
 };
 
-static int write_all(int fd, const uint8_t *p, size_t n)
-{
-	while (n > 0) {
-		ssize_t w = write(fd, p, n);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
 /* Writes p[0..n) as one whole frame and hashes it unless it is the
  * trailer. */
 static int stream_emit(struct stream_writer *w, const uint8_t *p, size_t n,
@@ -646,7 +630,7 @@ static int stream_emit(struct stream_writer *w, const uint8_t *p, size_t n,
 		return w->err;
 	if (hash)
 		XXH3_64bits_update(w->hash, p, n);
-	int rc = write_all(w->fd, p, n);
+	int rc = fsutil_write_all(w->fd, p, n);
 	if (rc < 0)
 		w->err = rc;
 	return rc;
@@ -846,6 +830,46 @@ int consent_validate(const Consent__V1__Consent *c, struct recipient *out,
 		*field = "consent_date";
 		*why = "in the future";
 		return -EINVAL;
+	}
+	/* Unreachable before 2083 (the check above), and then the index
+	 * format's end. */
+	if (c->consent_date > CONSENT_DATE_MAX) {
+		*field = "consent_date";
+		*why = "past 2083, beyond the index format";
+		return -EINVAL;
+	}
+	return 0;
+}
+
+int change_validate(const Consent__V1__Consent *c, uint64_t prev_sequence,
+		    struct recipient *out, const char **field, char *why,
+		    size_t why_cap)
+{
+	const char *what = NULL;
+	size_t size;
+
+	if (c->sequence == 0) {
+		*field = "sequence";
+		snprintf(why, why_cap, "is 0 (a change needs its position in "
+			 "the change stream)");
+		return -EINVAL;
+	}
+	if (c->sequence <= prev_sequence) {
+		*field = "sequence";
+		snprintf(why, why_cap, "%" PRIu64 " after %" PRIu64 " (sequences "
+			 "must increase)", c->sequence, prev_sequence);
+		return -EINVAL;
+	}
+	if (consent_validate(c, out, field, &what) < 0) {
+		snprintf(why, why_cap, "%s", what);
+		return -EINVAL;
+	}
+	size = consent__v1__consent__get_packed_size(c);
+	if (size > CHANGE_BYTES_MAX) {
+		*field = "size";
+		snprintf(why, why_cap, "%zu bytes, over the change log's limit "
+			 "of %u", size, CHANGE_BYTES_MAX);
+		return -EMSGSIZE;
 	}
 	return 0;
 }

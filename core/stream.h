@@ -22,6 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/decision.h"
 #include "core/recipient.h"
 #include "proto/consent.pb-c.h"
 
@@ -73,11 +74,27 @@ void stream_writer_destroy(struct stream_writer *w); /* abandons, no trailer */
 
 /* Checks one record's meaning (DESIGN §1.1): the recipient normalises, the
  * channel suits it, recipient type, status and brand are set, the consent
- * date is not before 2015-05-01 Turkey time. Returns 0 and the normalised
- * recipient, or -EINVAL with *field naming the field and *why the fault.
- * An unknown source is not an error (it is SOURCE_OTHER). */
+ * date is in [CONSENT_DATE_MIN, CONSENT_DATE_MAX] (core/decision.h) and
+ * not in the future. Returns 0 and the normalised recipient, or -EINVAL
+ * with *field naming the field and *why the fault. An unknown source is
+ * not an error (it is SOURCE_OTHER). A record that passes fits the index
+ * (index_value_fits). */
 int consent_validate(const Consent__V1__Consent *c, struct recipient *out,
 		     const char **field, const char **why);
+
+/* The largest serialized Consent a change may be: the change log's record
+ * limit (index/changelog.h stores nothing larger). */
+#define CHANGE_BYTES_MAX (64u << 10)
+
+/* Checks one change of an Apply, the one place its rules live: a sequence
+ * above 0 and above prev_sequence (the request's previous change, 0 for
+ * the first), consent_validate, and a serialized size within
+ * CHANGE_BYTES_MAX. Returns 0 and the normalised recipient (out may be
+ * NULL), or -EINVAL / -EMSGSIZE with *field naming the rule ("sequence",
+ * a consent_validate field, "size") and why (why_cap bytes) the fault. */
+int change_validate(const Consent__V1__Consent *c, uint64_t prev_sequence,
+		    struct recipient *out, const char **field, char *why,
+		    size_t why_cap);
 
 /* Varint helpers for framing (also used by tests and fuzzers). encode
  * returns bytes written (<= 10); decode returns bytes consumed, 0 if more

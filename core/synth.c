@@ -29,10 +29,10 @@
 #include <stdbool.h>
 #include <string.h>
 
+#include "core/decision.h"
 #include "core/enums.h"
 #include "core/synth.h"
 
-#define DATE_MIN 1430427600	/* 2015-05-01 00:00:00 Turkey time */
 #define IYS_LAUNCH 1590958800	/* 2020-06-01: records older than İYS
 				 * were loaded into it after this */
 #define DAY 86400
@@ -311,12 +311,12 @@ static void fill_attrs(uint64_t h, struct synth_record *out)
 	h /= 6;
 	unsigned pick = (unsigned)(h & 15);
 	h >>= 4;
-	uint64_t span = SYNTH_NOW - DATE_MIN;
+	uint64_t span = SYNTH_NOW - CONSENT_DATE_MIN;
 
 	out->status = ret ? STATUS_RET : STATUS_ONAY;
 	if (hs2015) {
 		out->source = SOURCE_HS_2015;
-		out->consent_date = DATE_MIN;
+		out->consent_date = CONSENT_DATE_MIN;
 	} else {
 		const uint8_t *t;
 		if (out->channel == CHANNEL_EPOSTA)
@@ -327,7 +327,7 @@ static void fill_attrs(uint64_t h, struct synth_record *out)
 			t = out->channel == CHANNEL_MESAJ ? src_mesaj_onay
 							  : src_arama_onay;
 		out->source = t[pick];
-		out->consent_date = DATE_MIN + 1 + (int64_t)(h % span);
+		out->consent_date = CONSENT_DATE_MIN + 1 + (int64_t)(h % span);
 	}
 	/* İYS recorded a consent within three days, or, for one older than
 	 * İYS, in the months after it opened. Never past the dataset's now. */

@@ -1,6 +1,6 @@
 /*
  * consentctl build, verify, dump, check: the data directory offline
- * (index/build.h, index/datadir.h, core/check.h).
+ * (index/build.h, index/generation.h, core/check.h).
  *
  * check decides exactly as the server does (check_batch) for a trusted
  * caller with the default policy (merchant default allow, no freshness
@@ -23,7 +23,7 @@
 #include "core/enums.h"
 #include "ctl/ctl.h"
 #include "index/build.h"
-#include "index/datadir.h"
+#include "index/generation.h"
 #include "index/table.h"
 
 static int usage(const char *text)
@@ -77,7 +77,7 @@ int ctl_verify(int argc, char **argv)
 	if (argc != 2)
 		return usage("verify DIR");
 	char err[1024];
-	int rc = datadir_verify(argv[1], err, sizeof(err));
+	int rc = generation_verify(argv[1], err, sizeof(err));
 	if (rc < 0) {
 		fprintf(stderr, "consentctl verify: %s\n", err);
 		return 1;
@@ -176,7 +176,7 @@ int ctl_check(int argc, char **argv)
 	struct index *ix;
 	uint64_t gen;
 	char err[1024];
-	int rc = datadir_open_newest(argv[1], INDEX_LOAD_MMAP, &ix, &gen, err,
+	int rc = generation_open_newest(argv[1], INDEX_LOAD_MMAP, &ix, &gen, err,
 				     sizeof(err));
 	if (rc < 0) {
 		fprintf(stderr, "consentctl check: %s\n", err);

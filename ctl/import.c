@@ -30,6 +30,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/fsutil.h"
 #include "core/iys.h"
 #include "core/stream.h"
 #include "ctl/ctl.h"
@@ -196,22 +197,7 @@ static int import_out_finish(struct import_out *out)
 		return rc;
 	}
 	/* The rename is durable once the directory is synced. */
-	char dir[PATH_MAX];
-	const char *slash = strrchr(out->path, '/');
-
-	if (!slash)
-		snprintf(dir, sizeof(dir), ".");
-	else if (slash == out->path)
-		snprintf(dir, sizeof(dir), "/");
-	else
-		snprintf(dir, sizeof(dir), "%.*s", (int)(slash - out->path),
-			 out->path);
-	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-
-	if (dfd < 0)
-		return -errno;
-	rc = fsync(dfd) < 0 ? -errno : 0;
-	close(dfd);
+	rc = fsutil_fsync_parent(out->path);
 	return rc;
 }
 

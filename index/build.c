@@ -1,7 +1,5 @@
 /*
- * build: a generation from a snapshot stream, and a dump back into one
- * (the copying and re-publishing functions further down serve the
- * server's growth path).
+ * build: a generation from a snapshot stream, and a dump back into one.
  *
  * A record's key is made with the generation's secret, which does not
  * depend on the table size, so keys can be made before the table exists.
@@ -26,10 +24,9 @@
  * small ring; the stager validates, normalises, keys, stages and (direct)
  * inserts. See decode_main and read_stream.
  *
- * Publishing: the index and the emails file are written into
- * DIR/.tmp-gen-N.PID and fsynced, the directory is renamed to DIR/gen-N,
- * then DIR is fsynced (index/datadir.h). A crash leaves a .tmp-gen
- * directory that no reader looks at, never half a generation.
+ * The result is a generation in memory (index/generation.h: the table and
+ * the addresses of its e-mail keys): the server's writer takes it as it
+ * is, consentctl build publishes it (generation_publish).
  */
 #include "index/build.h"
 
@@ -50,9 +47,10 @@
 #include <unistd.h>
 
 #include "core/enums.h"
+#include "core/fsutil.h"
 #include "core/recipient.h"
 #include "core/stream.h"
-#include "index/datadir.h"
+#include "index/generation.h"
 #include "index/table.h"
 
 #define HEADROOM_PCT 110     /* table capacity: records * 1.10 */
@@ -62,7 +60,6 @@
 #define BUILD_RESTART 1
 #define PREFETCH_AHEAD 16    /* inserts in flight */
 #define GROW_MIN (4u << 20)
-#define EMAILS_BUF (1u << 20)
 
 static int fail(char *err, size_t err_cap, int rc, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
@@ -182,7 +179,7 @@ struct builder {
 	struct index *direct;  /* sized from the trailer hint: insert as we go */
 	struct grow items;     /* staged items (direct: this chunk's only) */
 	struct grow emails;    /* their addresses, in the same order */
-	struct grow lines;     /* the emails file's text, as keys are inserted */
+	struct generation *out; /* the table, and the addresses inserted */
 	uint64_t n_items;
 	uint64_t n_emails;
 	char stage_err[512];
@@ -340,21 +337,16 @@ static int stage_chunk(struct builder *b, const struct chunk *c)
 
 		struct recipient rcp;
 		const char *field, *why;
+		/* Also what makes the value fit the index. */
 		if (consent_validate(&m, &rcp, &field, &why) < 0)
 			return stage_fail(b, c, i, field, why);
-		if (r->consent_date - INDEX_EPOCH > (int64_t)UINT32_MAX / 2)
-			return stage_fail(b, c, i, "consent_date",
-					  "past 2083, beyond the index format");
 
 		struct item *it = &out[i];
 		index_key_make(b->keymaker, &rcp, r->brand_code, r->rtype,
 			       r->channel, &it->key);
 		it->date_off = (uint32_t)(r->consent_date - INDEX_EPOCH);
 		it->status = (uint8_t)r->status;
-		/* Source is open (DESIGN §1.1): unknown is SOURCE_OTHER. */
-		it->source = r->source == SOURCE_NONE ? SOURCE_NONE
-			     : enums_source_valid(r->source) ? (uint8_t)r->source
-							      : SOURCE_OTHER;
+		it->source = (uint8_t)enums_source_stored(r->source);
 		it->is_email = rcp.kind == RECIPIENT_EMAIL;
 		it->reserved = 0;
 		if (it->is_email) {
@@ -378,40 +370,9 @@ static int stage_chunk(struct builder *b, const struct chunk *c)
 
 /* ---- inserting ---- */
 
-static char *put_u32(char *p, uint32_t v)
-{
-	char tmp[10];
-	int n = 0;
-	do {
-		tmp[n++] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v);
-	while (n)
-		*p++ = tmp[--n];
-	return p;
-}
-
-/* One line of a generation's `emails` file, "BRAND RTYPE EPOSTA ADDRESS\n",
- * into line (room for 32 + RECIPIENT_EMAIL_MAX bytes); returns its length. */
-static size_t email_line(char *line, uint32_t brand, int rtype,
-			 const char *addr, size_t len)
-{
-	char *p = put_u32(line, brand);
-	const char *rt = enums_rtype_name(rtype);
-	size_t rl = strlen(rt);
-	*p++ = ' ';
-	memcpy(p, rt, rl);
-	p += rl;
-	memcpy(p, " EPOSTA ", 8);
-	p += 8;
-	memcpy(p, addr, len);
-	p += len;
-	*p++ = '\n';
-	return (size_t)(p - line);
-}
-
-/* Inserts the staged items in stream order; e-mail keys seen for the
- * first time get their line in b->lines. Then forgets them. */
+/* Inserts the staged items in stream order; the addresses of e-mail keys
+ * seen for the first time go to the generation's list. Then forgets
+ * them. */
 static int insert_staged(struct builder *b, struct index *ix)
 {
 	const struct item *items = (const struct item *)b->items.p;
@@ -441,11 +402,10 @@ static int insert_staged(struct builder *b, struct index *ix)
 		ep += EMAIL_REC_HEAD + len;
 		if (rc != INDEX_INSERTED)
 			continue;
-		rc = grow_reserve(&b->lines, 32 + RECIPIENT_EMAIL_MAX);
+		rc = generation_email_add(b->out, brand, rtype,
+					  (const char *)addr, len);
 		if (rc < 0)
 			return rc;
-		b->lines.len += email_line((char *)b->lines.p + b->lines.len,
-					   brand, rtype, (const char *)addr, len);
 	}
 	b->items.len = 0;
 	b->emails.len = 0;
@@ -513,138 +473,6 @@ static int read_stream(struct builder *b, char *err, size_t err_cap)
 	return 0;
 }
 
-/* ---- publishing ---- */
-
-static int fsync_path(const char *path, int flags)
-{
-	int fd = open(path, flags | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	int rc = fsync(fd) < 0 ? -errno : 0;
-	close(fd);
-	return rc;
-}
-
-static void remove_tmp(const char *tmp)
-{
-	char path[4200];
-	static const char *names[] = { "index", "emails" };
-	for (size_t i = 0; i < 2; i++) {
-		snprintf(path, sizeof(path), "%s/%s", tmp, names[i]);
-		unlink(path);
-	}
-	rmdir(tmp);
-}
-
-/* Fills a generation being published: writes its e-mail lines to emails
- * (a snapshot inserts its records first) and sets the index's header
- * fields. Returns 0 or -errno with a message in err. */
-typedef int (*publish_fill_fn)(void *arg, FILE *emails, const char *path,
-			       char *err, size_t err_cap);
-
-/* Writes ix (once fill has run) and its emails file into a temp directory
- * and renames it to generation gen. */
-static int publish(const char *dir, uint64_t gen, const struct index *ix,
-		   publish_fill_fn fill, void *arg, char *err, size_t err_cap)
-{
-	char tmp[4096], path[4200], final[4096];
-	int rc = datadir_generation_path(dir, gen, final, sizeof(final));
-	if (rc < 0)
-		return fail(err, err_cap, rc, "%s: path too long", dir);
-	int n = snprintf(tmp, sizeof(tmp), "%s/.tmp-gen-%" PRIu64 ".%ld", dir,
-			 gen, (long)getpid());
-	if (n < 0 || (size_t)n >= sizeof(tmp))
-		return fail(err, err_cap, -ENAMETOOLONG, "%s: path too long", dir);
-	remove_tmp(tmp); /* a leftover of a crashed builder with our pid */
-	if (mkdir(tmp, 0755) < 0)
-		return fail(err, err_cap, -errno, "%s: %s", tmp, strerror(errno));
-
-	snprintf(path, sizeof(path), "%s/emails", tmp);
-	FILE *emails = fopen(path, "we");
-	if (emails == NULL) {
-		rc = fail(err, err_cap, -errno, "%s: %s", path, strerror(errno));
-		goto out_rm;
-	}
-	setvbuf(emails, NULL, _IOFBF, EMAILS_BUF);
-	rc = fill(arg, emails, path, err, err_cap);
-	if (rc < 0) {
-		fclose(emails);
-		goto out_rm;
-	}
-	/* A failed flush or fsync is fatal for the file (DESIGN §5.1). */
-	if (fflush(emails) != 0 || fsync(fileno(emails)) != 0) {
-		rc = fail(err, err_cap, -errno, "%s: %s", path, strerror(errno));
-		fclose(emails);
-		goto out_rm;
-	}
-	if (fclose(emails) != 0) {
-		rc = fail(err, err_cap, -errno, "%s: %s", path, strerror(errno));
-		goto out_rm;
-	}
-
-	snprintf(path, sizeof(path), "%s/index", tmp);
-	rc = index_write(ix, path);
-	if (rc < 0) {
-		rc = fail(err, err_cap, rc, "%s: %s", path, strerror(-rc));
-		goto out_rm;
-	}
-	/* index_write fsynced the temp directory for its own rename. */
-	if (rename(tmp, final) < 0) {
-		rc = fail(err, err_cap, -errno, "%s -> %s: %s", tmp, final,
-			  strerror(errno));
-		goto out_rm;
-	}
-	rc = fsync_path(dir, O_RDONLY | O_DIRECTORY);
-	if (rc < 0) {
-		/* The rename may or may not be durable: a build that reports
-		 * failure must not leave gen-N to be served at the next
-		 * start. Take it back; the second fsync is best effort (a
-		 * crash before it can still bring gen-N back whole, which
-		 * is no worse than a crash just after a success). */
-		fail(err, err_cap, rc, "%s: fsync: %s", dir, strerror(-rc));
-		if (rename(final, tmp) < 0) {
-			size_t used = err != NULL ? strlen(err) : 0;
-			if (err != NULL && used < err_cap)
-				fail(err + used, err_cap - used, rc, "; and %s "
-				     "stays: cannot take it back: %s", final,
-				     strerror(errno));
-			return rc;
-		}
-		remove_tmp(tmp);
-		(void)fsync_path(dir, O_RDONLY | O_DIRECTORY);
-		return rc;
-	}
-	return 0;
-
-out_rm:
-	remove_tmp(tmp);
-	return rc;
-}
-
-/* A snapshot's fill: the e-mail lines gathered while inserting, then
- * the header fields. */
-struct snapshot_fill {
-	struct builder *b;
-	struct index *ix;
-	uint64_t gen;
-};
-
-static int snapshot_fill(void *arg, FILE *emails, const char *path,
-			 char *err, size_t err_cap)
-{
-	struct snapshot_fill *f = arg;
-	const struct grow *l = &f->b->lines;
-	errno = 0;
-	if (l->len != 0 && fwrite(l->p, 1, l->len, emails) != l->len) {
-		/* stdio leaves write(2)'s errno: ENOSPC must say so. */
-		int rc = errno != 0 ? -errno : -EIO;
-		return fail(err, err_cap, rc, "%s: %s", path, strerror(-rc));
-	}
-	index_set_meta_writer(f->ix, f->gen, f->b->watermark,
-			      f->b->created_at, f->b->created_at);
-	return 0;
-}
-
 /*
  * The record count of a snapshot file, read from its trailer before the
  * stream is, so that the table can be made first and records inserted as
@@ -699,12 +527,13 @@ static uint64_t capacity_for(uint64_t records)
  * short.
  * Without (hint false), records are staged and inserted after the
  * trailer. */
-static int build_once(int fd, const char *dir, bool have_hint, uint64_t hint,
-		      struct build_result *res, char *err, size_t err_cap)
+static int build_once(int fd, bool have_hint, uint64_t hint,
+		      struct generation *out, struct build_result *res,
+		      char *err, size_t err_cap)
 {
 	double t0 = now_s();
 	struct builder *b = calloc(1, sizeof(*b));
-	struct index *ix = NULL;
+	struct generation g = { 0 };
 	uint8_t secret[INDEX_SECRET_BYTES];
 	int rc;
 
@@ -712,6 +541,7 @@ static int build_once(int fd, const char *dir, bool have_hint, uint64_t hint,
 		return fail(err, err_cap, -ENOMEM, "out of memory");
 	pthread_mutex_init(&b->mu, NULL);
 	pthread_cond_init(&b->cv, NULL);
+	b->out = &g;
 
 	/* The generation's secret, in a one-bucket index that makes keys:
 	 * they are valid in the real table, created with the same secret
@@ -727,14 +557,14 @@ static int build_once(int fd, const char *dir, bool have_hint, uint64_t hint,
 		goto out;
 	}
 	if (have_hint) {
-		rc = index_create(capacity_for(hint), secret, &ix);
+		rc = index_create(capacity_for(hint), secret, &g.ix);
 		if (rc < 0) {
 			rc = fail(err, err_cap, rc, "a table for %" PRIu64
 				  " records: %s", capacity_for(hint),
 				  strerror(-rc));
 			goto out;
 		}
-		b->direct = ix;
+		b->direct = g.ix;
 	}
 	rc = stream_reader_create(fd, STREAM_FRAME_MAX_DEFAULT, true, &b->reader);
 	if (rc < 0) {
@@ -753,37 +583,27 @@ static int build_once(int fd, const char *dir, bool have_hint, uint64_t hint,
 	double t_read = now_s();
 
 	if (!have_hint) {
-		rc = index_create(capacity_for(b->n_items), secret, &ix);
+		rc = index_create(capacity_for(b->n_items), secret, &g.ix);
 		if (rc < 0) {
 			rc = fail(err, err_cap, rc, "a table for %" PRIu64
 				  " records: %s", capacity_for(b->n_items),
 				  strerror(-rc));
 			goto out;
 		}
-		rc = insert_staged(b, ix);
+		rc = insert_staged(b, g.ix);
 		if (rc < 0) {
 			rc = fail(err, err_cap, rc, "inserting: %s",
 				  strerror(-rc));
 			goto out;
 		}
 	}
-	uint64_t gen;
-	rc = datadir_newest_generation(dir, &gen);
-	if (rc < 0) {
-		rc = fail(err, err_cap, rc, "%s: listing its generations: %s",
-			  dir, strerror(-rc));
-		goto out;
-	}
-	gen++;
-	struct snapshot_fill fill = { .b = b, .ix = ix, .gen = gen };
-	rc = publish(dir, gen, ix, snapshot_fill, &fill, err, err_cap);
-	if (rc < 0)
-		goto out;
-
+	/* Not a generation of any directory yet: number 0. */
+	index_set_meta_writer(g.ix, 0, b->watermark, b->created_at,
+			      b->created_at);
 	struct index_info info;
-	index_info(ix, &info);
+	index_info(g.ix, &info);
 	if (res != NULL) {
-		res->generation = gen;
+		res->generation = 0;
 		res->records = info.n_records;
 		res->stream_records = b->n_items;
 		res->watermark = b->watermark;
@@ -792,9 +612,11 @@ static int build_once(int fd, const char *dir, bool have_hint, uint64_t hint,
 		res->read_seconds = t_read - t0;
 		res->bytes = info.bytes;
 	}
+	*out = g;
+	memset(&g, 0, sizeof(g));
 	rc = 0;
 out:
-	index_destroy(ix);
+	generation_fini(&g);
 	index_destroy(b->keymaker);
 	if (b->reader != NULL)
 		stream_reader_destroy(b->reader);
@@ -804,7 +626,6 @@ out:
 	}
 	grow_free(&b->items);
 	grow_free(&b->emails);
-	grow_free(&b->lines);
 	pthread_mutex_destroy(&b->mu);
 	pthread_cond_destroy(&b->cv);
 	free(b);
@@ -812,17 +633,15 @@ out:
 	return rc;
 }
 
-int build_snapshot(int fd, const char *dir, struct build_result *res,
-		   char *err, size_t err_cap)
+int build_index(int fd, struct generation *out, struct build_result *res,
+		char *err, size_t err_cap)
 {
 	if (err != NULL && err_cap > 0)
 		err[0] = '\0';
-	if (mkdir(dir, 0755) < 0 && errno != EEXIST)
-		return fail(err, err_cap, -errno, "%s: %s", dir, strerror(errno));
 	off_t start = lseek(fd, 0, SEEK_CUR);
 	uint64_t hint = 0;
 	bool have_hint = trailer_hint(fd, &hint);
-	int rc = build_once(fd, dir, have_hint, hint, res, err, err_cap);
+	int rc = build_once(fd, have_hint, hint, out, res, err, err_cap);
 	if (rc == BUILD_RESTART) {
 		/* The hint was wrong (the reader would have refused a stream
 		 * whose trailer disagrees with it, so this is a trailer we
@@ -832,167 +651,48 @@ int build_snapshot(int fd, const char *dir, struct build_result *res,
 				    strerror(errno));
 		if (err != NULL && err_cap > 0)
 			err[0] = '\0';
-		rc = build_once(fd, dir, false, 0, res, err, err_cap);
+		rc = build_once(fd, false, 0, out, res, err, err_cap);
 		/* Without a hint nothing is inserted before the trailer. */
 		assert(rc != BUILD_RESTART);
 	}
 	return rc;
 }
 
-/* ---- copying an index: growth, merges, re-publishing ---- */
-
-static int emails_each(const struct build_emails *em, build_email_fn fn,
-		       void *arg, char *err, size_t err_cap)
+int build_snapshot(int fd, const char *dir, struct build_result *res,
+		   char *err, size_t err_cap)
 {
-	int rc = 0;
-	if (em == NULL)
-		return 0;
-	if (em->dir != NULL)
-		rc = datadir_emails_foreach(em->dir, em->generation, fn, arg,
-					    err, err_cap);
-	if (rc == 0 && em->extra != NULL)
-		rc = em->extra(em->extra_arg, fn, arg);
-	return rc;
-}
-
-#define MERGE_WINDOW 32 /* keys prefetched in dst before they are applied */
-
-struct merge_ctx {
-	struct index *dst;
-	const struct index *src;
-	build_email_fn new_email;
-	void *new_email_arg;
-	struct index_key keys[MERGE_WINDOW];
-	struct consent_value vals[MERGE_WINDOW];
-	unsigned n;
-	uint64_t missing; /* addresses without a key in src */
-	char first_missing[RECIPIENT_EMAIL_MAX + 32];
-};
-
-/* Applies the window: its home buckets were prefetched as it filled. */
-static int merge_flush(struct merge_ctx *m)
-{
-	for (unsigned i = 0; i < m->n; i++) {
-		int rc = index_apply_writer(m->dst, &m->keys[i], &m->vals[i]);
-		if (rc < 0)
-			return rc;
-	}
-	m->n = 0;
-	return 0;
-}
-
-static int merge_phone(const struct index_entry *e, void *arg)
-{
-	struct merge_ctx *m = arg;
-	if (e->is_email)
-		return 0;
-	struct recipient r = { .kind = RECIPIENT_PHONE, .phone = e->phone };
-	index_key_make(m->dst, &r, e->brand_code, e->rtype, e->channel,
-		       &m->keys[m->n]);
-	index_prefetch(m->dst, &m->keys[m->n]);
-	m->vals[m->n++] = e->value;
-	return m->n == MERGE_WINDOW ? merge_flush(m) : 0;
-}
-
-static int merge_email(const struct datadir_email *e, void *arg)
-{
-	struct merge_ctx *m = arg;
-	struct index_key key;
-	struct consent_value v;
-	index_key_make(m->src, &e->recipient, e->brand_code, e->rtype,
-		       e->channel, &key);
-	if (!index_lookup(m->src, &key, &v)) {
-		if (m->missing++ == 0)
-			snprintf(m->first_missing, sizeof(m->first_missing),
-				 "%" PRIu32 " %s", e->brand_code,
-				 e->recipient.email);
-		return 0;
-	}
-	index_key_make(m->dst, &e->recipient, e->brand_code, e->rtype,
-		       e->channel, &key);
-	int rc = index_apply_writer(m->dst, &key, &v);
-	if (rc == INDEX_INSERTED && m->new_email != NULL)
-		rc = m->new_email(e, m->new_email_arg);
-	return rc < 0 ? rc : 0;
-}
-
-int build_merge(struct index *dst, const struct index *src,
-		const struct build_emails *emails, build_email_fn new_email,
-		void *arg, char *err, size_t err_cap)
-{
-	struct merge_ctx *m = calloc(1, sizeof(*m));
-	if (m == NULL)
-		return fail(err, err_cap, -ENOMEM, "out of memory");
-	if (err != NULL && err_cap > 0)
-		err[0] = '\0';
-	m->dst = dst;
-	m->src = src;
-	m->new_email = new_email;
-	m->new_email_arg = arg;
-	/* Phones come back whole from the table; e-mails are fingerprints
-	 * in src's secret, so their addresses are keyed again for dst. */
-	int rc = index_foreach(src, merge_phone, m);
-	if (rc == 0)
-		rc = merge_flush(m);
-	if (rc == 0)
-		rc = emails_each(emails, merge_email, m, err, err_cap);
-	if (rc == 0 && m->missing)
-		rc = fail(err, err_cap, -EPROTO, "%" PRIu64 " e-mail addresses "
-			  "have no record in the index copied (first: %s)",
-			  m->missing, m->first_missing);
-	else if (rc == -ENOSPC)
-		fail(err, err_cap, rc, "the new table is full (%s)",
-		     strerror(ENOSPC));
-	else if (rc < 0 && err != NULL && err_cap > 0 && err[0] == '\0')
-		fail(err, err_cap, rc, "copying the index: %s", strerror(-rc));
-	free(m);
-	return rc;
-}
-
-/* build_publish's fill: the e-mail lines, from the sources. */
-struct lines_fill {
-	const struct build_emails *emails;
-	FILE *f;
-	bool failed;
-};
-
-static int lines_one(const struct datadir_email *e, void *arg)
-{
-	struct lines_fill *l = arg;
-	char line[32 + RECIPIENT_EMAIL_MAX];
-	size_t ll = email_line(line, e->brand_code, e->rtype,
-			       e->recipient.email, e->recipient.email_len);
-	errno = 0;
-	if (fwrite(line, 1, ll, l->f) != ll) {
-		l->failed = true;
-		return errno != 0 ? -errno : -EIO; /* ENOSPC must say so */
-	}
-	return 0;
-}
-
-static int lines_fill(void *arg, FILE *emails, const char *path, char *err,
-		      size_t err_cap)
-{
-	struct lines_fill *l = arg;
-	l->f = emails;
-	int rc = emails_each(l->emails, lines_one, l, err, err_cap);
-	if (rc < 0 && l->failed)
-		return fail(err, err_cap, rc, "%s: %s", path, strerror(-rc));
-	return rc;
-}
-
-int build_publish(const char *dir, const struct index *ix,
-		  const struct build_emails *emails, char *err, size_t err_cap)
-{
+	struct build_result r;
+	struct generation g;
 	struct index_info info;
-	index_info(ix, &info);
+	uint64_t gen;
+	double t0 = now_s();
+
 	if (err != NULL && err_cap > 0)
 		err[0] = '\0';
-	if (info.generation == 0)
-		return fail(err, err_cap, -EINVAL, "generation 0 is not a "
-			    "generation number");
-	struct lines_fill l = { .emails = emails };
-	return publish(dir, info.generation, ix, lines_fill, &l, err, err_cap);
+	if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+		return fail(err, err_cap, -errno, "%s: %s", dir, strerror(errno));
+	int rc = build_index(fd, &g, &r, err, err_cap);
+	if (rc < 0)
+		return rc;
+	rc = generation_newest(dir, &gen);
+	if (rc < 0) {
+		generation_fini(&g);
+		return fail(err, err_cap, rc, "%s: listing its generations: %s",
+			    dir, strerror(-rc));
+	}
+	gen++;
+	index_info(g.ix, &info);
+	index_set_meta_writer(g.ix, gen, info.watermark, info.created_at,
+			      info.data_as_of);
+	rc = generation_publish(dir, &g, err, err_cap);
+	generation_fini(&g);
+	if (rc < 0)
+		return rc;
+	r.generation = gen;
+	r.seconds = now_s() - t0;
+	if (res != NULL)
+		*res = r;
+	return 0;
 }
 
 /* ---- dump ---- */
@@ -1031,7 +731,7 @@ static int dump_phone(const struct index_entry *e, void *arg)
 			 &e->value);
 }
 
-static int dump_email(const struct datadir_email *e, void *arg)
+static int dump_email(const struct generation_email *e, void *arg)
 {
 	struct dump_ctx *d = arg;
 	struct index_key key;
@@ -1053,7 +753,7 @@ int build_dump(const char *dir, int fd, uint64_t *records, char *err,
 	uint64_t gen;
 	if (err != NULL && err_cap > 0)
 		err[0] = '\0';
-	int rc = datadir_open_newest(dir, INDEX_LOAD_MMAP, &ix, &gen, err,
+	int rc = generation_open_newest(dir, INDEX_LOAD_MMAP, &ix, &gen, err,
 				     err_cap);
 	if (rc < 0)
 		return rc;
@@ -1077,7 +777,7 @@ int build_dump(const char *dir, int fd, uint64_t *records, char *err,
 	}
 	rc = index_foreach(ix, dump_phone, &d);
 	if (rc == 0)
-		rc = datadir_emails_foreach(dir, gen, dump_email, &d, err,
+		rc = generation_emails_foreach(dir, gen, dump_email, &d, err,
 					    err_cap);
 	if (rc < 0) {
 		stream_writer_destroy(d.w);

@@ -2,10 +2,11 @@
  * build: a new generation from a snapshot stream (DESIGN §2, §3.5). Reads
  * and validates the whole stream (a bad record or a bad trailer rejects it
  * whole, naming the offset and field), sizes the table for the records
- * plus headroom, inserts, and publishes generation newest+1 in the data
- * directory (index/datadir.h). Whatever was served before stays untouched
- * until the new generation is renamed into place. One builder per data
- * directory at a time; any thread (the server runs it on a background one).
+ * plus headroom and inserts, into a generation in memory
+ * (index/generation.h) that the server's writer takes, or that is
+ * published as generation newest+1 of a data directory. Whatever was
+ * served before stays untouched. Any thread (the server runs it on a
+ * background one); one builder per data directory at a time.
  */
 #ifndef CONSENTD_INDEX_BUILD_H
 #define CONSENTD_INDEX_BUILD_H
@@ -24,6 +25,17 @@ struct build_result {
 	uint64_t bytes;        /* the table's memory */
 };
 
+/* Reads and validates the whole stream and builds its index in memory:
+ * out gets the table (header: generation 0, the snapshot's watermark,
+ * created_at and data_as_of its created_at) and the addresses of its
+ * e-mail keys, out's to free (generation_fini). Nothing touches a data
+ * directory. */
+struct generation;
+int build_index(int fd, struct generation *out, struct build_result *res,
+		char *err, size_t err_cap);
+
+/* build_index, then publishes the result as generation newest+1 of dir
+ * (created if missing; generation_publish). */
 int build_snapshot(int fd, const char *dir, struct build_result *res,
 		   char *err, size_t err_cap);
 
@@ -36,42 +48,5 @@ int build_snapshot(int fd, const char *dir, struct build_result *res,
  * generation's `emails` file. */
 int build_dump(const char *dir, int fd, uint64_t *records, char *err,
 	       size_t err_cap);
-
-/*
- * Growth and re-publishing, for the server's single writer (it owns every
- * index passed here; none of them is mutated by another thread meanwhile).
- * A table keeps e-mails only as keyed fingerprints, so copying one into a
- * table with another secret needs the addresses: those of a generation's
- * `emails` file, then any the caller inserted since (extra).
- */
-struct datadir_email;
-struct index;
-typedef int (*build_email_fn)(const struct datadir_email *e, void *arg);
-struct build_emails {
-	const char *dir;     /* emails file of `generation` in dir; NULL: none */
-	uint64_t generation;
-	/* Calls fn for each further address, stops at fn's first non-zero
-	 * return and returns it. NULL: none. */
-	int (*extra)(void *extra_arg, build_email_fn fn, void *arg);
-	void *extra_arg;
-};
-
-/* Applies every record of src to dst under the order rule
- * (index_apply_writer): phones from src's table, e-mails keyed again from
- * their addresses in emails. new_email (NULL: none) is called with each
- * address whose key dst did not hold before. Returns 0; -ENOSPC when dst
- * reaches its load limit (make it bigger and merge again: merging is
- * idempotent); -EPROTO when an address has no record in src; -errno; with
- * a message in err. */
-int build_merge(struct index *dst, const struct index *src,
-		const struct build_emails *emails, build_email_fn new_email,
-		void *arg, char *err, size_t err_cap);
-
-/* Publishes ix as generation index_info(ix).generation of dir, with its
- * header fields as set (index_set_meta_writer) and an emails file listing
- * emails' addresses (exactly the e-mail keys of ix, each once): temp
- * directory, fsync, rename, fsync of dir, as build_snapshot does. */
-int build_publish(const char *dir, const struct index *ix,
-		  const struct build_emails *emails, char *err, size_t err_cap);
 
 #endif

@@ -52,6 +52,8 @@
 
 #include <xxhash.h>
 
+#include "core/fsutil.h"
+
 #define SEGMENT_MAGIC "CONSLOG\x01"
 #define SEGMENT_HEADER_BYTES 16
 #define RECORD_HEADER_BYTES 16
@@ -547,25 +549,6 @@ void changelog_stats(const struct changelog *log, struct changelog_stats *out)
 	out->failed = log->failed != 0;
 }
 
-static int pwrite_all(int fd, const uint8_t *p, size_t len, uint64_t off)
-{
-	while (len > 0) {
-		ssize_t w = pwrite(fd, p, len, (off_t)off);
-
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (w == 0)
-			return -EIO;
-		p += w;
-		len -= (size_t)w;
-		off += (uint64_t)w;
-	}
-	return 0;
-}
-
 /* Marks the log failed; every later append returns rc. */
 static int append_fail(struct changelog *log, int rc, const char *what)
 {
@@ -591,7 +574,9 @@ int changelog_append(struct changelog *log, Consent__V1__Consent *const *changes
 	}
 	if (n == 0)
 		return 0;
-	/* Check everything before writing anything. */
+	/* The format's guard, not a validation (the caller ran
+	 * change_validate): nothing out of order or oversize is stored, and
+	 * everything is checked before anything is written. */
 	for (size_t i = 0; i < n; i++) {
 		uint64_t seq = changes[i]->sequence;
 		size_t len = consent__v1__consent__get_packed_size(changes[i]);
@@ -668,7 +653,7 @@ int changelog_append(struct changelog *log, Consent__V1__Consent *const *changes
 			    O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
 		if (fd < 0)
 			return append_fail(log, -errno, "creating a segment");
-		rc = pwrite_all(fd, log->buf, total, 0);
+		rc = fsutil_pwrite_all(fd, log->buf, total, 0);
 		if (rc < 0) {
 			close(fd);
 			unlinkat(log->dir_fd, name, 0); /* best effort */
@@ -697,7 +682,7 @@ int changelog_append(struct changelog *log, Consent__V1__Consent *const *changes
 	} else {
 		struct segment *s = &log->segs[log->n_segs - 1];
 
-		rc = pwrite_all(log->fd, log->buf, total, s->size);
+		rc = fsutil_pwrite_all(log->fd, log->buf, total, s->size);
 		if (rc < 0) {
 			/* Best effort: a partial record would be cut as a torn
 			 * tail at the next open anyway. */

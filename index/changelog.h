@@ -16,11 +16,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/stream.h"
 #include "proto/consent.pb-c.h"
 
 #define CHANGELOG_DIR "changes"                     /* under the data dir */
 #define CHANGELOG_SEGMENT_BYTES_DEFAULT (64ull << 20) /* roll past this */
-#define CHANGELOG_RECORD_MAX (64u << 10) /* one serialized Consent */
+#define CHANGELOG_RECORD_MAX CHANGE_BYTES_MAX /* one serialized Consent */
 
 struct changelog;
 
@@ -45,13 +46,14 @@ void changelog_close(struct changelog *log);
 /* Appends changes[0..n) as one write and one fdatasync (and an fsync of
  * the directory when a new segment was started), returning 0 only once
  * all of them are durable: the caller may acknowledge them then.
- * Sequences must be > 0 and strictly increase, within the batch and past
- * changelog_last_sequence(): otherwise -EINVAL ("sequence 41 after 57")
- * and nothing is written. Replays are the caller's business: the server
- * drops changes at or below its applied watermark (counting them as
- * skipped) and sorts and de-duplicates a group before appending; the log
- * only refuses to store a sequence out of order. A record over
- * CHANGELOG_RECORD_MAX is -EMSGSIZE, nothing written. A failed write or
+ * Validating changes is the caller's (change_validate, core/stream.h, is
+ * where the rules live); the log only guards its own format: a sequence
+ * that is 0 or does not follow the previous one (within the batch and past
+ * changelog_last_sequence()) is -EINVAL ("sequence 41 after 57"), a record
+ * over CHANGELOG_RECORD_MAX -EMSGSIZE, and nothing is written. Replays are
+ * the caller's business too: the server drops changes at or below its
+ * applied watermark (counting them as skipped) and sorts and de-duplicates
+ * a group before appending. A failed write or
  * fdatasync returns its -errno and fails the log: every later append
  * returns that error again until the log is closed and reopened (a failed
  * fsync is never retried: the kernel may have dropped the dirty pages).

@@ -157,6 +157,7 @@
 #include <xxhash.h>
 
 #include "core/enums.h"
+#include "core/fsutil.h"
 
 #define INDEX_MAGIC "CONSENTX"
 #define INDEX_FORMAT_VERSION 1
@@ -584,15 +585,21 @@ static uint64_t rank(uint64_t v)
 	       (v & VAL_RET) << 5 | ((v >> VAL_SOURCE_SHIFT) & VAL_SOURCE_MASK);
 }
 
+/* The date field holds exactly the range core/decision.h defines. */
+static_assert(VAL_DATE_MASK == CONSENT_DATE_MAX - CONSENT_DATE_MIN,
+	      "the index's date bits are the consent date range");
+
+bool index_value_fits(const struct consent_value *value)
+{
+	return (value->status == STATUS_ONAY || value->status == STATUS_RET) &&
+	       value->consent_date >= CONSENT_DATE_MIN &&
+	       value->consent_date <= CONSENT_DATE_MAX;
+}
+
 int index_apply_writer(struct index *ix, const struct index_key *key,
 		       const struct consent_value *value)
 {
-	if (value->status != STATUS_ONAY && value->status != STATUS_RET)
-		return -EINVAL;
-	if (value->consent_date < INDEX_EPOCH ||
-	    value->consent_date - INDEX_EPOCH > (int64_t)VAL_DATE_MASK)
-		return -EINVAL;
-	if (!key_channel_ok(key))
+	if (!index_value_fits(value) || !key_channel_ok(key))
 		return -EINVAL;
 
 	uint64_t nv = key->bits[1] |
@@ -961,47 +968,6 @@ out_close:
 	return rc;
 }
 
-static int write_full(int fd, const void *buf, size_t len, off_t off)
-{
-	const uint8_t *p = buf;
-	while (len > 0) {
-		ssize_t w = pwrite(fd, p, len, off);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		p += w;
-		len -= (size_t)w;
-		off += w;
-	}
-	return 0;
-}
-
-/* fsync of the directory holding path, so a rename in it is durable. */
-static int fsync_parent(const char *path)
-{
-	char dir[4096];
-	const char *slash = strrchr(path, '/');
-	if (slash == NULL) {
-		strcpy(dir, ".");
-	} else if (slash == path) {
-		strcpy(dir, "/");
-	} else {
-		size_t n = (size_t)(slash - path);
-		if (n >= sizeof(dir))
-			return -ENAMETOOLONG;
-		memcpy(dir, path, n);
-		dir[n] = '\0';
-	}
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	int rc = fsync(fd) < 0 ? -errno : 0;
-	close(fd);
-	return rc;
-}
-
 int index_write(const struct index *ix, const char *path)
 {
 	char tmp[4096];
@@ -1034,7 +1000,7 @@ int index_write(const struct index *ix, const char *path)
 							  : IO_CHUNK_BYTES;
 		const uint8_t *p = (const uint8_t *)ix->buckets + off;
 		XXH3_64bits_update(hs, p, len);
-		rc = write_full(fd, p, len, INDEX_HEADER_BYTES + (off_t)off);
+		rc = fsutil_pwrite_all(fd, p, len, INDEX_HEADER_BYTES + off);
 		if (rc < 0)
 			goto out_unlink;
 	}
@@ -1056,7 +1022,7 @@ int index_write(const struct index *ix, const char *path)
 	memcpy(h->secret, ix->secret, INDEX_SECRET_BYTES);
 	h->buckets_xxh3 = XXH3_64bits_digest(hs);
 	h->header_xxh3 = header_hash(h);
-	rc = write_full(fd, h, sizeof(*h), 0);
+	rc = fsutil_pwrite_all(fd, h, sizeof(*h), 0);
 	if (rc < 0)
 		goto out_unlink;
 
@@ -1074,7 +1040,7 @@ int index_write(const struct index *ix, const char *path)
 		rc = -errno;
 		goto out_unlink;
 	}
-	rc = fsync_parent(path);
+	rc = fsutil_fsync_parent(path);
 	goto out_free;
 
 out_unlink:

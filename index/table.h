@@ -25,8 +25,8 @@
 #include "core/recipient.h"
 
 #define INDEX_SECRET_BYTES 192 /* XXH3 secret, random per index */
-/* Earliest consent date İYS accepts: 2015-05-01 00:00:00 Turkey time. */
-#define INDEX_EPOCH 1430427600LL
+/* Dates are stored as seconds past the consent date floor. */
+#define INDEX_EPOCH CONSENT_DATE_MIN
 
 struct index;
 
@@ -93,13 +93,18 @@ void index_lookup_batch(const struct index *ix, const struct index_key *keys,
  * about to apply or look up a run of keys (prefetch a few keys ahead). */
 void index_prefetch(const struct index *ix, const struct index_key *key);
 
+/* Whether the index can hold value: a status ONAY or RET and a
+ * consent_date in [CONSENT_DATE_MIN, CONSENT_DATE_MAX] (core/decision.h).
+ * The one such check; a record consent_validate accepts always fits. */
+bool index_value_fits(const struct consent_value *value);
+
 /* Writer only. Applies one value under DESIGN §2's order rule: a value
  * whose consent_date is older than the stored one is skipped, and at an
  * equal consent_date a RET wins over an ONAY (an identical value is
  * skipped). Returns INDEX_INSERTED, INDEX_UPDATED or INDEX_SKIPPED, or
  * -ENOSPC when inserting would pass the load limit (build a bigger
- * generation), or -EINVAL for a value the entry cannot hold (a status
- * other than ONAY/RET, a date before INDEX_EPOCH or past the format's end). */
+ * generation), or -EINVAL for a value that does not fit
+ * (index_value_fits) or a channel that does not suit the key. */
 enum index_apply_result { INDEX_INSERTED = 0, INDEX_UPDATED = 1, INDEX_SKIPPED = 2 };
 int index_apply_writer(struct index *ix, const struct index_key *key,
 		       const struct consent_value *value);

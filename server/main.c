@@ -9,9 +9,9 @@
  * bad token file (before anything listens), 1 for any other failure to
  * start (a damaged change log among them).
  *
- * A --snapshot is built on a background thread, in a staging directory,
- * while the previous generation (if any) is served; the writer then takes
- * it (replays the changes past its watermark, publishes it as the next
+ * A --snapshot is built on a background thread, in memory, while the
+ * previous generation (if any) is served; the writer then takes it
+ * (replays the changes past its watermark, publishes it as the next
  * generation and swaps it in with live_publish). With no previous
  * generation the listeners are already up meanwhile and every check
  * answers as if no record existed, without ever allowing (core/check.c: no
@@ -32,7 +32,7 @@
 
 #include "core/tokens.h"
 #include "index/build.h"
-#include "index/datadir.h"
+#include "index/generation.h"
 #include "index/table.h"
 #include "server/config.h"
 #include "server/http.h"
@@ -287,7 +287,6 @@ static int main_parse(int argc, char **argv, struct server_config *cfg,
 struct main_build {
 	const struct server_config *cfg;
 	struct writer *writer;
-	char staging[PATH_MAX]; /* writer_staging_dir */
 	pthread_t thread;
 	int fd;
 	int rc;
@@ -310,12 +309,15 @@ static void *main_build_thread(void *arg)
 {
 	struct main_build *b = arg;
 	struct build_result res;
+	struct generation *g = calloc(1, sizeof(*g));
 
 	memset(&res, 0, sizeof(res));
-	/* In a staging directory, never a generation of the data directory
-	 * itself: the writer takes it from there (server/writer.h). */
-	b->rc = build_snapshot(b->fd, b->staging, &res, b->err,
-			       sizeof(b->err));
+	/* In memory, never in the data directory: the writer takes it as it
+	 * is and publishes it (server/writer.h). */
+	b->rc = g == NULL ? -ENOMEM
+			  : build_index(b->fd, g, &res, b->err, sizeof(b->err));
+	if (g == NULL)
+		snprintf(b->err, sizeof(b->err), "out of memory");
 	if (b->fd != STDIN_FILENO)
 		close(b->fd);
 	if (b->rc == 0) {
@@ -323,15 +325,17 @@ static void *main_build_thread(void *arg)
 			"watermark %llu, in %.1f s; the writer takes it\n",
 			(unsigned long long)res.records,
 			(unsigned long long)res.watermark, res.seconds);
-		writer_take_snapshot(b->writer, b->staging, res.generation);
+		b->rc = writer_take_snapshot(b->writer, g, b->err,
+					     sizeof(b->err));
 	} else {
-		rmdir(b->staging); /* empty: the build removed its files */
+		free(g); /* build_index left it empty */
+	}
+	if (b->rc < 0)
 		fprintf(stderr, "consentd: snapshot %s: %s%s\n",
 			b->cfg->snapshot, b->err,
 			atomic_load(&b->had_index)
 				? " (the previous generation stays served)"
 				: "");
-	}
 	/* Release: pairs with the acquire load in main's wait loop. */
 	atomic_store_explicit(&b->done, true, memory_order_release);
 	return NULL;
@@ -507,13 +511,6 @@ int main(int argc, char **argv)
 	if (cfg.snapshot != NULL) {
 		build.cfg = &cfg;
 		build.writer = writer;
-		if (writer_staging_dir(writer, build.staging,
-				       sizeof(build.staging)) < 0) {
-			fprintf(stderr, "consentd: --data-dir %s: path too "
-				"long\n", cfg.data_dir);
-			exit_code = 1;
-			goto stop;
-		}
 		atomic_init(&build.done, false);
 		atomic_init(&build.had_index, had_index);
 		rc = pthread_create(&build.thread, NULL, main_build_thread,

@@ -30,6 +30,7 @@
 
 #include "core/enums.h"
 #include "core/tokens.h"
+#include "proto/consent.pb-c.h"
 #include "server/config.h"
 #include "server/metrics.h"
 #include "server/writer.h"
@@ -425,8 +426,6 @@ int rpc_decode(const uint8_t *buf, size_t len, struct rpc_request *req)
 	int rc = 0;
 
 	memset(req, 0, sizeof(*req));
-	req->frame = buf;
-	req->frame_len = len;
 	while (p < end) {
 		size_t n = pb_next(p, end, &f);
 		const struct pb_schema *body = NULL;
@@ -992,8 +991,15 @@ static int rpc_apply(struct conn_ctx *x, struct conn *c,
 					RPC_E_NOT_IMPLEMENTED,
 					"Apply is not available here (no "
 					"change log)");
+	/* The one decode of the Apply (rpc_decode checked its wire shape):
+	 * the writer takes the message as it is. NULL here is only memory. */
+	Consent__V1__ApplyRequest *a = consent__v1__apply_request__unpack(
+		NULL, req->body_len, req->body);
+	if (a == NULL)
+		return rpc_encode_error(&c->out, req->id, RPC_E_UNAVAILABLE,
+					"out of memory decoding the Apply");
 	rc = writer_submit(x->cfg->writer, x->worker, c->tag, req->id,
-			   c->principal, req->frame, req->frame_len, &now);
+			   c->principal, a, &now);
 	if (rc < 0)
 		return rc;
 	if (rc == 0) /* refused at once: a bad change, or the log failed */

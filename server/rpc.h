@@ -91,9 +91,6 @@ struct rpc_request {
 	const uint8_t *body;
 	size_t body_len;
 	int first_kind; /* RPC_DECODE_TWO_BODIES: the earlier body field */
-	/* The whole Request (APPLY hands it to the writer). */
-	const uint8_t *frame;
-	size_t frame_len;
 };
 
 /* Decodes one Request (the frame's body). 0; -EPROTO when protobuf-c

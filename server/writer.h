@@ -14,8 +14,8 @@
  *
  * Threads: writer_open/start/stop/close and writer_take_snapshot,
  * writer_rebuild from main (and its snapshot thread); writer_submit and
- * writer_take from workers, each with its own queue; writer_fault and
- * writer_staging_dir from any thread. Errors: -errno with a message.
+ * writer_take from workers, each with its own queue; writer_fault from
+ * any thread. Errors: -errno with a message.
  */
 #ifndef CONSENTD_SERVER_WRITER_H
 #define CONSENTD_SERVER_WRITER_H
@@ -70,18 +70,20 @@ struct writer_reply {
 	char message[240];         /* code != 0: what went wrong */
 };
 
-/* Worker: decodes the Request frame (protobuf-c), checks that principal
- * (NULL: trusted) may write every change's brand, then every change
- * (sequence > 0 and increasing, consent_validate, size), and queues it for
- * the writer. Returns 1 when queued: the reply comes back through queue's
- * completions with this tag; 0 when *now holds the reply already (403 for
- * a brand outside the principal's list, naming the change; 400 for a bad
- * change, naming it and its field; 503 when the log failed or there is no
- * index); -ENOMEM. Nothing of a refused request is applied. */
+/* Worker: takes an Apply the RPC decoded (apply: protobuf-c's, owned by
+ * the writer from here on, freed whatever the outcome), checks that
+ * principal (NULL: trusted) may write every change's brand, then every
+ * change (change_validate, core/stream.h), and queues it for the writer.
+ * Returns 1 when queued: the reply comes back through queue's completions
+ * with this tag; 0 when *now holds the reply already (403 for a brand
+ * outside the principal's list, naming the change; 400 for a bad change,
+ * naming it and its field; 503 when the log failed or there is no index);
+ * -ENOMEM. Nothing of a refused request is applied. */
 struct principal;
+typedef struct Consent__V1__ApplyRequest Consent__V1__ApplyRequest;
 int writer_submit(struct writer *w, unsigned queue, uint64_t tag, uint64_t id,
-		  const struct principal *principal, const uint8_t *frame,
-		  size_t len, struct writer_reply *now);
+		  const struct principal *principal,
+		  Consent__V1__ApplyRequest *apply, struct writer_reply *now);
 
 /* Worker: the eventfd that turns readable when queue has completions. */
 int writer_queue_fd(const struct writer *w, unsigned queue);
@@ -91,18 +93,19 @@ int writer_queue_fd(const struct writer *w, unsigned queue);
 void writer_take(struct writer *w, unsigned queue,
 		 void (*fn)(const struct writer_reply *r, void *arg), void *arg);
 
-/* A directory for a background snapshot build (DIR/.snapshot-PID): build
- * there with build_snapshot, then hand it over with writer_take_snapshot.
- * Never a generation of DIR itself, so a crash before the writer took it
- * leaves nothing a restart would serve (writer_open removes it). */
-int writer_staging_dir(const struct writer *w, char *buf, size_t cap);
-
-/* The snapshot thread: the build in staging (generation gen there) is
- * ready. The writer replays the change log past the snapshot's watermark
- * into it, merges the served index when the log no longer reaches back to
- * that watermark, publishes the result as DIR's next generation, swaps it
- * in and removes staging. Returns at once. */
-void writer_take_snapshot(struct writer *w, const char *staging, uint64_t gen);
+/* The snapshot thread: hands over a snapshot built in memory (build_index:
+ * the table and its e-mail addresses; the writer owns it from here on and
+ * frees it). The writer replays the change log past the snapshot's
+ * watermark into it, merges the served index when the log no longer
+ * reaches back to that watermark, publishes the result once as DIR's next
+ * generation and swaps it in. Nothing of it is on disk before that, so a
+ * crash meanwhile leaves DIR as it was. Waits until the writer took it
+ * (one snapshot at a time; never call it from the writer's own thread or
+ * after writer_stop): 0, or -errno with the reason in err (the served
+ * generation, if any, stays). */
+struct generation;
+int writer_take_snapshot(struct writer *w, struct generation *built,
+			 char *err, size_t err_cap);
 
 /* Rebuilds the served index into a fresh table (a new hash secret) and
  * swaps it in, writing it as a new generation (main: SIGUSR1). Returns at

@@ -20,7 +20,7 @@
 #include "core/stream.h"
 #include "core/synth.h"
 #include "index/build.h"
-#include "index/datadir.h"
+#include "index/generation.h"
 #include "index/table.h"
 #include "tests/check.h"
 
@@ -269,12 +269,12 @@ static void test_build_and_dump(void)
 	      res.stream_records == n && res.watermark == 4242 &&
 	      res.created_at == SYNTH_NOW);
 	uint64_t newest = 0;
-	CHECK(datadir_newest_generation(dir, &newest) == 0 && newest == 1);
+	CHECK(generation_newest(dir, &newest) == 0 && newest == 1);
 
 	for (int mode = INDEX_LOAD_ANON; mode <= INDEX_LOAD_MMAP; mode++) {
 		struct index *ix;
 		uint64_t gen = 0;
-		rc = datadir_open_newest(dir, (enum index_load_mode)mode, &ix,
+		rc = generation_open_newest(dir, (enum index_load_mode)mode, &ix,
 					 &gen, err, sizeof(err));
 		CHECKF(rc == 0, "%s", err);
 		if (rc != 0)
@@ -298,7 +298,7 @@ static void test_build_and_dump(void)
 		CHECK(!index_lookup(ix, &key, &v));
 		index_destroy(ix);
 	}
-	CHECKF(datadir_verify(dir, err, sizeof(err)) == 0, "%s", err);
+	CHECKF(generation_verify(dir, err, sizeof(err)) == 0, "%s", err);
 
 	/* Dump: the same set of records (the fields the index keeps). */
 	int fd = open(dump, O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -327,11 +327,11 @@ static void test_build_and_dump(void)
 	CHECK(res.generation == 2 && res.records == n && res.watermark == 4242);
 	struct index *ix;
 	uint64_t gen;
-	CHECK(datadir_open_newest(dir, INDEX_LOAD_ANON, &ix, &gen, err,
+	CHECK(generation_open_newest(dir, INDEX_LOAD_ANON, &ix, &gen, err,
 				  sizeof(err)) == 0 && gen == 2);
 	CHECK(count_found(ix, n) == n);
 	index_destroy(ix);
-	CHECKF(datadir_verify(dir, err, sizeof(err)) == 0, "%s", err);
+	CHECKF(generation_verify(dir, err, sizeof(err)) == 0, "%s", err);
 }
 
 /* No .tmp-gen directory is left behind in dir. */
@@ -393,11 +393,11 @@ static void test_rejected_whole(void)
 	CHECKF(rc == -EPROTO && strstr(err, "change stream"), "%d %s", rc, err);
 
 	uint64_t newest = 0;
-	CHECK(datadir_newest_generation(dir, &newest) == 0 && newest == 2);
+	CHECK(generation_newest(dir, &newest) == 0 && newest == 2);
 	CHECK(no_temp_dirs(dir));
 	struct index *ix;
 	uint64_t gen;
-	CHECK(datadir_open_newest(dir, INDEX_LOAD_MMAP, &ix, &gen, err,
+	CHECK(generation_open_newest(dir, INDEX_LOAD_MMAP, &ix, &gen, err,
 				  sizeof(err)) == 0 && gen == 2);
 	index_destroy(ix);
 }
@@ -442,10 +442,10 @@ static void test_duplicates(void)
 	int rc = build_file(snap, dir, &res, err, sizeof(err));
 	CHECKF(rc == 0, "%s", err);
 	CHECK(res.records == 2 && res.stream_records == 6);
-	CHECKF(datadir_verify(dir, err, sizeof(err)) == 0, "%s", err);
+	CHECKF(generation_verify(dir, err, sizeof(err)) == 0, "%s", err);
 
 	struct index *ix;
-	CHECK(datadir_open_newest(dir, INDEX_LOAD_ANON, &ix, NULL, err,
+	CHECK(generation_open_newest(dir, INDEX_LOAD_ANON, &ix, NULL, err,
 				  sizeof(err)) == 0);
 	struct recipient r;
 	const char *why;
@@ -503,7 +503,7 @@ static void test_pipe(void)
 	CHECKF(rc == 0, "%s", err);
 	CHECK(a.rc == 0 && res.records == a.n && res.watermark == 9);
 	struct index *ix;
-	CHECK(datadir_open_newest(dir, INDEX_LOAD_ANON, &ix, NULL, err,
+	CHECK(generation_open_newest(dir, INDEX_LOAD_ANON, &ix, NULL, err,
 				  sizeof(err)) == 0);
 	CHECK(count_found(ix, a.n) == a.n);
 	index_destroy(ix);
@@ -540,7 +540,7 @@ static void test_verify_and_fallback(void)
 	snprintf(idx, sizeof(idx), "%s/gen-00000000000000000002/index", dir);
 	snprintf(emails, sizeof(emails), "%s/gen-00000000000000000002/emails", dir);
 	tmp_path(saved, sizeof(saved), "saved");
-	CHECKF(datadir_verify(dir, err, sizeof(err)) == 0, "%s", err);
+	CHECKF(generation_verify(dir, err, sizeof(err)) == 0, "%s", err);
 
 	/* A flipped bit in the newest index: verify fails, naming it, and
 	 * opening falls back to generation 1. */
@@ -548,17 +548,17 @@ static void test_verify_and_fallback(void)
 	struct stat st;
 	CHECK(stat(idx, &st) == 0);
 	flip_byte(idx, st.st_size / 2);
-	int rc = datadir_verify(dir, err, sizeof(err));
+	int rc = generation_verify(dir, err, sizeof(err));
 	CHECKF(rc == -EPROTO && strstr(err, "gen-00000000000000000002") &&
 	       strstr(err, "1 of 2"), "%d %s", rc, err);
 	struct index *ix;
 	uint64_t gen = 0;
-	CHECK(datadir_open_newest(dir, INDEX_LOAD_ANON, &ix, &gen, err,
+	CHECK(generation_open_newest(dir, INDEX_LOAD_ANON, &ix, &gen, err,
 				  sizeof(err)) == 0);
 	CHECK(gen == 1);
 	index_destroy(ix);
 	copy_file(saved, idx);
-	CHECKF(datadir_verify(dir, err, sizeof(err)) == 0, "%s", err);
+	CHECKF(generation_verify(dir, err, sizeof(err)) == 0, "%s", err);
 
 	/* The emails file: a line lost, a line changed, a line doubled. */
 	copy_file(emails, saved);
@@ -573,7 +573,7 @@ static void test_verify_and_fallback(void)
 	f = fopen(emails, "w"); /* without the first line */
 	fwrite(second, 1, len - (size_t)(second - text), f);
 	fclose(f);
-	rc = datadir_verify(dir, err, sizeof(err));
+	rc = generation_verify(dir, err, sizeof(err));
 	CHECKF(rc == -EPROTO && strstr(err, "lines"), "lost: %d %s", rc, err);
 
 	f = fopen(emails, "w"); /* the first line twice, the second gone */
@@ -581,7 +581,7 @@ static void test_verify_and_fallback(void)
 	fwrite(text, 1, (size_t)(second - text), f);
 	fwrite(third, 1, len - (size_t)(third - text), f);
 	fclose(f);
-	rc = datadir_verify(dir, err, sizeof(err));
+	rc = generation_verify(dir, err, sizeof(err));
 	CHECKF(rc == -EPROTO && strstr(err, "twice"), "doubled: %d %s", rc, err);
 
 	copy_file(saved, emails);
@@ -590,26 +590,26 @@ static void test_verify_and_fallback(void)
 	f = fopen(emails, "w");
 	fwrite(text, 1, len, f);
 	fclose(f);
-	rc = datadir_verify(dir, err, sizeof(err));
+	rc = generation_verify(dir, err, sizeof(err));
 	CHECKF(rc == -EPROTO && strstr(err, "not in the index"), "changed: %d %s",
 	       rc, err);
 
 	f = fopen(emails, "w");
 	fwrite(text, 1, len - 1, f); /* no final newline */
 	fclose(f);
-	rc = datadir_verify(dir, err, sizeof(err));
+	rc = generation_verify(dir, err, sizeof(err));
 	CHECKF(rc == -EPROTO && strstr(err, "newline"), "cut: %d %s", rc, err);
 	free(text);
 
 	copy_file(saved, emails);
-	CHECKF(datadir_verify(dir, err, sizeof(err)) == 0, "%s", err);
+	CHECKF(generation_verify(dir, err, sizeof(err)) == 0, "%s", err);
 
 	/* A generation directory under the wrong number is broken. */
 	char g3[512], g2[512];
 	snprintf(g2, sizeof(g2), "%s/gen-00000000000000000002", dir);
 	snprintf(g3, sizeof(g3), "%s/gen-00000000000000000003", dir);
 	CHECK(rename(g2, g3) == 0);
-	rc = datadir_verify(dir, err, sizeof(err));
+	rc = generation_verify(dir, err, sizeof(err));
 	CHECKF(rc == -EPROTO && strstr(err, "generation 2"), "%d %s", rc, err);
 	CHECK(rename(g3, g2) == 0);
 
@@ -617,14 +617,14 @@ static void test_verify_and_fallback(void)
 	char empty[256];
 	tmp_path(empty, sizeof(empty), "empty");
 	mkdir(empty, 0755);
-	CHECK(datadir_open_newest(empty, INDEX_LOAD_ANON, &ix, &gen, err,
+	CHECK(generation_open_newest(empty, INDEX_LOAD_ANON, &ix, &gen, err,
 				  sizeof(err)) == -ENOENT);
-	CHECK(datadir_verify(empty, err, sizeof(err)) == -ENOENT);
+	CHECK(generation_verify(empty, err, sizeof(err)) == -ENOENT);
 	uint64_t newest = 1;
-	CHECK(datadir_newest_generation(empty, &newest) == 0 && newest == 0);
-	CHECK(datadir_newest_generation("/nonexistent/x", &newest) == -ENOENT);
+	CHECK(generation_newest(empty, &newest) == 0 && newest == 0);
+	CHECK(generation_newest("/nonexistent/x", &newest) == -ENOENT);
 	char buf[16];
-	CHECK(datadir_generation_path("/x", 5, buf, sizeof(buf)) == -ENAMETOOLONG);
+	CHECK(generation_path("/x", 5, buf, sizeof(buf)) == -ENAMETOOLONG);
 }
 
 int main(void)

@@ -112,6 +112,13 @@ static void test_sources(void)
 	CHECK(!enums_source_valid(14));
 	CHECK(!enums_source_valid(41));
 	CHECK(!enums_source_valid(64));
+	/* What a record keeps: defined values and none as they are. */
+	for (int v = -5; v < 300; v++)
+		CHECK(enums_source_stored(v) ==
+		      (v == SOURCE_NONE || enums_source_valid(v) ? v
+							  : SOURCE_OTHER));
+	CHECK(enums_source_stored(14) == SOURCE_OTHER);
+	CHECK(enums_source_stored(SOURCE_NONE) == SOURCE_NONE);
 	/* Open set: unknown names are SOURCE_OTHER, never 0. */
 	CHECK(parse_z(enums_source_parse, "IYS_NEW_THING") == SOURCE_OTHER);
 	CHECK(parse_z(enums_source_parse, "SOURCE_UNSPECIFIED") == SOURCE_OTHER);

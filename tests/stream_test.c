@@ -799,6 +799,53 @@ static void test_validate(void)
 	CHECK(consent_validate(&c, &rc, &field, &why) == -EINVAL);
 }
 
+/* change_validate: the sequence rules, consent_validate's, the size. */
+static void test_change_validate(void)
+{
+	Consent__V1__Consent c;
+	struct consent_text t;
+	struct recipient rc;
+	const char *field = NULL;
+	char why[160];
+
+	make_consent(1, &c, &t);
+	c.sequence = 5;
+	CHECK(change_validate(&c, 0, &rc, &field, why, sizeof(why)) == 0);
+	CHECK(rc.kind == RECIPIENT_PHONE);
+	CHECK(change_validate(&c, 4, NULL, &field, why, sizeof(why)) == 0);
+	CHECK(change_validate(&c, 5, NULL, &field, why, sizeof(why)) == -EINVAL);
+	CHECK(strcmp(field, "sequence") == 0 && strstr(why, "5 after 5") &&
+	      strstr(why, "must increase"));
+	c.sequence = 0;
+	CHECK(change_validate(&c, 0, NULL, &field, why, sizeof(why)) == -EINVAL);
+	CHECK(strcmp(field, "sequence") == 0 && strstr(why, "is 0"));
+	c.sequence = 6;
+	c.brand_code = 0;
+	CHECK(change_validate(&c, 0, NULL, &field, why, sizeof(why)) == -EINVAL);
+	CHECK(strcmp(field, "brand_code") == 0 && strcmp(why, "is 0") == 0);
+	c.brand_code = 7;
+	c.consent_date = CONSENT_DATE_MIN - 1;
+	CHECK(change_validate(&c, 0, NULL, &field, why, sizeof(why)) == -EINVAL);
+	CHECK(strcmp(field, "consent_date") == 0);
+	c.consent_date = CONSENT_DATE_MIN;
+	CHECK(change_validate(&c, 0, NULL, &field, why, sizeof(why)) == 0);
+	/* One byte over the limit, then exactly at it. */
+	static char pad[CHANGE_BYTES_MAX + 16];
+	memset(pad, 'x', sizeof(pad) - 1);
+	c.transaction_id = pad;
+	size_t base = consent__v1__consent__get_packed_size(&c);
+	size_t cut = sizeof(pad) - 1 - (base - CHANGE_BYTES_MAX);
+	pad[cut] = '\0';
+	CHECK(consent__v1__consent__get_packed_size(&c) == CHANGE_BYTES_MAX);
+	CHECK(change_validate(&c, 0, NULL, &field, why, sizeof(why)) == 0);
+	pad[cut] = 'x';
+	pad[cut + 1] = '\0';
+	CHECK(consent__v1__consent__get_packed_size(&c) == CHANGE_BYTES_MAX + 1);
+	CHECK(change_validate(&c, 0, NULL, &field, why, sizeof(why)) ==
+	      -EMSGSIZE);
+	CHECK(strcmp(field, "size") == 0 && strstr(why, "over"));
+}
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
@@ -812,5 +859,6 @@ int main(void)
 	RUN(test_oversize);
 	RUN(test_writer_errors);
 	RUN(test_validate);
+	RUN(test_change_validate);
 	return check_summary();
 }

@@ -18,7 +18,6 @@
 #include "core/synth.h"
 #include "tests/check.h"
 
-#define DATE_MIN 1430427600
 #define PINNED_D1 0x1eaca23f5046eaacull
 #define PINNED_D2 0x7bbeddd9c30e5726ull
 
@@ -157,10 +156,10 @@ static void test_unique_and_absent(void)
 		top_brand += s.brand_code == synth_brand_code(0);
 		if (s.source == SOURCE_HS_2015) {
 			hs2015++;
-			CHECK(s.consent_date == DATE_MIN);
+			CHECK(s.consent_date == CONSENT_DATE_MIN);
 			CHECK(s.status == STATUS_ONAY);
 		}
-		bad_dates += s.consent_date < DATE_MIN || s.consent_date > SYNTH_NOW ||
+		bad_dates += s.consent_date < CONSENT_DATE_MIN || s.consent_date > SYNTH_NOW ||
 			     s.creation_date < s.consent_date ||
 			     s.creation_date > SYNTH_NOW;
 		bad_dates += s.brand_code < 100000 || s.brand_code > 9999999 ||

@@ -351,6 +351,19 @@ static void test_limits(void)
 	index_key_make(ix, &lk.r, lk.brand, lk.rtype, lk.channel, &key);
 	CHECK(!index_lookup(ix, &key, &got));
 
+	/* index_value_fits at its edges: the date range, the statuses. */
+	struct consent_value f = { STATUS_RET, 6, CONSENT_DATE_MIN };
+	CHECK(index_value_fits(&f));
+	f.consent_date = CONSENT_DATE_MAX;
+	CHECK(index_value_fits(&f));
+	f.consent_date = CONSENT_DATE_MAX + 1;
+	CHECK(!index_value_fits(&f));
+	f.consent_date = CONSENT_DATE_MIN - 1;
+	CHECK(!index_value_fits(&f));
+	f.consent_date = CONSENT_DATE_MIN;
+	f.status = STATUS_NONE;
+	CHECK(!index_value_fits(&f));
+
 	/* Values the entry cannot hold, keys nobody should make. */
 	struct consent_value v = { STATUS_ONAY, 6, INDEX_EPOCH - 1 };
 	CHECK(index_apply_writer(ix, &key, &v) == -EINVAL);

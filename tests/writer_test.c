@@ -1,7 +1,7 @@
 /*
  * writer_test: the single writer against a real data directory (built by
  * build_snapshot from a stream written here), a real change log and the
- * real live pointer: Apply requests go in as protobuf frames through
+ * real live pointer: Apply requests go in decoded by protobuf-c through
  * writer_submit, replies come back through the completion queue's eventfd,
  * and the served index is read back key by key against a model of the
  * order rule. Growth, restart (in-process and after a SIGKILL), snapshot
@@ -30,7 +30,7 @@
 #include "core/tokens.h"
 #include "index/build.h"
 #include "index/changelog.h"
-#include "index/datadir.h"
+#include "index/generation.h"
 #include "index/table.h"
 #include "proto/consent.pb-c.h"
 #include "server/live.h"
@@ -225,8 +225,8 @@ static unsigned count_generations(const char *dir)
 static void verify_dir(const char *dir)
 {
 	char err[512] = "";
-	int rc = datadir_verify(dir, err, sizeof(err));
-	CHECKF(rc == 0, "datadir_verify %s: %s", dir, err);
+	int rc = generation_verify(dir, err, sizeof(err));
+	CHECKF(rc == 0, "generation_verify %s: %s", dir, err);
 }
 
 /* ---- submitting ---- */
@@ -252,21 +252,20 @@ static struct writer_reply apply_q(struct writer *w, unsigned q,
 {
 	Consent__V1__Consent *ptrs[1024];
 	Consent__V1__ApplyRequest a = CONSENT__V1__APPLY_REQUEST__INIT;
-	Consent__V1__Request req = CONSENT__V1__REQUEST__INIT;
 	struct writer_reply now;
 	for (size_t i = 0; i < n && i < 1024; i++)
 		ptrs[i] = &changes[i].c;
 	a.n_changes = n;
 	a.changes = ptrs;
-	req.id = id;
-	req.body_case = CONSENT__V1__REQUEST__BODY_APPLY;
-	req.apply = &a;
-	size_t len = consent__v1__request__get_packed_size(&req);
+	/* Through the wire and back, as the RPC hands it over. */
+	size_t len = consent__v1__apply_request__get_packed_size(&a);
 	uint8_t *buf = malloc(len + 1);
-	consent__v1__request__pack(&req, buf);
-	int rc = writer_submit(w, q, 1000 + id, id, submit_as, buf, len,
-			      &now);
+	consent__v1__apply_request__pack(&a, buf);
+	Consent__V1__ApplyRequest *dec =
+		consent__v1__apply_request__unpack(NULL, len, buf);
 	free(buf);
+	CHECK(dec != NULL);
+	int rc = writer_submit(w, q, 1000 + id, id, submit_as, dec, &now);
 	CHECK(rc >= 0);
 	if (rc != 1)
 		return now;
@@ -510,9 +509,9 @@ static void test_growth_and_restart(void)
 	writer_close(w);
 	CHECK(count_generations(dir) == 2);
 	uint64_t newest = 0;
-	CHECK(datadir_newest_generation(dir, &newest) == 0);
+	CHECK(generation_newest(dir, &newest) == 0);
 	char path[400];
-	datadir_generation_path(dir, newest, path, sizeof(path));
+	generation_path(dir, newest, path, sizeof(path));
 	strcat(path, "/index");
 	int fd = open(path, O_RDWR);
 	CHECK(fd >= 0 && pwrite(fd, "XX", 2, 8192) == 2);
@@ -577,24 +576,23 @@ static void test_crash_replay(void)
 	free(m);
 }
 
-static bool exists(const char *path)
-{
-	struct stat st;
-	return stat(path, &st) == 0;
-}
-
-/* Builds keys [0, n) at watermark wm in w's staging directory, hands it
- * over and waits until the writer took it. */
+/* Builds keys [0, n) at watermark wm in memory and hands it over (the
+ * writer has swapped it in when that returns). */
 static void take_snapshot(struct writer *w, uint64_t n, uint64_t wm)
 {
-	char staging[400];
-	uint64_t gen = 0;
-	CHECK(writer_staging_dir(w, staging, sizeof(staging)) == 0);
-	build_into(staging, n, wm, &gen);
-	writer_take_snapshot(w, staging, gen);
-	for (int i = 0; i < 300 && exists(staging); i++)
-		usleep(20000);
-	CHECK(!exists(staging));
+	char snap[300], err[512] = "";
+	struct build_result res;
+	struct generation *g = calloc(1, sizeof(*g));
+	snprintf(snap, sizeof(snap), "%s/snap-%d.bin", tmpdir, ++n_dirs);
+	snapshot_file(snap, n, wm);
+	int fd = open(snap, O_RDONLY | O_CLOEXEC);
+	int rc = build_index(fd, g, &res, err, sizeof(err));
+	CHECKF(rc == 0, "build_index: %s", err);
+	close(fd);
+	const struct index *before = live_index();
+	rc = writer_take_snapshot(w, g, err, sizeof(err));
+	CHECKF(rc == 0, "writer_take_snapshot: %s", err);
+	CHECK(live_index() != before);
 	/* A round trip through the writer orders what it did before (the
 	 * take) before what this thread reads next (release/acquire of the
 	 * completion queue). A heartbeat moves data_as_of only. */

@@ -1,0 +1,1041 @@
+/*
+ * generation: the generations of a data directory (see index/generation.h).
+ *
+ * Names. A generation is named by its number, gen-%020llu, so that names
+ * sort as numbers and nothing else in DIR (the change log, a temp
+ * directory .tmp-gen-*) looks like one. The number in the name must match
+ * the generation in the index header: a directory renamed or copied into
+ * the wrong place is broken, not silently served under another number.
+ *
+ * Publishing. The index and the emails file are written into
+ * DIR/.tmp-gen-N.PID and fsynced (index_write fsyncs the temp directory
+ * for its own rename), the directory is renamed to DIR/gen-N, then DIR is
+ * fsynced. A crash leaves a .tmp-gen directory that no reader looks at and
+ * generation_remove_leftovers removes, never half a generation. Pruning
+ * renames a generation to a .tmp-gen name first for the same reason.
+ *
+ * E-mails. The `emails` file is the only place e-mail addresses survive
+ * (the index keeps a keyed fingerprint), so copying an index into a table
+ * with another secret (growth, a merge) re-keys them from the file of the
+ * generation the index came from, then from the list of those inserted
+ * since. Verification reads the file back whole: every line parses, is
+ * already normalised, appears once, and its key is in the index; and the
+ * index holds exactly as many e-mail entries as the file has lines.
+ */
+#include "index/generation.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/enums.h"
+#include "core/fsutil.h"
+#include "core/recipient.h"
+#include "core/stream.h"
+#include "index/changelog.h"
+
+#define GEN_PREFIX "gen-"
+#define GEN_DIGITS 20
+#define TMP_PREFIX ".tmp-gen-"      /* publishing, and pruning */
+#define STAGING_PREFIX ".snapshot-" /* older servers' snapshot staging */
+#define EMAILS_BUF (1u << 20)       /* stdio buffer of an emails file */
+#define EMAIL_HEAD 6                /* a list record's brand, rtype, length */
+#define MERGE_WINDOW 32 /* keys prefetched in dst before they are applied */
+
+static int fail(char *err, size_t err_cap, int rc, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static int fail(char *err, size_t err_cap, int rc, const char *fmt, ...)
+{
+	if (err != NULL && err_cap > 0) {
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(err, err_cap, fmt, ap);
+		va_end(ap);
+	}
+	return rc;
+}
+
+static bool parse_gen_name(const char *name, uint64_t *gen)
+{
+	size_t plen = strlen(GEN_PREFIX);
+	if (strncmp(name, GEN_PREFIX, plen) != 0 ||
+	    strlen(name) != plen + GEN_DIGITS)
+		return false;
+	uint64_t v = 0;
+	for (const char *p = name + plen; *p; p++) {
+		if (*p < '0' || *p > '9')
+			return false;
+		if (v > (UINT64_MAX - 9) / 10)
+			return false;
+		v = v * 10 + (uint64_t)(*p - '0');
+	}
+	*gen = v;
+	return v > 0;
+}
+
+static int cmp_desc(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* The generation numbers in dir, newest first. */
+static int list_generations(const char *dir, uint64_t **out, size_t *n_out)
+{
+	DIR *d = opendir(dir);
+	if (d == NULL)
+		return -errno;
+	uint64_t *gens = NULL;
+	size_t n = 0, cap = 0;
+	int rc = 0;
+	struct dirent *de;
+	errno = 0;
+	while ((de = readdir(d)) != NULL) {
+		uint64_t g;
+		if (!parse_gen_name(de->d_name, &g))
+			continue;
+		if (n == cap) {
+			size_t nc = cap ? cap * 2 : 16;
+			uint64_t *ng = realloc(gens, nc * sizeof(*ng));
+			if (ng == NULL) {
+				rc = -ENOMEM;
+				break;
+			}
+			gens = ng;
+			cap = nc;
+		}
+		gens[n++] = g;
+	}
+	if (rc == 0 && errno != 0)
+		rc = -errno;
+	closedir(d);
+	if (rc < 0) {
+		free(gens);
+		return rc;
+	}
+	if (n > 1)
+		qsort(gens, n, sizeof(*gens), cmp_desc);
+	*out = gens;
+	*n_out = n;
+	return 0;
+}
+
+int generation_path(const char *dir, uint64_t generation, char *buf,
+			    size_t cap)
+{
+	int n = snprintf(buf, cap, "%s/" GEN_PREFIX "%020" PRIu64, dir,
+			 generation);
+	if (n < 0 || (size_t)n >= cap)
+		return -ENAMETOOLONG;
+	return 0;
+}
+
+static int gen_file_path(const char *dir, uint64_t generation,
+			 const char *name, char *buf, size_t cap)
+{
+	int n = snprintf(buf, cap, "%s/" GEN_PREFIX "%020" PRIu64 "/%s", dir,
+			 generation, name);
+	if (n < 0 || (size_t)n >= cap)
+		return -ENAMETOOLONG;
+	return 0;
+}
+
+int generation_newest(const char *dir, uint64_t *out)
+{
+	uint64_t *gens = NULL;
+	size_t n = 0;
+	int rc = list_generations(dir, &gens, &n);
+	if (rc < 0)
+		return rc;
+	*out = n ? gens[0] : 0;
+	free(gens);
+	return 0;
+}
+
+/* Opens generation g's index and checks that it calls itself g. */
+static int open_generation(const char *dir, uint64_t g,
+			   enum index_load_mode mode, struct index **out,
+			   char *err, size_t err_cap)
+{
+	char path[4096];
+	int rc = gen_file_path(dir, g, "index", path, sizeof(path));
+	if (rc < 0)
+		return fail(err, err_cap, rc, "%s: path too long", dir);
+	struct index *ix;
+	rc = index_open(path, mode, &ix, err, err_cap);
+	if (rc < 0)
+		return rc;
+	struct index_info info;
+	index_info(ix, &info);
+	if (info.generation != g) {
+		index_destroy(ix);
+		return fail(err, err_cap, -EPROTO,
+			    "%s: header says generation %" PRIu64, path,
+			    info.generation);
+	}
+	*out = ix;
+	return 0;
+}
+
+int generation_open_newest(const char *dir, enum index_load_mode mode,
+			struct index **out, uint64_t *generation,
+			char *err, size_t err_cap)
+{
+	uint64_t *gens = NULL;
+	size_t n = 0;
+	int rc = list_generations(dir, &gens, &n);
+	if (rc < 0)
+		return fail(err, err_cap, rc, "%s: %s", dir, strerror(-rc));
+	size_t broken = 0;
+	for (size_t i = 0; i < n; i++) {
+		char e[512] = "";
+		struct index *ix;
+		rc = open_generation(dir, gens[i], mode, &ix, e, sizeof(e));
+		if (rc == 0) {
+			*out = ix;
+			if (generation != NULL)
+				*generation = gens[i];
+			free(gens);
+			return 0;
+		}
+		if (rc == -ENOMEM) {
+			/* Not the generation's fault: do not fall back to an
+			 * older one and serve stale data without saying so. */
+			free(gens);
+			return fail(err, err_cap, rc, "%s", e);
+		}
+		fprintf(stderr, "generation: skipping generation %" PRIu64 ": %s\n",
+			gens[i], e);
+		broken++;
+	}
+	free(gens);
+	return fail(err, err_cap, -ENOENT, "%s: no valid generation (%zu broken)",
+		    dir, broken);
+}
+
+/* ---- the emails file ---- */
+
+static bool parse_u32(const char *s, size_t len, uint32_t *out)
+{
+	if (len == 0 || len > 10)
+		return false;
+	uint64_t v = 0;
+	for (size_t i = 0; i < len; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return false;
+		v = v * 10 + (uint64_t)(s[i] - '0');
+	}
+	if (v > UINT32_MAX)
+		return false;
+	*out = (uint32_t)v;
+	return true;
+}
+
+/* "BRAND RTYPE CHANNEL ADDRESS": returns NULL or what is wrong. */
+static const char *parse_email_line(char *line, size_t len,
+				    struct generation_email *e)
+{
+	char *f[4];
+	size_t fl[4];
+	char *p = line, *end = line + len;
+	for (int i = 0; i < 4; i++) {
+		char *sp = i < 3 ? memchr(p, ' ', (size_t)(end - p)) : end;
+		if (sp == NULL)
+			return "fewer than 4 fields";
+		f[i] = p;
+		fl[i] = (size_t)(sp - p);
+		p = sp + 1;
+	}
+	if (!parse_u32(f[0], fl[0], &e->brand_code) || e->brand_code == 0)
+		return "brand is not a number in 1..4294967295";
+	e->rtype = enums_rtype_parse(f[1], fl[1]);
+	if (e->rtype != RTYPE_BIREYSEL && e->rtype != RTYPE_TACIR)
+		return "recipient type is not BIREYSEL or TACIR";
+	e->channel = enums_channel_parse(f[2], fl[2]);
+	if (e->channel != CHANNEL_EPOSTA)
+		return "channel is not EPOSTA";
+	const char *why = NULL;
+	if (recipient_normalize(f[3], fl[3], &e->recipient, &why) < 0)
+		return why ? why : "address does not normalise";
+	if (e->recipient.kind != RECIPIENT_EMAIL ||
+	    e->recipient.email_len != fl[3] ||
+	    memcmp(e->recipient.email, f[3], fl[3]) != 0)
+		return "address is not a normalised e-mail";
+	return NULL;
+}
+
+int generation_emails_foreach(const char *dir, uint64_t generation,
+			   generation_email_fn fn, void *arg, char *err,
+			      size_t err_cap)
+{
+	char path[4096];
+	int rc = gen_file_path(dir, generation, "emails", path, sizeof(path));
+	if (rc < 0)
+		return fail(err, err_cap, rc, "%s: path too long", dir);
+	FILE *f = fopen(path, "re");
+	if (f == NULL) {
+		rc = -errno;
+		return fail(err, err_cap, rc, "%s: %s", path, strerror(-rc));
+	}
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t len;
+	uint64_t lineno = 0;
+	struct generation_email e;
+	rc = 0;
+	errno = 0;
+	while ((len = getline(&line, &cap, f)) >= 0) {
+		lineno++;
+		if (len == 0 || line[len - 1] != '\n') {
+			rc = fail(err, err_cap, -EPROTO, "%s: line %" PRIu64
+				  ": not ended by a newline (truncated)", path,
+				  lineno);
+			break;
+		}
+		line[--len] = '\0';
+		const char *why = parse_email_line(line, (size_t)len, &e);
+		if (why != NULL) {
+			rc = fail(err, err_cap, -EPROTO, "%s: line %" PRIu64
+				  ": %s", path, lineno, why);
+			break;
+		}
+		rc = fn(&e, arg);
+		if (rc != 0)
+			break;
+	}
+	/* getline returns -1 both at the end and when it cannot grow its
+	 * buffer (or read): only feof says the file was read whole. */
+	if (rc == 0 && !feof(f)) {
+		rc = errno != 0 ? -errno : -EIO;
+		if (rc == -ENOMEM)
+			fail(err, err_cap, rc, "%s: line %" PRIu64 ": out of "
+			     "memory", path, lineno + 1);
+		else
+			fail(err, err_cap, rc, "%s: read error: %s", path,
+			     strerror(-rc));
+	}
+	free(line);
+	fclose(f);
+	return rc;
+}
+
+/* ---- verify ---- */
+
+struct verify_ctx {
+	const struct index *ix;
+	struct index *seen;   /* the keys of the lines so far */
+	uint64_t lines;
+	uint64_t missing;     /* lines whose key the index lacks */
+	uint64_t duplicates;
+	uint64_t first_bad;   /* line number of the first problem */
+};
+
+static int verify_line(const struct generation_email *e, void *arg)
+{
+	struct verify_ctx *v = arg;
+	struct index_key key;
+	struct consent_value val;
+	v->lines++;
+	index_key_make(v->ix, &e->recipient, e->brand_code, e->rtype,
+		       e->channel, &key);
+	bool bad = false;
+	if (!index_lookup(v->ix, &key, &val)) {
+		v->missing++;
+		bad = true;
+	}
+	/* The scratch index only needs the key's bits and hash, not its
+	 * secret, to tell a repeated key. */
+	struct consent_value one = { STATUS_ONAY, SOURCE_OTHER, INDEX_EPOCH };
+	int rc = index_apply_writer(v->seen, &key, &one);
+	if (rc == INDEX_SKIPPED) {
+		v->duplicates++;
+		bad = true;
+	} else if (rc < 0) {
+		return rc;
+	}
+	if (bad && v->first_bad == 0)
+		v->first_bad = v->lines;
+	return 0;
+}
+
+static int count_email(const struct index_entry *e, void *arg)
+{
+	*(uint64_t *)arg += e->is_email;
+	return 0;
+}
+
+static int verify_generation(const char *dir, uint64_t g, char *err,
+			     size_t err_cap)
+{
+	struct index *ix;
+	int rc = open_generation(dir, g, INDEX_LOAD_MMAP, &ix, err, err_cap);
+	if (rc < 0)
+		return rc;
+	uint64_t n_email = 0;
+	index_foreach(ix, count_email, &n_email);
+	struct verify_ctx v = { .ix = ix };
+	rc = index_create(n_email, NULL, &v.seen);
+	if (rc < 0) {
+		index_destroy(ix);
+		return fail(err, err_cap, rc, "generation %" PRIu64
+			    ": no memory to check its e-mails", g);
+	}
+	rc = generation_emails_foreach(dir, g, verify_line, &v, err, err_cap);
+	if (rc == -ENOSPC)
+		rc = fail(err, err_cap, -EPROTO, "generation %" PRIu64
+			  ": emails file has more lines than the index has "
+			  "e-mail entries (%" PRIu64 ")", g, n_email);
+	else if (rc == 0 && (v.missing || v.duplicates))
+		rc = fail(err, err_cap, -EPROTO, "generation %" PRIu64
+			  ": emails file: %" PRIu64 " addresses not in the index, %"
+			  PRIu64 " listed twice (first at line %" PRIu64 ")", g,
+			  v.missing, v.duplicates, v.first_bad);
+	else if (rc == 0 && v.lines != n_email)
+		rc = fail(err, err_cap, -EPROTO, "generation %" PRIu64
+			  ": index has %" PRIu64 " e-mail entries, emails file %"
+			  PRIu64 " lines", g, n_email, v.lines);
+	index_destroy(v.seen);
+	index_destroy(ix);
+	return rc;
+}
+
+int generation_verify(const char *dir, char *err, size_t err_cap)
+{
+	uint64_t *gens = NULL;
+	size_t n = 0;
+	int rc = list_generations(dir, &gens, &n);
+	if (rc < 0)
+		return fail(err, err_cap, rc, "%s: %s", dir, strerror(-rc));
+	if (n == 0) {
+		free(gens);
+		return fail(err, err_cap, -ENOENT, "%s: no generations", dir);
+	}
+	int first_rc = 0;
+	size_t broken = 0;
+	char first[512] = "";
+	for (size_t i = 0; i < n; i++) {
+		char e[512] = "";
+		rc = verify_generation(dir, gens[i], e, sizeof(e));
+		if (rc == 0)
+			continue;
+		if (rc == -ENOMEM) {
+			/* Not the generation's fault: do not call it broken. */
+			free(gens);
+			return fail(err, err_cap, rc, "%s", e);
+		}
+		if (broken++ == 0) {
+			first_rc = rc;
+			snprintf(first, sizeof(first), "%s", e);
+		}
+	}
+	free(gens);
+	if (broken == 0)
+		return 0;
+	return fail(err, err_cap, first_rc, "%s (%zu of %zu generations broken)",
+		    first, broken, n);
+}
+
+/* ---- pruning and leftovers ---- */
+
+void generation_prune(const char *dir, uint64_t keep, uint64_t keep2)
+{
+	uint64_t *gens = NULL;
+	size_t n = 0, gone = 0;
+	if (list_generations(dir, &gens, &n) < 0)
+		return;
+	for (size_t i = 0; i < n; i++) {
+		char path[PATH_MAX], tmp[PATH_MAX];
+		if (gens[i] == keep || gens[i] == keep2 ||
+		    generation_path(dir, gens[i], path, sizeof(path)) < 0 ||
+		    snprintf(tmp, sizeof(tmp), "%s/" TMP_PREFIX "%" PRIu64
+			     ".del", dir, gens[i]) >= (int)sizeof(tmp))
+			continue;
+		fsutil_rm_tree(tmp);
+		if (rename(path, tmp) == 0) {
+			fsutil_rm_tree(tmp);
+			gone++;
+		}
+	}
+	if (gone)
+		fsutil_fsync_dir(dir);
+	free(gens);
+}
+
+int generation_next(const char *dir, const struct generation_keep *k,
+		    uint64_t *out)
+{
+	uint64_t newest;
+	int rc = generation_newest(dir, &newest);
+	if (rc < 0)
+		return rc;
+	*out = (newest > k->gen ? newest : k->gen) + 1;
+	return 0;
+}
+
+void generation_kept(const char *dir, struct changelog *log,
+		     struct generation_keep *k, uint64_t gen, uint64_t wm)
+{
+	if (k->gen != 0 && k->gen != gen) {
+		k->prev_gen = k->gen;
+		k->prev_watermark = k->watermark;
+	}
+	k->gen = gen;
+	k->watermark = wm;
+	generation_prune(dir, gen, k->prev_gen);
+	if (k->prev_gen == 0)
+		return;
+	int rc = changelog_drop_through(log, k->prev_watermark);
+	if (rc < 0)
+		fprintf(stderr, "consentd: generation: dropping the change log "
+			"through %" PRIu64 ": %s\n", k->prev_watermark,
+			strerror(-rc));
+	else if (k->prev_watermark > k->log_floor)
+		k->log_floor = k->prev_watermark;
+}
+
+int generation_remove_leftovers(const char *dir)
+{
+	DIR *d = opendir(dir);
+	int n = 0;
+	if (d == NULL)
+		return 0;
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL) {
+		if (strncmp(de->d_name, TMP_PREFIX, strlen(TMP_PREFIX)) &&
+		    strncmp(de->d_name, STAGING_PREFIX, strlen(STAGING_PREFIX)))
+			continue;
+		char path[PATH_MAX];
+		int len = snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+		if (len < 0 || (size_t)len >= sizeof(path))
+			continue;
+		fprintf(stderr, "consentd: generation: removing %s (left by an "
+			"unfinished build)\n", path);
+		fsutil_rm_tree(path);
+		n++;
+	}
+	closedir(d);
+	fsutil_fsync_dir(dir);
+	return n;
+}
+
+/* ---- a generation in memory ---- */
+
+void generation_fini(struct generation *g)
+{
+	index_destroy(g->ix);
+	free(g->extra.p);
+	memset(g, 0, sizeof(*g));
+}
+
+int generation_email_add(struct generation *g, uint32_t brand_code,
+			 int rtype, const char *addr, size_t len)
+{
+	struct generation_email_list *l = &g->extra;
+	size_t need = EMAIL_HEAD + len;
+	if (len > RECIPIENT_EMAIL_MAX)
+		return -EINVAL;
+	if (l->cap - l->len < need) {
+		size_t cap = l->cap ? l->cap * 2 : 64 << 10;
+		while (cap - l->len < need)
+			cap *= 2;
+		uint8_t *p = realloc(l->p, cap);
+		if (p == NULL)
+			return -ENOMEM;
+		l->p = p;
+		l->cap = cap;
+	}
+	uint8_t *p = l->p + l->len;
+	memcpy(p, &brand_code, 4);
+	p[4] = (uint8_t)rtype;
+	p[5] = (uint8_t)len; /* <= RECIPIENT_EMAIL_MAX (254) */
+	memcpy(p + EMAIL_HEAD, addr, len);
+	l->len += need;
+	l->n++;
+	return 0;
+}
+
+void generation_written(struct generation *g, const char *dir,
+			uint64_t number)
+{
+	snprintf(g->emails_dir, sizeof(g->emails_dir), "%s", dir);
+	g->emails_gen = number;
+	free(g->extra.p);
+	memset(&g->extra, 0, sizeof(g->extra));
+}
+
+/* Calls fn for each of g's addresses: its file's, then its list's. */
+static int emails_each(const struct generation *g, generation_email_fn fn,
+		       void *arg, char *err, size_t err_cap)
+{
+	int rc = 0;
+	if (g->emails_dir[0] != '\0')
+		rc = generation_emails_foreach(g->emails_dir, g->emails_gen, fn,
+					       arg, err, err_cap);
+	struct generation_email e;
+	const struct generation_email_list *l = &g->extra;
+	for (size_t off = 0; rc == 0 && off < l->len;) {
+		const uint8_t *p = l->p + off;
+		memcpy(&e.brand_code, p, 4);
+		e.rtype = p[4];
+		e.channel = CHANNEL_EPOSTA;
+		memset(&e.recipient, 0, sizeof(e.recipient));
+		e.recipient.kind = RECIPIENT_EMAIL;
+		e.recipient.email_len = p[5];
+		memcpy(e.recipient.email, p + EMAIL_HEAD, p[5]);
+		e.recipient.email[p[5]] = '\0';
+		off += EMAIL_HEAD + p[5];
+		rc = fn(&e, arg);
+	}
+	return rc;
+}
+
+static char *put_u32(char *p, uint32_t v)
+{
+	char tmp[10];
+	int n = 0;
+	do {
+		tmp[n++] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	while (n)
+		*p++ = tmp[--n];
+	return p;
+}
+
+/* One line of a generation's `emails` file, "BRAND RTYPE EPOSTA ADDRESS\n",
+ * into line (room for 32 + RECIPIENT_EMAIL_MAX bytes); returns its length. */
+static size_t email_line(char *line, uint32_t brand, int rtype,
+			 const char *addr, size_t len)
+{
+	char *p = put_u32(line, brand);
+	const char *rt = enums_rtype_name(rtype);
+	size_t rl = strlen(rt);
+	*p++ = ' ';
+	memcpy(p, rt, rl);
+	p += rl;
+	memcpy(p, " EPOSTA ", 8);
+	p += 8;
+	memcpy(p, addr, len);
+	p += len;
+	*p++ = '\n';
+	return (size_t)(p - line);
+}
+
+/* ---- publishing ---- */
+
+struct lines_fill {
+	FILE *f;
+	bool failed;
+};
+
+static int lines_one(const struct generation_email *e, void *arg)
+{
+	struct lines_fill *l = arg;
+	char line[32 + RECIPIENT_EMAIL_MAX];
+	size_t ll = email_line(line, e->brand_code, e->rtype,
+			       e->recipient.email, e->recipient.email_len);
+	errno = 0;
+	if (fwrite(line, 1, ll, l->f) != ll) {
+		l->failed = true;
+		return errno != 0 ? -errno : -EIO; /* ENOSPC must say so */
+	}
+	return 0;
+}
+
+/* Writes g's addresses to path and fsyncs it. */
+static int write_emails(const struct generation *g, const char *path,
+			char *err, size_t err_cap)
+{
+	FILE *f = fopen(path, "we");
+	if (f == NULL)
+		return fail(err, err_cap, -errno, "%s: %s", path,
+			    strerror(errno));
+	setvbuf(f, NULL, _IOFBF, EMAILS_BUF);
+	struct lines_fill l = { .f = f };
+	int rc = emails_each(g, lines_one, &l, err, err_cap);
+	if (rc < 0) {
+		if (l.failed)
+			fail(err, err_cap, rc, "%s: %s", path, strerror(-rc));
+		fclose(f);
+		return rc;
+	}
+	/* A failed flush or fsync is fatal for the file (DESIGN §5.1). */
+	if (fflush(f) != 0 || fsync(fileno(f)) != 0) {
+		rc = fail(err, err_cap, -errno, "%s: %s", path, strerror(errno));
+		fclose(f);
+		return rc;
+	}
+	if (fclose(f) != 0)
+		return fail(err, err_cap, -errno, "%s: %s", path,
+			    strerror(errno));
+	return 0;
+}
+
+int generation_publish(const char *dir, const struct generation *g,
+		       char *err, size_t err_cap)
+{
+	char tmp[PATH_MAX], path[PATH_MAX + 16], final[PATH_MAX];
+	struct index_info info;
+	int rc;
+
+	if (err != NULL && err_cap > 0)
+		err[0] = '\0';
+	index_info(g->ix, &info);
+	if (info.generation == 0)
+		return fail(err, err_cap, -EINVAL, "generation 0 is not a "
+			    "generation number");
+	rc = generation_path(dir, info.generation, final, sizeof(final));
+	if (rc < 0)
+		return fail(err, err_cap, rc, "%s: path too long", dir);
+	int n = snprintf(tmp, sizeof(tmp), "%s/" TMP_PREFIX "%" PRIu64 ".%ld",
+			 dir, info.generation, (long)getpid());
+	if (n < 0 || (size_t)n >= sizeof(tmp))
+		return fail(err, err_cap, -ENAMETOOLONG, "%s: path too long", dir);
+	fsutil_rm_tree(tmp); /* a leftover of a crashed builder with our pid */
+	if (mkdir(tmp, 0755) < 0)
+		return fail(err, err_cap, -errno, "%s: %s", tmp, strerror(errno));
+
+	snprintf(path, sizeof(path), "%s/emails", tmp);
+	rc = write_emails(g, path, err, err_cap);
+	if (rc < 0)
+		goto out_rm;
+	snprintf(path, sizeof(path), "%s/index", tmp);
+	rc = index_write(g->ix, path);
+	if (rc < 0) {
+		rc = fail(err, err_cap, rc, "%s: %s", path, strerror(-rc));
+		goto out_rm;
+	}
+	/* index_write fsynced the temp directory for its own rename. */
+	if (rename(tmp, final) < 0) {
+		rc = fail(err, err_cap, -errno, "%s -> %s: %s", tmp, final,
+			  strerror(errno));
+		goto out_rm;
+	}
+	rc = fsutil_fsync_dir(dir);
+	if (rc < 0) {
+		/* The rename may or may not be durable: a publish that reports
+		 * failure must not leave gen-N to be served at the next
+		 * start. Take it back; the second fsync is best effort (a
+		 * crash before it can still bring gen-N back whole, which
+		 * is no worse than a crash just after a success). */
+		fail(err, err_cap, rc, "%s: fsync: %s", dir, strerror(-rc));
+		if (rename(final, tmp) < 0) {
+			size_t used = err != NULL ? strlen(err) : 0;
+			if (err != NULL && used < err_cap)
+				fail(err + used, err_cap - used, rc, "; and %s "
+				     "stays: cannot take it back: %s", final,
+				     strerror(errno));
+			return rc;
+		}
+		fsutil_rm_tree(tmp);
+		(void)fsutil_fsync_dir(dir);
+		return rc;
+	}
+	return 0;
+
+out_rm:
+	fsutil_rm_tree(tmp);
+	return rc;
+}
+
+/* ---- copying an index: growth, merges ---- */
+
+struct merge_ctx {
+	struct index *dst;
+	const struct index *src;
+	generation_email_fn new_email;
+	void *new_email_arg;
+	struct index_key keys[MERGE_WINDOW];
+	struct consent_value vals[MERGE_WINDOW];
+	unsigned n;
+	uint64_t missing; /* addresses without a key in src */
+	char first_missing[RECIPIENT_EMAIL_MAX + 32];
+};
+
+/* Applies the window: its home buckets were prefetched as it filled. */
+static int merge_flush(struct merge_ctx *m)
+{
+	for (unsigned i = 0; i < m->n; i++) {
+		int rc = index_apply_writer(m->dst, &m->keys[i], &m->vals[i]);
+		if (rc < 0)
+			return rc;
+	}
+	m->n = 0;
+	return 0;
+}
+
+static int merge_phone(const struct index_entry *e, void *arg)
+{
+	struct merge_ctx *m = arg;
+	if (e->is_email)
+		return 0;
+	struct recipient r = { .kind = RECIPIENT_PHONE, .phone = e->phone };
+	index_key_make(m->dst, &r, e->brand_code, e->rtype, e->channel,
+		       &m->keys[m->n]);
+	index_prefetch(m->dst, &m->keys[m->n]);
+	m->vals[m->n++] = e->value;
+	return m->n == MERGE_WINDOW ? merge_flush(m) : 0;
+}
+
+static int merge_email(const struct generation_email *e, void *arg)
+{
+	struct merge_ctx *m = arg;
+	struct index_key key;
+	struct consent_value v;
+	index_key_make(m->src, &e->recipient, e->brand_code, e->rtype,
+		       e->channel, &key);
+	if (!index_lookup(m->src, &key, &v)) {
+		if (m->missing++ == 0)
+			snprintf(m->first_missing, sizeof(m->first_missing),
+				 "%" PRIu32 " %s", e->brand_code,
+				 e->recipient.email);
+		return 0;
+	}
+	index_key_make(m->dst, &e->recipient, e->brand_code, e->rtype,
+		       e->channel, &key);
+	int rc = index_apply_writer(m->dst, &key, &v);
+	if (rc == INDEX_INSERTED && m->new_email != NULL)
+		rc = m->new_email(e, m->new_email_arg);
+	return rc < 0 ? rc : 0;
+}
+
+int generation_merge(struct index *dst, const struct generation *src,
+		     generation_email_fn new_email, void *arg, char *err,
+		     size_t err_cap)
+{
+	struct merge_ctx *m = calloc(1, sizeof(*m));
+	if (m == NULL)
+		return fail(err, err_cap, -ENOMEM, "out of memory");
+	if (err != NULL && err_cap > 0)
+		err[0] = '\0';
+	m->dst = dst;
+	m->src = src->ix;
+	m->new_email = new_email;
+	m->new_email_arg = arg;
+	/* Phones come back whole from the table; e-mails are fingerprints
+	 * in src's secret, so their addresses are keyed again for dst. */
+	int rc = index_foreach(src->ix, merge_phone, m);
+	if (rc == 0)
+		rc = merge_flush(m);
+	if (rc == 0)
+		rc = emails_each(src, merge_email, m, err, err_cap);
+	if (rc == 0 && m->missing)
+		rc = fail(err, err_cap, -EPROTO, "%" PRIu64 " e-mail addresses "
+			  "have no record in the index copied (first: %s)",
+			  m->missing, m->first_missing);
+	else if (rc == -ENOSPC)
+		fail(err, err_cap, rc, "the new table is full (%s)",
+		     strerror(ENOSPC));
+	else if (rc < 0 && err != NULL && err_cap > 0 && err[0] == '\0')
+		fail(err, err_cap, rc, "copying the index: %s", strerror(-rc));
+	free(m);
+	return rc;
+}
+
+int generation_grow(struct generation *g, uint64_t capacity,
+		    struct index **old, char *err, size_t err_cap)
+{
+	struct index_info info;
+	struct index *n = NULL;
+	int rc;
+
+	index_info(g->ix, &info);
+	if (capacity == 0) {
+		uint64_t more = info.capacity / 2;
+		capacity = info.capacity + (more > GENERATION_GROW_MIN
+						    ? more : GENERATION_GROW_MIN);
+	}
+	if (capacity < info.n_records + 1)
+		capacity = info.n_records + 1;
+	for (;;) {
+		rc = index_create(capacity, NULL, &n);
+		if (rc < 0)
+			return fail(err, err_cap, rc, "a table for %" PRIu64
+				    " records: %s", capacity, strerror(-rc));
+		rc = generation_merge(n, g, NULL, NULL, err, err_cap);
+		if (rc != -ENOSPC)
+			break;
+		index_destroy(n); /* cannot happen: capacity >= records */
+		capacity += capacity / 2;
+	}
+	if (rc < 0) {
+		index_destroy(n);
+		return rc;
+	}
+	index_set_meta_writer(n, info.generation, info.watermark,
+			      info.created_at, info.data_as_of);
+	*old = g->ix;
+	g->ix = n;
+	return 0;
+}
+
+/* generation_absorb's new-address hook: lists the address in dst. */
+static int absorb_email(const struct generation_email *e, void *arg)
+{
+	return generation_email_add(arg, e->brand_code, e->rtype,
+				    e->recipient.email, e->recipient.email_len);
+}
+
+int generation_absorb(struct generation *dst, const struct generation *src,
+		      char *err, size_t err_cap)
+{
+	for (;;) {
+		int rc = generation_merge(dst->ix, src, absorb_email, dst, err,
+					  err_cap);
+		if (rc != -ENOSPC)
+			return rc;
+		struct index_info a, b;
+		struct index *old = NULL;
+		index_info(dst->ix, &a);
+		index_info(src->ix, &b);
+		rc = generation_grow(dst, a.n_records + b.n_records +
+					     GENERATION_GROW_MIN,
+				     &old, err, err_cap);
+		if (rc < 0)
+			return rc;
+		index_destroy(old); /* never served */
+	}
+}
+
+int generation_apply(struct generation *g, const Consent__V1__Consent *c)
+{
+	const char *text = c->recipient ? c->recipient : "";
+	const char *why = NULL;
+	struct recipient r;
+	struct index_key key;
+
+	if (recipient_normalize(text, strlen(text), &r, &why) < 0)
+		return -EINVAL;
+	struct consent_value v = {
+		.status = (uint8_t)c->status,
+		.source = (uint8_t)enums_source_stored(c->source),
+		.consent_date = c->consent_date,
+	};
+	index_key_make(g->ix, &r, c->brand_code, (int)c->recipient_type,
+		       (int)c->channel, &key);
+	int rc = index_apply_writer(g->ix, &key, &v);
+	if (rc == INDEX_INSERTED && r.kind == RECIPIENT_EMAIL &&
+	    generation_email_add(g, c->brand_code, (int)c->recipient_type,
+				 r.email, r.email_len) < 0)
+		return -ENOMEM;
+	return rc;
+}
+
+struct replay_ctx {
+	struct generation *g;
+	uint64_t n;
+	int rc;
+	char *err;
+	size_t err_cap;
+};
+
+static int replay_one(const Consent__V1__Consent *c, void *arg)
+{
+	struct replay_ctx *x = arg;
+	int rc;
+	for (int tries = 0;; tries++) {
+		rc = generation_apply(x->g, c);
+		if (rc != -ENOSPC || tries == 3)
+			break;
+		struct index *old = NULL;
+		rc = generation_grow(x->g, 0, &old, x->err, x->err_cap);
+		if (rc < 0)
+			break;
+		index_destroy(old); /* never served */
+		struct index_info info;
+		index_info(x->g->ix, &info);
+		fprintf(stderr, "consentd: generation: replay: new table for %"
+			PRIu64 " records (%" PRIu64 " held)\n", info.capacity,
+			info.n_records);
+	}
+	if (rc == -EINVAL) {
+		fprintf(stderr, "consentd: generation: change log: sequence %"
+			PRIu64 " cannot be applied (skipped)\n", c->sequence);
+		rc = INDEX_SKIPPED;
+	}
+	if (rc < 0) {
+		x->rc = rc;
+		return rc;
+	}
+	x->n++;
+	return 0;
+}
+
+int generation_replay(struct generation *g, struct changelog *log,
+		      uint64_t after, uint64_t *n, char *err, size_t err_cap)
+{
+	struct replay_ctx x = { .g = g, .err = err, .err_cap = err_cap };
+	if (err != NULL && err_cap > 0)
+		err[0] = '\0';
+	int rc = changelog_replay(log, after, replay_one, &x);
+	*n = x.n;
+	if (rc < 0 && x.rc < 0 && err != NULL && err[0] != '\0')
+		return rc;
+	if (rc < 0 && x.rc < 0)
+		return fail(err, err_cap, rc, "replaying the change log: %s",
+			    strerror(-rc));
+	if (rc < 0)
+		return fail(err, err_cap, rc, "replaying the change log: %s",
+			    changelog_error(log));
+	return 0;
+}
+
+int generation_catch_up(struct generation *s, struct changelog *log,
+			uint64_t log_floor, const struct generation *served,
+			uint64_t *replayed, bool *merged, char *err,
+			size_t err_cap)
+{
+	struct index_info si;
+	index_info(s->ix, &si);
+	*merged = false;
+	/* Everything after the snapshot that the log still has... */
+	int rc = generation_replay(s, log, si.watermark, replayed, err,
+				   err_cap);
+	if (rc < 0 || served == NULL || si.watermark >= log_floor)
+		return rc;
+	/* ...and, as the log was dropped past the snapshot's watermark,
+	 * what only the served index still holds. */
+	char e[512] = "";
+	rc = generation_absorb(s, served, e, sizeof(e));
+	if (rc < 0)
+		return fail(err, err_cap, rc, "merging the served index: %s", e);
+	*merged = true;
+	return 0;
+}
+
+int generation_open_replay(const char *dir, enum index_load_mode mode,
+			   struct changelog *log, struct generation *g,
+			   uint64_t *number, uint64_t *replayed, bool *grown,
+			   char *err, size_t err_cap)
+{
+	struct index_info info;
+	uint64_t gen = 0;
+
+	memset(g, 0, sizeof(*g));
+	*replayed = 0;
+	int rc = generation_open_newest(dir, mode, &g->ix, &gen, err, err_cap);
+	if (rc < 0)
+		return rc;
+	generation_written(g, dir, gen);
+	index_info(g->ix, &info);
+	rc = generation_replay(g, log, info.watermark, replayed, err, err_cap);
+	if (rc < 0) {
+		generation_fini(g);
+		return rc;
+	}
+	struct index_info now;
+	index_info(g->ix, &now);
+	*grown = now.capacity != info.capacity;
+	*number = gen;
+	return 0;
+}
