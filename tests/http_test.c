@@ -674,7 +674,7 @@ static void test_metrics_and_stats(void)
 	CHECK(strstr(r.body, "\nconsentd_records 4\n"));
 	CHECK(strstr(r.body, "\nconsentd_generation 3\n"));
 	CHECK(strstr(r.body, "\nconsentd_applied_sequence 42\n"));
-	CHECK(strstr(r.body, "\nconsentd_data_as_of "));
+	CHECK(strstr(r.body, "\nconsentd_data_as_of_timestamp_seconds "));
 	CHECK(strstr(r.body, "\nconsentd_data_age_seconds "));
 	CHECK(strstr(r.body, "\nconsentd_stale_soft_seconds 0\n"));
 	CHECK(strstr(r.body, "\nconsentd_ready 1\n"));
