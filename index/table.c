@@ -602,9 +602,12 @@ void index_key_make(const struct index *ix, const struct recipient *r,
 	out->hash = fp.high64;
 }
 
-static bool key_channel_ok(const struct index_key *key)
+/* A key index_key_make could have made: a channel, and nothing in the
+ * probe index and cell bits. */
+static bool key_ok(const struct index_key *key)
 {
-	return (key->bits[1] >> (VAL_KEYHI_SHIFT + KEYHI_CHANNEL_SHIFT)) != 0;
+	return (key->bits[1] >> (VAL_KEYHI_SHIFT + KEYHI_CHANNEL_SHIFT)) != 0 &&
+	       (key->bits[1] & ~VAL_KEYHI_MASK) == 0;
 }
 
 /* ---- lookups (any thread) ---- */
@@ -782,7 +785,7 @@ int index_apply_writer(struct index *ix, const struct index_key *key,
 	if (value->consent_date < INDEX_EPOCH ||
 	    value->consent_date - INDEX_EPOCH > (int64_t)VAL_DATE_MASK)
 		return -EINVAL;
-	if (!key_channel_ok(key))
+	if (!key_ok(key))
 		return -EINVAL;
 
 	uint64_t nv = key->bits[1] |
@@ -966,9 +969,53 @@ static bool bucket_full(const struct index *ix, uint64_t b)
  * bits and the home from the probe index, so nothing here needs a
  * recipient. Returns the first bad bucket, or -1.
  */
+static bool check_entry(struct index *ix, uint64_t b, uint64_t k, uint64_t v)
+{
+	uint64_t f = (v & VAL_PROBE_MASK) >> VAL_PROBE_SHIFT;
+	uint64_t mix = key_mix(k, v & VAL_KEYHI_MASK);
+	uint64_t step = probe_step(ix, mix), q = b;
+	unsigned cell = overflow_cell(mix);
+
+	for (uint64_t j = 0; j < f; j++) {
+		q = prev_bucket(ix, q, step);
+		if (!bucket_full(ix, q))
+			return false;
+	}
+	/* Relaxed: the index is not shared during open. */
+	_Atomic uint64_t *w = &ix->buckets[q].slot[cell / CELLS_PER_SLOT].val;
+	if (f < PROBE_CAP)
+		return (atomic_load_explicit(w, memory_order_relaxed) &
+			cell_bit(cell)) != 0;
+	for (uint64_t j = 0; j < ix->n_buckets && bucket_full(ix, q); j++) {
+		w = &ix->buckets[q].slot[cell / CELLS_PER_SLOT].val;
+		uint64_t c = atomic_load_explicit(w, memory_order_relaxed);
+		if ((c & cell_bit(cell)) == 0)
+			atomic_store_explicit(w, c | cell_bit(cell),
+					      memory_order_relaxed);
+		q = prev_bucket(ix, q, step);
+	}
+	return true;
+}
+
+/* The displaced entries go through check_entry in windows, each one's
+ * previous bucket (for most, the home) prefetched first: the checks are
+ * random reads, and this overlaps them. */
+#define MARK_WINDOW 64
+
 static int64_t check_marks(struct index *ix)
 {
-	for (uint64_t b = 0; b < ix->n_buckets; b++) {
+	struct { uint64_t b, k, v; } w[MARK_WINDOW];
+	size_t n = 0;
+
+	for (uint64_t b = 0; b <= ix->n_buckets; b++) {
+		if (n > MARK_WINDOW - BUCKET_SLOTS || b == ix->n_buckets) {
+			for (size_t i = 0; i < n; i++)
+				if (!check_entry(ix, w[i].b, w[i].k, w[i].v))
+					return (int64_t)w[i].b;
+			n = 0;
+		}
+		if (b == ix->n_buckets)
+			break;
 		for (int s = 0; s < BUCKET_SLOTS; s++) {
 			/* Relaxed: the index is not shared during open. */
 			uint64_t v = atomic_load_explicit(
@@ -976,38 +1023,19 @@ static int64_t check_marks(struct index *ix)
 				memory_order_relaxed);
 			if (v == 0)
 				break;
-			uint64_t f = (v & VAL_PROBE_MASK) >> VAL_PROBE_SHIFT;
-			if (f == 0)
+			if ((v & VAL_PROBE_MASK) == 0)
 				continue;
 			uint64_t k = atomic_load_explicit(
 				&ix->buckets[b].slot[s].key,
 				memory_order_relaxed);
-			uint64_t mix = key_mix(k, v & VAL_KEYHI_MASK);
-			uint64_t step = probe_step(ix, mix), q = b;
-			unsigned cell = overflow_cell(mix);
-			for (uint64_t j = 0; j < f; j++) {
-				q = prev_bucket(ix, q, step);
-				if (!bucket_full(ix, q))
-					return (int64_t)b;
-			}
-			_Atomic uint64_t *w =
-				&ix->buckets[q].slot[cell / CELLS_PER_SLOT].val;
-			if (f < PROBE_CAP) {
-				if ((atomic_load_explicit(w, memory_order_relaxed) &
-				     cell_bit(cell)) == 0)
-					return (int64_t)b;
-				continue;
-			}
-			for (uint64_t j = 0; j < ix->n_buckets &&
-					     bucket_full(ix, q); j++) {
-				w = &ix->buckets[q].slot[cell / CELLS_PER_SLOT].val;
-				uint64_t c = atomic_load_explicit(
-					w, memory_order_relaxed);
-				if ((c & cell_bit(cell)) == 0)
-					atomic_store_explicit(w, c | cell_bit(cell),
-							      memory_order_relaxed);
-				q = prev_bucket(ix, q, step);
-			}
+			uint64_t step = probe_step(
+				ix, key_mix(k, v & VAL_KEYHI_MASK));
+			__builtin_prefetch(&ix->buckets[prev_bucket(ix, b, step)],
+					   0, 0);
+			w[n].b = b;
+			w[n].k = k;
+			w[n].v = v;
+			n++;
 		}
 	}
 	return -1;
