@@ -233,6 +233,7 @@
 #include <xxhash.h>
 
 #include "core/enums.h"
+#include "core/errmsg.h"
 #include "core/fsutil.h"
 
 #define INDEX_MAGIC "CONSENTX"
@@ -901,20 +902,6 @@ int index_foreach(const struct index *ix, index_visit_fn fn, void *arg)
 
 /* ---- the file ---- */
 
-static int fail(char *err, size_t err_cap, int rc, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static int fail(char *err, size_t err_cap, int rc, const char *fmt, ...)
-{
-	if (err != NULL && err_cap > 0) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(err, err_cap, fmt, ap);
-		va_end(ap);
-	}
-	return rc;
-}
-
 static uint64_t header_hash(const struct index_file_header *h)
 {
 	return XXH3_64bits(h, offsetof(struct index_file_header, header_xxh3));
@@ -1077,30 +1064,30 @@ static int check_header(const struct index_file_header *h, uint64_t file_bytes,
 			const char *path, char *err, size_t err_cap)
 {
 	if (memcmp(h->magic, INDEX_MAGIC, sizeof(h->magic)) != 0)
-		return fail(err, err_cap, -EPROTO,
+		return errmsg_fail(err, err_cap, -EPROTO,
 			    "%s: bad magic: not a consentd index file", path);
 	if (h->format_version == 1)
-		return fail(err, err_cap, -EPROTO,
+		return errmsg_fail(err, err_cap, -EPROTO,
 			    "%s: format version 1 (linear probing, no overflow "
 			    "cells), this build reads %d: rebuild the index from "
 			    "its snapshot (consentctl build)", path,
 			    INDEX_FORMAT_VERSION);
 	if (h->format_version != INDEX_FORMAT_VERSION)
-		return fail(err, err_cap, -EPROTO,
+		return errmsg_fail(err, err_cap, -EPROTO,
 			    "%s: format version %" PRIu32 ", this build reads %d",
 			    path, h->format_version, INDEX_FORMAT_VERSION);
 	if (header_hash(h) != h->header_xxh3)
-		return fail(err, err_cap, -EPROTO,
+		return errmsg_fail(err, err_cap, -EPROTO,
 			    "%s: header checksum mismatch (header corrupt)", path);
 	for (size_t i = 0; i < sizeof(h->padding); i++)
 		if (h->padding[i] != 0)
-			return fail(err, err_cap, -EPROTO,
+			return errmsg_fail(err, err_cap, -EPROTO,
 				    "%s: header padding byte %zu is not zero",
 				    path, offsetof(struct index_file_header,
 						   padding) + i);
 	if (h->header_bytes != INDEX_HEADER_BYTES ||
 	    h->bucket_bytes != BUCKET_BYTES || h->reserved0 != 0)
-		return fail(err, err_cap, -EPROTO,
+		return errmsg_fail(err, err_cap, -EPROTO,
 			    "%s: header says %" PRIu32 "-byte header, %" PRIu32
 			    "-byte buckets; this build uses %d and %d",
 			    path, h->header_bytes, h->bucket_bytes,
@@ -1108,18 +1095,18 @@ static int check_header(const struct index_file_header *h, uint64_t file_bytes,
 	uint64_t body = file_bytes - INDEX_HEADER_BYTES;
 	if (h->n_buckets == 0 || h->n_buckets > body / BUCKET_BYTES ||
 	    h->n_buckets * BUCKET_BYTES != body)
-		return fail(err, err_cap, -EPROTO,
+		return errmsg_fail(err, err_cap, -EPROTO,
 			    "%s: file is %" PRIu64 " bytes but the header says %"
 			    PRIu64 " buckets of %d bytes after the %d-byte "
 			    "header: truncated or extended", path, file_bytes,
 			    h->n_buckets, BUCKET_BYTES, INDEX_HEADER_BYTES);
 	if (!prime(h->n_buckets))
-		return fail(err, err_cap, -EPROTO,
+		return errmsg_fail(err, err_cap, -EPROTO,
 			    "%s: header says %" PRIu64 " buckets, not a prime "
 			    "(probe sequences need one)", path, h->n_buckets);
 	if (h->capacity != limit_for(h->n_buckets) ||
 	    h->n_records > h->capacity)
-		return fail(err, err_cap, -EPROTO,
+		return errmsg_fail(err, err_cap, -EPROTO,
 			    "%s: header says %" PRIu64 " records, capacity %"
 			    PRIu64 ", but %" PRIu64 " buckets hold %" PRIu64,
 			    path, h->n_records, h->capacity, h->n_buckets,
@@ -1160,7 +1147,7 @@ static int load_buckets(struct index *ix, int fd, size_t bytes, bool read_in,
 	size_t bad_at = 0;
 
 	if (hs == NULL)
-		return fail(err, err_cap, -ENOMEM, "%s: out of memory", path);
+		return errmsg_fail(err, err_cap, -ENOMEM, "%s: out of memory", path);
 	XXH3_64bits_reset(hs);
 	for (size_t off = 0; off < bytes && bad < 0; off += IO_CHUNK_BYTES) {
 		size_t len = bytes - off < IO_CHUNK_BYTES ? bytes - off
@@ -1172,7 +1159,7 @@ static int load_buckets(struct index *ix, int fd, size_t bytes, bool read_in,
 					   INDEX_HEADER_BYTES + (off_t)off);
 			if (rc < 0) {
 				XXH3_freeState(hs);
-				return fail(err, err_cap, rc, "%s: read: %s",
+				return errmsg_fail(err, err_cap, rc, "%s: read: %s",
 					    path, strerror(-rc));
 			}
 		}
@@ -1186,16 +1173,16 @@ static int load_buckets(struct index *ix, int fd, size_t bytes, bool read_in,
 
 	/* The checksum is the stronger statement; report it first. */
 	if (bad < 0 && sum != h->buckets_xxh3)
-		return fail(err, err_cap, -EPROTO,
+		return errmsg_fail(err, err_cap, -EPROTO,
 			    "%s: bucket array checksum mismatch (data corrupt)",
 			    path);
 	if (bad >= 0)
-		return fail(err, err_cap, -EPROTO,
+		return errmsg_fail(err, err_cap, -EPROTO,
 			    "%s: bucket %zu holds an invalid entry%s", path,
 			    bad_at + (size_t)bad,
 			    sum == h->buckets_xxh3 ? "" : " (checksum mismatch)");
 	if (occupied != h->n_records)
-		return fail(err, err_cap, -EPROTO,
+		return errmsg_fail(err, err_cap, -EPROTO,
 			    "%s: header says %" PRIu64 " records but %" PRIu64
 			    " slots are occupied", path, h->n_records, occupied);
 	return 0;
@@ -1214,15 +1201,15 @@ int index_open(const char *path, enum index_load_mode mode, struct index **out,
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		rc = -errno;
-		return fail(err, err_cap, rc, "%s: %s", path, strerror(-rc));
+		return errmsg_fail(err, err_cap, rc, "%s: %s", path, strerror(-rc));
 	}
 	if (fstat(fd, &st) < 0) {
-		rc = fail(err, err_cap, -errno, "%s: fstat: %s", path,
+		rc = errmsg_fail(err, err_cap, -errno, "%s: fstat: %s", path,
 			  strerror(errno));
 		goto out_close;
 	}
 	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size < INDEX_HEADER_BYTES) {
-		rc = fail(err, err_cap, -EPROTO,
+		rc = errmsg_fail(err, err_cap, -EPROTO,
 			  "%s: %lld bytes, shorter than the %d-byte header "
 			  "(truncated or not an index)", path,
 			  (long long)st.st_size, INDEX_HEADER_BYTES);
@@ -1231,12 +1218,12 @@ int index_open(const char *path, enum index_load_mode mode, struct index **out,
 	h = aligned_alloc(64, sizeof(*h));
 	ix = calloc(1, sizeof(*ix));
 	if (h == NULL || ix == NULL) {
-		rc = fail(err, err_cap, -ENOMEM, "%s: out of memory", path);
+		rc = errmsg_fail(err, err_cap, -ENOMEM, "%s: out of memory", path);
 		goto out_free;
 	}
 	rc = read_full(fd, h, sizeof(*h), 0);
 	if (rc < 0) {
-		rc = fail(err, err_cap, rc, "%s: reading the header: %s", path,
+		rc = errmsg_fail(err, err_cap, rc, "%s: reading the header: %s", path,
 			  strerror(-rc));
 		goto out_free;
 	}
@@ -1244,7 +1231,7 @@ int index_open(const char *path, enum index_load_mode mode, struct index **out,
 	if (rc < 0)
 		goto out_free;
 	if (h->n_buckets > SIZE_MAX / BUCKET_BYTES) {
-		rc = fail(err, err_cap, -ENOMEM, "%s: %" PRIu64 " buckets do "
+		rc = errmsg_fail(err, err_cap, -ENOMEM, "%s: %" PRIu64 " buckets do "
 			  "not fit in memory", path, h->n_buckets);
 		goto out_free;
 	}
@@ -1254,9 +1241,9 @@ int index_open(const char *path, enum index_load_mode mode, struct index **out,
 				     : anon_alloc(ix, bytes);
 	if (rc < 0) {
 		rc = mode == INDEX_LOAD_MMAP
-			? fail(err, err_cap, rc, "%s: mmap: %s", path,
+			? errmsg_fail(err, err_cap, rc, "%s: mmap: %s", path,
 			       strerror(-rc))
-			: fail(err, err_cap, rc, "%s: %" PRIu64 " bytes of "
+			: errmsg_fail(err, err_cap, rc, "%s: %" PRIu64 " bytes of "
 			       "memory: %s", path, (uint64_t)bytes,
 			       strerror(-rc));
 		goto out_free;
@@ -1268,7 +1255,7 @@ int index_open(const char *path, enum index_load_mode mode, struct index **out,
 	ix->n_buckets = h->n_buckets;
 	int64_t bad = check_marks(ix);
 	if (bad >= 0) {
-		rc = fail(err, err_cap, -EPROTO, "%s: bucket %" PRId64 " holds "
+		rc = errmsg_fail(err, err_cap, -EPROTO, "%s: bucket %" PRId64 " holds "
 			  "an entry its home's overflow cell does not lead to "
 			  "(invalid entry)", path, bad);
 		goto out_free;
