@@ -915,7 +915,7 @@ static uint64_t header_hash(const struct index_file_header *h)
  * Counts occupied slots into *occupied. Returns the index of the first
  * bad bucket in the chunk, or -1. check_marks does the cross-bucket part.
  */
-static int64_t check_chunk(const struct index_bucket *bk, size_t n,
+static int64_t verify_chunk(const struct index_bucket *bk, size_t n,
 			   uint64_t *occupied)
 {
 	uint64_t count = 0;
@@ -957,7 +957,7 @@ static bool bucket_full(const struct index *ix, uint64_t b)
 }
 
 /*
- * The overflow cells against the entries (after check_chunk passed on
+ * The overflow cells against the entries (after verify_chunk passed on
  * every chunk). An entry with probe index f (1..6) sits f steps along its
  * sequence: the buckets it passed, f..1 steps back, must be full (a probe
  * goes on only past a full bucket) and its home, f steps back, must carry
@@ -1164,7 +1164,7 @@ static int load_buckets(struct index *ix, int fd, size_t bytes, bool read_in,
 			}
 		}
 		XXH3_64bits_update(hs, p, len);
-		bad = check_chunk((const struct index_bucket *)p,
+		bad = verify_chunk((const struct index_bucket *)p,
 				  len / BUCKET_BYTES, &occupied);
 		bad_at = off / BUCKET_BYTES;
 	}
