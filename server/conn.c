@@ -52,21 +52,31 @@ void conn_ctx_fini(struct conn_ctx *x)
 	x->n_protos = 0;
 }
 
-void *conn_ctx_state_create(struct conn_ctx *x, const struct conn_proto *p)
+int conn_ctx_add(struct conn_ctx *x, const struct conn_proto *p)
 {
 	void *state = NULL;
 
+	for (uint32_t i = 0; i < x->n_protos; i++)
+		if (x->protos[i].proto == p)
+			return 0;
 	if (x->n_protos == CONN_PROTOS_MAX)
-		return NULL;
+		return -ENOMEM;
 	if (p->ctx_create != NULL) {
 		state = p->ctx_create(x->cfg);
 		if (state == NULL)
-			return NULL;
+			return -ENOMEM;
 	}
 	x->protos[x->n_protos].proto = p;
 	x->protos[x->n_protos].state = state;
 	x->n_protos++;
-	return state;
+	return 0;
+}
+
+void *conn_ctx_state_create(struct conn_ctx *x, const struct conn_proto *p)
+{
+	if (conn_ctx_add(x, p) < 0)
+		return NULL;
+	return x->protos[x->n_protos - 1].state;
 }
 
 void conn_ctx_begin_turn(struct conn_ctx *x)

@@ -67,8 +67,8 @@ struct conn_proto {
 	int (*reply_apply)(struct conn_ctx *x, struct conn *c,
 			   const struct writer_reply *r);
 	/* Per-worker state its connections share (scratch), made by
-	 * conn_ctx_state on first use and destroyed by conn_ctx_fini; both
-	 * NULL if it needs none. */
+	 * conn_ctx_add (or conn_ctx_state on first use) and destroyed by
+	 * conn_ctx_fini; both NULL if it needs none. */
 	void *(*ctx_create)(const struct server_config *cfg);
 	void (*ctx_destroy)(void *state);
 	/* The whole reply sent, before closing, to a connection refused at
@@ -149,8 +149,14 @@ void conn_ctx_fini(struct conn_ctx *x);
  * caller is an online RCU reader until its next quiescent state). */
 void conn_ctx_begin_turn(struct conn_ctx *x);
 
-/* The per-worker state of protocol p (p->ctx_create's), made on its
- * first use; NULL on ENOMEM. */
+/* Makes protocol p's per-worker state now, if it has none yet: a worker
+ * does so for each of its listeners at start-up, so that running out of
+ * memory stops the start rather than a connection. 0, or -ENOMEM (also
+ * past CONN_PROTOS_MAX protocols). */
+int conn_ctx_add(struct conn_ctx *x, const struct conn_proto *p);
+/* The per-worker state of protocol p (p->ctx_create's): NULL for a
+ * protocol without one, or if conn_ctx_add fails when it is made here on
+ * first use. */
 void *conn_ctx_state_create(struct conn_ctx *x, const struct conn_proto *p);
 static inline void *conn_ctx_state(struct conn_ctx *x,
 				   const struct conn_proto *p)

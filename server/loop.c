@@ -920,8 +920,12 @@ static int loop_setup(struct worker *w)
 	w->conns = calloc(w->n_slots, sizeof(*w->conns));
 	w->active = calloc(w->n_slots, sizeof(*w->active));
 	w->dirty = calloc(w->n_slots, sizeof(*w->dirty));
-	if (w->conns == NULL || w->active == NULL || w->dirty == NULL ||
-	    conn_ctx_init(&w->ctx, cfg, w->m) < 0) {
+	rc = w->conns == NULL || w->active == NULL || w->dirty == NULL
+		     ? -ENOMEM
+		     : conn_ctx_init(&w->ctx, cfg, w->m);
+	for (unsigned li = 0; li < w->n_listen && rc == 0; li++)
+		rc = conn_ctx_add(&w->ctx, w->listen[li].proto);
+	if (rc < 0) {
 		snprintf(w->errmsg, sizeof(w->errmsg),
 			 "worker %u: out of memory", w->id);
 		return -ENOMEM;

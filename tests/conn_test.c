@@ -6,8 +6,8 @@
  * place or from the carry buffer, the rest carried, input over the cap
  * answered through reply_fatal, HTTP refused before the protocol sees a
  * byte, per-connection state zeroed at conn_init and kept between
- * receives, per-worker state made once per protocol and destroyed by
- * conn_ctx_fini.
+ * receives, per-worker state made once per protocol (at most
+ * CONN_PROTOS_MAX) and destroyed by conn_ctx_fini.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -235,13 +235,27 @@ static void test_fini_destroys_states(void)
 {
 	int destroyed = n_destroyed;
 
+	static struct conn_proto many[CONN_PROTOS_MAX + 1];
+	void *state;
+
 	conn_ctx_fini(&ctx);
 	CHECK(n_destroyed == destroyed + 1); /* line_proto's; bare has none */
 	CHECK(ctx.n_protos == 0);
-	/* Made again on the next use. */
-	CHECK(conn_ctx_state(&ctx, &line_proto) != NULL);
+	/* Made again, eagerly by conn_ctx_add, once. */
+	CHECK(conn_ctx_add(&ctx, &line_proto) == 0);
 	CHECK(n_created == 2);
+	CHECK(conn_ctx_add(&ctx, &line_proto) == 0);
+	state = conn_ctx_state(&ctx, &line_proto);
+	CHECK(state != NULL && n_created == 2 && ctx.n_protos == 1);
+	/* At most CONN_PROTOS_MAX protocols per worker. */
+	for (unsigned i = 0; i < CONN_PROTOS_MAX + 1; i++)
+		many[i] = bare_proto;
+	for (unsigned i = 1; i < CONN_PROTOS_MAX; i++)
+		CHECK(conn_ctx_add(&ctx, &many[i]) == 0);
+	CHECK(conn_ctx_add(&ctx, &many[0]) == -ENOMEM);
+	CHECK(conn_ctx_state(&ctx, &line_proto) == state);
 	conn_ctx_fini(&ctx);
+	CHECK(n_destroyed == destroyed + 2);
 }
 
 int main(void)
