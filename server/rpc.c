@@ -933,15 +933,12 @@ static int rpc_check_large(struct conn_ctx *x, struct conn *c,
 			     rpc_as_of(x));
 }
 
-static int rpc_check(struct conn_ctx *x, struct conn *c,
-		     const struct rpc_request *req)
+static int rpc_check(struct conn_ctx *x, struct rpc_worker *rw,
+		     struct conn *c, const struct rpc_request *req)
 {
-	struct rpc_worker *rw = conn_ctx_state(x, &rpc_proto);
 	struct rpc_check_iter it;
 	struct rpc_pending *p;
 
-	if (rw == NULL)
-		return -ENOMEM;
 	if (req->n_checks > CONN_BATCH_MAX - x->n_in ||
 	    rw->n_pending == CONN_BATCH_MAX) {
 		int rc = rpc_flush(x, c);
@@ -1035,15 +1032,15 @@ static const char *rpc_kind_name(int kind)
 							     : "?";
 }
 
-static int rpc_handle(struct conn_ctx *x, struct conn *c,
-		      const struct rpc_request *req)
+static int rpc_handle(struct conn_ctx *x, struct rpc_worker *rw,
+		      struct conn *c, const struct rpc_request *req)
 {
 	int rc;
 
 	x->n_requests++;
 	c->stat_requests++;
 	if (req->kind == RPC_REQ_CHECK && c->authed)
-		return rpc_check(x, c, req);
+		return rpc_check(x, rw, c, req);
 	/* Every other reply goes after the queued check replies. */
 	rc = rpc_flush(x, c);
 	if (rc < 0)
@@ -1103,11 +1100,14 @@ static long rpc_process(struct conn_ctx *x, struct conn *c,
 {
 	const struct server_config *cfg = x->cfg;
 	const uint8_t *buf = (const uint8_t *)in;
+	struct rpc_worker *rw = conn_ctx_state(x, &rpc_proto);
 	struct rpc_request req;
 	size_t pos = 0;
 	char msg[128];
 	int rc = 0;
 
+	if (rw == NULL)
+		return -ENOMEM;
 	while (!c->want_close && !c->apply_wait && rc == 0) {
 		uint32_t flen, limit;
 
@@ -1161,7 +1161,7 @@ static long rpc_process(struct conn_ctx *x, struct conn *c,
 			break;
 		}
 		pos += RPC_FRAME_HEADER + flen;
-		rc = rpc_handle(x, c, &req);
+		rc = rpc_handle(x, rw, c, &req);
 	}
 	if (rc == 0)
 		rc = rpc_flush(x, c);
