@@ -39,6 +39,8 @@
 #include "server/live.h"
 #include "server/loop.h"
 #include "server/metrics.h"
+#include "server/resp.h"
+#include "server/rpc.h"
 #include "server/writer.h"
 
 #define MAIN_LOOP_REFUSE_SLOTS 64 /* loop.c's slots beyond the cap */
@@ -397,7 +399,7 @@ int main(int argc, char **argv)
 	struct writer *writer = NULL;
 	struct loop *loop = NULL;
 	struct http *http = NULL;
-	int *rpc_fds, *resp_fds, rc, exit_code = 0;
+	int rc, exit_code = 0;
 	char err[512], bound[300];
 	sigset_t sigs;
 	bool had_index;
@@ -474,32 +476,42 @@ int main(int argc, char **argv)
 		}
 	}
 
-	rpc_fds = calloc(cfg.workers, sizeof(int));
-	resp_fds = calloc(cfg.workers, sizeof(int));
-	if (rpc_fds == NULL || resp_fds == NULL) {
-		fprintf(stderr, "consentd: out of memory\n");
-		return 1;
+	/* The client ports: a new protocol is a new row. */
+	const struct {
+		const char *addr; /* given as --NAME, the protocol's name */
+		const struct conn_proto *proto;
+	} ports[] = {
+		{ cfg.rpc_addr, &rpc_proto },
+		{ cfg.resp_addr, &resp_proto },
+	};
+	enum { MAIN_PORTS = sizeof(ports) / sizeof(ports[0]) };
+	struct loop_listener listeners[MAIN_PORTS];
+
+	for (unsigned i = 0; i < MAIN_PORTS; i++) {
+		const char *name = ports[i].proto->name;
+		int *fds = calloc(cfg.workers, sizeof(int));
+
+		if (fds == NULL) {
+			fprintf(stderr, "consentd: out of memory\n");
+			return 1;
+		}
+		if (loop_listen(ports[i].addr, cfg.workers, fds, bound,
+				sizeof(bound), err, sizeof(err)) < 0) {
+			fprintf(stderr, "consentd: --%s %s\n", name, err);
+			return 1;
+		}
+		fprintf(stderr, "consentd: %s listening on %s (%u workers)\n",
+			name, bound, cfg.workers);
+		listeners[i].proto = ports[i].proto;
+		listeners[i].fds = fds;
 	}
-	if (loop_listen(cfg.rpc_addr, cfg.workers, rpc_fds, bound,
-			sizeof(bound), err, sizeof(err)) < 0) {
-		fprintf(stderr, "consentd: --rpc %s\n", err);
-		return 1;
-	}
-	fprintf(stderr, "consentd: rpc listening on %s (%u workers)\n", bound,
-		cfg.workers);
-	if (loop_listen(cfg.resp_addr, cfg.workers, resp_fds, bound,
-			sizeof(bound), err, sizeof(err)) < 0) {
-		fprintf(stderr, "consentd: --resp %s\n", err);
-		return 1;
-	}
-	fprintf(stderr, "consentd: resp listening on %s (%u workers)\n", bound,
-		cfg.workers);
-	if (loop_start(&cfg, rpc_fds, resp_fds, &loop, err, sizeof(err)) < 0) {
+	rc = loop_start(&cfg, listeners, MAIN_PORTS, &loop, err, sizeof(err));
+	for (unsigned i = 0; i < MAIN_PORTS; i++)
+		free((int *)listeners[i].fds);
+	if (rc < 0) {
 		fprintf(stderr, "consentd: %s\n", err);
 		return 1;
 	}
-	free(rpc_fds);
-	free(resp_fds);
 	if (http_start(&cfg, cfg.workers, &http, err, sizeof(err)) < 0) {
 		fprintf(stderr, "consentd: --http %s: %s\n", cfg.http_addr,
 			err);
