@@ -21,7 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "core/check.h"
+#include "index/check.h"
 #include "index/table.h"
 #include "server/metrics.h"
 #include "server/obuf.h"

@@ -50,7 +50,7 @@
 #include <microhttpd.h>
 #include <urcu-qsbr.h>
 
-#include "core/check.h"
+#include "index/check.h"
 #include "core/enums.h"
 #include "core/tokens.h"
 #include "index/table.h"

@@ -14,7 +14,7 @@
  * (replays the changes past its watermark, publishes it as the next
  * generation and swaps it in with live_publish). With no previous
  * generation the listeners are already up meanwhile and every check
- * answers as if no record existed, without ever allowing (core/check.c: no
+ * answers as if no record existed, without ever allowing (index/check.c: no
  * index counts as stale); /readyz says not ready.
  */
 #include <errno.h>

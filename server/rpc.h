@@ -39,7 +39,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "core/check.h"
+#include "index/check.h"
 #include "server/conn.h"
 
 #define RPC_FRAME_HEADER 4

@@ -12,7 +12,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "core/check.h"
+#include "index/check.h"
 #include "core/enums.h"
 #include "core/recipient.h"
 #include "core/tokens.h"
