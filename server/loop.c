@@ -55,6 +55,7 @@
 #include <unistd.h>
 #include <urcu-qsbr.h>
 
+#include "server/addr.h"
 #include "server/config.h"
 #include "server/conn.h"
 #include "server/metrics.h"
@@ -180,41 +181,10 @@ static uint64_t loop_now_ms(void)
 
 /* ---- listeners --------------------------------------------------------- */
 
-static int loop_split_addr(const char *addr, char *host, size_t host_cap,
-			   char *port, size_t port_cap)
+static int loop_listen_one(const struct sockaddr *sa, socklen_t len,
+			   uint32_t bind_wait_ms, const char *what)
 {
-	const char *colon, *h = addr;
-	size_t hl;
-
-	if (addr[0] == '[') {
-		const char *close = strchr(addr, ']');
-
-		if (close == NULL || close[1] != ':')
-			return -EINVAL;
-		h = addr + 1;
-		hl = (size_t)(close - h);
-		colon = close + 1;
-	} else {
-		colon = strrchr(addr, ':');
-		if (colon == NULL)
-			return -EINVAL;
-		hl = (size_t)(colon - addr);
-	}
-	if (hl == 0 || hl >= host_cap || strlen(colon + 1) == 0 ||
-	    strlen(colon + 1) >= port_cap)
-		return -EINVAL;
-	memcpy(host, h, hl);
-	host[hl] = '\0';
-	strcpy(port, colon + 1);
-	for (const char *p = port; *p; p++)
-		if (*p < '0' || *p > '9')
-			return -EINVAL;
-	return 0;
-}
-
-static int loop_listen_one(const struct sockaddr *sa, socklen_t len)
-{
-	int one = 1, fd;
+	int one = 1, fd, rc;
 
 	fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
@@ -224,61 +194,60 @@ static int loop_listen_one(const struct sockaddr *sa, socklen_t len)
 	 * with liburing 2.3, and replies must not wait for Nagle. */
 	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
 	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
-	    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0 ||
-	    bind(fd, sa, len) < 0 || listen(fd, 4096) < 0) {
-		int e = -errno;
-
+	    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0) {
+		rc = -errno;
 		close(fd);
-		return e;
+		return rc;
+	}
+	rc = addr_bind(fd, sa, len, bind_wait_ms, what);
+	if (rc == 0 && listen(fd, 4096) < 0)
+		rc = -errno;
+	if (rc < 0) {
+		close(fd);
+		return rc;
 	}
 	return fd;
 }
 
-int loop_listen(const char *addr, unsigned n, int *fds, char *bound,
-		size_t bound_cap, char *err, size_t err_cap)
+int loop_listen(const char *what, const char *addr, uint32_t bind_wait_ms,
+		unsigned n, int *fds, char *bound, size_t bound_cap, char *err,
+		size_t err_cap)
 {
-	struct addrinfo hints = { .ai_socktype = SOCK_STREAM,
-				  .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
-	struct addrinfo *ai = NULL;
 	struct sockaddr_storage ss;
 	socklen_t sl;
-	char host[256], port[16], hbuf[NI_MAXHOST];
+	char label[ADDR_HOST_MAX + 32];
 	unsigned i;
 	int rc;
 
-	if (loop_split_addr(addr, host, sizeof(host), port, sizeof(port)) < 0) {
-		snprintf(err, err_cap, "%s: not HOST:PORT", addr);
-		return -EINVAL;
-	}
-	rc = getaddrinfo(host, port, &hints, &ai);
-	if (rc != 0) {
-		snprintf(err, err_cap, "%s: %s", addr, gai_strerror(rc));
-		return -EINVAL;
-	}
-	memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
-	sl = ai->ai_addrlen;
-	freeaddrinfo(ai);
+	rc = addr_resolve(addr, &ss, &sl, err, err_cap);
+	if (rc < 0)
+		return rc;
+	snprintf(label, sizeof(label), "%s %s", what, addr);
 	/* SO_REUSEPORT lets any process of the same user bind the port too
 	 * (a stale consentd would silently get half the connections). A probe
-	 * bound without it fails if anyone holds the port. */
+	 * bound without it fails if anyone holds the port; it is also where
+	 * a restart waits for a killed predecessor's port. */
 	{
 		int one = 1, probe = socket(ss.ss_family,
 					    SOCK_STREAM | SOCK_CLOEXEC, 0);
 
-		if (probe < 0 ||
-		    setsockopt(probe, SOL_SOCKET, SO_REUSEADDR, &one,
-			       sizeof(one)) < 0 ||
-		    bind(probe, (struct sockaddr *)&ss, sl) < 0) {
+		rc = probe < 0 ? -errno : 0;
+		if (rc == 0 && setsockopt(probe, SOL_SOCKET, SO_REUSEADDR, &one,
+					  sizeof(one)) < 0)
 			rc = -errno;
+		if (rc == 0)
+			rc = addr_bind(probe, (struct sockaddr *)&ss, sl,
+				       bind_wait_ms, label);
+		if (probe >= 0)
+			close(probe);
+		if (rc < 0) {
 			snprintf(err, err_cap, "%s: %s", addr, strerror(-rc));
-			if (probe >= 0)
-				close(probe);
 			return rc;
 		}
-		close(probe);
 	}
 	for (i = 0; i < n; i++) {
-		fds[i] = loop_listen_one((struct sockaddr *)&ss, sl);
+		fds[i] = loop_listen_one((struct sockaddr *)&ss, sl,
+					 bind_wait_ms, label);
 		if (fds[i] < 0) {
 			rc = fds[i];
 			snprintf(err, err_cap, "%s: %s", addr, strerror(-rc));
@@ -293,11 +262,7 @@ int loop_listen(const char *addr, unsigned n, int *fds, char *bound,
 			getsockname(fds[0], (struct sockaddr *)&ss, &sl);
 		}
 	}
-	if (getnameinfo((struct sockaddr *)&ss, sl, hbuf, sizeof(hbuf), port,
-			sizeof(port), NI_NUMERICHOST | NI_NUMERICSERV) == 0)
-		snprintf(bound, bound_cap, ss.ss_family == AF_INET6 ?
-			 "[%s]:%s" : "%s:%s", hbuf, port);
-	else
+	if (addr_format((struct sockaddr *)&ss, bound, bound_cap) < 0)
 		snprintf(bound, bound_cap, "%s", addr);
 	return 0;
 }

@@ -16,6 +16,7 @@
 #define CONSENTD_SERVER_LOOP_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 struct server_config;
 struct conn_proto;
@@ -30,12 +31,14 @@ struct loop_listener {
 	const int *fds; /* fds[i] for worker i */
 };
 
-/* Opens n listeners on addr ("HOST:PORT", "[v6]:PORT"), all bound to one
- * port with SO_REUSEPORT (port 0: the kernel picks it for the first and
- * the rest follow). fds[0..n) receive them; bound gets "HOST:PORT" as
- * actually bound. */
-int loop_listen(const char *addr, unsigned n, int *fds, char *bound,
-		size_t bound_cap, char *err, size_t err_cap);
+/* Opens n listeners on addr ("HOST:PORT", "[v6]:PORT", server/addr.h),
+ * all bound to one port with SO_REUSEPORT (port 0: the kernel picks it
+ * for the first and the rest follow). A port in use is waited for up to
+ * bind_wait_ms (addr_bind; what, e.g. "--rpc", names it in the log).
+ * fds[0..n) receive them; bound gets "HOST:PORT" as actually bound. */
+int loop_listen(const char *what, const char *addr, uint32_t bind_wait_ms,
+		unsigned n, int *fds, char *bound, size_t bound_cap, char *err,
+		size_t err_cap);
 
 /* Starts cfg->workers workers; worker i serves ls[j].fds[i] for each of
  * the n_ls ports (the loop owns the fds from then on) and uses metrics
