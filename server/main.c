@@ -406,6 +406,7 @@ static int main_write_ports(const char *path, const char *text, char *err,
 			 path, strerror(-rc));
 		return rc;
 	}
+	errno = 0; /* a short write sets none */
 	if (write(fd, text, len) != (ssize_t)len || fsync(fd) < 0)
 		rc = errno ? -errno : -EIO;
 	if (close(fd) < 0 && rc == 0)
