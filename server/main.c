@@ -160,7 +160,7 @@ static void main_usage(FILE *f)
 		fprintf(f, "  --%-26s %s\n", main_flags[i].name,
 			main_flags[i].help);
 	fprintf(f, "  --%-26s %s\n", "tokens",
-		"FILE: partner tokens (NAME SHA256HEX BRANDS [apply]); "
+		"FILE: partner tokens (NAME SHA256HEX BRANDS [apply] [stats]); "
 		"without it every client is trusted");
 	fprintf(f, "  --%-26s %s\n", "merchant-default",
 		"allow|deny: a TACIR with no record (allow)");
