@@ -303,8 +303,8 @@ static void test_sequence_rules(void)
 	changelog_close(log);
 }
 
-/* Writes a log of `n_batches` batches, returns the segment's bytes and the
- * offset where its last record starts. */
+/* Writes a log of `n_batches` batches of 3, returns the segment's bytes
+ * and the offset where its last batch starts. */
 static uint8_t *make_log(int n_batches, size_t *len, size_t *last_start,
 			 uint64_t *last_seq)
 {
@@ -325,12 +325,7 @@ static uint8_t *make_log(int n_batches, size_t *len, size_t *last_start,
 	changelog_close(log);
 	uint8_t *bytes = read_file(p, len);
 
-	/* The last batch's last record: walk the records of the last batch. */
-	size_t pos = before < 0 ? 16 : (size_t)before;
-
-	for (int i = 0; i < 2; i++)
-		pos += 16 + (bytes[pos] | bytes[pos + 1] << 8);
-	*last_start = pos;
+	*last_start = before < 0 ? 16 : (size_t)before;
 	return bytes;
 }
 
@@ -346,8 +341,10 @@ static void test_torn_tail(void)
 		return;
 	CHECK(last == 18);
 	seg_path(SEG0, p, sizeof(p));
-	/* Cut at every byte of the last record: the record goes, the rest
-	 * stays, and the log takes appends again. */
+	/* Cut at every byte of the last batch (its three changes and its
+	 * commit record): the whole batch goes, since without its commit
+	 * record it was never acknowledged; the rest stays, and the log
+	 * takes appends again. */
 	for (size_t cut = start; cut < len; cut++) {
 		write_file(p, bytes, cut);
 		struct changelog *log = NULL;
@@ -362,26 +359,26 @@ static void test_torn_tail(void)
 		struct collect col = replay_all(log, 0);
 
 		changelog_stats(log, &st);
-		if (changelog_last_sequence(log) != last - 1 ||
-		    col.n != last - 1 || col.bad ||
+		if (changelog_last_sequence(log) != last - 3 ||
+		    col.n != last - 3 || col.bad ||
 		    st.truncated_bytes != cut - start ||
 		    file_size(p) != (long)start)
 			bad_cuts++;
 		if (cut % 8 == 0) {
-			if (append_range(log, last, 2) != 0)
+			if (append_range(log, last - 2, 2) != 0)
 				bad_cuts++;
 			changelog_close(log);
 			log = open_ok(NULL);
-			if (!log || changelog_last_sequence(log) != last + 1 ||
-			    replay_all(log, 0).n != last + 1)
+			if (!log || changelog_last_sequence(log) != last - 1 ||
+			    replay_all(log, 0).n != last - 1)
 				bad_cuts++;
 		}
 		changelog_close(log);
 	}
 	CHECKF(bad_cuts == 0, "%d cuts of %zu misbehaved", bad_cuts, len - start);
 
-	/* The last record whole but its payload damaged (a power loss that
-	 * lost its data): torn too, truncated. */
+	/* The last record (the commit record) whole but its payload damaged
+	 * (a power loss that lost its data): torn too, its batch truncated. */
 	uint8_t *b2 = malloc(len + 64);
 
 	memcpy(b2, bytes, len);
@@ -390,7 +387,7 @@ static void test_torn_tail(void)
 	struct changelog *log = open_ok(NULL);
 
 	if (log) {
-		CHECK(changelog_last_sequence(log) == last - 1);
+		CHECK(changelog_last_sequence(log) == last - 3);
 		changelog_close(log);
 	}
 	/* A tail of zeros after whole records: cut, nothing lost. */
