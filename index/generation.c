@@ -188,10 +188,8 @@ static int open_generation(const char *dir, uint64_t g,
 	return 0;
 }
 
-/* Reads generation g's origins file into *out (created; an empty table
- * when the generation has none: written before origins existed). */
-static int open_origins(const char *dir, uint64_t g, struct origins **out,
-			char *err, size_t err_cap)
+int generation_origins(const char *dir, uint64_t g, struct origins **out,
+		       char *err, size_t err_cap)
 {
 	char path[4096];
 	int rc = gen_file_path(dir, g, ORIGINS_FILE, path, sizeof(path));
@@ -229,7 +227,7 @@ static int open_newest(const char *dir, enum index_load_mode mode,
 		struct index *ix;
 		rc = open_generation(dir, gens[i], mode, &ix, e, sizeof(e));
 		if (rc == 0 && origins != NULL) {
-			rc = open_origins(dir, gens[i], origins, e, sizeof(e));
+			rc = generation_origins(dir, gens[i], origins, e, sizeof(e));
 			if (rc < 0)
 				index_destroy(ix);
 		}
@@ -421,7 +419,7 @@ static int verify_generation(const char *dir, uint64_t g, char *err,
 	int rc = open_generation(dir, g, INDEX_LOAD_MMAP, &ix, err, err_cap);
 	if (rc < 0)
 		return rc;
-	rc = open_origins(dir, g, &o, err, err_cap);
+	rc = generation_origins(dir, g, &o, err, err_cap);
 	origins_destroy(o);
 	if (rc < 0) {
 		index_destroy(ix);

@@ -46,6 +46,12 @@ int generation_open_newest(const char *dir, enum index_load_mode mode,
  * each address is in the index). 0 only if all are whole. */
 int generation_verify(const char *dir, char *err, size_t err_cap);
 
+/* Reads generation's origins file into *out (created, the caller's to
+ * destroy): an empty table when it has none (written before origins
+ * existed). -EPROTO when the file is damaged; -ENOMEM. */
+int generation_origins(const char *dir, uint64_t generation,
+		       struct origins **out, char *err, size_t err_cap);
+
 /* "DIR/gen-NNN" for a generation number. */
 int generation_path(const char *dir, uint64_t generation, char *buf,
 		    size_t cap);

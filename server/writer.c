@@ -12,12 +12,32 @@
  *
  * Order. Workers push requests on a lock-free stack (the inbox); the
  * writer takes the whole stack at once and reverses it, which restores
- * arrival order. Within one group the changes of every request are sorted
- * by sequence; a change at or below the applied watermark, or a sequence a
+ * arrival order. Without origins, within one group the changes of every
+ * request are sorted by sequence; a change at or below the applied watermark, or a sequence a
  * request earlier in the group already carries, is a replay: skipped,
  * counted, and answered as processed (it is durable already). The index's
  * own order rule (index_apply_writer) makes the result independent of the
  * arrival order of different sequences for one key.
+ *
+ * Origins (DESIGN §8). A data directory takes one kind of change: with
+ * origins (each Apply names its origin, after_cursor and cursor) or
+ * without (the feeder's sequences are the log's, as above). The kind is
+ * the first applied change's, kept in the log's commit records and in
+ * every generation's origins file (index/origins.h), and an Apply of the
+ * other kind is 409. With origins, the requests of a group are judged in
+ * arrival order against the cursor table as the requests before them
+ * left it (writer_move: a group's pending moves, looked up before the
+ * table): one whose after_cursor is not its origin's cursor is 409 naming
+ * the stored one; one that follows gets the next log positions for its
+ * changes (their own sequences are ignored), or one position of its own
+ * when it moves the cursor with no change, and becomes one batch of the
+ * append, its commit record (origin, cursor) written after its changes in
+ * the same write and fdatasync. Only once that append is durable do the
+ * cursors move in the table, under origins_mu, the lock Stats takes on a
+ * worker (writer_origin_cursor). The rule reads nothing but the table and
+ * the request, so a replica that reads one stream in order (§9) decides
+ * every batch the same way; replay needs no rule at all, since the log
+ * holds only batches that passed it.
  *
  * Generations. Four things make one, all on this thread; the disk's part
  * (copying a table, publishing, pruning, replaying) is index/generation.h's:

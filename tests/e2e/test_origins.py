@@ -11,7 +11,9 @@ cursors and the server gives log positions of its own."""
 
 import os
 import random
+import signal
 import threading
+import time
 
 import helpers
 from helpers import Rpc
@@ -266,3 +268,98 @@ def test_feed_origin_twice_applies_once(env):
                       st.model(n + 100), "fed twice")
     finally:
         tc.stop_ok(s)
+
+
+def feed_origin_until_killed(pb, port, st, origin, first, cursor, stop, out,
+                             window):
+    """Sends the stream from file sequence `first` in batches with cursors,
+    pipelining `window` of them, until the connection dies. out["acked"]:
+    the last cursor acknowledged; out["bounds"]: every cursor sent."""
+    rng = random.Random(first)
+    try:
+        rpc = Rpc(pb, port, timeout=10.0)
+    except OSError:
+        return
+    inflight = []
+    i = first
+    try:
+        while not stop.is_set():
+            m = rng.choice((1, 3, 20, 80))
+            batch = [cb for _, _, _, cb in st.get(i, m)]
+            nxt = str(i + m - 1)
+            rid = len(out["bounds"]) + 1000 * first
+            rpc.send(origin_apply(pb, rid, batch, origin, cursor, nxt))
+            out["bounds"].add(i + m - 1)
+            inflight.append((rid, i + m - 1))
+            cursor, i = nxt, i + m
+            if len(inflight) < window:
+                continue
+            rid, last = inflight.pop(0)
+            r = rpc.recv()
+            assert r.id == rid and r.WhichOneof("body") == "apply", r
+            out["acked"] = max(out["acked"], last)
+    except (OSError, helpers.Closed):
+        pass
+    finally:
+        rpc.close()
+
+
+def test_kill9_cursor_moves_with_its_changes(env):
+    """An origin's feeder runs while consentd is SIGKILLed at random
+    moments, checkpoints and log drops included. After each restart the
+    stored cursor is at least the last one acknowledged, is the end of a
+    batch that was sent, and the server holds exactly the changes through
+    it: the applied sequence is the number of changes through the cursor
+    (the server numbers them densely) and the keys answer as the model at
+    the cursor. So no batch is ever half there, or there without its
+    cursor, or its cursor without it."""
+    pb = env.pb
+    d = env.data_dir()
+    log = os.path.join(env.tmp, "origins-kill9.log")
+    st = tc.Stream(pb, env.oracle.records, seed=36)
+    rng = random.Random(int(os.environ.get("CONSENTD_CRASH_SEED", "9")))
+    flags = ["--checkpoint-changes", "300"]
+    out = {"acked": 0, "bounds": {0}}
+    w0 = None
+    rounds = max(4, min(12, tc.CRASH_ROUNDS))
+    for rnd in range(rounds + 1):
+        s = tc.start(d, log, flags)
+        cur = stats_of(pb, s.rpc, "kill9").origin_cursor
+        c = int(cur) if cur else 0
+        a = tc.stats(pb, s.rpc).applied_sequence
+        if w0 is None:
+            w0 = a
+        assert c >= out["acked"], "round %d: cursor %d < acknowledged %d" % (
+            rnd, c, out["acked"])
+        assert c in out["bounds"], "round %d: cursor %d is no batch's end" % (
+            rnd, c)
+        assert a - w0 == c, "round %d: %d changes applied, cursor %d" % (
+            rnd, a - w0, c)
+        recent = [k for k, q in st.touched.items() if q > c - 200]
+        state = st.model(c)
+        tc.check_keys(pb, s.rpc, set(recent) | set(rng.sample(
+            st.keys, min(200, len(st.keys)))), state, "round %d" % rnd)
+        if rnd == rounds:
+            tc.stop_ok(s)
+            break
+        stop = threading.Event()
+        t = threading.Thread(target=feed_origin_until_killed,
+                             args=(pb, s.rpc, st, "kill9", c + 1, cur, stop,
+                                   out, rng.choice((1, 3))))
+        t.start()
+        time.sleep(rng.uniform(0.02, 0.4))
+        s.proc.send_signal(signal.SIGKILL)
+        s.proc.wait(10)
+        stop.set()
+        t.join(30)
+        assert not t.is_alive()
+        s.kill()
+    tc.ctl("verify", d)
+    assert out["acked"] > 0
+    with open(log, errors="replace") as f:
+        text = f.read()
+    print("origins kill9: %d rounds, cursor %d, %d batches sent; %d "
+          "generations written, %d torn log tails cut" % (
+              rounds, c, len(out["bounds"]) - 1,
+              text.count(": wrote generation"),
+              text.count("removed a torn tail")))
