@@ -363,3 +363,43 @@ def test_kill9_cursor_moves_with_its_changes(env):
               rounds, c, len(out["bounds"]) - 1,
               text.count(": wrote generation"),
               text.count("removed a torn tail")))
+
+
+def test_principals_and_origins(env, partners):
+    """With --tokens: the brand check comes first (a change outside the
+    principal's brands is 403 even with a stale cursor), and an origin's
+    cursor is told to principals that may apply (or have the stats right),
+    not to one that may only check."""
+    pb = env.pb
+    d = env.data_dir()
+    s = tc.start(d, os.path.join(env.tmp, "origins-tokens.log"),
+                 ["--tokens", partners.path])
+    try:
+        st = tc.Stream(pb, env.oracle.records, seed=37)
+        brand = partners.bob_brands[0]
+        mine = [c for _, k, _, c in st.get(1, 2000) if k[0] == brand][:20]
+        other = [c for _, k, _, c in st.get(1, 2000) if k[0] != brand][:1]
+        assert mine and other
+        with Rpc(pb, s.rpc) as rpc:
+            assert rpc.auth(partners.tokens["carol"]).WhichOneof("body") == "auth"
+            r = rpc.call(origin_apply(pb, 0, mine, "carol:1", "", "a"))
+            assert r.WhichOneof("body") == "apply", r
+            r = rpc.call(origin_apply(pb, 0, mine[:1] + other, "carol:1",
+                                      "stale", "b"))
+            assert r.error.code == 403, r
+            req = pb.Request()
+            req.stats.origin = "carol:1"
+            assert rpc.call(req).stats.origin_cursor == "a"
+        with Rpc(pb, s.rpc) as rpc:
+            assert rpc.auth(partners.tokens["alice"]).WhichOneof("body") == "auth"
+            req = pb.Request()
+            req.stats.origin = "carol:1"
+            r = rpc.call(req)
+            assert r.WhichOneof("body") == "stats" and r.stats.origin_cursor == ""
+        with Rpc(pb, s.rpc) as rpc:
+            assert rpc.auth(partners.tokens["root"]).WhichOneof("body") == "auth"
+            req = pb.Request()
+            req.stats.origin = "carol:1"
+            assert rpc.call(req).stats.origin_cursor == "a"
+    finally:
+        tc.stop_ok(s)
