@@ -102,7 +102,8 @@ $(BUILD)/libconsentd.a: $(LIB_OBJ)
 $(BUILD)/consentd: $(SRV_OBJ) $(BUILD)/libconsentd.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(JEMALLOC)
 
-$(BUILD)/consentctl: $(CTL_OBJ) $(BUILD)/libconsentd.a
+# consentctl feed reads --rpc HOST:PORT with the server's own parser.
+$(BUILD)/consentctl: $(CTL_OBJ) $(BUILD)/server/addr.o $(BUILD)/libconsentd.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # The server's modules but main, as an archive: a test or fuzzer pulls in

@@ -103,7 +103,7 @@ struct slot {
 	bool measured;        /* intended after the warm-up */
 };
 
-struct conn {
+struct lg_conn {
 	int fd;
 	bool dead;
 	bool want_out;       /* EPOLLOUT armed */
@@ -120,7 +120,7 @@ struct worker {
 	unsigned index;
 	pthread_t tid;
 	int epfd;
-	struct conn *conns;
+	struct lg_conn *conns;
 	uint32_t n_conns;
 	struct lg_rng rng;
 	struct lg_codec *codec;
@@ -175,7 +175,7 @@ static bool is_loopback(const struct sockaddr *sa)
 	return false;
 }
 
-static int conn_open(struct conn *c, const struct addrinfo *ai)
+static int lg_conn_open(struct lg_conn *c, const struct addrinfo *ai)
 {
 	int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
@@ -193,7 +193,7 @@ static int conn_open(struct conn *c, const struct addrinfo *ai)
 	return 0;
 }
 
-static int conn_init(struct conn *c, uint32_t cap)
+static int lg_conn_init(struct lg_conn *c, uint32_t cap)
 {
 	memset(c, 0, sizeof(*c));
 	c->fd = -1;
@@ -205,7 +205,7 @@ static int conn_init(struct conn *c, uint32_t cap)
 	return 0;
 }
 
-static void conn_fini(struct conn *c)
+static void lg_conn_fini(struct lg_conn *c)
 {
 	if (c->fd >= 0)
 		close(c->fd);
@@ -215,7 +215,7 @@ static void conn_fini(struct conn *c)
 }
 
 /* A connection that failed: its replies are lost, the others go on. */
-static void conn_fail(struct worker *w, struct conn *c, const char *why, int err)
+static void lg_conn_fail(struct worker *w, struct lg_conn *c, const char *why, int err)
 {
 	if (c->dead)
 		return;
@@ -230,7 +230,7 @@ static void conn_fail(struct worker *w, struct conn *c, const char *why, int err
 	c->fd = -1;
 }
 
-static void conn_arm(struct worker *w, struct conn *c, bool want_out)
+static void lg_conn_arm(struct worker *w, struct lg_conn *c, bool want_out)
 {
 	if (c->want_out == want_out || c->dead)
 		return;
@@ -242,7 +242,7 @@ static void conn_arm(struct worker *w, struct conn *c, bool want_out)
 	c->want_out = want_out;
 }
 
-static void conn_flush(struct worker *w, struct conn *c)
+static void lg_conn_flush(struct worker *w, struct lg_conn *c)
 {
 	while (!c->dead && c->out_off < c->out.len) {
 		ssize_t n = send(c->fd, c->out.data + c->out_off,
@@ -254,16 +254,16 @@ static void conn_flush(struct worker *w, struct conn *c)
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-			conn_arm(w, c, true);
+			lg_conn_arm(w, c, true);
 			return;
 		}
-		conn_fail(w, c, "send", n < 0 ? errno : EPIPE);
+		lg_conn_fail(w, c, "send", n < 0 ? errno : EPIPE);
 		return;
 	}
 	if (c->out_off == c->out.len) {
 		c->out.len = 0;
 		c->out_off = 0;
-		conn_arm(w, c, false);
+		lg_conn_arm(w, c, false);
 	}
 }
 
@@ -284,7 +284,7 @@ static bool may_issue(uint64_t intended_ns)
 	return true;
 }
 
-static int conn_issue(struct worker *w, struct conn *c, uint64_t intended_ns)
+static int lg_conn_issue(struct worker *w, struct lg_conn *c, uint64_t intended_ns)
 {
 	uint32_t r = (uint32_t)lg_rng_below(&w->rng, lg_reqs_count(reqs));
 	uint64_t id = c->next_id++;
@@ -311,14 +311,14 @@ static uint64_t worker_issue(struct worker *w, uint64_t now)
 {
 	uint64_t next = UINT64_MAX;
 	for (uint32_t k = 0; k < w->n_conns; k++) {
-		struct conn *c = &w->conns[k];
+		struct lg_conn *c = &w->conns[k];
 		if (c->dead)
 			continue;
 		bool issued = false;
 		if (opt.rate > 0) {
 			while (c->next_due_ns <= now && c->count < c->cap &&
 			       may_issue(c->next_due_ns)) {
-				if (conn_issue(w, c, c->next_due_ns) < 0)
+				if (lg_conn_issue(w, c, c->next_due_ns) < 0)
 					break;
 				c->next_due_ns += interval_ns;
 				issued = true;
@@ -327,13 +327,13 @@ static uint64_t worker_issue(struct worker *w, uint64_t now)
 				next = c->next_due_ns;
 		} else {
 			while (c->count < c->cap && may_issue(now)) {
-				if (conn_issue(w, c, now) < 0)
+				if (lg_conn_issue(w, c, now) < 0)
 					break;
 				issued = true;
 			}
 		}
 		if (issued)
-			conn_flush(w, c);
+			lg_conn_flush(w, c);
 	}
 	return next;
 }
@@ -350,12 +350,12 @@ static void print_detail(const char *detail)
 		fprintf(stderr, "loadgen: (further wrong answers not shown)\n");
 }
 
-static void conn_replies(struct worker *w, struct conn *c, uint64_t now)
+static void lg_conn_replies(struct worker *w, struct lg_conn *c, uint64_t now)
 {
 	size_t off = 0;
 	while (off < c->in.len) {
 		if (c->count == 0) {
-			conn_fail(w, c, "reply with no request", EPROTO);
+			lg_conn_fail(w, c, "reply with no request", EPROTO);
 			return;
 		}
 		struct slot *s = &c->ring[c->head];
@@ -366,7 +366,7 @@ static void conn_replies(struct worker *w, struct conn *c, uint64_t now)
 		if (used == 0)
 			break;
 		if (used < 0) {
-			conn_fail(w, c, "reply does not parse", (int)used);
+			lg_conn_fail(w, c, "reply does not parse", (int)used);
 			return;
 		}
 		off += (size_t)used;
@@ -396,11 +396,11 @@ static void conn_replies(struct worker *w, struct conn *c, uint64_t now)
 	}
 }
 
-static void conn_read(struct worker *w, struct conn *c)
+static void lg_conn_read(struct worker *w, struct lg_conn *c)
 {
 	for (;;) {
 		if (lg_buf_reserve(&c->in, LG_READ_CHUNK) < 0) {
-			conn_fail(w, c, "read buffer", ENOMEM);
+			lg_conn_fail(w, c, "read buffer", ENOMEM);
 			return;
 		}
 		ssize_t n = recv(c->fd, c->in.data + c->in.len,
@@ -408,7 +408,7 @@ static void conn_read(struct worker *w, struct conn *c)
 		if (n > 0) {
 			size_t room = c->in.cap - c->in.len;
 			c->in.len += (size_t)n;
-			conn_replies(w, c, now_ns());
+			lg_conn_replies(w, c, now_ns());
 			/* A short read drained the socket: epoll (level-
 			 * triggered) says when there is more, and a recv
 			 * just to hear EAGAIN costs as much as a reply. */
@@ -420,7 +420,7 @@ static void conn_read(struct worker *w, struct conn *c)
 			continue;
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
 			return;
-		conn_fail(w, c, n == 0 ? "closed by server" : "recv",
+		lg_conn_fail(w, c, n == 0 ? "closed by server" : "recv",
 			  n == 0 ? ECONNRESET : errno);
 		return;
 	}
@@ -492,13 +492,13 @@ static void *worker_main(void *arg)
 			break;
 		}
 		for (int i = 0; i < n; i++) {
-			struct conn *c = evs[i].data.ptr;
+			struct lg_conn *c = evs[i].data.ptr;
 			if (c->dead)
 				continue;
 			if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))
-				conn_read(w, c);
+				lg_conn_read(w, c);
 			if (!c->dead && (evs[i].events & EPOLLOUT))
-				conn_flush(w, c);
+				lg_conn_flush(w, c);
 		}
 	}
 	w->lost += worker_in_flight(w);
@@ -897,11 +897,11 @@ static int worker_init(struct worker *w, unsigned t, uint32_t cap,
 	if (rc < 0)
 		return rc;
 	for (uint32_t c = 0; c < w->n_conns; c++) {
-		struct conn *cn = &w->conns[c];
-		rc = conn_init(cn, cap);
+		struct lg_conn *cn = &w->conns[c];
+		rc = lg_conn_init(cn, cap);
 		if (rc < 0)
 			return rc;
-		rc = conn_open(cn, ai);
+		rc = lg_conn_open(cn, ai);
 		if (rc < 0)
 			return rc;
 		struct epoll_event ev = { .events = EPOLLIN, .data.ptr = cn };
@@ -915,7 +915,7 @@ static void worker_fini(struct worker *w)
 {
 	if (w->conns)
 		for (uint32_t c = 0; c < w->n_conns; c++)
-			conn_fini(&w->conns[c]);
+			lg_conn_fini(&w->conns[c]);
 	free(w->conns);
 	free(w->scratch);
 	free(w->per_sec);

@@ -1,6 +1,6 @@
 /*
  * decision: DESIGN §1.3, the one place the decision table lives. Every
- * protocol reaches it through check_batch (core/check.h); consentctl check
+ * protocol reaches it through check_batch (index/check.h); consentctl check
  * too. Pure function of its arguments; any thread.
  */
 #ifndef CONSENTD_CORE_DECISION_H

@@ -52,6 +52,7 @@
 #include <jansson.h>
 
 #include "core/enums.h"
+#include "core/errmsg.h"
 #include "core/iys.h"
 #include "core/recipient.h"
 #include "core/stream.h"
@@ -63,19 +64,6 @@ const char *const iys_field_names[IYS_N_FIELDS] = {
 	"creationDate", "transactionId", "recipient", "recipientType",
 	"type", "status", "consentDate", "source",
 };
-
-static void iys_err(char *err, size_t cap, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-static void iys_err(char *err, size_t cap, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!err || !cap)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, cap, fmt, ap);
-	va_end(ap);
-}
 
 /* ---- one record ---- */
 
@@ -204,7 +192,7 @@ static int iys_emit(const struct iys_opts *o, struct iys_counts *k,
 		    char *err, size_t err_cap)
 {
 	if (o->first_sequence + k->records + 1 <= o->first_sequence) {
-		iys_err(err, err_cap, "sequence overflows 64 bits");
+		errmsg_set(err, err_cap, "sequence overflows 64 bits");
 		return -EOVERFLOW;
 	}
 	c->sequence = o->first_sequence + k->records + 1;
@@ -221,7 +209,7 @@ static int iys_bad(const struct iys_opts *o, struct iys_counts *k,
 		   char *err, size_t err_cap)
 {
 	if (!o->skip_bad) {
-		iys_err(err, err_cap, "%s: %s: %s", where, field, why);
+		errmsg_set(err, err_cap, "%s: %s: %s", where, field, why);
 		return -EINVAL;
 	}
 	k->bad++;
@@ -340,7 +328,7 @@ static int iys_csv_header(struct iys_csv *st, const char *line, size_t len,
 	st->delim = semis > commas ? ';' : ',';
 	n = iys_csv_split(st, line, len, cols, &why);
 	if (n < 0) {
-		iys_err(err, err_cap, "line %" PRIu64 ": header: %s", line_no,
+		errmsg_set(err, err_cap, "line %" PRIu64 ": header: %s", line_no,
 			why);
 		return -EPROTO;
 	}
@@ -351,7 +339,7 @@ static int iys_csv_header(struct iys_csv *st, const char *line, size_t len,
 			if (!iys_text_is(&cols[c], iys_field_names[f]))
 				continue;
 			if (st->col[f] >= 0) {
-				iys_err(err, err_cap,
+				errmsg_set(err, err_cap,
 					"line %" PRIu64 ": header: column %s twice",
 					line_no, iys_field_names[f]);
 				return -EPROTO;
@@ -361,7 +349,7 @@ static int iys_csv_header(struct iys_csv *st, const char *line, size_t len,
 	}
 	for (int f = 0; f < IYS_N_FIELDS; f++) {
 		if (st->col[f] < 0) {
-			iys_err(err, err_cap,
+			errmsg_set(err, err_cap,
 				"line %" PRIu64 ": header lacks column %s (the "
 				"first line must name the columns)",
 				line_no, iys_field_names[f]);
@@ -445,7 +433,7 @@ int iys_csv_import(const struct iys_opts *o, iys_read_fn rd,
 
 			if (r < 0) {
 				rc = (int)r;
-				iys_err(err, err_cap, "read: %s", strerror(-rc));
+				errmsg_set(err, err_cap, "read: %s", strerror(-rc));
 				goto out;
 			}
 			if (r == 0)
@@ -464,7 +452,7 @@ int iys_csv_import(const struct iys_opts *o, iys_read_fn rd,
 
 				snprintf(where, sizeof(where), "line %" PRIu64, line_no);
 				if (!st->have_header) {
-					iys_err(err, err_cap,
+					errmsg_set(err, err_cap,
 						"%s: header longer than %u bytes",
 						where, IYS_LINE_MAX);
 					rc = -EPROTO;
@@ -514,7 +502,7 @@ int iys_csv_import(const struct iys_opts *o, iys_read_fn rd,
 		}
 	}
 	if (!st->have_header) {
-		iys_err(err, err_cap, "no header line (the input is empty)");
+		errmsg_set(err, err_cap, "no header line (the input is empty)");
 		rc = -EPROTO;
 	}
 out:
@@ -560,13 +548,13 @@ static int iys_json_page(const struct iys_opts *o, json_t *page, int page_no,
 
 		list = json_object_get(page, "list");
 		if (!json_is_array(list)) {
-			iys_err(err, err_cap, "%s\"list\": %s", prefix,
+			errmsg_set(err, err_cap, "%s\"list\": %s", prefix,
 				list ? "not an array" : "missing");
 			return -EPROTO;
 		}
 		if (a && !json_is_string(a) && !json_is_null(a) &&
 		    !json_is_integer(a)) {
-			iys_err(err, err_cap,
+			errmsg_set(err, err_cap,
 				"%s\"after\": not a string or number", prefix);
 			return -EPROTO;
 		}
@@ -576,7 +564,7 @@ static int iys_json_page(const struct iys_opts *o, json_t *page, int page_no,
 			snprintf(after, after_cap, "%" JSON_INTEGER_FORMAT,
 				 json_integer_value(a));
 	} else if (!json_is_array(page)) {
-		iys_err(err, err_cap, "%snot a page object or a list", prefix);
+		errmsg_set(err, err_cap, "%snot a page object or a list", prefix);
 		return -EPROTO;
 	}
 	json_array_foreach(list, i, item) {
@@ -629,7 +617,7 @@ int iys_json_import(const struct iys_opts *o, const char *buf, size_t len,
 	if (!rec)
 		return -ENOMEM;
 	if (len > IYS_JSON_MAX) {
-		iys_err(err, err_cap, "input over %u bytes", IYS_JSON_MAX);
+		errmsg_set(err, err_cap, "input over %u bytes", IYS_JSON_MAX);
 		rc = -EMSGSIZE;
 		goto out;
 	}
@@ -646,7 +634,7 @@ int iys_json_import(const struct iys_opts *o, const char *buf, size_t len,
 
 		page_no++;
 		if (!page) {
-			iys_err(err, err_cap,
+			errmsg_set(err, err_cap,
 				"page %d: byte %zu: %s", page_no,
 				pos + (size_t)(je.position > 0 ? je.position : 0),
 				je.text);
@@ -656,7 +644,7 @@ int iys_json_import(const struct iys_opts *o, const char *buf, size_t len,
 		/* With JSON_DISABLE_EOF_CHECK, position is the bytes read. */
 		if (je.position <= 0 || (size_t)je.position > len - pos) {
 			json_decref(page);
-			iys_err(err, err_cap, "page %d: parser position lost",
+			errmsg_set(err, err_cap, "page %d: parser position lost",
 				page_no);
 			rc = -EPROTO;
 			goto out;
@@ -669,7 +657,7 @@ int iys_json_import(const struct iys_opts *o, const char *buf, size_t len,
 			goto out;
 	}
 	if (page_no == 0) {
-		iys_err(err, err_cap, "no JSON page (the input is empty)");
+		errmsg_set(err, err_cap, "no JSON page (the input is empty)");
 		rc = -EPROTO;
 	}
 out:

@@ -24,6 +24,8 @@
  */
 #include "core/tokens.h"
 
+#include "core/errmsg.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -58,20 +60,6 @@ struct field {
 	const char *s;
 	size_t len;
 };
-
-static void set_err(char *err, size_t err_cap, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t err_cap, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err == NULL || err_cap == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, err_cap, fmt, ap);
-	va_end(ap);
-}
 
 /* A field as printable text for an error message: at most
  * TOKENS_QUOTE_MAX bytes, anything unprintable as '?'. */
@@ -135,7 +123,7 @@ static int parse_brands(const struct field *f, struct principal *p,
 		cap += f->s[i] == ',';
 	p->brands = malloc(cap * sizeof(*p->brands));
 	if (p->brands == NULL) {
-		set_err(err, err_cap, "tokens line %zu: out of memory", line);
+		errmsg_set(err, err_cap, "tokens line %zu: out of memory", line);
 		return -ENOMEM;
 	}
 	start = 0;
@@ -148,13 +136,13 @@ static int parse_brands(const struct field *f, struct principal *p,
 			continue;
 		start = i + 1;
 		if (len == 0) {
-			set_err(err, err_cap, "tokens line %zu: brand list: "
+			errmsg_set(err, err_cap, "tokens line %zu: brand list: "
 				"empty entry (a stray comma, or a space after "
 				"one?)", line);
 			return -EINVAL;
 		}
 		if (len == 1 && e[0] == '*') {
-			set_err(err, err_cap, "tokens line %zu: brand list: "
+			errmsg_set(err, err_cap, "tokens line %zu: brand list: "
 				"'*' must stand alone", line);
 			return -EINVAL;
 		}
@@ -164,7 +152,7 @@ static int parse_brands(const struct field *f, struct principal *p,
 			v = v * 10 + (uint32_t)(e[k] - '0');
 		}
 		if (k != len || len > 8 || v == 0) {
-			set_err(err, err_cap, "tokens line %zu: brand list: "
+			errmsg_set(err, err_cap, "tokens line %zu: brand list: "
 				"'%s' is not a brand code (1 to 99999999)",
 				line, quote(e, len, q, sizeof(q)));
 			return -EINVAL;
@@ -191,20 +179,20 @@ static int parse_principal(const struct field *f, size_t nf,
 
 	memset(p, 0, sizeof(*p));
 	if (nf < 3 || nf > TOKENS_FIELDS_MAX) {
-		set_err(err, err_cap, "tokens line %zu: %s fields: the format "
+		errmsg_set(err, err_cap, "tokens line %zu: %s fields: the format "
 			"is NAME SHA256HEX BRANDS [apply] [stats]", line,
 			nf < 3 ? "too few" : "too many");
 		return -EINVAL;
 	}
 
 	if (f[0].len > TOKENS_NAME_MAX) {
-		set_err(err, err_cap, "tokens line %zu: name: longer than %d "
+		errmsg_set(err, err_cap, "tokens line %zu: name: longer than %d "
 			"characters", line, TOKENS_NAME_MAX);
 		return -EINVAL;
 	}
 	for (i = 0; i < f[0].len; i++) {
 		if (!name_char_ok((unsigned char)f[0].s[i])) {
-			set_err(err, err_cap, "tokens line %zu: name: '%s' "
+			errmsg_set(err, err_cap, "tokens line %zu: name: '%s' "
 				"holds a character other than letters, digits, "
 				"'.', '_' and '-'", line,
 				quote(f[0].s, f[0].len, q, sizeof(q)));
@@ -215,7 +203,7 @@ static int parse_principal(const struct field *f, size_t nf,
 	p->name[f[0].len] = 0;
 
 	if (f[1].len != 2 * sizeof(p->digest)) {
-		set_err(err, err_cap, "tokens line %zu: digest: %zu "
+		errmsg_set(err, err_cap, "tokens line %zu: digest: %zu "
 			"characters, a SHA-256 in hex has 64", line, f[1].len);
 		return -EINVAL;
 	}
@@ -224,7 +212,7 @@ static int parse_principal(const struct field *f, size_t nf,
 		int lo = hex_value((unsigned char)f[1].s[2 * i + 1]);
 
 		if (hi < 0 || lo < 0) {
-			set_err(err, err_cap, "tokens line %zu: digest: not "
+			errmsg_set(err, err_cap, "tokens line %zu: digest: not "
 				"hexadecimal (character %zu)", line,
 				2 * i + (hi < 0 ? 1 : 2));
 			return -EINVAL;
@@ -232,7 +220,7 @@ static int parse_principal(const struct field *f, size_t nf,
 		p->digest[i] = (uint8_t)(hi << 4 | lo);
 	}
 	if (memcmp(p->digest, empty_digest, sizeof(p->digest)) == 0) {
-		set_err(err, err_cap, "tokens line %zu: digest: this is the "
+		errmsg_set(err, err_cap, "tokens line %zu: digest: this is the "
 			"SHA-256 of the empty token", line);
 		return -EINVAL;
 	}
@@ -249,13 +237,13 @@ static int parse_principal(const struct field *f, size_t nf,
 			     is_stats ? &p->may_stats : NULL;
 
 		if (flag == NULL) {
-			set_err(err, err_cap, "tokens line %zu: '%s' is not a "
+			errmsg_set(err, err_cap, "tokens line %zu: '%s' is not a "
 				"flag (they are 'apply' and 'stats')", line,
 				quote(f[i].s, f[i].len, q, sizeof(q)));
 			return -EINVAL;
 		}
 		if (*flag) {
-			set_err(err, err_cap, "tokens line %zu: flag '%s' "
+			errmsg_set(err, err_cap, "tokens line %zu: flag '%s' "
 				"given twice", line,
 				quote(f[i].s, f[i].len, q, sizeof(q)));
 			return -EINVAL;
@@ -275,13 +263,13 @@ static int check_unique(const struct tokens *t, const size_t *lines,
 
 	for (i = 0; i < t->n; i++) {
 		if (strcmp(t->p[i].name, p->name) == 0) {
-			set_err(err, err_cap, "tokens line %zu: name '%s' "
+			errmsg_set(err, err_cap, "tokens line %zu: name '%s' "
 				"already used on line %zu", line, p->name,
 				lines[i]);
 			return -EINVAL;
 		}
 		if (memcmp(t->p[i].digest, p->digest, sizeof(p->digest)) == 0) {
-			set_err(err, err_cap, "tokens line %zu: digest already "
+			errmsg_set(err, err_cap, "tokens line %zu: digest already "
 				"used on line %zu (one token, two principals)",
 				line, lines[i]);
 			return -EINVAL;
@@ -325,11 +313,11 @@ int tokens_parse(const char *text, size_t len, struct tokens **out,
 	int rc;
 
 	*out = NULL;
-	set_err(err, err_cap, "%s", "");
+	errmsg_set(err, err_cap, "%s", "");
 	SHA256((const unsigned char *)"", 0, empty_digest);
 	t = calloc(1, sizeof(*t));
 	if (t == NULL) {
-		set_err(err, err_cap, "tokens: out of memory");
+		errmsg_set(err, err_cap, "tokens: out of memory");
 		return -ENOMEM;
 	}
 	while (pos < len) {
@@ -367,7 +355,7 @@ int tokens_parse(const char *text, size_t len, struct tokens **out,
 			if (nl2 != NULL)
 				lines = nl2;
 			if (np == NULL || nl2 == NULL) {
-				set_err(err, err_cap, "tokens: out of memory");
+				errmsg_set(err, err_cap, "tokens: out of memory");
 				rc = -ENOMEM;
 			} else {
 				cap = ncap;
@@ -381,7 +369,7 @@ int tokens_parse(const char *text, size_t len, struct tokens **out,
 		t->p[t->n++] = p;
 	}
 	if (t->n == 0) {
-		set_err(err, err_cap, "tokens: no principals in the file "
+		errmsg_set(err, err_cap, "tokens: no principals in the file "
 			"(every client would be refused)");
 		rc = -EINVAL;
 		goto fail;
@@ -389,7 +377,7 @@ int tokens_parse(const char *text, size_t len, struct tokens **out,
 	t->counters = aligned_alloc(_Alignof(struct tokens_counter),
 				    t->n * sizeof(*t->counters));
 	if (t->counters == NULL) {
-		set_err(err, err_cap, "tokens: out of memory");
+		errmsg_set(err, err_cap, "tokens: out of memory");
 		rc = -ENOMEM;
 		goto fail;
 	}
@@ -418,29 +406,29 @@ int tokens_load(const char *path, struct tokens **out, char *err,
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		rc = -errno;
-		set_err(err, err_cap, "tokens: %s: %s", path, strerror(-rc));
+		errmsg_set(err, err_cap, "tokens: %s: %s", path, strerror(-rc));
 		return rc;
 	}
 	if (fstat(fd, &st) < 0) {
 		rc = -errno;
-		set_err(err, err_cap, "tokens: %s: %s", path, strerror(-rc));
+		errmsg_set(err, err_cap, "tokens: %s: %s", path, strerror(-rc));
 		goto out;
 	}
 	if (!S_ISREG(st.st_mode)) {
 		rc = -EINVAL;
-		set_err(err, err_cap, "tokens: %s: not a regular file", path);
+		errmsg_set(err, err_cap, "tokens: %s: not a regular file", path);
 		goto out;
 	}
 	if ((uint64_t)st.st_size > TOKENS_FILE_MAX) {
 		rc = -EMSGSIZE;
-		set_err(err, err_cap, "tokens: %s: larger than %u bytes", path,
+		errmsg_set(err, err_cap, "tokens: %s: larger than %u bytes", path,
 			TOKENS_FILE_MAX);
 		goto out;
 	}
 	buf = malloc((size_t)st.st_size + 1);
 	if (buf == NULL) {
 		rc = -ENOMEM;
-		set_err(err, err_cap, "tokens: out of memory");
+		errmsg_set(err, err_cap, "tokens: out of memory");
 		goto out;
 	}
 	/* Read to EOF, bounded by the size we checked (a file growing
@@ -452,7 +440,7 @@ int tokens_load(const char *path, struct tokens **out, char *err,
 			continue;
 		if (r < 0) {
 			rc = -errno;
-			set_err(err, err_cap, "tokens: %s: %s", path,
+			errmsg_set(err, err_cap, "tokens: %s: %s", path,
 				strerror(-rc));
 			goto out;
 		}

@@ -1,6 +1,6 @@
 /*
  * consentctl build, verify, dump, check: the data directory offline
- * (index/build.h, index/generation.h, core/check.h).
+ * (index/build.h, index/generation.h, index/check.h).
  *
  * check decides exactly as the server does (check_batch) for a trusted
  * caller with the default policy (merchant default allow, no freshness
@@ -18,7 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "core/check.h"
+#include "index/check.h"
 #include "core/decision.h"
 #include "core/enums.h"
 #include "ctl/ctl.h"

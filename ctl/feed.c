@@ -49,6 +49,7 @@
 
 #include "core/stream.h"
 #include "ctl/ctl.h"
+#include "server/addr.h"
 #include "proto/consent.pb-c.h"
 
 #define FEED_BATCH_DEFAULT 1000
@@ -105,23 +106,16 @@ struct feed {
 
 static int feed_connect(const char *hostport, int timeout_ms)
 {
-	char host[256], *port;
+	char h[ADDR_HOST_MAX], port[8], why[ADDR_HOST_MAX + 128];
 	struct addrinfo hints = { 0 }, *res, *ai;
+	uint16_t port_n;
 	int fd = -1, rc;
 
-	if (strlen(hostport) >= sizeof(host))
-		return -ENAMETOOLONG;
-	strcpy(host, hostport);
-	port = strrchr(host, ':');
-	if (!port || port == host)
+	if (addr_split(hostport, h, &port_n, why, sizeof(why)) < 0) {
+		fprintf(stderr, "feed: --rpc %s\n", why);
 		return -EINVAL;
-	*port++ = '\0';
-	char *h = host;
-
-	if (h[0] == '[' && h[strlen(h) - 1] == ']') { /* [::1]:7700 */
-		h[strlen(h) - 1] = '\0';
-		h++;
 	}
+	snprintf(port, sizeof(port), "%u", (unsigned)port_n);
 	hints.ai_family = AF_UNSPEC;
 	hints.ai_socktype = SOCK_STREAM;
 	rc = getaddrinfo(h, port, &hints, &res);
@@ -716,9 +710,9 @@ int ctl_feed(int argc, char **argv)
 	}
 	f.fd = feed_connect(o.rpc, o.timeout_ms);
 	if (f.fd < 0) {
-		fprintf(stderr, "feed: %s: %s\n", o.rpc,
-			f.fd == -EINVAL ? "--rpc wants HOST:PORT" :
-					  strerror(-f.fd));
+		if (f.fd != -EINVAL) /* that one said why already */
+			fprintf(stderr, "feed: %s: %s\n", o.rpc,
+				strerror(-f.fd));
 		rc = f.fd;
 		goto out;
 	}

@@ -51,7 +51,9 @@
 #define OFF_BUCKETS_XXH3 272
 #define OFF_HEADER_XXH3 280
 #define DATE_MAX ((1LL << 31) - 1) /* seconds past INDEX_EPOCH, 31 bits */
-#define KEYHI_MASK (~0ULL << 37)   /* the key bits of a val word */
+/* The key bits of a val word (37-55 and the channel, 62-63; 56-61 are
+ * the probe index and the overflow cells). */
+#define KEYHI_MASK ((~0ULL << 37) & ~(0x3fULL << 56))
 
 /*
  * Recipe (input shorter than the header):
@@ -93,10 +95,10 @@ static const struct {
 	uint64_t capacity;
 	size_t records;
 } shapes[N_TEMPLATES] = {
-	{ 0, 0 },    /* 1 bucket, empty */
-	{ 3, 3 },    /* 1 bucket at its limit */
+	{ 0, 0 },    /* 2 buckets (the fewest: a prime), empty */
+	{ 7, 7 },    /* 2 buckets at the limit */
 	{ 24, 25 },  /* 7 buckets at the limit: long, wrapping probes */
-	{ 100, 70 }, /* 28 buckets, 68% full */
+	{ 100, 70 }, /* 29 buckets, 60% full */
 };
 
 static struct tmpl tmpls[N_TEMPLATES];

@@ -110,7 +110,7 @@ static size_t fuzz_feed(const char *buf, size_t len, uint64_t h,
 	struct conn c;
 	size_t pos = 0, on = 0;
 
-	REQUIRE(conn_init(&c, CONN_RESP, &cfg, ctx.now_ms) == 0);
+	REQUIRE(conn_init(&c, &resp_proto, &cfg, ctx.now_ms) == 0);
 	while (pos < len) {
 		size_t n = max_frag ? 1 + (size_t)(h % max_frag) : len;
 

@@ -190,7 +190,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	for (size_t i = 0; i < size && i < 16; i++)
 		h = (h ^ data[i]) * 1099511628211ull;
 	conn_ctx_begin_turn(&ctx);
-	REQUIRE(conn_init(&c, CONN_RPC, &cfg, ctx.now_ms) == 0);
+	REQUIRE(conn_init(&c, &rpc_proto, &cfg, ctx.now_ms) == 0);
 	while (pos < size) {
 		size_t n = 1 + (size_t)(h % 97);
 

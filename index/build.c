@@ -49,6 +49,7 @@
 #include <unistd.h>
 
 #include "core/enums.h"
+#include "core/errmsg.h"
 #include "core/fsutil.h"
 #include "core/recipient.h"
 #include "core/stream.h"
@@ -62,20 +63,6 @@
 #define BUILD_RESTART 1
 #define PREFETCH_AHEAD 16    /* inserts in flight */
 #define GROW_MIN (4u << 20)
-
-static int fail(char *err, size_t err_cap, int rc, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static int fail(char *err, size_t err_cap, int rc, const char *fmt, ...)
-{
-	if (err != NULL && err_cap > 0) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(err, err_cap, fmt, ap);
-		va_end(ap);
-	}
-	return rc;
-}
 
 static double now_s(void)
 {
@@ -423,7 +410,7 @@ static int read_stream(struct builder *b, char *err, size_t err_cap)
 	pthread_t th;
 	int rc = pthread_create(&th, NULL, decode_main, b);
 	if (rc != 0)
-		return fail(err, err_cap, -rc, "cannot start the decoder "
+		return errmsg_fail(err, err_cap, -rc, "cannot start the decoder "
 			    "thread%s: %s", rc == EAGAIN ? " (out of memory or "
 			    "threads)" : "", strerror(rc));
 	int stage_rc = 0;
@@ -463,15 +450,15 @@ static int read_stream(struct builder *b, char *err, size_t err_cap)
 		return stage_rc;
 	if (stage_rc < 0) {
 		if (stage_rc == -ENOMEM)
-			return fail(err, err_cap, stage_rc,
+			return errmsg_fail(err, err_cap, stage_rc,
 				    "out of memory staging %" PRIu64 " records",
 				    b->n_items);
-		return fail(err, err_cap, stage_rc, "%s", b->stage_err);
+		return errmsg_fail(err, err_cap, stage_rc, "%s", b->stage_err);
 	}
 	if (b->decode_rc < 0)
-		return fail(err, err_cap, b->decode_rc, "%s", b->decode_err);
+		return errmsg_fail(err, err_cap, b->decode_rc, "%s", b->decode_err);
 	if (!b->have_header)
-		return fail(err, err_cap, -EPROTO, "stream has no header");
+		return errmsg_fail(err, err_cap, -EPROTO, "stream has no header");
 	return 0;
 }
 
@@ -540,7 +527,7 @@ static int build_once(int fd, bool have_hint, uint64_t hint,
 	int rc;
 
 	if (b == NULL)
-		return fail(err, err_cap, -ENOMEM, "out of memory");
+		return errmsg_fail(err, err_cap, -ENOMEM, "out of memory");
 	pthread_mutex_init(&b->mu, NULL);
 	pthread_cond_init(&b->cv, NULL);
 	b->out = &g;
@@ -549,19 +536,19 @@ static int build_once(int fd, bool have_hint, uint64_t hint,
 	 * they are valid in the real table, created with the same secret
 	 * (index/table.h) once its size is known. */
 	if (getrandom(secret, sizeof(secret), 0) != sizeof(secret)) {
-		rc = fail(err, err_cap, -EIO, "getrandom failed");
+		rc = errmsg_fail(err, err_cap, -EIO, "getrandom failed");
 		goto out;
 	}
 	rc = index_create(0, secret, &b->keymaker);
 	if (rc < 0) {
-		rc = fail(err, err_cap, rc, "creating the key maker: %s",
+		rc = errmsg_fail(err, err_cap, rc, "creating the key maker: %s",
 			  strerror(-rc));
 		goto out;
 	}
 	if (have_hint) {
 		rc = index_create(capacity_for(hint), secret, &g.ix);
 		if (rc < 0) {
-			rc = fail(err, err_cap, rc, "a table for %" PRIu64
+			rc = errmsg_fail(err, err_cap, rc, "a table for %" PRIu64
 				  " records: %s", capacity_for(hint),
 				  strerror(-rc));
 			goto out;
@@ -570,7 +557,7 @@ static int build_once(int fd, bool have_hint, uint64_t hint,
 	}
 	rc = stream_reader_create(fd, STREAM_FRAME_MAX_DEFAULT, true, &b->reader);
 	if (rc < 0) {
-		rc = fail(err, err_cap, rc, "stream reader: %s", strerror(-rc));
+		rc = errmsg_fail(err, err_cap, rc, "stream reader: %s", strerror(-rc));
 		goto out;
 	}
 	rc = read_stream(b, err, err_cap);
@@ -587,14 +574,14 @@ static int build_once(int fd, bool have_hint, uint64_t hint,
 	if (!have_hint) {
 		rc = index_create(capacity_for(b->n_items), secret, &g.ix);
 		if (rc < 0) {
-			rc = fail(err, err_cap, rc, "a table for %" PRIu64
+			rc = errmsg_fail(err, err_cap, rc, "a table for %" PRIu64
 				  " records: %s", capacity_for(b->n_items),
 				  strerror(-rc));
 			goto out;
 		}
 		rc = insert_staged(b, g.ix);
 		if (rc < 0) {
-			rc = fail(err, err_cap, rc, "inserting: %s",
+			rc = errmsg_fail(err, err_cap, rc, "inserting: %s",
 				  strerror(-rc));
 			goto out;
 		}
@@ -649,7 +636,7 @@ int build_index(int fd, struct generation *out, struct build_result *res,
 		 * whose trailer disagrees with it, so this is a trailer we
 		 * misread): the file is seekable, read it again, staging. */
 		if (lseek(fd, start, SEEK_SET) != start)
-			return fail(err, err_cap, -errno, "seek: %s",
+			return errmsg_fail(err, err_cap, -errno, "seek: %s",
 				    strerror(errno));
 		if (err != NULL && err_cap > 0)
 			err[0] = '\0';
@@ -672,14 +659,14 @@ int build_snapshot(int fd, const char *dir, struct build_result *res,
 	if (err != NULL && err_cap > 0)
 		err[0] = '\0';
 	if (mkdir(dir, 0755) < 0 && errno != EEXIST)
-		return fail(err, err_cap, -errno, "%s: %s", dir, strerror(errno));
+		return errmsg_fail(err, err_cap, -errno, "%s: %s", dir, strerror(errno));
 	int rc = build_index(fd, &g, &r, err, err_cap);
 	if (rc < 0)
 		return rc;
 	rc = generation_newest(dir, &gen);
 	if (rc < 0) {
 		generation_fini(&g);
-		return fail(err, err_cap, rc, "%s: listing its generations: %s",
+		return errmsg_fail(err, err_cap, rc, "%s: listing its generations: %s",
 			    dir, strerror(-rc));
 	}
 	/* The origins' cursors and the kind outlive a new snapshot (DESIGN
@@ -689,7 +676,7 @@ int build_snapshot(int fd, const char *dir, struct build_result *res,
 		rc = generation_origins(dir, gen, &g.origins, e, sizeof(e));
 		if (rc < 0) {
 			generation_fini(&g);
-			return fail(err, err_cap, rc, "generation %" PRIu64
+			return errmsg_fail(err, err_cap, rc, "generation %" PRIu64
 				    ": its origins cannot be carried over: %s",
 				    gen, e);
 		}
@@ -786,7 +773,7 @@ int build_dump(const char *dir, int fd, uint64_t *records, char *err,
 	rc = stream_writer_create(fd, &h, STREAM_BATCH_DEFAULT, &d.w);
 	if (rc < 0) {
 		index_destroy(ix);
-		return fail(err, err_cap, rc, "writing the stream: %s",
+		return errmsg_fail(err, err_cap, rc, "writing the stream: %s",
 			    strerror(-rc));
 	}
 	rc = index_foreach(ix, dump_phone, &d);
@@ -797,18 +784,18 @@ int build_dump(const char *dir, int fd, uint64_t *records, char *err,
 		stream_writer_destroy(d.w);
 		index_destroy(ix);
 		if (d.missing)
-			return fail(err, err_cap, -EPROTO, "generation %" PRIu64
+			return errmsg_fail(err, err_cap, -EPROTO, "generation %" PRIu64
 				    ": an e-mail of its emails file is not in "
 				    "its index", gen);
 		if (err != NULL && err[0] == '\0')
-			fail(err, err_cap, rc, "writing the stream: %s",
+			errmsg_fail(err, err_cap, rc, "writing the stream: %s",
 			     strerror(-rc));
 		return rc;
 	}
 	rc = stream_writer_finish(d.w);
 	index_destroy(ix);
 	if (rc < 0)
-		return fail(err, err_cap, rc, "writing the stream: %s",
+		return errmsg_fail(err, err_cap, rc, "writing the stream: %s",
 			    strerror(-rc));
 	if (records != NULL)
 		*records = d.records;

@@ -32,6 +32,7 @@
 
 #include <xxhash.h>
 
+#include "core/errmsg.h"
 #include "core/fsutil.h"
 
 #define ORIGINS_MAGIC "CONSORG\x01"
@@ -287,9 +288,7 @@ int origins_encode(const struct origins *o, uint8_t **out, size_t *len)
 
 static int bad(char *err, size_t err_cap, size_t off, const char *what)
 {
-	if (err != NULL && err_cap > 0)
-		snprintf(err, err_cap, "offset %zu: %s", off, what);
-	return -EPROTO;
+	return errmsg_fail(err, err_cap, -EPROTO, "offset %zu: %s", off, what);
 }
 
 int origins_decode(struct origins *o, const uint8_t *p, size_t len,
@@ -340,9 +339,8 @@ int origins_decode(struct origins *o, const uint8_t *p, size_t len,
 		}
 		rc = origins_set(&t, s, ol, s + ol, cl);
 		if (rc < 0) {
-			if (err != NULL && err_cap > 0)
-				snprintf(err, err_cap, "out of memory reading "
-					 "the origins");
+			errmsg_set(err, err_cap, "out of memory reading the "
+				   "origins");
 			break;
 		}
 		pos += ORIGINS_ENTRY + ol + cl;
@@ -366,19 +364,18 @@ int origins_read(struct origins *o, const char *path, char *err,
 	int rc;
 	if (fd < 0) {
 		rc = -errno;
-		if (err != NULL && err_cap > 0)
-			snprintf(err, err_cap, "%s: %s", path, strerror(errno));
+		errmsg_set(err, err_cap, "%s: %s", path, strerror(errno));
 		return rc;
 	}
 	if (fstat(fd, &st) < 0) {
 		rc = -errno;
 		close(fd);
-		snprintf(err, err_cap, "%s: %s", path, strerror(-rc));
+		errmsg_set(err, err_cap, "%s: %s", path, strerror(-rc));
 		return rc;
 	}
 	if (st.st_size > ORIGINS_FILE_MAX) {
 		close(fd);
-		snprintf(err, err_cap, "%s: %lld bytes, over the limit", path,
+		errmsg_set(err, err_cap, "%s: %lld bytes, over the limit", path,
 			 (long long)st.st_size);
 		return -EPROTO;
 	}
@@ -386,7 +383,7 @@ int origins_read(struct origins *o, const char *path, char *err,
 	uint8_t *b = malloc(len ? len : 1);
 	if (b == NULL) {
 		close(fd);
-		snprintf(err, err_cap, "%s: out of memory", path);
+		errmsg_set(err, err_cap, "%s: out of memory", path);
 		return -ENOMEM;
 	}
 	while (got < len) {
@@ -397,7 +394,7 @@ int origins_read(struct origins *o, const char *path, char *err,
 			rc = r < 0 ? -errno : -EPROTO;
 			close(fd);
 			free(b);
-			snprintf(err, err_cap, "%s: %s", path,
+			errmsg_set(err, err_cap, "%s: %s", path,
 				 rc == -EPROTO ? "shrank while read" :
 						 strerror(-rc));
 			return rc;
@@ -408,7 +405,7 @@ int origins_read(struct origins *o, const char *path, char *err,
 	char e[200] = "";
 	rc = origins_decode(o, b, len, e, sizeof(e));
 	free(b);
-	if (rc < 0 && err != NULL && err_cap > 0)
-		snprintf(err, err_cap, "%s: %s", path, e);
+	if (rc < 0)
+		errmsg_set(err, err_cap, "%s: %s", path, e);
 	return rc;
 }

@@ -21,7 +21,11 @@
  *              bits 1-5     source as a dense code 1..24, never 0
  *              bits 6-36    consent_date - INDEX_EPOCH in seconds (31 bits:
  *                           good to 2083; other dates are -EINVAL)
- *              bits 37-63   the high 27 key bits; 62-63 are the channel
+ *              bits 37-55   the high key bits 0-18 (19)
+ *              bits 56-58   the probe index: how many steps along its probe
+ *                           sequence the entry sits, 7 for 7 or more
+ *              bits 59-61   three of the bucket's twelve overflow cells
+ *              bits 62-63   the channel (high key bits 25-26)
  *
  * val == 0 means "empty slot": a stored source code is never 0, so an
  * occupied slot never has a zero val, and the whole state of a slot lives
@@ -29,19 +33,22 @@
  * values 1-13 are 1-13, 32-40 are 14-22, SOURCE_OTHER (63) and anything
  * unknown 23, SOURCE_UNSPECIFIED (0) 24.
  *
- * Keys: 91 bits (the key word and val's 27), with a 2-bit channel field
- * on top (1 ARAMA, 2 MESAJ, 3 EPOSTA) so that phone keys and e-mail keys
- * live in disjoint spaces and can never match each other.
+ * Keys: 85 bits (the key word and val's 19 + 2), with a 2-bit channel
+ * field on top (1 ARAMA, 2 MESAJ, 3 EPOSTA) so that phone keys and e-mail
+ * keys live in disjoint spaces and can never match each other.
  *   phone   number (50 bits: E.164 has at most 15 digits < 2^50), brand
  *           (32 bits: the whole wire field, so no brand code can alias
  *           another; 14 bits in the key word, 18 in val), rtype (1),
  *           channel (2). 85 bits, exact: no hashing and no false
  *           positives, and index_foreach gives the record back whole.
- *   e-mail  channel 3 and 89 bits of a fingerprint: XXH3-128 keyed with
+ *   e-mail  channel 3 and 83 bits of a fingerprint: XXH3-128 keyed with
  *           the index's secret over (rtype, brand, normalised address),
- *           its low 64 bits in the key word, the low 25 bits of its high
- *           half in val. Brand and rtype are inside the fingerprint, so
- *           an e-mail key cannot be turned back into an address: a dump
+ *           its low 64 bits in the key word, the low 19 bits of its high
+ *           half in val. (Format 1 stored 25; the 6 bits between rtype
+ *           and channel, which phones never used, now hold the probe
+ *           index and the cells.) Brand and rtype are inside the
+ *           fingerprint, so an e-mail key cannot be turned back into an
+ *           address: a dump
  *           takes the addresses from the generation's `emails` file.
  * A key that no caller should have made (a phone on EPOSTA, an e-mail on
  * ARAMA) gets channel field 0, which is never stored: such a lookup
@@ -54,42 +61,90 @@
  * division). The secret is random per index and never leaves the process
  * (DESIGN §5.2), so nobody can craft keys that pile into one bucket.
  *
- * Why 89 stored bits meet DESIGN §1.2's 96. fastrange takes the bucket
+ * Why 83 stored bits meet DESIGN §1.2's 96. fastrange takes the bucket
  * from the high bits of the hash: with 2^k buckets, bits 63..64-k of the
  * fingerprint's high half. The bits stored in val are that half's bits
- * 0-24, disjoint from them for any table under 2^39 buckets (2*10^12
- * records), so the home bucket is ~k more bits of the fingerprint that
- * cost no memory. A probe compares a key with the entries of the w
- * buckets it visits (w ~ 5.5 for a miss at the build load, ~20 at the
- * load limit; see Sizing), so an absent e-mail matches a stored one with
- * chance about 4w * 2^-89 per lookup, which is what a plain set of n
- * fingerprints of 89 + k - log2(w) bits gives: at 10^8 records (k ~ 25)
- * 111 bits (109 at the limit), at 10^9 115; and two stored e-mails share
- * an identity with chance about n * 2w * 2^-89 (2 * 10^-17 at 10^9). Only
- * tables under ~700 buckets (~2,500 records) fall below 96 effective
- * bits, where n is so small that the absolute chance stays under 2^-70.
+ * 0-18, disjoint from them for any table under 2^45 buckets, so the home
+ * bucket is ~k more bits of the fingerprint that cost no memory. A probe
+ * compares a key with the entries of the w buckets it visits, and past
+ * the home only with entries whose probe index matches; w is 1.12 for a
+ * miss at the build load and 1.3-1.4 at the load limit (see Sizing), so
+ * an absent e-mail matches a stored one with chance about 4w * 2^-83 per
+ * lookup, which is what a plain set of n fingerprints of 83 + k - log2(w)
+ * bits gives: at 10^8 records (k ~ 25) 108 bits at either load, at 10^9
+ * 111. (Format 1 had 89 bits but w = 5.5 and 20: 111 and 109 at 10^8, so
+ * the six bits cost ~3 effective bits at the build load and ~1 at the
+ * limit.) Two stored e-mails share an identity with chance about
+ * n * 2w * 2^-83 (3 * 10^-16 at 10^9). Tables under ~11,000 buckets
+ * (~36,000 records) fall below 96 effective bits, but the chance per
+ * lookup, 4w * 2^-83 ~ 2^-80.5, does not depend on the size.
  *
- * Collisions between homes: linear probing to the next bucket, wrapping
- * at the end. Within a bucket the slots fill in order, and nothing is
- * ever deleted, so the first empty slot met on the probe path ends every
- * search: a present key always sits before it.
+ * Collisions between homes: double hashing. A key's probe sequence is
+ * home, home + step, home + 2 step, ... modulo n_buckets, its step in
+ * 1..n_buckets-1 drawn from a mix of the stored key bits (key_mix), and
+ * n_buckets is prime (sizes_for rounds up; open checks), so a sequence
+ * visits every bucket. A key goes to the first bucket of its sequence
+ * with an empty slot, and records its probe index i there (capped at 7).
+ * Linear probing, format 1's scheme, clusters: at 0.92 a tenth of its
+ * entries sat 3 or more buckets from home, 2% 15 or more, and a miss read
+ * 20 buckets; with its own step per key, a run of full buckets does not
+ * grow into its neighbours' (at 0.92, 5.8% of entries need 3 steps or
+ * more, 0.09% 15 or more).
+ *
+ * Overflow cells (cheap misses). Each bucket has twelve one-bit cells,
+ * three in bits 59-61 of each slot's val; each key picks one from its
+ * mix (overflow_cell). When the writer places a key past its home, it
+ * first sets that key's cell in the home bucket. A lookup reads its home
+ * bucket; if the key is not there, the bucket has an empty slot, or its
+ * cell is clear, the key is absent: only keys whose home overflowed
+ * with a key of the same cell go on along their sequence (and then, as
+ * before, stop at a match or at the first bucket with an empty slot: a
+ * present key lies before it). Cells are only ever set in full buckets
+ * (a key leaves its home only when the home is full), so they never sit
+ * in an empty slot and val == 0 still means empty. Where the bits come
+ * from: phones used 85 of the 91 key bits, so the 6 between rtype and
+ * channel were free for them, and e-mails give up 6 fingerprint bits
+ * (above); the date range (31 bits, to 2083) and the 5-bit source code
+ * (24 of 32 values) are left alone. Twelve cells rather than a counter:
+ * a key's cell is set only by keys with its home and its cell, so a miss
+ * goes on only when one of the ~0.8 keys per bucket displaced at 0.92
+ * shares its cell (1 in 12); a per-bucket count or "passed" bit would be
+ * set in most full buckets.
+ *
+ * Why the probe index is stored. index_open must be able to check the
+ * cells (a clear cell that a stored key needs would make that key read
+ * absent), so it must know each displaced entry's home. A phone's home
+ * could be recomputed from its key, but an e-mail's is bits of its
+ * fingerprint that the file does not hold (that is where the 96 bits
+ * come from). So the entry holds its probe index i, and since the step
+ * comes from the stored bits, home = position - i * step. The index is
+ * part of what a probe compares (an entry matches a key only at the
+ * probe index it claims), so a wrong index in a file is a different key,
+ * never a wrong mark: check_marks verifies that the buckets an entry
+ * passed are full and that its home carries its cell, and refuses the
+ * file otherwise. For i >= 7 (stored as 7: 1.1% of entries at 0.92,
+ * 0.2% at 0.84) the home is one of the full buckets 7, 8, ... steps back
+ * before the first one with room, and open sets the cell in each of
+ * them: a superset, which only costs a miss a read (a reopened table at
+ * the limit reads ~0.1 bucket more per miss than the one that wrote it).
  *
  * Sizing. The load limit is 0.92 of the slots: index_create(capacity)
- * takes ceil(capacity / 0.92) slots rounded up to whole buckets, and
+ * takes ceil(capacity / 0.92) slots rounded up to whole buckets and then
+ * to a prime bucket count (primes are ~ln n apart: a few buckets more), and
  * inserting past the limit is -ENOSPC (the caller builds a bigger
  * generation). The builder asks for records * 1.10, headroom for changes,
  * so a fresh generation is ~84% full: 16 / 0.84 = 19 bytes per record of
  * RAM, and 17.4 bytes at the limit (index_info().bytes / n_records).
- * Probe lengths, simulated for this layout (random hashes, fastrange,
- * 4-slot buckets): at the build load (0.84) a hit reads 1.5 buckets and a
- * miss 5.5 on average; at 0.76, 1.3 and 2.8; at the 0.92 limit 2.3 and
- * 20. Misses are the expensive case, and for a gateway a common one (no
- * record), so index_lookup_batch moves all of a window's keys forward one
- * bucket per round, prefetching each key's next bucket before reading
- * anyone's: the later lines of every miss are in flight together (1.8x
- * the miss throughput of prefetching only the home buckets). Near the
- * limit misses get long; that is what the headroom is for: the server
- * should rebuild well before it.
+ * Probe lengths, simulated for this layout (random hashes, keys inserted
+ * in random order, 4-slot buckets) and measured by table_test through
+ * index_probe_buckets: at the build load (0.84) a hit reads 1.3 buckets
+ * and a miss 1.12 on average; at the 0.92 limit 1.5 and 1.31 (1.40 after
+ * a reopen, the escaped entries' extra cells). Format 1's linear probing
+ * read 1.5 and 5.5 at 0.84, 2.3 and 20 at 0.92. The later buckets of a
+ * sequence are random lines, not the next one, so index_lookup_batch
+ * moves all of a window's keys forward one bucket per round, prefetching
+ * each key's next bucket before reading anyone's: the later lines of the
+ * displaced hits and of the few misses that go on are in flight together.
  *
  * Concurrency. One writer, any number of readers, no locks:
  *  - insert: the writer stores the key word (relaxed), then the val word
@@ -102,6 +157,19 @@
  *  - readers stop at the first val == 0, then load the key word (relaxed:
  *    ordered by the acquire on val) and compare key word and val's key
  *    bits. Keys never move, so no seqlock and no retry are needed.
+ *  - overflow cells: to place a key past its home, the writer first sets
+ *    its cell in the home (a release store of that slot's val with the
+ *    bit or-ed in), then stores the entry as above. Cells are only ever
+ *    set, and an update of a val keeps its cells, so the cell word's
+ *    values only gain bits. A reader loads the cell word with acquire.
+ *    An insert finished before a lookup started (happens-before, e.g. the
+ *    reader saw n_records or a watermark stored after it) has its cell
+ *    store before that too, so by coherence the reader reads that value
+ *    or a later one, both with the bit: an old key is never missed. A
+ *    reader racing the insert may read the cell clear, or set with the
+ *    entry not yet visible: both say "absent", which for a key whose
+ *    insert has not finished is "not there yet". A set cell with no key
+ *    behind it only costs reads.
  *  - the meta fields readers read (watermark, data_as_of, n_records,
  *    generation) are _Atomic in struct index; see index_set_meta_writer.
  * Freeing an index is the server's business: it swaps generations under
@@ -129,9 +197,17 @@
  * version, sizes, counts, meta, the secret, the XXH3-64 of the bucket
  * array, the XXH3-64 of the header bytes before it, zero padding) and
  * then the bucket array, little-endian as in memory. index_open checks
- * magic, version, sizes against the file size, both checksums, the
- * padding, each entry's fields and the record count against the occupied
- * slots before it trusts anything, so a lookup cannot fail afterwards;
+ * magic, version, sizes against the file size (and the bucket count for
+ * a prime), both checksums, the padding, each entry's fields, the record
+ * count against the occupied slots and the overflow cells against the
+ * entries (check_marks) before it trusts anything, so a lookup cannot
+ * fail afterwards. check_marks is the one part that is not a sequential
+ * pass: it reads the home of each displaced entry (~18% of them at the
+ * build load), random lines prefetched in windows of 64, ~15 ns per
+ * record (at 20M records, open went from 0.17 to 0.45 s anonymous, 0.29
+ * to 0.62 s mapped). Format 1 files (linear probing, no cells) are refused
+ * with a message to rebuild: their entries would have to move to their
+ * double-hashing places, and an e-mail entry's home is not in the file.
  * index_write goes through a temp file, fsync, rename, fsync of the
  * directory.
  */
@@ -157,10 +233,11 @@
 #include <xxhash.h>
 
 #include "core/enums.h"
+#include "core/errmsg.h"
 #include "core/fsutil.h"
 
 #define INDEX_MAGIC "CONSENTX"
-#define INDEX_FORMAT_VERSION 1
+#define INDEX_FORMAT_VERSION 2 /* 1: linear probing, no overflow cells */
 #define INDEX_HEADER_BYTES 4096
 #define BUCKET_SLOTS 4
 #define BUCKET_BYTES 64
@@ -177,14 +254,24 @@
 #define VAL_DATE_BITS 31
 #define VAL_DATE_MASK ((1ULL << VAL_DATE_BITS) - 1)
 #define VAL_KEYHI_SHIFT 37
-#define VAL_KEYHI_MASK (~0ULL << VAL_KEYHI_SHIFT)
-#define VAL_LOW_MASK (~VAL_KEYHI_MASK)
+#define VAL_PROBE_SHIFT 56 /* bits 56-58: the probe index, capped */
+#define VAL_PROBE_MASK (7ULL << VAL_PROBE_SHIFT)
+#define PROBE_CAP 7        /* probe field 7: the 7th probe or later */
+#define VAL_CELL_SHIFT 59  /* bits 59-61: three overflow cells */
+#define VAL_CELL_MASK (7ULL << VAL_CELL_SHIFT)
+#define CELLS_PER_SLOT 3
+#define BUCKET_CELLS (CELLS_PER_SLOT * BUCKET_SLOTS)
+/* The key bits of a val word, and what a probe compares: those and the
+ * probe index. */
+#define VAL_KEYHI_MASK ((~0ULL << VAL_KEYHI_SHIFT) & \
+			~(VAL_PROBE_MASK | VAL_CELL_MASK))
+#define VAL_ID_MASK (VAL_KEYHI_MASK | VAL_PROBE_MASK)
 
 /* Fields of the 27 high key bits (positions within them). */
 #define KEYHI_CHANNEL_SHIFT 25
 #define KEYHI_RTYPE_SHIFT 18        /* phones */
 #define KEYHI_BRAND_MASK 0x3ffffULL /* phones: brand bits 14-31 */
-#define KEYHI_FP_MASK 0x1ffffffULL  /* e-mails: 25 fingerprint bits */
+#define KEYHI_FP_MASK 0x7ffffULL   /* e-mails: 19 fingerprint bits */
 
 #define PHONE_BITS 50
 #define PHONE_MASK ((1ULL << PHONE_BITS) - 1)
@@ -287,6 +374,63 @@ static uint64_t home_bucket(const struct index *ix, uint64_t hash)
 	return (uint64_t)(((unsigned __int128)hash * ix->n_buckets) >> 64);
 }
 
+/*
+ * The probe sequence's step and the key's overflow cell, from the stored
+ * key bits alone (the key word and val's key bits), so that index_open
+ * can walk an entry's sequence back to its home. A splitmix64 finaliser:
+ * phone key words are not random. The step is 1..n_buckets-1, and
+ * n_buckets is prime, so the sequence visits every bucket.
+ */
+static uint64_t key_mix(uint64_t lo, uint64_t hi)
+{
+	uint64_t z = lo ^ (hi >> VAL_KEYHI_SHIFT) * 0x9e3779b97f4a7c15ULL;
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+static uint64_t probe_step(const struct index *ix, uint64_t mix)
+{
+	return 1 + (uint64_t)(((unsigned __int128)mix * (ix->n_buckets - 1)) >> 64);
+}
+
+static unsigned overflow_cell(uint64_t mix)
+{
+	return (unsigned)(((mix & 0xffffffffULL) * BUCKET_CELLS) >> 32);
+}
+
+static uint64_t next_bucket(const struct index *ix, uint64_t b, uint64_t step)
+{
+	b += step;
+	return b >= ix->n_buckets ? b - ix->n_buckets : b;
+}
+
+static uint64_t prev_bucket(const struct index *ix, uint64_t b, uint64_t step)
+{
+	return b >= step ? b - step : b + ix->n_buckets - step;
+}
+
+/* What a probe compares with the val word at probe index i. */
+static uint64_t probe_want(const struct index_key *key, uint64_t i)
+{
+	return key->bits[1] | (i < PROBE_CAP ? i : PROBE_CAP) << VAL_PROBE_SHIFT;
+}
+
+static uint64_t cell_bit(unsigned cell)
+{
+	return 1ULL << (VAL_CELL_SHIFT + cell % CELLS_PER_SLOT);
+}
+
+static bool prime(uint64_t n)
+{
+	if (n < 2)
+		return false;
+	for (uint64_t d = 2; d <= n / d; d++)
+		if (n % d == 0)
+			return false;
+	return true;
+}
+
 static uint64_t limit_for(uint64_t n_buckets)
 {
 	return n_buckets * BUCKET_SLOTS * LOAD_PCT / 100;
@@ -335,7 +479,11 @@ static int sizes_for(uint64_t capacity, uint64_t *n_buckets)
 		return -EINVAL;
 	uint64_t n_slots = (capacity * 100 + LOAD_PCT - 1) / LOAD_PCT;
 	uint64_t nb = (n_slots + BUCKET_SLOTS - 1) / BUCKET_SLOTS;
-	*n_buckets = nb ? nb : 1;
+	/* Prime, so that every probe step visits every bucket. */
+	nb = nb < 2 ? 2 : nb;
+	while (!prime(nb))
+		nb++;
+	*n_buckets = nb;
 	return 0;
 }
 
@@ -454,7 +602,7 @@ void index_key_make(const struct index *ix, const struct recipient *r,
 	XXH128_hash_t fp = XXH3_128bits_withSecret(buf, 5 + len, ix->secret,
 						   INDEX_SECRET_BYTES);
 	uint64_t ch = channel == CHANNEL_EPOSTA ? CHANNEL_EPOSTA : 0;
-	/* fastrange consumes the high bits of fp.high64; store its low 25,
+	/* fastrange consumes the high bits of fp.high64; store its low 19,
 	 * disjoint from them (the essay's 96-bit argument). */
 	uint64_t hi = (fp.high64 & KEYHI_FP_MASK) | ch << KEYHI_CHANNEL_SHIFT;
 	out->bits[0] = fp.low64;
@@ -462,20 +610,26 @@ void index_key_make(const struct index *ix, const struct recipient *r,
 	out->hash = fp.high64;
 }
 
-static bool key_channel_ok(const struct index_key *key)
+/* A key index_key_make could have made: a channel, and nothing in the
+ * probe index and cell bits. */
+static bool key_ok(const struct index_key *key)
 {
-	return (key->bits[1] >> (VAL_KEYHI_SHIFT + KEYHI_CHANNEL_SHIFT)) != 0;
+	return (key->bits[1] >> (VAL_KEYHI_SHIFT + KEYHI_CHANNEL_SHIFT)) != 0 &&
+	       (key->bits[1] & ~VAL_KEYHI_MASK) == 0;
 }
 
 /* ---- lookups (any thread) ---- */
 
 /* What one bucket says about a key: its val word (found), PROBE_ABSENT
- * (an empty slot ends the search) or PROBE_NEXT (full: go on). */
+ * (an empty slot, or at the home bucket a clear overflow cell, ends the
+ * search) or PROBE_NEXT (go on). want is probe_want() for this bucket;
+ * cell is the key's overflow cell at its home bucket, -1 elsewhere. */
 #define PROBE_ABSENT 0
 #define PROBE_NEXT 1 /* never a val word: source code 0 is not stored */
 
 static uint64_t probe_bucket(const struct index_bucket *bk,
-			     const struct index_key *key)
+			     const struct index_key *key, uint64_t want,
+			     int cell)
 {
 	for (int s = 0; s < BUCKET_SLOTS; s++) {
 		/* Acquire: pairs with the release store of val in
@@ -485,7 +639,7 @@ static uint64_t probe_bucket(const struct index_bucket *bk,
 						  memory_order_acquire);
 		if (v == 0)
 			return PROBE_ABSENT;
-		if ((v & VAL_KEYHI_MASK) != key->bits[1])
+		if ((v & VAL_ID_MASK) != want)
 			continue;
 		/* Relaxed: ordered by the acquire above; key words never
 		 * change once published. */
@@ -494,21 +648,38 @@ static uint64_t probe_bucket(const struct index_bucket *bk,
 		if (k == key->bits[0])
 			return v;
 	}
+	if (cell >= 0) {
+		/* Acquire: pairs with mark_overflow's release; cells are only
+		 * ever set, so any value read is one the writer stored after
+		 * every mark an old key needs (see the essay). */
+		uint64_t v = atomic_load_explicit(
+			&bk->slot[cell / CELLS_PER_SLOT].val,
+			memory_order_acquire);
+		if ((v & cell_bit((unsigned)cell)) == 0)
+			return PROBE_ABSENT;
+	}
 	return PROBE_NEXT;
 }
 
-/* Probes from bucket b. Returns the val word of key, or 0 if absent. */
-static uint64_t probe(const struct index *ix, uint64_t b,
-		      const struct index_key *key)
+/* Probes key's sequence. Returns its val word, or 0 if absent; *reads
+ * counts the buckets read. */
+static uint64_t probe(const struct index *ix, const struct index_key *key,
+		      uint64_t *reads)
 {
-	/* The limit keeps an empty slot in the table, so every probe ends at
-	 * one; the bound only guards against a table that broke that. */
-	for (uint64_t n = 0; n < ix->n_buckets; n++) {
-		uint64_t v = probe_bucket(&ix->buckets[b], key);
+	uint64_t mix = key_mix(key->bits[0], key->bits[1]);
+	uint64_t step = probe_step(ix, mix), b = home_bucket(ix, key->hash);
+	int cell = (int)overflow_cell(mix);
+
+	/* The limit keeps an empty slot in the table and the sequence visits
+	 * every bucket, so every probe ends; the bound only guards against a
+	 * table that broke that. */
+	for (uint64_t i = 0; i < ix->n_buckets; i++) {
+		(*reads)++;
+		uint64_t v = probe_bucket(&ix->buckets[b], key,
+					  probe_want(key, i), i == 0 ? cell : -1);
 		if (v != PROBE_NEXT)
 			return v;
-		if (++b == ix->n_buckets)
-			b = 0;
+		b = next_bucket(ix, b, step);
 	}
 	return 0;
 }
@@ -516,47 +687,63 @@ static uint64_t probe(const struct index *ix, uint64_t b,
 bool index_lookup(const struct index *ix, const struct index_key *key,
 		  struct consent_value *out)
 {
-	uint64_t v = probe(ix, home_bucket(ix, key->hash), key);
+	uint64_t reads = 0;
+	uint64_t v = probe(ix, key, &reads);
 	if (v == 0)
 		return false;
 	decode_value(v, out);
 	return true;
 }
 
+uint64_t index_probe_buckets(const struct index *ix,
+			     const struct index_key *key)
+{
+	uint64_t reads = 0;
+	probe(ix, key, &reads);
+	return reads;
+}
+
 /*
  * Batches go in windows of BATCH_WINDOW keys and in rounds: round 0
  * prefetches every home bucket, then each round reads one bucket of every
  * key still unresolved, prefetching the next bucket of those that must go
- * on. A miss reads several adjacent buckets (see Sizing in the essay);
- * this way the second and later lines of all the window's misses are in
- * flight together instead of one key after the other.
+ * on. Most misses end at the home bucket (its overflow cell is clear);
+ * the rest and the displaced hits have their later lines in flight
+ * together instead of one key after the other.
  */
 void index_lookup_batch(const struct index *ix, const struct index_key *keys,
 			size_t n, struct consent_value *out, bool *found)
 {
 	for (size_t base = 0; base < n; base += BATCH_WINDOW) {
 		size_t m = n - base < BATCH_WINDOW ? n - base : BATCH_WINDOW;
-		uint64_t b[BATCH_WINDOW];
+		uint64_t b[BATCH_WINDOW], step[BATCH_WINDOW];
+		int cell[BATCH_WINDOW];
 		uint8_t todo[BATCH_WINDOW];
 		size_t n_todo = m;
 		for (size_t i = 0; i < m; i++) {
-			b[i] = home_bucket(ix, keys[base + i].hash);
+			const struct index_key *k = &keys[base + i];
+			b[i] = home_bucket(ix, k->hash);
 			__builtin_prefetch(&ix->buckets[b[i]], 0, 0);
+			uint64_t mix = key_mix(k->bits[0], k->bits[1]);
+			step[i] = probe_step(ix, mix);
+			cell[i] = (int)overflow_cell(mix);
 			todo[i] = (uint8_t)i;
 			found[base + i] = false;
 		}
-		/* Each round moves every unresolved key one bucket on, so
+		/* Round r reads every unresolved key's r-th bucket, so
 		 * n_buckets rounds cover the table (the probe() bound). */
 		for (uint64_t round = 0; n_todo > 0 && round < ix->n_buckets;
 		     round++) {
 			size_t left = 0;
 			for (size_t t = 0; t < n_todo; t++) {
 				size_t i = todo[t];
-				uint64_t v = probe_bucket(&ix->buckets[b[i]],
-							  &keys[base + i]);
+				const struct index_key *k = &keys[base + i];
+				uint64_t v = probe_bucket(
+					&ix->buckets[b[i]], k,
+					probe_want(k, round),
+					round == 0 ? cell[i] : -1);
 				if (v == PROBE_NEXT) {
-					if (++b[i] == ix->n_buckets)
-						b[i] = 0;
+					b[i] = next_bucket(ix, b[i], step[i]);
 					__builtin_prefetch(&ix->buckets[b[i]], 0, 0);
 					todo[left++] = (uint8_t)i;
 				} else if (v != PROBE_ABSENT) {
@@ -596,20 +783,38 @@ bool index_value_fits(const struct consent_value *value)
 	       value->consent_date <= CONSENT_DATE_MAX;
 }
 
+/* Sets the overflow cell of a full home bucket (writer only). */
+static void mark_overflow(struct index_bucket *home, unsigned cell)
+{
+	_Atomic uint64_t *w = &home->slot[cell / CELLS_PER_SLOT].val;
+	/* Relaxed: only this thread writes slots. */
+	uint64_t v = atomic_load_explicit(w, memory_order_relaxed);
+	if ((v & cell_bit(cell)) == 0)
+		/* Release: pairs with probe_bucket's acquire of the cell's
+		 * word; stored before the displaced entry (see the essay). */
+		atomic_store_explicit(w, v | cell_bit(cell),
+				      memory_order_release);
+}
+
 int index_apply_writer(struct index *ix, const struct index_key *key,
 		       const struct consent_value *value)
 {
-	if (!index_value_fits(value) || !key_channel_ok(key))
+	if (!index_value_fits(value) || !key_ok(key))
 		return -EINVAL;
 
 	uint64_t nv = key->bits[1] |
 		      (uint64_t)(value->consent_date - INDEX_EPOCH) << VAL_DATE_SHIFT |
 		      source_code(value->source) << VAL_SOURCE_SHIFT |
 		      (value->status == STATUS_RET ? VAL_RET : 0);
-	uint64_t b = home_bucket(ix, key->hash);
+	uint64_t mix = key_mix(key->bits[0], key->bits[1]);
+	uint64_t step = probe_step(ix, mix);
+	uint64_t home = home_bucket(ix, key->hash), b = home;
 
-	for (uint64_t n = 0; n < ix->n_buckets; n++) {
+	/* The key, if present, lies before the first empty slot of its
+	 * sequence; the writer does not need the overflow cell to know. */
+	for (uint64_t i = 0; i < ix->n_buckets; i++) {
 		struct index_bucket *bk = &ix->buckets[b];
+		uint64_t want = probe_want(key, i);
 		for (int s = 0; s < BUCKET_SLOTS; s++) {
 			/* Relaxed: only this thread writes slots. */
 			uint64_t v = atomic_load_explicit(&bk->slot[s].val,
@@ -619,35 +824,43 @@ int index_apply_writer(struct index *ix, const struct index_key *key,
 					&ix->n_records, memory_order_relaxed);
 				if (nr >= ix->limit)
 					return -ENOSPC;
+				/* Displaced: the home's cell first, so that
+				 * whoever can see the entry can see it. */
+				if (i > 0)
+					mark_overflow(&ix->buckets[home],
+						      overflow_cell(mix));
 				/* Relaxed: published by the release below. */
 				atomic_store_explicit(&bk->slot[s].key,
 						      key->bits[0],
 						      memory_order_relaxed);
 				/* Release: pairs with the acquire load of val
-				 * in probe(); makes the key word visible with
-				 * it. */
-				atomic_store_explicit(&bk->slot[s].val, nv,
+				 * in probe_bucket(); makes the key word visible
+				 * with it. */
+				atomic_store_explicit(&bk->slot[s].val,
+						      want | (nv & ~VAL_ID_MASK),
 						      memory_order_release);
 				/* Release: pairs with index_info's acquire. */
 				atomic_store_explicit(&ix->n_records, nr + 1,
 						      memory_order_release);
 				return INDEX_INSERTED;
 			}
-			if ((v & VAL_KEYHI_MASK) != key->bits[1] ||
+			if ((v & VAL_ID_MASK) != want ||
 			    atomic_load_explicit(&bk->slot[s].key,
 						 memory_order_relaxed) !=
 				    key->bits[0])
 				continue;
 			if (rank(nv) <= rank(v))
 				return INDEX_SKIPPED;
-			/* Release: pairs with probe()'s acquire; one word,
-			 * so readers see the old value or this one whole. */
-			atomic_store_explicit(&bk->slot[s].val, nv,
+			/* Release: pairs with probe_bucket()'s acquire; one
+			 * word, so readers see the old value or this one
+			 * whole, with the probe index and cells kept. */
+			atomic_store_explicit(&bk->slot[s].val,
+					      nv | (v & (VAL_PROBE_MASK |
+							 VAL_CELL_MASK)),
 					      memory_order_release);
 			return INDEX_UPDATED;
 		}
-		if (++b == ix->n_buckets)
-			b = 0;
+		b = next_bucket(ix, b, step);
 	}
 	return -ENOSPC; /* unreachable while the limit holds */
 }
@@ -689,20 +902,6 @@ int index_foreach(const struct index *ix, index_visit_fn fn, void *arg)
 
 /* ---- the file ---- */
 
-static int fail(char *err, size_t err_cap, int rc, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static int fail(char *err, size_t err_cap, int rc, const char *fmt, ...)
-{
-	if (err != NULL && err_cap > 0) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(err, err_cap, fmt, ap);
-		va_end(ap);
-	}
-	return rc;
-}
-
 static uint64_t header_hash(const struct index_file_header *h)
 {
 	return XXH3_64bits(h, offsetof(struct index_file_header, header_xxh3));
@@ -711,16 +910,18 @@ static uint64_t header_hash(const struct index_file_header *h)
 /*
  * Checks one chunk of the bucket array as it is loaded: every slot is
  * either empty (both words 0) or holds a valid source code and channel,
- * and no occupied slot follows an empty one in its bucket (probes stop at
- * the first empty slot). Counts occupied slots into *occupied. Returns
- * the index of the first bad bucket in the chunk, or -1.
+ * no occupied slot follows an empty one in its bucket (probes stop at
+ * the first empty slot), and only full buckets carry overflow cells.
+ * Counts occupied slots into *occupied. Returns the index of the first
+ * bad bucket in the chunk, or -1. check_marks does the cross-bucket part.
  */
-static int64_t check_chunk(const struct index_bucket *bk, size_t n,
+static int64_t verify_chunk(const struct index_bucket *bk, size_t n,
 			   uint64_t *occupied)
 {
 	uint64_t count = 0;
 	for (size_t i = 0; i < n; i++) {
 		bool empty_seen = false;
+		uint64_t cells = 0;
 		for (int s = 0; s < BUCKET_SLOTS; s++) {
 			/* Relaxed: the index is not shared during open. */
 			uint64_t v = atomic_load_explicit(&bk[i].slot[s].val,
@@ -738,10 +939,105 @@ static int64_t check_chunk(const struct index_bucket *bk, size_t n,
 			if (empty_seen || code == 0 ||
 			    code > SOURCE_CODE_UNSPECIFIED || ch == 0)
 				return (int64_t)i;
+			cells |= v & VAL_CELL_MASK;
 			count++;
 		}
+		if (empty_seen && cells != 0)
+			return (int64_t)i;
 	}
 	*occupied += count;
+	return -1;
+}
+
+static bool bucket_full(const struct index *ix, uint64_t b)
+{
+	/* Relaxed: the index is not shared during open. */
+	return atomic_load_explicit(&ix->buckets[b].slot[BUCKET_SLOTS - 1].val,
+				    memory_order_relaxed) != 0;
+}
+
+/*
+ * The overflow cells against the entries (after verify_chunk passed on
+ * every chunk). An entry with probe index f (1..6) sits f steps along its
+ * sequence: the buckets it passed, f..1 steps back, must be full (a probe
+ * goes on only past a full bucket) and its home, f steps back, must carry
+ * its cell, or a lookup would not reach it: that is corruption, refused.
+ * An entry at probe field 7 sits 7 or more steps on, its home somewhere
+ * in the unbroken run of full buckets 7, 8, ... steps back: the cell is
+ * set in every one of them (the true home is among them; an extra cell
+ * only costs a miss a read). The step and cell come from the stored key
+ * bits and the home from the probe index, so nothing here needs a
+ * recipient. Returns the first bad bucket, or -1.
+ */
+static bool check_entry(struct index *ix, uint64_t b, uint64_t k, uint64_t v)
+{
+	uint64_t f = (v & VAL_PROBE_MASK) >> VAL_PROBE_SHIFT;
+	uint64_t mix = key_mix(k, v & VAL_KEYHI_MASK);
+	uint64_t step = probe_step(ix, mix), q = b;
+	unsigned cell = overflow_cell(mix);
+
+	for (uint64_t j = 0; j < f; j++) {
+		q = prev_bucket(ix, q, step);
+		if (!bucket_full(ix, q))
+			return false;
+	}
+	/* Relaxed: the index is not shared during open. */
+	_Atomic uint64_t *w = &ix->buckets[q].slot[cell / CELLS_PER_SLOT].val;
+	if (f < PROBE_CAP)
+		return (atomic_load_explicit(w, memory_order_relaxed) &
+			cell_bit(cell)) != 0;
+	for (uint64_t j = 0; j < ix->n_buckets && bucket_full(ix, q); j++) {
+		w = &ix->buckets[q].slot[cell / CELLS_PER_SLOT].val;
+		uint64_t c = atomic_load_explicit(w, memory_order_relaxed);
+		if ((c & cell_bit(cell)) == 0)
+			atomic_store_explicit(w, c | cell_bit(cell),
+					      memory_order_relaxed);
+		q = prev_bucket(ix, q, step);
+	}
+	return true;
+}
+
+/* The displaced entries go through check_entry in windows, each one's
+ * previous bucket (for most, the home) prefetched first: the checks are
+ * random reads, and this overlaps them. */
+#define MARK_WINDOW 64
+
+static int64_t check_marks(struct index *ix)
+{
+	struct { uint64_t b, k, v; } w[MARK_WINDOW];
+	size_t n = 0;
+
+	for (uint64_t b = 0; b <= ix->n_buckets; b++) {
+		if (n > MARK_WINDOW - BUCKET_SLOTS || b == ix->n_buckets) {
+			for (size_t i = 0; i < n; i++)
+				if (!check_entry(ix, w[i].b, w[i].k, w[i].v))
+					return (int64_t)w[i].b;
+			n = 0;
+		}
+		if (b == ix->n_buckets)
+			break;
+		for (int s = 0; s < BUCKET_SLOTS; s++) {
+			/* Relaxed: the index is not shared during open. */
+			uint64_t v = atomic_load_explicit(
+				&ix->buckets[b].slot[s].val,
+				memory_order_relaxed);
+			if (v == 0)
+				break;
+			if ((v & VAL_PROBE_MASK) == 0)
+				continue;
+			uint64_t k = atomic_load_explicit(
+				&ix->buckets[b].slot[s].key,
+				memory_order_relaxed);
+			uint64_t step = probe_step(
+				ix, key_mix(k, v & VAL_KEYHI_MASK));
+			__builtin_prefetch(&ix->buckets[prev_bucket(ix, b, step)],
+					   0, 0);
+			w[n].b = b;
+			w[n].k = k;
+			w[n].v = v;
+			n++;
+		}
+	}
 	return -1;
 }
 
@@ -768,24 +1064,30 @@ static int check_header(const struct index_file_header *h, uint64_t file_bytes,
 			const char *path, char *err, size_t err_cap)
 {
 	if (memcmp(h->magic, INDEX_MAGIC, sizeof(h->magic)) != 0)
-		return fail(err, err_cap, -EPROTO,
+		return errmsg_fail(err, err_cap, -EPROTO,
 			    "%s: bad magic: not a consentd index file", path);
+	if (h->format_version == 1)
+		return errmsg_fail(err, err_cap, -EPROTO,
+			    "%s: format version 1 (linear probing, no overflow "
+			    "cells), this build reads %d: rebuild the index from "
+			    "its snapshot (consentctl build)", path,
+			    INDEX_FORMAT_VERSION);
 	if (h->format_version != INDEX_FORMAT_VERSION)
-		return fail(err, err_cap, -EPROTO,
+		return errmsg_fail(err, err_cap, -EPROTO,
 			    "%s: format version %" PRIu32 ", this build reads %d",
 			    path, h->format_version, INDEX_FORMAT_VERSION);
 	if (header_hash(h) != h->header_xxh3)
-		return fail(err, err_cap, -EPROTO,
+		return errmsg_fail(err, err_cap, -EPROTO,
 			    "%s: header checksum mismatch (header corrupt)", path);
 	for (size_t i = 0; i < sizeof(h->padding); i++)
 		if (h->padding[i] != 0)
-			return fail(err, err_cap, -EPROTO,
+			return errmsg_fail(err, err_cap, -EPROTO,
 				    "%s: header padding byte %zu is not zero",
 				    path, offsetof(struct index_file_header,
 						   padding) + i);
 	if (h->header_bytes != INDEX_HEADER_BYTES ||
 	    h->bucket_bytes != BUCKET_BYTES || h->reserved0 != 0)
-		return fail(err, err_cap, -EPROTO,
+		return errmsg_fail(err, err_cap, -EPROTO,
 			    "%s: header says %" PRIu32 "-byte header, %" PRIu32
 			    "-byte buckets; this build uses %d and %d",
 			    path, h->header_bytes, h->bucket_bytes,
@@ -793,14 +1095,18 @@ static int check_header(const struct index_file_header *h, uint64_t file_bytes,
 	uint64_t body = file_bytes - INDEX_HEADER_BYTES;
 	if (h->n_buckets == 0 || h->n_buckets > body / BUCKET_BYTES ||
 	    h->n_buckets * BUCKET_BYTES != body)
-		return fail(err, err_cap, -EPROTO,
+		return errmsg_fail(err, err_cap, -EPROTO,
 			    "%s: file is %" PRIu64 " bytes but the header says %"
 			    PRIu64 " buckets of %d bytes after the %d-byte "
 			    "header: truncated or extended", path, file_bytes,
 			    h->n_buckets, BUCKET_BYTES, INDEX_HEADER_BYTES);
+	if (!prime(h->n_buckets))
+		return errmsg_fail(err, err_cap, -EPROTO,
+			    "%s: header says %" PRIu64 " buckets, not a prime "
+			    "(probe sequences need one)", path, h->n_buckets);
 	if (h->capacity != limit_for(h->n_buckets) ||
 	    h->n_records > h->capacity)
-		return fail(err, err_cap, -EPROTO,
+		return errmsg_fail(err, err_cap, -EPROTO,
 			    "%s: header says %" PRIu64 " records, capacity %"
 			    PRIu64 ", but %" PRIu64 " buckets hold %" PRIu64,
 			    path, h->n_records, h->capacity, h->n_buckets,
@@ -841,7 +1147,7 @@ static int load_buckets(struct index *ix, int fd, size_t bytes, bool read_in,
 	size_t bad_at = 0;
 
 	if (hs == NULL)
-		return fail(err, err_cap, -ENOMEM, "%s: out of memory", path);
+		return errmsg_fail(err, err_cap, -ENOMEM, "%s: out of memory", path);
 	XXH3_64bits_reset(hs);
 	for (size_t off = 0; off < bytes && bad < 0; off += IO_CHUNK_BYTES) {
 		size_t len = bytes - off < IO_CHUNK_BYTES ? bytes - off
@@ -853,12 +1159,12 @@ static int load_buckets(struct index *ix, int fd, size_t bytes, bool read_in,
 					   INDEX_HEADER_BYTES + (off_t)off);
 			if (rc < 0) {
 				XXH3_freeState(hs);
-				return fail(err, err_cap, rc, "%s: read: %s",
+				return errmsg_fail(err, err_cap, rc, "%s: read: %s",
 					    path, strerror(-rc));
 			}
 		}
 		XXH3_64bits_update(hs, p, len);
-		bad = check_chunk((const struct index_bucket *)p,
+		bad = verify_chunk((const struct index_bucket *)p,
 				  len / BUCKET_BYTES, &occupied);
 		bad_at = off / BUCKET_BYTES;
 	}
@@ -867,16 +1173,16 @@ static int load_buckets(struct index *ix, int fd, size_t bytes, bool read_in,
 
 	/* The checksum is the stronger statement; report it first. */
 	if (bad < 0 && sum != h->buckets_xxh3)
-		return fail(err, err_cap, -EPROTO,
+		return errmsg_fail(err, err_cap, -EPROTO,
 			    "%s: bucket array checksum mismatch (data corrupt)",
 			    path);
 	if (bad >= 0)
-		return fail(err, err_cap, -EPROTO,
+		return errmsg_fail(err, err_cap, -EPROTO,
 			    "%s: bucket %zu holds an invalid entry%s", path,
 			    bad_at + (size_t)bad,
 			    sum == h->buckets_xxh3 ? "" : " (checksum mismatch)");
 	if (occupied != h->n_records)
-		return fail(err, err_cap, -EPROTO,
+		return errmsg_fail(err, err_cap, -EPROTO,
 			    "%s: header says %" PRIu64 " records but %" PRIu64
 			    " slots are occupied", path, h->n_records, occupied);
 	return 0;
@@ -895,15 +1201,15 @@ int index_open(const char *path, enum index_load_mode mode, struct index **out,
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		rc = -errno;
-		return fail(err, err_cap, rc, "%s: %s", path, strerror(-rc));
+		return errmsg_fail(err, err_cap, rc, "%s: %s", path, strerror(-rc));
 	}
 	if (fstat(fd, &st) < 0) {
-		rc = fail(err, err_cap, -errno, "%s: fstat: %s", path,
+		rc = errmsg_fail(err, err_cap, -errno, "%s: fstat: %s", path,
 			  strerror(errno));
 		goto out_close;
 	}
 	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size < INDEX_HEADER_BYTES) {
-		rc = fail(err, err_cap, -EPROTO,
+		rc = errmsg_fail(err, err_cap, -EPROTO,
 			  "%s: %lld bytes, shorter than the %d-byte header "
 			  "(truncated or not an index)", path,
 			  (long long)st.st_size, INDEX_HEADER_BYTES);
@@ -912,12 +1218,12 @@ int index_open(const char *path, enum index_load_mode mode, struct index **out,
 	h = aligned_alloc(64, sizeof(*h));
 	ix = calloc(1, sizeof(*ix));
 	if (h == NULL || ix == NULL) {
-		rc = fail(err, err_cap, -ENOMEM, "%s: out of memory", path);
+		rc = errmsg_fail(err, err_cap, -ENOMEM, "%s: out of memory", path);
 		goto out_free;
 	}
 	rc = read_full(fd, h, sizeof(*h), 0);
 	if (rc < 0) {
-		rc = fail(err, err_cap, rc, "%s: reading the header: %s", path,
+		rc = errmsg_fail(err, err_cap, rc, "%s: reading the header: %s", path,
 			  strerror(-rc));
 		goto out_free;
 	}
@@ -925,7 +1231,7 @@ int index_open(const char *path, enum index_load_mode mode, struct index **out,
 	if (rc < 0)
 		goto out_free;
 	if (h->n_buckets > SIZE_MAX / BUCKET_BYTES) {
-		rc = fail(err, err_cap, -ENOMEM, "%s: %" PRIu64 " buckets do "
+		rc = errmsg_fail(err, err_cap, -ENOMEM, "%s: %" PRIu64 " buckets do "
 			  "not fit in memory", path, h->n_buckets);
 		goto out_free;
 	}
@@ -935,9 +1241,9 @@ int index_open(const char *path, enum index_load_mode mode, struct index **out,
 				     : anon_alloc(ix, bytes);
 	if (rc < 0) {
 		rc = mode == INDEX_LOAD_MMAP
-			? fail(err, err_cap, rc, "%s: mmap: %s", path,
+			? errmsg_fail(err, err_cap, rc, "%s: mmap: %s", path,
 			       strerror(-rc))
-			: fail(err, err_cap, rc, "%s: %" PRIu64 " bytes of "
+			: errmsg_fail(err, err_cap, rc, "%s: %" PRIu64 " bytes of "
 			       "memory: %s", path, (uint64_t)bytes,
 			       strerror(-rc));
 		goto out_free;
@@ -946,8 +1252,15 @@ int index_open(const char *path, enum index_load_mode mode, struct index **out,
 			  err_cap);
 	if (rc < 0)
 		goto out_free;
-
 	ix->n_buckets = h->n_buckets;
+	int64_t bad = check_marks(ix);
+	if (bad >= 0) {
+		rc = errmsg_fail(err, err_cap, -EPROTO, "%s: bucket %" PRId64 " holds "
+			  "an entry its home's overflow cell does not lead to "
+			  "(invalid entry)", path, bad);
+		goto out_free;
+	}
+
 	ix->limit = h->capacity;
 	atomic_init(&ix->created_at, h->created_at);
 	memcpy(ix->secret, h->secret, INDEX_SECRET_BYTES);

@@ -89,6 +89,11 @@ bool index_lookup(const struct index *ix, const struct index_key *key,
 void index_lookup_batch(const struct index *ix, const struct index_key *keys,
 			size_t n, struct consent_value *out, bool *found);
 
+/* Any thread: how many buckets a lookup of key reads (its probe length),
+ * for tests and benchmarks of the layout; the answer is index_lookup's. */
+uint64_t index_probe_buckets(const struct index *ix,
+			     const struct index_key *key);
+
 /* A hint, any thread: starts loading key's home bucket, for a caller
  * about to apply or look up a run of keys (prefetch a few keys ahead). */
 void index_prefetch(const struct index *ix, const struct index_key *key);

@@ -20,7 +20,7 @@
 # It asserts nothing about speed. It exits non-zero only if the load
 # generator saw a wrong answer (exit 1): a fast wrong server must not pass.
 # QUICK=1 (CI): N = 100000, one run each, short durations.
-# Env: BENCH_SEED (1), BENCH_PORT_BASE (17700), BENCH_RUNS, BENCH_DURATION.
+# Env: BENCH_SEED (1), BENCH_REDIS_PORT (17709), BENCH_RUNS, BENCH_DURATION.
 set -uo pipefail
 
 build=${1:-build}
@@ -70,16 +70,13 @@ fact redis_version "$(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')"
 fact commit "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 fact stamp "$stamp"
 
-# ---- ports: a free block of ten ----------------------------------------------
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-base=${BENCH_PORT_BASE:-17700}
-for _ in $(seq 1 20); do
-  busy=0
-  for off in 0 1 2 9; do port_busy $((base + off)) && busy=1; done
-  [ $busy -eq 0 ] && break
-  base=$((base + 10))
-done
-p_rpc=$base; p_resp=$((base + 1)); p_http=$((base + 2)); p_redis=$((base + 9))
+# ---- ports: none guessed ------------------------------------------------------
+# consentd binds port 0 and reports its ports in --ports-file; Redis cannot,
+# so it is started on a port and started again on the next if that bind
+# fails (the bind itself is the check, not a probe before it).
+p_rpc=""; p_resp=""; p_http=""; p_redis=""
+# The port of listener $1 in consentd's ports file $2.
+ports_get() { awk -v n="$1" '$1 == n { sub(/.*:/, "", $2); print $2 }' "$2"; }
 
 # ---- servers: started here, stopped here --------------------------------------
 cd_pid=""; rd_pid=""
@@ -131,17 +128,26 @@ if [ -s "$snap.ok" ]; then
 fi
 
 # ---- 3. servers ----------------------------------------------------------------
-log "consentd --workers 1 on core $srv_cpu (rpc $p_rpc, resp $p_resp, http $p_http)"
+log "consentd --workers 1 on core $srv_cpu (ports chosen by the kernel)"
 cd_ok=0
 if [ -x "$build/consentd" ] && [ -d "$idx" ]; then
   t0=$(now)
+  ports="$out/consentd.ports"
+  rm -f "$ports"
   taskset -c "$srv_cpu" "$build/consentd" --data-dir "$idx" \
-    --rpc "127.0.0.1:$p_rpc" --resp "127.0.0.1:$p_resp" \
-    --http "127.0.0.1:$p_http" --workers 1 > "$out/consentd.log" 2>&1 &
+    --rpc 127.0.0.1:0 --resp 127.0.0.1:0 --http 127.0.0.1:0 \
+    --ports-file "$ports" --workers 1 > "$out/consentd.log" 2>&1 &
   cd_pid=$!
   for _ in $(seq 1 6000); do
     kill -0 "$cd_pid" 2>/dev/null || break
-    if curl -sf -o /dev/null "http://127.0.0.1:$p_http/readyz"; then cd_ok=1; break; fi
+    if [ -z "$p_http" ] && [ -s "$ports" ]; then
+      p_rpc=$(ports_get rpc "$ports"); p_resp=$(ports_get resp "$ports")
+      p_http=$(ports_get http "$ports")
+      echo "consentd: rpc $p_rpc, resp $p_resp, http $p_http"
+    fi
+    if [ -n "$p_http" ] && curl -sf -o /dev/null "http://127.0.0.1:$p_http/readyz"; then
+      cd_ok=1; break
+    fi
     sleep 0.1
   done
   if [ $cd_ok -eq 1 ]; then
@@ -156,16 +162,26 @@ if [ -x "$build/consentd" ] && [ -d "$idx" ]; then
 fi
 fact consentd_ok "$cd_ok"
 
-log "redis-server on core $srv_cpu (port $p_redis), loaded with the same $n records"
+log "redis-server on core $srv_cpu, loaded with the same $n records"
 rd_ok=0
-taskset -c "$srv_cpu" redis-server --port "$p_redis" --bind 127.0.0.1 \
-  --save '' --appendonly no --daemonize no --dir "$out" \
-  --logfile "$out/redis.log" &
-rd_pid=$!
-for _ in $(seq 1 100); do
-  [ "$(redis-cli -p "$p_redis" ping 2>/dev/null)" = PONG ] && { rd_ok=1; break; }
-  sleep 0.1
+for cand in $(seq "${BENCH_REDIS_PORT:-17709}" 10 $((${BENCH_REDIS_PORT:-17709} + 190))); do
+  taskset -c "$srv_cpu" redis-server --port "$cand" --bind 127.0.0.1 \
+    --save '' --appendonly no --daemonize no --dir "$out" \
+    --logfile "$out/redis.log" &
+  rd_pid=$!
+  for _ in $(seq 1 100); do
+    kill -0 "$rd_pid" 2>/dev/null || break  # the bind failed: next port
+    # Our redis on its port, not another one already there.
+    if [ "$(redis-cli -p "$cand" info server 2>/dev/null | tr -d '\r' |
+            sed -n 's/^process_id://p')" = "$rd_pid" ]; then
+      rd_ok=1; break
+    fi
+    sleep 0.1
+  done
+  if [ $rd_ok -eq 1 ]; then p_redis=$cand; break; fi
+  kill "$rd_pid" 2>/dev/null; wait "$rd_pid" 2>/dev/null; rd_pid=""
 done
+echo "redis-server: port ${p_redis:-none}"
 if [ $rd_ok -eq 1 ]; then
   t0=$(now)
   "$build/loadgen" --emit-redis-load --records "$n" --seed "$seed" |

@@ -33,25 +33,31 @@ if [ ! -d "$dir" ] || [ "$snap" -nt "$dir" ] || ! "$ctl" verify "$dir" >/dev/nul
   touch "$dir"
 fi
 
-for port in 7700 7701 7702; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "demo: port $port is in use (another consentd?); stop it first" >&2
-    exit 1
-  fi
-done
-
+# The default ports, so the commands below are the documented ones. No
+# probe first: consentd's own bind says whether they are free (at once,
+# --bind-wait-ms 0), and what it bound comes from its --ports-file.
+ports=$data/ports
+rm -f "$ports"
 echo "demo: starting consentd (rpc $rpc, resp 127.0.0.1:$resp_port, http $http)"
-"$srv" --data-dir "$dir" --rpc "$rpc" --resp "127.0.0.1:$resp_port" --http "$http" &
+"$srv" --data-dir "$dir" --rpc "$rpc" --resp "127.0.0.1:$resp_port" --http "$http" \
+  --ports-file "$ports" --bind-wait-ms 0 &
 pid=$!
 # Background jobs of a script ignore SIGINT, so Ctrl-C is forwarded; the
 # EXIT trap stops the server if this script fails before the final wait.
 stop() { kill -TERM "$pid" 2>/dev/null || true; }
 trap stop INT TERM EXIT
 
-ready=0
+ready=0 bound=0
 for _ in $(seq 1 600); do
-  kill -0 "$pid" 2>/dev/null || { wait "$pid" || true; echo "demo: consentd exited during start-up" >&2; exit 1; }
-  if curl -fsS -o /dev/null "http://$http/readyz" 2>/dev/null; then ready=1; break; fi
+  kill -0 "$pid" 2>/dev/null || { wait "$pid" || true
+    echo "demo: consentd exited during start-up (a port in use? another consentd?)" >&2; exit 1; }
+  if [ $bound -eq 0 ] && [ -s "$ports" ]; then
+    rpc=$(awk '$1 == "rpc" { print $2 }' "$ports")
+    http=$(awk '$1 == "http" { print $2 }' "$ports")
+    resp_port=$(awk '$1 == "resp" { sub(/.*:/, "", $2); print $2 }' "$ports")
+    bound=1
+  fi
+  if [ $bound -eq 1 ] && curl -fsS -o /dev/null "http://$http/readyz" 2>/dev/null; then ready=1; break; fi
   sleep 0.1
 done
 [ $ready -eq 1 ] || { echo "demo: consentd not ready after 60 s" >&2; exit 1; }

@@ -20,6 +20,8 @@ struct server_config {
 	const char *rpc_addr;      /* "HOST:PORT", default 127.0.0.1:7700 */
 	const char *resp_addr;     /* default 127.0.0.1:7701 */
 	const char *http_addr;     /* default 127.0.0.1:7702 */
+	const char *ports_file;    /* NULL, or where the bound addresses go */
+	uint32_t bind_wait_ms;     /* a listener's port in use: wait 10000 */
 	unsigned workers;          /* default: online cores */
 	const struct tokens *tokens; /* NULL: every client trusted */
 	int64_t stale_soft_s;      /* readiness off past this age; 0 = off */
@@ -59,6 +61,7 @@ static inline void server_config_defaults(struct server_config *cfg)
 		.rpc_addr = "127.0.0.1:7700",
 		.resp_addr = "127.0.0.1:7701",
 		.http_addr = "127.0.0.1:7702",
+		.bind_wait_ms = 10000,
 		.max_frame_bytes = 1u << 20,
 		.max_frame_bytes_unauth = 4096,
 		.max_resp_args = 100000,

@@ -23,57 +23,6 @@
 
 #include "server/config.h"
 #include "server/live.h"
-#include "server/resp.h"
-#include "server/rpc.h"
-
-/* ---- buffers ----------------------------------------------------------- */
-
-char *obuf_reserve(struct obuf *b, size_t n)
-{
-	size_t cap;
-	char *p;
-
-	if (b->cap - b->len >= n)
-		return b->data + b->len;
-	cap = b->cap ? b->cap : CONN_OBUF_INITIAL;
-	while (cap - b->len < n) {
-		if (cap > SIZE_MAX / 2)
-			return NULL;
-		cap *= 2;
-	}
-	p = realloc(b->data, cap);
-	if (p == NULL)
-		return NULL;
-	b->data = p;
-	b->cap = cap;
-	return b->data + b->len;
-}
-
-int obuf_append(struct obuf *b, const void *data, size_t n)
-{
-	char *p = obuf_reserve(b, n);
-
-	if (p == NULL)
-		return -ENOMEM;
-	memcpy(p, data, n);
-	b->len += n;
-	return 0;
-}
-
-/* An emptied buffer that grew for one big reply goes back to its first
- * size, so an idle connection does not keep megabytes. */
-static void obuf_trim(struct obuf *b)
-{
-	char *p;
-
-	if (b->len != 0 || b->cap <= CONN_OBUF_KEEP)
-		return;
-	p = realloc(b->data, CONN_OBUF_INITIAL);
-	if (p != NULL) {
-		b->data = p;
-		b->cap = CONN_OBUF_INITIAL;
-	}
-}
 
 /* ---- context ----------------------------------------------------------- */
 
@@ -88,27 +37,46 @@ static uint64_t conn_clock_us(void)
 int conn_ctx_init(struct conn_ctx *x, const struct server_config *cfg,
 		  struct metrics *m)
 {
-	uint32_t n = cfg->max_resp_args > cfg->max_resp_args_unauth
-			     ? cfg->max_resp_args
-			     : cfg->max_resp_args_unauth;
-
 	memset(x, 0, sizeof(*x));
 	x->cfg = cfg;
 	x->m = m;
-	if (n < 1)
-		n = 1;
-	x->args = calloc(n, sizeof(*x->args));
-	if (x->args == NULL)
-		return -ENOMEM;
-	x->args_cap = n;
 	conn_ctx_begin_turn(x);
 	return 0;
 }
 
 void conn_ctx_fini(struct conn_ctx *x)
 {
-	free(x->args);
-	x->args = NULL;
+	for (uint32_t i = 0; i < x->n_protos; i++)
+		if (x->protos[i].proto->ctx_destroy != NULL)
+			x->protos[i].proto->ctx_destroy(x->protos[i].state);
+	x->n_protos = 0;
+}
+
+int conn_ctx_add(struct conn_ctx *x, const struct conn_proto *p)
+{
+	void *state = NULL;
+
+	for (uint32_t i = 0; i < x->n_protos; i++)
+		if (x->protos[i].proto == p)
+			return 0;
+	if (x->n_protos == CONN_PROTOS_MAX)
+		return -ENOMEM;
+	if (p->ctx_create != NULL) {
+		state = p->ctx_create(x->cfg);
+		if (state == NULL)
+			return -ENOMEM;
+	}
+	x->protos[x->n_protos].proto = p;
+	x->protos[x->n_protos].state = state;
+	x->n_protos++;
+	return 0;
+}
+
+void *conn_ctx_state_create(struct conn_ctx *x, const struct conn_proto *p)
+{
+	if (conn_ctx_add(x, p) < 0)
+		return NULL;
+	return x->protos[x->n_protos - 1].state;
 }
 
 void conn_ctx_begin_turn(struct conn_ctx *x)
@@ -133,38 +101,34 @@ void conn_ctx_begin_turn(struct conn_ctx *x)
 
 /* ---- connections ------------------------------------------------------- */
 
-int conn_init(struct conn *c, enum conn_proto proto,
+int conn_init(struct conn *c, const struct conn_proto *proto,
 	      const struct server_config *cfg, uint64_t now_ms)
 {
+	int rc_out, rc_wire;
+
 	memset(c, 0, sizeof(*c));
 	c->proto = proto;
 	c->authed = cfg->tokens == NULL;
 	c->sniffing = true;
 	c->last_rx_ms = now_ms;
 	c->in = malloc(CONN_IBUF_INITIAL);
-	c->out.data = malloc(CONN_OBUF_INITIAL);
-	c->wire.data = malloc(CONN_OBUF_INITIAL);
-	if (c->in == NULL || c->out.data == NULL || c->wire.data == NULL) {
+	rc_out = obuf_init(&c->out, OBUF_INITIAL);
+	rc_wire = obuf_init(&c->wire, OBUF_INITIAL);
+	if (c->in == NULL || rc_out < 0 || rc_wire < 0) {
 		conn_fini(c);
 		return -ENOMEM;
 	}
 	c->in_cap = CONN_IBUF_INITIAL;
-	c->out.cap = CONN_OBUF_INITIAL;
-	c->wire.cap = CONN_OBUF_INITIAL;
 	return 0;
 }
 
 void conn_fini(struct conn *c)
 {
 	free(c->in);
-	free(c->out.data);
-	free(c->wire.data);
 	c->in = NULL;
-	c->out.data = NULL;
-	c->wire.data = NULL;
 	c->in_len = c->in_cap = 0;
-	c->out.len = c->out.cap = c->out.off = 0;
-	c->wire.len = c->wire.cap = c->wire.off = 0;
+	obuf_fini(&c->out);
+	obuf_fini(&c->wire);
 }
 
 bool conn_take_send(struct conn *c, const char **buf, size_t *len)
@@ -221,23 +185,11 @@ int conn_sniff_http(const char *p, size_t n)
 	return maybe ? -1 : 0;
 }
 
-static long conn_process(struct conn_ctx *x, struct conn *c, const char *buf,
-			 size_t len)
-{
-	if (c->proto == CONN_RPC)
-		return rpc_process(x, c, (const uint8_t *)buf, len);
-	return resp_process(x, c, buf, len);
-}
-
 /* Input over the carry cap: a frame or command too large to hold. */
 static int conn_too_large(struct conn_ctx *x, struct conn *c)
 {
 	metrics_inc(&x->m->frames_oversize);
-	if (c->proto == CONN_RPC)
-		return rpc_reply_fatal(x, c, RPC_E_TOO_LARGE,
-				       "input over the per-connection cap");
-	return resp_reply_fatal(x, c, "Protocol error: command over the "
-				"per-connection input cap");
+	return c->proto->reply_fatal(x, c, CONN_FATAL_TOO_LARGE);
 }
 
 /* Appends data to the carry buffer (cap-checked). */
@@ -326,7 +278,7 @@ int conn_feed(struct conn_ctx *x, struct conn *c, const char *data,
 		return rc;
 	if (c->in_len == 0 && !c->paused) {
 		/* Nothing carried: parse the receive in place. */
-		n = conn_process(x, c, data, len);
+		n = c->proto->process(x, c, data, len);
 		if (n < 0)
 			return (int)n;
 		data += n;
@@ -338,7 +290,7 @@ int conn_feed(struct conn_ctx *x, struct conn *c, const char *data,
 			rc = conn_carry(x, c, data, len);
 		if (rc < 0 || c->want_close || c->paused)
 			goto out;
-		n = conn_process(x, c, c->in, c->in_len);
+		n = c->proto->process(x, c, c->in, c->in_len);
 		if (n < 0)
 			return (int)n;
 		if (c->want_close)
@@ -359,9 +311,7 @@ out:
 	if (x->n_requests != before) {
 		uint64_t now = conn_clock_us();
 
-		metrics_record_latency_n(x->m,
-					 c->proto == CONN_RPC ? METRICS_RPC
-							      : METRICS_RESP,
+		metrics_record_latency_n(x->m, c->proto->metrics,
 					 now - x->turn_us,
 					 x->n_requests - before);
 	}

@@ -1,7 +1,8 @@
 /*
  * conn: one client connection's bytes, apart from any socket. conn_feed
  * takes what a receive delivered, sniffs for HTTP on a binary port, hands
- * complete frames to the protocol (server/rpc.c, server/resp.c), carries
+ * complete frames to the connection's protocol (struct conn_proto, the
+ * table server/rpc.c and server/resp.c each export), carries
  * an unfinished frame over in a small per-connection buffer and queues the
  * replies in an output buffer; the loop (server/loop.c) takes the queued
  * bytes for one send per turn with conn_take_send. The loop owns the
@@ -20,51 +21,74 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "core/check.h"
+#include "index/check.h"
 #include "index/table.h"
 #include "server/metrics.h"
+#include "server/obuf.h"
 
 struct server_config;
 struct principal;
+struct writer_reply;
+struct conn;
+struct conn_ctx;
 
-/* A byte buffer: data[off..len) is still to go (off only moves on the
- * buffer being sent). */
-struct obuf {
-	char *data;
-	size_t len;
-	size_t off;
-	size_t cap;
-};
-
-#define CONN_OBUF_INITIAL 8192  /* each of the two output buffers */
 #define CONN_IBUF_INITIAL 4096  /* the carry-over input buffer */
-#define CONN_OBUF_KEEP (256u << 10) /* shrink back past this once empty */
 
-/* Grows b so that n more bytes fit; returns where they go, or NULL on
- * ENOMEM. */
-char *obuf_reserve(struct obuf *b, size_t n);
-int obuf_append(struct obuf *b, const void *data, size_t n);
-
-enum conn_proto {
-	CONN_RPC = 0,  /* length-prefixed protobuf (DESIGN §3.2) */
-	CONN_RESP = 1, /* Redis protocol (DESIGN §3.3) */
+/* Why a connection is closed with a last error reply (reply_fatal). */
+enum conn_fatal {
+	CONN_FATAL_TOO_LARGE, /* a frame or command over the input cap */
+	CONN_FATAL_STALLED,   /* one stalled half-sent past
+			       * cfg->partial_timeout_ms */
 };
 
-/* The incremental RESP parser's state between receives (server/resp.h). */
-struct resp_parser {
-	size_t pos;     /* bytes of the current command already scanned */
-	uint32_t nargs; /* arguments the array announced (0: not yet) */
-	uint32_t done;  /* arguments scanned whole */
+/*
+ * A protocol, as the connection and the loop see it: a constant table
+ * each protocol module exports (rpc_proto in server/rpc.h, resp_proto in
+ * server/resp.h) and the listener it was accepted on names. conn.c and
+ * loop.c call only through it, so they name no protocol.
+ */
+struct conn_proto {
+	const char *name;          /* "rpc", "resp": logs */
+	enum metrics_proto metrics; /* its latency and check counters */
+	/* Processes the complete frames at the start of buf[0..len) for c,
+	 * appending replies to c->out. Returns the bytes consumed (the
+	 * caller carries the rest over), or -ENOMEM. Stops early and sets
+	 * c->paused when c's output is over its cap (or c->apply_wait);
+	 * sets c->want_close when c must close (all of buf then counts as
+	 * consumed). */
+	long (*process)(struct conn_ctx *x, struct conn *c, const char *buf,
+			size_t len);
+	/* Flushes what is queued, appends the protocol's error for why and
+	 * sets c->want_close. 0, or -ENOMEM. */
+	int (*reply_fatal)(struct conn_ctx *x, struct conn *c,
+			   enum conn_fatal why);
+	/* The writer's reply to an Apply this protocol submitted (c was
+	 * apply_wait); NULL for a protocol that submits none. */
+	int (*reply_apply)(struct conn_ctx *x, struct conn *c,
+			   const struct writer_reply *r);
+	/* Per-worker state its connections share (scratch), made by
+	 * conn_ctx_add (or conn_ctx_state on first use) and destroyed by
+	 * conn_ctx_fini; both NULL if it needs none. */
+	void *(*ctx_create)(const struct server_config *cfg);
+	void (*ctx_destroy)(void *state);
+	/* The whole reply sent, before closing, to a connection refused at
+	 * the connection cap. */
+	const char *refusal;
+	size_t refusal_len;
 };
 
-/* One RESP argument: bytes inside the input (not NUL-terminated). */
-struct resp_arg {
-	const char *p;
-	uint32_t len;
+/* A protocol's per-connection state, inside struct conn so that no
+ * connection costs another allocation: each protocol casts it to its own
+ * struct and static_asserts that the struct fits. Zeroed by conn_init. */
+#define CONN_PROTO_STATE_BYTES 32
+union conn_proto_state {
+	unsigned char bytes[CONN_PROTO_STATE_BYTES];
+	uint64_t align_u64;
+	void *align_ptr;
 };
 
 struct conn {
-	enum conn_proto proto;
+	const struct conn_proto *proto; /* the listener's; set by conn_init */
 	bool authed;       /* AUTH done, or no token file */
 	bool sniffing;     /* first bytes: may still be an HTTP request line */
 	bool want_close;   /* send what is queued, then close; read no more */
@@ -77,7 +101,7 @@ struct conn {
 	char *in;          /* unprocessed input carried between receives */
 	size_t in_len;
 	size_t in_cap;
-	struct resp_parser rp;
+	union conn_proto_state ps; /* the protocol's (struct conn_proto) */
 
 	struct obuf out;   /* replies being gathered this turn */
 	struct obuf wire;  /* replies handed to the kernel (one send) */
@@ -87,14 +111,8 @@ struct conn {
 	uint64_t stat_requests;    /* requests answered (for tests and INFO) */
 };
 
-/* One pending RPC check response in a batch: verdicts [first, first+n). */
-struct conn_rpc_pending {
-	uint64_t id;
-	uint32_t first;
-	uint32_t count;
-};
-
 #define CONN_BATCH_MAX 256 /* checks decided together across requests */
+#define CONN_PROTOS_MAX 8  /* protocols one worker serves */
 
 /* A worker's processing context: the configuration, its metrics slot, the
  * index of this turn and scratch space, reused by every connection. */
@@ -113,12 +131,13 @@ struct conn_ctx {
 	struct check_input in[CONN_BATCH_MAX];
 	struct verdict out[CONN_BATCH_MAX];
 	uint32_t n_in;
-	struct conn_rpc_pending rpc_pending[CONN_BATCH_MAX];
-	uint32_t n_rpc_pending;
 
-	/* RESP arguments of one command (cfg->max_resp_args of them). */
-	struct resp_arg *args;
-	uint32_t args_cap;
+	/* Each protocol's per-worker state (conn_ctx_state). */
+	struct {
+		const struct conn_proto *proto;
+		void *state;
+	} protos[CONN_PROTOS_MAX];
+	uint32_t n_protos;
 
 	uint64_t n_requests; /* requests answered during one conn_feed */
 };
@@ -130,7 +149,26 @@ void conn_ctx_fini(struct conn_ctx *x);
  * caller is an online RCU reader until its next quiescent state). */
 void conn_ctx_begin_turn(struct conn_ctx *x);
 
-int conn_init(struct conn *c, enum conn_proto proto,
+/* Makes protocol p's per-worker state now, if it has none yet: a worker
+ * does so for each of its listeners at start-up, so that running out of
+ * memory stops the start rather than a connection. 0, or -ENOMEM (also
+ * past CONN_PROTOS_MAX protocols). */
+int conn_ctx_add(struct conn_ctx *x, const struct conn_proto *p);
+/* The per-worker state of protocol p (p->ctx_create's): NULL for a
+ * protocol without one, or if conn_ctx_add fails when it is made here on
+ * first use. */
+void *conn_ctx_state_create(struct conn_ctx *x, const struct conn_proto *p);
+static inline void *conn_ctx_state(struct conn_ctx *x,
+				   const struct conn_proto *p)
+{
+	for (uint32_t i = 0; i < x->n_protos; i++)
+		if (x->protos[i].proto == p)
+			return x->protos[i].state;
+	return conn_ctx_state_create(x, p);
+}
+
+/* A connection accepted on a listener of protocol proto. */
+int conn_init(struct conn *c, const struct conn_proto *proto,
 	      const struct server_config *cfg, uint64_t now_ms);
 void conn_fini(struct conn *c);
 

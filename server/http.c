@@ -50,10 +50,11 @@
 #include <microhttpd.h>
 #include <urcu-qsbr.h>
 
-#include "core/check.h"
+#include "index/check.h"
 #include "core/enums.h"
 #include "core/tokens.h"
 #include "index/table.h"
+#include "server/addr.h"
 #include "server/config.h"
 #include "server/json.h"
 #include "server/live.h"
@@ -98,6 +99,7 @@ struct http {
 	int stop_fd;            /* eventfd: http_stop wakes the thread */
 	pthread_t thread;
 	uint16_t port;
+	char bound[ADDR_TEXT_MAX]; /* "HOST:PORT" as bound */
 	uint64_t start_ms;      /* CLOCK_MONOTONIC at http_start */
 	int64_t started_at;     /* Unix time at http_start */
 	struct http_conn conns; /* list head: every open connection */
@@ -991,105 +993,50 @@ static void *http_thread(void *arg)
 	return NULL;
 }
 
-/* "HOST:PORT" (IPv4 or a name) or "[IPv6]:PORT"; the port may be 0. */
-static int http_resolve(const char *addr, struct addrinfo **out, char *err,
-			size_t err_cap)
+/* The ops port's listener on cfg->http_addr (server/addr.h), a port in use
+ * waited for up to cfg->bind_wait_ms; bound gets the address as bound. */
+static int http_listen(const struct server_config *cfg, int *fd_out,
+		       int *family, uint16_t *port, char *bound,
+		       size_t bound_cap, char *err, size_t err_cap)
 {
-	struct addrinfo hints = {
-		.ai_family = AF_UNSPEC,
-		.ai_socktype = SOCK_STREAM,
-		.ai_flags = AI_PASSIVE | AI_NUMERICSERV,
-	};
-	char host[256];
-	const char *port, *colon;
-	size_t hlen;
-	int e;
-
-	if (!addr || !*addr) {
-		snprintf(err, err_cap, "http address: empty");
-		return -EINVAL;
-	}
-	if (addr[0] == '[') {
-		const char *close = strchr(addr, ']');
-
-		if (!close || close[1] != ':') {
-			snprintf(err, err_cap,
-				 "http address %s: expected [IPv6]:PORT", addr);
-			return -EINVAL;
-		}
-		hlen = (size_t)(close - addr - 1);
-		memcpy(host, addr + 1, hlen < sizeof(host) ? hlen : 0);
-		port = close + 2;
-	} else {
-		colon = strrchr(addr, ':');
-		if (!colon || strchr(addr, ':') != colon) {
-			snprintf(err, err_cap,
-				 "http address %s: expected HOST:PORT (IPv6 as [ADDR]:PORT)",
-				 addr);
-			return -EINVAL;
-		}
-		hlen = (size_t)(colon - addr);
-		memcpy(host, addr, hlen < sizeof(host) ? hlen : 0);
-		port = colon + 1;
-	}
-	if (hlen == 0 || hlen >= sizeof(host)) {
-		snprintf(err, err_cap, "http address %s: bad host", addr);
-		return -EINVAL;
-	}
-	host[hlen] = '\0';
-	if (!*port || strspn(port, "0123456789") != strlen(port) ||
-	    strlen(port) > 5 || atoi(port) > 65535) {
-		snprintf(err, err_cap, "http address %s: bad port", addr);
-		return -EINVAL;
-	}
-	e = getaddrinfo(host, port, &hints, out);
-	if (e) {
-		snprintf(err, err_cap, "http address %s: %s", addr,
-			 gai_strerror(e));
-		return -EINVAL;
-	}
-	return 0;
-}
-
-static int http_listen(const char *addr, int *fd_out, int *family,
-		       uint16_t *port, char *err, size_t err_cap)
-{
-	struct addrinfo *ai;
 	struct sockaddr_storage ss;
-	socklen_t sl = sizeof(ss);
+	socklen_t sl;
+	char label[ADDR_HOST_MAX + 32];
 	int fd, one = 1, e;
 
-	e = http_resolve(addr, &ai, err, err_cap);
+	e = addr_resolve(cfg->http_addr, &ss, &sl, err, err_cap);
 	if (e < 0)
 		return e;
-	fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
-		    ai->ai_protocol);
+	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+		    0);
 	if (fd < 0) {
 		e = -errno;
 		snprintf(err, err_cap, "http socket: %s", strerror(-e));
-		goto out;
+		return e;
 	}
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (ai->ai_family == AF_INET6)
+	if (ss.ss_family == AF_INET6)
 		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-	if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 ||
-	    listen(fd, HTTP_BACKLOG) < 0 ||
-	    getsockname(fd, (struct sockaddr *)&ss, &sl) < 0) {
+	snprintf(label, sizeof(label), "--http %s", cfg->http_addr);
+	e = addr_bind(fd, (struct sockaddr *)&ss, sl, cfg->bind_wait_ms, label);
+	if (e == 0 && listen(fd, HTTP_BACKLOG) < 0)
 		e = -errno;
-		snprintf(err, err_cap, "http listen on %s: %s", addr,
-			 strerror(-e));
+	sl = sizeof(ss);
+	if (e == 0 && getsockname(fd, (struct sockaddr *)&ss, &sl) < 0)
+		e = -errno;
+	if (e < 0) {
+		snprintf(err, err_cap, "%s: %s", cfg->http_addr, strerror(-e));
 		close(fd);
-		goto out;
+		return e;
 	}
-	*family = ai->ai_family;
+	*family = ss.ss_family;
 	*port = ntohs(ss.ss_family == AF_INET6 ?
 			      ((struct sockaddr_in6 *)&ss)->sin6_port :
 			      ((struct sockaddr_in *)&ss)->sin_port);
+	if (addr_format((struct sockaddr *)&ss, bound, bound_cap) < 0)
+		snprintf(bound, bound_cap, "%s", cfg->http_addr);
 	*fd_out = fd;
-	e = 0;
-out:
-	freeaddrinfo(ai);
-	return e;
+	return 0;
 }
 
 int http_start(const struct server_config *cfg, unsigned metrics_slot_i,
@@ -1119,7 +1066,8 @@ int http_start(const struct server_config *cfg, unsigned metrics_slot_i,
 	h->stop_fd = -1;
 	h->conns.next = h->conns.prev = &h->conns;
 
-	e = http_listen(cfg->http_addr, &fd, &family, &h->port, err, err_cap);
+	e = http_listen(cfg, &fd, &family, &h->port, h->bound, sizeof(h->bound),
+			err, err_cap);
 	if (e < 0)
 		goto fail;
 	h->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -1178,6 +1126,11 @@ fail:
 uint16_t http_port(const struct http *h)
 {
 	return h->port;
+}
+
+const char *http_bound(const struct http *h)
+{
+	return h->bound;
 }
 
 void http_stop(struct http *h)

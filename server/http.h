@@ -16,12 +16,15 @@ struct http;
 struct server_config;
 
 /* metrics_slot: the struct metrics slot this thread owns (the last one).
- * Returns 0, or -errno with a message (e.g. the address is in use). */
+ * Returns 0, or -errno with a message (e.g. the address is still in use
+ * after cfg->bind_wait_ms). */
 int http_start(const struct server_config *cfg, unsigned metrics_slot,
 	       struct http **out, char *err, size_t err_cap);
 void http_stop(struct http *h);
 
-/* The port it listens on (the one the kernel chose for port 0). */
+/* The port it listens on (the one the kernel chose for port 0), and the
+ * whole address as bound ("127.0.0.1:PORT", "[::1]:PORT"; owned by h). */
 uint16_t http_port(const struct http *h);
+const char *http_bound(const struct http *h);
 
 #endif

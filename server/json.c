@@ -18,6 +18,7 @@
 #include <jansson.h>
 
 #include "core/enums.h"
+#include "core/errmsg.h"
 
 enum json_field {
 	FIELD_UNKNOWN,
@@ -51,19 +52,6 @@ static enum json_field json_field_lookup(const char *key)
 		    !strcmp(key, json_fields[i].camel))
 			return json_fields[i].field;
 	return FIELD_UNKNOWN;
-}
-
-static void json_errf(char *err, size_t cap, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-static void json_errf(char *err, size_t cap, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!cap)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, cap, fmt, ap);
-	va_end(ap);
 }
 
 /* A client's text for an error message: printable ASCII only (the message
@@ -175,7 +163,7 @@ int json_check_param(struct check_input *c, const char *key, size_t key_len,
 		return 1 << f;
 	case FIELD_BRAND_CODE:
 		if (json_brand_text(val, val_len, &c->brand_code) < 0) {
-			json_errf(err, err_cap,
+			errmsg_set(err, err_cap,
 				  "brand_code: \"%s\" is not a number in 0..4294967295",
 				  json_quote(q, val, val_len));
 			return -EINVAL;
@@ -191,13 +179,13 @@ int json_check_param(struct check_input *c, const char *key, size_t key_len,
 		kind = JSON_ENUM_PURPOSE;
 		break;
 	default:
-		json_errf(err, err_cap, "unknown parameter \"%s\"",
+		errmsg_set(err, err_cap, "unknown parameter \"%s\"",
 			  json_quote(q, key, key_len));
 		return -EINVAL;
 	}
 	e = json_enum_text(kind, val, val_len);
 	if (e < 0) {
-		json_errf(err, err_cap, "%s: unknown value \"%s\" (expected %s)",
+		errmsg_set(err, err_cap, "%s: unknown value \"%s\" (expected %s)",
 			  json_fields[f - 1].snake, json_quote(q, val, val_len),
 			  json_enum_expected(kind));
 		return -EINVAL;
@@ -254,7 +242,7 @@ static int json_decode_field(enum json_field f, const json_t *v,
 	switch (f) {
 	case FIELD_RECIPIENT:
 		if (!json_is_string(v)) {
-			json_errf(err, err_cap, "%srecipient: expected a string",
+			errmsg_set(err, err_cap, "%srecipient: expected a string",
 				  where);
 			return -EINVAL;
 		}
@@ -266,7 +254,7 @@ static int json_decode_field(enum json_field f, const json_t *v,
 			json_int_t b = json_integer_value(v);
 
 			if (b < 0 || b > (json_int_t)UINT32_MAX) {
-				json_errf(err, err_cap,
+				errmsg_set(err, err_cap,
 					  "%sbrand_code: %lld is outside 0..4294967295",
 					  where, (long long)b);
 				return -EINVAL;
@@ -278,7 +266,7 @@ static int json_decode_field(enum json_field f, const json_t *v,
 			if (json_brand_text(json_string_value(v),
 					    json_string_length(v),
 					    &c->brand_code) < 0) {
-				json_errf(err, err_cap,
+				errmsg_set(err, err_cap,
 					  "%sbrand_code: \"%s\" is not a number in 0..4294967295",
 					  where,
 					  json_quote(q, json_string_value(v),
@@ -287,7 +275,7 @@ static int json_decode_field(enum json_field f, const json_t *v,
 			}
 			return 0;
 		}
-		json_errf(err, err_cap, "%sbrand_code: expected an integer",
+		errmsg_set(err, err_cap, "%sbrand_code: expected an integer",
 			  where);
 		return -EINVAL;
 	case FIELD_CHANNEL:
@@ -316,7 +304,7 @@ static int json_decode_field(enum json_field f, const json_t *v,
 			e = json_enum_text(kind, json_string_value(v),
 					   json_string_length(v));
 			if (e < 0) {
-				json_errf(err, err_cap,
+				errmsg_set(err, err_cap,
 					  "%s%s: unknown value \"%s\" (expected %s)",
 					  where, name,
 					  json_quote(q, json_string_value(v),
@@ -331,7 +319,7 @@ static int json_decode_field(enum json_field f, const json_t *v,
 			json_int_t n = json_integer_value(v);
 
 			if (n < 0 || n > json_enum_max(kind)) {
-				json_errf(err, err_cap,
+				errmsg_set(err, err_cap,
 					  "%s%s: %lld is not a defined value (expected %s)",
 					  where, name, (long long)n,
 					  json_enum_expected(kind));
@@ -340,7 +328,7 @@ static int json_decode_field(enum json_field f, const json_t *v,
 			*slot = (int)n;
 			return 0;
 		}
-		json_errf(err, err_cap, "%s%s: expected a name or a number",
+		errmsg_set(err, err_cap, "%s%s: expected a name or a number",
 			  where, name);
 		return -EINVAL;
 	}
@@ -354,13 +342,13 @@ static int json_parse_body(const char *body, size_t len, size_t max_checks,
 	json_error_t je;
 
 	if (len > JSON_MAX_BODY_BYTES) {
-		json_errf(err, err_cap, "body: %zu bytes, over the limit of %u",
+		errmsg_set(err, err_cap, "body: %zu bytes, over the limit of %u",
 			  len, JSON_MAX_BODY_BYTES);
 		return -EMSGSIZE;
 	}
 	/* The top object, the checks array, then one object per check. */
 	if (json_count_containers(body, len) > max_checks + 2) {
-		json_errf(err, err_cap,
+		errmsg_set(err, err_cap,
 			  "checks: over the limit of %zu (the body holds more "
 			  "objects and arrays than that)", max_checks);
 		return -EMSGSIZE;
@@ -374,13 +362,13 @@ static int json_parse_body(const char *body, size_t len, size_t max_checks,
 		for (char *p = je.text; *p; p++)
 			if (*p < 0x20 || *p >= 0x7f)
 				*p = '?';
-		json_errf(err, err_cap,
+		errmsg_set(err, err_cap,
 			  "body is not valid JSON: %s (line %d, column %d)",
 			  je.text, je.line, je.column);
 		return -EINVAL;
 	}
 	if (!json_is_object(*doc)) {
-		json_errf(err, err_cap, "body: expected a JSON object");
+		errmsg_set(err, err_cap, "body: expected a JSON object");
 		json_decref(*doc);
 		*doc = NULL;
 		return -EINVAL;
@@ -406,7 +394,7 @@ static int json_decode_top(json_t *doc, struct check_input *def,
 			if (json_is_null(v))
 				continue;
 			if (!json_is_array(v)) {
-				json_errf(err, err_cap,
+				errmsg_set(err, err_cap,
 					  "checks: expected an array");
 				return -EINVAL;
 			}
@@ -414,7 +402,7 @@ static int json_decode_top(json_t *doc, struct check_input *def,
 		} else if (f == FIELD_UNKNOWN || f == FIELD_RECIPIENT) {
 			/* A request-level recipient is not a CheckRequest
 			 * field: probably a single check sent bare. */
-			json_errf(err, err_cap,
+			errmsg_set(err, err_cap,
 				  "unknown field \"%s\"%s", json_quote(q, key, strlen(key)),
 				  f == FIELD_RECIPIENT ?
 				  " (put checks in \"checks\":[...])" : "");
@@ -426,7 +414,7 @@ static int json_decode_top(json_t *doc, struct check_input *def,
 		}
 	}
 	if (!*checks) {
-		json_errf(err, err_cap, "checks: missing (an array of checks)");
+		errmsg_set(err, err_cap, "checks: missing (an array of checks)");
 		return -EINVAL;
 	}
 	return 0;
@@ -444,14 +432,14 @@ static int json_decode_one(json_t *chk, size_t i,
 
 	snprintf(where, sizeof(where), "checks[%zu].", i);
 	if (!json_is_object(chk)) {
-		json_errf(err, err_cap, "checks[%zu]: expected an object", i);
+		errmsg_set(err, err_cap, "checks[%zu]: expected an object", i);
 		return -EINVAL;
 	}
 	json_object_foreach(chk, key, v) {
 		enum json_field f = json_field_lookup(key);
 
 		if (f == FIELD_UNKNOWN || f == FIELD_CHECKS) {
-			json_errf(err, err_cap, "%sunknown field \"%s\"", where,
+			errmsg_set(err, err_cap, "%sunknown field \"%s\"", where,
 				  json_quote(q, key, strlen(key)));
 			return -EINVAL;
 		}
@@ -492,14 +480,14 @@ int json_decode_check_request(const char *body, size_t len, size_t max_checks,
 		goto fail;
 	n = json_array_size(checks);
 	if (n > max_checks) {
-		json_errf(err, err_cap, "checks: %zu of them, over the limit of %zu",
+		errmsg_set(err, err_cap, "checks: %zu of them, over the limit of %zu",
 			  n, max_checks);
 		e = -EMSGSIZE;
 		goto fail;
 	}
 	out->checks = calloc(n ? n : 1, sizeof(*out->checks));
 	if (!out->checks) {
-		json_errf(err, err_cap, "out of memory");
+		errmsg_set(err, err_cap, "out of memory");
 		e = -ENOMEM;
 		goto fail;
 	}

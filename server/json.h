@@ -16,7 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "core/check.h"
+#include "index/check.h"
 
 #define JSON_MAX_BODY_BYTES (1u << 20) /* a POST body: 1 MiB */
 #define JSON_MAX_CHECKS 10000          /* checks in one POST */

@@ -55,11 +55,10 @@
 #include <unistd.h>
 #include <urcu-qsbr.h>
 
+#include "server/addr.h"
 #include "server/config.h"
 #include "server/conn.h"
 #include "server/metrics.h"
-#include "server/resp.h"
-#include "server/rpc.h"
 #include "server/writer.h"
 
 #define LOOP_WAIT_MS 100         /* longest wait: deadlines, stop flag */
@@ -74,7 +73,7 @@
 
 /* user_data: kind (8 bits) | slot (24) | generation (32). */
 enum loop_ud {
-	UD_ACCEPT = 1, /* slot = protocol */
+	UD_ACCEPT = 1, /* slot = listener (struct worker's listen[]) */
 	UD_RECV,
 	UD_SEND,
 	UD_CLOSE,
@@ -123,8 +122,14 @@ struct worker {
 	pthread_t thread;
 	struct io_uring ring;
 	bool ring_ok;
-	int listen_fd[2]; /* by enum conn_proto */
-	bool accept_armed[2];
+	/* Its listeners, in loop_start's order; each names the protocol of
+	 * the connections it accepts. */
+	struct {
+		int fd;
+		const struct conn_proto *proto;
+		bool accept_armed;
+	} listen[LOOP_LISTENERS_MAX];
+	unsigned n_listen;
 	uint64_t accept_resume_ms; /* 0: not paused */
 
 	struct io_uring_buf_ring *br;
@@ -176,41 +181,10 @@ static uint64_t loop_now_ms(void)
 
 /* ---- listeners --------------------------------------------------------- */
 
-static int loop_split_addr(const char *addr, char *host, size_t host_cap,
-			   char *port, size_t port_cap)
+static int loop_listen_one(const struct sockaddr *sa, socklen_t len,
+			   uint32_t bind_wait_ms, const char *what)
 {
-	const char *colon, *h = addr;
-	size_t hl;
-
-	if (addr[0] == '[') {
-		const char *close = strchr(addr, ']');
-
-		if (close == NULL || close[1] != ':')
-			return -EINVAL;
-		h = addr + 1;
-		hl = (size_t)(close - h);
-		colon = close + 1;
-	} else {
-		colon = strrchr(addr, ':');
-		if (colon == NULL)
-			return -EINVAL;
-		hl = (size_t)(colon - addr);
-	}
-	if (hl == 0 || hl >= host_cap || strlen(colon + 1) == 0 ||
-	    strlen(colon + 1) >= port_cap)
-		return -EINVAL;
-	memcpy(host, h, hl);
-	host[hl] = '\0';
-	strcpy(port, colon + 1);
-	for (const char *p = port; *p; p++)
-		if (*p < '0' || *p > '9')
-			return -EINVAL;
-	return 0;
-}
-
-static int loop_listen_one(const struct sockaddr *sa, socklen_t len)
-{
-	int one = 1, fd;
+	int one = 1, fd, rc;
 
 	fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
@@ -220,61 +194,60 @@ static int loop_listen_one(const struct sockaddr *sa, socklen_t len)
 	 * with liburing 2.3, and replies must not wait for Nagle. */
 	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
 	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
-	    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0 ||
-	    bind(fd, sa, len) < 0 || listen(fd, 4096) < 0) {
-		int e = -errno;
-
+	    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0) {
+		rc = -errno;
 		close(fd);
-		return e;
+		return rc;
+	}
+	rc = addr_bind(fd, sa, len, bind_wait_ms, what);
+	if (rc == 0 && listen(fd, 4096) < 0)
+		rc = -errno;
+	if (rc < 0) {
+		close(fd);
+		return rc;
 	}
 	return fd;
 }
 
-int loop_listen(const char *addr, unsigned n, int *fds, char *bound,
-		size_t bound_cap, char *err, size_t err_cap)
+int loop_listen(const char *what, const char *addr, uint32_t bind_wait_ms,
+		unsigned n, int *fds, char *bound, size_t bound_cap, char *err,
+		size_t err_cap)
 {
-	struct addrinfo hints = { .ai_socktype = SOCK_STREAM,
-				  .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
-	struct addrinfo *ai = NULL;
 	struct sockaddr_storage ss;
 	socklen_t sl;
-	char host[256], port[16], hbuf[NI_MAXHOST];
+	char label[ADDR_HOST_MAX + 32];
 	unsigned i;
 	int rc;
 
-	if (loop_split_addr(addr, host, sizeof(host), port, sizeof(port)) < 0) {
-		snprintf(err, err_cap, "%s: not HOST:PORT", addr);
-		return -EINVAL;
-	}
-	rc = getaddrinfo(host, port, &hints, &ai);
-	if (rc != 0) {
-		snprintf(err, err_cap, "%s: %s", addr, gai_strerror(rc));
-		return -EINVAL;
-	}
-	memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
-	sl = ai->ai_addrlen;
-	freeaddrinfo(ai);
+	rc = addr_resolve(addr, &ss, &sl, err, err_cap);
+	if (rc < 0)
+		return rc;
+	snprintf(label, sizeof(label), "%s %s", what, addr);
 	/* SO_REUSEPORT lets any process of the same user bind the port too
 	 * (a stale consentd would silently get half the connections). A probe
-	 * bound without it fails if anyone holds the port. */
+	 * bound without it fails if anyone holds the port; it is also where
+	 * a restart waits for a killed predecessor's port. */
 	{
 		int one = 1, probe = socket(ss.ss_family,
 					    SOCK_STREAM | SOCK_CLOEXEC, 0);
 
-		if (probe < 0 ||
-		    setsockopt(probe, SOL_SOCKET, SO_REUSEADDR, &one,
-			       sizeof(one)) < 0 ||
-		    bind(probe, (struct sockaddr *)&ss, sl) < 0) {
+		rc = probe < 0 ? -errno : 0;
+		if (rc == 0 && setsockopt(probe, SOL_SOCKET, SO_REUSEADDR, &one,
+					  sizeof(one)) < 0)
 			rc = -errno;
+		if (rc == 0)
+			rc = addr_bind(probe, (struct sockaddr *)&ss, sl,
+				       bind_wait_ms, label);
+		if (probe >= 0)
+			close(probe);
+		if (rc < 0) {
 			snprintf(err, err_cap, "%s: %s", addr, strerror(-rc));
-			if (probe >= 0)
-				close(probe);
 			return rc;
 		}
-		close(probe);
 	}
 	for (i = 0; i < n; i++) {
-		fds[i] = loop_listen_one((struct sockaddr *)&ss, sl);
+		fds[i] = loop_listen_one((struct sockaddr *)&ss, sl,
+					 bind_wait_ms, label);
 		if (fds[i] < 0) {
 			rc = fds[i];
 			snprintf(err, err_cap, "%s: %s", addr, strerror(-rc));
@@ -289,11 +262,7 @@ int loop_listen(const char *addr, unsigned n, int *fds, char *bound,
 			getsockname(fds[0], (struct sockaddr *)&ss, &sl);
 		}
 	}
-	if (getnameinfo((struct sockaddr *)&ss, sl, hbuf, sizeof(hbuf), port,
-			sizeof(port), NI_NUMERICHOST | NI_NUMERICSERV) == 0)
-		snprintf(bound, bound_cap, ss.ss_family == AF_INET6 ?
-			 "[%s]:%s" : "%s:%s", hbuf, port);
-	else
+	if (addr_format((struct sockaddr *)&ss, bound, bound_cap) < 0)
 		snprintf(bound, bound_cap, "%s", addr);
 	return 0;
 }
@@ -312,16 +281,16 @@ static struct io_uring_sqe *loop_sqe(struct worker *w)
 	return sqe;
 }
 
-static void loop_arm_accept(struct worker *w, int proto)
+static void loop_arm_accept(struct worker *w, unsigned li)
 {
 	struct io_uring_sqe *sqe = loop_sqe(w);
 
 	if (sqe == NULL)
 		return;
-	io_uring_prep_multishot_accept_direct(sqe, w->listen_fd[proto], NULL,
+	io_uring_prep_multishot_accept_direct(sqe, w->listen[li].fd, NULL,
 					      NULL, 0);
-	io_uring_sqe_set_data64(sqe, loop_ud(UD_ACCEPT, (uint32_t)proto, 0));
-	w->accept_armed[proto] = true;
+	io_uring_sqe_set_data64(sqe, loop_ud(UD_ACCEPT, li, 0));
+	w->listen[li].accept_armed = true;
 }
 
 static void loop_cancel(struct worker *w, uint64_t target)
@@ -387,7 +356,8 @@ static void loop_mark(struct worker *w, uint32_t slot)
 
 /* ---- connection life --------------------------------------------------- */
 
-static void loop_open(struct worker *w, uint32_t slot, int proto)
+static void loop_open(struct worker *w, uint32_t slot,
+		      const struct conn_proto *proto)
 {
 	const struct server_config *cfg = w->loop->cfg;
 	struct wconn *wc = &w->conns[slot];
@@ -397,19 +367,16 @@ static void loop_open(struct worker *w, uint32_t slot, int proto)
 	wc->gen = gen;
 	wc->state = WC_OPEN;
 	wc->opened_ms = w->ctx.now_ms;
-	wc->c.proto = (enum conn_proto)proto;
+	wc->c.proto = proto;
 	wc->active_idx = w->n_active;
 	w->active[w->n_active++] = slot;
 	if (w->n_clients >= cfg->max_connections || w->stopping ||
-	    conn_init(&wc->c, (enum conn_proto)proto, cfg, w->ctx.now_ms) < 0) {
+	    conn_init(&wc->c, proto, cfg, w->ctx.now_ms) < 0) {
 		/* A clean refusal: one reply, then close. */
 		wc->refused = true;
 		wc->c.want_close = true;
 		metrics_inc(&w->m->connections_refused);
-		if (proto == CONN_RPC)
-			loop_send(w, slot, rpc_refusal, rpc_refusal_len);
-		else
-			loop_send(w, slot, resp_refusal, resp_refusal_len);
+		loop_send(w, slot, proto->refusal, proto->refusal_len);
 		return;
 	}
 	wc->c.tag = (uint64_t)slot << 32 | gen;
@@ -539,10 +506,12 @@ static void loop_settle(struct worker *w, uint32_t slot)
 
 static void loop_on_accept(struct worker *w, struct io_uring_cqe *cqe)
 {
-	int proto = (int)((cqe->user_data >> 32) & 0xffffff);
+	unsigned li = (unsigned)((cqe->user_data >> 32) & 0xffffff);
 
+	if (li >= w->n_listen)
+		return; /* not an accept we armed: never expected */
 	if (!(cqe->flags & IORING_CQE_F_MORE))
-		w->accept_armed[proto] = false;
+		w->listen[li].accept_armed = false;
 	if (cqe->res >= 0) {
 		uint32_t slot = (uint32_t)cqe->res;
 
@@ -557,7 +526,7 @@ static void loop_on_accept(struct worker *w, struct io_uring_cqe *cqe)
 			}
 			return;
 		}
-		loop_open(w, slot, proto);
+		loop_open(w, slot, w->listen[li].proto);
 		loop_mark(w, slot);
 		return;
 	}
@@ -565,9 +534,9 @@ static void loop_on_accept(struct worker *w, struct io_uring_cqe *cqe)
 		return;
 	/* EMFILE/ENFILE (no free slot), ENOMEM, anything else: pause rather
 	 * than spin on a listener that fails at once. */
-	if (w->accept_armed[proto]) {
-		loop_cancel(w, loop_ud(UD_ACCEPT, (uint32_t)proto, 0));
-		w->accept_armed[proto] = false;
+	if (w->listen[li].accept_armed) {
+		loop_cancel(w, loop_ud(UD_ACCEPT, li, 0));
+		w->listen[li].accept_armed = false;
 	}
 	if (w->accept_resume_ms == 0)
 		metrics_inc(&w->m->accept_paused);
@@ -640,18 +609,9 @@ static void loop_on_send(struct worker *w, struct io_uring_cqe *cqe,
 	}
 	if (wc->refused) {
 		wc->refusal_off += (size_t)cqe->res;
-		if (cqe->res > 0 && wc->refusal_off < (c->proto == CONN_RPC
-						     ? rpc_refusal_len
-						     : resp_refusal_len)) {
-			const char *base = c->proto == CONN_RPC
-						   ? (const char *)rpc_refusal
-						   : resp_refusal;
-			size_t total = c->proto == CONN_RPC ? rpc_refusal_len
-							    : resp_refusal_len;
-
-			loop_send(w, slot, base + wc->refusal_off,
-				  total - wc->refusal_off);
-		}
+		if (cqe->res > 0 && wc->refusal_off < c->proto->refusal_len)
+			loop_send(w, slot, c->proto->refusal + wc->refusal_off,
+				  c->proto->refusal_len - wc->refusal_off);
 		return;
 	}
 	conn_sent(c, (size_t)cqe->res);
@@ -716,7 +676,8 @@ static void loop_on_applied(const struct writer_reply *r, void *arg)
 	loop_mark(w, slot);
 	if (wc->abort)
 		return;
-	if (rpc_reply_apply(&c->out, r) < 0 ||
+	if (c->proto->reply_apply == NULL ||
+	    c->proto->reply_apply(&w->ctx, c, r) < 0 ||
 	    (!c->paused && !c->want_close && conn_feed(&w->ctx, c, NULL, 0) < 0))
 		loop_abort(w, slot, NULL);
 }
@@ -801,17 +762,9 @@ static void loop_sweep(struct worker *w)
 			continue;
 		if (c->partial_since_ms &&
 		    now - c->partial_since_ms >= cfg->partial_timeout_ms) {
-			char msg[96];
-
 			metrics_inc(&w->m->closed_partial);
-			snprintf(msg, sizeof(msg),
-				 "incomplete %s after %u ms",
-				 c->proto == CONN_RPC ? "frame" : "command",
-				 cfg->partial_timeout_ms);
-			if ((c->proto == CONN_RPC
-				     ? rpc_reply_fatal(&w->ctx, c,
-						       RPC_E_TIMEOUT, msg)
-				     : resp_reply_fatal(&w->ctx, c, msg)) < 0)
+			if (c->proto->reply_fatal(&w->ctx, c,
+						  CONN_FATAL_STALLED) < 0)
 				loop_abort(w, slot, NULL);
 			c->in_len = 0;
 			loop_mark(w, slot);
@@ -833,9 +786,9 @@ static void loop_begin_stop(struct worker *w)
 
 	w->stopping = true;
 	w->stop_deadline_ms = w->ctx.now_ms + cfg->shutdown_grace_ms;
-	for (int p = 0; p < 2; p++)
-		if (w->accept_armed[p])
-			loop_cancel(w, loop_ud(UD_ACCEPT, (uint32_t)p, 0));
+	for (unsigned li = 0; li < w->n_listen; li++)
+		if (w->listen[li].accept_armed)
+			loop_cancel(w, loop_ud(UD_ACCEPT, li, 0));
 	w->accept_resume_ms = 0;
 	/* Finish what was received: each connection sends its queued replies
 	 * and closes (settle sees want_close). */
@@ -932,15 +885,19 @@ static int loop_setup(struct worker *w)
 	w->conns = calloc(w->n_slots, sizeof(*w->conns));
 	w->active = calloc(w->n_slots, sizeof(*w->active));
 	w->dirty = calloc(w->n_slots, sizeof(*w->dirty));
-	if (w->conns == NULL || w->active == NULL || w->dirty == NULL ||
-	    conn_ctx_init(&w->ctx, cfg, w->m) < 0) {
+	rc = w->conns == NULL || w->active == NULL || w->dirty == NULL
+		     ? -ENOMEM
+		     : conn_ctx_init(&w->ctx, cfg, w->m);
+	for (unsigned li = 0; li < w->n_listen && rc == 0; li++)
+		rc = conn_ctx_add(&w->ctx, w->listen[li].proto);
+	if (rc < 0) {
 		snprintf(w->errmsg, sizeof(w->errmsg),
 			 "worker %u: out of memory", w->id);
 		return -ENOMEM;
 	}
 	w->ctx.worker = w->id;
-	loop_arm_accept(w, CONN_RPC);
-	loop_arm_accept(w, CONN_RESP);
+	for (unsigned li = 0; li < w->n_listen; li++)
+		loop_arm_accept(w, li);
 	loop_arm_wake(w);
 	rc = io_uring_submit(&w->ring);
 	if (rc < 0) {
@@ -971,9 +928,9 @@ static void loop_teardown(struct worker *w)
 	free(w->conns);
 	free(w->active);
 	free(w->dirty);
-	for (int p = 0; p < 2; p++)
-		if (w->listen_fd[p] >= 0)
-			close(w->listen_fd[p]);
+	for (unsigned li = 0; li < w->n_listen; li++)
+		if (w->listen[li].fd >= 0)
+			close(w->listen[li].fd);
 }
 
 static void loop_turn_end(struct worker *w)
@@ -992,9 +949,9 @@ static void loop_turn_end(struct worker *w)
 		loop_begin_stop(w);
 	if (w->accept_resume_ms && now >= w->accept_resume_ms) {
 		w->accept_resume_ms = 0;
-		for (int p = 0; p < 2; p++)
-			if (!w->accept_armed[p])
-				loop_arm_accept(w, p);
+		for (unsigned li = 0; li < w->n_listen; li++)
+			if (!w->listen[li].accept_armed)
+				loop_arm_accept(w, li);
 	}
 	loop_sweep(w);
 	ov = *w->ring.cq.koverflow;
@@ -1095,14 +1052,20 @@ static int loop_pick_cpu(unsigned i)
 	return -1;
 }
 
-int loop_start(const struct server_config *cfg, const int *rpc_fds,
-	       const int *resp_fds, struct loop **out, char *err,
-	       size_t err_cap)
+int loop_start(const struct server_config *cfg,
+	       const struct loop_listener *ls, unsigned n_ls,
+	       struct loop **out, char *err, size_t err_cap)
 {
-	struct loop *l = calloc(1, sizeof(*l));
+	struct loop *l;
 	unsigned i, started = 0;
 	int rc = 0;
 
+	if (n_ls > LOOP_LISTENERS_MAX) {
+		snprintf(err, err_cap, "%u listeners: at most %u", n_ls,
+			 LOOP_LISTENERS_MAX);
+		return -EINVAL;
+	}
+	l = calloc(1, sizeof(*l));
 	if (l == NULL)
 		return -ENOMEM;
 	l->cfg = cfg;
@@ -1121,8 +1084,11 @@ int loop_start(const struct server_config *cfg, const int *rpc_fds,
 		w->loop = l;
 		w->id = i;
 		w->cpu = loop_pick_cpu(i);
-		w->listen_fd[CONN_RPC] = rpc_fds[i];
-		w->listen_fd[CONN_RESP] = resp_fds[i];
+		for (unsigned li = 0; li < n_ls; li++) {
+			w->listen[li].fd = ls[li].fds[i];
+			w->listen[li].proto = ls[li].proto;
+		}
+		w->n_listen = n_ls;
 		w->m = metrics_slot(i);
 	}
 	for (i = 0; i < l->n; i++) {
@@ -1132,10 +1098,9 @@ int loop_start(const struct server_config *cfg, const int *rpc_fds,
 			snprintf(err, err_cap, "worker %u: %s", i,
 				 strerror(-rc));
 			/* The fds of workers never started are ours. */
-			for (unsigned j = i; j < l->n; j++) {
-				close(l->w[j].listen_fd[0]);
-				close(l->w[j].listen_fd[1]);
-			}
+			for (unsigned j = i; j < l->n; j++)
+				for (unsigned li = 0; li < n_ls; li++)
+					close(l->w[j].listen[li].fd);
 			break;
 		}
 		started++;

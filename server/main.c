@@ -14,8 +14,21 @@
  * (replays the changes past its watermark, publishes it as the next
  * generation and swaps it in with live_publish). With no previous
  * generation the listeners are already up meanwhile and every check
- * answers as if no record existed, without ever allowing (core/check.c: no
+ * answers as if no record existed, without ever allowing (index/check.c: no
  * index counts as stale); /readyz says not ready.
+ *
+ * Listeners: --rpc, --resp, --http take HOST:PORT or [v6]:PORT, read by
+ * server/addr.c (checked while the flags are parsed: a bad one is exit 2);
+ * port 0 lets the kernel choose. A port in use is waited for up to
+ * --bind-wait-ms (default 10000; a kill -9'd predecessor's io_uring can
+ * hold its listeners a moment after it is reaped). Each bound address is
+ * logged, and with --ports-file FILE written, once all three are bound
+ * (independent of readiness), atomically (temp file in the same
+ * directory, fsync, rename, directory fsync) as one line per listener:
+ *   rpc 127.0.0.1:PORT
+ *   resp 127.0.0.1:PORT
+ *   http [::1]:PORT
+ * The file is left in place at exit.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -34,14 +47,18 @@
 #include "index/build.h"
 #include "index/generation.h"
 #include "index/table.h"
+#include "server/addr.h"
 #include "server/config.h"
 #include "server/http.h"
 #include "server/live.h"
 #include "server/loop.h"
 #include "server/metrics.h"
+#include "server/resp.h"
+#include "server/rpc.h"
 #include "server/writer.h"
 
 #define MAIN_LOOP_REFUSE_SLOTS 64 /* loop.c's slots beyond the cap */
+#define MAIN_PORTS_MAX 8           /* client ports (protocols) */
 #define MAIN_OTHER_FILES 64       /* room for listeners, rings, data files */
 #define MAIN_MIN_CONNECTIONS 8    /* per worker: fewer is no server */
 
@@ -74,6 +91,10 @@ static const struct flag main_flags[] = {
 	  "HOST:PORT of the Redis-protocol port (127.0.0.1:7701)" },
 	{ "http", FLAG_STR, CFG_OFF(http_addr), 0, 0,
 	  "HOST:PORT of the HTTP ops port (127.0.0.1:7702)" },
+	{ "ports-file", FLAG_STR, CFG_OFF(ports_file), 0, 0,
+	  "FILE: once every listener is bound, their addresses (atomically)" },
+	{ "bind-wait-ms", FLAG_U32, CFG_OFF(bind_wait_ms), 0, 600000,
+	  "a listener's port in use: try again this long (10000)" },
 	{ "workers", FLAG_U32, CFG_OFF(workers), 1, 1024,
 	  "N worker threads, one io_uring each (online cores)" },
 	{ "stale-soft", FLAG_I64, CFG_OFF(stale_soft_s), 0, INT32_MAX,
@@ -128,7 +149,9 @@ static void main_usage(FILE *f)
 		"usage: consentd --data-dir DIR [--snapshot FILE|-] "
 		"[--rpc HOST:PORT]\n"
 		"                [--resp HOST:PORT] [--http HOST:PORT] "
-		"[--workers N]\n"
+		"[--ports-file FILE]\n"
+		"                [--bind-wait-ms N] [--workers N]"
+		"\n"
 		"                [--tokens FILE] [--stale-soft SEC] "
 		"[--stale-hard SEC]\n"
 		"                [--merchant-default allow|deny] "
@@ -269,6 +292,23 @@ static int main_parse(int argc, char **argv, struct server_config *cfg,
 			"--help)\n");
 		return -EINVAL;
 	}
+	{
+		/* Addresses are read again when bound; a typo is a bad flag
+		 * (exit 2, before anything starts). */
+		const char *const names[] = { "rpc", "resp", "http" };
+		const char *const addrs[] = { cfg->rpc_addr, cfg->resp_addr,
+					      cfg->http_addr };
+		char host[ADDR_HOST_MAX], why[ADDR_HOST_MAX + 128];
+		uint16_t port;
+
+		for (int k = 0; k < 3; k++)
+			if (addr_split(addrs[k], host, &port, why,
+				       sizeof(why)) < 0) {
+				fprintf(stderr, "consentd: --%s %s\n", names[k],
+					why);
+				return -EINVAL;
+			}
+	}
 	if (cfg->recv_buffers & (cfg->recv_buffers - 1)) {
 		fprintf(stderr, "consentd: --recv-buffers must be a power of "
 			"2\n");
@@ -341,6 +381,57 @@ static void *main_build_thread(void *arg)
 	return NULL;
 }
 
+/* ---- the ports file ---------------------------------------------------- */
+
+/* text into path so that a reader sees no file (or the one before) or all
+ * of it: a temporary file in the same directory, fsync'd, renamed over
+ * path, the directory fsync'd. 0, or -errno with a message. */
+static int main_write_ports(const char *path, const char *text, char *err,
+			    size_t err_cap)
+{
+	char tmp[PATH_MAX], dir[PATH_MAX];
+	const char *slash = strrchr(path, '/');
+	size_t len = strlen(text);
+	int fd, rc = 0;
+
+	if (snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path,
+		     (long)getpid()) >= (int)sizeof(tmp)) {
+		snprintf(err, err_cap, "%s: path too long", path);
+		return -ENAMETOOLONG;
+	}
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		rc = -errno;
+		snprintf(err, err_cap, "%s: a temporary file beside it: %s",
+			 path, strerror(-rc));
+		return rc;
+	}
+	if (write(fd, text, len) != (ssize_t)len || fsync(fd) < 0)
+		rc = errno ? -errno : -EIO;
+	if (close(fd) < 0 && rc == 0)
+		rc = -errno;
+	if (rc == 0 && rename(tmp, path) < 0)
+		rc = -errno;
+	if (rc < 0) {
+		snprintf(err, err_cap, "%s: %s", path, strerror(-rc));
+		unlink(tmp);
+		return rc;
+	}
+	/* The rename itself survives a crash once the directory is synced;
+	 * a failure here is not one of the file's. */
+	if (slash == NULL)
+		snprintf(dir, sizeof(dir), ".");
+	else
+		snprintf(dir, sizeof(dir), "%.*s",
+			 slash == path ? 1 : (int)(slash - path), path);
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd >= 0) {
+		fsync(fd);
+		close(fd);
+	}
+	return 0;
+}
+
 /* ---- start-up ---------------------------------------------------------- */
 
 static unsigned main_online_cores(void)
@@ -397,8 +488,8 @@ int main(int argc, char **argv)
 	struct writer *writer = NULL;
 	struct loop *loop = NULL;
 	struct http *http = NULL;
-	int *rpc_fds, *resp_fds, rc, exit_code = 0;
-	char err[512], bound[300];
+	int rc, exit_code = 0;
+	char err[512], bound[MAIN_PORTS_MAX][300], ports_text[1024];
 	sigset_t sigs;
 	bool had_index;
 
@@ -474,39 +565,70 @@ int main(int argc, char **argv)
 		}
 	}
 
-	rpc_fds = calloc(cfg.workers, sizeof(int));
-	resp_fds = calloc(cfg.workers, sizeof(int));
-	if (rpc_fds == NULL || resp_fds == NULL) {
-		fprintf(stderr, "consentd: out of memory\n");
-		return 1;
+	/* The client ports: a new protocol is a new row. */
+	const struct {
+		const char *addr; /* given as --NAME, the protocol's name */
+		const struct conn_proto *proto;
+	} ports[] = {
+		{ cfg.rpc_addr, &rpc_proto },
+		{ cfg.resp_addr, &resp_proto },
+	};
+	enum { MAIN_PORTS = sizeof(ports) / sizeof(ports[0]) };
+	struct loop_listener listeners[MAIN_PORTS];
+
+	_Static_assert(MAIN_PORTS <= MAIN_PORTS_MAX, "room for the ports");
+	for (unsigned i = 0; i < MAIN_PORTS; i++) {
+		const char *name = ports[i].proto->name;
+		int *fds = calloc(cfg.workers, sizeof(int));
+		char what[32];
+
+		if (fds == NULL) {
+			fprintf(stderr, "consentd: out of memory\n");
+			return 1;
+		}
+		snprintf(what, sizeof(what), "--%s", name);
+		if (loop_listen(what, ports[i].addr, cfg.bind_wait_ms,
+				cfg.workers, fds, bound[i], sizeof(bound[i]),
+				err, sizeof(err)) < 0) {
+			fprintf(stderr, "consentd: %s %s\n", what, err);
+			return 1;
+		}
+		fprintf(stderr, "consentd: %s listening on %s (%u workers)\n",
+			name, bound[i], cfg.workers);
+		listeners[i].proto = ports[i].proto;
+		listeners[i].fds = fds;
 	}
-	if (loop_listen(cfg.rpc_addr, cfg.workers, rpc_fds, bound,
-			sizeof(bound), err, sizeof(err)) < 0) {
-		fprintf(stderr, "consentd: --rpc %s\n", err);
-		return 1;
-	}
-	fprintf(stderr, "consentd: rpc listening on %s (%u workers)\n", bound,
-		cfg.workers);
-	if (loop_listen(cfg.resp_addr, cfg.workers, resp_fds, bound,
-			sizeof(bound), err, sizeof(err)) < 0) {
-		fprintf(stderr, "consentd: --resp %s\n", err);
-		return 1;
-	}
-	fprintf(stderr, "consentd: resp listening on %s (%u workers)\n", bound,
-		cfg.workers);
-	if (loop_start(&cfg, rpc_fds, resp_fds, &loop, err, sizeof(err)) < 0) {
+	rc = loop_start(&cfg, listeners, MAIN_PORTS, &loop, err, sizeof(err));
+	for (unsigned i = 0; i < MAIN_PORTS; i++)
+		free((int *)listeners[i].fds);
+	if (rc < 0) {
 		fprintf(stderr, "consentd: %s\n", err);
 		return 1;
 	}
-	free(rpc_fds);
-	free(resp_fds);
 	if (http_start(&cfg, cfg.workers, &http, err, sizeof(err)) < 0) {
-		fprintf(stderr, "consentd: --http %s: %s\n", cfg.http_addr,
-			err);
+		fprintf(stderr, "consentd: --http %s\n", err);
 		loop_stop(loop);
 		return 1;
 	}
-	fprintf(stderr, "consentd: http listening on %s\n", cfg.http_addr);
+	fprintf(stderr, "consentd: http listening on %s\n", http_bound(http));
+	/* Every listener is bound: the ports file says where (readiness is
+	 * /readyz's business, not this file's). */
+	if (cfg.ports_file != NULL) {
+		size_t n = 0;
+
+		for (unsigned i = 0; i < MAIN_PORTS; i++)
+			n += (size_t)snprintf(ports_text + n,
+					      sizeof(ports_text) - n, "%s %s\n",
+					      ports[i].proto->name, bound[i]);
+		snprintf(ports_text + n, sizeof(ports_text) - n, "http %s\n",
+			 http_bound(http));
+		if (main_write_ports(cfg.ports_file, ports_text, err,
+				     sizeof(err)) < 0) {
+			fprintf(stderr, "consentd: --ports-file %s\n", err);
+			exit_code = 1;
+			goto stop;
+		}
+	}
 
 	if (cfg.snapshot != NULL) {
 		build.cfg = &cfg;

@@ -19,8 +19,10 @@
  */
 #include "server/resp.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -33,6 +35,38 @@
 
 const char resp_refusal[] = "-ERR max connections\r\n";
 const size_t resp_refusal_len = sizeof(resp_refusal) - 1;
+
+/* A connection's parser lives in its conn_proto_state. */
+static_assert(sizeof(struct resp_parser) <= sizeof(union conn_proto_state),
+	      "struct resp_parser must fit in union conn_proto_state");
+
+static inline struct resp_parser *resp_conn_parser(struct conn *c)
+{
+	return (struct resp_parser *)c->ps.bytes;
+}
+
+/* The worker's RESP state (conn_ctx_state): the argument vector of one
+ * command, cfg->max_resp_args entries (or the unauthenticated limit, if
+ * higher), shared by its connections. */
+struct resp_worker {
+	uint32_t args_cap;
+	struct resp_arg args[];
+};
+
+static void *resp_ctx_create(const struct server_config *cfg)
+{
+	uint32_t n = cfg->max_resp_args > cfg->max_resp_args_unauth
+			     ? cfg->max_resp_args
+			     : cfg->max_resp_args_unauth;
+	struct resp_worker *rw;
+
+	if (n < 1)
+		n = 1;
+	rw = calloc(1, sizeof(*rw) + (size_t)n * sizeof(rw->args[0]));
+	if (rw != NULL)
+		rw->args_cap = n;
+	return rw;
+}
 
 /* ---- parsing ----------------------------------------------------------- */
 
@@ -612,7 +646,9 @@ static int resp_command(struct conn_ctx *x, struct conn *c,
 	return resp_unknown(c, &a[0]);
 }
 
-int resp_reply_fatal(struct conn_ctx *x, struct conn *c, const char *message)
+/* "-ERR <message>" after what is queued, then close. */
+static int resp_reply_fatal(struct conn_ctx *x, struct conn *c,
+			    const char *message)
 {
 	char msg[160];
 	int rc = resp_flush(x, c);
@@ -624,13 +660,17 @@ int resp_reply_fatal(struct conn_ctx *x, struct conn *c, const char *message)
 	return resp_line(&c->out, '-', msg);
 }
 
-long resp_process(struct conn_ctx *x, struct conn *c, const char *buf,
-		  size_t len)
+static long resp_process(struct conn_ctx *x, struct conn *c, const char *buf,
+			 size_t len)
 {
 	const struct server_config *cfg = x->cfg;
+	struct resp_worker *rw = conn_ctx_state(x, &resp_proto);
+	struct resp_parser *ps = resp_conn_parser(c);
 	size_t pos = 0;
 	int rc = 0;
 
+	if (rw == NULL)
+		return -ENOMEM;
 	while (!c->want_close && rc == 0 && pos < len) {
 		struct resp_limits lim;
 		const char *why = "malformed";
@@ -645,8 +685,8 @@ long resp_process(struct conn_ctx *x, struct conn *c, const char *buf,
 					 : cfg->max_resp_args_unauth;
 		lim.max_arg_bytes = c->authed ? cfg->max_resp_arg_bytes
 					      : cfg->max_resp_arg_bytes_unauth;
-		n = resp_parse(&c->rp, buf + pos, len - pos, &lim, x->args,
-			       x->args_cap, &argc, &why);
+		n = resp_parse(ps, buf + pos, len - pos, &lim, rw->args,
+			       rw->args_cap, &argc, &why);
 		if (n == 0)
 			break;
 		if (n < 0) {
@@ -662,10 +702,10 @@ long resp_process(struct conn_ctx *x, struct conn *c, const char *buf,
 			rc = resp_reply_fatal(x, c, msg);
 			break;
 		}
-		memset(&c->rp, 0, sizeof(c->rp));
+		memset(ps, 0, sizeof(*ps));
 		pos += (size_t)n;
 		if (argc > 0)
-			rc = resp_command(x, c, x->args, argc);
+			rc = resp_command(x, c, rw->args, argc);
 	}
 	if (rc == 0)
 		rc = resp_flush(x, c);
@@ -673,3 +713,30 @@ long resp_process(struct conn_ctx *x, struct conn *c, const char *buf,
 		return rc;
 	return c->want_close ? (long)len : (long)pos;
 }
+
+/* ---- the protocol ------------------------------------------------------ */
+
+static int resp_proto_fatal(struct conn_ctx *x, struct conn *c,
+			    enum conn_fatal why)
+{
+	char msg[96];
+
+	if (why == CONN_FATAL_TOO_LARGE)
+		return resp_reply_fatal(x, c, "Protocol error: command over "
+					"the per-connection input cap");
+	snprintf(msg, sizeof(msg), "incomplete command after %u ms",
+		 x->cfg->partial_timeout_ms);
+	return resp_reply_fatal(x, c, msg);
+}
+
+const struct conn_proto resp_proto = {
+	.name = "resp",
+	.metrics = METRICS_RESP,
+	.process = resp_process,
+	.reply_fatal = resp_proto_fatal,
+	.reply_apply = NULL, /* RESP submits no Apply */
+	.ctx_create = resp_ctx_create,
+	.ctx_destroy = free,
+	.refusal = resp_refusal,
+	.refusal_len = sizeof(resp_refusal) - 1,
+};

@@ -30,6 +30,20 @@
 
 #include "server/conn.h"
 
+/* The incremental parser's state between receives (a connection's, in its
+ * conn_proto_state). */
+struct resp_parser {
+	size_t pos;     /* bytes of the current command already scanned */
+	uint32_t nargs; /* arguments the array announced (0: not yet) */
+	uint32_t done;  /* arguments scanned whole */
+};
+
+/* One argument: bytes inside the input (not NUL-terminated). */
+struct resp_arg {
+	const char *p;
+	uint32_t len;
+};
+
 struct resp_limits {
 	uint32_t max_args;      /* arguments per command, name included */
 	uint32_t max_arg_bytes; /* bytes per argument */
@@ -46,18 +60,14 @@ long resp_parse(struct resp_parser *ps, const char *buf, size_t len,
 		const struct resp_limits *lim, struct resp_arg *args,
 		uint32_t args_cap, uint32_t *argc, const char **why);
 
-/* Processes the complete commands at the start of buf[0..len) for c,
- * appending replies to c->out. Returns bytes consumed (all of buf once
- * c->want_close is set), or -ENOMEM; stops early and sets c->paused when
- * c's unsent output is over its cap. */
-long resp_process(struct conn_ctx *x, struct conn *c, const char *buf,
-		  size_t len);
-
-/* "-ERR <message>" then close (stalled command, input over its cap). */
-int resp_reply_fatal(struct conn_ctx *x, struct conn *c, const char *message);
-
 /* The whole refusal sent at the connection cap. */
 extern const char resp_refusal[];
 extern const size_t resp_refusal_len;
+
+/* The port, for conn and loop (server/conn.h): process handles the
+ * complete commands of a receive (replies appended to c->out, in order);
+ * reply_fatal answers "-ERR ..." for a stalled command or input over its
+ * cap, then closes. */
+extern const struct conn_proto resp_proto;
 
 #endif

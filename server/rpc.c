@@ -26,6 +26,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/enums.h"
@@ -838,6 +839,27 @@ const size_t rpc_refusal_len = sizeof(rpc_refusal);
 
 /* ---- handling ---------------------------------------------------------- */
 
+/* One CheckRequest waiting in the worker's check batch for its verdicts
+ * [first, first + count). */
+struct rpc_pending {
+	uint64_t id;
+	uint32_t first;
+	uint32_t count;
+};
+
+/* The worker's RPC state (conn_ctx_state): the check replies queued in
+ * its batch, in request order. Empty between rpc_process calls. */
+struct rpc_worker {
+	struct rpc_pending pending[CONN_BATCH_MAX];
+	uint32_t n_pending;
+};
+
+static void *rpc_ctx_create(const struct server_config *cfg)
+{
+	(void)cfg;
+	return calloc(1, sizeof(struct rpc_worker));
+}
+
 static uint64_t rpc_applied(const struct conn_ctx *x)
 {
 	return x->ix ? x->info.watermark : 0;
@@ -851,10 +873,13 @@ static int64_t rpc_as_of(const struct conn_ctx *x)
 /* Decides the queued checks and writes their responses, in order. */
 static int rpc_flush(struct conn_ctx *x, struct conn *c)
 {
+	struct rpc_worker *rw = conn_ctx_state(x, &rpc_proto);
 	struct check_env env;
 	int rc = 0;
 
-	if (x->n_rpc_pending == 0)
+	if (rw == NULL)
+		return -ENOMEM;
+	if (rw->n_pending == 0)
 		return 0;
 	env = conn_check_env(x, c, &x->cfg->policy);
 	if (x->n_in)
@@ -862,14 +887,14 @@ static int rpc_flush(struct conn_ctx *x, struct conn *c)
 	for (uint32_t i = 0; i < x->n_in; i++)
 		metrics_inc(&x->m->checks[METRICS_RPC]
 					 [x->out[i].reason % REASON_COUNT]);
-	for (uint32_t i = 0; i < x->n_rpc_pending && rc == 0; i++) {
-		const struct conn_rpc_pending *p = &x->rpc_pending[i];
+	for (uint32_t i = 0; i < rw->n_pending && rc == 0; i++) {
+		const struct rpc_pending *p = &rw->pending[i];
 
 		rc = rpc_encode_check(&c->out, p->id, x->out + p->first,
 				      p->count, rpc_applied(x), rpc_as_of(x));
 	}
 	x->n_in = 0;
-	x->n_rpc_pending = 0;
+	rw->n_pending = 0;
 	return rc;
 }
 
@@ -919,14 +944,14 @@ static int rpc_check_large(struct conn_ctx *x, struct conn *c,
 			     rpc_as_of(x));
 }
 
-static int rpc_check(struct conn_ctx *x, struct conn *c,
-		     const struct rpc_request *req)
+static int rpc_check(struct conn_ctx *x, struct rpc_worker *rw,
+		     struct conn *c, const struct rpc_request *req)
 {
 	struct rpc_check_iter it;
-	struct conn_rpc_pending *p;
+	struct rpc_pending *p;
 
 	if (req->n_checks > CONN_BATCH_MAX - x->n_in ||
-	    x->n_rpc_pending == CONN_BATCH_MAX) {
+	    rw->n_pending == CONN_BATCH_MAX) {
 		int rc = rpc_flush(x, c);
 
 		if (rc < 0)
@@ -934,7 +959,7 @@ static int rpc_check(struct conn_ctx *x, struct conn *c,
 		if (req->n_checks > CONN_BATCH_MAX)
 			return rpc_check_large(x, c, req);
 	}
-	p = &x->rpc_pending[x->n_rpc_pending++];
+	p = &rw->pending[rw->n_pending++];
 	p->id = req->id;
 	p->first = x->n_in;
 	p->count = (uint32_t)req->n_checks;
@@ -1045,15 +1070,15 @@ static const char *rpc_kind_name(int kind)
 							     : "?";
 }
 
-static int rpc_handle(struct conn_ctx *x, struct conn *c,
-		      const struct rpc_request *req)
+static int rpc_handle(struct conn_ctx *x, struct rpc_worker *rw,
+		      struct conn *c, const struct rpc_request *req)
 {
 	int rc;
 
 	x->n_requests++;
 	c->stat_requests++;
 	if (req->kind == RPC_REQ_CHECK && c->authed)
-		return rpc_check(x, c, req);
+		return rpc_check(x, rw, c, req);
 	/* Every other reply goes after the queued check replies. */
 	rc = rpc_flush(x, c);
 	if (rc < 0)
@@ -1090,8 +1115,9 @@ static int rpc_handle(struct conn_ctx *x, struct conn *c,
 	}
 }
 
-int rpc_reply_fatal(struct conn_ctx *x, struct conn *c, uint32_t code,
-		    const char *message)
+/* Replies with an error (id 0) after what is queued, then closes. */
+static int rpc_reply_fatal(struct conn_ctx *x, struct conn *c, uint32_t code,
+			   const char *message)
 {
 	int rc = rpc_flush(x, c);
 
@@ -1107,15 +1133,19 @@ static uint32_t rpc_be32(const uint8_t *p)
 	       (uint32_t)p[2] << 8 | p[3];
 }
 
-long rpc_process(struct conn_ctx *x, struct conn *c, const uint8_t *buf,
-		 size_t len)
+static long rpc_process(struct conn_ctx *x, struct conn *c,
+			const char *in, size_t len)
 {
 	const struct server_config *cfg = x->cfg;
+	const uint8_t *buf = (const uint8_t *)in;
+	struct rpc_worker *rw = conn_ctx_state(x, &rpc_proto);
 	struct rpc_request req;
 	size_t pos = 0;
 	char msg[128];
 	int rc = 0;
 
+	if (rw == NULL)
+		return -ENOMEM;
 	while (!c->want_close && !c->apply_wait && rc == 0) {
 		uint32_t flen, limit;
 
@@ -1169,7 +1199,7 @@ long rpc_process(struct conn_ctx *x, struct conn *c, const uint8_t *buf,
 			break;
 		}
 		pos += RPC_FRAME_HEADER + flen;
-		rc = rpc_handle(x, c, &req);
+		rc = rpc_handle(x, rw, c, &req);
 	}
 	if (rc == 0)
 		rc = rpc_flush(x, c);
@@ -1177,3 +1207,37 @@ long rpc_process(struct conn_ctx *x, struct conn *c, const uint8_t *buf,
 		return rc;
 	return c->want_close ? (long)len : (long)pos;
 }
+
+/* ---- the protocol ------------------------------------------------------ */
+
+static int rpc_proto_fatal(struct conn_ctx *x, struct conn *c,
+			   enum conn_fatal why)
+{
+	char msg[96];
+
+	if (why == CONN_FATAL_TOO_LARGE)
+		return rpc_reply_fatal(x, c, RPC_E_TOO_LARGE,
+				       "input over the per-connection cap");
+	snprintf(msg, sizeof(msg), "incomplete frame after %u ms",
+		 x->cfg->partial_timeout_ms);
+	return rpc_reply_fatal(x, c, RPC_E_TIMEOUT, msg);
+}
+
+static int rpc_proto_apply(struct conn_ctx *x, struct conn *c,
+			   const struct writer_reply *r)
+{
+	(void)x;
+	return rpc_reply_apply(&c->out, r);
+}
+
+const struct conn_proto rpc_proto = {
+	.name = "rpc",
+	.metrics = METRICS_RPC,
+	.process = rpc_process,
+	.reply_fatal = rpc_proto_fatal,
+	.reply_apply = rpc_proto_apply,
+	.ctx_create = rpc_ctx_create,
+	.ctx_destroy = free,
+	.refusal = (const char *)rpc_refusal,
+	.refusal_len = sizeof(rpc_refusal),
+};

@@ -39,7 +39,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "core/check.h"
+#include "index/check.h"
 #include "server/conn.h"
 
 #define RPC_FRAME_HEADER 4
@@ -135,21 +135,15 @@ int rpc_encode_stats(struct obuf *b, uint64_t id, const struct rpc_stats *s);
 /* Bytes of a Verdict message's encoding (without its tag and length). */
 size_t rpc_verdict_size(const struct verdict *v);
 
-/* Processes the complete frames at the start of buf[0..len) for c,
- * appending replies to c->out; returns the bytes consumed (the caller
- * carries the rest over), or -ENOMEM. Stops early when c's output is over
- * its cap (sets c->paused) or c must close (sets c->want_close; all of buf
- * then counts as consumed). */
-long rpc_process(struct conn_ctx *x, struct conn *c, const uint8_t *buf,
-		 size_t len);
-
-/* Replies to a frame stalled past the deadline (408) or over the input
- * cap (413); both then close. */
-int rpc_reply_fatal(struct conn_ctx *x, struct conn *c, uint32_t code,
-		    const char *message);
-
 /* The whole refusal sent at the connection cap (Error 503, id 0). */
 extern const uint8_t rpc_refusal[];
 extern const size_t rpc_refusal_len;
+
+/* The port, for conn and loop (server/conn.h): process handles the
+ * complete frames of a receive (replies appended to c->out, in request
+ * order); reply_fatal answers a frame stalled past the deadline (408) or
+ * input over the cap (413), then closes; reply_apply sends the writer's
+ * reply to an Apply. */
+extern const struct conn_proto rpc_proto;
 
 #endif

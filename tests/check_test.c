@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/check.h"
+#include "index/check.h"
 #include "core/enums.h"
 #include "core/recipient.h"
 #include "core/tokens.h"

@@ -827,10 +827,22 @@ static void test_start_errors(void)
 	};
 	int e;
 
-	/* The address in use: -EADDRINUSE with a message. */
+	/* The address in use: waited for cfg.bind_wait_ms (server/addr.h),
+	 * then -EADDRINUSE with a message. */
 	snprintf(addr, sizeof(addr), "127.0.0.1:%u", (unsigned)port);
 	cfg.http_addr = addr;
-	e = http_start(&cfg, HTTP_SLOT, &h2, err, sizeof(err));
+	cfg.bind_wait_ms = 200;
+	{
+		struct timespec t0, t1;
+		long ms;
+
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		e = http_start(&cfg, HTTP_SLOT, &h2, err, sizeof(err));
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		ms = (t1.tv_sec - t0.tv_sec) * 1000 +
+		     (t1.tv_nsec - t0.tv_nsec) / 1000000;
+		CHECKF(ms >= 200 && ms < 1000, "gave up after %ld ms", ms);
+	}
 	CHECKF(e == -EADDRINUSE, "%d %s", e, err);
 	CHECKF(strstr(err, "Address already in use") != NULL, "%s", err);
 	CHECK(h2 == NULL);
@@ -856,6 +868,11 @@ static void test_start_errors(void)
 		const char *req = "GET /healthz HTTP/1.1\r\nHost: x\r\n"
 				  "Connection: close\r\n\r\n";
 
+		char want[64];
+
+		snprintf(want, sizeof(want), "[::1]:%u",
+			 (unsigned)http_port(h2));
+		CHECK_STREQ(http_bound(h2), want);
 		workers_turn(0);
 		CHECK(connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
 		send_all(fd, req, strlen(req));

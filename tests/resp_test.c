@@ -390,7 +390,7 @@ static void test_commands(void)
 	struct conn c;
 
 	conn_ctx_begin_turn(&ctx);
-	CHECK(conn_init(&c, CONN_RESP, &cfg, ctx.now_ms) == 0);
+	CHECK(conn_init(&c, &resp_proto, &cfg, ctx.now_ms) == 0);
 	ASK(&c, "CHECK +905321234567 600123 MESAJ",
 	    "*4\r\n:1\r\n+CONSENT_GIVEN\r\n$4\r\nONAY\r\n:1700000000\r\n");
 	ASK(&c, "check 05321234568 600123 mesaj BIREYSEL TICARI",
@@ -442,7 +442,7 @@ static void test_commands(void)
 	conn_fini(&c);
 
 	/* Inline commands, as from telnet; the unknown name is sanitised. */
-	CHECK(conn_init(&c, CONN_RESP, &cfg, ctx.now_ms) == 0);
+	CHECK(conn_init(&c, &resp_proto, &cfg, ctx.now_ms) == 0);
 	{
 		static const char in[] = "PING\r\nCHECK +905321234567 600123 "
 					 "MESAJ\r\nFOO'\x01\r\n";
@@ -464,7 +464,7 @@ static void test_auth(void)
 	struct conn c;
 
 	ctx.cfg = &cfg_tok;
-	CHECK(conn_init(&c, CONN_RESP, &cfg_tok, ctx.now_ms) == 0);
+	CHECK(conn_init(&c, &resp_proto, &cfg_tok, ctx.now_ms) == 0);
 	ASK(&c, "PING", "+PONG\r\n");
 	ASK(&c, "CHECK +905321234567 600123 MESAJ",
 	    "-NOAUTH Authentication required.\r\n");
@@ -490,14 +490,14 @@ static void test_auth(void)
 	conn_fini(&c);
 
 	/* Before AUTH: 9 arguments close the connection. */
-	CHECK(conn_init(&c, CONN_RESP, &cfg_tok, ctx.now_ms) == 0);
+	CHECK(conn_init(&c, &resp_proto, &cfg_tok, ctx.now_ms) == 0);
 	ask(&c, "PING 1 2 3 4 5 6 7 8");
 	CHECK(strcmp(reply, "-ERR Protocol error: too many arguments before "
 			    "AUTH\r\n") == 0);
 	CHECK(c.want_close);
 	conn_fini(&c);
 	/* ... and so does an argument over 1 KiB, from its header alone. */
-	CHECK(conn_init(&c, CONN_RESP, &cfg_tok, ctx.now_ms) == 0);
+	CHECK(conn_init(&c, &resp_proto, &cfg_tok, ctx.now_ms) == 0);
 	memset(big, 'x', sizeof(big));
 	conn_feed(&ctx, &c, "*2\r\n$4\r\nAUTH\r\n$2000\r\n", 21);
 	drain(&c, reply, sizeof(reply) - 1);
@@ -524,14 +524,14 @@ static void test_split_every_byte(void)
 	for (size_t i = 0; i < sizeof(pipeline) / sizeof(pipeline[0]); i++)
 		n += command(in + n, pipeline[i]);
 	n += (size_t)sprintf(in + n, "PING inline\r\n");
-	CHECK(conn_init(&c, CONN_RESP, &cfg, ctx.now_ms) == 0);
+	CHECK(conn_init(&c, &resp_proto, &cfg, ctx.now_ms) == 0);
 	conn_feed(&ctx, &c, in, n);
 	wn = drain(&c, want, sizeof(want) - 1);
 	conn_fini(&c);
 	CHECK(strncmp(want, "*4\r\n:1\r\n+CONSENT_GIVEN", 22) == 0);
 	CHECK(strstr(want, "$6\r\ninline\r\n") != NULL);
 	for (size_t k = 0; k <= n; k++) {
-		CHECK(conn_init(&c, CONN_RESP, &cfg, ctx.now_ms) == 0);
+		CHECK(conn_init(&c, &resp_proto, &cfg, ctx.now_ms) == 0);
 		conn_feed(&ctx, &c, in, k);
 		conn_feed(&ctx, &c, in + k, n - k);
 		gn = drain(&c, got, sizeof(got) - 1);
@@ -540,7 +540,7 @@ static void test_split_every_byte(void)
 		if (gn != wn)
 			break;
 	}
-	CHECK(conn_init(&c, CONN_RESP, &cfg, ctx.now_ms) == 0);
+	CHECK(conn_init(&c, &resp_proto, &cfg, ctx.now_ms) == 0);
 	for (size_t k = 0; k < n; k++)
 		conn_feed(&ctx, &c, in + k, 1);
 	gn = drain(&c, got, sizeof(got) - 1);
@@ -563,7 +563,7 @@ static void test_pipeline_batching(void)
 		n += command(in + n, i % 7 == 6 ? "PING"
 				     : i % 2 ? "CHECK +905321234568 600123 MESAJ"
 					     : "CHECK +905321234567 600123 MESAJ");
-	CHECK(conn_init(&c, CONN_RESP, &cfg, ctx.now_ms) == 0);
+	CHECK(conn_init(&c, &resp_proto, &cfg, ctx.now_ms) == 0);
 	CHECK(conn_feed(&ctx, &c, in, n) == 0);
 	on = drain(&c, out, sizeof(out) - 1);
 	p = out;
@@ -591,7 +591,7 @@ static void test_http_on_port(void)
 	uint64_t before = m->http_on_binary_port;
 	struct conn c;
 
-	CHECK(conn_init(&c, CONN_RESP, &cfg, ctx.now_ms) == 0);
+	CHECK(conn_init(&c, &resp_proto, &cfg, ctx.now_ms) == 0);
 	conn_feed(&ctx, &c, "POS", 3);
 	CHECK(!c.want_close);
 	conn_feed(&ctx, &c, "T / HTTP/1.1\r\nHost: x\r\n\r\n", 25);
@@ -599,7 +599,7 @@ static void test_http_on_port(void)
 	CHECK(m->http_on_binary_port == before + 1);
 	conn_fini(&c);
 	/* "GETX" is not a method: an ordinary unknown inline command. */
-	CHECK(conn_init(&c, CONN_RESP, &cfg, ctx.now_ms) == 0);
+	CHECK(conn_init(&c, &resp_proto, &cfg, ctx.now_ms) == 0);
 	conn_feed(&ctx, &c, "GETX\r\n", 6);
 	drain(&c, reply, sizeof(reply) - 1);
 	CHECK(strcmp(reply, "-ERR unknown command 'GETX'\r\n") == 0);
@@ -617,7 +617,7 @@ static void test_output_cap(void)
 	small.conn_out_cap_bytes = 2048;
 	ctx.cfg = &small;
 	/* An MCHECK whose reply passes the cap is refused whole. */
-	CHECK(conn_init(&c, CONN_RESP, &small, ctx.now_ms) == 0);
+	CHECK(conn_init(&c, &resp_proto, &small, ctx.now_ms) == 0);
 	n = (size_t)sprintf(in, "MCHECK 600123 MESAJ BIREYSEL TICARI");
 	for (int i = 0; i < 300; i++)
 		n += (size_t)sprintf(in + n, " bad%d", i);
@@ -660,7 +660,7 @@ static void test_garbage(void)
 			in[j] = (char)rnd();
 		if (i % 2 && n > 0)
 			in[0] = '*';
-		CHECK(conn_init(&c, CONN_RESP, &cfg, ctx.now_ms) == 0);
+		CHECK(conn_init(&c, &resp_proto, &cfg, ctx.now_ms) == 0);
 		conn_feed(&ctx, &c, in, n);
 		on = drain(&c, out, sizeof(out) - 1);
 		CHECK(on == 0 || out[on - 1] == '\n');

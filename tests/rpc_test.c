@@ -12,7 +12,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "core/check.h"
+#include "index/check.h"
 #include "core/enums.h"
 #include "core/recipient.h"
 #include "core/tokens.h"
@@ -909,7 +909,7 @@ static void test_check_round_trip(void)
 	size_t n, on;
 
 	conn_ctx_begin_turn(&ctx);
-	CHECK(conn_init(&c, CONN_RPC, &cfg, ctx.now_ms) == 0);
+	CHECK(conn_init(&c, &rpc_proto, &cfg, ctx.now_ms) == 0);
 	n = check_frame(in, 5, 10);
 	CHECK(conn_feed(&ctx, &c, (const char *)in, n) == 0);
 	on = drain(&c, out, sizeof(out));
@@ -941,7 +941,7 @@ static void test_split_every_byte(void)
 	n += check_frame(in + n, 7, 1);
 
 	conn_ctx_begin_turn(&ctx);
-	CHECK(conn_init(&c, CONN_RPC, &cfg, ctx.now_ms) == 0);
+	CHECK(conn_init(&c, &rpc_proto, &cfg, ctx.now_ms) == 0);
 	CHECK(conn_feed(&ctx, &c, (const char *)in, n) == 0);
 	wn = drain(&c, want, sizeof(want));
 	conn_fini(&c);
@@ -965,7 +965,7 @@ static void test_split_every_byte(void)
 	}
 	/* Two pieces, split at every byte. */
 	for (size_t k = 0; k <= n; k++) {
-		CHECK(conn_init(&c, CONN_RPC, &cfg, ctx.now_ms) == 0);
+		CHECK(conn_init(&c, &rpc_proto, &cfg, ctx.now_ms) == 0);
 		conn_feed(&ctx, &c, (const char *)in, k);
 		conn_feed(&ctx, &c, (const char *)in + k, n - k);
 		gn = drain(&c, got, sizeof(got));
@@ -975,7 +975,7 @@ static void test_split_every_byte(void)
 			break;
 	}
 	/* One byte at a time. */
-	CHECK(conn_init(&c, CONN_RPC, &cfg, ctx.now_ms) == 0);
+	CHECK(conn_init(&c, &rpc_proto, &cfg, ctx.now_ms) == 0);
 	for (size_t k = 0; k < n; k++)
 		conn_feed(&ctx, &c, (const char *)in + k, 1);
 	gn = drain(&c, got, sizeof(got));
@@ -1010,7 +1010,7 @@ static void test_auth_and_limits(void)
 	conn_ctx_begin_turn(&ctx);
 
 	/* Before Auth: Check refused (401), the connection stays. */
-	CHECK(conn_init(&c, CONN_RPC, &cfg_tok, ctx.now_ms) == 0);
+	CHECK(conn_init(&c, &rpc_proto, &cfg_tok, ctx.now_ms) == 0);
 	n = check_frame(in, 1, 2);
 	k = exchange(&c, in, n, r, 8);
 	CHECK(k == 1 && r[0]->body_case == CONSENT__V1__RESPONSE__BODY_ERROR &&
@@ -1033,7 +1033,7 @@ static void test_auth_and_limits(void)
 	conn_fini(&c);
 
 	/* Auth, then the same frame is fine; alice sees only her brand. */
-	CHECK(conn_init(&c, CONN_RPC, &cfg_tok, ctx.now_ms) == 0);
+	CHECK(conn_init(&c, &rpc_proto, &cfg_tok, ctx.now_ms) == 0);
 	n = simple_frame(in, 5, RPC_REQ_AUTH, "s3cret");
 	n += check_frame(in + n, 6, 400);
 	k = exchange(&c, in, n, r, 8);
@@ -1076,7 +1076,7 @@ static void test_auth_and_limits(void)
 	conn_fini(&c);
 
 	/* root may apply: 501, the honest "not in this build". */
-	CHECK(conn_init(&c, CONN_RPC, &cfg_tok, ctx.now_ms) == 0);
+	CHECK(conn_init(&c, &rpc_proto, &cfg_tok, ctx.now_ms) == 0);
 	n = simple_frame(in, 1, RPC_REQ_AUTH, "applier");
 	n += simple_frame(in + n, 2, RPC_REQ_APPLY, NULL);
 	k = exchange(&c, in, n, r, 8);
@@ -1111,7 +1111,7 @@ static void test_http_sniff(void)
 		size_t len = strlen(http[i]);
 
 		/* Byte by byte: undecided until the method's space. */
-		CHECK(conn_init(&c, CONN_RPC, &cfg, ctx.now_ms) == 0);
+		CHECK(conn_init(&c, &rpc_proto, &cfg, ctx.now_ms) == 0);
 		for (size_t k = 0; k < len && !c.want_close; k++)
 			conn_feed(&ctx, &c, http[i] + k, 1);
 		CHECK(c.want_close && conn_out_pending(&c) == 0);
@@ -1133,7 +1133,7 @@ static void test_output_cap_and_backpressure(void)
 
 	small.conn_out_cap_bytes = 4096;
 	ctx.cfg = &small;
-	CHECK(conn_init(&c, CONN_RPC, &small, ctx.now_ms) == 0);
+	CHECK(conn_init(&c, &rpc_proto, &small, ctx.now_ms) == 0);
 	n = check_frame(in, 1, 1000);
 	k = exchange(&c, in, n, r, 8);
 	CHECK(k == 1 && r[0]->error->code == 413 && !c.want_close);
@@ -1185,7 +1185,7 @@ static void test_garbage(void)
 			in[2] = (uint8_t)(fl >> 8);
 			in[3] = (uint8_t)fl;
 		}
-		CHECK(conn_init(&c, CONN_RPC, &cfg, ctx.now_ms) == 0);
+		CHECK(conn_init(&c, &rpc_proto, &cfg, ctx.now_ms) == 0);
 		CHECK(conn_feed(&ctx, &c, (const char *)in, n) == 0);
 		on = drain(&c, out, sizeof(out));
 		k = responses(out, on, r, 4);

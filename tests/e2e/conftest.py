@@ -1,7 +1,8 @@
 """Session fixtures of the end-to-end suite: one synthetic dataset (generated
 by consentctl gen, indexed by consentctl build), its records read back as
-the oracle, and real consentd processes on free loopback ports. Every
-process is stopped with SIGTERM at the end and must exit 0."""
+the oracle, and real consentd processes on loopback ports the kernel chose
+(port 0, read back from --ports-file). Every process is stopped with
+SIGTERM at the end and must exit 0."""
 
 import hashlib
 import os
@@ -51,15 +52,7 @@ class Env:
         need_binary("consentd")
         d = self.data_dir()
         log = os.path.join(self.tmp, "%s-%d.log" % (name, self.n_dirs))
-        for attempt in range(3):
-            s = helpers.Server(d, log, extra=extra)
-            try:
-                return s.start()
-            except AssertionError:
-                # Someone else took a port between free_port() and our
-                # bind: try new ones; any other failure is the test's.
-                if attempt == 2 or "in use" not in s.log_tail().lower():
-                    raise
+        return helpers.Server(d, log, extra=extra).start()
 
 
 def need_binary(name):

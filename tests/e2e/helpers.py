@@ -301,12 +301,6 @@ def assert_verdict(v, exp, what=""):
 
 # --- the server -------------------------------------------------------------
 
-def free_port():
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
 def _preexec():
     raise_nofile()
     # Die with the test run if pytest itself is killed.
@@ -318,28 +312,80 @@ def _preexec():
         pass
 
 
-class Server:
-    """A real consentd on free loopback ports, serving data_dir."""
+def read_ports(path):
+    """consentd's --ports-file: {"rpc": (host, port), "resp": ..., "http": ...}."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            name, addr = line.split()
+            host, port = addr.rsplit(":", 1)
+            out[name] = (host.strip("[]"), int(port))
+    return out
 
-    def __init__(self, data_dir, log_path, extra=(), workers=2):
+
+class Server:
+    """A real consentd on loopback serving data_dir. The first start binds
+    port 0 everywhere and reads the ports consentd chose from its
+    --ports-file; a restart (start() again, or a new Server given
+    ports=an_earlier_server) binds the same ports again."""
+
+    def __init__(self, data_dir, log_path, extra=(), workers=2, ports=None):
         self.data_dir = data_dir
         self.log_path = log_path
-        self.rpc, self.resp, self.http = free_port(), free_port(), free_port()
-        self.args = [binary("consentd"), "--data-dir", data_dir,
-                     "--rpc", "%s:%d" % (LOOPBACK, self.rpc),
-                     "--resp", "%s:%d" % (LOOPBACK, self.resp),
-                     "--http", "%s:%d" % (LOOPBACK, self.http),
-                     "--workers", str(workers)] + list(extra)
+        self.ports_path = log_path + ".ports"
+        self.extra = list(extra)
+        self.workers = workers
+        self.rpc = self.resp = self.http = None
+        if ports is not None:
+            self.rpc, self.resp, self.http = ports.rpc, ports.resp, ports.http
         self.proc = None
+        self.log = None
 
-    def start(self, timeout=30.0):
-        self.log = open(self.log_path, "ab")
+    @property
+    def args(self):
+        def addr(port):
+            return "%s:%d" % (LOOPBACK, port or 0)
+        return [binary("consentd"), "--data-dir", self.data_dir,
+                "--rpc", addr(self.rpc), "--resp", addr(self.resp),
+                "--http", addr(self.http), "--ports-file", self.ports_path,
+                "--workers", str(self.workers)] + self.extra
+
+    def launch(self):
+        """Starts the process and returns at once (no wait for anything)."""
+        try:
+            os.unlink(self.ports_path)
+        except FileNotFoundError:
+            pass
+        if self.log is None:
+            self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL,
                                      stdout=self.log, stderr=subprocess.STDOUT,
-                                     preexec_fn=_preexec)
+                                     preexec_fn=self.preexec)
+        return self
+
+    def preexec(self):
+        """Runs in the child before exec (a subclass may limit it more)."""
+        _preexec()
+
+    def wait_ready(self, timeout=30.0):
+        """Waits for the ports file (every listener bound), takes the ports
+        from it, then waits for /readyz 200."""
         deadline = time.monotonic() + timeout
-        last = None
+        last = "no ports file"
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError("consentd exited %d during start-up\n%s" % (
+                    self.proc.returncode, self.log_tail()))
+            if os.path.exists(self.ports_path):
+                p = read_ports(self.ports_path)
+                got = (p["rpc"][1], p["resp"][1], p["http"][1])
+                want = (self.rpc, self.resp, self.http)
+                assert all(w is None or w == g for w, g in zip(want, got)), \
+                    "asked for ports %s, bound %s" % (want, got)
+                self.rpc, self.resp, self.http = got
+                break
+            time.sleep(0.01)
+        while time.monotonic() < deadline and self.http is not None:
             if self.proc.poll() is not None:
                 raise AssertionError("consentd exited %d during start-up\n%s" % (
                     self.proc.returncode, self.log_tail()))
@@ -350,10 +396,13 @@ class Server:
                 last = "readyz %d" % st
             except OSError as e:
                 last = repr(e)
-            time.sleep(0.05)
+            time.sleep(0.02)
         self.kill()
         raise AssertionError("consentd not ready in %.0f s (%s)\n%s" % (
             timeout, last, self.log_tail()))
+
+    def start(self, timeout=30.0):
+        return self.launch().wait_ready(timeout)
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None

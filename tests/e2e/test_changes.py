@@ -250,8 +250,10 @@ def base_records(pb, path):
     return recs
 
 
-def start(data_dir, log, extra=(), timeout=30.0):
-    return helpers.Server(data_dir, log, extra=list(extra)).start(timeout)
+def start(data_dir, log, extra=(), timeout=30.0, ports=None):
+    """ports: an earlier Server whose ports a restart binds again."""
+    return helpers.Server(data_dir, log, extra=list(extra),
+                          ports=ports).start(timeout)
 
 
 def stop_ok(server):
@@ -513,6 +515,7 @@ def test_kill9_loses_nothing_acknowledged(env):
     t_end = time.monotonic() + float(os.environ.get("CONSENTD_CRASH_SECONDS",
                                                     "600"))
     dumped = os.path.join(tmp, "dump.bin")
+    s = None  # each restart binds the ports the killed server had
     for rnd in range(CRASH_ROUNDS):
         extra = list(flags)
         taking = rnd % 4 == 3
@@ -522,7 +525,7 @@ def test_kill9_loses_nothing_acknowledged(env):
             # watermark (both states of the model's history).
             extra += ["--snapshot", dumped if os.path.exists(dumped) else snap]
             snapshots += 1
-        s = start(d, log, extra)
+        s = start(d, log, extra, ports=s)
         a = stats(pb, s.rpc).applied_sequence
         assert a >= applied, "round %d: applied sequence %d < acknowledged %d" \
             "\n%s" % (rnd, a, applied, s.log_tail())
@@ -554,7 +557,7 @@ def test_kill9_loses_nothing_acknowledged(env):
         if time.monotonic() > t_end:
             break
     # The last restart: everything acknowledged, every key touched.
-    s = start(d, log, flags)
+    s = start(d, log, flags, ports=s)
     a = stats(pb, s.rpc).applied_sequence
     assert a >= applied
     n = check_keys(pb, s.rpc, st.touched.keys(), st.model(a), "final")

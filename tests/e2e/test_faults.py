@@ -772,7 +772,8 @@ def restart_and_check(env, work, server, high, good, bad, keys):
     unacknowledged batch its log held) is served consistently."""
     rc = server.stop()
     assert rc == 0, "exit %s after a change log fault\n%s" % (rc, server.log_tail())
-    s2 = helpers.Server(server.data_dir, server.log_path + ".2").start()
+    s2 = helpers.Server(server.data_dir, server.log_path + ".2",
+                        ports=server).start()
     try:
         st = stats(env, s2)
         assert st.applied_sequence >= high, \

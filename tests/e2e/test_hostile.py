@@ -582,34 +582,13 @@ class LimitedServer(helpers.Server):
         super().__init__(data_dir, log_path)
         self.nofile = nofile
 
-    def start(self, timeout=30.0):
-        nofile = self.nofile
-
-        def preexec():
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-            try:
-                import ctypes
-                ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PDEATHSIG
-            except OSError:
-                pass
-
-        self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL,
-                                     stdout=self.log, stderr=subprocess.STDOUT,
-                                     preexec_fn=preexec)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError("consentd exited %d during start-up\n%s" % (
-                    self.proc.returncode, self.log_tail()))
-            try:
-                if self.http_get("/readyz", timeout=1.0)[0] == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.05)
-        self.kill()
-        raise AssertionError("consentd not ready\n" + self.log_tail())
+    def preexec(self):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+        try:
+            import ctypes
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PDEATHSIG
+        except OSError:
+            pass
 
 
 def cpu_seconds(pid):

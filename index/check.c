@@ -12,7 +12,7 @@
  * looked up and the data counts as stale, so no allow is ever made without
  * data behind it (row 7 would otherwise allow every TACIR).
  */
-#include "core/check.h"
+#include "index/check.h"
 
 #include <assert.h>
 

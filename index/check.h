@@ -1,5 +1,6 @@
 /*
- * check: the one path from a raw check to a verdict, shared by every
+ * check: the query layer over the index (index/table.h), the one path
+ * from a raw check to a verdict, shared by every
  * protocol (RPC, RESP, HTTP) and consentctl: validate (row 1), authorise
  * (row 2), normalise the recipient, batch-look-up the index, decide
  * (core/decision.h). Any thread may call it on an index it holds (for the
