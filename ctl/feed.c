@@ -1,7 +1,20 @@
 /*
  * feed: a change stream to a server's Apply RPC (DESIGN §3.1, §3.2, §3.6):
- *   consentctl feed --rpc HOST:PORT [--token T] [--batch K] [--window W]
- *                   [--timeout-ms MS] [--allow-gap] FILE|-
+ *   consentctl feed --rpc HOST:PORT [--token T] [--origin NAME | --no-origin]
+ *                   [--batch K] [--window W] [--timeout-ms MS] [--allow-gap]
+ *                   FILE|-
+ *
+ * With an origin (DESIGN §8; the default: "file:" and FILE's base name,
+ * "file:-" for stdin) the feed asks Stats for the origin's stored cursor,
+ * skips the stream's changes whose sequence in the file is at or below it,
+ * and sends each batch with after_cursor = the cursor before it and
+ * cursor = the decimal file sequence of its last change, every change's
+ * sequence set to 0 (the server gives log positions). Running it again on
+ * the same file applies nothing twice and says it resumed; a 409 (another
+ * feeder of the same origin moved the cursor) stops it. A stored cursor
+ * that is not a decimal sequence belongs to another kind of feeder and
+ * stops it too. --no-origin (or --origin '') feeds the old way, for data
+ * directories fed without origins (the two never mix in one directory):
  *
  * Frames are a 4-byte big-endian length and a consent.v1.Request; replies
  * a Response with the same id, in order. The feed authenticates first
@@ -57,6 +70,8 @@ struct feed_opts {
 	int window;
 	int timeout_ms;
 	bool allow_gap;
+	const char *origin; /* NULL: none (--no-origin) */
+	char origin_buf[300];
 };
 
 /* A batch on the wire, waiting for its ApplyResponse. */
@@ -64,6 +79,7 @@ struct feed_inflight {
 	uint64_t id;
 	uint64_t first_seq, last_seq;
 	uint32_t n;
+	uint64_t cursor; /* origin mode: the cursor it moves to */
 };
 
 struct feed {
@@ -81,6 +97,11 @@ struct feed {
 	uint64_t sent, applied, skipped_server, skipped_resume;
 	uint64_t applied_sequence; /* the server's, last reported */
 	uint64_t last_seq_seen;    /* in the stream, for the order check */
+	/* Origin mode: the stored cursor at the start (0: none, a new
+	 * origin), the cursor the last batch sent moves to (the next one's
+	 * after_cursor), and the last one acknowledged. */
+	bool resumed;
+	uint64_t cursor_start, cursor_sent, cursor_acked;
 };
 
 static int feed_connect(const char *hostport, int timeout_ms)
@@ -268,14 +289,33 @@ static int feed_stats(struct feed *f)
 
 	req.body_case = CONSENT__V1__REQUEST__BODY_STATS;
 	req.stats = &s;
+	s.origin = f->o->origin ? (char *)f->o->origin : (char *)"";
 	rc = call(f, &req, &r);
 	if (rc < 0)
 		return rc;
 	if (r->id != req.id || r->body_case != CONSENT__V1__RESPONSE__BODY_STATS ||
-	    !r->stats)
+	    !r->stats) {
 		rc = reply_fault(r, req.id, "Stats");
-	else
+	} else {
 		f->applied_sequence = r->stats->applied_sequence;
+		const char *cur = r->stats->origin_cursor;
+		if (f->o->origin && cur && cur[0]) {
+			char *end;
+			errno = 0;
+			unsigned long long v = strtoull(cur, &end, 10);
+			if (errno || *end || cur[0] < '0' || cur[0] > '9' || v == 0) {
+				fprintf(stderr, "feed: origin %s: the stored cursor "
+					"\"%s\" is not a sequence of this file "
+					"(another feeder uses this origin?)\n",
+					f->o->origin, cur);
+				rc = -EINVAL;
+			} else {
+				f->resumed = true;
+				f->cursor_start = f->cursor_sent =
+					f->cursor_acked = v;
+			}
+		}
+	}
 	consent__v1__response__free_unpacked(r, NULL);
 	return rc;
 }
@@ -296,6 +336,21 @@ static int feed_wait_one(struct feed *f)
 	if (r->id != b->id || r->body_case != CONSENT__V1__RESPONSE__BODY_APPLY ||
 	    !r->apply) {
 		rc = reply_fault(r, b->id, "Apply");
+	} else if (f->o->origin) {
+		/* The server's positions are its own: its count is the check. */
+		if ((uint64_t)r->apply->applied + r->apply->skipped != b->n) {
+			fprintf(stderr, "feed: the server processed %" PRIu32
+				" of the %" PRIu32 " changes of %" PRIu64 "..%"
+				PRIu64 "\n", r->apply->applied +
+				r->apply->skipped, b->n, b->first_seq,
+				b->last_seq);
+			rc = -EPROTO;
+		} else {
+			f->applied += r->apply->applied;
+			f->skipped_server += r->apply->skipped;
+			f->applied_sequence = r->apply->applied_sequence;
+			f->cursor_acked = b->cursor;
+		}
 	} else if (r->apply->applied_sequence < b->last_seq) {
 		fprintf(stderr,
 			"feed: the server acknowledged through %" PRIu64
@@ -326,6 +381,33 @@ static int feed_flush(struct feed *f)
 		rc = feed_wait_one(f);
 		if (rc < 0)
 			return rc;
+	}
+	if (f->o->origin) {
+		/* ApplyRequest.origin = 2, after_cursor = 3, cursor = 4. */
+		char after[24] = "", cur[24];
+		size_t ol = strlen(f->o->origin);
+		size_t need = 3 * (1 + VARINT_MAX) + ol + 2 * sizeof(cur);
+		if (f->cursor_sent)
+			snprintf(after, sizeof(after), "%" PRIu64, f->cursor_sent);
+		snprintf(cur, sizeof(cur), "%" PRIu64, f->body_last);
+		if (f->body_cap - f->body_len < need) {
+			uint8_t *nb = realloc(f->body, f->body_len + need);
+			if (!nb)
+				return -ENOMEM;
+			f->body = nb;
+			f->body_cap = f->body_len + need;
+		}
+		const char *v[3] = { f->o->origin, after, cur };
+		for (int k = 0; k < 3; k++) {
+			size_t l = strlen(v[k]);
+			if (l == 0)
+				continue;
+			f->body[f->body_len++] = (uint8_t)((k + 2) << 3 | 2);
+			f->body_len += stream_varint_encode(l, f->body + f->body_len);
+			memcpy(f->body + f->body_len, v[k], l);
+			f->body_len += l;
+		}
+		f->cursor_sent = f->body_last;
 	}
 	/* Request{id = 1; apply = 3 {body}} by hand: byte for byte what
 	 * protobuf-c packs, without copying the changes into structs. */
@@ -360,6 +442,7 @@ static int feed_flush(struct feed *f)
 	b->first_seq = f->body_first;
 	b->last_seq = f->body_last;
 	b->n = f->body_n;
+	b->cursor = f->body_last;
 	f->q_len++;
 	f->sent += f->body_n;
 	f->body_len = 0;
@@ -369,8 +452,13 @@ static int feed_flush(struct feed *f)
 
 /* Adds one change to the batch (packing it now: the reader's records are
  * only valid until its next call). */
-static int feed_add(struct feed *f, const Consent__V1__Consent *c)
+static int feed_add(struct feed *f, const Consent__V1__Consent *c_in)
 {
+	Consent__V1__Consent copy = *c_in;
+	const Consent__V1__Consent *c = &copy;
+
+	if (f->o->origin)
+		copy.sequence = 0; /* the server's position, not the file's */
 	size_t size = consent__v1__consent__get_packed_size(c);
 	size_t need = 1 + VARINT_MAX + size;
 	int rc;
@@ -395,8 +483,8 @@ static int feed_add(struct feed *f, const Consent__V1__Consent *c)
 	f->body_len += stream_varint_encode(size, f->body + f->body_len);
 	f->body_len += consent__v1__consent__pack(c, f->body + f->body_len);
 	if (f->body_n == 0)
-		f->body_first = c->sequence;
-	f->body_last = c->sequence;
+		f->body_first = c_in->sequence;
+	f->body_last = c_in->sequence;
 	f->body_n++;
 	return 0;
 }
@@ -427,7 +515,22 @@ static int feed_stream(struct feed *f, int in_fd)
 				rc = -EINVAL;
 				break;
 			}
-			if (h->sequence > f->applied_sequence && !f->o->allow_gap) {
+			if (f->o->origin) {
+				/* A new origin starts at the file's beginning;
+				 * a known one must not skip part of it. */
+				if (f->resumed && h->sequence > f->cursor_start &&
+				    !f->o->allow_gap) {
+					fprintf(stderr,
+						"feed: origin %s is at %" PRIu64
+						" but the stream follows %" PRIu64
+						" (--allow-gap to feed anyway)\n",
+						f->o->origin, f->cursor_start,
+						h->sequence);
+					rc = -EINVAL;
+					break;
+				}
+			} else if (h->sequence > f->applied_sequence &&
+				   !f->o->allow_gap) {
 				fprintf(stderr,
 					"feed: the server has applied through %" PRIu64
 					" but the stream follows %" PRIu64
@@ -455,7 +558,8 @@ static int feed_stream(struct feed *f, int in_fd)
 				break;
 			}
 			f->last_seq_seen = c->sequence;
-			if (c->sequence <= f->applied_sequence) {
+			if (c->sequence <= (f->o->origin ? f->cursor_start :
+							   f->applied_sequence)) {
 				f->skipped_resume++;
 				continue;
 			}
@@ -488,13 +592,19 @@ static int feed_stream(struct feed *f, int in_fd)
 static int feed_usage(void)
 {
 	fprintf(stderr,
-		"usage: consentctl feed --rpc HOST:PORT [--token T] [--batch K] "
-		"[--window W] [--timeout-ms MS] [--allow-gap] FILE|-\n");
+		"usage: consentctl feed --rpc HOST:PORT [--token T] "
+		"[--origin NAME | --no-origin] [--batch K] [--window W] "
+		"[--timeout-ms MS] [--allow-gap] FILE|-\n"
+		"  --origin NAME  resume from NAME's cursor (default: file:BASENAME)\n"
+		"  --no-origin    (or --origin '') the old way: the file's sequences\n"
+		"                 are the server's, resume after its applied_sequence\n");
 	return 2;
 }
 
 static int feed_parse_args(int argc, char **argv, struct feed_opts *o)
 {
+	bool set_origin = false;
+
 	memset(o, 0, sizeof(*o));
 	o->batch = FEED_BATCH_DEFAULT;
 	o->window = FEED_WINDOW_DEFAULT;
@@ -536,6 +646,17 @@ static int feed_parse_args(int argc, char **argv, struct feed_opts *o)
 				return -EINVAL;
 			}
 			o->timeout_ms = (int)n;
+		} else if (strcmp(a, "--origin") == 0 && v) {
+			if (strlen(v) >= sizeof(o->origin_buf) - 6) {
+				fprintf(stderr, "feed: --origin too long\n");
+				return -EINVAL;
+			}
+			snprintf(o->origin_buf, sizeof(o->origin_buf), "%s", v);
+			set_origin = true;
+		} else if (strcmp(a, "--no-origin") == 0) {
+			o->origin_buf[0] = '\0';
+			set_origin = true;
+			continue;
 		} else if (strcmp(a, "--allow-gap") == 0) {
 			o->allow_gap = true;
 			continue;
@@ -555,7 +676,21 @@ static int feed_parse_args(int argc, char **argv, struct feed_opts *o)
 		o->token = getenv("CONSENTD_TOKEN");
 	if (o->token && !o->token[0])
 		o->token = NULL;
-	return o->rpc && o->in ? 0 : -EINVAL;
+	if (!o->rpc || !o->in)
+		return -EINVAL;
+	if (!set_origin) {
+		const char *base = strrchr(o->in, '/');
+
+		base = base ? base + 1 : o->in;
+		if (strlen(base) + 5 >= sizeof(o->origin_buf)) {
+			fprintf(stderr, "feed: %s: name too long for an origin "
+				"(give --origin)\n", o->in);
+			return -EINVAL;
+		}
+		snprintf(o->origin_buf, sizeof(o->origin_buf), "file:%s", base);
+	}
+	o->origin = o->origin_buf[0] ? o->origin_buf : NULL;
+	return 0;
 }
 
 int ctl_feed(int argc, char **argv)
@@ -587,7 +722,18 @@ int ctl_feed(int argc, char **argv)
 	if (rc == 0) {
 		uint64_t start = f.applied_sequence;
 
+		if (o.origin && f.resumed)
+			fprintf(stderr, "feed: origin %s: resumed after cursor %"
+				PRIu64 "\n", o.origin, f.cursor_start);
+		else if (o.origin)
+			fprintf(stderr, "feed: origin %s: new, from the start\n",
+				o.origin);
+		if (o.origin)
+			start = f.cursor_start;
 		rc = feed_stream(&f, in_fd);
+		if (o.origin)
+			fprintf(stderr, "feed: origin %s: cursor %" PRIu64 "\n",
+				o.origin, f.cursor_acked);
 		fprintf(stderr,
 			"feed: %s: sent %" PRIu64 ", applied %" PRIu64
 			", skipped %" PRIu64 " by the server and %" PRIu64

@@ -32,9 +32,10 @@ static const struct command commands[] = {
 	  "check DIR RECIPIENT BRAND CHANNEL [BIREYSEL|TACIR] [TICARI|BILGILENDIRME]",
 	  "decide one check offline against DIR's newest generation" },
 	{ "feed", ctl_feed,
-	  "feed --rpc HOST:PORT [--token T] [--batch K] FILE|-",
-	  "send a change stream to a server's Apply RPC, resuming after its "
-	  "applied sequence" },
+	  "feed --rpc HOST:PORT [--token T] [--origin NAME|--no-origin] [--batch K] FILE|-",
+	  "send a change stream to a server's Apply RPC, resuming from its "
+	  "origin's cursor (default origin file:BASENAME; --no-origin: after "
+	  "the applied sequence)" },
 	{ "import-csv", ctl_import_csv,
 	  "import-csv --brand B [--iys-code I] [--skip-bad] [--from-sequence Q] "
 	  "FILE --out FILE",

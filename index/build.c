@@ -26,7 +26,9 @@
  *
  * The result is a generation in memory (index/generation.h: the table and
  * the addresses of its e-mail keys): the server's writer takes it as it
- * is, consentctl build publishes it (generation_publish).
+ * is, consentctl build publishes it (generation_publish) with the
+ * newest generation's origins (index/origins.h: the kind and the cursors
+ * outlive a snapshot, DESIGN §8).
  */
 #include "index/build.h"
 
@@ -666,6 +668,18 @@ int build_snapshot(int fd, const char *dir, struct build_result *res,
 		generation_fini(&g);
 		return errmsg_fail(err, err_cap, rc, "%s: listing its generations: %s",
 			    dir, strerror(-rc));
+	}
+	/* The origins' cursors and the kind outlive a new snapshot (DESIGN
+	 * §8): the newest generation's go into the new one. */
+	if (gen > 0) {
+		char e[400] = "";
+		rc = generation_origins(dir, gen, &g.origins, e, sizeof(e));
+		if (rc < 0) {
+			generation_fini(&g);
+			return errmsg_fail(err, err_cap, rc, "generation %" PRIu64
+				    ": its origins cannot be carried over: %s",
+				    gen, e);
+		}
 	}
 	gen++;
 	index_info(g.ix, &info);

@@ -5,16 +5,38 @@
  * record, 20 decimal digits and ".log", so the names sort in log order.
  * All integers are little-endian.
  *
- *   segment = "CONSLOG\x01" (8 bytes), u64 first sequence, record*
+ *   segment = magic (8 bytes), u64 first sequence, record*
  *   record  = u32 len, u32 len_check, u64 checksum, payload[len]
  *
- * payload is a serialized consent.v1.Consent (its sequence field is the
- * record's sequence); checksum is XXH3-64 of the payload; len_check is the
- * low half of XXH3-64 of the four len bytes. The separate check on the
- * length is what lets open tell a torn tail from damage: without it a bit
- * flip in the length of a record in the middle would make it "run past the
- * end" and look exactly like the partial record a crash leaves, and
- * truncating there would throw away acknowledged records.
+ * checksum is XXH3-64 of the payload; len_check is the low half of XXH3-64
+ * of the four len bytes. The separate check on the length is what lets
+ * open tell a torn tail from damage: without it a bit flip in the length
+ * of a record in the middle would make it "run past the end" and look
+ * exactly like the partial record a crash leaves, and truncating there
+ * would throw away acknowledged records.
+ *
+ * Two versions, told by the magic; open reads both, appends write only
+ * version 2 (a version 1 segment found last at open is sealed, so the next
+ * append starts a version 2 one):
+ *  - "CONSLOG\x01": payload is a serialized consent.v1.Consent (its
+ *    sequence field is the record's sequence). Every record stands alone:
+ *    such a log was fed without origins (ORIGINS_SEQUENCE).
+ *  - "CONSLOG\x02": payload is a type byte and a body. 0x01: a change
+ *    (body: a serialized Consent). 0x02: a commit record (body, 17 bytes
+ *    then the strings: u8 kind, u16 origin_len, u16 cursor_len,
+ *    u32 n_changes, u64 sequence, origin, cursor) closing the n_changes
+ *    change records just before it. Every append ends each of its batches
+ *    with one: a batch without origin (kind ORIGINS_SEQUENCE, no strings)
+ *    or one origin's batch (ORIGINS_ORIGIN: its origin and the cursor it
+ *    moves to, DESIGN §8). The commit's sequence is its last change's, or
+ *    a position of its own for a batch of no change that moves a cursor,
+ *    so that a generation's watermark tells which cursor moves it holds.
+ *    Change records are part of the log only once their commit record
+ *    is: a run of changes without one at the end of the last segment is
+ *    a batch whose append never completed (never acknowledged) and open
+ *    truncates it with the torn tail; anywhere else it is damage. So a
+ *    batch's changes and its cursor are on disk together or not at all.
+ *    One log holds one kind of commit (the kinds never mix, §8).
  *
  * What a crash can leave. An append is one pwrite of whole records then an
  * fdatasync, and nothing is acknowledged before the fdatasync returns. A
@@ -30,9 +52,11 @@
  * made durable in the directory (fsync of DIR/changes) before the append
  * that created them returns.
  *
- * Sequences strictly increase through the log, and a segment's first
- * record carries the sequence in its name; open checks both, so a segment
- * copied from elsewhere or out of order is refused too.
+ * Sequences strictly increase through the log (a commit record repeats
+ * its last change's), and a segment's first record carries the sequence
+ * in its name; open checks both, so a segment copied from elsewhere or out
+ * of order is refused too. A segment ends at a commit (one append never
+ * spans two segments).
  */
 #include "index/changelog.h"
 
@@ -54,7 +78,11 @@
 
 #include "core/fsutil.h"
 
-#define SEGMENT_MAGIC "CONSLOG\x01"
+#define SEGMENT_MAGIC_V1 "CONSLOG\x01" /* read only */
+#define SEGMENT_MAGIC "CONSLOG\x02"
+#define REC_CHANGE 0x01 /* version 2 type bytes */
+#define REC_COMMIT 0x02
+#define COMMIT_FIXED 17 /* a commit body before its strings */
 #define SEGMENT_HEADER_BYTES 16
 #define RECORD_HEADER_BYTES 16
 #define SEGMENT_NAME_DIGITS 20
@@ -65,7 +93,9 @@ struct segment {
 	uint64_t base;    /* first sequence (the name) */
 	uint64_t last;    /* last sequence in it */
 	uint64_t size;    /* bytes, all verified */
-	uint64_t records;
+	uint64_t records; /* change records */
+	uint64_t commits; /* commit records (version 2) */
+	int version;      /* 1 or 2 */
 };
 
 struct changelog {
@@ -79,6 +109,8 @@ struct changelog {
 	uint64_t records;
 	uint64_t truncated_bytes;
 	uint64_t appends;
+	uint64_t commits;
+	enum origins_kind kind; /* of every record found or appended */
 	int failed;          /* 0, or the -errno that failed an append */
 	uint8_t *buf;        /* the batch being encoded */
 	size_t buf_cap;
@@ -159,38 +191,104 @@ static int all_zero(const uint8_t *p, size_t n)
 	return 1;
 }
 
-/* The sequence of a payload that decodes, or 0 with *ok = 0. */
-static uint64_t payload_sequence(const uint8_t *p, size_t len, int *ok)
+int changelog_commit_decode(const uint8_t *p, size_t len,
+			    struct changelog_commit *out)
 {
-	Consent__V1__Consent *c = consent__v1__consent__unpack(NULL, len, p);
-	uint64_t seq;
+	if (len < COMMIT_FIXED)
+		return -EPROTO;
+	size_t ol = (size_t)p[1] | (size_t)p[2] << 8;
+	size_t cl = (size_t)p[3] | (size_t)p[4] << 8;
+	const char *why;
 
-	if (!c) {
-		*ok = 0;
-		return 0;
+	memset(out, 0, sizeof(*out));
+	out->kind = (enum origins_kind)p[0];
+	out->n_changes = get_u32(p + 5);
+	out->sequence = get_u64(p + 9);
+	if (len != COMMIT_FIXED + ol + cl || out->sequence == 0)
+		return -EPROTO;
+	out->origin = (const char *)p + COMMIT_FIXED;
+	out->origin_len = ol;
+	out->cursor = out->origin + ol;
+	out->cursor_len = cl;
+	if (out->kind == ORIGINS_SEQUENCE)
+		return ol == 0 && cl == 0 && out->n_changes > 0 ? 0 : -EPROTO;
+	if (out->kind != ORIGINS_ORIGIN ||
+	    origins_check_text(out->origin, ol, ORIGINS_NAME_MAX, 0, &why) < 0 ||
+	    origins_check_text(out->cursor, cl, ORIGINS_CURSOR_MAX, 0, &why) < 0)
+		return -EPROTO;
+	return 0;
+}
+
+/* One record's payload, parsed: a change (its sequence; the Consent too
+ * when c is not NULL, the caller's to free) or a commit. */
+struct rec {
+	int type; /* REC_CHANGE, REC_COMMIT */
+	uint64_t seq;
+	struct changelog_commit commit;
+};
+
+static int rec_parse(int version, const uint8_t *p, size_t len, struct rec *r,
+		     Consent__V1__Consent **c)
+{
+	Consent__V1__Consent *x;
+
+	if (version == 2) {
+		if (len < 1)
+			return -EPROTO;
+		if (p[0] == REC_COMMIT) {
+			r->type = REC_COMMIT;
+			if (changelog_commit_decode(p + 1, len - 1,
+						    &r->commit) < 0)
+				return -EPROTO;
+			r->seq = r->commit.sequence;
+			return 0;
+		}
+		if (p[0] != REC_CHANGE)
+			return -EPROTO;
+		p++;
+		len--;
 	}
-	seq = c->sequence;
-	consent__v1__consent__free_unpacked(c, NULL);
-	*ok = 1;
-	return seq;
+	r->type = REC_CHANGE;
+	x = consent__v1__consent__unpack(NULL, len, p);
+	if (!x)
+		return -EPROTO;
+	r->seq = x->sequence;
+	if (c)
+		*c = x;
+	else
+		consent__v1__consent__free_unpacked(x, NULL);
+	return 0;
+}
+
+/* Folds a record's kind into the log's: -EPROTO when they differ. */
+static int kind_merge(enum origins_kind *have, enum origins_kind k)
+{
+	if (*have != ORIGINS_NONE && *have != k)
+		return -EPROTO;
+	*have = k;
+	return 0;
 }
 
 /*
- * Verifies one segment's bytes. prev is the last sequence before it.
- * Sets *valid_end to the end of the last whole record; for the last
- * segment a torn tail (see the essay) stops the scan there, for any other
- * the same shape is damage. Returns 0 or -EPROTO with the message in err.
+ * Verifies one segment's bytes. prev is the last sequence before it,
+ * *kind the kind of the records before it (updated). Sets *valid_end to
+ * the end of the last whole record (version 1) or commit record (version
+ * 2) and *seg to what that far holds; for the last segment a torn tail
+ * (see the essay) stops the scan there, for any other the same shape is
+ * damage. Returns 0 or -EPROTO with the message in err.
  */
 static int segment_verify(const char *path, const uint8_t *p, uint64_t size,
 			  uint64_t base, int is_last, uint64_t prev,
-			  struct segment *seg, uint64_t *valid_end, char *err,
-			  size_t err_cap)
+			  enum origins_kind *kind, struct segment *seg,
+			  uint64_t *valid_end, char *err, size_t err_cap)
 {
 	uint64_t pos = SEGMENT_HEADER_BYTES;
+	struct segment cur;
+	uint64_t pending = 0; /* changes since the last commit (version 2) */
+	int first = 1;
 
+	memset(seg, 0, sizeof(*seg));
 	seg->base = base;
-	seg->last = 0;
-	seg->records = 0;
 	*valid_end = 0;
 	if (size < SEGMENT_HEADER_BYTES ||
 	    (is_last && all_zero(p, (size_t)size))) {
@@ -200,7 +298,11 @@ static int segment_verify(const char *path, const uint8_t *p, uint64_t size,
 			path);
 		return -EPROTO;
 	}
-	if (memcmp(p, SEGMENT_MAGIC, 8) != 0) {
+	if (memcmp(p, SEGMENT_MAGIC, 8) == 0) {
+		seg->version = 2;
+	} else if (memcmp(p, SEGMENT_MAGIC_V1, 8) == 0) {
+		seg->version = 1;
+	} else {
 		set_err(err, err_cap, "%s: offset 0: not a change log segment",
 			path);
 		return -EPROTO;
@@ -212,15 +314,16 @@ static int segment_verify(const char *path, const uint8_t *p, uint64_t size,
 		return -EPROTO;
 	}
 	*valid_end = pos;
+	cur = *seg;
 	while (pos < size) {
 		uint64_t rem = size - pos;
 		const uint8_t *h = p + pos;
 
 		if (is_last && all_zero(h, (size_t)rem))
-			return 0;
+			break;
 		if (rem < RECORD_HEADER_BYTES) {
 			if (is_last)
-				return 0;
+				break;
 			set_err(err, err_cap,
 				"%s: offset %" PRIu64 ": record header truncated",
 				path, pos);
@@ -234,7 +337,8 @@ static int segment_verify(const char *path, const uint8_t *p, uint64_t size,
 				path, pos);
 			return -EPROTO;
 		}
-		if (len == 0 || len > CHANGELOG_RECORD_MAX) {
+		if (len == 0 ||
+		    len > CHANGELOG_RECORD_MAX + (seg->version == 2)) {
 			set_err(err, err_cap,
 				"%s: offset %" PRIu64 ": record length %" PRIu32
 				" out of range", path, pos, len);
@@ -242,7 +346,7 @@ static int segment_verify(const char *path, const uint8_t *p, uint64_t size,
 		}
 		if (len > rem - RECORD_HEADER_BYTES) {
 			if (is_last)
-				return 0;
+				break;
 			set_err(err, err_cap,
 				"%s: offset %" PRIu64 ": record runs past the end",
 				path, pos);
@@ -253,38 +357,79 @@ static int segment_verify(const char *path, const uint8_t *p, uint64_t size,
 
 		if (XXH3_64bits(payload, len) != get_u64(h + 8)) {
 			if (is_last && end == size)
-				return 0;
+				break;
 			set_err(err, err_cap,
 				"%s: offset %" PRIu64 ": record checksum mismatch",
 				path, pos);
 			return -EPROTO;
 		}
-		int ok;
-		uint64_t seq = payload_sequence(payload, len, &ok);
+		struct rec r;
 
-		if (!ok) {
+		if (rec_parse(seg->version, payload, len, &r, NULL) < 0) {
 			set_err(err, err_cap,
 				"%s: offset %" PRIu64 ": record does not decode "
-				"as a Consent", path, pos);
+				"as a %s", path, pos, seg->version == 1 ?
+				"Consent" : "change or a commit record");
 			return -EPROTO;
 		}
-		if (seq <= prev) {
+		if (r.type == REC_COMMIT &&
+		    (r.commit.n_changes != pending ||
+		     (pending > 0 ? r.seq != prev : r.seq <= prev))) {
+			set_err(err, err_cap,
+				"%s: offset %" PRIu64 ": commit record of %" PRIu32
+				" changes at sequence %" PRIu64 " after %" PRIu64
+				" changes through %" PRIu64, path, pos,
+				r.commit.n_changes, r.seq, pending, prev);
+			return -EPROTO;
+		}
+		if (r.type == REC_CHANGE && r.seq <= prev) {
 			set_err(err, err_cap,
 				"%s: offset %" PRIu64 ": sequence %" PRIu64
-				" after %" PRIu64, path, pos, seq, prev);
+				" after %" PRIu64, path, pos, r.seq, prev);
 			return -EPROTO;
 		}
-		if (seg->records == 0 && seq != base) {
+		if (first && r.seq != base) {
 			set_err(err, err_cap,
 				"%s: offset %" PRIu64 ": first sequence %" PRIu64
-				", the name says %" PRIu64, path, pos, seq, base);
+				", the name says %" PRIu64, path, pos, r.seq, base);
 			return -EPROTO;
 		}
-		prev = seq;
-		seg->last = seq;
-		seg->records++;
+		first = 0;
+		prev = r.seq;
 		pos = end;
+		if (r.type == REC_CHANGE) {
+			cur.records++;
+			cur.last = r.seq;
+			if (seg->version == 2) {
+				pending++;
+				continue;
+			}
+		}
+		if (kind_merge(kind, r.type == REC_COMMIT ? r.commit.kind :
+				     ORIGINS_SEQUENCE) < 0) {
+			set_err(err, err_cap,
+				"%s: offset %" PRIu64 ": a change %s origin in a "
+				"log of changes %s", path, pos - len -
+				RECORD_HEADER_BYTES,
+				*kind == ORIGINS_ORIGIN ? "without" : "with",
+				*kind == ORIGINS_ORIGIN ? "with origins" :
+							  "without origin");
+			return -EPROTO;
+		}
+		if (r.type == REC_COMMIT) {
+			cur.commits++;
+			cur.last = r.seq;
+			pending = 0;
+		}
+		/* A commit point: what a torn tail after it leaves. */
+		*seg = cur;
 		*valid_end = pos;
+	}
+	if (pending > 0 && !is_last && pos == size) {
+		set_err(err, err_cap, "%s: offset %" PRIu64 ": %" PRIu64
+			" changes at the end without their commit record",
+			path, *valid_end, pending);
+		return -EPROTO;
 	}
 	return 0;
 }
@@ -394,18 +539,19 @@ static int open_segment(struct changelog *log, uint64_t base, int is_last,
 		}
 	}
 	rc = segment_verify(path, map, (uint64_t)st.st_size, base, is_last,
-			    log->last_seq, &seg, &valid_end, err, err_cap);
+			    log->last_seq, &log->kind, &seg, &valid_end, err,
+			    err_cap);
 	if (map)
 		munmap(map, (size_t)st.st_size);
 	if (rc < 0)
 		goto out;
-	if (seg.records == 0 && !is_last) {
+	if (seg.records + seg.commits == 0 && !is_last) {
 		set_err(err, err_cap, "%s: offset %d: segment holds no record",
 			path, SEGMENT_HEADER_BYTES);
 		rc = -EPROTO;
 		goto out;
 	}
-	if (seg.records == 0) {
+	if (seg.records + seg.commits == 0) {
 		/* A torn creation: the file never held an acknowledged record. */
 		log->truncated_bytes += (uint64_t)st.st_size;
 		if (unlinkat(log->dir_fd, name, 0) < 0 || fsync(log->dir_fd) < 0) {
@@ -432,7 +578,9 @@ static int open_segment(struct changelog *log, uint64_t base, int is_last,
 		goto out;
 	log->last_seq = seg.last;
 	log->records += seg.records;
-	if (is_last && seg.size < log->segment_bytes) {
+	log->commits += seg.commits;
+	/* Appends continue in the last segment only when it is version 2. */
+	if (is_last && seg.version == 2 && seg.size < log->segment_bytes) {
 		log->fd = fd; /* appends continue here */
 		return 0;
 	}
@@ -525,6 +673,11 @@ void changelog_close(struct changelog *log)
 	free(log);
 }
 
+enum origins_kind changelog_kind(const struct changelog *log)
+{
+	return log->kind;
+}
+
 uint64_t changelog_last_sequence(const struct changelog *log)
 {
 	return log->last_seq;
@@ -546,6 +699,7 @@ void changelog_stats(const struct changelog *log, struct changelog_stats *out)
 	out->last_sequence = log->last_seq;
 	out->truncated_bytes = log->truncated_bytes;
 	out->appends = log->appends;
+	out->commits = log->commits;
 	out->failed = log->failed != 0;
 }
 
@@ -559,11 +713,40 @@ static int append_fail(struct changelog *log, int rc, const char *what)
 	return rc;
 }
 
+static size_t commit_bytes(const struct changelog_commit *k)
+{
+	return RECORD_HEADER_BYTES + 1 + COMMIT_FIXED + k->origin_len +
+	       k->cursor_len;
+}
+
+/* Writes one record's header for the payload already at p + 16. */
+static uint8_t *rec_seal(uint8_t *p, size_t len)
+{
+	put_u32(p, (uint32_t)len);
+	put_u32(p + 4, len_check(p));
+	put_u64(p + 8, XXH3_64bits(p + RECORD_HEADER_BYTES, len));
+	return p + RECORD_HEADER_BYTES + len;
+}
+
 int changelog_append(struct changelog *log, Consent__V1__Consent *const *changes,
 		     size_t n)
 {
-	uint64_t prev = log->last_seq;
-	size_t total = 0;
+	struct changelog_batch b = {
+		.changes = changes, .n = n,
+		.commit = { .kind = ORIGINS_SEQUENCE },
+	};
+
+	return n == 0 ? changelog_append_batches(log, NULL, 0) :
+			changelog_append_batches(log, &b, 1);
+}
+
+int changelog_append_batches(struct changelog *log,
+			     const struct changelog_batch *batches,
+			     size_t n_batches)
+{
+	uint64_t prev = log->last_seq, first_seq = 0;
+	size_t total = 0, n = 0;
+	enum origins_kind kind = log->kind;
 	int roll, rc;
 
 	if (log->failed) {
@@ -572,33 +755,89 @@ int changelog_append(struct changelog *log, Consent__V1__Consent *const *changes
 			log->path, strerror(-log->failed));
 		return log->failed;
 	}
-	if (n == 0)
+	if (n_batches == 0)
 		return 0;
 	/* The format's guard, not a validation (the caller ran
 	 * change_validate): nothing out of order or oversize is stored, and
 	 * everything is checked before anything is written. */
-	for (size_t i = 0; i < n; i++) {
-		uint64_t seq = changes[i]->sequence;
-		size_t len = consent__v1__consent__get_packed_size(changes[i]);
+	for (size_t j = 0; j < n_batches; j++) {
+		const struct changelog_batch *bt = &batches[j];
+		const struct changelog_commit *k = &bt->commit;
+		const char *why;
 
-		if (seq == 0) {
+		if (k->kind != ORIGINS_SEQUENCE && k->kind != ORIGINS_ORIGIN) {
 			set_err(log->err, sizeof(log->err),
-				"change %zu: sequence 0 (a change needs one)", i);
+				"batch %zu: no kind", j);
 			return -EINVAL;
 		}
-		if (seq <= prev) {
+		if (kind_merge(&kind, k->kind) < 0) {
 			set_err(log->err, sizeof(log->err),
-				"sequence %" PRIu64 " after %" PRIu64, seq, prev);
+				"batch %zu: the log holds changes %s", j,
+				kind == ORIGINS_ORIGIN ? "with origins" :
+							 "without origin");
 			return -EINVAL;
 		}
-		if (len > CHANGELOG_RECORD_MAX) {
+		if (k->kind == ORIGINS_SEQUENCE ?
+			    bt->n == 0 || k->origin_len || k->cursor_len :
+			    origins_check_text(k->origin, k->origin_len,
+					       ORIGINS_NAME_MAX, 0, &why) < 0 ||
+				    origins_check_text(k->cursor, k->cursor_len,
+						       ORIGINS_CURSOR_MAX, 0,
+						       &why) < 0) {
 			set_err(log->err, sizeof(log->err),
-				"sequence %" PRIu64 ": record of %zu bytes over %u",
-				seq, len, CHANGELOG_RECORD_MAX);
-			return -EMSGSIZE;
+				"batch %zu: a commit record of %s", j,
+				k->kind == ORIGINS_SEQUENCE ?
+					"no change, or with an origin" :
+					"a bad origin or cursor");
+			return -EINVAL;
 		}
-		prev = seq;
-		total += RECORD_HEADER_BYTES + len;
+		if (bt->n > UINT32_MAX) {
+			set_err(log->err, sizeof(log->err),
+				"batch %zu: %zu changes", j, bt->n);
+			return -EINVAL;
+		}
+		for (size_t i = 0; i < bt->n; i++) {
+			const Consent__V1__Consent *c = bt->changes[i];
+			uint64_t seq = c->sequence;
+			size_t len = consent__v1__consent__get_packed_size(c);
+
+			if (seq == 0) {
+				set_err(log->err, sizeof(log->err),
+					"change %zu: sequence 0 (a change needs "
+					"one)", n + i);
+				return -EINVAL;
+			}
+			if (seq <= prev) {
+				set_err(log->err, sizeof(log->err),
+					"sequence %" PRIu64 " after %" PRIu64,
+					seq, prev);
+				return -EINVAL;
+			}
+			if (len > CHANGELOG_RECORD_MAX) {
+				set_err(log->err, sizeof(log->err),
+					"sequence %" PRIu64 ": record of %zu "
+					"bytes over %u", seq, len,
+					CHANGELOG_RECORD_MAX);
+				return -EMSGSIZE;
+			}
+			prev = seq;
+			total += RECORD_HEADER_BYTES + 1 + len;
+		}
+		if (bt->n == 0) {
+			/* A cursor moved by no change: a position of its own. */
+			if (k->sequence <= prev) {
+				set_err(log->err, sizeof(log->err),
+					"batch %zu: commit at sequence %" PRIu64
+					" after %" PRIu64, j, k->sequence, prev);
+				return -EINVAL;
+			}
+			prev = k->sequence;
+		}
+		if (first_seq == 0)
+			first_seq = bt->n ? bt->changes[0]->sequence :
+					    k->sequence;
+		n += bt->n;
+		total += commit_bytes(k);
 	}
 	roll = log->fd < 0;
 	if (!roll && log->segs[log->n_segs - 1].size >= log->segment_bytes)
@@ -627,21 +866,45 @@ int changelog_append(struct changelog *log, Consent__V1__Consent *const *changes
 	}
 
 	uint8_t *p = log->buf;
-	uint64_t base = changes[0]->sequence;
+	uint64_t base = first_seq, seq = log->last_seq;
 
 	if (roll) {
 		memcpy(p, SEGMENT_MAGIC, 8);
 		put_u64(p + 8, base);
 		p += SEGMENT_HEADER_BYTES;
 	}
-	for (size_t i = 0; i < n; i++) {
-		size_t len = consent__v1__consent__pack(changes[i],
-							 p + RECORD_HEADER_BYTES);
+	for (size_t j = 0; j < n_batches; j++) {
+		const struct changelog_batch *bt = &batches[j];
+		const struct changelog_commit *k = &bt->commit;
+		uint8_t *q;
 
-		put_u32(p, (uint32_t)len);
-		put_u32(p + 4, len_check(p));
-		put_u64(p + 8, XXH3_64bits(p + RECORD_HEADER_BYTES, len));
-		p += RECORD_HEADER_BYTES + len;
+		for (size_t i = 0; i < bt->n; i++) {
+			q = p + RECORD_HEADER_BYTES;
+			q[0] = REC_CHANGE;
+			size_t len = consent__v1__consent__pack(bt->changes[i],
+								 q + 1);
+
+			p = rec_seal(p, len + 1);
+			seq = bt->changes[i]->sequence;
+		}
+		if (bt->n == 0)
+			seq = k->sequence;
+		q = p + RECORD_HEADER_BYTES;
+		q[0] = REC_COMMIT;
+		q[1] = (uint8_t)k->kind;
+		q[2] = (uint8_t)k->origin_len;
+		q[3] = (uint8_t)(k->origin_len >> 8);
+		q[4] = (uint8_t)k->cursor_len;
+		q[5] = (uint8_t)(k->cursor_len >> 8);
+		put_u32(q + 6, (uint32_t)bt->n);
+		put_u64(q + 10, seq);
+		if (k->origin_len)
+			memcpy(q + 1 + COMMIT_FIXED, k->origin, k->origin_len);
+		if (k->cursor_len)
+			memcpy(q + 1 + COMMIT_FIXED + k->origin_len, k->cursor,
+			       k->cursor_len);
+		p = rec_seal(p, 1 + COMMIT_FIXED + k->origin_len +
+				     k->cursor_len);
 	}
 
 	if (roll) {
@@ -674,7 +937,7 @@ int changelog_append(struct changelog *log, Consent__V1__Consent *const *changes
 		if (log->fd >= 0)
 			close(log->fd);
 		log->fd = fd;
-		struct segment seg = { .base = base, .size = 0 };
+		struct segment seg = { .base = base, .size = 0, .version = 2 };
 
 		segs_push(log, &seg); /* cannot fail: grown above */
 		log->segs[log->n_segs - 1].size = SEGMENT_HEADER_BYTES;
@@ -699,14 +962,24 @@ int changelog_append(struct changelog *log, Consent__V1__Consent *const *changes
 	s->size += total;
 	s->last = prev;
 	s->records += n;
+	s->commits += n_batches;
 	log->records += n;
+	log->commits += n_batches;
 	log->last_seq = prev;
+	log->kind = kind;
 	log->appends++;
 	return 0;
 }
 
 int changelog_replay(struct changelog *log, uint64_t after,
 		     changelog_replay_fn fn, void *arg)
+{
+	return changelog_replay_all(log, after, fn, NULL, arg);
+}
+
+int changelog_replay_all(struct changelog *log, uint64_t after,
+			 changelog_replay_fn fn, changelog_commit_fn commit_fn,
+			 void *arg)
 {
 	for (size_t i = 0; i < log->n_segs; i++) {
 		const struct segment *s = &log->segs[i];
@@ -740,14 +1013,15 @@ int changelog_replay(struct changelog *log, uint64_t after,
 			const uint8_t *h = map + pos;
 			uint32_t len = get_u32(h);
 			Consent__V1__Consent *c = NULL;
+			struct rec r;
 
 			if (s->size - pos < RECORD_HEADER_BYTES ||
 			    get_u32(h + 4) != len_check(h) || len == 0 ||
 			    len > s->size - pos - RECORD_HEADER_BYTES ||
 			    XXH3_64bits(h + RECORD_HEADER_BYTES, len) !=
 				    get_u64(h + 8) ||
-			    !(c = consent__v1__consent__unpack(
-				      NULL, len, h + RECORD_HEADER_BYTES))) {
+			    rec_parse(s->version, h + RECORD_HEADER_BYTES, len,
+				      &r, &c) < 0) {
 				set_err(log->err, sizeof(log->err),
 					"%s/%s: offset %" PRIu64
 					": record damaged since open",
@@ -755,9 +1029,13 @@ int changelog_replay(struct changelog *log, uint64_t after,
 				rc = -EPROTO;
 				break;
 			}
-			if (c->sequence > after)
-				rc = fn(c, arg);
-			consent__v1__consent__free_unpacked(c, NULL);
+			if (r.type == REC_CHANGE) {
+				if (r.seq > after && fn)
+					rc = fn(c, arg);
+				consent__v1__consent__free_unpacked(c, NULL);
+			} else if (r.seq > after && commit_fn) {
+				rc = commit_fn(&r.commit, arg);
+			}
 			pos += RECORD_HEADER_BYTES + len;
 		}
 		munmap(map, (size_t)s->size);
@@ -793,6 +1071,7 @@ int changelog_drop_through(struct changelog *log, uint64_t watermark)
 			break;
 		}
 		log->records -= s->records;
+		log->commits -= s->commits;
 		n_drop++;
 	}
 	if (n_drop) {

@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "core/stream.h"
+#include "index/origins.h"
 #include "proto/consent.pb-c.h"
 
 #define CHANGELOG_DIR "changes"                     /* under the data dir */
@@ -62,6 +63,51 @@ void changelog_close(struct changelog *log);
 int changelog_append(struct changelog *log, Consent__V1__Consent *const *changes,
 		     size_t n);
 
+/* A batch's commit record (DESIGN §8). */
+struct changelog_commit {
+	enum origins_kind kind; /* ORIGINS_SEQUENCE, or ORIGINS_ORIGIN */
+	const char *origin;     /* ORIGINS_ORIGIN: 1..ORIGINS_NAME_MAX bytes */
+	size_t origin_len;
+	const char *cursor;     /* the cursor the origin moves to */
+	size_t cursor_len;
+	uint32_t n_changes;     /* replay: the changes it closes */
+	/* Its position: the last of its changes (append sets it), or for a
+	 * batch of no change (an origin's cursor moving alone: the caller
+	 * gives it) a position of its own past the log's last sequence. */
+	uint64_t sequence;
+};
+
+/* One batch of an append: changes and the commit record after them. */
+struct changelog_batch {
+	Consent__V1__Consent *const *changes;
+	size_t n;
+	struct changelog_commit commit;
+};
+
+/* Appends batches[0..n_batches) as one write and one fdatasync, each
+ * batch's changes followed by its commit record; the rules (and the
+ * failure behaviour) are changelog_append's, and besides: a batch of
+ * kind ORIGINS_SEQUENCE has changes and no origin, one of ORIGINS_ORIGIN
+ * a valid origin and cursor (origins_check_text) and any number of
+ * changes; all commits of a log have one kind (changelog_kind); else
+ * -EINVAL and nothing is written. changelog_append(log, changes, n) is
+ * one batch of kind ORIGINS_SEQUENCE. */
+int changelog_append_batches(struct changelog *log,
+			     const struct changelog_batch *batches,
+			     size_t n_batches);
+
+/* The kind of every record found at open and appended since: NONE for an
+ * empty log, SEQUENCE for a log of changes without origin (all version 1
+ * segments are), ORIGIN for one of origins' batches. Open refuses a log
+ * that mixes them (-EPROTO). Drops keep the newest segment, but a log
+ * dropped to nothing forgets it: the generations carry it too. */
+enum origins_kind changelog_kind(const struct changelog *log);
+
+/* Parses a commit record's body (the bytes after its type byte): 0, or
+ * -EPROTO. out's strings point into p. For fuzzers and tests. */
+int changelog_commit_decode(const uint8_t *p, size_t len,
+			    struct changelog_commit *out);
+
 /* The highest sequence ever appended (0 for a new log). Drops keep the
  * newest segment, so it survives restarts; still, the server's applied
  * watermark is the larger of this and the served index's watermark. */
@@ -76,6 +122,14 @@ typedef int (*changelog_replay_fn)(const Consent__V1__Consent *change,
 int changelog_replay(struct changelog *log, uint64_t after,
 		     changelog_replay_fn fn, void *arg);
 
+/* changelog_replay, and commit_fn (NULL: none) for every commit record
+ * with sequence > after, in log order, after the changes it closes. */
+typedef int (*changelog_commit_fn)(const struct changelog_commit *commit,
+				   void *arg);
+int changelog_replay_all(struct changelog *log, uint64_t after,
+			 changelog_replay_fn fn, changelog_commit_fn commit_fn,
+			 void *arg);
+
 /* Once a generation whose watermark is `watermark` is published: removes,
  * oldest first, every segment whose records are all <= watermark, then
  * fsyncs the directory. The newest segment is never removed; when it is
@@ -87,7 +141,8 @@ int changelog_drop_through(struct changelog *log, uint64_t watermark);
 struct changelog_stats {
 	uint64_t segments;
 	uint64_t bytes;          /* of all segments */
-	uint64_t records;        /* found at open plus appended since */
+	uint64_t records;        /* changes found at open plus appended since */
+	uint64_t commits;        /* commit records, the same way */
 	uint64_t first_sequence; /* 0 when empty */
 	uint64_t last_sequence;
 	uint64_t truncated_bytes; /* torn tail removed at open */

@@ -42,6 +42,7 @@
 #include "core/recipient.h"
 #include "core/stream.h"
 #include "index/changelog.h"
+#include "index/origins.h"
 
 #define GEN_PREFIX "gen-"
 #define GEN_DIGITS 20
@@ -187,9 +188,33 @@ static int open_generation(const char *dir, uint64_t g,
 	return 0;
 }
 
-int generation_open_newest(const char *dir, enum index_load_mode mode,
-			struct index **out, uint64_t *generation,
-			char *err, size_t err_cap)
+int generation_origins(const char *dir, uint64_t g, struct origins **out,
+		       char *err, size_t err_cap)
+{
+	char path[4096];
+	int rc = gen_file_path(dir, g, ORIGINS_FILE, path, sizeof(path));
+	if (rc < 0)
+		return fail(err, err_cap, rc, "%s: path too long", dir);
+	rc = origins_create(out);
+	if (rc < 0)
+		return fail(err, err_cap, rc, "out of memory");
+	rc = origins_read(*out, path, err, err_cap);
+	if (rc == -ENOENT)
+		return 0;
+	if (rc < 0) {
+		origins_destroy(*out);
+		*out = NULL;
+		if (rc != -ENOMEM)
+			rc = -EPROTO; /* unreadable: the generation is broken */
+	}
+	return rc;
+}
+
+/* The newest generation that opens, with its origins when origins is not
+ * NULL (a generation whose origins file is damaged is broken too). */
+static int open_newest(const char *dir, enum index_load_mode mode,
+		       struct index **out, uint64_t *generation,
+		       struct origins **origins, char *err, size_t err_cap)
 {
 	uint64_t *gens = NULL;
 	size_t n = 0;
@@ -201,6 +226,11 @@ int generation_open_newest(const char *dir, enum index_load_mode mode,
 		char e[512] = "";
 		struct index *ix;
 		rc = open_generation(dir, gens[i], mode, &ix, e, sizeof(e));
+		if (rc == 0 && origins != NULL) {
+			rc = generation_origins(dir, gens[i], origins, e, sizeof(e));
+			if (rc < 0)
+				index_destroy(ix);
+		}
 		if (rc == 0) {
 			*out = ix;
 			if (generation != NULL)
@@ -221,6 +251,13 @@ int generation_open_newest(const char *dir, enum index_load_mode mode,
 	free(gens);
 	return fail(err, err_cap, -ENOENT, "%s: no valid generation (%zu broken)",
 		    dir, broken);
+}
+
+int generation_open_newest(const char *dir, enum index_load_mode mode,
+			struct index **out, uint64_t *generation,
+			char *err, size_t err_cap)
+{
+	return open_newest(dir, mode, out, generation, NULL, err, err_cap);
 }
 
 /* ---- the emails file ---- */
@@ -378,9 +415,16 @@ static int verify_generation(const char *dir, uint64_t g, char *err,
 			     size_t err_cap)
 {
 	struct index *ix;
+	struct origins *o = NULL;
 	int rc = open_generation(dir, g, INDEX_LOAD_MMAP, &ix, err, err_cap);
 	if (rc < 0)
 		return rc;
+	rc = generation_origins(dir, g, &o, err, err_cap);
+	origins_destroy(o);
+	if (rc < 0) {
+		index_destroy(ix);
+		return rc;
+	}
 	uint64_t n_email = 0;
 	index_foreach(ix, count_email, &n_email);
 	struct verify_ctx v = { .ix = ix };
@@ -533,6 +577,7 @@ int generation_remove_leftovers(const char *dir)
 void generation_fini(struct generation *g)
 {
 	index_destroy(g->ix);
+	origins_destroy(g->origins);
 	free(g->extra.p);
 	memset(g, 0, sizeof(*g));
 }
@@ -681,6 +726,22 @@ static int write_emails(const struct generation *g, const char *path,
 	return 0;
 }
 
+/* Writes len bytes to a new file at path and fsyncs it. */
+static int write_bytes(const char *path, const uint8_t *b, size_t len,
+		       char *err, size_t err_cap)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	int rc = fd < 0 ? -errno : fsutil_write_all(fd, b, len);
+	/* A failed fsync is fatal for the file (DESIGN §5.1). */
+	if (rc == 0 && fsync(fd) < 0)
+		rc = -errno;
+	if (fd >= 0 && close(fd) < 0 && rc == 0)
+		rc = -errno;
+	if (rc < 0)
+		return fail(err, err_cap, rc, "%s: %s", path, strerror(-rc));
+	return 0;
+}
+
 int generation_publish(const char *dir, const struct generation *g,
 		       char *err, size_t err_cap)
 {
@@ -702,11 +763,25 @@ int generation_publish(const char *dir, const struct generation *g,
 	if (n < 0 || (size_t)n >= sizeof(tmp))
 		return fail(err, err_cap, -ENAMETOOLONG, "%s: path too long", dir);
 	fsutil_rm_tree(tmp); /* a leftover of a crashed builder with our pid */
-	if (mkdir(tmp, 0755) < 0)
+	/* Encoded first: once the temp directory exists, a shortage of
+	 * memory could leave it behind (removing it allocates too). */
+	uint8_t *ob = NULL;
+	size_t ob_len = 0;
+	rc = origins_encode(g->origins, &ob, &ob_len);
+	if (rc < 0)
+		return fail(err, err_cap, rc, "out of memory encoding the "
+			    "origins");
+	if (mkdir(tmp, 0755) < 0) {
+		free(ob);
 		return fail(err, err_cap, -errno, "%s: %s", tmp, strerror(errno));
+	}
 
 	snprintf(path, sizeof(path), "%s/emails", tmp);
 	rc = write_emails(g, path, err, err_cap);
+	if (rc < 0)
+		goto out_rm;
+	snprintf(path, sizeof(path), "%s/" ORIGINS_FILE, tmp);
+	rc = write_bytes(path, ob, ob_len, err, err_cap);
 	if (rc < 0)
 		goto out_rm;
 	snprintf(path, sizeof(path), "%s/index", tmp);
@@ -715,6 +790,8 @@ int generation_publish(const char *dir, const struct generation *g,
 		rc = fail(err, err_cap, rc, "%s: %s", path, strerror(-rc));
 		goto out_rm;
 	}
+	free(ob);
+	ob = NULL;
 	/* index_write fsynced the temp directory for its own rename. */
 	if (rename(tmp, final) < 0) {
 		rc = fail(err, err_cap, -errno, "%s -> %s: %s", tmp, final,
@@ -744,7 +821,18 @@ int generation_publish(const char *dir, const struct generation *g,
 	return 0;
 
 out_rm:
-	fsutil_rm_tree(tmp);
+	free(ob);
+	/* Walking a tree allocates: short of memory, remove the files this
+	 * function makes by name (index_write removes its own temp file). */
+	if (fsutil_rm_tree(tmp) < 0) {
+		static const char *const files[] = { "emails", ORIGINS_FILE,
+						     "index" };
+		for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+			snprintf(path, sizeof(path), "%s/%s", tmp, files[i]);
+			(void)unlink(path);
+		}
+		(void)rmdir(tmp);
+	}
 	return rc;
 }
 
@@ -971,13 +1059,29 @@ static int replay_one(const Consent__V1__Consent *c, void *arg)
 	return 0;
 }
 
+/* A commit record moves the kind and an origin's cursor (DESIGN §8). */
+static int replay_commit(const struct changelog_commit *k, void *arg)
+{
+	struct replay_ctx *x = arg;
+	int rc = 0;
+	if (x->g->origins == NULL && (rc = origins_create(&x->g->origins)) < 0)
+		return x->rc = rc;
+	origins_set_kind(x->g->origins, k->kind);
+	if (k->kind == ORIGINS_ORIGIN)
+		rc = origins_set(x->g->origins, k->origin, k->origin_len,
+				 k->cursor, k->cursor_len);
+	if (rc < 0)
+		x->rc = rc;
+	return rc;
+}
+
 int generation_replay(struct generation *g, struct changelog *log,
 		      uint64_t after, uint64_t *n, char *err, size_t err_cap)
 {
 	struct replay_ctx x = { .g = g, .err = err, .err_cap = err_cap };
 	if (err != NULL && err_cap > 0)
 		err[0] = '\0';
-	int rc = changelog_replay(log, after, replay_one, &x);
+	int rc = changelog_replay_all(log, after, replay_one, replay_commit, &x);
 	*n = x.n;
 	if (rc < 0 && x.rc < 0 && err != NULL && err[0] != '\0')
 		return rc;
@@ -1023,7 +1127,7 @@ int generation_open_replay(const char *dir, enum index_load_mode mode,
 
 	memset(g, 0, sizeof(*g));
 	*replayed = 0;
-	int rc = generation_open_newest(dir, mode, &g->ix, &gen, err, err_cap);
+	int rc = open_newest(dir, mode, &g->ix, &gen, &g->origins, err, err_cap);
 	if (rc < 0)
 		return rc;
 	generation_written(g, dir, gen);

@@ -4,7 +4,10 @@
  * gen-NNNNNNNNNNNNNNNNNNNN holding `index` (index/table.h's file) and
  * `emails` (the addresses behind the index's e-mail fingerprints, one line
  * "BRAND RTYPE CHANNEL ADDRESS", so that a dump or a copy into a table
- * with another secret can give them back; cold, never read to answer).
+ * with another secret can give them back; cold, never read to answer) and
+ * `origins` (index/origins.h: the kind of changes taken and every origin's
+ * cursor as of the generation's watermark, DESIGN §8; a generation
+ * written before it existed has none and reads as an empty table).
  * This module owns the names (generations, temp directories), publishing
  * (temp directory, fsync, rename, fsync of DIR: a crash leaves either the
  * whole generation or none), opening the newest valid one (falling back
@@ -28,6 +31,7 @@
 #include "proto/consent.pb-c.h"
 
 struct changelog;
+struct origins;
 
 /* ---- on disk ---- */
 
@@ -41,6 +45,12 @@ int generation_open_newest(const char *dir, enum index_load_mode mode,
 /* Verifies every generation in dir (index checksums, e-mail file parses and
  * each address is in the index). 0 only if all are whole. */
 int generation_verify(const char *dir, char *err, size_t err_cap);
+
+/* Reads generation's origins file into *out (created, the caller's to
+ * destroy): an empty table when it has none (written before origins
+ * existed). -EPROTO when the file is damaged; -ENOMEM. */
+int generation_origins(const char *dir, uint64_t generation,
+		       struct origins **out, char *err, size_t err_cap);
 
 /* "DIR/gen-NNN" for a generation number. */
 int generation_path(const char *dir, uint64_t generation, char *buf,
@@ -123,12 +133,15 @@ struct generation_email_list {
  * zero-initialised it is empty. */
 struct generation {
 	struct index *ix;
+	/* The kind and the cursors as of ix's watermark: NULL is an empty
+	 * table. Published as the `origins` file; replays move it. */
+	struct origins *origins;
 	char emails_dir[PATH_MAX];
 	uint64_t emails_gen;
 	struct generation_email_list extra;
 };
 
-/* Frees g's index and list and empties it. */
+/* Frees g's index, origins and list and empties it. */
 void generation_fini(struct generation *g);
 
 /* Adds an address to g's list (the caller inserted its key). -ENOMEM. */
@@ -181,8 +194,9 @@ int generation_absorb(struct generation *dst, const struct generation *src,
 int generation_apply(struct generation *g, const Consent__V1__Consent *c);
 
 /* Replays log's changes past `after` into g (not served: a table that
- * fills is grown in place and the old one destroyed). A change the index
- * cannot hold is skipped with a line on stderr. *n gets the changes
+ * fills is grown in place and the old one destroyed), and its commit
+ * records past `after` into g->origins (created if NULL). A change the
+ * index cannot hold is skipped with a line on stderr. *n gets the changes
  * replayed. */
 int generation_replay(struct generation *g, struct changelog *log,
 		      uint64_t after, uint64_t *n, char *err, size_t err_cap);
@@ -198,7 +212,8 @@ int generation_catch_up(struct generation *s, struct changelog *log,
 			size_t err_cap);
 
 /* Start-up: opens the newest valid generation of dir into g (its
- * addresses: that generation's file), then replays log past its
+ * addresses and origins: that generation's files; one whose origins file
+ * is damaged is skipped like a damaged index), then replays log past its
  * watermark. *number gets its generation number, *replayed the changes
  * replayed, *grown whether the table had to grow meanwhile (write it
  * again, or the next start grows it again). -ENOENT when dir has no

@@ -59,6 +59,9 @@
 	  "Changes at or below the applied sequence (replays), skipped.")      \
 	X(changes_skipped_order, "consentd_changes_skipped_order_total",       \
 	  "Changes older than the stored record (or identical), skipped.")     \
+	X(applies_conflict, "consentd_applies_conflict_total",                 \
+	  "Applies refused with 409: a cursor that does not follow, or "      \
+	  "changes of the other kind (origins vs sequences).")                 \
 	X(changelog_appends, "consentd_changelog_appends_total",               \
 	  "Group commits to the change log (one fdatasync each).")             \
 	X(changelog_failures, "consentd_changelog_failures_total",             \

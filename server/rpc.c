@@ -31,6 +31,7 @@
 
 #include "core/enums.h"
 #include "core/tokens.h"
+#include "index/origins.h"
 #include "proto/consent.pb-c.h"
 #include "server/config.h"
 #include "server/metrics.h"
@@ -717,7 +718,9 @@ static int rpc_encode_simple(struct obuf *b, uint64_t id, uint8_t tag,
 	return 0;
 }
 
-#define RPC_MSG_MAX 512 /* error messages and principal names are short */
+/* Error messages and principal names are short; a 409 names an origin's
+ * stored cursor and the after_cursor given (ORIGINS_CURSOR_MAX each). */
+#define RPC_MSG_MAX 1024
 
 int rpc_encode_error(struct obuf *b, uint64_t id, uint32_t code,
 		     const char *message)
@@ -789,7 +792,8 @@ int rpc_reply_apply(struct obuf *b, const struct writer_reply *r)
 
 int rpc_encode_stats(struct obuf *b, uint64_t id, const struct rpc_stats *s)
 {
-	uint8_t inner[64], *p = inner;
+	uint8_t inner[64 + ORIGINS_CURSOR_MAX], *p = inner;
+	size_t cl = s->origin_cursor ? strlen(s->origin_cursor) : 0;
 
 	if (s->records) {
 		*p++ = 0x08;
@@ -810,6 +814,14 @@ int rpc_encode_stats(struct obuf *b, uint64_t id, const struct rpc_stats *s)
 	if (s->checks_total) {
 		*p++ = 0x28;
 		p = pb_put_varint(p, s->checks_total);
+	}
+	if (cl > ORIGINS_CURSOR_MAX)
+		cl = ORIGINS_CURSOR_MAX;
+	if (cl) {
+		*p++ = 0x4a; /* field 9, LEN: origin_cursor */
+		p = pb_put_varint(p, cl);
+		memcpy(p, s->origin_cursor, cl);
+		p += cl;
 	}
 	return rpc_encode_simple(b, id, 0x2a /* field 5 */, inner,
 				 (size_t)(p - inner));
@@ -961,12 +973,24 @@ static int rpc_check(struct conn_ctx *x, struct rpc_worker *rw,
 
 /* Without the 'stats' right (core/tokens.h) a principal's reply holds
  * only what is its own or says how fresh the answers are: records and
- * generation stay 0 and checks_total is its own count. */
-static int rpc_stats(struct conn_ctx *x, struct conn *c, uint64_t id)
+ * generation stay 0 and checks_total is its own count. An origin's
+ * cursor (§8: where its feeder resumes) goes to a principal that may
+ * apply or has the stats right; "" for an unknown origin. */
+static int rpc_stats(struct conn_ctx *x, struct conn *c,
+		     const struct rpc_request *req)
 {
 	bool fleet = principal_may_stats(c->principal);
 	struct rpc_stats s = { 0 };
 	struct metrics sum;
+	char cursor[ORIGINS_CURSOR_MAX + 1] = "";
+	uint64_t id = req->id;
+
+	if (req->origin_len > 0 && x->cfg->writer != NULL &&
+	    (c->principal == NULL || c->principal->may_apply || fleet)) {
+		writer_origin_cursor(x->cfg->writer, (const char *)req->origin,
+				     req->origin_len, cursor, sizeof(cursor));
+		s.origin_cursor = cursor;
+	}
 
 	if (x->ix) {
 		s.records = fleet ? x->info.n_records : 0;
@@ -1070,7 +1094,7 @@ static int rpc_handle(struct conn_ctx *x, struct rpc_worker *rw,
 	case RPC_REQ_AUTH:
 		return rpc_auth(x, c, req);
 	case RPC_REQ_STATS:
-		return rpc_stats(x, c, req->id);
+		return rpc_stats(x, c, req);
 	case RPC_REQ_APPLY:
 		if (c->principal != NULL && !c->principal->may_apply)
 			return rpc_encode_error(&c->out, req->id,

@@ -128,6 +128,7 @@ struct rpc_stats {
 	int64_t data_as_of;
 	uint64_t generation;
 	uint64_t checks_total;
+	const char *origin_cursor; /* §8: the asked origin's ("" or NULL: none) */
 };
 int rpc_encode_stats(struct obuf *b, uint64_t id, const struct rpc_stats *s);
 

@@ -12,12 +12,32 @@
  *
  * Order. Workers push requests on a lock-free stack (the inbox); the
  * writer takes the whole stack at once and reverses it, which restores
- * arrival order. Within one group the changes of every request are sorted
- * by sequence; a change at or below the applied watermark, or a sequence a
+ * arrival order. Without origins, within one group the changes of every
+ * request are sorted by sequence; a change at or below the applied watermark, or a sequence a
  * request earlier in the group already carries, is a replay: skipped,
  * counted, and answered as processed (it is durable already). The index's
  * own order rule (index_apply_writer) makes the result independent of the
  * arrival order of different sequences for one key.
+ *
+ * Origins (DESIGN §8). A data directory takes one kind of change: with
+ * origins (each Apply names its origin, after_cursor and cursor) or
+ * without (the feeder's sequences are the log's, as above). The kind is
+ * the first applied change's, kept in the log's commit records and in
+ * every generation's origins file (index/origins.h), and an Apply of the
+ * other kind is 409. With origins, the requests of a group are judged in
+ * arrival order against the cursor table as the requests before them
+ * left it (writer_move: a group's pending moves, looked up before the
+ * table): one whose after_cursor is not its origin's cursor is 409 naming
+ * the stored one; one that follows gets the next log positions for its
+ * changes (their own sequences are ignored), or one position of its own
+ * when it moves the cursor with no change, and becomes one batch of the
+ * append, its commit record (origin, cursor) written after its changes in
+ * the same write and fdatasync. Only once that append is durable do the
+ * cursors move in the table, under origins_mu, the lock Stats takes on a
+ * worker (writer_origin_cursor). The rule reads nothing but the table and
+ * the request, so a replica that reads one stream in order (§9) decides
+ * every batch the same way; replay needs no rule at all, since the log
+ * holds only batches that passed it.
  *
  * Generations. Four things make one, all on this thread; the disk's part
  * (copying a table, publishing, pruning, replaying) is index/generation.h's:
@@ -61,6 +81,7 @@
 #include "core/tokens.h"
 #include "index/changelog.h"
 #include "index/generation.h"
+#include "index/origins.h"
 #include "index/table.h"
 #include "proto/consent.pb-c.h"
 #include "server/live.h"
@@ -73,7 +94,14 @@ struct writer_req {
 	struct writer_req *next;  /* inbox, then its queue's done list */
 	unsigned queue;
 	Consent__V1__ApplyRequest *apply; /* freed once applied */
+	enum origins_kind kind; /* writer_group: the kind it takes part as */
 	struct writer_reply reply;
+};
+
+/* An origin's cursor moved by a request of the group being committed. */
+struct writer_move {
+	const char *origin, *cursor; /* the request's strings */
+	size_t origin_len, cursor_len;
 };
 
 struct writer_queue {
@@ -121,6 +149,13 @@ struct writer {
 	size_t chg_cap;
 	Consent__V1__Consent **ptrs;
 	size_t ptrs_cap;
+	struct changelog_batch *batches; /* one group's, req_cap of them */
+	struct writer_move *moves;
+	size_t req_cap;
+	/* Guards cur.origins (the pointer and the table) against the
+	 * workers' lookups (writer_origin_cursor); the writer thread is its
+	 * only mutator and reads it without the lock. */
+	pthread_mutex_t origins_mu;
 
 	/* Requests from main, under mu. */
 	pthread_mutex_t mu;
@@ -357,6 +392,17 @@ static int writer_take_now(struct writer *w, struct generation *s,
 	if (rc < 0)
 		goto out;
 
+	/* The writer's table is the truth (the snapshot brings none): the
+	 * new generation carries it. */
+	if (s->origins == NULL && (rc = origins_create(&s->origins)) < 0) {
+		fail(err, err_cap, rc, "out of memory");
+		goto out;
+	}
+	if (w->cur.origins != NULL &&
+	    (rc = origins_copy(s->origins, w->cur.origins)) < 0) {
+		fail(err, err_cap, rc, "out of memory");
+		goto out;
+	}
 	uint64_t applied = si.watermark > w->applied ? si.watermark : w->applied;
 	int64_t as_of = si.data_as_of;
 	if (w->cur.ix != NULL && w->data_as_of > as_of)
@@ -381,8 +427,10 @@ static int writer_take_now(struct writer *w, struct generation *s,
 	metrics_inc(&w->m->generation_swaps);
 	if (w->cur_served)
 		w->cur.ix = NULL; /* live_publish releases it */
+	pthread_mutex_lock(&w->origins_mu);
 	generation_fini(&w->cur);
 	w->cur = *s;
+	pthread_mutex_unlock(&w->origins_mu);
 	memset(s, 0, sizeof(*s));
 	w->cur_served = true;
 	w->applied = applied;
@@ -452,32 +500,73 @@ static int writer_reserve(struct writer *w, size_t n)
 	return 0;
 }
 
-/* Appends, applies and answers the requests of list (arrival order). */
-static void writer_group(struct writer *w, struct writer_req *list)
+static int writer_reserve_reqs(struct writer *w, size_t n)
 {
-	size_t n = 0, total = 0;
-	bool heartbeat = false;
+	if (n <= w->req_cap)
+		return 0;
+	size_t cap = w->req_cap ? w->req_cap : 64;
+	while (cap < n)
+		cap *= 2;
+	struct changelog_batch *b = realloc(w->batches, cap * sizeof(*b));
+	if (b == NULL)
+		return -ENOMEM;
+	w->batches = b;
+	struct writer_move *mv = realloc(w->moves, cap * sizeof(*mv));
+	if (mv == NULL)
+		return -ENOMEM;
+	w->moves = mv;
+	w->req_cap = cap;
+	return 0;
+}
 
-	for (struct writer_req *r = list; r != NULL; r = r->next)
-		total += r->apply->n_changes;
-	if (writer_reserve(w, total) < 0) {
-		for (struct writer_req *r = list; r != NULL; r = r->next)
-			reply_error(r, 503, "the writer is out of memory");
-		return;
-	}
-	if (atomic_load_explicit(&w->failed, memory_order_relaxed)) {
-		refuse_unanswered(w, list);
-		return;
-	}
-	for (struct writer_req *r = list; r != NULL; r = r->next) {
-		if (w->cur.ix == NULL) {
-			reply_error(r, 503, "no generation is loaded yet (a "
-				    "snapshot is being built)");
-			continue;
+static void reply_errorf(struct writer_req *r, uint32_t code, const char *fmt,
+			 ...) __attribute__((format(printf, 3, 4)));
+
+static void reply_errorf(struct writer_req *r, uint32_t code, const char *fmt,
+			 ...)
+{
+	va_list ap;
+	r->reply.code = code;
+	r->reply.applied = r->reply.skipped = 0;
+	va_start(ap, fmt);
+	vsnprintf(r->reply.message, sizeof(r->reply.message), fmt, ap);
+	va_end(ap);
+}
+
+static bool has_origin(const Consent__V1__ApplyRequest *a)
+{
+	return a->origin != NULL && a->origin[0] != '\0';
+}
+
+/* The cursor an origin has at this point of the group: the last move of
+ * it earlier in the group, else the table's ("" and 0 when unknown). */
+static const char *group_cursor(const struct writer *w, size_t n_moves,
+				const char *origin, size_t origin_len,
+				size_t *len)
+{
+	for (size_t i = n_moves; i-- > 0;) {
+		const struct writer_move *m = &w->moves[i];
+		if (m->origin_len == origin_len &&
+		    memcmp(m->origin, origin, origin_len) == 0) {
+			*len = m->cursor_len;
+			return m->cursor;
 		}
+	}
+	const char *c = origins_get(w->cur.origins, origin, origin_len, len);
+	if (c == NULL)
+		*len = 0;
+	return c != NULL ? c : "";
+}
+
+/* The sequence kind: the changes of every request of the group sorted by
+ * sequence, replays dropped; one batch. Returns its number of changes. */
+static size_t group_sequences(struct writer *w, struct writer_req *list)
+{
+	size_t n = 0;
+	for (struct writer_req *r = list; r != NULL; r = r->next) {
+		if (r->reply.code != 0 || r->kind != ORIGINS_SEQUENCE)
+			continue;
 		const Consent__V1__ApplyRequest *a = r->apply;
-		if (a->n_changes == 0)
-			heartbeat = true;
 		for (size_t i = 0; i < a->n_changes; i++) {
 			if (a->changes[i]->sequence <= w->applied) {
 				r->reply.skipped++;
@@ -503,10 +592,161 @@ static void writer_group(struct writer *w, struct writer_req *list)
 		}
 		w->chg[m++] = w->chg[i];
 	}
-	if (m > 0) {
-		for (size_t i = 0; i < m; i++)
-			w->ptrs[i] = (Consent__V1__Consent *)w->chg[i].c;
-		int rc = changelog_append(w->log, w->ptrs, m);
+	for (size_t i = 0; i < m; i++)
+		w->ptrs[i] = (Consent__V1__Consent *)w->chg[i].c;
+	if (m > 0)
+		w->batches[0] = (struct changelog_batch){
+			.changes = w->ptrs, .n = m,
+			.commit = { .kind = ORIGINS_SEQUENCE },
+		};
+	return m;
+}
+
+/* The origin kind: each request in arrival order against the cursors as
+ * the requests before it in the group left them (the cursor rule, §8: a
+ * pure function of the table and the request, so it is the same on every
+ * replica that reads one stream in order). A request that follows gets
+ * the next log positions for its changes (their own sequences are
+ * ignored) and becomes one batch; one that does not is refused with 409
+ * naming the stored cursor. Returns the batches; *n_chg the changes,
+ * *last the last position given (w->applied when none). */
+static size_t group_origins(struct writer *w, struct writer_req *list,
+			    size_t *n_chg, uint64_t *last, bool *heartbeat)
+{
+	size_t nb = 0, m = 0;
+	uint64_t next = w->applied;
+	for (struct writer_req *r = list; r != NULL; r = r->next) {
+		if (r->reply.code != 0 || r->kind != ORIGINS_ORIGIN)
+			continue;
+		const Consent__V1__ApplyRequest *a = r->apply;
+		size_t ol = strlen(a->origin), al = strlen(a->after_cursor);
+		size_t cl = strlen(a->cursor), sl;
+		const char *stored = group_cursor(w, nb, a->origin, ol, &sl);
+		if (sl != al || memcmp(stored, a->after_cursor, al) != 0) {
+			reply_errorf(r, 409, "stored cursor \"%.*s\" of origin "
+				     "\"%s\": after_cursor \"%s\" does not "
+				     "follow it (nothing of this batch was "
+				     "applied)", (int)sl, stored, a->origin,
+				     a->after_cursor);
+			metrics_inc(&w->m->applies_conflict);
+			continue;
+		}
+		if (a->n_changes == 0 && cl == sl &&
+		    memcmp(a->cursor, stored, cl) == 0) {
+			*heartbeat = true; /* the cursor stays: nothing to log */
+			continue;
+		}
+		struct changelog_batch *b = &w->batches[nb];
+		b->changes = &w->ptrs[m];
+		b->n = a->n_changes;
+		for (size_t i = 0; i < a->n_changes; i++) {
+			a->changes[i]->sequence = ++next;
+			w->chg[m].c = a->changes[i];
+			w->chg[m].r = r;
+			w->chg[m].order = (uint32_t)m;
+			w->ptrs[m] = a->changes[i];
+			m++;
+		}
+		b->commit = (struct changelog_commit){
+			.kind = ORIGINS_ORIGIN,
+			.origin = a->origin, .origin_len = ol,
+			.cursor = a->cursor, .cursor_len = cl,
+			/* A cursor moved by no change has a position of its
+			 * own (a heartbeat that moves it, §9's empty message). */
+			.sequence = a->n_changes ? 0 : ++next,
+		};
+		if (a->n_changes == 0)
+			*heartbeat = true;
+		w->moves[nb] = (struct writer_move){ a->origin, a->cursor, ol, cl };
+		nb++;
+	}
+	*n_chg = m;
+	*last = next;
+	return nb;
+}
+
+/* After the append: the group's kind and cursor moves into the table,
+ * under the lock the workers' lookups take. */
+static int group_commit_origins(struct writer *w, enum origins_kind kind,
+				size_t n_moves)
+{
+	int rc = 0;
+	pthread_mutex_lock(&w->origins_mu);
+	origins_set_kind(w->cur.origins, kind);
+	for (size_t i = 0; i < n_moves && rc == 0; i++)
+		rc = origins_set(w->cur.origins, w->moves[i].origin,
+				 w->moves[i].origin_len, w->moves[i].cursor,
+				 w->moves[i].cursor_len);
+	pthread_mutex_unlock(&w->origins_mu);
+	return rc;
+}
+
+/* Appends, applies and answers the requests of list (arrival order). */
+static void writer_group(struct writer *w, struct writer_req *list)
+{
+	size_t total = 0, n_req = 0, nb = 0, m = 0;
+	bool heartbeat = false;
+	uint64_t last = w->applied;
+
+	for (struct writer_req *r = list; r != NULL; r = r->next) {
+		total += r->apply->n_changes;
+		n_req++;
+	}
+	if (writer_reserve(w, total) < 0 || writer_reserve_reqs(w, n_req) < 0) {
+		for (struct writer_req *r = list; r != NULL; r = r->next)
+			reply_error(r, 503, "the writer is out of memory");
+		return;
+	}
+	if (atomic_load_explicit(&w->failed, memory_order_relaxed)) {
+		refuse_unanswered(w, list);
+		return;
+	}
+	/* The kinds never mix (§8): the data directory's kind, or the first
+	 * request's that has one, decides the group's. */
+	enum origins_kind kind = w->cur.origins != NULL ?
+					 origins_kind(w->cur.origins) :
+					 ORIGINS_NONE;
+	for (struct writer_req *r = list; r != NULL; r = r->next) {
+		const Consent__V1__ApplyRequest *a = r->apply;
+		r->kind = ORIGINS_NONE;
+		if (w->cur.ix == NULL) {
+			reply_error(r, 503, "no generation is loaded yet (a "
+				    "snapshot is being built)");
+			continue;
+		}
+		if (a->n_changes == 0 && !has_origin(a)) {
+			heartbeat = true; /* any kind: it applies nothing */
+			continue;
+		}
+		enum origins_kind k = has_origin(a) ? ORIGINS_ORIGIN :
+						      ORIGINS_SEQUENCE;
+		if (kind != ORIGINS_NONE && kind != k) {
+			reply_errorf(r, 409, "%s", k == ORIGINS_ORIGIN ?
+				     "this data directory takes changes "
+				     "without origin (their sequences given "
+				     "by one feeder): an Apply with an origin "
+				     "is refused; origins and feeder-given "
+				     "sequences never mix (nothing of this "
+				     "batch was applied)" :
+				     "this data directory takes changes with "
+				     "origins and cursors: an Apply without "
+				     "origin is refused; origins and "
+				     "feeder-given sequences never mix "
+				     "(nothing of this batch was applied)");
+			metrics_inc(&w->m->applies_conflict);
+			continue;
+		}
+		kind = k;
+		r->kind = k;
+	}
+	if (kind == ORIGINS_ORIGIN) {
+		nb = group_origins(w, list, &m, &last, &heartbeat);
+	} else if (kind == ORIGINS_SEQUENCE) {
+		m = group_sequences(w, list);
+		nb = m > 0;
+	}
+	if (nb > 0) {
+		int rc = changelog_append_batches(w->log, w->batches, nb);
 		if (rc < 0) {
 			metrics_inc(&w->m->changelog_failures);
 			writer_set_fault(w, "change log: %s",
@@ -515,8 +755,15 @@ static void writer_group(struct writer *w, struct writer_req *list)
 			return;
 		}
 		metrics_inc(&w->m->changelog_appends);
+		/* Durable: the cursors move now, with their changes. */
+		if (group_commit_origins(w, kind, kind == ORIGINS_ORIGIN ? nb : 0)
+		    < 0) {
+			writer_set_fault(w, "the origins table is out of memory");
+			refuse_unanswered(w, list);
+			return;
+		}
 	}
-	/* Durable: apply in sequence order. */
+	/* Durable: apply in log order. */
 	for (size_t i = 0; i < m; i++) {
 		struct writer_req *r = w->chg[i].r;
 		int rc = writer_apply(w, w->chg[i].c);
@@ -541,6 +788,8 @@ static void writer_group(struct writer *w, struct writer_req *list)
 		}
 		w->applied = w->chg[i].c->sequence;
 	}
+	if (kind == ORIGINS_ORIGIN && nb > 0)
+		w->applied = last; /* a cursor moved alone has a position */
 	if (m > 0 || heartbeat) {
 		struct timespec ts;
 		clock_gettime(CLOCK_REALTIME, &ts);
@@ -672,6 +921,7 @@ int writer_open(const struct writer_options *opt, struct writer **out,
 	w->opt = *opt;
 	w->efd = -1;
 	pthread_mutex_init(&w->mu, NULL);
+	pthread_mutex_init(&w->origins_mu, NULL);
 	pthread_cond_init(&w->take_cv, NULL);
 	atomic_init(&w->inbox, NULL);
 	atomic_init(&w->stop, false);
@@ -738,6 +988,12 @@ int writer_open(const struct writer_options *opt, struct writer **out,
 				    w->log, &w->cur, &gen, &replayed, &grown,
 				    err, err_cap);
 	if (rc == -ENOENT) {
+		/* The log's kind still binds the generation to come. */
+		if (origins_create(&w->cur.origins) < 0) {
+			rc = fail(err, err_cap, -ENOMEM, "out of memory");
+			goto fail_free;
+		}
+		origins_set_kind(w->cur.origins, changelog_kind(w->log));
 		say("%s has no generation yet; Applies wait for a snapshot",
 		    w->dir);
 		*out = w;
@@ -745,6 +1001,20 @@ int writer_open(const struct writer_options *opt, struct writer **out,
 	}
 	if (rc < 0)
 		goto fail_free;
+	/* The kind: the generation's (it outlives dropped logs), and the
+	 * log's (a version 1 log was fed without origins). */
+	enum origins_kind gk = origins_kind(w->cur.origins),
+			  lk = changelog_kind(w->log);
+	if (gk != ORIGINS_NONE && lk != ORIGINS_NONE && gk != lk) {
+		rc = fail(err, err_cap, -EPROTO, "%s: its generation %" PRIu64
+			  " took changes %s origin, its change log %s (the two "
+			  "never mix)", w->dir, gen,
+			  gk == ORIGINS_ORIGIN ? "with" : "without",
+			  lk == ORIGINS_ORIGIN ? "with" : "without");
+		goto fail_free;
+	}
+	if (gk == ORIGINS_NONE)
+		origins_set_kind(w->cur.origins, lk);
 
 	struct index_info info;
 	index_info(w->cur.ix, &info);
@@ -824,8 +1094,11 @@ void writer_close(struct writer *w)
 	free(w->queues);
 	free(w->chg);
 	free(w->ptrs);
+	free(w->batches);
+	free(w->moves);
 	free(w->own_metrics);
 	pthread_mutex_destroy(&w->mu);
+	pthread_mutex_destroy(&w->origins_mu);
 	pthread_cond_destroy(&w->take_cv);
 	free(w);
 }
@@ -850,7 +1123,7 @@ static int submit_error(struct writer_reply *now, uint32_t code,
  * the reply), or 0. */
 static int submit_refusal(const struct writer *w,
 			  const struct principal *principal,
-			  const Consent__V1__ApplyRequest *a,
+			  Consent__V1__ApplyRequest *a,
 			  struct writer_reply *now)
 {
 	/* Acquire: pairs with the release in writer_set_fault. */
@@ -871,6 +1144,37 @@ static int submit_refusal(const struct writer *w,
 					    "principal's brands (nothing of "
 					    "this request was applied)", i,
 					    a->changes[i]->brand_code);
+	const char *why_text;
+	if (has_origin(a)) {
+		/* Bounded, so a cursor fits the 409 that names it and a
+		 * commit record stays small. */
+		if (origins_check_text(a->origin, strlen(a->origin),
+				       ORIGINS_NAME_MAX, 0, &why_text) < 0)
+			return submit_error(now, 400, "origin: %s (1 to %d "
+					    "bytes, no control bytes)",
+					    why_text, ORIGINS_NAME_MAX);
+		if (origins_check_text(a->after_cursor, strlen(a->after_cursor),
+				       ORIGINS_CURSOR_MAX, 1, &why_text) < 0)
+			return submit_error(now, 400, "after_cursor: %s (up to "
+					    "%d bytes, no control bytes)",
+					    why_text, ORIGINS_CURSOR_MAX);
+		if (origins_check_text(a->cursor, strlen(a->cursor),
+				       ORIGINS_CURSOR_MAX, 0, &why_text) < 0)
+			return submit_error(now, 400, "cursor: %s (1 to %d "
+					    "bytes, no control bytes)",
+					    why_text, ORIGINS_CURSOR_MAX);
+		/* The changes' own sequences are ignored (§8): the writer
+		 * gives them log positions. Placeholders that increase and
+		 * take the most bytes a position can let change_validate
+		 * check the rest, size included. */
+		for (size_t i = 0; i < a->n_changes; i++)
+			a->changes[i]->sequence = UINT64_MAX - a->n_changes + 1 + i;
+	} else if ((a->after_cursor && a->after_cursor[0]) ||
+		   (a->cursor && a->cursor[0])) {
+		return submit_error(now, 400, "%s: set without origin",
+				    a->cursor && a->cursor[0] ? "cursor" :
+				    "after_cursor");
+	}
 	uint64_t prev = 0;
 	for (size_t i = 0; i < a->n_changes; i++) {
 		const Consent__V1__Consent *c = a->changes[i];
@@ -879,6 +1183,9 @@ static int submit_refusal(const struct writer *w,
 
 		if (change_validate(c, prev, NULL, &field, why,
 				    sizeof(why)) < 0) {
+			if (has_origin(a))
+				return submit_error(now, 400, "changes[%zu]: "
+						    "%s: %s", i, field, why);
 			if (strcmp(field, "sequence") == 0)
 				return submit_error(now, 400, "changes[%zu]: "
 						    "sequence: %s", i, why);
@@ -955,6 +1262,28 @@ void writer_rebuild(struct writer *w)
 	w->rebuild_pending = true;
 	pthread_mutex_unlock(&w->mu);
 	efd_signal(w->efd);
+}
+
+int writer_origin_cursor(struct writer *w, const char *origin,
+			 size_t origin_len, char *buf, size_t cap)
+{
+	size_t len = 0;
+	int found = 0;
+	if (cap == 0)
+		return -EINVAL;
+	pthread_mutex_lock(&w->origins_mu);
+	const char *c = w->cur.origins != NULL ?
+				origins_get(w->cur.origins, origin, origin_len,
+					    &len) : NULL;
+	if (c != NULL) {
+		found = 1;
+		if (len >= cap)
+			len = cap - 1;
+		memcpy(buf, c, len);
+	}
+	pthread_mutex_unlock(&w->origins_mu);
+	buf[len] = '\0';
+	return found;
 }
 
 bool writer_fault(const struct writer *w, char *msg, size_t cap)

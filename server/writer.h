@@ -63,22 +63,30 @@ void writer_close(struct writer *w);
 struct writer_reply {
 	uint64_t tag;              /* the submitter's (its connection) */
 	uint64_t id;               /* the Request's id */
-	uint32_t code;             /* 0: ApplyResponse; else Error (400, 503) */
+	uint32_t code;             /* 0: ApplyResponse; else Error (400, 403,
+				    * 409, 503) */
 	uint32_t applied;          /* changes that changed the index */
 	uint32_t skipped;          /* replays, and changes older than stored */
 	uint64_t applied_sequence; /* highest sequence durably processed */
-	char message[240];         /* code != 0: what went wrong */
+	char message[1024];        /* code != 0: what went wrong */
 };
 
 /* Worker: takes an Apply the RPC decoded (apply: protobuf-c's, owned by
  * the writer from here on, freed whatever the outcome), checks that
  * principal (NULL: trusted) may write every change's brand, then every
- * change (change_validate, core/stream.h), and queues it for the writer.
- * Returns 1 when queued: the reply comes back through queue's completions
- * with this tag; 0 when *now holds the reply already (403 for a brand
- * outside the principal's list, naming the change; 400 for a bad change,
- * naming it and its field; 503 when the log failed or there is no index);
- * -ENOMEM. Nothing of a refused request is applied. */
+ * change (change_validate, core/stream.h), and, with an origin set, the
+ * origin and cursors' bounds (ORIGINS_NAME_MAX, ORIGINS_CURSOR_MAX), and
+ * queues it for the writer. Returns 1 when queued: the reply comes back
+ * through queue's completions with this tag; 0 when *now holds the reply
+ * already (403 for a brand outside the principal's list, naming the
+ * change, before anything else; 400 for a bad change, naming it and its
+ * field, or a bad origin, after_cursor or cursor, naming the field; 503
+ * when the log failed or there is no index); -ENOMEM. The writer then
+ * refuses with 409 an origin's batch whose after_cursor is not the
+ * stored cursor (the message names the stored one), and an Apply of the
+ * kind the data directory does not take (origins and feeder-given
+ * sequences never mix, DESIGN §8). Nothing of a refused request is
+ * applied. */
 struct principal;
 typedef struct Consent__V1__ApplyRequest Consent__V1__ApplyRequest;
 int writer_submit(struct writer *w, unsigned queue, uint64_t tag, uint64_t id,
@@ -111,6 +119,13 @@ int writer_take_snapshot(struct writer *w, struct generation *built,
  * swaps it in, writing it as a new generation (main: SIGUSR1). Returns at
  * once. */
 void writer_rebuild(struct writer *w);
+
+/* Any thread (a worker answering Stats): the stored cursor of origin
+ * into buf (cap bytes, terminated), "" when unknown. Returns 1 when the
+ * origin is known, 0 when not. Takes a lock the writer holds only while
+ * it moves cursors. */
+int writer_origin_cursor(struct writer *w, const char *origin,
+			 size_t origin_len, char *buf, size_t cap);
 
 /* Any thread: true once the change log failed (Applies are refused since;
  * the state served stays). msg gets the reason. For /readyz. */

@@ -21,6 +21,7 @@
 #include "core/synth.h"
 #include "index/build.h"
 #include "index/generation.h"
+#include "index/origins.h"
 #include "index/table.h"
 #include "tests/check.h"
 
@@ -627,6 +628,51 @@ static void test_verify_and_fallback(void)
 	CHECK(generation_path("/x", 5, buf, sizeof(buf)) == -ENAMETOOLONG);
 }
 
+
+/* A snapshot built into a data directory keeps the kind and the cursors
+ * of its newest generation (DESIGN §8); a damaged origins file there
+ * stops the build rather than lose them. */
+static void test_origins_carried(void)
+{
+	char snap[256], dir[256], err[1024], p[600];
+	tmp_path(snap, sizeof(snap), "snap-origins");
+	tmp_path(dir, sizeof(dir), "data-origins");
+	snapshot_file(snap, 100, 7, WHOLE, 0);
+	struct build_result res;
+	CHECKF(build_file(snap, dir, &res, err, sizeof(err)) == 0, "%s", err);
+	/* Give generation 1 cursors, as a server feeding origins would. */
+	struct origins *o = NULL;
+	CHECK(origins_create(&o) == 0);
+	origins_set_kind(o, ORIGINS_ORIGIN);
+	CHECK(origins_set(o, "iys:1", 5, "c42", 3) == 0);
+	uint8_t *b;
+	size_t len;
+	CHECK(origins_encode(o, &b, &len) == 0);
+	origins_destroy(o);
+	snprintf(p, sizeof(p), "%s/gen-%020d/" ORIGINS_FILE, dir, 1);
+	FILE *f = fopen(p, "wb");
+	CHECK(f != NULL && fwrite(b, 1, len, f) == len);
+	fclose(f);
+	free(b);
+
+	CHECKF(build_file(snap, dir, &res, err, sizeof(err)) == 0, "%s", err);
+	CHECK(res.generation == 2);
+	o = NULL;
+	CHECK(generation_origins(dir, 2, &o, err, sizeof(err)) == 0);
+	size_t cl = 0;
+	const char *c = o ? origins_get(o, "iys:1", 5, &cl) : NULL;
+	CHECK(c != NULL && cl == 3 && memcmp(c, "c42", 3) == 0);
+	CHECK(o && origins_kind(o) == ORIGINS_ORIGIN);
+	origins_destroy(o);
+
+	snprintf(p, sizeof(p), "%s/gen-%020d/" ORIGINS_FILE, dir, 2);
+	flip_byte(p, 9);
+	int rc = build_file(snap, dir, &res, err, sizeof(err));
+	CHECKF(rc == -EPROTO && strstr(err, "origins"), "%d %s", rc, err);
+	uint64_t newest = 0;
+	CHECK(generation_newest(dir, &newest) == 0 && newest == 2);
+}
+
 int main(void)
 {
 	const char *s = getenv("CONSENTD_TEST_SCALE");
@@ -641,6 +687,7 @@ int main(void)
 	RUN(test_duplicates);
 	RUN(test_pipe);
 	RUN(test_verify_and_fallback);
+	RUN(test_origins_carried);
 	int rc = check_summary();
 	char cmd[300];
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);

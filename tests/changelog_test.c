@@ -2,7 +2,9 @@
  * changelog_test: the durable change log (index/changelog.h) on real files:
  * round trip, sequence rules, torn tails cut at every byte, damage in the
  * middle, dropping covered segments, a failed write, and SIGKILL crashes of
- * a child that reports every acknowledged sequence through a pipe.
+ * a child that reports every acknowledged sequence through a pipe; origins'
+ * batches and their commit records (DESIGN §8): kept whole or not at all
+ * across torn tails, and logs in the version 1 format still open.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -18,6 +20,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <xxhash.h>
 
 #include "index/changelog.h"
 #include "tests/check.h"
@@ -303,8 +307,8 @@ static void test_sequence_rules(void)
 	changelog_close(log);
 }
 
-/* Writes a log of `n_batches` batches, returns the segment's bytes and the
- * offset where its last record starts. */
+/* Writes a log of `n_batches` batches of 3, returns the segment's bytes
+ * and the offset where its last batch starts. */
 static uint8_t *make_log(int n_batches, size_t *len, size_t *last_start,
 			 uint64_t *last_seq)
 {
@@ -325,12 +329,7 @@ static uint8_t *make_log(int n_batches, size_t *len, size_t *last_start,
 	changelog_close(log);
 	uint8_t *bytes = read_file(p, len);
 
-	/* The last batch's last record: walk the records of the last batch. */
-	size_t pos = before < 0 ? 16 : (size_t)before;
-
-	for (int i = 0; i < 2; i++)
-		pos += 16 + (bytes[pos] | bytes[pos + 1] << 8);
-	*last_start = pos;
+	*last_start = before < 0 ? 16 : (size_t)before;
 	return bytes;
 }
 
@@ -346,8 +345,10 @@ static void test_torn_tail(void)
 		return;
 	CHECK(last == 18);
 	seg_path(SEG0, p, sizeof(p));
-	/* Cut at every byte of the last record: the record goes, the rest
-	 * stays, and the log takes appends again. */
+	/* Cut at every byte of the last batch (its three changes and its
+	 * commit record): the whole batch goes, since without its commit
+	 * record it was never acknowledged; the rest stays, and the log
+	 * takes appends again. */
 	for (size_t cut = start; cut < len; cut++) {
 		write_file(p, bytes, cut);
 		struct changelog *log = NULL;
@@ -362,26 +363,26 @@ static void test_torn_tail(void)
 		struct collect col = replay_all(log, 0);
 
 		changelog_stats(log, &st);
-		if (changelog_last_sequence(log) != last - 1 ||
-		    col.n != last - 1 || col.bad ||
+		if (changelog_last_sequence(log) != last - 3 ||
+		    col.n != last - 3 || col.bad ||
 		    st.truncated_bytes != cut - start ||
 		    file_size(p) != (long)start)
 			bad_cuts++;
 		if (cut % 8 == 0) {
-			if (append_range(log, last, 2) != 0)
+			if (append_range(log, last - 2, 2) != 0)
 				bad_cuts++;
 			changelog_close(log);
 			log = open_ok(NULL);
-			if (!log || changelog_last_sequence(log) != last + 1 ||
-			    replay_all(log, 0).n != last + 1)
+			if (!log || changelog_last_sequence(log) != last - 1 ||
+			    replay_all(log, 0).n != last - 1)
 				bad_cuts++;
 		}
 		changelog_close(log);
 	}
 	CHECKF(bad_cuts == 0, "%d cuts of %zu misbehaved", bad_cuts, len - start);
 
-	/* The last record whole but its payload damaged (a power loss that
-	 * lost its data): torn too, truncated. */
+	/* The last record (the commit record) whole but its payload damaged
+	 * (a power loss that lost its data): torn too, its batch truncated. */
 	uint8_t *b2 = malloc(len + 64);
 
 	memcpy(b2, bytes, len);
@@ -390,7 +391,7 @@ static void test_torn_tail(void)
 	struct changelog *log = open_ok(NULL);
 
 	if (log) {
-		CHECK(changelog_last_sequence(log) == last - 1);
+		CHECK(changelog_last_sequence(log) == last - 3);
 		changelog_close(log);
 	}
 	/* A tail of zeros after whole records: cut, nothing lost. */
@@ -726,6 +727,267 @@ static void test_crash(void)
 	CHECKF(broken == 0, "%d rounds left a broken log", broken);
 }
 
+
+/* ---- origins' batches (DESIGN §8) ---- */
+
+struct commits {
+	int n;
+	char cursor[8][32]; /* origin "=" cursor, or "-" for a sequence kind */
+	uint64_t seq[8];
+	uint32_t n_changes[8];
+	uint64_t changes; /* change records seen */
+};
+
+static int commits_change(const Consent__V1__Consent *c, void *arg)
+{
+	(void)c;
+	((struct commits *)arg)->changes++;
+	return 0;
+}
+
+static int commits_fn(const struct changelog_commit *k, void *arg)
+{
+	struct commits *x = arg;
+
+	if (x->n < 8) {
+		if (k->kind == ORIGINS_ORIGIN)
+			snprintf(x->cursor[x->n], sizeof(x->cursor[0]), "%.*s=%.*s",
+				 (int)k->origin_len, k->origin,
+				 (int)k->cursor_len, k->cursor);
+		else
+			snprintf(x->cursor[x->n], sizeof(x->cursor[0]), "-");
+		x->seq[x->n] = k->sequence;
+		x->n_changes[x->n] = k->n_changes;
+	}
+	x->n++;
+	return 0;
+}
+
+static struct commits replay_commits(struct changelog *log, uint64_t after)
+{
+	struct commits x = { 0 };
+	int rc = changelog_replay_all(log, after, commits_change, commits_fn, &x);
+
+	CHECKF(rc == 0, "replay: %d %s", rc, changelog_error(log));
+	return x;
+}
+
+/* Appends, as one write, batches of origin o: n[i] changes from
+ * sequence *seq on (or a position of its own for 0), cursor "c<seq>". */
+static int append_origin(struct changelog *log, const char *o,
+			 const size_t *n, size_t n_batches, uint64_t *seq)
+{
+	struct change ch[16];
+	Consent__V1__Consent *v[16];
+	struct changelog_batch b[4];
+	char cur[4][24];
+	size_t used = 0;
+
+	for (size_t j = 0; j < n_batches; j++) {
+		b[j].changes = &v[used];
+		b[j].n = n[j];
+		for (size_t i = 0; i < n[j]; i++, used++) {
+			change_make(&ch[used], (*seq)++);
+			v[used] = &ch[used].c;
+		}
+		snprintf(cur[j], sizeof(cur[j]), "c%" PRIu64, *seq - 1 + !n[j]);
+		b[j].commit = (struct changelog_commit){
+			.kind = ORIGINS_ORIGIN, .origin = o,
+			.origin_len = strlen(o), .cursor = cur[j],
+			.cursor_len = strlen(cur[j]),
+			.sequence = n[j] ? 0 : (*seq)++,
+		};
+	}
+	return changelog_append_batches(log, b, n_batches);
+}
+
+static void test_origin_batches(void)
+{
+	uint64_t seq = 1;
+	size_t n1[] = { 3, 0 }, n2[] = { 2 };
+
+	fresh_dir();
+	struct changelog *log = open_ok(NULL);
+	if (!log)
+		return;
+	CHECK(changelog_kind(log) == ORIGINS_NONE);
+	CHECK(append_origin(log, "a", n1, 2, &seq) == 0); /* 1-3, then 4 */
+	CHECK(append_origin(log, "b", n2, 1, &seq) == 0); /* 5-6 */
+	CHECK(changelog_last_sequence(log) == 6);
+	CHECK(changelog_kind(log) == ORIGINS_ORIGIN);
+	/* The other kind does not go into this log. */
+	CHECK(append_range(log, 7, 1) == -EINVAL);
+	changelog_close(log);
+
+	log = open_ok(NULL);
+	if (!log)
+		return;
+	struct commits x = replay_commits(log, 0);
+
+	CHECK(x.n == 3 && x.changes == 5);
+	CHECK_STREQ(x.cursor[0], "a=c3");
+	CHECK(x.seq[0] == 3 && x.n_changes[0] == 3);
+	CHECK_STREQ(x.cursor[1], "a=c4");
+	CHECK(x.seq[1] == 4 && x.n_changes[1] == 0);
+	CHECK_STREQ(x.cursor[2], "b=c6");
+	CHECK(x.seq[2] == 6 && x.n_changes[2] == 2);
+	CHECK(changelog_kind(log) == ORIGINS_ORIGIN);
+	CHECK(changelog_last_sequence(log) == 6);
+	/* Past a position: only what follows it. */
+	x = replay_commits(log, 4);
+	CHECK(x.n == 1 && x.changes == 2);
+	changelog_close(log);
+}
+
+/* The commit record decides: a batch whose commit record a crash cut is
+ * gone with its changes; one whose commit record is whole stays. */
+static void test_origin_torn(void)
+{
+	uint64_t seq = 1;
+	size_t n[] = { 3, 3 };
+	char p[512];
+
+	fresh_dir();
+	struct changelog *log = open_ok(NULL);
+	if (!log)
+		return;
+	CHECK(append_origin(log, "o", n, 2, &seq) == 0);
+	changelog_close(log);
+	seg_path(SEG0, p, sizeof(p));
+	size_t len;
+	uint8_t *bytes = read_file(p, &len);
+	if (!bytes)
+		return;
+	/* Walk to the second batch's commit record: the 8th record. */
+	size_t pos = 16, rec[8];
+	for (int i = 0; i < 8; i++) {
+		rec[i] = pos;
+		pos += 16 + (bytes[pos] | bytes[pos + 1] << 8);
+	}
+	CHECK(pos == len);
+	int bad = 0;
+	for (size_t cut = rec[4]; cut <= len; cut++) {
+		write_file(p, bytes, cut);
+		log = open_ok(NULL);
+		if (!log) {
+			bad++;
+			continue;
+		}
+		struct commits x = replay_commits(log, 0);
+		int whole = cut == len;
+
+		if (x.n != 1 + whole || x.changes != 3u + 3u * whole ||
+		    changelog_last_sequence(log) != (whole ? 6u : 3u) ||
+		    strcmp(x.cursor[x.n - 1], whole ? "o=c6" : "o=c3") != 0 ||
+		    file_size(p) != (long)(whole ? len : rec[4]))
+			bad++;
+		changelog_close(log);
+	}
+	CHECKF(bad == 0, "%d cuts misbehaved", bad);
+	/* The first batch's commit record cut: nothing of the log is left
+	 * (a torn creation), and the log takes appends again. */
+	write_file(p, bytes, rec[3] + 20);
+	log = open_ok(NULL);
+	if (log) {
+		CHECK(changelog_last_sequence(log) == 0);
+		CHECK(changelog_kind(log) == ORIGINS_NONE);
+		CHECK(replay_commits(log, 0).changes == 0);
+		CHECK(append_range(log, 1, 1) == 0);
+		changelog_close(log);
+	}
+	free(bytes);
+
+	/* Changes without their commit record in a segment that is not the
+	 * last: damage, not a torn tail. */
+	fresh_dir();
+	struct changelog_options opt = { .segment_bytes = 100 };
+	log = open_ok(&opt);
+	if (!log)
+		return;
+	seq = 1;
+	CHECK(append_origin(log, "o", n, 1, &seq) == 0);
+	CHECK(append_origin(log, "o", n, 1, &seq) == 0); /* rolls */
+	changelog_close(log);
+	bytes = read_file(p, &len);
+	if (!bytes)
+		return;
+	pos = 16;
+	for (int i = 0; i < 3; i++)
+		pos += 16 + (bytes[pos] | bytes[pos + 1] << 8);
+	write_file(p, bytes, pos);
+	open_fails("without their commit record");
+	free(bytes);
+}
+
+/* Appends one record in the version 1 format (no type byte). */
+static size_t v1_record(uint8_t *p, uint64_t seq)
+{
+	struct change ch;
+
+	change_make(&ch, seq);
+	size_t len = consent__v1__consent__pack(&ch.c, p + 16);
+	uint8_t lb[4] = { (uint8_t)len, (uint8_t)(len >> 8), 0, 0 };
+	uint32_t lc = (uint32_t)XXH3_64bits(lb, 4);
+	uint64_t sum = XXH3_64bits(p + 16, len);
+
+	memcpy(p, lb, 4);
+	for (int i = 0; i < 4; i++)
+		p[4 + i] = (uint8_t)(lc >> (8 * i));
+	for (int i = 0; i < 8; i++)
+		p[8 + i] = (uint8_t)(sum >> (8 * i));
+	return 16 + len;
+}
+
+/* A log written before origins (segment version 1) opens, reads as fed
+ * without origins, and takes appends in a new version 2 segment. */
+static void test_old_format(void)
+{
+	uint8_t buf[4096];
+	size_t len = 16;
+	char p[512], p2[512];
+
+	fresh_dir();
+	struct changelog *log = open_ok(NULL); /* makes DIR/changes */
+	changelog_close(log);
+	memcpy(buf, "CONSLOG\x01", 8);
+	buf[8] = 1;
+	memset(buf + 9, 0, 7);
+	for (uint64_t s = 1; s <= 3; s++)
+		len += v1_record(buf + len, s);
+	seg_path(SEG0, p, sizeof(p));
+	write_file(p, buf, len);
+	log = open_ok(NULL);
+	if (!log)
+		return;
+	struct collect col = replay_all(log, 0);
+	CHECK(col.n == 3 && col.first == 1 && col.last == 3 && col.bad == 0);
+	CHECK(changelog_kind(log) == ORIGINS_SEQUENCE);
+	CHECK(changelog_last_sequence(log) == 3);
+	uint64_t seq = 4;
+	size_t n[] = { 1 };
+	CHECK(append_origin(log, "o", n, 1, &seq) == -EINVAL);
+	CHECK(append_range(log, 4, 2) == 0);
+	changelog_close(log);
+	CHECK(file_size(p) == (long)len); /* sealed: not appended to */
+	seg_path("00000000000000000004.log", p2, sizeof(p2));
+	CHECK(file_size(p2) > 16);
+	log = open_ok(NULL);
+	if (!log)
+		return;
+	col = replay_all(log, 0);
+	CHECK(col.n == 5 && col.last == 5 && col.bad == 0);
+	CHECK(changelog_kind(log) == ORIGINS_SEQUENCE);
+	changelog_close(log);
+	/* A torn tail of a version 1 segment is still one record's. */
+	unlink(p2);
+	write_file(p, buf, len - 5);
+	log = open_ok(NULL);
+	if (log) {
+		CHECK(changelog_last_sequence(log) == 2);
+		changelog_close(log);
+	}
+}
+
 int main(void)
 {
 	RUN(test_round_trip);
@@ -735,6 +997,9 @@ int main(void)
 	RUN(test_drop);
 	RUN(test_failed_write);
 	RUN(test_crash);
+	RUN(test_origin_batches);
+	RUN(test_origin_torn);
+	RUN(test_old_format);
 	if (dir[0])
 		nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 	return check_summary();

@@ -685,6 +685,9 @@ static void test_encode_others(void)
 			st.data_as_of = rnd() % 2 ? (int64_t)rnd() : 0;
 			st.generation = rnd() % 2 ? rnd() % 100 : 0;
 			st.checks_total = rnd() % 2 ? rnd() : 0;
+			st.origin_cursor = msg; /* §8's field 9 */
+			s.origin_cursor = msg ? (char *)msg :
+						(char *)protobuf_c_empty_string;
 			s.records = st.records;
 			s.applied_sequence = st.applied_sequence;
 			s.data_as_of = st.data_as_of;

@@ -6,7 +6,10 @@
  * and the served index is read back key by key against a model of the
  * order rule. Growth, restart (in-process and after a SIGKILL), snapshot
  * hand-over with and without a merge, rebuild, a failing log
- * (RLIMIT_FSIZE), concurrent submitters and request validation.
+ * (RLIMIT_FSIZE), concurrent submitters and request validation; origins
+ * and cursors (DESIGN §8): the cursor rule, server-given positions, a
+ * group of batches of one origin, the kinds that never mix, all of it
+ * across restarts and a SIGKILL.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -25,12 +28,14 @@
 #include <unistd.h>
 
 #include "core/enums.h"
+#include "core/fsutil.h"
 #include "core/recipient.h"
 #include "core/stream.h"
 #include "core/tokens.h"
 #include "index/build.h"
 #include "index/changelog.h"
 #include "index/generation.h"
+#include "index/origins.h"
 #include "index/table.h"
 #include "proto/consent.pb-c.h"
 #include "server/live.h"
@@ -246,17 +251,25 @@ static void on_reply(const struct writer_reply *r, void *arg)
 /* Who submits (NULL: a trusted caller). */
 static const struct principal *submit_as;
 
-/* Applies changes[0..n) as one request on queue q; waits for the reply. */
-static struct writer_reply apply_q(struct writer *w, unsigned q,
-				   struct chg *changes, size_t n, uint64_t id)
+/* Submits changes[0..n) as one request on queue q, with origin, its
+ * after_cursor and cursor when origin is not NULL. Returns 1 when queued,
+ * else 0 with *now the reply. */
+static int submit_o(struct writer *w, unsigned q, struct chg *changes,
+		    size_t n, uint64_t id, const char *origin,
+		    const char *after, const char *cursor,
+		    struct writer_reply *now)
 {
 	Consent__V1__Consent *ptrs[1024];
 	Consent__V1__ApplyRequest a = CONSENT__V1__APPLY_REQUEST__INIT;
-	struct writer_reply now;
 	for (size_t i = 0; i < n && i < 1024; i++)
 		ptrs[i] = &changes[i].c;
 	a.n_changes = n;
 	a.changes = ptrs;
+	if (origin != NULL) {
+		a.origin = (char *)origin;
+		a.after_cursor = (char *)after;
+		a.cursor = (char *)cursor;
+	}
 	/* Through the wire and back, as the RPC hands it over. */
 	size_t len = consent__v1__apply_request__get_packed_size(&a);
 	uint8_t *buf = malloc(len + 1);
@@ -265,20 +278,48 @@ static struct writer_reply apply_q(struct writer *w, unsigned q,
 		consent__v1__apply_request__unpack(NULL, len, buf);
 	free(buf);
 	CHECK(dec != NULL);
-	int rc = writer_submit(w, q, 1000 + id, id, submit_as, dec, &now);
+	int rc = writer_submit(w, q, 1000 + id, id, submit_as, dec, now);
 	CHECK(rc >= 0);
-	if (rc != 1)
-		return now;
-	struct waiter wt = { .n = 0 };
+	return rc;
+}
+
+/* Waits for n replies on queue q, in completion order. */
+static void wait_replies(struct writer *w, unsigned q, struct waiter *wt,
+			 unsigned n)
+{
 	struct pollfd p = { .fd = writer_queue_fd(w, q), .events = POLLIN };
-	for (int tries = 0; wt.n == 0 && tries < 600; tries++) {
+	for (int tries = 0; wt->n < n && tries < 600; tries++) {
 		if (poll(&p, 1, 100) == 1) {
 			uint64_t v;
 			CHECK(read(p.fd, &v, sizeof(v)) == sizeof(v));
 		}
-		writer_take(w, q, on_reply, &wt);
+		writer_take(w, q, on_reply, wt);
 	}
-	CHECKF(wt.n == 1, "%u replies", wt.n);
+	CHECKF(wt->n == n, "%u replies of %u", wt->n, n);
+}
+
+static struct writer_reply apply_o(struct writer *w, struct chg *changes,
+				   size_t n, uint64_t id, const char *origin,
+				   const char *after, const char *cursor)
+{
+	struct writer_reply now;
+	if (submit_o(w, 0, changes, n, id, origin, after, cursor, &now) != 1)
+		return now;
+	struct waiter wt = { .n = 0 };
+	wait_replies(w, 0, &wt, 1);
+	CHECK(wt.got[0].tag == 1000 + id && wt.got[0].id == id);
+	return wt.got[0];
+}
+
+/* Applies changes[0..n) as one request on queue q; waits for the reply. */
+static struct writer_reply apply_q(struct writer *w, unsigned q,
+				   struct chg *changes, size_t n, uint64_t id)
+{
+	struct writer_reply now;
+	if (submit_o(w, q, changes, n, id, NULL, NULL, NULL, &now) != 1)
+		return now;
+	struct waiter wt = { .n = 0 };
+	wait_replies(w, q, &wt, 1);
 	CHECK(wt.got[0].tag == 1000 + id && wt.got[0].id == id);
 	return wt.got[0];
 }
@@ -825,6 +866,273 @@ static void test_damaged_log_refused(void)
 	free(m);
 }
 
+
+/* ---- origins and cursors (DESIGN §8) ---- */
+
+/* The stored cursor of origin, as a Stats reply would give it. */
+static const char *cursor_of(struct writer *w, const char *origin)
+{
+	static char buf[ORIGINS_CURSOR_MAX + 1];
+	int rc = writer_origin_cursor(w, origin, strlen(origin), buf,
+				      sizeof(buf));
+	CHECK(rc == 0 || rc == 1);
+	CHECK(rc == 1 || buf[0] == '\0');
+	return buf;
+}
+
+/* Follow, 409, new origin, positions, an empty batch moving a cursor,
+ * bounds, the brand check first, the kinds refusing to mix; all of it
+ * across a clean restart (a generation) and a SIGKILL (the log). */
+static void test_origins(void)
+{
+	char dir[300];
+	struct model *m = calloc(1, sizeof(*m));
+	struct chg c[8];
+	new_dir(dir, sizeof(dir), 50, m);
+	struct writer *w = open_writer(dir, 0, 1);
+
+	CHECK_STREQ(cursor_of(w, "iys:600123"), "");
+	/* A new origin: after_cursor "". Own sequences are ignored. */
+	for (uint64_t i = 0; i < 3; i++) {
+		chg_make(&c[i], i * 2, STATUS_RET, DATE0 + 500, 77 + i * 5);
+		model_apply(m, i * 2, STATUS_RET, DATE0 + 500);
+	}
+	c[1].c.sequence = 0;
+	struct writer_reply r = apply_o(w, c, 3, 1, "iys:600123", "", "p1");
+	CHECKF(r.code == 0 && r.applied == 3 && r.applied_sequence == 3,
+	       "%u %s applied %u seq %" PRIu64, r.code, r.message, r.applied,
+	       r.applied_sequence);
+	CHECK(watermark() == 3);
+	CHECK_STREQ(cursor_of(w, "iys:600123"), "p1");
+	CHECK(mismatches(m, 60) == 0);
+
+	/* A stale after_cursor: 409 naming the stored cursor, nothing of it
+	 * applied (key 1 would flip, a new key would appear). */
+	chg_make(&c[0], 1, STATUS_RET, DATE0 + 900, 0);
+	chg_make(&c[1], 200, STATUS_ONAY, DATE0 + 900, 0);
+	r = apply_o(w, c, 2, 2, "iys:600123", "", "p2");
+	CHECKF(r.code == 409 && strstr(r.message, "\"p1\""), "%u %s", r.code,
+	       r.message);
+	r = apply_o(w, c, 2, 3, "iys:600123", "p0", "p2");
+	CHECKF(r.code == 409 && strstr(r.message, "\"p1\""), "%u %s", r.code,
+	       r.message);
+	CHECK(watermark() == 3 && lookup(200, NULL) == 0);
+	CHECK(mismatches(m, 60) == 0);
+	CHECK_STREQ(cursor_of(w, "iys:600123"), "p1");
+
+	/* Following it: the next positions. */
+	model_apply(m, 1, STATUS_RET, DATE0 + 900);
+	model_apply(m, 200, STATUS_ONAY, DATE0 + 900);
+	r = apply_o(w, c, 2, 4, "iys:600123", "p1", "p2");
+	CHECK(r.code == 0 && r.applied == 2 && r.applied_sequence == 5);
+	/* Another origin interleaves, from "" on. */
+	chg_make(&c[0], 9, STATUS_RET, DATE0 + 900, 0);
+	model_apply(m, 9, STATUS_RET, DATE0 + 900);
+	r = apply_o(w, c, 1, 5, "gateway", "", "g1");
+	CHECK(r.code == 0 && r.applied == 1 && r.applied_sequence == 6);
+	/* A cursor moved by no change takes a position of its own; one
+	 * that stays is a heartbeat. */
+	r = apply_o(w, NULL, 0, 6, "gateway", "g1", "g2");
+	CHECK(r.code == 0 && r.applied == 0 && r.applied_sequence == 7);
+	r = apply_o(w, NULL, 0, 7, "gateway", "g2", "g2");
+	CHECK(r.code == 0 && r.applied_sequence == 7);
+	CHECK_STREQ(cursor_of(w, "gateway"), "g2");
+	CHECK(mismatches(m, 210) == 0);
+
+	/* Bounds: 400 naming the field. */
+	char big[300];
+	memset(big, 'x', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	chg_make(&c[0], 11, STATUS_RET, DATE0 + 901, 0);
+	r = apply_o(w, c, 1, 8, big, "", "1");
+	CHECKF(r.code == 400 && strncmp(r.message, "origin", 6) == 0, "%u %s",
+	       r.code, r.message);
+	r = apply_o(w, c, 1, 9, "gateway", big, "1");
+	CHECKF(r.code == 400 && strncmp(r.message, "after_cursor", 12) == 0,
+	       "%u %s", r.code, r.message);
+	r = apply_o(w, c, 1, 10, "gateway", "g2", big);
+	CHECKF(r.code == 400 && strncmp(r.message, "cursor", 6) == 0, "%u %s",
+	       r.code, r.message);
+	r = apply_o(w, c, 1, 11, "gateway", "g2", "");
+	CHECKF(r.code == 400 && strncmp(r.message, "cursor", 6) == 0, "%u %s",
+	       r.code, r.message);
+	r = apply_o(w, c, 1, 12, "", "g2", "g3");
+	CHECKF(r.code == 400 && strstr(r.message, "without origin"), "%u %s",
+	       r.code, r.message);
+	/* The brand check comes first, even before a stale cursor. */
+	struct principal scoped = { .name = "scoped", .may_apply = true };
+	uint32_t scoped_brands[] = { 100 };
+	scoped.brands = scoped_brands;
+	scoped.n_brands = 1;
+	submit_as = &scoped;
+	chg_make(&c[0], 4, STATUS_RET, DATE0 + 901, 0); /* brand 101 */
+	r = apply_o(w, c, 1, 13, "gateway", "stale", "g3");
+	CHECKF(r.code == 403, "%u %s", r.code, r.message);
+	submit_as = NULL;
+
+	/* The other kind: 409 saying why. */
+	chg_make(&c[0], 11, STATUS_RET, DATE0 + 901, 100);
+	r = apply(w, c, 1, 14);
+	CHECKF(r.code == 409 && strstr(r.message, "without origin"), "%u %s",
+	       r.code, r.message);
+	CHECK(watermark() == 7 && mismatches(m, 210) == 0);
+
+	/* A clean restart: from the generation written at the stop. */
+	writer_close(w);
+	verify_dir(dir);
+	w = open_writer(dir, 0, 1);
+	CHECK(watermark() == 7 && mismatches(m, 210) == 0);
+	CHECK_STREQ(cursor_of(w, "iys:600123"), "p2");
+	CHECK_STREQ(cursor_of(w, "gateway"), "g2");
+	r = apply(w, c, 1, 15);
+	CHECK(r.code == 409);
+	writer_close(w);
+
+	/* A SIGKILL after more batches: from the log past the generation. */
+	int pfd[2];
+	CHECK(pipe(pfd) == 0);
+	fflush(NULL);
+	pid_t pid = fork();
+	if (pid == 0) {
+		close(pfd[0]);
+		w = open_writer(dir, 0, 1);
+		chg_make(&c[0], 13, STATUS_RET, DATE0 + 902, 0);
+		r = apply_o(w, c, 1, 16, "gateway", "g2", "g3");
+		uint64_t seq = r.code == 0 ? r.applied_sequence : 0;
+		if (write(pfd[1], &seq, sizeof(seq)) != sizeof(seq))
+			_exit(3);
+		raise(SIGKILL);
+		_exit(2);
+	}
+	close(pfd[1]);
+	uint64_t acked = 0;
+	CHECK(read(pfd[0], &acked, sizeof(acked)) == sizeof(acked));
+	close(pfd[0]);
+	int status;
+	waitpid(pid, &status, 0);
+	CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+	CHECK(acked == 8);
+	model_apply(m, 13, STATUS_RET, DATE0 + 902);
+	w = open_writer(dir, 0, 1);
+	CHECK(watermark() == 8 && mismatches(m, 210) == 0);
+	CHECK_STREQ(cursor_of(w, "gateway"), "g3");
+	CHECK_STREQ(cursor_of(w, "iys:600123"), "p2");
+	r = apply_o(w, c, 1, 17, "gateway", "g2", "g4");
+	CHECKF(r.code == 409 && strstr(r.message, "\"g3\""), "%u %s", r.code,
+	       r.message);
+	r = apply(w, c, 1, 18);
+	CHECK(r.code == 409);
+	writer_close(w);
+	free(m);
+}
+
+/* Requests that reach the writer together are judged in arrival order:
+ * the second batch of an origin sees the cursor the first moved, a stale
+ * one is refused, and one of the other kind too. */
+static void test_origins_group(void)
+{
+	char dir[300], err[512] = "";
+	struct model *m = calloc(1, sizeof(*m));
+	struct chg a[2], b[1], c[1], d[1];
+	new_dir(dir, sizeof(dir), 20, m);
+	struct writer_options o = {
+		.data_dir = dir, .index_load = INDEX_LOAD_ANON, .n_queues = 1,
+	};
+	struct writer *w = NULL;
+	CHECKF(writer_open(&o, &w, err, sizeof(err)) == 0, "%s", err);
+	if (w == NULL)
+		return;
+	chg_make(&a[0], 2, STATUS_RET, DATE0 + 100, 0);
+	chg_make(&a[1], 3, STATUS_RET, DATE0 + 100, 0);
+	chg_make(&b[0], 4, STATUS_RET, DATE0 + 100, 0);
+	chg_make(&c[0], 5, STATUS_RET, DATE0 + 100, 0);
+	chg_make(&d[0], 6, STATUS_RET, DATE0 + 100, 1);
+	model_apply(m, 2, STATUS_RET, DATE0 + 100);
+	model_apply(m, 3, STATUS_RET, DATE0 + 100);
+	model_apply(m, 4, STATUS_RET, DATE0 + 100);
+	struct writer_reply now;
+	/* Queued before the thread runs: its first group holds all four. */
+	CHECK(submit_o(w, 0, a, 2, 1, "f", "", "1", &now) == 1);
+	CHECK(submit_o(w, 0, b, 1, 2, "f", "1", "2", &now) == 1);
+	CHECK(submit_o(w, 0, c, 1, 3, "f", "1", "3", &now) == 1);
+	CHECK(submit_o(w, 0, d, 1, 4, NULL, NULL, NULL, &now) == 1);
+	CHECK(writer_start(w, err, sizeof(err)) == 0);
+	struct waiter wt = { .n = 0 };
+	wait_replies(w, 0, &wt, 4);
+	for (unsigned i = 0; i < wt.n; i++) {
+		const struct writer_reply *x = &wt.got[i];
+		switch (x->id) {
+		case 1:
+			CHECK(x->code == 0 && x->applied == 2);
+			break;
+		case 2:
+			CHECK(x->code == 0 && x->applied == 1);
+			break;
+		case 3:
+			CHECKF(x->code == 409 && strstr(x->message, "\"2\""),
+			       "%u %s", x->code, x->message);
+			break;
+		default:
+			CHECKF(x->code == 409, "%u %s", x->code, x->message);
+		}
+		/* One group: every reply tells the same watermark. */
+		CHECK(x->code != 0 || x->applied_sequence == 3);
+	}
+	CHECK(watermark() == 3 && mismatches(m, 20) == 0);
+	CHECK_STREQ(cursor_of(w, "f"), "2");
+	writer_close(w);
+
+	struct changelog *log = NULL;
+	CHECK(changelog_open(dir, NULL, &log, err, sizeof(err)) == 0);
+	if (log != NULL) {
+		struct changelog_stats st;
+		changelog_stats(log, &st);
+		CHECK(st.records == 3 && st.commits == 2);
+		CHECK(changelog_kind(log) == ORIGINS_ORIGIN);
+		changelog_close(log);
+	}
+	free(m);
+}
+
+/* A directory fed without origins refuses an origin's batch, also after
+ * its log was dropped behind a generation. */
+static void test_sequence_kind_kept(void)
+{
+	char dir[300];
+	struct model *m = calloc(1, sizeof(*m));
+	struct chg c[2];
+	new_dir(dir, sizeof(dir), 20, m);
+	struct writer *w = open_writer(dir, 0, 1);
+	chg_make(&c[0], 2, STATUS_RET, DATE0 + 100, 1);
+	struct writer_reply r = apply(w, c, 1, 1);
+	CHECK(r.code == 0 && r.applied_sequence == 1);
+	chg_make(&c[1], 3, STATUS_RET, DATE0 + 100, 0);
+	r = apply_o(w, &c[1], 1, 2, "f", "", "1");
+	CHECKF(r.code == 409 && strstr(r.message, "with an origin"), "%u %s",
+	       r.code, r.message);
+	writer_close(w);
+	/* Two more generations: the log is dropped through the first. */
+	for (int i = 0; i < 2; i++) {
+		w = open_writer(dir, 0, 1);
+		chg_make(&c[0], 4 + (uint64_t)i, STATUS_RET, DATE0 + 100,
+			 2 + (uint64_t)i);
+		r = apply(w, c, 1, 3);
+		CHECK(r.code == 0);
+		writer_close(w);
+	}
+	/* Without any log: the generation alone keeps the kind. */
+	char logdir[400];
+	snprintf(logdir, sizeof(logdir), "%s/" CHANGELOG_DIR, dir);
+	CHECK(fsutil_rm_tree(logdir) == 0);
+	w = open_writer(dir, 0, 1);
+	CHECK(watermark() == 3);
+	r = apply_o(w, &c[1], 1, 4, "f", "", "1");
+	CHECKF(r.code == 409, "%u %s", r.code, r.message);
+	CHECK(lookup(3, NULL) == STATUS_ONAY);
+	writer_close(w);
+	free(m);
+}
+
 int main(void)
 {
 	if (mkdtemp(tmpdir) == NULL) {
@@ -840,6 +1148,9 @@ int main(void)
 	RUN(test_concurrent_submitters);
 	RUN(test_no_generation);
 	RUN(test_damaged_log_refused);
+	RUN(test_origins);
+	RUN(test_origins_group);
+	RUN(test_sequence_kind_kept);
 	char cmd[200];
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);
 	if (system(cmd) != 0)

@@ -896,8 +896,8 @@ def test_replay_and_snapshot_property(env):
     stop_ok(s)
     assert dump_set(pb, db, os.path.join(tmp, "twice.bin"))[1] == once
 
-    # A snapshot at k, then the rest by consentctl feed (which resumes
-    # after the server's applied sequence).
+    # A snapshot at k, then the rest by consentctl feed --no-origin (which
+    # resumes after the server's applied sequence).
     dc, s = server("at-k")
     apply_all(s.rpc, all_frames[:k])
     stop_ok(s)
@@ -907,7 +907,7 @@ def test_replay_and_snapshot_property(env):
     dd = os.path.join(tmp, "from-k")
     ctl("build", "--snapshot", snap_k, "--out", dd)
     _, s = server("from-k", dd)
-    p = ctl("feed", "--rpc", "127.0.0.1:%d" % s.rpc, changes)
+    p = ctl("feed", "--rpc", "127.0.0.1:%d" % s.rpc, "--no-origin", changes)
     assert stats(pb, s.rpc).applied_sequence == n, p.stderr.decode()
     stop_ok(s)
     assert dump_set(pb, dd, os.path.join(tmp, "from-k.bin"))[1] == once
