@@ -223,9 +223,9 @@ static enum MHD_Result http_reply_error(struct http *h,
 
 /*
  * Decides in[0..n) into out. Returns false, deciding nothing, when no
- * generation is published yet. The read side: rcu_thread_online() makes
+ * generation is published yet. The read side: live_online() makes
  * this thread a reader that live_publish's grace period waits for;
- * rcu_thread_offline() ends it, after which neither ix nor anything in it
+ * live_offline() ends it, after which neither ix nor anything in it
  * is touched (verdict error strings are static, info is a copy).
  */
 static bool http_checks(struct http *h, const struct principal *p,
@@ -235,7 +235,7 @@ static bool http_checks(struct http *h, const struct principal *p,
 	const struct index *ix;
 	bool have;
 
-	rcu_thread_online();
+	live_online();
 	ix = live_index();
 	have = ix != NULL;
 	if (have) {
@@ -250,7 +250,7 @@ static bool http_checks(struct http *h, const struct principal *p,
 		index_info(ix, info);
 		check_batch(&env, in, n, out);
 	}
-	rcu_thread_offline();
+	live_offline();
 	return have;
 }
 
@@ -262,14 +262,14 @@ static bool http_index_info(struct http *h, struct index_info *info,
 	const struct index *ix;
 	bool have;
 
-	rcu_thread_online();
+	live_online();
 	ix = live_index();
 	have = ix != NULL;
 	if (have) {
 		index_info(ix, info);
 		*soft_stale = live_stale(ix, http_wall_s(), h->cfg->stale_soft_s);
 	}
-	rcu_thread_offline();
+	live_offline();
 	if (!have)
 		memset(info, 0, sizeof(*info));
 	return have;
@@ -967,7 +967,7 @@ static void *http_thread(void *arg)
 	rcu_register_thread();
 	/* Offline whenever we wait: only http_checks/http_index_info go
 	 * online. */
-	rcu_thread_offline();
+	live_offline();
 	for (;;) {
 		struct pollfd pfd[2] = {
 			{ .fd = h->epoll_fd, .events = POLLIN },

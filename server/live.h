@@ -16,6 +16,16 @@
 
 struct index;
 
+/* A reader's quiescent state, going offline and coming back: liburcu's
+ * rcu_quiescent_state, rcu_thread_offline and rcu_thread_online. Readers
+ * call these, not liburcu's, so that a thread-sanitizer build also sees
+ * the ordering the grace period gives (liburcu's own barriers are
+ * invisible to TSan): everything a reader did before its quiescent state
+ * happens before live_publish destroys a generation it may have used. */
+void live_quiescent(void);
+void live_offline(void);
+void live_online(void);
+
 /* Inside a read side only; NULL before the first publish. */
 const struct index *live_index(void);
 

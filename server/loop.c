@@ -14,7 +14,7 @@
  *      its close;
  *   6. every 100 ms: deadlines (idle, stalled frame, slow reader), a
  *      paused accept, the stop flag;
- *   7. rcu_quiescent_state().
+ *   7. live_quiescent().
  *
  * Connections live in the fixed-file table: multishot accept allocates a
  * slot (IORING_FILE_INDEX_ALLOC via the _direct helper, which liburing 2.3
@@ -58,6 +58,7 @@
 #include "server/addr.h"
 #include "server/config.h"
 #include "server/conn.h"
+#include "server/live.h"
 #include "server/metrics.h"
 #include "server/writer.h"
 
@@ -980,9 +981,9 @@ static void loop_run(struct worker *w)
 						  (int)w->bufs_returned);
 			w->bufs_returned = 0;
 		}
-		rcu_thread_offline();
+		live_offline();
 		io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, &ts, NULL);
-		rcu_thread_online();
+		live_online();
 		conn_ctx_begin_turn(&w->ctx);
 		atomic_store_explicit(&w->m->last_turn_ms, w->ctx.now_ms,
 				      memory_order_relaxed);
@@ -992,7 +993,7 @@ static void loop_run(struct worker *w)
 		}
 		io_uring_cq_advance(&w->ring, n);
 		loop_turn_end(w);
-		rcu_quiescent_state();
+		live_quiescent();
 		if (w->stopping) {
 			if (w->n_active == 0)
 				break;

@@ -57,7 +57,7 @@ static void *reader_thread(void *arg)
 		usleep(1000);
 	/* Still inside the same read side: the old index must be whole. */
 	atomic_store(&r->seen, ix ? generation_of(ix) : 0);
-	rcu_quiescent_state();
+	live_quiescent();
 	rcu_unregister_thread();
 	return NULL;
 }
@@ -85,7 +85,7 @@ static void test_publish_waits_for_readers(void)
 	live_publish(make_index(1, 1700000000));
 	rcu_register_thread();
 	CHECK(live_index() != NULL && generation_of(live_index()) == 1);
-	rcu_thread_offline(); /* this thread holds nothing while it waits */
+	live_offline(); /* this thread holds nothing while it waits */
 
 	CHECK(pthread_create(&rt, NULL, reader_thread, &r) == 0);
 	while (atomic_load(&r.step) != 1)
@@ -96,10 +96,10 @@ static void test_publish_waits_for_readers(void)
 	CHECK(pthread_create(&pt, NULL, publish_thread, &p) == 0);
 	/* The pointer moves at once; the publish waits on the reader. */
 	for (int i = 0; i < 5000; i++) {
-		rcu_thread_online();
+		live_online();
 		const struct index *now = live_index();
 		bool swapped = now != NULL && generation_of(now) == 2;
-		rcu_thread_offline();
+		live_offline();
 		if (swapped)
 			break;
 		usleep(1000);
@@ -112,7 +112,7 @@ static void test_publish_waits_for_readers(void)
 	pthread_join(pt, NULL);
 	CHECK(atomic_load(&r.seen) == 1); /* generation 1, read whole */
 	CHECK(atomic_load(&p.done));
-	rcu_thread_online();
+	live_online();
 	CHECK(generation_of(live_index()) == 2);
 	rcu_unregister_thread();
 }
@@ -121,9 +121,9 @@ static void test_publish_waits_for_readers(void)
 static void test_offline_reader_does_not_block(void)
 {
 	rcu_register_thread();
-	rcu_thread_offline();
+	live_offline();
 	live_publish(make_index(3, 1700000002)); /* would hang if it waited */
-	rcu_thread_online();
+	live_online();
 	CHECK(generation_of(live_index()) == 3);
 	rcu_unregister_thread();
 }
