@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "bench/loadgen.h"
+#include "core/decimal.h"
 #include "core/enums.h"
 #include "proto/consent.pb-c.h"
 
@@ -155,28 +156,6 @@ void lg_codec_destroy(struct lg_codec *c)
 
 /* ---- text helpers ------------------------------------------------------- */
 
-static char *put_u64(char *p, uint64_t v)
-{
-	char tmp[24];
-	int n = 0;
-	do {
-		tmp[n++] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v);
-	while (n)
-		*p++ = tmp[--n];
-	return p;
-}
-
-static char *put_i64(char *p, int64_t v)
-{
-	if (v < 0) {
-		*p++ = '-';
-		return put_u64(p, (uint64_t)0 - (uint64_t)v);
-	}
-	return put_u64(p, (uint64_t)v);
-}
-
 int lg_redis_key(const struct synth_record *rec, char *buf, size_t cap)
 {
 	size_t rlen = strlen(rec->recipient);
@@ -185,11 +164,11 @@ int lg_redis_key(const struct synth_record *rec, char *buf, size_t cap)
 	char *p = buf;
 	*p++ = 'c';
 	*p++ = ':';
-	p = put_u64(p, rec->brand_code);
+	p = decimal_put_u64(p, rec->brand_code);
 	*p++ = ':';
-	p = put_u64(p, rec->channel);
+	p = decimal_put_u64(p, rec->channel);
 	*p++ = ':';
-	p = put_u64(p, rec->rtype);
+	p = decimal_put_u64(p, rec->rtype);
 	*p++ = ':';
 	memcpy(p, rec->recipient, rlen);
 	p += rlen;
@@ -203,11 +182,11 @@ int lg_redis_value(uint8_t status, uint8_t source, int64_t consent_date,
 	if (cap < 48)
 		return -ENOSPC;
 	char *p = buf;
-	p = put_u64(p, status);
+	p = decimal_put_u64(p, status);
 	*p++ = ':';
-	p = put_u64(p, source);
+	p = decimal_put_u64(p, source);
 	*p++ = ':';
-	p = put_i64(p, consent_date);
+	p = decimal_put_i64(p, consent_date);
 	*p = '\0';
 	return (int)(p - buf);
 }
@@ -220,7 +199,7 @@ int lg_redis_value(uint8_t status, uint8_t source, int64_t consent_date,
 static char *resp_header(char *p, char kind, uint64_t n)
 {
 	*p++ = kind;
-	p = put_u64(p, n);
+	p = decimal_put_u64(p, n);
 	*p++ = '\r';
 	*p++ = '\n';
 	return p;
@@ -239,7 +218,7 @@ static char *resp_bulk(char *p, const char *s, size_t len)
 static char *resp_bulk_u64(char *p, uint64_t v)
 {
 	char num[24];
-	size_t len = (size_t)(put_u64(num, v) - num);
+	size_t len = (size_t)(decimal_put_u64(num, v) - num);
 	return resp_bulk(p, num, len);
 }
 
@@ -774,7 +753,7 @@ int lg_expect_bytes(enum lg_proto proto, const struct lg_expect *expect,
 		if (e->status) {
 			p = resp_bulk_str(p, enums_status_name(e->status));
 			*p++ = ':';
-			p = put_i64(p, e->consent_date);
+			p = decimal_put_i64(p, e->consent_date);
 			p = put_lit(p, "\r\n");
 		} else {
 			p = put_lit(p, "$-1\r\n$-1\r\n");

@@ -76,7 +76,9 @@
 
 #include <xxhash.h>
 
+#include "core/errmsg.h"
 #include "core/fsutil.h"
+#include "core/le.h"
 
 #define SEGMENT_MAGIC_V1 "CONSLOG\x01" /* read only */
 #define SEGMENT_MAGIC "CONSLOG\x02"
@@ -117,45 +119,9 @@ struct changelog {
 	char err[512];
 };
 
-static void put_u32(uint8_t *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put_u64(uint8_t *p, uint64_t v)
-{
-	for (int i = 0; i < 8; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t get_u32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-	       (uint32_t)p[3] << 24;
-}
-
-static uint64_t get_u64(const uint8_t *p)
-{
-	return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
-}
-
 static uint32_t len_check(const uint8_t *len_bytes)
 {
 	return (uint32_t)XXH3_64bits(len_bytes, 4);
-}
-
-static void set_err(char *buf, size_t cap, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-static void set_err(char *buf, size_t cap, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!buf || cap == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(buf, cap, fmt, ap);
-	va_end(ap);
 }
 
 static void segment_name(uint64_t base, char *buf, size_t cap)
@@ -202,8 +168,8 @@ int changelog_commit_decode(const uint8_t *p, size_t len,
 
 	memset(out, 0, sizeof(*out));
 	out->kind = (enum origins_kind)p[0];
-	out->n_changes = get_u32(p + 5);
-	out->sequence = get_u64(p + 9);
+	out->n_changes = le_get32(p + 5);
+	out->sequence = le_get64(p + 9);
 	if (len != COMMIT_FIXED + ol + cl || out->sequence == 0)
 		return -EPROTO;
 	out->origin = (const char *)p + COMMIT_FIXED;
@@ -294,7 +260,7 @@ static int segment_verify(const char *path, const uint8_t *p, uint64_t size,
 	    (is_last && all_zero(p, (size_t)size))) {
 		if (is_last)
 			return 0; /* torn creation: no record was ever acked */
-		set_err(err, err_cap, "%s: offset 0: segment header truncated",
+		errmsg_set(err, err_cap, "%s: offset 0: segment header truncated",
 			path);
 		return -EPROTO;
 	}
@@ -303,14 +269,14 @@ static int segment_verify(const char *path, const uint8_t *p, uint64_t size,
 	} else if (memcmp(p, SEGMENT_MAGIC_V1, 8) == 0) {
 		seg->version = 1;
 	} else {
-		set_err(err, err_cap, "%s: offset 0: not a change log segment",
+		errmsg_set(err, err_cap, "%s: offset 0: not a change log segment",
 			path);
 		return -EPROTO;
 	}
-	if (get_u64(p + 8) != base) {
-		set_err(err, err_cap,
+	if (le_get64(p + 8) != base) {
+		errmsg_set(err, err_cap,
 			"%s: offset 8: header says first sequence %" PRIu64
-			", the name %" PRIu64, path, get_u64(p + 8), base);
+			", the name %" PRIu64, path, le_get64(p + 8), base);
 		return -EPROTO;
 	}
 	*valid_end = pos;
@@ -324,22 +290,22 @@ static int segment_verify(const char *path, const uint8_t *p, uint64_t size,
 		if (rem < RECORD_HEADER_BYTES) {
 			if (is_last)
 				break;
-			set_err(err, err_cap,
+			errmsg_set(err, err_cap,
 				"%s: offset %" PRIu64 ": record header truncated",
 				path, pos);
 			return -EPROTO;
 		}
-		uint32_t len = get_u32(h);
+		uint32_t len = le_get32(h);
 
-		if (get_u32(h + 4) != len_check(h)) {
-			set_err(err, err_cap,
+		if (le_get32(h + 4) != len_check(h)) {
+			errmsg_set(err, err_cap,
 				"%s: offset %" PRIu64 ": record length check failed",
 				path, pos);
 			return -EPROTO;
 		}
 		if (len == 0 ||
 		    len > CHANGELOG_RECORD_MAX + (seg->version == 2)) {
-			set_err(err, err_cap,
+			errmsg_set(err, err_cap,
 				"%s: offset %" PRIu64 ": record length %" PRIu32
 				" out of range", path, pos, len);
 			return -EPROTO;
@@ -347,7 +313,7 @@ static int segment_verify(const char *path, const uint8_t *p, uint64_t size,
 		if (len > rem - RECORD_HEADER_BYTES) {
 			if (is_last)
 				break;
-			set_err(err, err_cap,
+			errmsg_set(err, err_cap,
 				"%s: offset %" PRIu64 ": record runs past the end",
 				path, pos);
 			return -EPROTO;
@@ -355,10 +321,10 @@ static int segment_verify(const char *path, const uint8_t *p, uint64_t size,
 		const uint8_t *payload = h + RECORD_HEADER_BYTES;
 		uint64_t end = pos + RECORD_HEADER_BYTES + len;
 
-		if (XXH3_64bits(payload, len) != get_u64(h + 8)) {
+		if (XXH3_64bits(payload, len) != le_get64(h + 8)) {
 			if (is_last && end == size)
 				break;
-			set_err(err, err_cap,
+			errmsg_set(err, err_cap,
 				"%s: offset %" PRIu64 ": record checksum mismatch",
 				path, pos);
 			return -EPROTO;
@@ -366,7 +332,7 @@ static int segment_verify(const char *path, const uint8_t *p, uint64_t size,
 		struct rec r;
 
 		if (rec_parse(seg->version, payload, len, &r, NULL) < 0) {
-			set_err(err, err_cap,
+			errmsg_set(err, err_cap,
 				"%s: offset %" PRIu64 ": record does not decode "
 				"as a %s", path, pos, seg->version == 1 ?
 				"Consent" : "change or a commit record");
@@ -375,7 +341,7 @@ static int segment_verify(const char *path, const uint8_t *p, uint64_t size,
 		if (r.type == REC_COMMIT &&
 		    (r.commit.n_changes != pending ||
 		     (pending > 0 ? r.seq != prev : r.seq <= prev))) {
-			set_err(err, err_cap,
+			errmsg_set(err, err_cap,
 				"%s: offset %" PRIu64 ": commit record of %" PRIu32
 				" changes at sequence %" PRIu64 " after %" PRIu64
 				" changes through %" PRIu64, path, pos,
@@ -383,13 +349,13 @@ static int segment_verify(const char *path, const uint8_t *p, uint64_t size,
 			return -EPROTO;
 		}
 		if (r.type == REC_CHANGE && r.seq <= prev) {
-			set_err(err, err_cap,
+			errmsg_set(err, err_cap,
 				"%s: offset %" PRIu64 ": sequence %" PRIu64
 				" after %" PRIu64, path, pos, r.seq, prev);
 			return -EPROTO;
 		}
 		if (first && r.seq != base) {
-			set_err(err, err_cap,
+			errmsg_set(err, err_cap,
 				"%s: offset %" PRIu64 ": first sequence %" PRIu64
 				", the name says %" PRIu64, path, pos, r.seq, base);
 			return -EPROTO;
@@ -407,7 +373,7 @@ static int segment_verify(const char *path, const uint8_t *p, uint64_t size,
 		}
 		if (kind_merge(kind, r.type == REC_COMMIT ? r.commit.kind :
 				     ORIGINS_SEQUENCE) < 0) {
-			set_err(err, err_cap,
+			errmsg_set(err, err_cap,
 				"%s: offset %" PRIu64 ": a change %s origin in a "
 				"log of changes %s", path, pos - len -
 				RECORD_HEADER_BYTES,
@@ -426,7 +392,7 @@ static int segment_verify(const char *path, const uint8_t *p, uint64_t size,
 		*valid_end = pos;
 	}
 	if (pending > 0 && !is_last && pos == size) {
-		set_err(err, err_cap, "%s: offset %" PRIu64 ": %" PRIu64
+		errmsg_set(err, err_cap, "%s: offset %" PRIu64 ": %" PRIu64
 			" changes at the end without their commit record",
 			path, *valid_end, pending);
 		return -EPROTO;
@@ -471,7 +437,7 @@ static int list_segments(struct changelog *log, uint64_t **out, size_t *n_out,
 
 		if (fd >= 0)
 			close(fd);
-		set_err(err, err_cap, "%s: %s", log->path, strerror(-rc));
+		errmsg_set(err, err_cap, "%s: %s", log->path, strerror(-rc));
 		return rc;
 	}
 	rewinddir(d);
@@ -497,7 +463,7 @@ static int list_segments(struct changelog *log, uint64_t **out, size_t *n_out,
 	if (errno) {
 		int rc = -errno;
 
-		set_err(err, err_cap, "%s: %s", log->path, strerror(errno));
+		errmsg_set(err, err_cap, "%s: %s", log->path, strerror(errno));
 		free(v);
 		closedir(d);
 		return rc;
@@ -526,7 +492,7 @@ static int open_segment(struct changelog *log, uint64_t base, int is_last,
 	fd = openat(log->dir_fd, name, (is_last ? O_RDWR : O_RDONLY) | O_CLOEXEC);
 	if (fd < 0 || fstat(fd, &st) < 0) {
 		rc = -errno;
-		set_err(err, err_cap, "%s: %s", path, strerror(errno));
+		errmsg_set(err, err_cap, "%s: %s", path, strerror(errno));
 		goto out;
 	}
 	if (st.st_size > 0) {
@@ -534,7 +500,7 @@ static int open_segment(struct changelog *log, uint64_t base, int is_last,
 		if (map == MAP_FAILED) {
 			map = NULL;
 			rc = -errno;
-			set_err(err, err_cap, "%s: mmap: %s", path, strerror(errno));
+			errmsg_set(err, err_cap, "%s: mmap: %s", path, strerror(errno));
 			goto out;
 		}
 	}
@@ -546,7 +512,7 @@ static int open_segment(struct changelog *log, uint64_t base, int is_last,
 	if (rc < 0)
 		goto out;
 	if (seg.records + seg.commits == 0 && !is_last) {
-		set_err(err, err_cap, "%s: offset %d: segment holds no record",
+		errmsg_set(err, err_cap, "%s: offset %d: segment holds no record",
 			path, SEGMENT_HEADER_BYTES);
 		rc = -EPROTO;
 		goto out;
@@ -556,7 +522,7 @@ static int open_segment(struct changelog *log, uint64_t base, int is_last,
 		log->truncated_bytes += (uint64_t)st.st_size;
 		if (unlinkat(log->dir_fd, name, 0) < 0 || fsync(log->dir_fd) < 0) {
 			rc = -errno;
-			set_err(err, err_cap, "%s: removing a torn segment: %s",
+			errmsg_set(err, err_cap, "%s: removing a torn segment: %s",
 				path, strerror(errno));
 		}
 		goto out;
@@ -566,7 +532,7 @@ static int open_segment(struct changelog *log, uint64_t base, int is_last,
 		 * after it (else a later append would sit behind garbage). */
 		if (ftruncate(fd, (off_t)valid_end) < 0 || fdatasync(fd) < 0) {
 			rc = -errno;
-			set_err(err, err_cap, "%s: truncating a torn tail: %s",
+			errmsg_set(err, err_cap, "%s: truncating a torn tail: %s",
 				path, strerror(errno));
 			goto out;
 		}
@@ -598,7 +564,7 @@ int changelog_open(const char *dir, const struct changelog_options *opt,
 	size_t n = 0;
 	int rc;
 
-	set_err(err, err_cap, "%s", "");
+	errmsg_set(err, err_cap, "%s", "");
 	log = calloc(1, sizeof(*log));
 	if (!log)
 		return -ENOMEM;
@@ -610,7 +576,7 @@ int changelog_open(const char *dir, const struct changelog_options *opt,
 	if ((size_t)snprintf(log->path, sizeof(log->path), "%s/%s", dir,
 			     CHANGELOG_DIR) >= sizeof(log->path)) {
 		rc = -ENAMETOOLONG;
-		set_err(err, err_cap, "%s: path too long", dir);
+		errmsg_set(err, err_cap, "%s: path too long", dir);
 		goto fail;
 	}
 	if (mkdir(log->path, 0755) == 0) {
@@ -621,24 +587,24 @@ int changelog_open(const char *dir, const struct changelog_options *opt,
 			rc = -errno;
 			if (dfd >= 0)
 				close(dfd);
-			set_err(err, err_cap, "%s: %s", dir, strerror(-rc));
+			errmsg_set(err, err_cap, "%s: %s", dir, strerror(-rc));
 			goto fail;
 		}
 		close(dfd);
 	} else if (errno != EEXIST) {
 		rc = -errno;
-		set_err(err, err_cap, "%s: %s", log->path, strerror(errno));
+		errmsg_set(err, err_cap, "%s: %s", log->path, strerror(errno));
 		goto fail;
 	}
 	log->dir_fd = open(log->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (log->dir_fd < 0) {
 		rc = -errno;
-		set_err(err, err_cap, "%s: %s", log->path, strerror(errno));
+		errmsg_set(err, err_cap, "%s: %s", log->path, strerror(errno));
 		goto fail;
 	}
 	if (flock(log->dir_fd, LOCK_EX | LOCK_NB) < 0) {
 		rc = errno == EWOULDBLOCK ? -EBUSY : -errno;
-		set_err(err, err_cap, "%s: %s", log->path,
+		errmsg_set(err, err_cap, "%s: %s", log->path,
 			rc == -EBUSY ? "another process holds the change log" :
 				       strerror(errno));
 		goto fail;
@@ -707,7 +673,7 @@ void changelog_stats(const struct changelog *log, struct changelog_stats *out)
 static int append_fail(struct changelog *log, int rc, const char *what)
 {
 	log->failed = rc;
-	set_err(log->err, sizeof(log->err),
+	errmsg_set(log->err, sizeof(log->err),
 		"%s: %s: %s; the change log takes no more appends until reopened",
 		log->path, what, strerror(-rc));
 	return rc;
@@ -722,9 +688,9 @@ static size_t commit_bytes(const struct changelog_commit *k)
 /* Writes one record's header for the payload already at p + 16. */
 static uint8_t *rec_seal(uint8_t *p, size_t len)
 {
-	put_u32(p, (uint32_t)len);
-	put_u32(p + 4, len_check(p));
-	put_u64(p + 8, XXH3_64bits(p + RECORD_HEADER_BYTES, len));
+	le_put32(p, (uint32_t)len);
+	le_put32(p + 4, len_check(p));
+	le_put64(p + 8, XXH3_64bits(p + RECORD_HEADER_BYTES, len));
 	return p + RECORD_HEADER_BYTES + len;
 }
 
@@ -750,7 +716,7 @@ int changelog_append_batches(struct changelog *log,
 	int roll, rc;
 
 	if (log->failed) {
-		set_err(log->err, sizeof(log->err),
+		errmsg_set(log->err, sizeof(log->err),
 			"%s: an earlier append failed (%s); reopen the change log",
 			log->path, strerror(-log->failed));
 		return log->failed;
@@ -766,12 +732,12 @@ int changelog_append_batches(struct changelog *log,
 		const char *why;
 
 		if (k->kind != ORIGINS_SEQUENCE && k->kind != ORIGINS_ORIGIN) {
-			set_err(log->err, sizeof(log->err),
+			errmsg_set(log->err, sizeof(log->err),
 				"batch %zu: no kind", j);
 			return -EINVAL;
 		}
 		if (kind_merge(&kind, k->kind) < 0) {
-			set_err(log->err, sizeof(log->err),
+			errmsg_set(log->err, sizeof(log->err),
 				"batch %zu: the log holds changes %s", j,
 				kind == ORIGINS_ORIGIN ? "with origins" :
 							 "without origin");
@@ -784,7 +750,7 @@ int changelog_append_batches(struct changelog *log,
 				    origins_check_text(k->cursor, k->cursor_len,
 						       ORIGINS_CURSOR_MAX, 0,
 						       &why) < 0) {
-			set_err(log->err, sizeof(log->err),
+			errmsg_set(log->err, sizeof(log->err),
 				"batch %zu: a commit record of %s", j,
 				k->kind == ORIGINS_SEQUENCE ?
 					"no change, or with an origin" :
@@ -792,7 +758,7 @@ int changelog_append_batches(struct changelog *log,
 			return -EINVAL;
 		}
 		if (bt->n > UINT32_MAX) {
-			set_err(log->err, sizeof(log->err),
+			errmsg_set(log->err, sizeof(log->err),
 				"batch %zu: %zu changes", j, bt->n);
 			return -EINVAL;
 		}
@@ -802,19 +768,19 @@ int changelog_append_batches(struct changelog *log,
 			size_t len = consent__v1__consent__get_packed_size(c);
 
 			if (seq == 0) {
-				set_err(log->err, sizeof(log->err),
+				errmsg_set(log->err, sizeof(log->err),
 					"change %zu: sequence 0 (a change needs "
 					"one)", n + i);
 				return -EINVAL;
 			}
 			if (seq <= prev) {
-				set_err(log->err, sizeof(log->err),
+				errmsg_set(log->err, sizeof(log->err),
 					"sequence %" PRIu64 " after %" PRIu64,
 					seq, prev);
 				return -EINVAL;
 			}
 			if (len > CHANGELOG_RECORD_MAX) {
-				set_err(log->err, sizeof(log->err),
+				errmsg_set(log->err, sizeof(log->err),
 					"sequence %" PRIu64 ": record of %zu "
 					"bytes over %u", seq, len,
 					CHANGELOG_RECORD_MAX);
@@ -826,7 +792,7 @@ int changelog_append_batches(struct changelog *log,
 		if (bt->n == 0) {
 			/* A cursor moved by no change: a position of its own. */
 			if (k->sequence <= prev) {
-				set_err(log->err, sizeof(log->err),
+				errmsg_set(log->err, sizeof(log->err),
 					"batch %zu: commit at sequence %" PRIu64
 					" after %" PRIu64, j, k->sequence, prev);
 				return -EINVAL;
@@ -848,7 +814,7 @@ int changelog_append_batches(struct changelog *log,
 		uint8_t *b = realloc(log->buf, total);
 
 		if (!b) {
-			set_err(log->err, sizeof(log->err), "out of memory");
+			errmsg_set(log->err, sizeof(log->err), "out of memory");
 			return -ENOMEM;
 		}
 		log->buf = b;
@@ -859,7 +825,7 @@ int changelog_append_batches(struct changelog *log,
 		struct segment dummy = { 0 };
 
 		if (segs_push(log, &dummy) < 0) {
-			set_err(log->err, sizeof(log->err), "out of memory");
+			errmsg_set(log->err, sizeof(log->err), "out of memory");
 			return -ENOMEM;
 		}
 		log->n_segs--;
@@ -870,7 +836,7 @@ int changelog_append_batches(struct changelog *log,
 
 	if (roll) {
 		memcpy(p, SEGMENT_MAGIC, 8);
-		put_u64(p + 8, base);
+		le_put64(p + 8, base);
 		p += SEGMENT_HEADER_BYTES;
 	}
 	for (size_t j = 0; j < n_batches; j++) {
@@ -896,8 +862,8 @@ int changelog_append_batches(struct changelog *log,
 		q[3] = (uint8_t)(k->origin_len >> 8);
 		q[4] = (uint8_t)k->cursor_len;
 		q[5] = (uint8_t)(k->cursor_len >> 8);
-		put_u32(q + 6, (uint32_t)bt->n);
-		put_u64(q + 10, seq);
+		le_put32(q + 6, (uint32_t)bt->n);
+		le_put64(q + 10, seq);
 		if (k->origin_len)
 			memcpy(q + 1 + COMMIT_FIXED, k->origin, k->origin_len);
 		if (k->cursor_len)
@@ -993,7 +959,7 @@ int changelog_replay_all(struct changelog *log, uint64_t after,
 		fd = openat(log->dir_fd, name, O_RDONLY | O_CLOEXEC);
 		if (fd < 0) {
 			rc = -errno;
-			set_err(log->err, sizeof(log->err), "%s/%s: %s",
+			errmsg_set(log->err, sizeof(log->err), "%s/%s: %s",
 				log->path, name, strerror(errno));
 			return rc;
 		}
@@ -1001,7 +967,7 @@ int changelog_replay_all(struct changelog *log, uint64_t after,
 		close(fd);
 		if (map == MAP_FAILED) {
 			rc = -errno;
-			set_err(log->err, sizeof(log->err), "%s/%s: mmap: %s",
+			errmsg_set(log->err, sizeof(log->err), "%s/%s: mmap: %s",
 				log->path, name, strerror(errno));
 			return rc;
 		}
@@ -1011,18 +977,18 @@ int changelog_replay_all(struct changelog *log, uint64_t after,
 
 		while (pos < s->size && rc == 0) {
 			const uint8_t *h = map + pos;
-			uint32_t len = get_u32(h);
+			uint32_t len = le_get32(h);
 			Consent__V1__Consent *c = NULL;
 			struct rec r;
 
 			if (s->size - pos < RECORD_HEADER_BYTES ||
-			    get_u32(h + 4) != len_check(h) || len == 0 ||
+			    le_get32(h + 4) != len_check(h) || len == 0 ||
 			    len > s->size - pos - RECORD_HEADER_BYTES ||
 			    XXH3_64bits(h + RECORD_HEADER_BYTES, len) !=
-				    get_u64(h + 8) ||
+				    le_get64(h + 8) ||
 			    rec_parse(s->version, h + RECORD_HEADER_BYTES, len,
 				      &r, &c) < 0) {
-				set_err(log->err, sizeof(log->err),
+				errmsg_set(log->err, sizeof(log->err),
 					"%s/%s: offset %" PRIu64
 					": record damaged since open",
 					log->path, name, pos);
@@ -1066,7 +1032,7 @@ int changelog_drop_through(struct changelog *log, uint64_t watermark)
 		segment_name(s->base, name, sizeof(name));
 		if (unlinkat(log->dir_fd, name, 0) < 0) {
 			rc = -errno;
-			set_err(log->err, sizeof(log->err), "%s/%s: unlink: %s",
+			errmsg_set(log->err, sizeof(log->err), "%s/%s: unlink: %s",
 				log->path, name, strerror(errno));
 			break;
 		}
@@ -1080,7 +1046,7 @@ int changelog_drop_through(struct changelog *log, uint64_t watermark)
 		log->n_segs -= n_drop;
 		if (fsync(log->dir_fd) < 0 && rc == 0) {
 			rc = -errno;
-			set_err(log->err, sizeof(log->err), "%s: fsync: %s",
+			errmsg_set(log->err, sizeof(log->err), "%s: fsync: %s",
 				log->path, strerror(errno));
 		}
 	}

@@ -37,7 +37,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/decimal.h"
 #include "core/enums.h"
+#include "core/errmsg.h"
 #include "core/fsutil.h"
 #include "core/recipient.h"
 #include "core/stream.h"
@@ -51,20 +53,6 @@
 #define EMAILS_BUF (1u << 20)       /* stdio buffer of an emails file */
 #define EMAIL_HEAD 6                /* a list record's brand, rtype, length */
 #define MERGE_WINDOW 32 /* keys prefetched in dst before they are applied */
-
-static int fail(char *err, size_t err_cap, int rc, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static int fail(char *err, size_t err_cap, int rc, const char *fmt, ...)
-{
-	if (err != NULL && err_cap > 0) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(err, err_cap, fmt, ap);
-		va_end(ap);
-	}
-	return rc;
-}
 
 static bool parse_gen_name(const char *name, uint64_t *gen)
 {
@@ -171,7 +159,7 @@ static int open_generation(const char *dir, uint64_t g,
 	char path[4096];
 	int rc = gen_file_path(dir, g, "index", path, sizeof(path));
 	if (rc < 0)
-		return fail(err, err_cap, rc, "%s: path too long", dir);
+		return errmsg_fail(err, err_cap, rc, "%s: path too long", dir);
 	struct index *ix;
 	rc = index_open(path, mode, &ix, err, err_cap);
 	if (rc < 0)
@@ -180,7 +168,7 @@ static int open_generation(const char *dir, uint64_t g,
 	index_info(ix, &info);
 	if (info.generation != g) {
 		index_destroy(ix);
-		return fail(err, err_cap, -EPROTO,
+		return errmsg_fail(err, err_cap, -EPROTO,
 			    "%s: header says generation %" PRIu64, path,
 			    info.generation);
 	}
@@ -194,10 +182,10 @@ int generation_origins(const char *dir, uint64_t g, struct origins **out,
 	char path[4096];
 	int rc = gen_file_path(dir, g, ORIGINS_FILE, path, sizeof(path));
 	if (rc < 0)
-		return fail(err, err_cap, rc, "%s: path too long", dir);
+		return errmsg_fail(err, err_cap, rc, "%s: path too long", dir);
 	rc = origins_create(out);
 	if (rc < 0)
-		return fail(err, err_cap, rc, "out of memory");
+		return errmsg_fail(err, err_cap, rc, "out of memory");
 	rc = origins_read(*out, path, err, err_cap);
 	if (rc == -ENOENT)
 		return 0;
@@ -220,7 +208,7 @@ static int open_newest(const char *dir, enum index_load_mode mode,
 	size_t n = 0;
 	int rc = list_generations(dir, &gens, &n);
 	if (rc < 0)
-		return fail(err, err_cap, rc, "%s: %s", dir, strerror(-rc));
+		return errmsg_fail(err, err_cap, rc, "%s: %s", dir, strerror(-rc));
 	size_t broken = 0;
 	for (size_t i = 0; i < n; i++) {
 		char e[512] = "";
@@ -242,14 +230,14 @@ static int open_newest(const char *dir, enum index_load_mode mode,
 			/* Not the generation's fault: do not fall back to an
 			 * older one and serve stale data without saying so. */
 			free(gens);
-			return fail(err, err_cap, rc, "%s", e);
+			return errmsg_fail(err, err_cap, rc, "%s", e);
 		}
 		fprintf(stderr, "generation: skipping generation %" PRIu64 ": %s\n",
 			gens[i], e);
 		broken++;
 	}
 	free(gens);
-	return fail(err, err_cap, -ENOENT, "%s: no valid generation (%zu broken)",
+	return errmsg_fail(err, err_cap, -ENOENT, "%s: no valid generation (%zu broken)",
 		    dir, broken);
 }
 
@@ -318,11 +306,11 @@ int generation_emails_foreach(const char *dir, uint64_t generation,
 	char path[4096];
 	int rc = gen_file_path(dir, generation, "emails", path, sizeof(path));
 	if (rc < 0)
-		return fail(err, err_cap, rc, "%s: path too long", dir);
+		return errmsg_fail(err, err_cap, rc, "%s: path too long", dir);
 	FILE *f = fopen(path, "re");
 	if (f == NULL) {
 		rc = -errno;
-		return fail(err, err_cap, rc, "%s: %s", path, strerror(-rc));
+		return errmsg_fail(err, err_cap, rc, "%s: %s", path, strerror(-rc));
 	}
 	char *line = NULL;
 	size_t cap = 0;
@@ -334,7 +322,7 @@ int generation_emails_foreach(const char *dir, uint64_t generation,
 	while ((len = getline(&line, &cap, f)) >= 0) {
 		lineno++;
 		if (len == 0 || line[len - 1] != '\n') {
-			rc = fail(err, err_cap, -EPROTO, "%s: line %" PRIu64
+			rc = errmsg_fail(err, err_cap, -EPROTO, "%s: line %" PRIu64
 				  ": not ended by a newline (truncated)", path,
 				  lineno);
 			break;
@@ -342,7 +330,7 @@ int generation_emails_foreach(const char *dir, uint64_t generation,
 		line[--len] = '\0';
 		const char *why = parse_email_line(line, (size_t)len, &e);
 		if (why != NULL) {
-			rc = fail(err, err_cap, -EPROTO, "%s: line %" PRIu64
+			rc = errmsg_fail(err, err_cap, -EPROTO, "%s: line %" PRIu64
 				  ": %s", path, lineno, why);
 			break;
 		}
@@ -355,10 +343,10 @@ int generation_emails_foreach(const char *dir, uint64_t generation,
 	if (rc == 0 && !feof(f)) {
 		rc = errno != 0 ? -errno : -EIO;
 		if (rc == -ENOMEM)
-			fail(err, err_cap, rc, "%s: line %" PRIu64 ": out of "
+			errmsg_fail(err, err_cap, rc, "%s: line %" PRIu64 ": out of "
 			     "memory", path, lineno + 1);
 		else
-			fail(err, err_cap, rc, "%s: read error: %s", path,
+			errmsg_fail(err, err_cap, rc, "%s: read error: %s", path,
 			     strerror(-rc));
 	}
 	free(line);
@@ -431,21 +419,21 @@ static int verify_generation(const char *dir, uint64_t g, char *err,
 	rc = index_create(n_email, NULL, &v.seen);
 	if (rc < 0) {
 		index_destroy(ix);
-		return fail(err, err_cap, rc, "generation %" PRIu64
+		return errmsg_fail(err, err_cap, rc, "generation %" PRIu64
 			    ": no memory to check its e-mails", g);
 	}
 	rc = generation_emails_foreach(dir, g, verify_line, &v, err, err_cap);
 	if (rc == -ENOSPC)
-		rc = fail(err, err_cap, -EPROTO, "generation %" PRIu64
+		rc = errmsg_fail(err, err_cap, -EPROTO, "generation %" PRIu64
 			  ": emails file has more lines than the index has "
 			  "e-mail entries (%" PRIu64 ")", g, n_email);
 	else if (rc == 0 && (v.missing || v.duplicates))
-		rc = fail(err, err_cap, -EPROTO, "generation %" PRIu64
+		rc = errmsg_fail(err, err_cap, -EPROTO, "generation %" PRIu64
 			  ": emails file: %" PRIu64 " addresses not in the index, %"
 			  PRIu64 " listed twice (first at line %" PRIu64 ")", g,
 			  v.missing, v.duplicates, v.first_bad);
 	else if (rc == 0 && v.lines != n_email)
-		rc = fail(err, err_cap, -EPROTO, "generation %" PRIu64
+		rc = errmsg_fail(err, err_cap, -EPROTO, "generation %" PRIu64
 			  ": index has %" PRIu64 " e-mail entries, emails file %"
 			  PRIu64 " lines", g, n_email, v.lines);
 	index_destroy(v.seen);
@@ -459,10 +447,10 @@ int generation_verify(const char *dir, char *err, size_t err_cap)
 	size_t n = 0;
 	int rc = list_generations(dir, &gens, &n);
 	if (rc < 0)
-		return fail(err, err_cap, rc, "%s: %s", dir, strerror(-rc));
+		return errmsg_fail(err, err_cap, rc, "%s: %s", dir, strerror(-rc));
 	if (n == 0) {
 		free(gens);
-		return fail(err, err_cap, -ENOENT, "%s: no generations", dir);
+		return errmsg_fail(err, err_cap, -ENOENT, "%s: no generations", dir);
 	}
 	int first_rc = 0;
 	size_t broken = 0;
@@ -475,7 +463,7 @@ int generation_verify(const char *dir, char *err, size_t err_cap)
 		if (rc == -ENOMEM) {
 			/* Not the generation's fault: do not call it broken. */
 			free(gens);
-			return fail(err, err_cap, rc, "%s", e);
+			return errmsg_fail(err, err_cap, rc, "%s", e);
 		}
 		if (broken++ == 0) {
 			first_rc = rc;
@@ -485,7 +473,7 @@ int generation_verify(const char *dir, char *err, size_t err_cap)
 	free(gens);
 	if (broken == 0)
 		return 0;
-	return fail(err, err_cap, first_rc, "%s (%zu of %zu generations broken)",
+	return errmsg_fail(err, err_cap, first_rc, "%s (%zu of %zu generations broken)",
 		    first, broken, n);
 }
 
@@ -644,25 +632,12 @@ static int emails_each(const struct generation *g, generation_email_fn fn,
 	return rc;
 }
 
-static char *put_u32(char *p, uint32_t v)
-{
-	char tmp[10];
-	int n = 0;
-	do {
-		tmp[n++] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v);
-	while (n)
-		*p++ = tmp[--n];
-	return p;
-}
-
 /* One line of a generation's `emails` file, "BRAND RTYPE EPOSTA ADDRESS\n",
  * into line (room for 32 + RECIPIENT_EMAIL_MAX bytes); returns its length. */
 static size_t email_line(char *line, uint32_t brand, int rtype,
 			 const char *addr, size_t len)
 {
-	char *p = put_u32(line, brand);
+	char *p = decimal_put_u64(line, brand);
 	const char *rt = enums_rtype_name(rtype);
 	size_t rl = strlen(rt);
 	*p++ = ' ';
@@ -703,25 +678,25 @@ static int write_emails(const struct generation *g, const char *path,
 {
 	FILE *f = fopen(path, "we");
 	if (f == NULL)
-		return fail(err, err_cap, -errno, "%s: %s", path,
+		return errmsg_fail(err, err_cap, -errno, "%s: %s", path,
 			    strerror(errno));
 	setvbuf(f, NULL, _IOFBF, EMAILS_BUF);
 	struct lines_fill l = { .f = f };
 	int rc = emails_each(g, lines_one, &l, err, err_cap);
 	if (rc < 0) {
 		if (l.failed)
-			fail(err, err_cap, rc, "%s: %s", path, strerror(-rc));
+			errmsg_fail(err, err_cap, rc, "%s: %s", path, strerror(-rc));
 		fclose(f);
 		return rc;
 	}
 	/* A failed flush or fsync is fatal for the file (DESIGN §5.1). */
 	if (fflush(f) != 0 || fsync(fileno(f)) != 0) {
-		rc = fail(err, err_cap, -errno, "%s: %s", path, strerror(errno));
+		rc = errmsg_fail(err, err_cap, -errno, "%s: %s", path, strerror(errno));
 		fclose(f);
 		return rc;
 	}
 	if (fclose(f) != 0)
-		return fail(err, err_cap, -errno, "%s: %s", path,
+		return errmsg_fail(err, err_cap, -errno, "%s: %s", path,
 			    strerror(errno));
 	return 0;
 }
@@ -738,7 +713,7 @@ static int write_bytes(const char *path, const uint8_t *b, size_t len,
 	if (fd >= 0 && close(fd) < 0 && rc == 0)
 		rc = -errno;
 	if (rc < 0)
-		return fail(err, err_cap, rc, "%s: %s", path, strerror(-rc));
+		return errmsg_fail(err, err_cap, rc, "%s: %s", path, strerror(-rc));
 	return 0;
 }
 
@@ -753,15 +728,15 @@ int generation_publish(const char *dir, const struct generation *g,
 		err[0] = '\0';
 	index_info(g->ix, &info);
 	if (info.generation == 0)
-		return fail(err, err_cap, -EINVAL, "generation 0 is not a "
+		return errmsg_fail(err, err_cap, -EINVAL, "generation 0 is not a "
 			    "generation number");
 	rc = generation_path(dir, info.generation, final, sizeof(final));
 	if (rc < 0)
-		return fail(err, err_cap, rc, "%s: path too long", dir);
+		return errmsg_fail(err, err_cap, rc, "%s: path too long", dir);
 	int n = snprintf(tmp, sizeof(tmp), "%s/" TMP_PREFIX "%" PRIu64 ".%ld",
 			 dir, info.generation, (long)getpid());
 	if (n < 0 || (size_t)n >= sizeof(tmp))
-		return fail(err, err_cap, -ENAMETOOLONG, "%s: path too long", dir);
+		return errmsg_fail(err, err_cap, -ENAMETOOLONG, "%s: path too long", dir);
 	fsutil_rm_tree(tmp); /* a leftover of a crashed builder with our pid */
 	/* Encoded first: once the temp directory exists, a shortage of
 	 * memory could leave it behind (removing it allocates too). */
@@ -769,11 +744,11 @@ int generation_publish(const char *dir, const struct generation *g,
 	size_t ob_len = 0;
 	rc = origins_encode(g->origins, &ob, &ob_len);
 	if (rc < 0)
-		return fail(err, err_cap, rc, "out of memory encoding the "
+		return errmsg_fail(err, err_cap, rc, "out of memory encoding the "
 			    "origins");
 	if (mkdir(tmp, 0755) < 0) {
 		free(ob);
-		return fail(err, err_cap, -errno, "%s: %s", tmp, strerror(errno));
+		return errmsg_fail(err, err_cap, -errno, "%s: %s", tmp, strerror(errno));
 	}
 
 	snprintf(path, sizeof(path), "%s/emails", tmp);
@@ -787,14 +762,14 @@ int generation_publish(const char *dir, const struct generation *g,
 	snprintf(path, sizeof(path), "%s/index", tmp);
 	rc = index_write(g->ix, path);
 	if (rc < 0) {
-		rc = fail(err, err_cap, rc, "%s: %s", path, strerror(-rc));
+		rc = errmsg_fail(err, err_cap, rc, "%s: %s", path, strerror(-rc));
 		goto out_rm;
 	}
 	free(ob);
 	ob = NULL;
 	/* index_write fsynced the temp directory for its own rename. */
 	if (rename(tmp, final) < 0) {
-		rc = fail(err, err_cap, -errno, "%s -> %s: %s", tmp, final,
+		rc = errmsg_fail(err, err_cap, -errno, "%s -> %s: %s", tmp, final,
 			  strerror(errno));
 		goto out_rm;
 	}
@@ -805,11 +780,11 @@ int generation_publish(const char *dir, const struct generation *g,
 		 * start. Take it back; the second fsync is best effort (a
 		 * crash before it can still bring gen-N back whole, which
 		 * is no worse than a crash just after a success). */
-		fail(err, err_cap, rc, "%s: fsync: %s", dir, strerror(-rc));
+		errmsg_fail(err, err_cap, rc, "%s: fsync: %s", dir, strerror(-rc));
 		if (rename(final, tmp) < 0) {
 			size_t used = err != NULL ? strlen(err) : 0;
 			if (err != NULL && used < err_cap)
-				fail(err + used, err_cap - used, rc, "; and %s "
+				errmsg_fail(err + used, err_cap - used, rc, "; and %s "
 				     "stays: cannot take it back: %s", final,
 				     strerror(errno));
 			return rc;
@@ -903,7 +878,7 @@ int generation_merge(struct index *dst, const struct generation *src,
 {
 	struct merge_ctx *m = calloc(1, sizeof(*m));
 	if (m == NULL)
-		return fail(err, err_cap, -ENOMEM, "out of memory");
+		return errmsg_fail(err, err_cap, -ENOMEM, "out of memory");
 	if (err != NULL && err_cap > 0)
 		err[0] = '\0';
 	m->dst = dst;
@@ -918,14 +893,14 @@ int generation_merge(struct index *dst, const struct generation *src,
 	if (rc == 0)
 		rc = emails_each(src, merge_email, m, err, err_cap);
 	if (rc == 0 && m->missing)
-		rc = fail(err, err_cap, -EPROTO, "%" PRIu64 " e-mail addresses "
+		rc = errmsg_fail(err, err_cap, -EPROTO, "%" PRIu64 " e-mail addresses "
 			  "have no record in the index copied (first: %s)",
 			  m->missing, m->first_missing);
 	else if (rc == -ENOSPC)
-		fail(err, err_cap, rc, "the new table is full (%s)",
+		errmsg_fail(err, err_cap, rc, "the new table is full (%s)",
 		     strerror(ENOSPC));
 	else if (rc < 0 && err != NULL && err_cap > 0 && err[0] == '\0')
-		fail(err, err_cap, rc, "copying the index: %s", strerror(-rc));
+		errmsg_fail(err, err_cap, rc, "copying the index: %s", strerror(-rc));
 	free(m);
 	return rc;
 }
@@ -948,7 +923,7 @@ int generation_grow(struct generation *g, uint64_t capacity,
 	for (;;) {
 		rc = index_create(capacity, NULL, &n);
 		if (rc < 0)
-			return fail(err, err_cap, rc, "a table for %" PRIu64
+			return errmsg_fail(err, err_cap, rc, "a table for %" PRIu64
 				    " records: %s", capacity, strerror(-rc));
 		rc = generation_merge(n, g, NULL, NULL, err, err_cap);
 		if (rc != -ENOSPC)
@@ -1086,10 +1061,10 @@ int generation_replay(struct generation *g, struct changelog *log,
 	if (rc < 0 && x.rc < 0 && err != NULL && err[0] != '\0')
 		return rc;
 	if (rc < 0 && x.rc < 0)
-		return fail(err, err_cap, rc, "replaying the change log: %s",
+		return errmsg_fail(err, err_cap, rc, "replaying the change log: %s",
 			    strerror(-rc));
 	if (rc < 0)
-		return fail(err, err_cap, rc, "replaying the change log: %s",
+		return errmsg_fail(err, err_cap, rc, "replaying the change log: %s",
 			    changelog_error(log));
 	return 0;
 }
@@ -1112,7 +1087,7 @@ int generation_catch_up(struct generation *s, struct changelog *log,
 	char e[512] = "";
 	rc = generation_absorb(s, served, e, sizeof(e));
 	if (rc < 0)
-		return fail(err, err_cap, rc, "merging the served index: %s", e);
+		return errmsg_fail(err, err_cap, rc, "merging the served index: %s", e);
 	*merged = true;
 	return 0;
 }

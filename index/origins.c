@@ -34,6 +34,7 @@
 
 #include "core/errmsg.h"
 #include "core/fsutil.h"
+#include "core/le.h"
 
 #define ORIGINS_MAGIC "CONSORG\x01"
 #define ORIGINS_HEAD 16  /* magic, kind, n */
@@ -223,40 +224,6 @@ void origins_at(const struct origins *o, size_t i, const char **origin,
 
 /* ---- the file ---- */
 
-static void put_u16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-}
-
-static void put_u32(uint8_t *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put_u64(uint8_t *p, uint64_t v)
-{
-	for (int i = 0; i < 8; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint16_t get_u16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] | p[1] << 8);
-}
-
-static uint32_t get_u32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-	       (uint32_t)p[3] << 24;
-}
-
-static uint64_t get_u64(const uint8_t *p)
-{
-	return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
-}
-
 int origins_encode(const struct origins *o, uint8_t **out, size_t *len)
 {
 	static const struct origins none = { .kind = ORIGINS_NONE };
@@ -270,17 +237,17 @@ int origins_encode(const struct origins *o, uint8_t **out, size_t *len)
 	if (b == NULL)
 		return -ENOMEM;
 	memcpy(p, ORIGINS_MAGIC, 8);
-	put_u32(p + 8, (uint32_t)o->kind);
-	put_u32(p + 12, (uint32_t)o->n);
+	le_put32(p + 8, (uint32_t)o->kind);
+	le_put32(p + 12, (uint32_t)o->n);
 	p += ORIGINS_HEAD;
 	for (size_t i = 0; i < o->n; i++) {
 		size_t l = (size_t)o->e[i].origin_len + o->e[i].cursor_len;
-		put_u16(p, o->e[i].origin_len);
-		put_u16(p + 2, o->e[i].cursor_len);
+		le_put16(p, o->e[i].origin_len);
+		le_put16(p + 2, o->e[i].cursor_len);
 		memcpy(p + ORIGINS_ENTRY, o->e[i].origin, l);
 		p += ORIGINS_ENTRY + l;
 	}
-	put_u64(p, XXH3_64bits(b, (size_t)(p - b)));
+	le_put64(p, XXH3_64bits(b, (size_t)(p - b)));
 	*out = b;
 	*len = total;
 	return 0;
@@ -299,9 +266,9 @@ int origins_decode(struct origins *o, const uint8_t *p, size_t len,
 	if (memcmp(p, ORIGINS_MAGIC, 8) != 0)
 		return bad(err, err_cap, 0, "not an origins file");
 	size_t body = len - ORIGINS_SUM;
-	if (XXH3_64bits(p, body) != get_u64(p + body))
+	if (XXH3_64bits(p, body) != le_get64(p + body))
 		return bad(err, err_cap, body, "origins file checksum mismatch");
-	uint32_t kind = get_u32(p + 8), n = get_u32(p + 12);
+	uint32_t kind = le_get32(p + 8), n = le_get32(p + 12);
 	if (kind > ORIGINS_ORIGIN)
 		return bad(err, err_cap, 8, "unknown kind");
 	if (n > 0 && kind != ORIGINS_ORIGIN)
@@ -318,7 +285,7 @@ int origins_decode(struct origins *o, const uint8_t *p, size_t len,
 			rc = bad(err, err_cap, pos, "entry truncated");
 			break;
 		}
-		size_t ol = get_u16(p + pos), cl = get_u16(p + pos + 2);
+		size_t ol = le_get16(p + pos), cl = le_get16(p + pos + 2);
 		const char *s = (const char *)p + pos + ORIGINS_ENTRY;
 		const char *why;
 		if (ol + cl > body - pos - ORIGINS_ENTRY) {

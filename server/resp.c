@@ -26,6 +26,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "core/decimal.h"
 #include "core/enums.h"
 #include "core/tokens.h"
 #include "server/config.h"
@@ -246,29 +247,6 @@ more:
 
 /* ---- replies ----------------------------------------------------------- */
 
-static char *resp_put_u64(char *p, uint64_t v)
-{
-	char tmp[20];
-	int n = 0;
-
-	do {
-		tmp[n++] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v);
-	while (n)
-		*p++ = tmp[--n];
-	return p;
-}
-
-static char *resp_put_i64(char *p, int64_t v)
-{
-	if (v < 0) {
-		*p++ = '-';
-		return resp_put_u64(p, (uint64_t)0 - (uint64_t)v);
-	}
-	return resp_put_u64(p, (uint64_t)v);
-}
-
 static char *resp_put_str(char *p, const char *s, size_t n)
 {
 	memcpy(p, s, n);
@@ -298,7 +276,7 @@ static int resp_bulk(struct obuf *b, const char *s, size_t n)
 	if (p == NULL)
 		return -ENOMEM;
 	*p++ = '$';
-	p = resp_put_u64(p, n);
+	p = decimal_put_u64(p, n);
 	p = RESP_LIT(p, "\r\n");
 	p = resp_put_str(p, s, n);
 	p = RESP_LIT(p, "\r\n");
@@ -335,11 +313,11 @@ static int resp_verdict(struct obuf *b, const struct verdict *v)
 	if (v->status) {
 		status = enums_status_name(v->status);
 		*p++ = '$';
-		p = resp_put_u64(p, strlen(status));
+		p = decimal_put_u64(p, strlen(status));
 		p = RESP_LIT(p, "\r\n");
 		p = resp_put_str(p, status, strlen(status));
 		p = RESP_LIT(p, "\r\n:");
-		p = resp_put_i64(p, v->consent_date);
+		p = decimal_put_i64(p, v->consent_date);
 		p = RESP_LIT(p, "\r\n");
 	} else {
 		p = RESP_LIT(p, "$-1\r\n$-1\r\n");
@@ -482,7 +460,7 @@ static int resp_mcheck(struct conn_ctx *x, struct conn *c,
 	if (p == NULL)
 		return -ENOMEM;
 	*p++ = '*';
-	p = resp_put_u64(p, n);
+	p = decimal_put_u64(p, n);
 	p = RESP_LIT(p, "\r\n");
 	c->out.len = (size_t)(p - c->out.data);
 	while (done < n) {

@@ -77,6 +77,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/errmsg.h"
 #include "core/stream.h"
 #include "core/tokens.h"
 #include "index/changelog.h"
@@ -171,20 +172,6 @@ struct writer {
 	atomic_bool failed;
 	char fault[200];
 };
-
-static int fail(char *err, size_t err_cap, int rc, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static int fail(char *err, size_t err_cap, int rc, const char *fmt, ...)
-{
-	if (err != NULL && err_cap > 0) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(err, err_cap, fmt, ap);
-		va_end(ap);
-	}
-	return rc;
-}
 
 static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
@@ -395,12 +382,12 @@ static int writer_take_now(struct writer *w, struct generation *s,
 	/* The writer's table is the truth (the snapshot brings none): the
 	 * new generation carries it. */
 	if (s->origins == NULL && (rc = origins_create(&s->origins)) < 0) {
-		fail(err, err_cap, rc, "out of memory");
+		errmsg_fail(err, err_cap, rc, "out of memory");
 		goto out;
 	}
 	if (w->cur.origins != NULL &&
 	    (rc = origins_copy(s->origins, w->cur.origins)) < 0) {
-		fail(err, err_cap, rc, "out of memory");
+		errmsg_fail(err, err_cap, rc, "out of memory");
 		goto out;
 	}
 	uint64_t applied = si.watermark > w->applied ? si.watermark : w->applied;
@@ -410,14 +397,14 @@ static int writer_take_now(struct writer *w, struct generation *s,
 	uint64_t gen;
 	rc = generation_next(w->dir, &w->keep, &gen);
 	if (rc < 0) {
-		fail(err, err_cap, rc, "listing %s: %s", w->dir, strerror(-rc));
+		errmsg_fail(err, err_cap, rc, "listing %s: %s", w->dir, strerror(-rc));
 		goto out;
 	}
 	index_set_meta_writer(s->ix, gen, applied, si.created_at, as_of);
 	char e[512] = "";
 	rc = generation_publish(w->dir, s, e, sizeof(e));
 	if (rc < 0) {
-		fail(err, err_cap, rc, "writing generation %" PRIu64 ": %s",
+		errmsg_fail(err, err_cap, rc, "writing generation %" PRIu64 ": %s",
 		     gen, e);
 		goto out;
 	}
@@ -917,7 +904,7 @@ int writer_open(const struct writer_options *opt, struct writer **out,
 	int rc;
 
 	if (w == NULL)
-		return fail(err, err_cap, -ENOMEM, "out of memory");
+		return errmsg_fail(err, err_cap, -ENOMEM, "out of memory");
 	w->opt = *opt;
 	w->efd = -1;
 	pthread_mutex_init(&w->mu, NULL);
@@ -932,13 +919,13 @@ int writer_open(const struct writer_options *opt, struct writer **out,
 		w->m = w->own_metrics = calloc(1, sizeof(*w->own_metrics));
 	if (snprintf(w->dir, sizeof(w->dir), "%s", opt->data_dir) >=
 	    (int)sizeof(w->dir)) {
-		rc = fail(err, err_cap, -ENAMETOOLONG, "%s: path too long",
+		rc = errmsg_fail(err, err_cap, -ENAMETOOLONG, "%s: path too long",
 			  opt->data_dir);
 		goto fail_free;
 	}
 	w->opt.data_dir = w->dir;
 	if (mkdir(w->dir, 0755) < 0 && errno != EEXIST) {
-		rc = fail(err, err_cap, -errno, "%s: %s", w->dir,
+		rc = errmsg_fail(err, err_cap, -errno, "%s: %s", w->dir,
 			  strerror(errno));
 		goto fail_free;
 	}
@@ -947,7 +934,7 @@ int writer_open(const struct writer_options *opt, struct writer **out,
 	size_t qbytes = (opt->n_queues ? opt->n_queues : 1) * sizeof(*w->queues);
 	w->queues = aligned_alloc(64, (qbytes + 63) & ~(size_t)63);
 	if (w->queues == NULL || w->m == NULL) {
-		rc = fail(err, err_cap, -ENOMEM, "out of memory");
+		rc = errmsg_fail(err, err_cap, -ENOMEM, "out of memory");
 		goto fail_free;
 	}
 	memset(w->queues, 0, qbytes);
@@ -961,7 +948,7 @@ int writer_open(const struct writer_options *opt, struct writer **out,
 	}
 	if (w->efd < 0 ||
 	    (opt->n_queues && w->queues[opt->n_queues - 1].efd < 0)) {
-		rc = fail(err, err_cap, -errno, "eventfd: %s", strerror(errno));
+		rc = errmsg_fail(err, err_cap, -errno, "eventfd: %s", strerror(errno));
 		goto fail_free;
 	}
 
@@ -969,7 +956,7 @@ int writer_open(const struct writer_options *opt, struct writer **out,
 	char lerr[512];
 	rc = changelog_open(w->dir, &lo, &w->log, lerr, sizeof(lerr));
 	if (rc < 0) {
-		rc = fail(err, err_cap, rc, "change log: %s", lerr);
+		rc = errmsg_fail(err, err_cap, rc, "change log: %s", lerr);
 		goto fail_free;
 	}
 	struct changelog_stats ls;
@@ -990,7 +977,7 @@ int writer_open(const struct writer_options *opt, struct writer **out,
 	if (rc == -ENOENT) {
 		/* The log's kind still binds the generation to come. */
 		if (origins_create(&w->cur.origins) < 0) {
-			rc = fail(err, err_cap, -ENOMEM, "out of memory");
+			rc = errmsg_fail(err, err_cap, -ENOMEM, "out of memory");
 			goto fail_free;
 		}
 		origins_set_kind(w->cur.origins, changelog_kind(w->log));
@@ -1006,7 +993,7 @@ int writer_open(const struct writer_options *opt, struct writer **out,
 	enum origins_kind gk = origins_kind(w->cur.origins),
 			  lk = changelog_kind(w->log);
 	if (gk != ORIGINS_NONE && lk != ORIGINS_NONE && gk != lk) {
-		rc = fail(err, err_cap, -EPROTO, "%s: its generation %" PRIu64
+		rc = errmsg_fail(err, err_cap, -EPROTO, "%s: its generation %" PRIu64
 			  " took changes %s origin, its change log %s (the two "
 			  "never mix)", w->dir, gen,
 			  gk == ORIGINS_ORIGIN ? "with" : "without",
@@ -1050,7 +1037,7 @@ int writer_start(struct writer *w, char *err, size_t err_cap)
 {
 	int rc = pthread_create(&w->thread, NULL, writer_main, w);
 	if (rc != 0)
-		return fail(err, err_cap, -rc, "writer thread: %s",
+		return errmsg_fail(err, err_cap, -rc, "writer thread: %s",
 			    strerror(rc));
 	w->started = true;
 	return 0;
@@ -1251,7 +1238,7 @@ int writer_take_snapshot(struct writer *w, struct generation *built,
 	while (!w->take_done)
 		pthread_cond_wait(&w->take_cv, &w->mu);
 	int rc = w->take_rc;
-	fail(err, err_cap, rc, "%s", w->take_err);
+	errmsg_fail(err, err_cap, rc, "%s", w->take_err);
 	pthread_mutex_unlock(&w->mu);
 	return rc;
 }
