@@ -668,31 +668,17 @@ static int group_commit_origins(struct writer *w, enum origins_kind kind,
 	return rc;
 }
 
-/* Appends, applies and answers the requests of list (arrival order). */
-static void writer_group(struct writer *w, struct writer_req *list)
+/* The group's kind (§8: kinds never mix): the data directory's, or the
+ * first request's that has one. Refuses (409) each request of the other
+ * kind and any before a generation is loaded (503); notes a heartbeat
+ * (an Apply with no changes and no origin, of any kind). */
+static enum origins_kind group_kind(struct writer *w, struct writer_req *list,
+				    bool *heartbeat)
 {
-	size_t total = 0, n_req = 0, nb = 0, m = 0;
-	bool heartbeat = false;
-	uint64_t last = w->applied;
-
-	for (struct writer_req *r = list; r != NULL; r = r->next) {
-		total += r->apply->n_changes;
-		n_req++;
-	}
-	if (writer_reserve(w, total) < 0 || writer_reserve_reqs(w, n_req) < 0) {
-		for (struct writer_req *r = list; r != NULL; r = r->next)
-			reply_error(r, 503, "the writer is out of memory");
-		return;
-	}
-	if (atomic_load_explicit(&w->failed, memory_order_relaxed)) {
-		refuse_unanswered(w, list);
-		return;
-	}
-	/* The kinds never mix (§8): the data directory's kind, or the first
-	 * request's that has one, decides the group's. */
 	enum origins_kind kind = w->cur.origins != NULL ?
 					 origins_kind(w->cur.origins) :
 					 ORIGINS_NONE;
+
 	for (struct writer_req *r = list; r != NULL; r = r->next) {
 		const Consent__V1__ApplyRequest *a = r->apply;
 		r->kind = ORIGINS_NONE;
@@ -702,7 +688,7 @@ static void writer_group(struct writer *w, struct writer_req *list)
 			continue;
 		}
 		if (a->n_changes == 0 && !has_origin(a)) {
-			heartbeat = true; /* any kind: it applies nothing */
+			*heartbeat = true; /* any kind: it applies nothing */
 			continue;
 		}
 		enum origins_kind k = has_origin(a) ? ORIGINS_ORIGIN :
@@ -726,31 +712,37 @@ static void writer_group(struct writer *w, struct writer_req *list)
 		kind = k;
 		r->kind = k;
 	}
-	if (kind == ORIGINS_ORIGIN) {
-		nb = group_origins(w, list, &m, &last, &heartbeat);
-	} else if (kind == ORIGINS_SEQUENCE) {
-		m = group_sequences(w, list);
-		nb = m > 0;
+	return kind;
+}
+
+/* Makes the group's nb batches durable in one append, then moves their
+ * cursors. 0, or < 0 with the writer faulted and list refused. */
+static int group_append(struct writer *w, struct writer_req *list,
+			enum origins_kind kind, size_t nb)
+{
+	int rc = changelog_append_batches(w->log, w->batches, nb);
+
+	if (rc < 0) {
+		metrics_inc(&w->m->changelog_failures);
+		writer_set_fault(w, "change log: %s", changelog_error(w->log));
+		refuse_unanswered(w, list);
+		return rc;
 	}
-	if (nb > 0) {
-		int rc = changelog_append_batches(w->log, w->batches, nb);
-		if (rc < 0) {
-			metrics_inc(&w->m->changelog_failures);
-			writer_set_fault(w, "change log: %s",
-					 changelog_error(w->log));
-			refuse_unanswered(w, list);
-			return;
-		}
-		metrics_inc(&w->m->changelog_appends);
-		/* Durable: the cursors move now, with their changes. */
-		if (group_commit_origins(w, kind, kind == ORIGINS_ORIGIN ? nb : 0)
-		    < 0) {
-			writer_set_fault(w, "the origins table is out of memory");
-			refuse_unanswered(w, list);
-			return;
-		}
+	metrics_inc(&w->m->changelog_appends);
+	/* Durable: the cursors move now, with their changes. */
+	if (group_commit_origins(w, kind, kind == ORIGINS_ORIGIN ? nb : 0) < 0) {
+		writer_set_fault(w, "the origins table is out of memory");
+		refuse_unanswered(w, list);
+		return -ENOMEM;
 	}
-	/* Durable: apply in log order. */
+	return 0;
+}
+
+/* Applies the group's m durable changes in log order, counting each in
+ * its request's reply. 0, or < 0 with the writer faulted and list
+ * refused (durable but not applied: a restart replays them). */
+static int group_apply(struct writer *w, struct writer_req *list, size_t m)
+{
 	for (size_t i = 0; i < m; i++) {
 		struct writer_req *r = w->chg[i].r;
 		int rc = writer_apply(w, w->chg[i].c);
@@ -760,11 +752,10 @@ static void writer_group(struct writer *w, struct writer_req *list)
 			rc = INDEX_SKIPPED;
 		}
 		if (rc < 0) {
-			/* Durable but not applied: a restart replays it. */
 			writer_set_fault(w, "applying sequence %" PRIu64 ": %s",
 					 w->chg[i].c->sequence, strerror(-rc));
 			refuse_unanswered(w, list);
-			return;
+			return rc;
 		}
 		if (rc == INDEX_SKIPPED) {
 			r->reply.skipped++;
@@ -775,6 +766,40 @@ static void writer_group(struct writer *w, struct writer_req *list)
 		}
 		w->applied = w->chg[i].c->sequence;
 	}
+	return 0;
+}
+
+/* Appends, applies and answers the requests of list (arrival order). */
+static void writer_group(struct writer *w, struct writer_req *list)
+{
+	size_t total = 0, n_req = 0, nb = 0, m = 0;
+	bool heartbeat = false;
+	uint64_t last = w->applied;
+
+	for (struct writer_req *r = list; r != NULL; r = r->next) {
+		total += r->apply->n_changes;
+		n_req++;
+	}
+	if (writer_reserve(w, total) < 0 || writer_reserve_reqs(w, n_req) < 0) {
+		for (struct writer_req *r = list; r != NULL; r = r->next)
+			reply_error(r, 503, "the writer is out of memory");
+		return;
+	}
+	if (atomic_load_explicit(&w->failed, memory_order_relaxed)) {
+		refuse_unanswered(w, list);
+		return;
+	}
+	enum origins_kind kind = group_kind(w, list, &heartbeat);
+	if (kind == ORIGINS_ORIGIN) {
+		nb = group_origins(w, list, &m, &last, &heartbeat);
+	} else if (kind == ORIGINS_SEQUENCE) {
+		m = group_sequences(w, list);
+		nb = m > 0;
+	}
+	if (nb > 0 && group_append(w, list, kind, nb) < 0)
+		return;
+	if (group_apply(w, list, m) < 0)
+		return;
 	if (kind == ORIGINS_ORIGIN && nb > 0)
 		w->applied = last; /* a cursor moved alone has a position */
 	if (m > 0 || heartbeat) {
