@@ -5,8 +5,9 @@
  * generation, the log replayed into it), starts the writer, the workers
  * (server/loop.c) and the HTTP ops port (server/http.c), then waits for
  * SIGTERM/SIGINT and stops gracefully. SIGUSR1 asks the writer for a
- * rebuilt generation. Exit status: 0 after a signal, 2 for bad flags or a
- * bad token file (before anything listens), 1 for any other failure to
+ * rebuilt generation. Exit status: 0 after a signal, 2 for bad flags, a
+ * bad token file or a bad policy map (before anything listens), 1 for
+ * any other failure to
  * start (a damaged change log among them).
  *
  * A --snapshot is built on a background thread, in a staging directory,
@@ -30,6 +31,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/policymap.h"
 #include "core/tokens.h"
 #include "index/build.h"
 #include "index/datadir.h"
@@ -39,6 +41,7 @@
 #include "server/live.h"
 #include "server/loop.h"
 #include "server/metrics.h"
+#include "server/policy.h"
 #include "server/resp.h"
 #include "server/rpc.h"
 #include "server/writer.h"
@@ -76,6 +79,13 @@ static const struct flag main_flags[] = {
 	  "HOST:PORT of the Redis-protocol port (127.0.0.1:7701)" },
 	{ "http", FLAG_STR, CFG_OFF(http_addr), 0, 0,
 	  "HOST:PORT of the HTTP ops port (127.0.0.1:7702)" },
+	{ "policy", FLAG_STR, CFG_OFF(policy_addr), 0, 0,
+	  "HOST:PORT of the Postfix policy port (off; needs --policy-map; "
+	  "no tokens: keep it on loopback or a trusted network)" },
+	{ "policy-max-line-bytes", FLAG_U32, CFG_OFF(policy_max_line_bytes),
+	  64, 1u << 20, "bytes of one policy name=value line (4096)" },
+	{ "policy-max-attrs", FLAG_U32, CFG_OFF(policy_max_attrs), 8,
+	  1u << 16, "attributes per policy request (100)" },
 	{ "workers", FLAG_U32, CFG_OFF(workers), 1, 1024,
 	  "N worker threads, one io_uring each (online cores)" },
 	{ "stale-soft", FLAG_I64, CFG_OFF(stale_soft_s), 0, INT32_MAX,
@@ -134,13 +144,19 @@ static void main_usage(FILE *f)
 		"                [--tokens FILE] [--stale-soft SEC] "
 		"[--stale-hard SEC]\n"
 		"                [--merchant-default allow|deny] "
-		"[--index-load anon|mmap] [LIMITS]\n\n");
+		"[--index-load anon|mmap]\n"
+		"                [--policy HOST:PORT --policy-map FILE] "
+		"[LIMITS]\n\n");
 	for (size_t i = 0; i < N_FLAGS; i++)
 		fprintf(f, "  --%-26s %s\n", main_flags[i].name,
 			main_flags[i].help);
 	fprintf(f, "  --%-26s %s\n", "tokens",
 		"FILE: partner tokens (NAME SHA256HEX BRANDS [apply]); "
 		"without it every client is trusted");
+	fprintf(f, "  --%-26s %s\n", "policy-map",
+		"FILE: senders to brands for --policy (KEY BRAND "
+		"[TICARI|BILGILENDIRME]; KEY user@dom, @dom, dom or "
+		"sasl:USER)");
 	fprintf(f, "  --%-26s %s\n", "merchant-default",
 		"allow|deny: a TACIR with no record (allow)");
 	fprintf(f, "  --%-26s %s\n", "index-load",
@@ -168,7 +184,7 @@ static int main_number(const char *s, uint64_t min, uint64_t max,
 }
 
 static int main_parse(int argc, char **argv, struct server_config *cfg,
-		      const char **tokens_path)
+		      const char **tokens_path, const char **policy_map_path)
 {
 	for (int i = 1; i < argc; i++) {
 		const char *arg = argv[i], *name, *val, *eq;
@@ -198,6 +214,7 @@ static int main_parse(int argc, char **argv, struct server_config *cfg,
 			if (strcmp(main_flags[k].name, namebuf) == 0)
 				f = &main_flags[k];
 		if (f == NULL && strcmp(namebuf, "tokens") != 0 &&
+		    strcmp(namebuf, "policy-map") != 0 &&
 		    strcmp(namebuf, "merchant-default") != 0 &&
 		    strcmp(namebuf, "index-load") != 0) {
 			fprintf(stderr, "consentd: unknown flag '--%s' (see "
@@ -215,6 +232,10 @@ static int main_parse(int argc, char **argv, struct server_config *cfg,
 		}
 		if (strcmp(namebuf, "tokens") == 0) {
 			*tokens_path = val;
+			continue;
+		}
+		if (strcmp(namebuf, "policy-map") == 0) {
+			*policy_map_path = val;
 			continue;
 		}
 		if (strcmp(namebuf, "merchant-default") == 0) {
@@ -269,6 +290,12 @@ static int main_parse(int argc, char **argv, struct server_config *cfg,
 	if (cfg->data_dir == NULL) {
 		fprintf(stderr, "consentd: --data-dir DIR is required (see "
 			"--help)\n");
+		return -EINVAL;
+	}
+	if ((cfg->policy_addr == NULL) != (*policy_map_path == NULL)) {
+		fprintf(stderr, "consentd: --policy HOST:PORT and --policy-map "
+			"FILE go together (a policy port without a map would "
+			"answer DUNNO to everything)\n");
 		return -EINVAL;
 	}
 	if (cfg->recv_buffers & (cfg->recv_buffers - 1)) {
@@ -389,8 +416,9 @@ int main(int argc, char **argv)
 {
 	static struct server_config cfg;
 	static struct main_build build;
-	const char *tokens_path = NULL;
+	const char *tokens_path = NULL, *policy_map_path = NULL;
 	struct tokens *tokens = NULL;
+	struct policymap *policy_map = NULL;
 	const struct index *ix;
 	struct writer *writer = NULL;
 	struct loop *loop = NULL;
@@ -401,7 +429,7 @@ int main(int argc, char **argv)
 	bool had_index;
 
 	server_config_defaults(&cfg);
-	if (main_parse(argc, argv, &cfg, &tokens_path) < 0)
+	if (main_parse(argc, argv, &cfg, &tokens_path, &policy_map_path) < 0)
 		return 2;
 	if (cfg.workers == 0)
 		cfg.workers = main_online_cores();
@@ -412,6 +440,17 @@ int main(int argc, char **argv)
 			return 2;
 		}
 		cfg.tokens = tokens;
+	}
+	if (policy_map_path != NULL) {
+		if (policymap_load(policy_map_path, &policy_map, err,
+				   sizeof(err)) < 0) {
+			fprintf(stderr, "consentd: --policy-map %s: %s\n",
+				policy_map_path, err);
+			return 2;
+		}
+		cfg.policy_map = policy_map;
+		fprintf(stderr, "consentd: policy map %s: %zu senders\n",
+			policy_map_path, policymap_count(policy_map));
 	}
 	if (main_files_limit(&cfg) < 0)
 		return 1;
@@ -472,20 +511,27 @@ int main(int argc, char **argv)
 		}
 	}
 
-	/* The client ports: a new protocol is a new row. */
+	/* The client ports: a new protocol is a new row; a NULL address is a
+	 * port that is off. */
 	const struct {
 		const char *addr; /* given as --NAME, the protocol's name */
 		const struct conn_proto *proto;
 	} ports[] = {
 		{ cfg.rpc_addr, &rpc_proto },
 		{ cfg.resp_addr, &resp_proto },
+		{ cfg.policy_addr, &policy_proto },
 	};
 	enum { MAIN_PORTS = sizeof(ports) / sizeof(ports[0]) };
 	struct loop_listener listeners[MAIN_PORTS];
+	unsigned n_listeners = 0;
 
 	for (unsigned i = 0; i < MAIN_PORTS; i++) {
 		const char *name = ports[i].proto->name;
-		int *fds = calloc(cfg.workers, sizeof(int));
+		int *fds;
+
+		if (ports[i].addr == NULL)
+			continue;
+		fds = calloc(cfg.workers, sizeof(int));
 
 		if (fds == NULL) {
 			fprintf(stderr, "consentd: out of memory\n");
@@ -498,11 +544,12 @@ int main(int argc, char **argv)
 		}
 		fprintf(stderr, "consentd: %s listening on %s (%u workers)\n",
 			name, bound, cfg.workers);
-		listeners[i].proto = ports[i].proto;
-		listeners[i].fds = fds;
+		listeners[n_listeners].proto = ports[i].proto;
+		listeners[n_listeners].fds = fds;
+		n_listeners++;
 	}
-	rc = loop_start(&cfg, listeners, MAIN_PORTS, &loop, err, sizeof(err));
-	for (unsigned i = 0; i < MAIN_PORTS; i++)
+	rc = loop_start(&cfg, listeners, n_listeners, &loop, err, sizeof(err));
+	for (unsigned i = 0; i < n_listeners; i++)
 		free((int *)listeners[i].fds);
 	if (rc < 0) {
 		fprintf(stderr, "consentd: %s\n", err);
@@ -577,6 +624,7 @@ stop:
 		writer_close(writer);
 		if (tokens != NULL)
 			tokens_destroy(tokens);
+		policymap_destroy(policy_map);
 	}
 	fprintf(stderr, "consentd: stopped\n");
 	return exit_code;
