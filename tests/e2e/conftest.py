@@ -47,12 +47,12 @@ class Env:
                      self.snapshot, "--out", d])
         return d
 
-    def server(self, extra=(), name="consentd"):
+    def server(self, extra=(), name="consentd", policy_map=None):
         need_binary("consentd")
         d = self.data_dir()
         log = os.path.join(self.tmp, "%s-%d.log" % (name, self.n_dirs))
         for attempt in range(3):
-            s = helpers.Server(d, log, extra=extra)
+            s = helpers.Server(d, log, extra=extra, policy_map=policy_map)
             try:
                 return s.start()
             except AssertionError:

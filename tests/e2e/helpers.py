@@ -321,7 +321,8 @@ def _preexec():
 class Server:
     """A real consentd on free loopback ports, serving data_dir."""
 
-    def __init__(self, data_dir, log_path, extra=(), workers=2):
+    def __init__(self, data_dir, log_path, extra=(), workers=2,
+                 policy_map=None):
         self.data_dir = data_dir
         self.log_path = log_path
         self.rpc, self.resp, self.http = free_port(), free_port(), free_port()
@@ -329,7 +330,14 @@ class Server:
                      "--rpc", "%s:%d" % (LOOPBACK, self.rpc),
                      "--resp", "%s:%d" % (LOOPBACK, self.resp),
                      "--http", "%s:%d" % (LOOPBACK, self.http),
-                     "--workers", str(workers)] + list(extra)
+                     "--workers", str(workers)]
+        # The Postfix policy port (DESIGN 11), only with a map.
+        self.policy = None
+        if policy_map is not None:
+            self.policy = free_port()
+            self.args += ["--policy", "%s:%d" % (LOOPBACK, self.policy),
+                          "--policy-map", policy_map]
+        self.args += list(extra)
         self.proc = None
 
     def start(self, timeout=30.0):
