@@ -5,7 +5,8 @@
  * checked under which brand, and a typo that silently left a sender
  * unmapped would let its commercial mail through unchecked. Beyond the
  * line format:
- *   an address key must normalise as a recipient e-mail does
+ *   a key is printable ASCII; an address key must normalise as a
+ *   recipient e-mail does
  *   (core/recipient.h: lower-cased, no spaces, one '@', at most 254
  *   bytes); a domain key is dot-separated labels of [A-Za-z0-9-], each
  *   non-empty, at most 253 bytes, lower-cased; "sasl:" is followed by
@@ -157,15 +158,17 @@ static const char *parse_key(const struct field *f, enum policymap_kind *kind,
 	struct recipient r;
 	const char *why;
 
+	/* Printable ASCII only: recipient_normalize would trim a control
+	 * byte away, and a key should be exactly what the file says. */
+	for (size_t i = 0; i < f->len; i++) {
+		unsigned char c = (unsigned char)f->s[i];
+
+		if (c < 0x21 || c > 0x7e)
+			return "a byte other than printable ASCII";
+	}
 	if (f->len > 5 && strncmp(f->s, "sasl:", 5) == 0) {
 		if (f->len - 5 > POLICYMAP_KEY_MAX)
 			return "SASL user longer than 256 bytes";
-		for (size_t i = 5; i < f->len; i++) {
-			unsigned char c = (unsigned char)f->s[i];
-
-			if (c < 0x21 || c > 0x7e)
-				return "SASL user holds an unprintable byte";
-		}
 		*kind = POLICYMAP_SASL;
 		*klen = f->len - 5;
 		memcpy(buf, f->s + 5, *klen);
