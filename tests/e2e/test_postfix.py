@@ -362,6 +362,26 @@ def test_metrics(mail):
     assert got == want, list(zip(names, got, want))
 
 
+def test_bad_map_stops_start_up(env):
+    """A map with a bad line, or --policy without a map: exit 2 before
+    anything listens, naming the line."""
+    d = env.data_dir()
+    bad = os.path.join(env.tmp, "bad-policy.map")
+    with open(bad, "w") as f:
+        f.write("# ok so far\n@shop.test 600123\nnews@shop.test 0\n")
+    base = [helpers.binary("consentd"), "--data-dir", d, "--workers", "1",
+            "--rpc", "127.0.0.1:0", "--resp", "127.0.0.1:0",
+            "--http", "127.0.0.1:0", "--policy", "127.0.0.1:0"]
+    for extra, words in (
+            (["--policy-map", bad], "line 3: brand code: 0 is not a brand"),
+            ([], "--policy-map FILE go together")):
+        p = subprocess.run(base + extra, stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=30)
+        err = p.stderr.decode(errors="replace")
+        assert p.returncode == 2 and words in err, (p.returncode, err)
+        assert "listening" not in err, err
+
+
 def test_consentd_stopped_is_the_default_action(mail):
     """Last: stops this module's consentd."""
     assert mail.server.stop() == 0, mail.server.log_tail()
