@@ -11,6 +11,7 @@
 
 #include "core/decision.h"
 
+struct policymap;
 struct tokens;
 struct writer;
 
@@ -22,6 +23,8 @@ struct server_config {
 	const char *http_addr;     /* default 127.0.0.1:7702 */
 	const char *ports_file;    /* NULL, or where the bound addresses go */
 	uint32_t bind_wait_ms;     /* a listener's port in use: wait 10000 */
+	const char *policy_addr;   /* Postfix policy port; NULL: off */
+	const struct policymap *policy_map; /* --policy-map; set with it */
 	unsigned workers;          /* default: online cores */
 	const struct tokens *tokens; /* NULL: every client trusted */
 	int64_t stale_soft_s;      /* readiness off past this age; 0 = off */
@@ -40,6 +43,8 @@ struct server_config {
 	uint32_t max_resp_args_unauth;   /* before AUTH: 8 */
 	uint32_t max_resp_arg_bytes;     /* one RESP argument: 4096 */
 	uint32_t max_resp_arg_bytes_unauth; /* before AUTH: 1024 */
+	uint32_t policy_max_line_bytes;  /* one policy name=value line: 4096 */
+	uint32_t policy_max_attrs;       /* attributes per policy request: 100 */
 	uint32_t conn_in_cap_bytes;      /* buffered partial input: 1 MiB + frame header */
 	uint32_t conn_out_cap_bytes;     /* unsent replies: 4 MiB; stop reading past it */
 	uint32_t max_connections;        /* per worker: 10000 */
@@ -68,6 +73,8 @@ static inline void server_config_defaults(struct server_config *cfg)
 		.max_resp_args_unauth = 8,
 		.max_resp_arg_bytes = 4096,
 		.max_resp_arg_bytes_unauth = 1024,
+		.policy_max_line_bytes = 4096,
+		.policy_max_attrs = 100,
 		.conn_in_cap_bytes = (1u << 20) + 4,
 		.conn_out_cap_bytes = 4u << 20,
 		.max_connections = 10000,

@@ -5,8 +5,9 @@
  * generation, the log replayed into it), starts the writer, the workers
  * (server/loop.c) and the HTTP ops port (server/http.c), then waits for
  * SIGTERM/SIGINT and stops gracefully. SIGUSR1 asks the writer for a
- * rebuilt generation. Exit status: 0 after a signal, 2 for bad flags or a
- * bad token file (before anything listens), 1 for any other failure to
+ * rebuilt generation. Exit status: 0 after a signal, 2 for bad flags, a
+ * bad token file or a bad policy map (before anything listens), 1 for
+ * any other failure to
  * start (a damaged change log among them).
  *
  * A --snapshot is built on a background thread, in memory, while the
@@ -43,6 +44,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/policymap.h"
 #include "core/tokens.h"
 #include "index/build.h"
 #include "index/generation.h"
@@ -53,6 +55,7 @@
 #include "server/live.h"
 #include "server/loop.h"
 #include "server/metrics.h"
+#include "server/policy.h"
 #include "server/resp.h"
 #include "server/rpc.h"
 #include "server/writer.h"
@@ -95,6 +98,13 @@ static const struct flag main_flags[] = {
 	  "FILE: once every listener is bound, their addresses (atomically)" },
 	{ "bind-wait-ms", FLAG_U32, CFG_OFF(bind_wait_ms), 0, 600000,
 	  "a listener's port in use: try again this long (10000)" },
+	{ "policy", FLAG_STR, CFG_OFF(policy_addr), 0, 0,
+	  "HOST:PORT of the Postfix policy port (off; needs --policy-map; "
+	  "no tokens: keep it on loopback or a trusted network)" },
+	{ "policy-max-line-bytes", FLAG_U32, CFG_OFF(policy_max_line_bytes),
+	  64, 1u << 20, "bytes of one policy name=value line (4096)" },
+	{ "policy-max-attrs", FLAG_U32, CFG_OFF(policy_max_attrs), 8,
+	  1u << 16, "attributes per policy request (100)" },
 	{ "workers", FLAG_U32, CFG_OFF(workers), 1, 1024,
 	  "N worker threads, one io_uring each (online cores)" },
 	{ "stale-soft", FLAG_I64, CFG_OFF(stale_soft_s), 0, INT32_MAX,
@@ -155,13 +165,19 @@ static void main_usage(FILE *f)
 		"                [--tokens FILE] [--stale-soft SEC] "
 		"[--stale-hard SEC]\n"
 		"                [--merchant-default allow|deny] "
-		"[--index-load anon|mmap] [LIMITS]\n\n");
+		"[--index-load anon|mmap]\n"
+		"                [--policy HOST:PORT --policy-map FILE] "
+		"[LIMITS]\n\n");
 	for (size_t i = 0; i < N_FLAGS; i++)
 		fprintf(f, "  --%-26s %s\n", main_flags[i].name,
 			main_flags[i].help);
 	fprintf(f, "  --%-26s %s\n", "tokens",
 		"FILE: partner tokens (NAME SHA256HEX BRANDS [apply] [stats]); "
 		"without it every client is trusted");
+	fprintf(f, "  --%-26s %s\n", "policy-map",
+		"FILE: senders to brands for --policy (KEY BRAND "
+		"[TICARI|BILGILENDIRME]; KEY user@dom, @dom, dom or "
+		"sasl:USER)");
 	fprintf(f, "  --%-26s %s\n", "merchant-default",
 		"allow|deny: a TACIR with no record (allow)");
 	fprintf(f, "  --%-26s %s\n", "index-load",
@@ -189,7 +205,7 @@ static int main_number(const char *s, uint64_t min, uint64_t max,
 }
 
 static int main_parse(int argc, char **argv, struct server_config *cfg,
-		      const char **tokens_path)
+		      const char **tokens_path, const char **policy_map_path)
 {
 	for (int i = 1; i < argc; i++) {
 		const char *arg = argv[i], *name, *val, *eq;
@@ -219,6 +235,7 @@ static int main_parse(int argc, char **argv, struct server_config *cfg,
 			if (strcmp(main_flags[k].name, namebuf) == 0)
 				f = &main_flags[k];
 		if (f == NULL && strcmp(namebuf, "tokens") != 0 &&
+		    strcmp(namebuf, "policy-map") != 0 &&
 		    strcmp(namebuf, "merchant-default") != 0 &&
 		    strcmp(namebuf, "index-load") != 0) {
 			fprintf(stderr, "consentd: unknown flag '--%s' (see "
@@ -236,6 +253,10 @@ static int main_parse(int argc, char **argv, struct server_config *cfg,
 		}
 		if (strcmp(namebuf, "tokens") == 0) {
 			*tokens_path = val;
+			continue;
+		}
+		if (strcmp(namebuf, "policy-map") == 0) {
+			*policy_map_path = val;
 			continue;
 		}
 		if (strcmp(namebuf, "merchant-default") == 0) {
@@ -295,19 +316,28 @@ static int main_parse(int argc, char **argv, struct server_config *cfg,
 	{
 		/* Addresses are read again when bound; a typo is a bad flag
 		 * (exit 2, before anything starts). */
-		const char *const names[] = { "rpc", "resp", "http" };
+		const char *const names[] = { "rpc", "resp", "http",
+					      "policy" };
 		const char *const addrs[] = { cfg->rpc_addr, cfg->resp_addr,
-					      cfg->http_addr };
+					      cfg->http_addr,
+					      cfg->policy_addr };
 		char host[ADDR_HOST_MAX], why[ADDR_HOST_MAX + 128];
 		uint16_t port;
 
-		for (int k = 0; k < 3; k++)
-			if (addr_split(addrs[k], host, &port, why,
+		for (int k = 0; k < 4; k++)
+			if (addrs[k] != NULL &&
+			    addr_split(addrs[k], host, &port, why,
 				       sizeof(why)) < 0) {
 				fprintf(stderr, "consentd: --%s %s\n", names[k],
 					why);
 				return -EINVAL;
 			}
+	}
+	if ((cfg->policy_addr == NULL) != (*policy_map_path == NULL)) {
+		fprintf(stderr, "consentd: --policy HOST:PORT and --policy-map "
+			"FILE go together (a policy port without a map would "
+			"answer DUNNO to everything)\n");
+		return -EINVAL;
 	}
 	if (cfg->recv_buffers & (cfg->recv_buffers - 1)) {
 		fprintf(stderr, "consentd: --recv-buffers must be a power of "
@@ -483,8 +513,9 @@ int main(int argc, char **argv)
 {
 	static struct server_config cfg;
 	static struct main_build build;
-	const char *tokens_path = NULL;
+	const char *tokens_path = NULL, *policy_map_path = NULL;
 	struct tokens *tokens = NULL;
+	struct policymap *policy_map = NULL;
 	const struct index *ix;
 	struct writer *writer = NULL;
 	struct loop *loop = NULL;
@@ -495,7 +526,7 @@ int main(int argc, char **argv)
 	bool had_index;
 
 	server_config_defaults(&cfg);
-	if (main_parse(argc, argv, &cfg, &tokens_path) < 0)
+	if (main_parse(argc, argv, &cfg, &tokens_path, &policy_map_path) < 0)
 		return 2;
 	if (cfg.workers == 0)
 		cfg.workers = main_online_cores();
@@ -506,6 +537,17 @@ int main(int argc, char **argv)
 			return 2;
 		}
 		cfg.tokens = tokens;
+	}
+	if (policy_map_path != NULL) {
+		if (policymap_load(policy_map_path, &policy_map, err,
+				   sizeof(err)) < 0) {
+			fprintf(stderr, "consentd: --policy-map %s: %s\n",
+				policy_map_path, err);
+			return 2;
+		}
+		cfg.policy_map = policy_map;
+		fprintf(stderr, "consentd: policy map %s: %zu senders\n",
+			policy_map_path, policymap_count(policy_map));
 	}
 	if (main_files_limit(&cfg) < 0)
 		return 1;
@@ -566,22 +608,29 @@ int main(int argc, char **argv)
 		}
 	}
 
-	/* The client ports: a new protocol is a new row. */
+	/* The client ports: a new protocol is a new row; a NULL address is a
+	 * port that is off. */
 	const struct {
 		const char *addr; /* given as --NAME, the protocol's name */
 		const struct conn_proto *proto;
 	} ports[] = {
 		{ cfg.rpc_addr, &rpc_proto },
 		{ cfg.resp_addr, &resp_proto },
+		{ cfg.policy_addr, &policy_proto },
 	};
 	enum { MAIN_PORTS = sizeof(ports) / sizeof(ports[0]) };
 	struct loop_listener listeners[MAIN_PORTS];
+	unsigned n_listeners = 0;
 
 	_Static_assert(MAIN_PORTS <= MAIN_PORTS_MAX, "room for the ports");
 	for (unsigned i = 0; i < MAIN_PORTS; i++) {
 		const char *name = ports[i].proto->name;
-		int *fds = calloc(cfg.workers, sizeof(int));
+		int *fds;
 		char what[32];
+
+		if (ports[i].addr == NULL)
+			continue;
+		fds = calloc(cfg.workers, sizeof(int));
 
 		if (fds == NULL) {
 			fprintf(stderr, "consentd: out of memory\n");
@@ -596,11 +645,12 @@ int main(int argc, char **argv)
 		}
 		fprintf(stderr, "consentd: %s listening on %s (%u workers)\n",
 			name, bound[i], cfg.workers);
-		listeners[i].proto = ports[i].proto;
-		listeners[i].fds = fds;
+		listeners[n_listeners].proto = ports[i].proto;
+		listeners[n_listeners].fds = fds;
+		n_listeners++;
 	}
-	rc = loop_start(&cfg, listeners, MAIN_PORTS, &loop, err, sizeof(err));
-	for (unsigned i = 0; i < MAIN_PORTS; i++)
+	rc = loop_start(&cfg, listeners, n_listeners, &loop, err, sizeof(err));
+	for (unsigned i = 0; i < n_listeners; i++)
 		free((int *)listeners[i].fds);
 	if (rc < 0) {
 		fprintf(stderr, "consentd: %s\n", err);
@@ -618,7 +668,8 @@ int main(int argc, char **argv)
 		size_t n = 0;
 
 		for (unsigned i = 0; i < MAIN_PORTS; i++)
-			n += (size_t)snprintf(ports_text + n,
+			if (ports[i].addr != NULL)
+				n += (size_t)snprintf(ports_text + n,
 					      sizeof(ports_text) - n, "%s %s\n",
 					      ports[i].proto->name, bound[i]);
 		snprintf(ports_text + n, sizeof(ports_text) - n, "http %s\n",
@@ -685,6 +736,7 @@ stop:
 		writer_close(writer);
 		if (tokens != NULL)
 			tokens_destroy(tokens);
+		policymap_destroy(policy_map);
 	}
 	fprintf(stderr, "consentd: stopped\n");
 	return exit_code;

@@ -30,11 +30,11 @@
 	X(closed_slow_reader, "consentd_closed_slow_reader_total",             \
 	  "Connections closed for not reading their replies.")                 \
 	X(frames_oversize, "consentd_frames_oversize_total",                   \
-	  "RPC frames or RESP requests over the size limits.")                 \
+	  "RPC frames, RESP or policy requests over the size limits.")         \
 	X(frames_undecodable, "consentd_frames_undecodable_total",             \
-	  "RPC frames or RESP requests that did not parse.")                   \
+	  "RPC frames, RESP or policy requests that did not parse.")           \
 	X(http_on_binary_port, "consentd_http_on_binary_port_total",           \
-	  "HTTP requests sent to the RPC or RESP port (closed).")              \
+	  "HTTP requests sent to a binary client port (closed).")              \
 	X(auth_failures, "consentd_auth_failures_total",                       \
 	  "AUTH attempts with an unknown token.")                              \
 	X(unauthenticated_refused, "consentd_unauthenticated_refused_total",   \
@@ -69,12 +69,21 @@
 	X(generations_built, "consentd_generations_built_total",               \
 	  "Generations written to the data directory by the server.")          \
 	X(generation_swaps, "consentd_generation_swaps_total",                 \
-	  "Served generations replaced (RCU swaps).")
+	  "Served generations replaced (RCU swaps).")                          \
+	X(policy_requests, "consentd_policy_requests_total",                   \
+	  "Postfix policy requests answered.")                                 \
+	X(policy_unmapped, "consentd_policy_unmapped_total",                   \
+	  "Policy requests at RCPT from senders not in the map (DUNNO).")      \
+	X(policy_rejected, "consentd_policy_rejected_total",                   \
+	  "Recipients refused on the policy port (550 5.7.1).")                \
+	X(policy_deferred, "consentd_policy_deferred_total",                   \
+	  "Recipients deferred on the policy port: data stale (451 4.7.1).")
 
 enum metrics_proto {
 	METRICS_RPC,  /* protobuf RPC */
 	METRICS_RESP, /* Redis protocol */
 	METRICS_HTTP, /* JSON on the ops port */
+	METRICS_POLICY, /* Postfix policy delegation */
 	METRICS_PROTO_COUNT,
 };
 

@@ -48,11 +48,11 @@ class Env:
                      self.snapshot, "--out", d])
         return d
 
-    def server(self, extra=(), name="consentd"):
+    def server(self, extra=(), name="consentd", policy_map=None):
         need_binary("consentd")
         d = self.data_dir()
         log = os.path.join(self.tmp, "%s-%d.log" % (name, self.n_dirs))
-        return helpers.Server(d, log, extra=extra).start()
+        return helpers.Server(d, log, extra=extra, policy_map=policy_map).start()
 
 
 def need_binary(name):

@@ -329,15 +329,20 @@ class Server:
     --ports-file; a restart (start() again, or a new Server given
     ports=an_earlier_server) binds the same ports again."""
 
-    def __init__(self, data_dir, log_path, extra=(), workers=2, ports=None):
+    def __init__(self, data_dir, log_path, extra=(), workers=2, ports=None,
+                 policy_map=None):
         self.data_dir = data_dir
         self.log_path = log_path
+        # The Postfix policy port (DESIGN 11), only with a map.
+        self.policy_map = policy_map
+        self.policy = None
         self.ports_path = log_path + ".ports"
         self.extra = list(extra)
         self.workers = workers
         self.rpc = self.resp = self.http = None
         if ports is not None:
             self.rpc, self.resp, self.http = ports.rpc, ports.resp, ports.http
+            self.policy = ports.policy
         self.proc = None
         self.log = None
 
@@ -345,10 +350,12 @@ class Server:
     def args(self):
         def addr(port):
             return "%s:%d" % (LOOPBACK, port or 0)
+        policy = [] if self.policy_map is None else [
+            "--policy", addr(self.policy), "--policy-map", self.policy_map]
         return [binary("consentd"), "--data-dir", self.data_dir,
                 "--rpc", addr(self.rpc), "--resp", addr(self.resp),
                 "--http", addr(self.http), "--ports-file", self.ports_path,
-                "--workers", str(self.workers)] + self.extra
+                "--workers", str(self.workers)] + policy + self.extra
 
     def launch(self):
         """Starts the process and returns at once (no wait for anything)."""
@@ -383,6 +390,10 @@ class Server:
                 assert all(w is None or w == g for w, g in zip(want, got)), \
                     "asked for ports %s, bound %s" % (want, got)
                 self.rpc, self.resp, self.http = got
+                if self.policy_map is not None:
+                    assert self.policy in (None, p["policy"][1]), \
+                        "asked for policy port %s, bound %s" % (self.policy, p["policy"])
+                    self.policy = p["policy"][1]
                 break
             time.sleep(0.01)
         while time.monotonic() < deadline and self.http is not None:

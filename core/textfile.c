@@ -1,0 +1,85 @@
+/*
+ * textfile: the whole-file read behind tokens_load and policymap_load
+ * (core/textfile.h).
+ */
+#include "core/textfile.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static int textfile_fail(int rc, const char *label, const char *path,
+			 const char *what, char *err, size_t err_cap)
+{
+	if (err != NULL && err_cap > 0)
+		snprintf(err, err_cap, "%s: %s: %s", label, path, what);
+	return rc;
+}
+
+int textfile_read(const char *label, const char *path, size_t max_bytes,
+		  char **out, size_t *len, char *err, size_t err_cap)
+{
+	char what[64];
+	struct stat st;
+	char *buf = NULL;
+	size_t got = 0;
+	int fd, rc = 0;
+
+	*out = NULL;
+	*len = 0;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return textfile_fail(-errno, label, path, strerror(errno), err,
+				     err_cap);
+	if (fstat(fd, &st) < 0) {
+		rc = textfile_fail(-errno, label, path, strerror(errno), err,
+				   err_cap);
+		goto out;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		rc = textfile_fail(-EINVAL, label, path, "not a regular file",
+				   err, err_cap);
+		goto out;
+	}
+	if ((uint64_t)st.st_size > max_bytes) {
+		snprintf(what, sizeof(what), "larger than %zu bytes",
+			 max_bytes);
+		rc = textfile_fail(-EMSGSIZE, label, path, what, err, err_cap);
+		goto out;
+	}
+	buf = malloc((size_t)st.st_size + 1);
+	if (buf == NULL) {
+		rc = textfile_fail(-ENOMEM, label, path, "out of memory", err,
+				   err_cap);
+		goto out;
+	}
+	/* Read to EOF, bounded by the size we checked (a file growing
+	 * under us is cut there, not overrun). */
+	while (got < (size_t)st.st_size) {
+		ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			rc = textfile_fail(-errno, label, path,
+					   strerror(errno), err, err_cap);
+			goto out;
+		}
+		if (r == 0)
+			break;
+		got += (size_t)r;
+	}
+	buf[got] = '\0';
+	*out = buf;
+	*len = got;
+	buf = NULL;
+out:
+	free(buf);
+	close(fd);
+	return rc;
+}
