@@ -25,16 +25,15 @@
 #include "core/tokens.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
+
+#include "core/fsutil.h"
 
 #define TOKENS_FILE_MAX (16u << 20) /* a token file is a few KiB */
 #define TOKENS_BRAND_MAX 99999999u  /* brand codes have up to 8 digits */
@@ -409,61 +408,23 @@ fail:
 int tokens_load(const char *path, struct tokens **out, char *err,
 		size_t err_cap)
 {
-	struct stat st;
-	char *buf = NULL;
-	size_t got = 0;
-	int fd, rc;
+	char *buf;
+	size_t len;
+	int rc;
 
 	*out = NULL;
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		rc = -errno;
-		set_err(err, err_cap, "tokens: %s: %s", path, strerror(-rc));
-		return rc;
-	}
-	if (fstat(fd, &st) < 0) {
-		rc = -errno;
-		set_err(err, err_cap, "tokens: %s: %s", path, strerror(-rc));
-		goto out;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		rc = -EINVAL;
+	rc = fsutil_read_file(path, TOKENS_FILE_MAX, &buf, &len);
+	if (rc == -EINVAL)
 		set_err(err, err_cap, "tokens: %s: not a regular file", path);
-		goto out;
-	}
-	if ((uint64_t)st.st_size > TOKENS_FILE_MAX) {
-		rc = -EMSGSIZE;
+	else if (rc == -EMSGSIZE)
 		set_err(err, err_cap, "tokens: %s: larger than %u bytes", path,
 			TOKENS_FILE_MAX);
-		goto out;
-	}
-	buf = malloc((size_t)st.st_size + 1);
-	if (buf == NULL) {
-		rc = -ENOMEM;
-		set_err(err, err_cap, "tokens: out of memory");
-		goto out;
-	}
-	/* Read to EOF, bounded by the size we checked (a file growing
-	 * under us is cut there, not overrun). */
-	while (got < (size_t)st.st_size) {
-		ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
-
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0) {
-			rc = -errno;
-			set_err(err, err_cap, "tokens: %s: %s", path,
-				strerror(-rc));
-			goto out;
-		}
-		if (r == 0)
-			break;
-		got += (size_t)r;
-	}
-	rc = tokens_parse(buf, got, out, err, err_cap);
-out:
+	else if (rc < 0)
+		set_err(err, err_cap, "tokens: %s: %s", path, strerror(-rc));
+	if (rc < 0)
+		return rc;
+	rc = tokens_parse(buf, len, out, err, err_cap);
 	free(buf);
-	close(fd);
 	return rc;
 }
 

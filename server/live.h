@@ -15,9 +15,16 @@
 #include <stdint.h>
 
 struct index;
+struct index_info;
 
 /* Inside a read side only; NULL before the first publish. */
 const struct index *live_index(void);
+
+/* For a thread that is no reader (main): the served generation's
+ * index_info in *out, false before the first publish. It registers the
+ * calling thread for the read and unregisters it after, so never call it
+ * from a reader thread. */
+bool live_info(struct index_info *out);
 
 /* Swaps ix in; returns after the old generation is destroyed. */
 void live_publish(struct index *ix);

@@ -2,8 +2,10 @@
  * fsutil_test: core/fsutil.c against a real temp directory: whole writes
  * (a file, an offset, a pipe larger than its buffer with a slow reader,
  * a reader gone, a bad fd), directory fsyncs (a directory, a file, a
- * missing path, a parent, a bare name) and tree removal (nested, a
- * symbolic link not followed, a path already gone, a plain file).
+ * missing path, a parent, a bare name), tree removal (nested, a
+ * symbolic link not followed, a path already gone, a plain file) and
+ * whole-file reads (the text NUL-terminated, empty, at and past the size
+ * bound, a directory, a missing file).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -182,6 +184,29 @@ static void test_rm_tree(void)
 	CHECK(!exists(outside));
 }
 
+static void test_read_file(void)
+{
+	char path[256], *buf;
+	size_t len;
+
+	path_of(path, sizeof(path), "read");
+	put_file(path, "line one\nline two\n");
+	CHECK(fsutil_read_file(path, 18, &buf, &len) == 0);
+	CHECK(len == 18 && buf != NULL && buf[18] == '\0');
+	CHECK_STREQ(buf, "line one\nline two\n");
+	free(buf);
+	CHECK(fsutil_read_file(path, 17, &buf, &len) == -EMSGSIZE);
+	CHECK(buf == NULL && len == 0);
+	put_file(path, "");
+	CHECK(fsutil_read_file(path, 0, &buf, &len) == 0);
+	CHECK(len == 0 && buf != NULL && buf[0] == '\0');
+	free(buf);
+	CHECK(fsutil_read_file(tmpdir, 1024, &buf, &len) == -EINVAL);
+	path_of(path, sizeof(path), "missing");
+	CHECK(fsutil_read_file(path, 1024, &buf, &len) == -ENOENT);
+	CHECK(buf == NULL);
+}
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
@@ -193,6 +218,7 @@ int main(void)
 	RUN(test_write_all_pipe);
 	RUN(test_fsync_dir);
 	RUN(test_rm_tree);
+	RUN(test_read_file);
 	fsutil_rm_tree(tmpdir);
 	return check_summary();
 }
