@@ -49,10 +49,12 @@ static int conffile_line(const char *file, unsigned line, const char *p,
 	while (p < end && conffile_name_char(*p))
 		p++;
 	nl = (size_t)(p - name);
-	if (nl == 0 || (p < end && !conffile_blank(*p) && *p != '='))
+	if (nl == 0 || *name < 'a' || *name > 'z' ||
+	    (p < end && !conffile_blank(*p) && *p != '='))
 		return conffile_fail(err, err_cap, file, line,
-				     "a name is lower-case letters, digits "
-				     "and '-' (a flag without its --)");
+				     "a name is a lower-case letter, then "
+				     "letters, digits and '-' (a flag without "
+				     "its --)");
 	while (p < end && conffile_blank(*p))
 		p++;
 	if (p < end && *p == '=') {
