@@ -3,9 +3,9 @@
  * arguments it stands for, so that main's option parser is the one
  * parser of names and values. A line is "NAME VALUE", "NAME = VALUE" or
  * "NAME=VALUE"; NAME is a long flag without its "--" (a lower-case
- * letter, then letters, digits, '-'); VALUE runs to the end of the line, trailing blanks
- * dropped, and may not be empty. Blank lines are skipped, and '#' starts
- * a comment at the start of a line or after a blank.
+ * letter, then letters, digits, '-'); VALUE runs to the end of the line,
+ * trailing blanks dropped, and may not be empty. Blank lines are skipped,
+ * and '#' starts a comment at the start of a line or after a blank.
  * Threads: main's, at start-up. Ownership: struct conffile is the
  * caller's; its entries stay valid until conffile_fini (the configuration
  * points into them for the process's life). Errors: -EINVAL with

@@ -9,9 +9,10 @@
  * (server/conffile.h), read first, the command line overriding it. A
  * service manager is told READY=1 once the listeners are up and an index
  * is served, STOPPING=1 on the signal, and the watchdog is pinged from the
- * signal loop while the workers turn (server/notify.h). Exit status: 0 after a signal, 2 for bad flags or a
- * bad token file (before anything listens), 1 for any other failure to
- * start (a damaged change log among them).
+ * signal loop while the workers turn (server/notify.h). Exit status: 0
+ * after a signal, 2 for bad flags (or config lines) or a bad token file
+ * (before anything listens), 1 for any other failure to start (a damaged
+ * change log among them).
  *
  * A --snapshot is built on a background thread, in memory, while the
  * previous generation (if any) is served; the writer then takes it
