@@ -25,6 +25,7 @@ CFLAGS  := -std=c11 $(OPT) -g -march=x86-64-v2 -Wall -Wextra -Wshadow $(WERROR) 
            -Wno-missing-field-initializers -MMD -MP
 CXXFLAGS := -std=c++17 $(OPT) -g -Wall -Wextra -MMD -MP
 LDLIBS  := -luring -lxxhash -lprotobuf-c -lurcu-qsbr -lmicrohttpd -ljansson -lcrypto \
+           -lsystemd \
            -lpthread -lm
 ifeq ($(SAN),asan)
   CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
@@ -59,7 +60,7 @@ LOADGEN_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard bench/loadgen*.c))
 FUZZERS := $(patsubst fuzz/%.c,$(BUILD)/fuzz/%,$(wildcard fuzz/*_fuzz.c))
 
 .PHONY: FORCE all deps test test-asan test-tsan test-unit bench run fuzz fuzz-replay \
-        clean help
+        clean help install man deb
 .DEFAULT_GOAL := all
 # Keep objects make would treat as intermediate (tests, fuzzers): no
 # "rm" lines after the test summary, and no rebuilds.
@@ -161,11 +162,99 @@ fuzz: fuzz-build ## a campaign: make fuzz TARGET=x SECONDS=n
 fuzz-replay: fuzz-build ## replay every fuzz corpus and regression input
 	@scripts/fuzz.sh replay
 
+# ---- installing ---------------------------------------------------------
+# make install [PREFIX=/usr/local] [DESTDIR=]: the binaries, the man pages
+# (help2man from --help; without help2man the --help texts under
+# share/doc/consentd), the systemd unit (its ExecStart naming PREFIX/bin)
+# and the example config as /etc/consentd/consentd.conf, never over one
+# already there. make deb: the same under PREFIX=/usr into a Debian package.
+PREFIX  ?= /usr/local
+DESTDIR ?=
+BINDIR  := $(PREFIX)/bin
+MAN1DIR := $(PREFIX)/share/man/man1
+DOCDIR  := $(PREFIX)/share/doc/consentd
+ifeq ($(PREFIX),/usr)
+  UNITDIR := /lib/systemd/system
+else
+  UNITDIR := $(PREFIX)/lib/systemd/system
+endif
+CONFDIR := /etc/consentd
+HELP2MAN := $(shell command -v help2man 2>/dev/null)
+MAN_DIR := $(BUILD)/man
+
+man: all ## man pages consentd.1 and consentctl.1 from --help (help2man)
+	@mkdir -p $(MAN_DIR)
+	@rm -f $(MAN_DIR)/*.1
+	@if [ -n "$(HELP2MAN)" ]; then \
+	  help2man -N --version-string=$(VERSION) -n "consent-lookup server" \
+	    -o $(MAN_DIR)/consentd.1 $(BUILD)/consentd && \
+	  help2man -N --version-string=$(VERSION) \
+	    -n "build, check and feed consentd data directories" \
+	    -o $(MAN_DIR)/consentctl.1 $(BUILD)/consentctl; \
+	else \
+	  echo "man: no help2man: the --help texts go to $(DOCDIR)"; \
+	fi
+	@$(BUILD)/consentd --help > $(MAN_DIR)/consentd.help.txt
+	@$(BUILD)/consentctl --help > $(MAN_DIR)/consentctl.help.txt
+
+install: all man ## install (PREFIX=/usr/local, DESTDIR=): binaries, man pages, unit, config
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(DOCDIR) \
+	  $(DESTDIR)$(CONFDIR)
+	install -m 0755 $(BUILD)/consentd $(BUILD)/consentctl $(DESTDIR)$(BINDIR)/
+	if [ -f $(MAN_DIR)/consentd.1 ]; then \
+	  install -d $(DESTDIR)$(MAN1DIR) && \
+	  install -m 0644 $(MAN_DIR)/consentd.1 $(MAN_DIR)/consentctl.1 \
+	    $(DESTDIR)$(MAN1DIR)/; \
+	else \
+	  install -m 0644 $(MAN_DIR)/consentd.help.txt \
+	    $(MAN_DIR)/consentctl.help.txt $(DESTDIR)$(DOCDIR)/; \
+	fi
+	sed 's|/usr/bin/consentd|$(BINDIR)/consentd|' packaging/consentd.service \
+	  > $(DESTDIR)$(UNITDIR)/consentd.service.tmp
+	chmod 0644 $(DESTDIR)$(UNITDIR)/consentd.service.tmp
+	mv -f $(DESTDIR)$(UNITDIR)/consentd.service.tmp \
+	  $(DESTDIR)$(UNITDIR)/consentd.service
+	install -m 0644 packaging/consentd.conf $(DESTDIR)$(DOCDIR)/consentd.conf.example
+	install -m 0644 README.md $(DESTDIR)$(DOCDIR)/
+	@if [ -e $(DESTDIR)$(CONFDIR)/consentd.conf ]; then \
+	  echo "install: kept $(DESTDIR)$(CONFDIR)/consentd.conf (the example:" \
+	    "$(DESTDIR)$(DOCDIR)/consentd.conf.example)"; \
+	else \
+	  install -m 0644 packaging/consentd.conf $(DESTDIR)$(CONFDIR)/consentd.conf; \
+	  echo "install -m 0644 packaging/consentd.conf $(DESTDIR)$(CONFDIR)/consentd.conf"; \
+	fi
+
+# The package: make install PREFIX=/usr into a fresh tree, the binaries
+# stripped, man pages gzipped, Depends from dpkg-shlibdeps, the maintainer
+# scripts of packaging/debian; built by dpkg-deb (no debhelper).
+DEB_ARCH := $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
+DEB      := $(BUILD)/consentd_$(VERSION)_$(DEB_ARCH).deb
+DEB_ROOT := $(BUILD)/deb/root
+
+deb: all ## build build/consentd_VERSION_ARCH.deb (dpkg-deb; BUILD= moves it)
+	rm -rf $(BUILD)/deb
+	$(MAKE) --no-print-directory install PREFIX=/usr DESTDIR=$(abspath $(DEB_ROOT))
+	strip --strip-unneeded $(DEB_ROOT)/usr/bin/consentd $(DEB_ROOT)/usr/bin/consentctl
+	gzip -9n $(DEB_ROOT)/usr/share/man/man1/*.1 2>/dev/null || true
+	mkdir -p $(DEB_ROOT)/DEBIAN $(BUILD)/deb/debian
+	printf 'Source: consentd\n\nPackage: consentd\nArchitecture: any\n' > $(BUILD)/deb/debian/control
+	cd $(BUILD)/deb && dpkg-shlibdeps -O root/usr/bin/consentd \
+	  root/usr/bin/consentctl > shlibs.txt
+	deps=$$(sed -n 's/^shlibs:Depends=//p' $(BUILD)/deb/shlibs.txt); \
+	size=$$(du -sk --exclude=DEBIAN $(DEB_ROOT) | cut -f1); \
+	sed -e 's/@VERSION@/$(VERSION)/' -e 's/@ARCH@/$(DEB_ARCH)/' \
+	  -e "s/@SIZE@/$$size/" -e "s/@DEPENDS@/$$deps/" \
+	  packaging/debian/control > $(DEB_ROOT)/DEBIAN/control
+	install -m 0644 packaging/debian/conffiles $(DEB_ROOT)/DEBIAN/
+	install -m 0755 packaging/debian/postinst packaging/debian/prerm \
+	  packaging/debian/postrm $(DEB_ROOT)/DEBIAN/
+	dpkg-deb --root-owner-group -Zxz --build $(DEB_ROOT) $(DEB)
+
 clean: ## remove every build tree
 	rm -rf build
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
 	  awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

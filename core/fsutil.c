@@ -8,6 +8,7 @@
 #include <ftw.h>
 #include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -101,3 +102,4 @@ int fsutil_rm_tree(const char *path)
 		rm_first_error = errno == ENOENT ? 0 : -errno;
 	return rm_first_error;
 }
+

@@ -1,7 +1,8 @@
 /*
  * fsutil: the few file-system steps durability is built from, one copy
  * each: writing a whole buffer, fsync of a directory (what makes a
- * rename or an unlink in it durable), and removing a directory tree.
+ * rename or an unlink in it durable) and removing a directory tree
+ * (a small file read whole is core/textfile.h's).
  * Any thread; no state. Errors: -errno, never retried after an fsync
  * failure (DESIGN §5.1: the kernel may have dropped the dirty pages).
  */
@@ -27,5 +28,6 @@ int fsutil_fsync_parent(const char *path);
  * symbolic link. 0 when nothing is left (a path already gone included);
  * else the first failure's -errno, having removed what it could. */
 int fsutil_rm_tree(const char *path);
+
 
 #endif

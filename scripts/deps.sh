@@ -5,7 +5,9 @@ set -euo pipefail
 pkgs=(gcc g++ make pkg-config clang libclang-rt-14-dev
       liburing-dev libxxhash-dev libjemalloc-dev libprotobuf-c-dev
       protobuf-c-compiler protobuf-compiler liburcu-dev libmicrohttpd-dev
-      libssl-dev libjansson-dev libbenchmark-dev hyperfine redis-server redis-tools
+      libssl-dev libjansson-dev libbenchmark-dev libsystemd-dev help2man
+      dpkg-dev adduser systemd
+      hyperfine redis-server redis-tools
       python3-protobuf python3-redis python3-pytest curl strace prometheus postfix)
 missing=()
 for p in "${pkgs[@]}"; do

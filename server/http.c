@@ -77,7 +77,6 @@
 /* Room for a burst of fresh clients while the slots turn over (the
  * kernel caps it at net.core.somaxconn). */
 #define HTTP_BACKLOG 1024
-#define HTTP_HEALTH_MAX_AGE_MS 2000 /* a worker silent longer is unhealthy */
 #define HTTP_TURN_MS 1000        /* longest wait between two loop turns */
 
 /* A connection of the ops port, from MHD's STARTED notification to its
@@ -288,33 +287,20 @@ static void http_count_checks(struct http *h, const struct verdict *v,
 
 static enum MHD_Result http_healthz(struct http *h, struct MHD_Connection *conn)
 {
-	uint64_t now_ms = http_mono_us() / 1000u;
-	unsigned n = h->slot < metrics_n_slots() ? h->slot : metrics_n_slots();
+	uint64_t now_ms = http_mono_us() / 1000u, silent_ms;
 	char msg[128];
+	int w;
 
 	/* The slots before ours are the workers' (main.c's layout: workers,
-	 * then this thread, whose last_turn_ms stays 0 since answering at
-	 * all shows it turns, then the single writer, which is no loop and
-	 * may be busy for seconds with a generation). */
-	for (unsigned i = 0; i < n; i++) {
-		uint64_t last;
-
-		/* Relaxed: pairs with the worker's relaxed store of its turn
-		 * time; the value alone is the message, nothing else is read
-		 * through it. */
-		last = atomic_load_explicit(&metrics_slot(i)->last_turn_ms,
-					    memory_order_relaxed);
-		/* A worker's first turn may still be under way just after
-		 * start-up: count a silent one's silence from our start. */
-		if (last == 0)
-			last = h->start_ms;
-		if (last + HTTP_HEALTH_MAX_AGE_MS < now_ms) {
-			snprintf(msg, sizeof(msg),
-				 "worker %u: no loop turn for %" PRIu64 " ms\n",
-				 i, now_ms - last);
-			return http_reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE,
-					       msg);
-		}
+	 * then this thread, whose answering at all shows it turns, then the
+	 * single writer, which is no loop and may be busy for seconds with a
+	 * generation). */
+	w = metrics_stalled_worker(h->slot, now_ms, h->start_ms, &silent_ms);
+	if (w >= 0) {
+		snprintf(msg, sizeof(msg),
+			 "worker %d: no loop turn for %" PRIu64 " ms\n", w,
+			 silent_ms);
+		return http_reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, msg);
 	}
 	return http_reply_text(conn, MHD_HTTP_OK, "ok\n");
 }

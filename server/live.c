@@ -59,6 +59,20 @@ const struct index *live_index(void)
 	return rcu_dereference(live_ptr);
 }
 
+bool live_info(struct index_info *out)
+{
+	const struct index *ix;
+
+	/* Registered (and online) from here: a publish meanwhile waits for
+	 * our unregistering before it destroys what we read. */
+	rcu_register_thread();
+	ix = live_index();
+	if (ix != NULL)
+		index_info(ix, out);
+	rcu_unregister_thread();
+	return ix != NULL;
+}
+
 void live_publish(struct index *ix)
 {
 	struct index *old;

@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 struct index;
+struct index_info;
 
 /* A reader's quiescent state, going offline and coming back: liburcu's
  * rcu_quiescent_state, rcu_thread_offline and rcu_thread_online. Readers
@@ -28,6 +29,12 @@ void live_online(void);
 
 /* Inside a read side only; NULL before the first publish. */
 const struct index *live_index(void);
+
+/* For a thread that is no reader (main): the served generation's
+ * index_info in *out, false before the first publish. It registers the
+ * calling thread for the read and unregisters it after, so never call it
+ * from a reader thread. */
+bool live_info(struct index_info *out);
 
 /* Swaps ix in; returns after the old generation is destroyed. */
 void live_publish(struct index *ix);

@@ -5,9 +5,13 @@
  * generation, the log replayed into it), starts the writer, the workers
  * (server/loop.c) and the HTTP ops port (server/http.c), then waits for
  * SIGTERM/SIGINT and stops gracefully. SIGUSR1 asks the writer for a
- * rebuilt generation. Exit status: 0 after a signal, 2 for bad flags, a
- * bad token file or a bad policy map (before anything listens), 1 for
- * any other failure to
+ * rebuilt generation. --config FILE gives flags as lines of a file
+ * (server/conffile.h), read first, the command line overriding it. A
+ * service manager is told READY=1 once the listeners are up and an index
+ * is served, STOPPING=1 on the signal, and the watchdog is pinged from the
+ * signal loop while the workers turn (server/notify.h). Exit status: 0
+ * after a signal, 2 for bad flags (or config lines), a bad token file or a
+ * bad policy map (before anything listens), 1 for any other failure to
  * start (a damaged change log among them).
  *
  * A --snapshot is built on a background thread, in memory, while the
@@ -36,6 +40,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,11 +55,13 @@
 #include "index/generation.h"
 #include "index/table.h"
 #include "server/addr.h"
+#include "server/conffile.h"
 #include "server/config.h"
 #include "server/http.h"
 #include "server/live.h"
 #include "server/loop.h"
 #include "server/metrics.h"
+#include "server/notify.h"
 #include "server/policy.h"
 #include "server/resp.h"
 #include "server/rpc.h"
@@ -167,7 +174,8 @@ static void main_usage(FILE *f)
 		"                [--merchant-default allow|deny] "
 		"[--index-load anon|mmap]\n"
 		"                [--policy HOST:PORT --policy-map FILE] "
-		"[LIMITS]\n\n");
+		"[LIMITS]\n"
+		"       consentd --config FILE [flags over it]\n\n");
 	for (size_t i = 0; i < N_FLAGS; i++)
 		fprintf(f, "  --%-26s %s\n", main_flags[i].name,
 			main_flags[i].help);
@@ -183,6 +191,9 @@ static void main_usage(FILE *f)
 	fprintf(f, "  --%-26s %s\n", "index-load",
 		"anon|mmap: copy the index into huge-page memory, or map it "
 		"(anon)");
+	fprintf(f, "  --%-26s %s\n", "config",
+		"FILE: these settings as lines 'name value' (# comments); "
+		"flags given too override it");
 	fprintf(f, "  --%-26s %s\n", "help", "this text");
 	fprintf(f, "\nSIGTERM or SIGINT stops gracefully. Flags also take "
 		   "--flag=value.\n");
@@ -204,8 +215,26 @@ static int main_number(const char *s, uint64_t min, uint64_t max,
 	return 0;
 }
 
+/* A refused flag: "consentd: MSG", or "consentd: FILE:LINE: MSG" for a
+ * line of the config file (at). */
+static void main_flag_error(const char *at, const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "consentd: ");
+	if (at != NULL)
+		fprintf(stderr, "%s: ", at);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+}
+
+/* Flags into cfg: the command line (at NULL), where --config FILE is
+ * taken into *config_path and --help answered; or one line of the config
+ * file (at "FILE:LINE", config_path NULL), where neither is a name. */
 static int main_parse(int argc, char **argv, struct server_config *cfg,
-		      const char **tokens_path, const char **policy_map_path)
+		      const char **tokens_path, const char **policy_map_path,
+		      const char **config_path, const char *at)
 {
 	for (int i = 1; i < argc; i++) {
 		const char *arg = argv[i], *name, *val, *eq;
@@ -214,20 +243,19 @@ static int main_parse(int argc, char **argv, struct server_config *cfg,
 		const struct flag *f = NULL;
 
 		if (strncmp(arg, "--", 2) != 0) {
-			fprintf(stderr, "consentd: unexpected argument '%s'\n",
-				arg);
+			main_flag_error(at, "unexpected argument '%s'\n", arg);
 			return -EINVAL;
 		}
 		name = arg + 2;
 		eq = strchr(name, '=');
 		nl = eq ? (size_t)(eq - name) : strlen(name);
 		if (nl >= sizeof(namebuf)) {
-			fprintf(stderr, "consentd: unknown flag '%s'\n", arg);
+			main_flag_error(at, "unknown flag '%s'\n", arg);
 			return -EINVAL;
 		}
 		memcpy(namebuf, name, nl);
 		namebuf[nl] = '\0';
-		if (strcmp(namebuf, "help") == 0) {
+		if (strcmp(namebuf, "help") == 0 && at == NULL) {
 			main_usage(stdout);
 			exit(0);
 		}
@@ -237,9 +265,15 @@ static int main_parse(int argc, char **argv, struct server_config *cfg,
 		if (f == NULL && strcmp(namebuf, "tokens") != 0 &&
 		    strcmp(namebuf, "policy-map") != 0 &&
 		    strcmp(namebuf, "merchant-default") != 0 &&
-		    strcmp(namebuf, "index-load") != 0) {
-			fprintf(stderr, "consentd: unknown flag '--%s' (see "
-				"--help)\n", namebuf);
+		    strcmp(namebuf, "index-load") != 0 &&
+		    (strcmp(namebuf, "config") != 0 || config_path == NULL)) {
+			if (at != NULL)
+				main_flag_error(at, "unknown name '%s' (the "
+						"names are the flags consentd "
+						"--help lists)\n", namebuf);
+			else
+				main_flag_error(at, "unknown flag '--%s' (see "
+						"--help)\n", namebuf);
 			return -EINVAL;
 		}
 		if (eq != NULL) {
@@ -247,8 +281,7 @@ static int main_parse(int argc, char **argv, struct server_config *cfg,
 		} else if (i + 1 < argc) {
 			val = argv[++i];
 		} else {
-			fprintf(stderr, "consentd: --%s needs a value\n",
-				namebuf);
+			main_flag_error(at, "--%s needs a value\n", namebuf);
 			return -EINVAL;
 		}
 		if (strcmp(namebuf, "tokens") == 0) {
@@ -259,14 +292,18 @@ static int main_parse(int argc, char **argv, struct server_config *cfg,
 			*policy_map_path = val;
 			continue;
 		}
+		if (strcmp(namebuf, "config") == 0) {
+			*config_path = val;
+			continue;
+		}
 		if (strcmp(namebuf, "merchant-default") == 0) {
 			if (strcmp(val, "allow") == 0)
 				cfg->policy.merchant_default_deny = false;
 			else if (strcmp(val, "deny") == 0)
 				cfg->policy.merchant_default_deny = true;
 			else {
-				fprintf(stderr, "consentd: --merchant-default "
-					"must be allow or deny, not '%s'\n", val);
+				main_flag_error(at, "--merchant-default must "
+						"be allow or deny, not '%s'\n", val);
 				return -EINVAL;
 			}
 			continue;
@@ -277,16 +314,16 @@ static int main_parse(int argc, char **argv, struct server_config *cfg,
 			else if (strcmp(val, "mmap") == 0)
 				cfg->index_load = INDEX_LOAD_MMAP;
 			else {
-				fprintf(stderr, "consentd: --index-load must be "
-					"anon or mmap, not '%s'\n", val);
+				main_flag_error(at, "--index-load must be anon "
+						"or mmap, not '%s'\n", val);
 				return -EINVAL;
 			}
 			continue;
 		}
 		if (f->kind == FLAG_STR) {
 			if (*val == '\0') {
-				fprintf(stderr, "consentd: --%s is empty\n",
-					f->name);
+				main_flag_error(at, "--%s is empty\n",
+						f->name);
 				return -EINVAL;
 			}
 			*(const char **)((char *)cfg + f->offset) = val;
@@ -294,10 +331,11 @@ static int main_parse(int argc, char **argv, struct server_config *cfg,
 			uint64_t v;
 
 			if (main_number(val, f->min, f->max, &v) < 0) {
-				fprintf(stderr, "consentd: --%s wants a whole "
-					"number from %llu to %llu, not '%s'\n",
-					f->name, (unsigned long long)f->min,
-					(unsigned long long)f->max, val);
+				main_flag_error(at, "--%s wants a whole number "
+						"from %llu to %llu, not '%s'\n",
+						f->name,
+						(unsigned long long)f->min,
+						(unsigned long long)f->max, val);
 				return -EINVAL;
 			}
 			if (f->kind == FLAG_U32)
@@ -308,6 +346,13 @@ static int main_parse(int argc, char **argv, struct server_config *cfg,
 					(int64_t)v;
 		}
 	}
+	return 0;
+}
+
+/* What must hold of the whole configuration, file and flags. */
+static int main_check(const struct server_config *cfg,
+		      const char *policy_map_path)
+{
 	if (cfg->data_dir == NULL) {
 		fprintf(stderr, "consentd: --data-dir DIR is required (see "
 			"--help)\n");
@@ -333,7 +378,7 @@ static int main_parse(int argc, char **argv, struct server_config *cfg,
 				return -EINVAL;
 			}
 	}
-	if ((cfg->policy_addr == NULL) != (*policy_map_path == NULL)) {
+	if ((cfg->policy_addr == NULL) != (policy_map_path == NULL)) {
 		fprintf(stderr, "consentd: --policy HOST:PORT and --policy-map "
 			"FILE go together (a policy port without a map would "
 			"answer DUNNO to everything)\n");
@@ -350,6 +395,45 @@ static int main_parse(int argc, char **argv, struct server_config *cfg,
 		return -EINVAL;
 	}
 	return 0;
+}
+
+/* The config file, then the command line over it, both through
+ * main_parse: the file's lines one at a time, so that a refusal names
+ * FILE:LINE. The command line is parsed alone first (into a scratch
+ * configuration) to find --config, and to answer --help or refuse a bad
+ * flag before any file is read. */
+static int main_options(int argc, char **argv, struct server_config *cfg,
+			const char **tokens_path, const char **policy_map_path)
+{
+	static struct conffile conf; /* cfg points into it for good */
+	struct server_config scratch;
+	const char *scratch_tokens = NULL, *scratch_map = NULL;
+	const char *config_path = NULL;
+	char err[512], at[PATH_MAX + 16];
+
+	server_config_defaults(&scratch);
+	if (main_parse(argc, argv, &scratch, &scratch_tokens, &scratch_map,
+		       &config_path, NULL) < 0)
+		return -EINVAL;
+	if (config_path != NULL) {
+		if (conffile_read(config_path, &conf, err, sizeof(err)) < 0) {
+			fprintf(stderr, "consentd: --config %s\n", err);
+			return -EINVAL;
+		}
+		for (size_t i = 0; i < conf.n_entries; i++) {
+			char *line_argv[] = { argv[0], conf.entries[i].arg };
+
+			snprintf(at, sizeof(at), "%s:%u", config_path,
+				 conf.entries[i].line);
+			if (main_parse(2, line_argv, cfg, tokens_path,
+				       policy_map_path, NULL, at) < 0)
+				return -EINVAL;
+		}
+	}
+	if (main_parse(argc, argv, cfg, tokens_path, policy_map_path,
+		       &config_path, NULL) < 0)
+		return -EINVAL;
+	return main_check(cfg, *policy_map_path);
 }
 
 /* ---- the snapshot build ------------------------------------------------ */
@@ -373,6 +457,16 @@ static void main_log_ready(const struct index *ix)
 	fprintf(stderr, "consentd: ready: generation %llu, %llu records\n",
 		(unsigned long long)info.generation,
 		(unsigned long long)info.n_records);
+}
+
+/* READY=1 to the service manager, naming the generation served. Main is
+ * no RCU reader, hence live_info. */
+static void main_notify_ready(struct notify *n)
+{
+	struct index_info info;
+
+	if (live_info(&info))
+		notify_ready(n, info.generation, info.n_records);
 }
 
 static void *main_build_thread(void *arg)
@@ -513,6 +607,7 @@ int main(int argc, char **argv)
 {
 	static struct server_config cfg;
 	static struct main_build build;
+	static struct notify notify;
 	const char *tokens_path = NULL, *policy_map_path = NULL;
 	struct tokens *tokens = NULL;
 	struct policymap *policy_map = NULL;
@@ -526,8 +621,9 @@ int main(int argc, char **argv)
 	bool had_index;
 
 	server_config_defaults(&cfg);
-	if (main_parse(argc, argv, &cfg, &tokens_path, &policy_map_path) < 0)
+	if (main_options(argc, argv, &cfg, &tokens_path, &policy_map_path) < 0)
 		return 2;
+	notify_init(&notify);
 	if (cfg.workers == 0)
 		cfg.workers = main_online_cores();
 	if (tokens_path != NULL) {
@@ -681,6 +777,8 @@ int main(int argc, char **argv)
 			goto stop;
 		}
 	}
+	if (had_index)
+		main_notify_ready(&notify);
 
 	if (cfg.snapshot != NULL) {
 		build.cfg = &cfg;
@@ -705,6 +803,7 @@ int main(int argc, char **argv)
 		if (sig == SIGTERM || sig == SIGINT) {
 			fprintf(stderr, "consentd: %s: stopping\n",
 				sig == SIGTERM ? "SIGTERM" : "SIGINT");
+			notify_stopping(&notify);
 			break;
 		}
 		if (sig == SIGUSR1) {
@@ -720,7 +819,9 @@ int main(int argc, char **argv)
 				break;
 			}
 			had_index = true;
+			main_notify_ready(&notify);
 		}
+		notify_watchdog(&notify, cfg.workers);
 	}
 stop:
 	loop_stop(loop);

@@ -113,6 +113,27 @@ void metrics_sum(struct metrics *out)
 			      memory_order_relaxed);
 }
 
+int metrics_stalled_worker(unsigned n_workers, uint64_t now_ms,
+			   uint64_t since_ms, uint64_t *silent_ms)
+{
+	if (n_workers > metrics_count)
+		n_workers = metrics_count;
+	for (unsigned i = 0; i < n_workers; i++) {
+		/* Relaxed: pairs with the worker's relaxed store of its turn
+		 * time; the value alone is the message, nothing else is read
+		 * through it. */
+		uint64_t last = metrics_load(&metrics_slots[i].last_turn_ms);
+
+		if (last == 0)
+			last = since_ms;
+		if (last + METRICS_STALL_MS < now_ms) {
+			*silent_ms = now_ms - last;
+			return (int)i;
+		}
+	}
+	return -1;
+}
+
 uint64_t metrics_checks_total(const struct metrics *m)
 {
 	uint64_t n = 0;

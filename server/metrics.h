@@ -139,6 +139,19 @@ void metrics_record_latency_n(struct metrics *m, enum metrics_proto proto,
  * i.e. the stalest worker's; 0 if none has turned yet. */
 void metrics_sum(struct metrics *out);
 
+/* A worker whose loop has not turned for longer than this is stalled:
+ * /healthz answers 503 and the systemd watchdog is not pinged. */
+#define METRICS_STALL_MS 2000
+
+/* The first of the workers' slots 0..n_workers-1 (main.c puts the workers
+ * first) whose loop has not turned for over METRICS_STALL_MS at now_ms,
+ * with its silence in *silent_ms; -1 if none is stalled. A worker that has
+ * not turned yet counts its silence from since_ms (the caller's start), as
+ * its first turn may still be under way. Times are CLOCK_MONOTONIC ms.
+ * Any thread. The one judgement of /healthz and the watchdog. */
+int metrics_stalled_worker(unsigned n_workers, uint64_t now_ms,
+			   uint64_t since_ms, uint64_t *silent_ms);
+
 /* Checks answered, every protocol and reason, in one slot or a sum. */
 uint64_t metrics_checks_total(const struct metrics *m);
 

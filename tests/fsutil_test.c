@@ -2,8 +2,10 @@
  * fsutil_test: core/fsutil.c against a real temp directory: whole writes
  * (a file, an offset, a pipe larger than its buffer with a slow reader,
  * a reader gone, a bad fd), directory fsyncs (a directory, a file, a
- * missing path, a parent, a bare name) and tree removal (nested, a
- * symbolic link not followed, a path already gone, a plain file).
+ * missing path, a parent, a bare name), tree removal (nested, a
+ * symbolic link not followed, a path already gone, a plain file) and
+ * whole-file reads (the text NUL-terminated, empty, at and past the size
+ * bound, a directory, a missing file).
  */
 #include <errno.h>
 #include <fcntl.h>

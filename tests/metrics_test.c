@@ -2,8 +2,9 @@
  * metrics_test: server/metrics.c's counters on their own (the e2e tests
  * only see them through /metrics): per-slot single writers, sums over the
  * slots, the latency buckets' edges, reasons out of range, the stalest
- * worker's last turn, and a reader summing while two writers count (run
- * under TSan by `make test-tsan`: relaxed atomics, no data race).
+ * worker's last turn, the first stalled worker, and a reader summing
+ * while two writers count (run under TSan by `make test-tsan`: relaxed
+ * atomics, no data race).
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -89,6 +90,38 @@ static void test_oldest_turn(void)
 	CHECK(load(&sum.last_turn_ms) == 0);
 }
 
+/* /healthz and the watchdog: the first worker silent past METRICS_STALL_MS,
+ * a never-turned one counted from the caller's start, only the slots asked
+ * about (the HTTP slot after the workers keeps 0 and is never judged). */
+static void test_stalled_worker(void)
+{
+	uint64_t silent = 0;
+
+	atomic_store(&metrics_slot(0)->last_turn_ms, 10000);
+	atomic_store(&metrics_slot(1)->last_turn_ms, 10000);
+	atomic_store(&metrics_slot(2)->last_turn_ms, 0);
+	CHECK(metrics_stalled_worker(2, 10000 + METRICS_STALL_MS, 0,
+				     &silent) == -1);
+	CHECK(metrics_stalled_worker(2, 10001 + METRICS_STALL_MS, 0,
+				     &silent) == 0);
+	CHECK(silent == METRICS_STALL_MS + 1);
+	atomic_store(&metrics_slot(0)->last_turn_ms, 12500);
+	CHECK(metrics_stalled_worker(2, 12500 + METRICS_STALL_MS, 0,
+				     &silent) == 1);
+	CHECK(silent == METRICS_STALL_MS + 2500);
+	/* Slot 2 never turned: judged from since_ms when asked about. */
+	atomic_store(&metrics_slot(0)->last_turn_ms, 13000);
+	atomic_store(&metrics_slot(1)->last_turn_ms, 13000);
+	CHECK(metrics_stalled_worker(2, 15000, 0, &silent) == -1);
+	CHECK(metrics_stalled_worker(3, 14500, 12500, &silent) == -1);
+	CHECK(metrics_stalled_worker(3, 15000, 12500, &silent) == 2);
+	CHECK(silent == 2500);
+	/* More workers than slots: only the slots there are. */
+	CHECK(metrics_stalled_worker(99, 14001, 14001, &silent) == -1);
+	atomic_store(&metrics_slot(0)->last_turn_ms, 0);
+	atomic_store(&metrics_slot(1)->last_turn_ms, 0);
+}
+
 #define COUNT_N 200000
 
 static void *count_in_slot(void *arg)
@@ -134,6 +167,7 @@ int main(void)
 	RUN(test_slots_and_sum);
 	RUN(test_latency_buckets);
 	RUN(test_oldest_turn);
+	RUN(test_stalled_worker);
 	RUN(test_concurrent_sum);
 	return check_summary();
 }

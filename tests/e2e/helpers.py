@@ -374,11 +374,10 @@ class Server:
         """Runs in the child before exec (a subclass may limit it more)."""
         _preexec()
 
-    def wait_ready(self, timeout=30.0):
-        """Waits for the ports file (every listener bound), takes the ports
-        from it, then waits for /readyz 200."""
+    def wait_ports(self, timeout=30.0):
+        """Waits for the ports file (every listener bound) and takes the
+        ports from it; does not wait for readiness."""
         deadline = time.monotonic() + timeout
-        last = "no ports file"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError("consentd exited %d during start-up\n%s" % (
@@ -394,8 +393,18 @@ class Server:
                     assert self.policy in (None, p["policy"][1]), \
                         "asked for policy port %s, bound %s" % (self.policy, p["policy"])
                     self.policy = p["policy"][1]
-                break
+                return self
             time.sleep(0.01)
+        self.kill()
+        raise AssertionError("consentd bound no ports in %.0f s\n%s" % (
+            timeout, self.log_tail()))
+
+    def wait_ready(self, timeout=30.0):
+        """Waits for the ports file (every listener bound), takes the ports
+        from it, then waits for /readyz 200."""
+        deadline = time.monotonic() + timeout
+        last = "no ports file"
+        self.wait_ports(timeout)
         while time.monotonic() < deadline and self.http is not None:
             if self.proc.poll() is not None:
                 raise AssertionError("consentd exited %d during start-up\n%s" % (
