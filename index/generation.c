@@ -151,7 +151,30 @@ int generation_newest(const char *dir, uint64_t *out)
 	return 0;
 }
 
-/* Opens generation g's index and checks that it calls itself g. */
+static double open_clock_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* A large index loads for seconds before anything is served: say how far
+ * it is (index_open_progress calls this each eighth). */
+static void open_progress(const char *path, uint64_t done, uint64_t total,
+			  void *arg)
+{
+	const double *t0 = arg;
+
+	fprintf(stderr, "consentd: generation: loading %s: %u %% (%" PRIu64
+		" of %" PRIu64 " MiB, %.1f s)\n", path,
+		(unsigned)(done * 100 / total), done >> 20, total >> 20,
+		open_clock_s() - *t0);
+}
+
+/* Opens generation g's index and checks that it calls itself g. The
+ * whole table is in memory when it returns (read in and checked), so a
+ * generation is served resident: no cold start after readiness. */
 static int open_generation(const char *dir, uint64_t g,
 			   enum index_load_mode mode, struct index **out,
 			   char *err, size_t err_cap)
@@ -161,11 +184,19 @@ static int open_generation(const char *dir, uint64_t g,
 	if (rc < 0)
 		return errmsg_fail(err, err_cap, rc, "%s: path too long", dir);
 	struct index *ix;
-	rc = index_open(path, mode, &ix, err, err_cap);
+	double t0 = open_clock_s();
+	rc = index_open_progress(path, mode, open_progress, &t0, &ix, err,
+				 err_cap);
 	if (rc < 0)
 		return rc;
 	struct index_info info;
 	index_info(ix, &info);
+	if (info.bytes >= INDEX_PROGRESS_MIN_BYTES)
+		fprintf(stderr, "consentd: generation: %s: %" PRIu64 " MiB in "
+			"memory%s, checked, in %.1f s\n", path,
+			info.bytes >> 20,
+			info.huge_pages ? " (huge pages asked for)" : "",
+			open_clock_s() - t0);
 	if (info.generation != g) {
 		index_destroy(ix);
 		return errmsg_fail(err, err_cap, -EPROTO,

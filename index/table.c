@@ -1139,8 +1139,12 @@ static int map_buckets(struct index *ix, int fd, size_t file_bytes)
  */
 static int load_buckets(struct index *ix, int fd, size_t bytes, bool read_in,
 			const struct index_file_header *h, const char *path,
-			char *err, size_t err_cap)
+			index_progress_fn progress, void *arg, char *err,
+			size_t err_cap)
 {
+	size_t step = bytes >= INDEX_PROGRESS_MIN_BYTES && progress ? bytes / 8
+								     : 0;
+	size_t next_report = step;
 	XXH3_state_t *hs = XXH3_createState();
 	uint64_t occupied = 0, sum;
 	int64_t bad = -1;
@@ -1167,6 +1171,10 @@ static int load_buckets(struct index *ix, int fd, size_t bytes, bool read_in,
 		bad = verify_chunk((const struct index_bucket *)p,
 				  len / BUCKET_BYTES, &occupied);
 		bad_at = off / BUCKET_BYTES;
+		if (step && off + len >= next_report && bad < 0) {
+			progress(path, off + len, bytes, arg);
+			next_report += step;
+		}
 	}
 	sum = XXH3_64bits_digest(hs);
 	XXH3_freeState(hs);
@@ -1190,6 +1198,13 @@ static int load_buckets(struct index *ix, int fd, size_t bytes, bool read_in,
 
 int index_open(const char *path, enum index_load_mode mode, struct index **out,
 	       char *err, size_t err_cap)
+{
+	return index_open_progress(path, mode, NULL, NULL, out, err, err_cap);
+}
+
+int index_open_progress(const char *path, enum index_load_mode mode,
+			index_progress_fn progress, void *arg,
+			struct index **out, char *err, size_t err_cap)
 {
 	struct index_file_header *h = NULL;
 	struct index *ix = NULL;
@@ -1248,8 +1263,8 @@ int index_open(const char *path, enum index_load_mode mode, struct index **out,
 			       strerror(-rc));
 		goto out_free;
 	}
-	rc = load_buckets(ix, fd, bytes, mode != INDEX_LOAD_MMAP, h, path, err,
-			  err_cap);
+	rc = load_buckets(ix, fd, bytes, mode != INDEX_LOAD_MMAP, h, path,
+			  progress, arg, err, err_cap);
 	if (rc < 0)
 		goto out_free;
 	ix->n_buckets = h->n_buckets;

@@ -64,6 +64,18 @@ enum index_load_mode {
 int index_open(const char *path, enum index_load_mode mode, struct index **out,
 	       char *err, size_t err_cap);
 
+/* index_open reporting its progress: fn(path, done, total, arg) after
+ * each eighth of the bucket array is loaded and checked (only for arrays
+ * of INDEX_PROGRESS_MIN_BYTES or more: a short load says nothing). The
+ * index is whole in memory (read in, or mapped and read through) before
+ * it returns, so a generation is resident before it is served. */
+#define INDEX_PROGRESS_MIN_BYTES (256ull << 20)
+typedef void (*index_progress_fn)(const char *path, uint64_t done,
+				  uint64_t total, void *arg);
+int index_open_progress(const char *path, enum index_load_mode mode,
+			index_progress_fn fn, void *arg, struct index **out,
+			char *err, size_t err_cap);
+
 /* Writes the index to path: temp file, fsync, rename, fsync of the
  * directory. A failed fsync is returned, never retried. */
 int index_write(const struct index *ix, const char *path);

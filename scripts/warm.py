@@ -9,7 +9,9 @@ the disk as after a reboot; starts consentd (--workers 1, pinned to
 --server-cpu) on DIR; times start to /readyz; then starts the load
 generator (RPC, batch 100, pinned to --client-cpu) at once and samples
 consentd's own consentd_checks_total on /metrics every 0.25 s, so the rate
-seen is the server's whatever the client's own start-up costs. Steady is
+seen is the server's whatever the client's own start-up costs. It also
+reads the server's resident and huge-page memory the moment /readyz turns
+true, against the table's size: ready means resident. Steady is
 the median rate of the second half of the windows; warm is the first window
 from which every later window but noise reaches 90 % of steady (the first
 window at 90 % that is followed by no window under 70 %).
@@ -45,6 +47,21 @@ def ready(port):
             return r.status == 200
     except OSError:
         return False
+
+
+def rollup(pid):
+    """Resident and huge-page kB of the server (taskset execs it, so the
+    pid is consentd's), read the moment /readyz turned 200."""
+    out = {}
+    try:
+        with open("/proc/%d/smaps_rollup" % pid) as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in ("Rss", "AnonHugePages"):
+                    out[k] = int(v.split()[0])
+    except OSError:
+        pass
+    return out
 
 
 def drop_caches():
@@ -86,6 +103,7 @@ def main():
                 return 2
             time.sleep(0.02)
         ready_s = time.monotonic() - t0
+        resident = rollup(srv.pid)
         lg = subprocess.Popen(
             ["taskset", "-c", a.client_cpu, os.path.join(a.build, "loadgen"),
              "--proto", "rpc", "--port", str(rpc), "--records", str(a.records),
@@ -100,6 +118,7 @@ def main():
             windows.append({"t_s": round(t - t0, 3), "checks_per_s": (n - prev_n) / (t - prev_t)})
             prev_n, prev_t = n, t
         lg_rc = lg.returncode
+        table_bytes = metric_total(http, "consentd_index_bytes")
     finally:
         srv.terminate()
         try:
@@ -110,6 +129,9 @@ def main():
     # The load generator's own start (key pools) shows as windows at 0.
     live = [w for w in windows if w["checks_per_s"] > 0]
     res = {"records": a.records, "cold_page_cache": cold, "ready_s": round(ready_s, 3),
+           "rss_kb_at_ready": resident.get("Rss"),
+           "huge_kb_at_ready": resident.get("AnonHugePages"),
+           "index_bytes": int(table_bytes),
            "windows": windows}
     if len(live) >= 4:
         steady = statistics.median(w["checks_per_s"] for w in live[len(live) // 2:])
@@ -124,9 +146,12 @@ def main():
                    first_load_s=live[0]["t_s"], warm_s=warm_at)
     with open(a.json, "w") as f:
         json.dump(res, f, indent=1)
-    print("warm: %d records, page cache %s: ready %.2f s; first load at %s s, "
+    print("warm: %d records, page cache %s: ready %.2f s, then resident %s MiB "
+          "(%s MiB in huge pages) for a %d MiB table; first load at %s s, "
           "first window %s/s, steady %s/s, warm (90 %% of steady) at %s s" % (
-              a.records, "dropped" if cold else "kept", ready_s, res.get("first_load_s"),
+              a.records, "dropped" if cold else "kept", ready_s,
+              (res["rss_kb_at_ready"] or 0) // 1024, (res["huge_kb_at_ready"] or 0) // 1024,
+              res["index_bytes"] // (1 << 20), res.get("first_load_s"),
               res.get("first_window_checks_per_s"), res.get("steady_checks_per_s"),
               res.get("warm_s")))
     return 1 if lg_rc == 1 else 0
