@@ -447,6 +447,7 @@ struct main_build {
 	char err[512];
 	atomic_bool done;
 	atomic_bool had_index;
+	bool started;   /* the thread was created (main's alone) */
 };
 
 static void main_log_ready(const struct index *ix)
@@ -603,242 +604,316 @@ static int main_files_limit(struct server_config *cfg)
 	return 0;
 }
 
-int main(int argc, char **argv)
-{
-	static struct server_config cfg;
-	static struct main_build build;
-	static struct notify notify;
-	const char *tokens_path = NULL, *policy_map_path = NULL;
-	struct tokens *tokens = NULL;
-	struct policymap *policy_map = NULL;
-	const struct index *ix;
-	struct writer *writer = NULL;
-	struct loop *loop = NULL;
-	struct http *http = NULL;
-	int rc, exit_code = 0;
-	char err[512], bound[MAIN_PORTS_MAX][300], ports_text[1024];
+/* Everything main starts, so that one exit path stops what was started
+ * (every stop and close below takes NULL or "not started"). */
+struct main_state {
+	struct server_config cfg;
+	struct main_build build;
+	struct notify notify;
+	const char *tokens_path, *policy_map_path;
+	struct tokens *tokens;
+	struct policymap *policy_map;
+	struct writer *writer;
+	struct loop *loop;
+	struct http *http;
 	sigset_t sigs;
 	bool had_index;
+	char bound[MAIN_PORTS_MAX][300]; /* each client port, as bound */
+	char err[512];
+};
 
-	server_config_defaults(&cfg);
-	if (main_options(argc, argv, &cfg, &tokens_path, &policy_map_path) < 0)
-		return 2;
-	notify_init(&notify);
-	if (cfg.workers == 0)
-		cfg.workers = main_online_cores();
-	if (tokens_path != NULL) {
-		if (tokens_load(tokens_path, &tokens, err, sizeof(err)) < 0) {
+/* The client ports: a new protocol is a new row; a NULL address is a port
+ * that is off. */
+static unsigned main_ports(const struct server_config *cfg,
+			   const char *addr[MAIN_PORTS_MAX],
+			   const struct conn_proto *proto[MAIN_PORTS_MAX])
+{
+	const char *const a[] = { cfg->rpc_addr, cfg->resp_addr,
+				  cfg->policy_addr };
+	const struct conn_proto *const p[] = { &rpc_proto, &resp_proto,
+					       &policy_proto };
+	enum { N = sizeof(a) / sizeof(a[0]) };
+
+	_Static_assert(N <= MAIN_PORTS_MAX, "room for the ports");
+	for (unsigned i = 0; i < N; i++) {
+		addr[i] = a[i];
+		proto[i] = p[i];
+	}
+	return N;
+}
+
+/* The token file and the policy map: a bad one is exit 2. */
+static int main_load_files(struct main_state *s)
+{
+	if (s->tokens_path != NULL) {
+		if (tokens_load(s->tokens_path, &s->tokens, s->err,
+				sizeof(s->err)) < 0) {
 			fprintf(stderr, "consentd: --tokens %s: %s\n",
-				tokens_path, err);
-			return 2;
+				s->tokens_path, s->err);
+			return -EINVAL;
 		}
-		cfg.tokens = tokens;
+		s->cfg.tokens = s->tokens;
 	}
-	if (policy_map_path != NULL) {
-		if (policymap_load(policy_map_path, &policy_map, err,
-				   sizeof(err)) < 0) {
+	if (s->policy_map_path != NULL) {
+		if (policymap_load(s->policy_map_path, &s->policy_map, s->err,
+				   sizeof(s->err)) < 0) {
 			fprintf(stderr, "consentd: --policy-map %s: %s\n",
-				policy_map_path, err);
-			return 2;
+				s->policy_map_path, s->err);
+			return -EINVAL;
 		}
-		cfg.policy_map = policy_map;
+		s->cfg.policy_map = s->policy_map;
 		fprintf(stderr, "consentd: policy map %s: %zu senders\n",
-			policy_map_path, policymap_count(policy_map));
+			s->policy_map_path, policymap_count(s->policy_map));
 	}
-	if (main_files_limit(&cfg) < 0)
-		return 1;
+	return 0;
+}
 
-	/* Signals: only this thread takes SIGTERM/SIGINT (sigtimedwait
-	 * below); every thread created from here on inherits the mask. */
-	sigemptyset(&sigs);
-	sigaddset(&sigs, SIGTERM);
-	sigaddset(&sigs, SIGINT);
-	sigaddset(&sigs, SIGUSR1);
-	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+/* Signals: only this thread takes SIGTERM/SIGINT/SIGUSR1 (sigtimedwait in
+ * main_serve); every thread created from here on inherits the mask. */
+static void main_signals(struct main_state *s)
+{
+	sigemptyset(&s->sigs);
+	sigaddset(&s->sigs, SIGTERM);
+	sigaddset(&s->sigs, SIGINT);
+	sigaddset(&s->sigs, SIGUSR1);
+	pthread_sigmask(SIG_BLOCK, &s->sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
+}
 
-	/* Slots: the workers, the HTTP thread, the writer. */
-	if (metrics_init(cfg.workers + 2) < 0) {
-		fprintf(stderr, "consentd: out of memory\n");
-		return 1;
-	}
-
+/* The single writer over the data directory (the newest generation and
+ * the change log replayed into it), started; and the snapshot to build,
+ * opened. */
+static int main_open_writer(struct main_state *s)
+{
+	struct server_config *cfg = &s->cfg;
 	struct writer_options wo = {
-		.data_dir = cfg.data_dir,
-		.index_load = cfg.index_load,
-		.n_queues = cfg.workers,
-		.metrics = metrics_slot(cfg.workers + 1),
-		.checkpoint_changes = cfg.checkpoint_changes,
-		.segment_bytes = cfg.changelog_segment_bytes,
+		.data_dir = cfg->data_dir,
+		.index_load = cfg->index_load,
+		.n_queues = cfg->workers,
+		.metrics = metrics_slot(cfg->workers + 1),
+		.checkpoint_changes = cfg->checkpoint_changes,
+		.segment_bytes = cfg->changelog_segment_bytes,
 	};
-	rc = writer_open(&wo, &writer, err, sizeof(err));
-	if (rc < 0) {
-		fprintf(stderr, "consentd: --data-dir %s: %s\n", cfg.data_dir,
-			err);
-		return 1;
+	const struct index *ix;
+
+	if (writer_open(&wo, &s->writer, s->err, sizeof(s->err)) < 0) {
+		fprintf(stderr, "consentd: --data-dir %s: %s\n", cfg->data_dir,
+			s->err);
+		return -1;
 	}
 	/* No reader or writer thread runs yet: the pointer is stable. */
 	ix = live_index();
-	had_index = ix != NULL;
-	if (!had_index && cfg.snapshot == NULL) {
+	s->had_index = ix != NULL;
+	if (!s->had_index && cfg->snapshot == NULL) {
 		fprintf(stderr, "consentd: --data-dir %s: no valid generation "
-			"(give --snapshot FILE to build one)\n", cfg.data_dir);
-		writer_close(writer);
-		return 1;
+			"(give --snapshot FILE to build one)\n", cfg->data_dir);
+		return -1;
 	}
-	if (had_index)
+	if (s->had_index)
 		main_log_ready(ix);
-	cfg.writer = writer;
-	if (writer_start(writer, err, sizeof(err)) < 0) {
-		fprintf(stderr, "consentd: %s\n", err);
-		return 1;
+	cfg->writer = s->writer;
+	if (writer_start(s->writer, s->err, sizeof(s->err)) < 0) {
+		fprintf(stderr, "consentd: %s\n", s->err);
+		return -1;
 	}
-	if (cfg.snapshot != NULL) {
-		build.fd = strcmp(cfg.snapshot, "-") == 0
-				   ? STDIN_FILENO
-				   : open(cfg.snapshot, O_RDONLY | O_CLOEXEC);
-		if (build.fd < 0) {
+	if (cfg->snapshot != NULL) {
+		s->build.fd = strcmp(cfg->snapshot, "-") == 0
+				      ? STDIN_FILENO
+				      : open(cfg->snapshot, O_RDONLY | O_CLOEXEC);
+		if (s->build.fd < 0) {
 			fprintf(stderr, "consentd: --snapshot %s: %s\n",
-				cfg.snapshot, strerror(errno));
-			return 1;
+				cfg->snapshot, strerror(errno));
+			return -1;
 		}
 	}
+	return 0;
+}
 
-	/* The client ports: a new protocol is a new row; a NULL address is a
-	 * port that is off. */
-	const struct {
-		const char *addr; /* given as --NAME, the protocol's name */
-		const struct conn_proto *proto;
-	} ports[] = {
-		{ cfg.rpc_addr, &rpc_proto },
-		{ cfg.resp_addr, &resp_proto },
-		{ cfg.policy_addr, &policy_proto },
-	};
-	enum { MAIN_PORTS = sizeof(ports) / sizeof(ports[0]) };
-	struct loop_listener listeners[MAIN_PORTS];
+/* The client ports' listeners and the workers serving them, then the ops
+ * port; then the ports file saying where they all are. */
+static int main_listen(struct main_state *s)
+{
+	struct server_config *cfg = &s->cfg;
+	const char *addr[MAIN_PORTS_MAX];
+	const struct conn_proto *proto[MAIN_PORTS_MAX];
+	unsigned n_ports = main_ports(cfg, addr, proto);
+	struct loop_listener listeners[MAIN_PORTS_MAX];
 	unsigned n_listeners = 0;
+	int rc = 0;
 
-	_Static_assert(MAIN_PORTS <= MAIN_PORTS_MAX, "room for the ports");
-	for (unsigned i = 0; i < MAIN_PORTS; i++) {
-		const char *name = ports[i].proto->name;
-		int *fds;
+	for (unsigned i = 0; i < n_ports && rc == 0; i++) {
+		const char *name = proto[i]->name;
 		char what[32];
+		int *fds;
 
-		if (ports[i].addr == NULL)
+		if (addr[i] == NULL)
 			continue;
-		fds = calloc(cfg.workers, sizeof(int));
-
+		fds = calloc(cfg->workers, sizeof(int));
 		if (fds == NULL) {
 			fprintf(stderr, "consentd: out of memory\n");
-			return 1;
+			rc = -ENOMEM;
+			break;
 		}
 		snprintf(what, sizeof(what), "--%s", name);
-		if (loop_listen(what, ports[i].addr, cfg.bind_wait_ms,
-				cfg.workers, fds, bound[i], sizeof(bound[i]),
-				err, sizeof(err)) < 0) {
-			fprintf(stderr, "consentd: %s %s\n", what, err);
-			return 1;
+		rc = loop_listen(what, addr[i], cfg->bind_wait_ms, cfg->workers,
+				 fds, s->bound[i], sizeof(s->bound[i]), s->err,
+				 sizeof(s->err));
+		if (rc < 0) {
+			fprintf(stderr, "consentd: %s %s\n", what, s->err);
+			free(fds);
+			break;
 		}
 		fprintf(stderr, "consentd: %s listening on %s (%u workers)\n",
-			name, bound[i], cfg.workers);
-		listeners[n_listeners].proto = ports[i].proto;
+			name, s->bound[i], cfg->workers);
+		listeners[n_listeners].proto = proto[i];
 		listeners[n_listeners].fds = fds;
 		n_listeners++;
 	}
-	rc = loop_start(&cfg, listeners, n_listeners, &loop, err, sizeof(err));
+	if (rc == 0) {
+		rc = loop_start(cfg, listeners, n_listeners, &s->loop, s->err,
+				sizeof(s->err));
+		if (rc < 0)
+			fprintf(stderr, "consentd: %s\n", s->err);
+	} else {
+		/* Not handed to a loop: the listeners are still ours. */
+		for (unsigned i = 0; i < n_listeners; i++)
+			for (unsigned w = 0; w < cfg->workers; w++)
+				close(listeners[i].fds[w]);
+	}
 	for (unsigned i = 0; i < n_listeners; i++)
 		free((int *)listeners[i].fds);
-	if (rc < 0) {
-		fprintf(stderr, "consentd: %s\n", err);
-		return 1;
+	if (rc < 0)
+		return rc;
+	if (http_start(cfg, cfg->workers, &s->http, s->err,
+		       sizeof(s->err)) < 0) {
+		fprintf(stderr, "consentd: --http %s\n", s->err);
+		return -1;
 	}
-	if (http_start(&cfg, cfg.workers, &http, err, sizeof(err)) < 0) {
-		fprintf(stderr, "consentd: --http %s\n", err);
-		loop_stop(loop);
-		return 1;
-	}
-	fprintf(stderr, "consentd: http listening on %s\n", http_bound(http));
+	fprintf(stderr, "consentd: http listening on %s\n", http_bound(s->http));
 	/* Every listener is bound: the ports file says where (readiness is
 	 * /readyz's business, not this file's). */
-	if (cfg.ports_file != NULL) {
+	if (cfg->ports_file != NULL) {
+		char text[1024];
 		size_t n = 0;
 
-		for (unsigned i = 0; i < MAIN_PORTS; i++)
-			if (ports[i].addr != NULL)
-				n += (size_t)snprintf(ports_text + n,
-					      sizeof(ports_text) - n, "%s %s\n",
-					      ports[i].proto->name, bound[i]);
-		snprintf(ports_text + n, sizeof(ports_text) - n, "http %s\n",
-			 http_bound(http));
-		if (main_write_ports(cfg.ports_file, ports_text, err,
-				     sizeof(err)) < 0) {
-			fprintf(stderr, "consentd: --ports-file %s\n", err);
-			exit_code = 1;
-			goto stop;
+		for (unsigned i = 0; i < n_ports; i++)
+			if (addr[i] != NULL)
+				n += (size_t)snprintf(text + n, sizeof(text) - n,
+						      "%s %s\n", proto[i]->name,
+						      s->bound[i]);
+		snprintf(text + n, sizeof(text) - n, "http %s\n",
+			 http_bound(s->http));
+		if (main_write_ports(cfg->ports_file, text, s->err,
+				     sizeof(s->err)) < 0) {
+			fprintf(stderr, "consentd: --ports-file %s\n", s->err);
+			return -1;
 		}
 	}
-	if (had_index)
-		main_notify_ready(&notify);
+	return 0;
+}
 
-	if (cfg.snapshot != NULL) {
-		build.cfg = &cfg;
-		build.writer = writer;
-		atomic_init(&build.done, false);
-		atomic_init(&build.had_index, had_index);
-		rc = pthread_create(&build.thread, NULL, main_build_thread,
-				    &build);
-		if (rc != 0) {
-			fprintf(stderr, "consentd: build thread: %s\n",
-				strerror(rc));
-			exit_code = 1;
-			goto stop;
-		}
-		pthread_detach(build.thread);
+/* The first generation's build from --snapshot, on its own thread. */
+static int main_start_build(struct main_state *s)
+{
+	int rc;
+
+	if (s->cfg.snapshot == NULL)
+		return 0;
+	s->build.cfg = &s->cfg;
+	s->build.writer = s->writer;
+	atomic_init(&s->build.done, false);
+	atomic_init(&s->build.had_index, s->had_index);
+	rc = pthread_create(&s->build.thread, NULL, main_build_thread,
+			    &s->build);
+	if (rc != 0) {
+		fprintf(stderr, "consentd: build thread: %s\n", strerror(rc));
+		return -rc;
 	}
+	s->build.started = true;
+	pthread_detach(s->build.thread);
+	return 0;
+}
 
+/* Serves until a stop signal (0), or until the first generation's build
+ * failed with nothing to serve (1). */
+static int main_serve(struct main_state *s)
+{
 	for (;;) {
 		struct timespec ts = { .tv_sec = 0, .tv_nsec = 100000000L };
-		int sig = sigtimedwait(&sigs, NULL, &ts);
+		int sig = sigtimedwait(&s->sigs, NULL, &ts);
 
 		if (sig == SIGTERM || sig == SIGINT) {
 			fprintf(stderr, "consentd: %s: stopping\n",
 				sig == SIGTERM ? "SIGTERM" : "SIGINT");
-			notify_stopping(&notify);
-			break;
+			notify_stopping(&s->notify);
+			return 0;
 		}
 		if (sig == SIGUSR1) {
 			fprintf(stderr, "consentd: SIGUSR1: rebuilding the "
 				"served generation\n");
-			writer_rebuild(writer);
+			writer_rebuild(s->writer);
 		}
 		/* Acquire: pairs with the build thread's release store. */
-		if (cfg.snapshot != NULL && !had_index &&
-		    atomic_load_explicit(&build.done, memory_order_acquire)) {
-			if (build.rc < 0) {
-				exit_code = 1; /* nothing to serve */
-				break;
-			}
-			had_index = true;
-			main_notify_ready(&notify);
+		if (s->cfg.snapshot != NULL && !s->had_index &&
+		    atomic_load_explicit(&s->build.done, memory_order_acquire)) {
+			if (s->build.rc < 0)
+				return 1; /* nothing to serve */
+			s->had_index = true;
+			main_notify_ready(&s->notify);
 		}
-		notify_watchdog(&notify, cfg.workers);
+		notify_watchdog(&s->notify, s->cfg.workers);
 	}
-stop:
-	loop_stop(loop);
-	http_stop(http);
-	/* Finishes what was submitted and writes a generation holding
-	 * every change applied since the last one. */
-	writer_stop(writer);
-	if (cfg.snapshot == NULL ||
-	    atomic_load_explicit(&build.done, memory_order_acquire)) {
+}
+
+int main(int argc, char **argv)
+{
+	static struct main_state s;
+	int exit_code = 1;
+
+	server_config_defaults(&s.cfg);
+	if (main_options(argc, argv, &s.cfg, &s.tokens_path,
+			 &s.policy_map_path) < 0)
+		return 2;
+	notify_init(&s.notify);
+	if (s.cfg.workers == 0)
+		s.cfg.workers = main_online_cores();
+	if (main_load_files(&s) < 0) {
+		exit_code = 2;
+		goto out;
+	}
+	if (main_files_limit(&s.cfg) < 0)
+		goto out;
+	main_signals(&s);
+	/* Slots: the workers, the HTTP thread, the writer. */
+	if (metrics_init(s.cfg.workers + 2) < 0) {
+		fprintf(stderr, "consentd: out of memory\n");
+		goto out;
+	}
+	if (main_open_writer(&s) < 0 || main_listen(&s) < 0)
+		goto out;
+	if (s.had_index)
+		main_notify_ready(&s.notify);
+	if (main_start_build(&s) < 0)
+		goto out;
+	exit_code = main_serve(&s);
+out:
+	/* One way out, whatever was started: the workers (in-flight replies
+	 * finished within the grace), the ops port, then the writer, which
+	 * finishes what was submitted and writes a generation holding every
+	 * change applied since the last one. */
+	loop_stop(s.loop);
+	http_stop(s.http);
+	writer_stop(s.writer);
+	if (!s.build.started ||
+	    atomic_load_explicit(&s.build.done, memory_order_acquire)) {
 		/* Release the generation and the log (a build still running
 		 * may still hand the writer its result, so the writer stays
 		 * and the process exits around it). */
-		writer_close(writer);
-		if (tokens != NULL)
-			tokens_destroy(tokens);
-		policymap_destroy(policy_map);
+		writer_close(s.writer);
+		tokens_destroy(s.tokens);
+		policymap_destroy(s.policy_map);
 	}
-	fprintf(stderr, "consentd: stopped\n");
+	if (s.writer != NULL)
+		fprintf(stderr, "consentd: stopped\n");
 	return exit_code;
 }
