@@ -708,11 +708,14 @@ int stream_writer_create(int fd, const Consent__V1__StreamHeader *header,
 	return 0;
 }
 
-int stream_writer_add(struct stream_writer *w, const Consent__V1__Consent *c)
+/* Room in the current batch for one consent of size packed bytes, after
+ * its tag and length (written here): the batch is closed first if the
+ * consent would take it past WRITER_BATCH_BYTES_MAX. *at is where the
+ * message goes; writer_added counts it once it is there. */
+static int writer_room(struct stream_writer *w, size_t size, uint8_t **at)
 {
 	if (w->err)
 		return w->err;
-	size_t size = consent__v1__consent__get_packed_size(c);
 	size_t need = 1 + VARINT_MAX + size;
 	if (need > STREAM_FRAME_MAX_DEFAULT - 2 * VARINT_MAX)
 		return -EMSGSIZE; /* not sticky: the stream is still good */
@@ -731,12 +734,39 @@ int stream_writer_add(struct stream_writer *w, const Consent__V1__Consent *c)
 	}
 	w->buf[w->len++] = 0x0a; /* ConsentBatch.consents: field 1, length-delimited */
 	w->len += stream_varint_encode(size, w->buf + w->len);
-	w->len += consent__v1__consent__pack(c, w->buf + w->len);
+	*at = w->buf + w->len;
+	return 0;
+}
+
+static int writer_added(struct stream_writer *w, size_t size)
+{
+	w->len += size;
 	w->in_batch++;
 	w->records++;
 	if (w->in_batch >= w->batch_records)
 		return stream_emit_batch(w);
 	return 0;
+}
+
+int stream_writer_add(struct stream_writer *w, const Consent__V1__Consent *c)
+{
+	size_t size = consent__v1__consent__get_packed_size(c);
+	uint8_t *at;
+	int rc = writer_room(w, size, &at);
+	if (rc < 0)
+		return rc;
+	return writer_added(w, consent__v1__consent__pack(c, at));
+}
+
+int stream_writer_add_packed(struct stream_writer *w, const uint8_t *msg,
+			     size_t len)
+{
+	uint8_t *at;
+	int rc = writer_room(w, len, &at);
+	if (rc < 0)
+		return rc;
+	memcpy(at, msg, len);
+	return writer_added(w, len);
 }
 
 int stream_writer_finish(struct stream_writer *w)

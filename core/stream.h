@@ -68,6 +68,11 @@ int stream_writer_create(int fd, const Consent__V1__StreamHeader *header,
 			 size_t batch_records, struct stream_writer **out);
 /* Buffers c into the current batch; writes a batch frame when it is full. */
 int stream_writer_add(struct stream_writer *w, const Consent__V1__Consent *c);
+/* stream_writer_add for a consent packed already (any thread may pack
+ * with consent__v1__consent__pack): the same bytes in the stream, so a
+ * writer fed by packing threads writes what one adding would. */
+int stream_writer_add_packed(struct stream_writer *w, const uint8_t *msg,
+			     size_t len);
 /* Writes the last batch and the trailer. The writer is destroyed either way. */
 int stream_writer_finish(struct stream_writer *w);
 void stream_writer_destroy(struct stream_writer *w); /* abandons, no trailer */
