@@ -12,6 +12,10 @@
  * items handed out are documented as valid until then). The arena is
  * bounded by a multiple of the frame length, so a small frame that claims
  * millions of empty sub-messages cannot make us allocate without limit.
+ * With raw batches the reader only frames, checksums and counts a batch
+ * (frame_bodies, batch_count walk the wire), and a stream_decoder, the
+ * same arena on another thread, decodes it with decoder_unpack, the one
+ * place frames are decoded, so its failures read as the reader's.
  *
  * Writer. Consents are packed straight into the batch frame's body as
  * field 1 of ConsentBatch (tag 0x0a, varint length, message), leaving room
@@ -185,6 +189,108 @@ static void arena_reset(struct arena *a, size_t limit)
 	a->oom = false;
 }
 
+/* ---- decoding one frame ---- */
+
+struct stream_decoder {
+	struct arena arena;
+	ProtobufCAllocator alloc;
+};
+
+static int decoder_init(struct stream_decoder *d)
+{
+	memset(d, 0, sizeof(*d));
+	d->arena.cap = READER_BUF_MIN;
+	d->arena.block = malloc(d->arena.cap);
+	if (!d->arena.block)
+		return -ENOMEM;
+	d->alloc.alloc = arena_alloc;
+	d->alloc.free = arena_free;
+	d->alloc.allocator_data = &d->arena;
+	return 0;
+}
+
+static void decoder_fini(struct stream_decoder *d)
+{
+	arena_release_chunks(&d->arena);
+	free(d->arena.block);
+	d->arena.block = NULL;
+}
+
+/* Unpacks the StreamFrame body[0..len) of the frame at stream offset at
+ * into d's arena (valid until d's next unpack): 0, or < 0 with the
+ * reason in err. The one place a frame is decoded. */
+static int decoder_unpack(struct stream_decoder *d, const uint8_t *body,
+			  size_t len, uint64_t at, Consent__V1__StreamFrame **out,
+			  char *err, size_t err_cap)
+{
+	arena_reset(&d->arena, ARENA_RATIO * len + ARENA_SLACK);
+	*out = consent__v1__stream_frame__unpack(&d->alloc, len, body);
+	if (*out)
+		return 0;
+	if (d->arena.oom) {
+		snprintf(err, err_cap, "offset %" PRIu64
+			 ": out of memory decoding a frame", at);
+		return -ENOMEM;
+	}
+	if (d->arena.over) {
+		snprintf(err, err_cap, "offset %" PRIu64
+			 ": frame decodes to more than %zu bytes", at,
+			 d->arena.limit);
+		return -EMSGSIZE;
+	}
+	snprintf(err, err_cap, "offset %" PRIu64
+		 ": frame does not decode as StreamFrame", at);
+	return -EPROTO;
+}
+
+int stream_decoder_create(struct stream_decoder **out)
+{
+	struct stream_decoder *d = malloc(sizeof(*d));
+
+	if (!d)
+		return -ENOMEM;
+	if (decoder_init(d) < 0) {
+		free(d);
+		return -ENOMEM;
+	}
+	*out = d;
+	return 0;
+}
+
+void stream_decoder_destroy(struct stream_decoder *d)
+{
+	if (!d)
+		return;
+	decoder_fini(d);
+	free(d);
+}
+
+int stream_decoder_batch(struct stream_decoder *d, const struct stream_item *raw,
+			 struct stream_item *out, char *err, size_t err_cap)
+{
+	Consent__V1__StreamFrame *f;
+	int rc = decoder_unpack(d, raw->frame, raw->frame_len, raw->offset, &f,
+				err, err_cap);
+
+	if (rc < 0)
+		return rc;
+	/* The reader's walk of the wire said: one batch, n_consents in it.
+	 * protobuf-c agrees whenever it decodes; the check keeps the record
+	 * numbers the reader counted honest if it ever did not. */
+	if (f->frame_case != CONSENT__V1__STREAM_FRAME__FRAME_BATCH ||
+	    f->batch->n_consents != raw->n_consents) {
+		snprintf(err, err_cap, "offset %" PRIu64 ": batch frame decodes "
+			 "to other than its wire says", raw->offset);
+		return -EPROTO;
+	}
+	memset(out, 0, sizeof(*out));
+	out->kind = STREAM_ITEM_BATCH;
+	out->offset = raw->offset;
+	out->consents = f->batch->consents;
+	out->n_consents = f->batch->n_consents;
+	return 0;
+}
+
 /* ---- reader ---- */
 
 enum reader_state {
@@ -210,9 +316,9 @@ struct stream_reader {
 
 	XXH3_state_t *hash;
 	uint64_t records;
-	struct arena arena;
-	ProtobufCAllocator alloc;
-	Consent__V1__StreamFrame *frame;	/* in the arena */
+	bool raw_batches;	/* stream_reader_raw_batches */
+	struct stream_decoder dec;
+	Consent__V1__StreamFrame *frame;	/* in dec's arena */
 	Consent__V1__StreamTrailer trailer;	/* copied out of the arena */
 	bool have_trailer;
 
@@ -248,16 +354,11 @@ int stream_reader_create(int fd, size_t max_frame_bytes, bool require_trailer,
 	r->cap = READER_BUF_MIN;
 	r->buf = malloc(r->cap);
 	r->hash = XXH3_createState();
-	r->arena.cap = READER_BUF_MIN;
-	r->arena.block = malloc(r->arena.cap);
-	if (!r->buf || !r->hash || !r->arena.block) {
+	if (!r->buf || !r->hash || decoder_init(&r->dec) < 0) {
 		stream_reader_destroy(r);
 		return -ENOMEM;
 	}
 	XXH3_64bits_reset(r->hash);
-	r->alloc.alloc = arena_alloc;
-	r->alloc.free = arena_free;
-	r->alloc.allocator_data = &r->arena;
 	*out = r;
 	return 0;
 }
@@ -269,9 +370,13 @@ void stream_reader_destroy(struct stream_reader *r)
 	free(r->buf);
 	if (r->hash)
 		XXH3_freeState(r->hash);
-	arena_release_chunks(&r->arena);
-	free(r->arena.block);
+	decoder_fini(&r->dec);
 	free(r);
+}
+
+void stream_reader_raw_batches(struct stream_reader *r, bool raw)
+{
+	r->raw_batches = raw;
 }
 
 const char *stream_reader_error(const struct stream_reader *r)
@@ -371,62 +476,110 @@ static int reader_after_trailer(struct stream_reader *r)
 	return 0;
 }
 
+/* One field of a message at p[*pos..len): its tag, and for a
+ * length-delimited one its payload. 1 with *pos past it, 0 if it does
+ * not walk. */
+static int wire_field(const uint8_t *p, size_t len, size_t *pos,
+		      uint64_t *tag, const uint8_t **val, size_t *val_len)
+{
+	uint64_t v = 0;
+	size_t i, t = 0, m = 0, at = *pos;
+
+	*tag = 0;
+	for (i = 0; at + i < len && i < 10; i++) {
+		*tag |= (uint64_t)(p[at + i] & 0x7f) << (7 * i);
+		if (!(p[at + i] & 0x80)) {
+			t = i + 1;
+			break;
+		}
+	}
+	if (t == 0)
+		return 0;
+	at += t;
+	*val = NULL;
+	*val_len = 0;
+	switch (*tag & 7) {
+	case 0:
+	case 2:
+		for (i = 0; at + i < len && i < 10; i++) {
+			v |= (uint64_t)(p[at + i] & 0x7f) << (7 * i);
+			if (!(p[at + i] & 0x80)) {
+				m = i + 1;
+				break;
+			}
+		}
+		if (m == 0)
+			return 0;
+		if ((*tag & 7) == 2) {
+			if (v > len - at - m)
+				return 0;
+			*val = p + at + m;
+			*val_len = (size_t)v;
+			m += (size_t)v;
+		}
+		break;
+	case 1:
+		m = 8;
+		break;
+	case 5:
+		m = 4;
+		break;
+	default:
+		return 0;
+	}
+	if (m > len - at)
+		return 0;
+	*pos = at + m;
+	return 1;
+}
+
 /* How many of the StreamFrame oneof's fields (1-3) frame[0..len) sets at
  * its top level. protobuf-c 1.4 keeps only the last of a oneof set twice
  * (the spec would merge two batches), so such a frame would lose records
  * without a word: the reader refuses it instead. A frame that does not
- * walk counts 0 here; protobuf-c then refuses it. */
-static int frame_bodies(const uint8_t *p, size_t len)
+ * walk counts 0 here; protobuf-c then refuses it. *tag is the last such
+ * field's tag, *val and *val_len its payload if length-delimited. */
+static int frame_bodies(const uint8_t *p, size_t len, uint64_t *body_tag,
+			const uint8_t **body, size_t *body_len)
 {
 	size_t pos = 0;
 	int n = 0;
 
+	*body_tag = 0;
 	while (pos < len) {
-		uint64_t tag = 0, v = 0;
-		size_t i, t = 0, m = 0;
-
-		for (i = 0; pos + i < len && i < 10; i++) {
-			tag |= (uint64_t)(p[pos + i] & 0x7f) << (7 * i);
-			if (!(p[pos + i] & 0x80)) {
-				t = i + 1;
-				break;
-			}
-		}
-		if (t == 0)
+		uint64_t tag;
+		const uint8_t *val;
+		size_t val_len;
+		if (!wire_field(p, len, &pos, &tag, &val, &val_len))
 			return 0;
-		pos += t;
-		switch (tag & 7) {
-		case 0:
-		case 2:
-			for (i = 0; pos + i < len && i < 10; i++) {
-				v |= (uint64_t)(p[pos + i] & 0x7f) << (7 * i);
-				if (!(p[pos + i] & 0x80)) {
-					m = i + 1;
-					break;
-				}
-			}
-			if (m == 0)
-				return 0;
-			if ((tag & 7) == 2) {
-				if (v > len - pos - m)
-					return 0;
-				m += (size_t)v;
-			}
-			break;
-		case 1:
-			m = 8;
-			break;
-		case 5:
-			m = 4;
-			break;
-		default:
-			return 0;
-		}
-		if (m > len - pos)
-			return 0;
-		pos += m;
-		if ((tag >> 3) >= 1 && (tag >> 3) <= 3)
+		if ((tag >> 3) >= 1 && (tag >> 3) <= 3) {
 			n++;
+			*body_tag = tag;
+			*body = val;
+			*body_len = val_len;
+		}
+	}
+	return n;
+}
+
+/* The consents of a ConsentBatch p[0..len): its field-1 entries, which is
+ * what protobuf-c decodes it to when it decodes at all. -1 if it does not
+ * walk or holds field 1 in another wire type (decoding will tell why). */
+static int64_t batch_count(const uint8_t *p, size_t len)
+{
+	size_t pos = 0;
+	int64_t n = 0;
+
+	while (pos < len) {
+		uint64_t tag;
+		const uint8_t *val;
+		size_t val_len;
+		if (!wire_field(p, len, &pos, &tag, &val, &val_len))
+			return -1;
+		if (tag == 0x0a)
+			n++;
+		else if (tag >> 3 == 1)
+			return -1;
 	}
 	return n;
 }
@@ -491,10 +644,10 @@ static int reader_prefix(struct stream_reader *r, uint64_t at, uint64_t *len,
 	}
 }
 
-/* Reads the frame of len bytes after a prefix of plen and decodes it into
- * r->frame: 0, or < 0 failed. Its bytes stay at r->buf + r->start - need. */
-static int reader_decode(struct stream_reader *r, uint64_t at, uint64_t len,
-			 int plen)
+/* Reads the frame of len bytes after a prefix of plen into the buffer,
+ * whole, at r->buf + r->start: 0, or < 0 failed. */
+static int reader_frame(struct stream_reader *r, uint64_t at, uint64_t len,
+			int plen)
 {
 	/* Bound the length before making room for it. */
 	if (len > r->max_frame)
@@ -512,25 +665,21 @@ static int reader_decode(struct stream_reader *r, uint64_t at, uint64_t len,
 		return reader_fail(r, -EPROTO,
 				   "offset %" PRIu64 ": stream ends inside a frame "
 				   "(truncated)", at);
+	return 0;
+}
 
-	const uint8_t *body = r->buf + r->start + plen;
-	if (frame_bodies(body, (size_t)len) > 1)
-		return reader_fail(r, -EPROTO, "offset %" PRIu64
-				   ": frame sets header, batch or trailer more "
-				   "than once (a StreamFrame carries one)", at);
-	arena_reset(&r->arena, ARENA_RATIO * (size_t)len + ARENA_SLACK);
-	r->frame = consent__v1__stream_frame__unpack(&r->alloc, (size_t)len,
-						     body);
-	if (!r->frame) {
-		if (r->arena.oom)
-			return reader_fail(r, -ENOMEM, "offset %" PRIu64
-					   ": out of memory decoding a frame", at);
-		if (r->arena.over)
-			return reader_fail(r, -EMSGSIZE, "offset %" PRIu64
-					   ": frame decodes to more than %zu bytes",
-					   at, r->arena.limit);
-		return reader_fail(r, -EPROTO, "offset %" PRIu64
-				   ": frame does not decode as StreamFrame", at);
+/* Decodes the frame reader_frame buffered into r->frame and consumes it:
+ * 0, or < 0 failed. Its bytes stay at r->buf + r->start - need. */
+static int reader_decode(struct stream_reader *r, uint64_t at, uint64_t len,
+			 int plen)
+{
+	size_t need = (size_t)plen + (size_t)len;
+	int rc = decoder_unpack(&r->dec, r->buf + r->start + plen, (size_t)len,
+				at, &r->frame, r->err, sizeof(r->err));
+	if (rc < 0) {
+		r->state = READER_FAILED;
+		r->err_code = rc;
+		return rc;
 	}
 	r->start += need;
 	r->pos += need;
@@ -575,10 +724,39 @@ int stream_reader_next(struct stream_reader *r, struct stream_item *item)
 
 	if (rc <= 0)
 		return rc;
-	rc = reader_decode(r, at, len, plen);
+	rc = reader_frame(r, at, len, plen);
 	if (rc < 0)
 		return rc;
 	size_t need = (size_t)plen + (size_t)len;
+	const uint8_t *body = r->buf + r->start + plen, *batch = NULL;
+	uint64_t tag;
+	size_t batch_len = 0;
+	if (frame_bodies(body, (size_t)len, &tag, &batch, &batch_len) > 1)
+		return reader_fail(r, -EPROTO, "offset %" PRIu64
+				   ": frame sets header, batch or trailer more "
+				   "than once (a StreamFrame carries one)", at);
+	/* Raw: a batch (after the header) that walks is handed out as
+	 * bytes, counted but not decoded. Anything else, and every frame
+	 * whose wire is off, is decoded here, so its error is the usual. */
+	int64_t count = -1;
+	if (r->raw_batches && r->state == READER_BODY && tag == 0x12)
+		count = batch_count(batch, batch_len);
+	if (count >= 0) {
+		XXH3_64bits_update(r->hash, r->buf + r->start, need);
+		memset(item, 0, sizeof(*item));
+		item->kind = STREAM_ITEM_RAW_BATCH;
+		item->offset = at;
+		item->frame = body;
+		item->frame_len = (size_t)len;
+		item->n_consents = (size_t)count;
+		r->records += (uint64_t)count;
+		r->start += need;
+		r->pos += need;
+		return 1;
+	}
+	rc = reader_decode(r, at, len, plen);
+	if (rc < 0)
+		return rc;
 	const uint8_t *frame_bytes = r->buf + r->start - need;
 
 	Consent__V1__StreamFrame__FrameCase kind = r->frame->frame_case;
@@ -708,11 +886,14 @@ int stream_writer_create(int fd, const Consent__V1__StreamHeader *header,
 	return 0;
 }
 
-int stream_writer_add(struct stream_writer *w, const Consent__V1__Consent *c)
+/* Room in the current batch for one consent of size packed bytes, after
+ * its tag and length (written here): the batch is closed first if the
+ * consent would take it past WRITER_BATCH_BYTES_MAX. *at is where the
+ * message goes; writer_added counts it once it is there. */
+static int writer_room(struct stream_writer *w, size_t size, uint8_t **at)
 {
 	if (w->err)
 		return w->err;
-	size_t size = consent__v1__consent__get_packed_size(c);
 	size_t need = 1 + VARINT_MAX + size;
 	if (need > STREAM_FRAME_MAX_DEFAULT - 2 * VARINT_MAX)
 		return -EMSGSIZE; /* not sticky: the stream is still good */
@@ -731,12 +912,39 @@ int stream_writer_add(struct stream_writer *w, const Consent__V1__Consent *c)
 	}
 	w->buf[w->len++] = 0x0a; /* ConsentBatch.consents: field 1, length-delimited */
 	w->len += stream_varint_encode(size, w->buf + w->len);
-	w->len += consent__v1__consent__pack(c, w->buf + w->len);
+	*at = w->buf + w->len;
+	return 0;
+}
+
+static int writer_added(struct stream_writer *w, size_t size)
+{
+	w->len += size;
 	w->in_batch++;
 	w->records++;
 	if (w->in_batch >= w->batch_records)
 		return stream_emit_batch(w);
 	return 0;
+}
+
+int stream_writer_add(struct stream_writer *w, const Consent__V1__Consent *c)
+{
+	size_t size = consent__v1__consent__get_packed_size(c);
+	uint8_t *at;
+	int rc = writer_room(w, size, &at);
+	if (rc < 0)
+		return rc;
+	return writer_added(w, consent__v1__consent__pack(c, at));
+}
+
+int stream_writer_add_packed(struct stream_writer *w, const uint8_t *msg,
+			     size_t len)
+{
+	uint8_t *at;
+	int rc = writer_room(w, len, &at);
+	if (rc < 0)
+		return rc;
+	memcpy(at, msg, len);
+	return writer_added(w, len);
 }
 
 int stream_writer_finish(struct stream_writer *w)

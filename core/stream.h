@@ -35,6 +35,7 @@ struct stream_reader;
 enum stream_item_kind {
 	STREAM_ITEM_HEADER, /* the first frame */
 	STREAM_ITEM_BATCH,  /* consents[0..n_consents) */
+	STREAM_ITEM_RAW_BATCH, /* frame[0..frame_len), n_consents in it */
 };
 
 /* Valid until the next stream_reader_next call. */
@@ -44,6 +45,8 @@ struct stream_item {
 	const Consent__V1__StreamHeader *header;
 	Consent__V1__Consent *const *consents;
 	size_t n_consents;
+	const uint8_t *frame;   /* RAW_BATCH: the StreamFrame, no prefix */
+	size_t frame_len;
 };
 
 /* The reader does not own fd. require_trailer: true for snapshots; a
@@ -57,6 +60,25 @@ void stream_reader_destroy(struct stream_reader *r);
  * -ENOMEM or an I/O -errno; stream_reader_error tells what and where. */
 int stream_reader_next(struct stream_reader *r, struct stream_item *item);
 const char *stream_reader_error(const struct stream_reader *r);
+
+/* Raw batches (off by default): batch frames after the header come back
+ * as STREAM_ITEM_RAW_BATCH, their bytes checksummed and their consents
+ * counted from the wire but not decoded, so that other threads can decode
+ * them (stream_decoder_batch) while this one reads on. A frame whose wire
+ * does not walk as one batch is decoded here as usual, and fails with the
+ * usual message; the trailer's checks are the same either way. */
+void stream_reader_raw_batches(struct stream_reader *r, bool raw);
+
+/* A decoder for raw batches: one per thread, any thread. */
+struct stream_decoder;
+int stream_decoder_create(struct stream_decoder **out);
+void stream_decoder_destroy(struct stream_decoder *d);
+/* Decodes a RAW_BATCH item (its bytes copied out of the reader is fine:
+ * the offset names the frame) into *out, a STREAM_ITEM_BATCH valid until
+ * d's next call: 0, or < 0 (-EPROTO, -EMSGSIZE, -ENOMEM) with the message
+ * the reader would have given for that frame in err. */
+int stream_decoder_batch(struct stream_decoder *d, const struct stream_item *raw,
+			 struct stream_item *out, char *err, size_t err_cap);
 uint64_t stream_reader_records(const struct stream_reader *r);
 /* The trailer, once next returned 0 after one (else NULL). */
 const Consent__V1__StreamTrailer *stream_reader_trailer(const struct stream_reader *r);
@@ -68,6 +90,11 @@ int stream_writer_create(int fd, const Consent__V1__StreamHeader *header,
 			 size_t batch_records, struct stream_writer **out);
 /* Buffers c into the current batch; writes a batch frame when it is full. */
 int stream_writer_add(struct stream_writer *w, const Consent__V1__Consent *c);
+/* stream_writer_add for a consent packed already (any thread may pack
+ * with consent__v1__consent__pack): the same bytes in the stream, so a
+ * writer fed by packing threads writes what one adding would. */
+int stream_writer_add_packed(struct stream_writer *w, const uint8_t *msg,
+			     size_t len);
 /* Writes the last batch and the trailer. The writer is destroyed either way. */
 int stream_writer_finish(struct stream_writer *w);
 void stream_writer_destroy(struct stream_writer *w); /* abandons, no trailer */

@@ -15,9 +15,15 @@
  * keeps alternating correctly. Change s is dated SYNTH_NOW + s + 1 seconds:
  * later than every record of the snapshot and than every earlier change,
  * so applying the streams in order never goes back in time.
+ *
+ * --threads T (default: the online cores) makes a snapshot's records on
+ * T threads; the bytes are the same for every T (gen_snapshot_threads).
+ * Change streams are made on one.
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,7 +40,8 @@
 static int gen_usage(void)
 {
 	fprintf(stderr, "usage: consentctl gen --records N [--seed S] "
-			"[--changes K [--from-sequence Q]] --out FILE|-\n");
+			"[--changes K [--from-sequence Q]] [--threads T] "
+			"--out FILE|-\n");
 	return 2;
 }
 
@@ -108,6 +115,157 @@ static int gen_snapshot(struct stream_writer *w, uint64_t seed, uint64_t n)
 	return 0;
 }
 
+/* ---- the snapshot on several threads ----
+ *
+ * Making and packing a record (synth_record, consent__v1__consent__pack)
+ * is the work; packers do it a block of records at a time into a ring of
+ * slots, block j into slot j % n_slots, and the calling thread hands the
+ * packed consents to the stream writer in record order
+ * (stream_writer_add_packed): batching and the checksum stay the
+ * writer's, so the bytes are those of gen_snapshot. */
+
+#define GEN_BLOCK 16384 /* records a packer makes at a time */
+#define GEN_THREADS_MAX 256
+
+struct gen_slot {
+	uint64_t block;    /* the block it holds or is being filled with */
+	bool ready;        /* filled; the writer's until it clears it */
+	size_t n;          /* consents in it */
+	uint32_t *len;     /* their packed lengths, GEN_BLOCK */
+	uint8_t *bytes;    /* packed one after another */
+	size_t cap;
+	int rc;            /* a packer's -ENOMEM */
+};
+
+struct gen_par {
+	uint64_t seed, n, n_blocks;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	uint64_t next_block;   /* the next block a packer takes */
+	uint64_t written;      /* blocks the writer is done with */
+	bool stop;             /* the writer failed */
+	size_t n_slots;
+	struct gen_slot *slot;
+};
+
+static int gen_pack_block(struct gen_par *p, struct gen_slot *sl)
+{
+	uint64_t first = sl->block * GEN_BLOCK;
+	uint64_t end = first + GEN_BLOCK < p->n ? first + GEN_BLOCK : p->n;
+	size_t used = 0;
+
+	sl->n = 0;
+	for (uint64_t i = first; i < end; i++) {
+		struct synth_record s;
+		Consent__V1__Consent c;
+		synth_record(p->seed, p->n, i, &s);
+		to_consent(&s, &c);
+		size_t size = consent__v1__consent__get_packed_size(&c);
+		if (sl->cap - used < size) {
+			size_t nc = sl->cap ? sl->cap * 2 : (size_t)GEN_BLOCK * 128;
+			while (nc - used < size)
+				nc *= 2;
+			uint8_t *nb = realloc(sl->bytes, nc);
+			if (nb == NULL)
+				return -ENOMEM;
+			sl->bytes = nb;
+			sl->cap = nc;
+		}
+		sl->len[sl->n++] = (uint32_t)consent__v1__consent__pack(
+			&c, sl->bytes + used);
+		used += size;
+	}
+	return 0;
+}
+
+static void *gen_packer_main(void *arg)
+{
+	struct gen_par *p = arg;
+
+	pthread_mutex_lock(&p->mu);
+	for (;;) {
+		if (p->stop || p->next_block == p->n_blocks)
+			break;
+		uint64_t j = p->next_block++;
+		struct gen_slot *sl = &p->slot[j % p->n_slots];
+		/* The slot is free once the writer is done with block
+		 * j - n_slots, the one it held before. */
+		while (!p->stop && j >= p->n_slots && p->written <= j - p->n_slots)
+			pthread_cond_wait(&p->cv, &p->mu);
+		if (p->stop)
+			break;
+		pthread_mutex_unlock(&p->mu);
+		sl->block = j;
+		sl->rc = gen_pack_block(p, sl);
+		pthread_mutex_lock(&p->mu);
+		sl->ready = true;
+		pthread_cond_broadcast(&p->cv);
+	}
+	pthread_mutex_unlock(&p->mu);
+	return NULL;
+}
+
+static int gen_snapshot_threads(struct stream_writer *w, uint64_t seed,
+				uint64_t n, unsigned threads)
+{
+	struct gen_par p = {
+		.seed = seed, .n = n,
+		.n_blocks = (n + GEN_BLOCK - 1) / GEN_BLOCK,
+		.n_slots = 2 * (size_t)threads,
+	};
+	pthread_t th[threads];
+	unsigned started = 0;
+	int rc = 0;
+
+	pthread_mutex_init(&p.mu, NULL);
+	pthread_cond_init(&p.cv, NULL);
+	p.slot = calloc(p.n_slots, sizeof(*p.slot));
+	if (p.slot == NULL)
+		rc = -ENOMEM;
+	for (size_t i = 0; rc == 0 && i < p.n_slots; i++) {
+		p.slot[i].len = malloc(GEN_BLOCK * sizeof(uint32_t));
+		if (p.slot[i].len == NULL)
+			rc = -ENOMEM;
+	}
+	for (; rc == 0 && started < threads; started++) {
+		int e = pthread_create(&th[started], NULL, gen_packer_main, &p);
+		if (e != 0)
+			rc = -e;
+	}
+	for (uint64_t j = 0; rc == 0 && j < p.n_blocks; j++) {
+		struct gen_slot *sl = &p.slot[j % p.n_slots];
+		pthread_mutex_lock(&p.mu);
+		while (!(sl->ready && sl->block == j))
+			pthread_cond_wait(&p.cv, &p.mu);
+		pthread_mutex_unlock(&p.mu);
+		rc = sl->rc;
+		const uint8_t *m = sl->bytes;
+		for (size_t i = 0; rc == 0 && i < sl->n; i++) {
+			rc = stream_writer_add_packed(w, m, sl->len[i]);
+			m += sl->len[i];
+		}
+		pthread_mutex_lock(&p.mu);
+		sl->ready = false;
+		p.written = j + 1;
+		pthread_cond_broadcast(&p.cv);
+		pthread_mutex_unlock(&p.mu);
+	}
+	pthread_mutex_lock(&p.mu);
+	p.stop = true;
+	pthread_cond_broadcast(&p.cv);
+	pthread_mutex_unlock(&p.mu);
+	for (unsigned t = 0; t < started; t++)
+		pthread_join(th[t], NULL);
+	for (size_t i = 0; p.slot != NULL && i < p.n_slots; i++) {
+		free(p.slot[i].len);
+		free(p.slot[i].bytes);
+	}
+	free(p.slot);
+	pthread_mutex_destroy(&p.mu);
+	pthread_cond_destroy(&p.cv);
+	return rc;
+}
+
 static int gen_changes(struct stream_writer *w, uint64_t seed, uint64_t n,
 		       uint64_t from, uint64_t k)
 {
@@ -152,7 +310,7 @@ static int gen_changes(struct stream_writer *w, uint64_t seed, uint64_t n,
 
 int ctl_gen(int argc, char **argv)
 {
-	uint64_t n = 0, seed = 1, changes = 0, from = 0;
+	uint64_t n = 0, seed = 1, changes = 0, from = 0, threads = 0;
 	bool have_n = false, have_changes = false, have_from = false;
 	const char *out = NULL;
 
@@ -172,6 +330,13 @@ int ctl_gen(int argc, char **argv)
 		} else if (strcmp(a, "--from-sequence") == 0) {
 			rc = parse_u64(a, v, &from);
 			have_from = true;
+		} else if (strcmp(a, "--threads") == 0) {
+			rc = parse_u64(a, v, &threads);
+			if (rc == 0 && (threads == 0 || threads > GEN_THREADS_MAX)) {
+				fprintf(stderr, "consentctl gen: --threads is 1 to "
+					"%d\n", GEN_THREADS_MAX);
+				rc = -EINVAL;
+			}
 		} else if (strcmp(a, "--out") == 0) {
 			if (!v) {
 				fprintf(stderr, "consentctl gen: --out needs a file\n");
@@ -207,6 +372,12 @@ int ctl_gen(int argc, char **argv)
 		return 2;
 	}
 
+	if (threads == 0) {
+		long online = sysconf(_SC_NPROCESSORS_ONLN);
+		threads = online < 1 ? 1 : online > GEN_THREADS_MAX
+					     ? GEN_THREADS_MAX : (uint64_t)online;
+	}
+
 	int fd = ctl_open_out(out);
 	if (fd < 0) {
 		fprintf(stderr, "consentctl gen: %s: %s\n", out, strerror(-fd));
@@ -233,8 +404,12 @@ int ctl_gen(int argc, char **argv)
 	struct stream_writer *w;
 	int rc = stream_writer_create(fd, &h, STREAM_BATCH_DEFAULT, &w);
 	if (rc == 0) {
-		rc = have_changes ? gen_changes(w, seed, n, from, changes)
-				  : gen_snapshot(w, seed, n);
+		if (have_changes)
+			rc = gen_changes(w, seed, n, from, changes);
+		else if (threads > 1 && n > GEN_BLOCK)
+			rc = gen_snapshot_threads(w, seed, n, (unsigned)threads);
+		else
+			rc = gen_snapshot(w, seed, n);
 		if (rc == 0)
 			rc = stream_writer_finish(w);
 		else

@@ -18,10 +18,11 @@ struct command {
 
 static const struct command commands[] = {
 	{ "gen", ctl_gen,
-	  "gen --records N [--seed S] [--changes K [--from-sequence Q]] --out FILE",
+	  "gen --records N [--seed S] [--changes K [--from-sequence Q]] [--threads T] --out FILE",
 	  "write a deterministic synthetic snapshot stream, or with --changes\n"
 	  "      a change stream of K ONAY<->RET flips of its records,\n"
-	  "      sequences Q+1..Q+K (Q defaults to 0)" },
+	  "      sequences Q+1..Q+K (Q defaults to 0); a snapshot is made on T\n"
+	  "      threads (default: the online cores), the same bytes for any T" },
 	{ "build", ctl_build, "build --snapshot FILE --out DIR",
 	  "build a data directory that consentd --data-dir DIR serves" },
 	{ "verify", ctl_verify, "verify DIR",

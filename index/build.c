@@ -18,11 +18,11 @@
  * Either way a bad record or a bad trailer rejects the whole stream before
  * anything is renamed into DIR.
  *
- * Decoding (protobuf-c) is the expensive part, so it runs on its own
- * thread: the decoder copies each batch's fields into a compact chunk
- * (16384+ records, so that hand-overs are rare) and passes it over a
- * small ring; the stager validates, normalises, keys, stages and (direct)
- * inserts. See decode_main and read_stream.
+ * Decoding (protobuf-c, two thirds of the instructions), validating,
+ * normalising and keying run on a worker per online core, a chunk of
+ * 16384+ records each at a time; the calling thread only inserts (or
+ * stages), in stream order, as the table's one writer. See "The
+ * pipeline" below, build_worker_main and read_stream.
  *
  * The result is a generation in memory (index/generation.h: the table and
  * the addresses of its e-mail keys): the server's writer takes it as it
@@ -122,128 +122,168 @@ static_assert(sizeof(struct item) == 32, "a staged record is 32 bytes");
 /* E-mail arena record: brand (4, LE), rtype (1), length (1), address. */
 #define EMAIL_REC_HEAD 6
 
-/* A batch as the decoder hands it over: the fields of each consent,
- * copied out of the reader's arena (valid only until its next frame). */
-struct rec {
-	uint64_t offset;        /* its batch frame's stream offset */
-	uint32_t brand_code;
-	int32_t channel, rtype, status, source;
-	int64_t consent_date;
-	size_t recipient_off;   /* into the chunk's text, NUL-terminated */
-	size_t recipient_len;
+/*
+ * The pipeline. The reader hands batch frames out raw
+ * (stream_reader_raw_batches): framing and the checksum are a small,
+ * serial part of the work, decoding the large part (protobuf-c), and
+ * validating, normalising and keying most of the rest. So every core runs
+ * a worker (build_worker_main) that, in turn with the others, takes the
+ * reader (frame_mu) long enough to copy the next run of frames into a
+ * slot (CHUNK_RECORDS records or more: a hand-over costs a wake-up), then
+ * decodes and stages that run on its own into 32-byte items and e-mail
+ * records. Slot i holds chunks i, i + n_slots, ...; the calling thread
+ * takes the chunks in stream order and inserts (direct) or stages them:
+ * the table has exactly one writer (index/table.c: double hashing spreads
+ * a key's probe sequence over the whole table, so no partition of the
+ * buckets keeps two inserters apart), and the order of first-seen e-mail
+ * addresses stays the stream's. Inserting is the light part (a prefetched
+ * miss a record), so that thread mostly waits.
+ *
+ * Errors come out in stream order: a chunk carries the first failure in
+ * it (a frame that does not decode, a bad record) after the items before
+ * it, and the reader's own end (clean, or its failure) is a mark after
+ * the last chunk. The first failure the inserting thread meets is the
+ * build's, with the text the one-thread reader gave.
+ */
+
+/* A raw batch frame of a chunk: raw[at, at + len). */
+struct chunk_frame {
+	uint64_t offset;       /* in the stream */
+	size_t at, len;
+	size_t n_consents;     /* as the reader counted them */
 };
 
 struct chunk {
-	uint64_t first_record; /* stream ordinal of rec[0], from 0 */
-	size_t n, cap;
-	struct rec *rec;
-	char *text;
-	size_t text_len, text_cap;
+	uint64_t seq;          /* which chunk of the stream */
+	bool ready;            /* staged; the inserting thread's until freed */
+	uint64_t first_record; /* stream ordinal of its first record, from 0 */
+	uint64_t n_records;    /* as the reader counted them */
+	/* The frames, copied out of the reader: bytes and where each is. */
+	uint8_t *raw;
+	size_t raw_len, raw_cap;
+	struct chunk_frame *frames;
+	size_t n_frames, frames_cap;
+	/* What staging made of them, and the first failure. */
+	struct grow items;     /* struct item, n_items of them */
+	struct grow emails;    /* their addresses, in the same order */
+	size_t n_items;
+	int rc;
+	char err[512];
 };
 
-#define RING 4
 #define CHUNK_RECORDS 16384 /* records per hand-over, at least */
+#define WORKERS_MAX 64
 
 struct builder {
 	/* Set before the threads start. */
 	struct stream_reader *reader;
 	struct index *keymaker; /* the generation's secret, one bucket */
+	size_t n_slots;
+	struct chunk *slot;
 
-	/* The ring between decoder and stager, guarded by mu. */
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	struct chunk ring[RING];
-	unsigned head, tail;   /* tail - head chunks are full */
-	bool decoder_done;
-	bool stager_failed;    /* tells the decoder to stop */
-	int decode_rc;         /* the reader's final result */
-	char decode_err[512];
-
-	/* Decoder's: the header. */
+	/* The reader, and what it says, are frame_mu's. */
+	pthread_mutex_t frame_mu;
+	uint64_t next_seq;     /* the next chunk to fill */
+	uint64_t next_record;
 	bool have_header;
 	uint64_t watermark;
 	int64_t created_at;
 
-	/* Stager's. */
+	/* The slots' hand-overs, guarded by mu. */
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	uint64_t freed;        /* chunks below this are inserted and free */
+	bool ended;            /* the reader is done: end_seq, end_rc set */
+	uint64_t end_seq;      /* chunks of the stream */
+	int end_rc;            /* its result: 0, or -errno with end_err */
+	char end_err[512];
+	bool stop;             /* the inserting thread failed: quit */
+
+	/* The inserting thread's. */
 	struct index *direct;  /* sized from the trailer hint: insert as we go */
-	struct grow items;     /* staged items (direct: this chunk's only) */
-	struct grow emails;    /* their addresses, in the same order */
+	struct grow items;     /* staged items (no hint) */
+	struct grow emails;
 	struct generation *out; /* the table, and the addresses inserted */
 	uint64_t n_items;
 	uint64_t n_emails;
-	char stage_err[512];
 };
 
-/* Appends a batch's consents to chunk c. */
-static int chunk_append(struct chunk *c, const struct stream_item *it)
+/* Copies a raw batch frame into chunk c. */
+static int chunk_add_frame(struct chunk *c, const struct stream_item *it)
 {
-	if (c->cap - c->n < it->n_consents) {
-		size_t nc = c->cap ? c->cap : CHUNK_RECORDS;
-		while (nc - c->n < it->n_consents)
+	if (c->n_frames == c->frames_cap) {
+		size_t nc = c->frames_cap ? c->frames_cap * 2 : 64;
+		struct chunk_frame *f = realloc(c->frames, nc * sizeof(*f));
+		if (f == NULL)
+			return -ENOMEM;
+		c->frames = f;
+		c->frames_cap = nc;
+	}
+	if (c->raw_cap - c->raw_len < it->frame_len) {
+		size_t nc = c->raw_cap ? c->raw_cap : 1 << 20;
+		while (nc - c->raw_len < it->frame_len)
 			nc *= 2;
-		struct rec *r = realloc(c->rec, nc * sizeof(*r));
+		uint8_t *r = realloc(c->raw, nc);
 		if (r == NULL)
 			return -ENOMEM;
-		c->rec = r;
-		c->cap = nc;
+		c->raw = r;
+		c->raw_cap = nc;
 	}
-	for (size_t i = 0; i < it->n_consents; i++) {
-		const Consent__V1__Consent *m = it->consents[i];
-		const char *s = m->recipient ? m->recipient : "";
-		size_t len = strlen(s); /* < the frame limit, 64 MiB */
-		if (c->text_cap - c->text_len < len + 1) {
-			size_t nc = c->text_cap ? c->text_cap : 1 << 20;
-			while (nc - c->text_len < len + 1)
-				nc *= 2;
-			char *t = realloc(c->text, nc);
-			if (t == NULL)
-				return -ENOMEM;
-			c->text = t;
-			c->text_cap = nc;
-		}
-		memcpy(c->text + c->text_len, s, len);
-		struct rec *r = &c->rec[c->n + i];
-		r->offset = it->offset;
-		r->brand_code = m->brand_code;
-		r->channel = (int32_t)m->channel;
-		r->rtype = (int32_t)m->recipient_type;
-		r->status = (int32_t)m->status;
-		r->source = (int32_t)m->source;
-		r->consent_date = m->consent_date;
-		r->recipient_off = c->text_len;
-		r->recipient_len = len;
-		c->text[c->text_len + len] = '\0';
-		c->text_len += len + 1;
-	}
-	c->n += it->n_consents;
+	memcpy(c->raw + c->raw_len, it->frame, it->frame_len);
+	c->frames[c->n_frames++] = (struct chunk_frame){
+		.offset = it->offset, .at = c->raw_len, .len = it->frame_len,
+		.n_consents = it->n_consents,
+	};
+	c->raw_len += it->frame_len;
+	c->n_records += it->n_consents;
 	return 0;
 }
 
-/* Hands the chunk at tail to the stager. */
-static void ring_publish(struct builder *b)
+/* With frame_mu: the reader's end, after every chunk handed out. */
+static void reader_ended(struct builder *b, int rc, const char *why)
 {
 	pthread_mutex_lock(&b->mu);
-	b->tail++;
+	b->ended = true;
+	b->end_seq = b->next_seq;
+	b->end_rc = rc;
+	snprintf(b->end_err, sizeof(b->end_err), "%s", why);
 	pthread_cond_broadcast(&b->cv);
 	pthread_mutex_unlock(&b->mu);
 }
 
-/* Decoder thread: reads frames, fills ring chunks. */
-static void *decode_main(void *arg)
+/* With frame_mu: fills the slot of the next chunk with frames from the
+ * reader. Returns the slot, or NULL when the stream is over (or the build
+ * stops). */
+static struct chunk *frame_chunk(struct builder *b)
 {
-	struct builder *b = arg;
-	struct stream_item it;
-	struct chunk *cur = NULL;
-	uint64_t records = 0;
-	int rc;
+	pthread_mutex_lock(&b->mu);
+	bool over = b->ended || b->stop;
+	uint64_t seq = b->next_seq;
+	/* The slot is free once chunk seq - n_slots is inserted. */
+	while (!over && seq >= b->n_slots && b->freed <= seq - b->n_slots) {
+		pthread_cond_wait(&b->cv, &b->mu);
+		over = b->stop;
+	}
+	pthread_mutex_unlock(&b->mu);
+	if (over)
+		return NULL;
 
-	while ((rc = stream_reader_next(b->reader, &it)) == 1) {
+	struct chunk *c = &b->slot[seq % b->n_slots];
+	c->seq = seq;
+	c->first_record = b->next_record;
+	c->n_records = 0;
+	c->raw_len = 0;
+	c->n_frames = 0;
+	struct stream_item it;
+	int rc = 1;
+	char why[160] = "";
+	while (c->n_records < CHUNK_RECORDS &&
+	       (rc = stream_reader_next(b->reader, &it)) == 1) {
 		if (it.kind == STREAM_ITEM_HEADER) {
 			if (it.header->changes) {
+				snprintf(why, sizeof(why), "offset %" PRIu64 ": a "
+					 "change stream, not a snapshot", it.offset);
 				rc = -EPROTO;
-				snprintf(b->decode_err, sizeof(b->decode_err),
-					 "offset %" PRIu64 ": a change stream, "
-					 "not a snapshot", it.offset);
 				break;
 			}
 			b->have_header = true;
@@ -251,123 +291,149 @@ static void *decode_main(void *arg)
 			b->created_at = it.header->created_at;
 			continue;
 		}
-		if (it.n_consents == 0)
-			continue;
-		if (cur == NULL) {
-			pthread_mutex_lock(&b->mu);
-			while (b->tail - b->head == RING && !b->stager_failed)
-				pthread_cond_wait(&b->cv, &b->mu);
-			bool stop = b->stager_failed;
-			pthread_mutex_unlock(&b->mu);
-			if (stop) {
-				rc = 0;
-				break;
-			}
-			/* The slot at tail is ours until ring_publish. */
-			cur = &b->ring[b->tail % RING];
-			cur->n = 0;
-			cur->text_len = 0;
-			cur->first_record = records;
-		}
-		rc = chunk_append(cur, &it);
-		if (rc < 0) {
-			snprintf(b->decode_err, sizeof(b->decode_err),
-				 "offset %" PRIu64 ": out of memory", it.offset);
+		if (it.kind == STREAM_ITEM_BATCH) {
+			/* Raw batches are on: a batch comes decoded only if
+			 * the reader's walk of its wire refused what
+			 * protobuf-c then took. Not a stream we build. */
+			snprintf(why, sizeof(why), "offset %" PRIu64 ": batch "
+				 "frame does not walk as one", it.offset);
+			rc = -EPROTO;
 			break;
 		}
-		records += it.n_consents;
-		/* Big chunks: a hand-over costs a wake-up (tens of µs on a
-		 * VM), so it must be rare next to the work it carries. */
-		if (cur->n >= CHUNK_RECORDS) {
-			ring_publish(b);
-			cur = NULL;
+		if (it.n_consents == 0)
+			continue;
+		if (chunk_add_frame(c, &it) < 0) {
+			snprintf(why, sizeof(why), "offset %" PRIu64 ": out of "
+				 "memory", it.offset);
+			rc = -ENOMEM;
+			break;
 		}
 	}
-	if (rc == 0 && cur != NULL)
-		ring_publish(b);
-	if (rc < 0 && b->decode_err[0] == '\0')
-		snprintf(b->decode_err, sizeof(b->decode_err), "%s",
-			 stream_reader_error(b->reader));
-	pthread_mutex_lock(&b->mu);
-	b->decode_rc = rc;
-	b->decoder_done = true;
-	pthread_cond_broadcast(&b->cv);
-	pthread_mutex_unlock(&b->mu);
-	return NULL;
+	/* The frames read before a failure are still the stream's, and
+	 * may hold an earlier fault: they go in, then the end after them. */
+	b->next_record += c->n_records;
+	if (c->n_records > 0)
+		b->next_seq++;
+	if (rc <= 0)
+		reader_ended(b, rc, why[0] != '\0' || rc == 0
+					    ? why : stream_reader_error(b->reader));
+	return c->n_records > 0 ? c : NULL;
 }
 
-static int stage_fail(struct builder *b, const struct chunk *c, size_t i,
-		      const char *field, const char *why)
+static int chunk_fail(struct chunk *c, int rc, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static int chunk_fail(struct chunk *c, int rc, const char *fmt, ...)
 {
-	snprintf(b->stage_err, sizeof(b->stage_err),
-		 "offset %" PRIu64 ": record %" PRIu64 ": field %s: %s",
-		 c->rec[i].offset, c->first_record + i + 1, field, why);
-	return -EPROTO;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(c->err, sizeof(c->err), fmt, ap);
+	va_end(ap);
+	c->rc = rc;
+	return rc;
 }
 
-/* Stager: validates, normalises, keys and stages one chunk. */
-static int stage_chunk(struct builder *b, const struct chunk *c)
+/* A worker, on its own: decodes, validates, normalises, keys and stages
+ * chunk c; the first failure stops it, in c->rc and c->err. */
+static int chunk_stage(struct builder *b, struct chunk *c,
+		       struct stream_decoder *dec)
 {
-	int rc = grow_reserve(&b->items, c->n * sizeof(struct item));
-	if (rc < 0)
-		return rc;
-	struct item *out = (struct item *)(b->items.p + b->items.len);
-	for (size_t i = 0; i < c->n; i++) {
-		const struct rec *r = &c->rec[i];
-		/* consent_validate reads a message; give it one. */
-		Consent__V1__Consent m = CONSENT__V1__CONSENT__INIT;
-		m.recipient = c->text + r->recipient_off;
-		m.channel = (Consent__V1__Channel)r->channel;
-		m.recipient_type = (Consent__V1__RecipientType)r->rtype;
-		m.brand_code = r->brand_code;
-		m.status = (Consent__V1__Status)r->status;
-		m.source = (Consent__V1__Source)r->source;
-		m.consent_date = r->consent_date;
-
-		struct recipient rcp;
-		const char *field, *why;
-		/* Also what makes the value fit the index. */
-		if (consent_validate(&m, &rcp, &field, &why) < 0)
-			return stage_fail(b, c, i, field, why);
-
-		struct item *it = &out[i];
-		index_key_make(b->keymaker, &rcp, r->brand_code, r->rtype,
-			       r->channel, &it->key);
-		it->date_off = (uint32_t)(r->consent_date - INDEX_EPOCH);
-		it->status = (uint8_t)r->status;
-		it->source = (uint8_t)enums_source_stored(r->source);
-		it->is_email = rcp.kind == RECIPIENT_EMAIL;
-		it->reserved = 0;
-		if (it->is_email) {
-			rc = grow_reserve(&b->emails,
-					  EMAIL_REC_HEAD + rcp.email_len);
-			if (rc < 0)
-				return rc;
-			uint8_t *p = b->emails.p + b->emails.len;
-			memcpy(p, &r->brand_code, 4);
-			p[4] = (uint8_t)r->rtype;
+	uint64_t record = c->first_record;
+	c->items.len = 0;
+	c->emails.len = 0;
+	c->n_items = 0;
+	c->rc = 0;
+	c->err[0] = '\0';
+	if (grow_reserve(&c->items, c->n_records * sizeof(struct item)) < 0)
+		return chunk_fail(c, -ENOMEM, "out of memory staging %" PRIu64
+				  " records", record);
+	for (size_t f = 0; f < c->n_frames; f++) {
+		const struct chunk_frame *cf = &c->frames[f];
+		struct stream_item raw = {
+			.kind = STREAM_ITEM_RAW_BATCH, .offset = cf->offset,
+			.frame = c->raw + cf->at, .frame_len = cf->len,
+			.n_consents = cf->n_consents,
+		}, batch;
+		int rc = stream_decoder_batch(dec, &raw, &batch, c->err,
+					      sizeof(c->err));
+		if (rc < 0)
+			return c->rc = rc;
+		struct item *out = (struct item *)c->items.p + c->n_items;
+		for (size_t i = 0; i < batch.n_consents; i++, record++) {
+			const Consent__V1__Consent *m = batch.consents[i];
+			struct recipient rcp;
+			const char *field, *why;
+			/* Also what makes the value fit the index. */
+			if (consent_validate(m, &rcp, &field, &why) < 0)
+				return chunk_fail(c, -EPROTO, "offset %" PRIu64
+						  ": record %" PRIu64 ": field %s: "
+						  "%s", batch.offset, record + 1,
+						  field, why);
+			struct item *it = &out[i];
+			index_key_make(b->keymaker, &rcp, m->brand_code,
+				       (int)m->recipient_type, (int)m->channel,
+				       &it->key);
+			it->date_off = (uint32_t)(m->consent_date - INDEX_EPOCH);
+			it->status = (uint8_t)m->status;
+			it->source = (uint8_t)enums_source_stored((int)m->source);
+			it->is_email = rcp.kind == RECIPIENT_EMAIL;
+			it->reserved = 0;
+			if (!it->is_email)
+				continue;
+			if (grow_reserve(&c->emails,
+					 EMAIL_REC_HEAD + rcp.email_len) < 0)
+				return chunk_fail(c, -ENOMEM, "out of memory "
+						  "staging %" PRIu64 " records",
+						  record);
+			uint8_t *p = c->emails.p + c->emails.len;
+			uint32_t brand = m->brand_code;
+			memcpy(p, &brand, 4);
+			p[4] = (uint8_t)m->recipient_type;
 			p[5] = (uint8_t)rcp.email_len;
 			memcpy(p + EMAIL_REC_HEAD, rcp.email, rcp.email_len);
-			b->emails.len += EMAIL_REC_HEAD + rcp.email_len;
-			b->n_emails++;
+			c->emails.len += EMAIL_REC_HEAD + rcp.email_len;
 		}
+		c->n_items += batch.n_consents;
 	}
-	b->items.len += c->n * sizeof(struct item);
-	b->n_items += c->n;
+	c->items.len = c->n_items * sizeof(struct item);
 	return 0;
+}
+
+/* A worker thread: frames a chunk (taking its turn at the reader), stages
+ * it, hands it over; until the stream ends or the build stops. */
+static void *build_worker_main(void *arg)
+{
+	struct builder *b = arg;
+	struct stream_decoder *dec;
+	bool ok = stream_decoder_create(&dec) == 0;
+
+	for (;;) {
+		pthread_mutex_lock(&b->frame_mu);
+		struct chunk *c = frame_chunk(b);
+		pthread_mutex_unlock(&b->frame_mu);
+		if (c == NULL)
+			break;
+		if (ok)
+			chunk_stage(b, c, dec);
+		else
+			chunk_fail(c, -ENOMEM, "out of memory decoding");
+		pthread_mutex_lock(&b->mu);
+		c->ready = true;
+		pthread_cond_broadcast(&b->cv);
+		pthread_mutex_unlock(&b->mu);
+	}
+	stream_decoder_destroy(dec);
+	return NULL;
 }
 
 /* ---- inserting ---- */
 
-/* Inserts the staged items in stream order; the addresses of e-mail keys
- * seen for the first time go to the generation's list. Then forgets
- * them. */
-static int insert_staged(struct builder *b, struct index *ix)
+/* Inserts n items in stream order, their e-mail records at ep; the
+ * addresses of e-mail keys seen for the first time go to the
+ * generation's list. */
+static int insert_items(struct builder *b, struct index *ix,
+			const struct item *items, size_t n, const uint8_t *ep)
 {
-	const struct item *items = (const struct item *)b->items.p;
-	const uint8_t *ep = b->emails.p;
-	size_t n = b->items.len / sizeof(struct item);
-
 	for (size_t i = 0; i < n && i < PREFETCH_AHEAD; i++)
 		index_prefetch(ix, &items[i].key);
 	for (size_t i = 0; i < n; i++) {
@@ -396,67 +462,112 @@ static int insert_staged(struct builder *b, struct index *ix)
 		if (rc < 0)
 			return rc;
 	}
-	b->items.len = 0;
-	b->emails.len = 0;
 	return 0;
 }
 
-/* Runs the decoder thread and stages (direct: inserts) what it hands
- * over. Returns 0 when the whole stream, trailer included, was read and
- * every record staged or inserted; BUILD_RESTART when the direct table
- * overflowed; -errno with a message. */
-static int read_stream(struct builder *b, char *err, size_t err_cap)
+/* Takes one staged chunk: inserts it (direct) or appends it to the
+ * staged items. */
+static int take_chunk(struct builder *b, const struct chunk *c)
 {
-	pthread_t th;
-	int rc = pthread_create(&th, NULL, decode_main, b);
-	if (rc != 0)
-		return errmsg_fail(err, err_cap, -rc, "cannot start the decoder "
-			    "thread%s: %s", rc == EAGAIN ? " (out of memory or "
-			    "threads)" : "", strerror(rc));
-	int stage_rc = 0;
-	for (;;) {
-		pthread_mutex_lock(&b->mu);
-		while (b->tail == b->head && !b->decoder_done)
-			pthread_cond_wait(&b->cv, &b->mu);
-		bool have = b->tail != b->head;
-		pthread_mutex_unlock(&b->mu);
-		if (!have)
+	b->n_items += c->n_items;
+	if (b->direct != NULL)
+		return insert_items(b, b->direct, (const struct item *)c->items.p,
+				    c->n_items, c->emails.p);
+	if (grow_reserve(&b->items, c->items.len) < 0 ||
+	    grow_reserve(&b->emails, c->emails.len) < 0)
+		return -ENOMEM;
+	memcpy(b->items.p + b->items.len, c->items.p, c->items.len);
+	b->items.len += c->items.len;
+	if (c->emails.len > 0)
+		memcpy(b->emails.p + b->emails.len, c->emails.p, c->emails.len);
+	b->emails.len += c->emails.len;
+	return 0;
+}
+
+static unsigned build_workers(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	return n < 1 ? 1 : n > WORKERS_MAX ? WORKERS_MAX : (unsigned)n;
+}
+
+/* Runs the workers and takes what they stage in stream order. Returns 0
+ * when the whole stream, trailer included, was read and every record
+ * staged or inserted; BUILD_RESTART when the direct table overflowed;
+ * -errno with a message. */
+static int read_stream(struct builder *b, unsigned workers, char *err,
+		       size_t err_cap)
+{
+	pthread_t th[WORKERS_MAX];
+	unsigned started = 0;
+	int rc = 0;
+
+	b->n_slots = 2 * (size_t)workers;
+	b->slot = calloc(b->n_slots, sizeof(*b->slot));
+	if (b->slot == NULL)
+		return errmsg_fail(err, err_cap, -ENOMEM, "out of memory");
+	stream_reader_raw_batches(b->reader, true);
+	for (; started < workers; started++) {
+		rc = pthread_create(&th[started], NULL, build_worker_main, b);
+		if (rc != 0)
 			break;
-		/* The slot at head is ours until we release it below. */
-		stage_rc = stage_chunk(b, &b->ring[b->head % RING]);
+	}
+	if (started == 0)
+		return errmsg_fail(err, err_cap, -rc, "cannot start the decoder "
+			    "threads%s: %s", rc == EAGAIN ? " (out of memory or "
+			    "threads)" : "", strerror(rc));
+	rc = 0;
+	const char *why = NULL;
+	for (uint64_t seq = 0;; seq++) {
+		struct chunk *c = &b->slot[seq % b->n_slots];
 		pthread_mutex_lock(&b->mu);
-		b->head++;
-		if (stage_rc < 0)
-			b->stager_failed = true;
-		pthread_cond_broadcast(&b->cv);
+		while (!(c->ready && c->seq == seq) &&
+		       !(b->ended && b->end_seq == seq))
+			pthread_cond_wait(&b->cv, &b->mu);
+		bool end = !(c->ready && c->seq == seq);
 		pthread_mutex_unlock(&b->mu);
-		/* Direct: insert while the decoder works on the next chunk.
-		 * A full table means the hint was wrong: start again. */
-		if (stage_rc == 0 && b->direct != NULL) {
-			stage_rc = insert_staged(b, b->direct);
-			if (stage_rc == -ENOSPC)
-				stage_rc = BUILD_RESTART;
+		if (end) {
+			/* ended and end_* are not written again. */
+			rc = b->end_rc;
+			why = b->end_err;
+			break;
 		}
-		if (stage_rc == 0)
-			continue;
+		rc = c->rc;
+		why = c->err;
+		if (rc == 0) {
+			rc = take_chunk(b, c);
+			/* A full table means the hint was wrong: start
+			 * again. */
+			if (rc == -ENOSPC && b->direct != NULL)
+				rc = BUILD_RESTART;
+			why = NULL;
+		}
 		pthread_mutex_lock(&b->mu);
-		b->stager_failed = true;
+		c->ready = false;
+		b->freed = seq + 1;
+		if (rc != 0)
+			b->stop = true;
 		pthread_cond_broadcast(&b->cv);
 		pthread_mutex_unlock(&b->mu);
-		break;
+		if (rc != 0)
+			break;
 	}
-	pthread_join(th, NULL);
-	if (stage_rc == BUILD_RESTART)
-		return stage_rc;
-	if (stage_rc < 0) {
-		if (stage_rc == -ENOMEM)
-			return errmsg_fail(err, err_cap, stage_rc,
-				    "out of memory staging %" PRIu64 " records",
-				    b->n_items);
-		return errmsg_fail(err, err_cap, stage_rc, "%s", b->stage_err);
+	pthread_mutex_lock(&b->mu);
+	b->stop = true;
+	pthread_cond_broadcast(&b->cv);
+	pthread_mutex_unlock(&b->mu);
+	for (unsigned t = 0; t < started; t++)
+		pthread_join(th[t], NULL);
+	if (rc == BUILD_RESTART)
+		return rc;
+	if (rc < 0) {
+		if (why == NULL && rc == -ENOMEM)
+			return errmsg_fail(err, err_cap, rc, "out of memory "
+				    "staging %" PRIu64 " records", b->n_items);
+		if (why == NULL)
+			return errmsg_fail(err, err_cap, rc, "inserting: %s",
+				    strerror(-rc));
+		return errmsg_fail(err, err_cap, rc, "%s", why);
 	}
-	if (b->decode_rc < 0)
-		return errmsg_fail(err, err_cap, b->decode_rc, "%s", b->decode_err);
 	if (!b->have_header)
 		return errmsg_fail(err, err_cap, -EPROTO, "stream has no header");
 	return 0;
@@ -516,7 +627,7 @@ static uint64_t capacity_for(uint64_t records)
  * short.
  * Without (hint false), records are staged and inserted after the
  * trailer. */
-static int build_once(int fd, bool have_hint, uint64_t hint,
+static int build_once(int fd, unsigned workers, bool have_hint, uint64_t hint,
 		      struct generation *out, struct build_result *res,
 		      char *err, size_t err_cap)
 {
@@ -528,6 +639,7 @@ static int build_once(int fd, bool have_hint, uint64_t hint,
 
 	if (b == NULL)
 		return errmsg_fail(err, err_cap, -ENOMEM, "out of memory");
+	pthread_mutex_init(&b->frame_mu, NULL);
 	pthread_mutex_init(&b->mu, NULL);
 	pthread_cond_init(&b->cv, NULL);
 	b->out = &g;
@@ -560,7 +672,7 @@ static int build_once(int fd, bool have_hint, uint64_t hint,
 		rc = errmsg_fail(err, err_cap, rc, "stream reader: %s", strerror(-rc));
 		goto out;
 	}
-	rc = read_stream(b, err, err_cap);
+	rc = read_stream(b, workers, err, err_cap);
 	if (rc != 0)
 		goto out;
 	/* Direct: the table was sized for hint records; more means less
@@ -579,7 +691,8 @@ static int build_once(int fd, bool have_hint, uint64_t hint,
 				  strerror(-rc));
 			goto out;
 		}
-		rc = insert_staged(b, g.ix);
+		rc = insert_items(b, g.ix, (const struct item *)b->items.p,
+				  b->items.len / sizeof(struct item), b->emails.p);
 		if (rc < 0) {
 			rc = errmsg_fail(err, err_cap, rc, "inserting: %s",
 				  strerror(-rc));
@@ -609,12 +722,16 @@ out:
 	index_destroy(b->keymaker);
 	if (b->reader != NULL)
 		stream_reader_destroy(b->reader);
-	for (int i = 0; i < RING; i++) {
-		free(b->ring[i].rec);
-		free(b->ring[i].text);
+	for (size_t i = 0; b->slot != NULL && i < b->n_slots; i++) {
+		free(b->slot[i].raw);
+		free(b->slot[i].frames);
+		grow_free(&b->slot[i].items);
+		grow_free(&b->slot[i].emails);
 	}
+	free(b->slot);
 	grow_free(&b->items);
 	grow_free(&b->emails);
+	pthread_mutex_destroy(&b->frame_mu);
 	pthread_mutex_destroy(&b->mu);
 	pthread_cond_destroy(&b->cv);
 	free(b);
@@ -625,12 +742,20 @@ out:
 int build_index(int fd, struct generation *out, struct build_result *res,
 		char *err, size_t err_cap)
 {
+	return build_index_threads(fd, 0, out, res, err, err_cap);
+}
+
+int build_index_threads(int fd, unsigned threads, struct generation *out,
+			struct build_result *res, char *err, size_t err_cap)
+{
+	unsigned workers = threads == 0 ? build_workers()
+				: threads > WORKERS_MAX ? WORKERS_MAX : threads;
 	if (err != NULL && err_cap > 0)
 		err[0] = '\0';
 	off_t start = lseek(fd, 0, SEEK_CUR);
 	uint64_t hint = 0;
 	bool have_hint = trailer_hint(fd, &hint);
-	int rc = build_once(fd, have_hint, hint, out, res, err, err_cap);
+	int rc = build_once(fd, workers, have_hint, hint, out, res, err, err_cap);
 	if (rc == BUILD_RESTART) {
 		/* The hint was wrong (the reader would have refused a stream
 		 * whose trailer disagrees with it, so this is a trailer we
@@ -640,7 +765,7 @@ int build_index(int fd, struct generation *out, struct build_result *res,
 				    strerror(errno));
 		if (err != NULL && err_cap > 0)
 			err[0] = '\0';
-		rc = build_once(fd, false, 0, out, res, err, err_cap);
+		rc = build_once(fd, workers, false, 0, out, res, err, err_cap);
 		/* Without a hint nothing is inserted before the trailer. */
 		assert(rc != BUILD_RESTART);
 	}

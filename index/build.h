@@ -33,6 +33,11 @@ struct build_result {
 struct generation;
 int build_index(int fd, struct generation *out, struct build_result *res,
 		char *err, size_t err_cap);
+/* build_index on threads decoding threads (0: one per online core; the
+ * calling thread inserts). The result means the same for any number:
+ * tests compare them. */
+int build_index_threads(int fd, unsigned threads, struct generation *out,
+			struct build_result *res, char *err, size_t err_cap);
 
 /* build_index, then publishes the result as generation newest+1 of dir
  * (created if missing; generation_publish). */

@@ -60,6 +60,8 @@ enum damage {
 	BAD_TRAILER,   /* the trailer's checksum is off by one bit */
 	NO_TRAILER,    /* the stream just stops after the last batch */
 	SHORT_COUNT,   /* the trailer says a quarter of the records */
+	BAD_TWO,       /* bad records at bad_at and near the end */
+	BAD_AND_CUT,   /* a bad record at bad_at, and no trailer */
 };
 
 /* Writes records 0..n-1 of (SEED, n) to fd as a snapshot; returns 0. */
@@ -80,7 +82,10 @@ static int write_snapshot(int fd, uint64_t n, uint64_t watermark,
 		Consent__V1__Consent c;
 		synth_record(SEED, n, i, &s);
 		to_consent(&s, &c);
-		if (dmg == BAD_RECORD && i == bad_at)
+		if ((dmg == BAD_RECORD || dmg == BAD_AND_CUT ||
+		     dmg == BAD_TWO) && i == bad_at)
+			c.recipient = "+90 53x";
+		if (dmg == BAD_TWO && i == n - 5)
 			c.recipient = "+90 53x";
 		rc = stream_writer_add(w, &c);
 		if (rc < 0) {
@@ -107,7 +112,8 @@ static void snapshot_file(const char *path, uint64_t n, uint64_t watermark,
 		CHECK(pread(fd, &last, 1, len - 1) == 1);
 		last ^= 1;
 		CHECK(pwrite(fd, &last, 1, len - 1) == 1);
-	} else if (dmg == NO_TRAILER || dmg == SHORT_COUNT) {
+	} else if (dmg == NO_TRAILER || dmg == SHORT_COUNT ||
+		   dmg == BAD_AND_CUT) {
 		/* The trailer frame is short (< 32 bytes): find the offset at
 		 * which the rest parses as exactly one frame and cut there. */
 		uint8_t tail[32];
@@ -404,6 +410,71 @@ static void test_rejected_whole(void)
 }
 
 /* Equal keys in one snapshot: the order rule picks the survivor. */
+/* Chunks of the build are 16384+ records and each worker stages its own:
+ * any number of them must give the same records, the same first-seen
+ * e-mail list, and the first fault in stream order. */
+static void test_threads_agree(void)
+{
+	char snap[256], err[1024];
+	tmp_path(snap, sizeof(snap), "threads");
+	uint64_t n = 60000; /* 4 chunks: not scaled, the split is the point */
+	snapshot_file(snap, n, 3, WHOLE, 0);
+	struct generation one = { 0 };
+	static const unsigned threads[] = { 1, 2, 5 };
+
+	for (size_t k = 0; k < sizeof(threads) / sizeof(threads[0]); k++) {
+		struct generation g = { 0 };
+		struct build_result res;
+		int fd = open(snap, O_RDONLY);
+		CHECK(fd >= 0);
+		int rc = build_index_threads(fd, threads[k], &g, &res, err,
+					     sizeof(err));
+		close(fd);
+		CHECKF(rc == 0, "%u threads: %s", threads[k], err);
+		if (rc != 0)
+			continue;
+		CHECK(res.records == n && res.stream_records == n &&
+		      res.watermark == 3);
+		CHECKF(count_found(g.ix, n) == n, "%u threads", threads[k]);
+		if (k == 0) {
+			one = g;
+			continue;
+		}
+		CHECKF(g.extra.n == one.extra.n && g.extra.len == one.extra.len &&
+		       memcmp(g.extra.p, one.extra.p, one.extra.len) == 0,
+		       "%u threads: another e-mail list than one thread's",
+		       threads[k]);
+		generation_fini(&g);
+	}
+	CHECK(one.extra.n > 0);
+	generation_fini(&one);
+
+	/* Two bad records in chunks 1 and 3, or a bad record before a
+	 * missing trailer: the earlier fault is the one named, whichever
+	 * worker got there first. */
+	for (int cut = 0; cut <= 1; cut++) {
+		/* Cut: the bad record in the last chunk, the one the reader's
+		 * failure ends. */
+		uint64_t bad = cut ? 55000 : 20000;
+		char want[64];
+		snprintf(want, sizeof(want), "record %" PRIu64 ": field recipient",
+			 bad + 1);
+		snapshot_file(snap, n, 3, cut ? BAD_AND_CUT : BAD_TWO, bad);
+		for (size_t k = 0; k < sizeof(threads) / sizeof(threads[0]); k++) {
+			struct generation g = { 0 };
+			int fd = open(snap, O_RDONLY);
+			CHECK(fd >= 0);
+			int rc = build_index_threads(fd, threads[k], &g, NULL,
+						     err, sizeof(err));
+			close(fd);
+			CHECKF(rc == -EPROTO && strstr(err, want),
+			       "%s, %u threads: %d %s", cut ? "cut" : "two",
+			       threads[k], rc, err);
+			CHECK(g.ix == NULL);
+		}
+	}
+}
+
 static void test_duplicates(void)
 {
 	char snap[256], dir[256], err[1024];
@@ -684,6 +755,7 @@ int main(void)
 	}
 	RUN(test_build_and_dump);
 	RUN(test_rejected_whole);
+	RUN(test_threads_agree);
 	RUN(test_duplicates);
 	RUN(test_pipe);
 	RUN(test_verify_and_fallback);

@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
@@ -167,6 +168,64 @@ static void read_fd(int fd, size_t max_frame, bool require_trailer,
 	/* A finished or failed reader keeps saying so. */
 	CHECK(stream_reader_next(r, &it) == rc);
 	stream_reader_destroy(r);
+}
+
+/* read_fd with raw batches, each decoded by a stream_decoder as it comes
+ * (as the builder's workers do, in stream order): a decoder's failure
+ * ends the read there, as the reader's own would. */
+static void read_fd_raw(int fd, bool require_trailer, struct read_result *res)
+{
+	struct stream_reader *r;
+	struct stream_decoder *d;
+	struct stream_item it, batch;
+
+	memset(res, 0, sizeof(*res));
+	CHECK(stream_reader_create(fd, 0, require_trailer, &r) == 0);
+	CHECK(stream_decoder_create(&d) == 0);
+	stream_reader_raw_batches(r, true);
+	int rc;
+	while ((rc = stream_reader_next(r, &it)) == 1) {
+		if (it.kind == STREAM_ITEM_HEADER) {
+			res->header_seen = true;
+			continue;
+		}
+		if (it.kind == STREAM_ITEM_RAW_BATCH) {
+			rc = stream_decoder_batch(d, &it, &batch, res->err,
+						  sizeof(res->err));
+			if (rc < 0)
+				break;
+			CHECK(batch.offset == it.offset &&
+			      batch.n_consents == it.n_consents);
+			it = batch;
+		}
+		for (size_t k = 0; k < it.n_consents; k++)
+			res->fields_hash = hash_consent(res->fields_hash,
+							it.consents[k]);
+		res->records += it.n_consents;
+	}
+	res->rc = rc;
+	res->trailer_seen = stream_reader_trailer(r) != NULL;
+	if (rc >= 0 || res->err[0] == '\0')
+		snprintf(res->err, sizeof(res->err), "%s", stream_reader_error(r));
+	stream_decoder_destroy(d);
+	stream_reader_destroy(r);
+}
+
+/* Raw batches read to the same records, and fail with the same code and
+ * message, as decoded ones. */
+static void expect_raw_agrees(const uint8_t *p, size_t len, const char *what)
+{
+	struct read_result a, b;
+	int fd = fd_of_bytes(p, len);
+	read_fd(fd, 0, true, &a);
+	lseek(fd, 0, SEEK_SET);
+	read_fd_raw(fd, true, &b);
+	close(fd);
+	CHECKF(a.rc == b.rc && strcmp(a.err, b.err) == 0 &&
+	       a.records == b.records && a.fields_hash == b.fields_hash &&
+	       a.trailer_seen == b.trailer_seen,
+	       "%s: decoded %d '%s' %" PRIu64 ", raw %d '%s' %" PRIu64, what,
+	       a.rc, a.err, a.records, b.rc, b.err, b.records);
 }
 
 static void read_bytes(const uint8_t *p, size_t len, bool require_trailer,
@@ -420,6 +479,7 @@ static void test_bit_flips(void)
 	free(p);
 }
 
+
 /* ---- split feeds through a pipe ---- */
 
 struct feeder {
@@ -536,6 +596,44 @@ static size_t trailer_frame(uint8_t *out, uint64_t count, uint64_t sum)
 	f.frame_case = CONSENT__V1__STREAM_FRAME__FRAME_TRAILER;
 	f.trailer = &t;
 	return pack_frame(out, &f);
+}
+
+/* Every bit flip of a stream, and the stream whole, read alike with raw
+ * batches; and a batch that walks but does not decode (a consent with
+ * wire type 7 inside) fails in the decoder with the reader's message. */
+static void test_raw_batches(void)
+{
+	size_t len;
+	uint8_t *p = make_stream(100, 30, 8, false, &len);
+	uint8_t *q = malloc(len);
+	char what[64];
+	expect_raw_agrees(p, len, "whole");
+	for (size_t at = 0; at < len; at++) {
+		for (int bit = 0; bit < 8; bit++) {
+			memcpy(q, p, len);
+			q[at] ^= (uint8_t)(1u << bit);
+			snprintf(what, sizeof(what), "flip %zu/%d", at, bit);
+			expect_raw_agrees(q, len, what);
+		}
+	}
+	free(q);
+	free(p);
+
+	uint8_t b[256];
+	size_t n = header_frame(b, 1, false);
+	/* StreamFrame{batch: ConsentBatch{consents: [0x0f]}} */
+	static const uint8_t bad[] = { 0x12, 0x03, 0x0a, 0x01, 0x0f };
+	size_t at = n;
+	n += put_frame(b + n, bad, sizeof(bad));
+	n += trailer_frame(b + n, 1, 0);
+	expect_raw_agrees(b, n, "undecodable consent");
+	struct read_result res;
+	int fd = fd_of_bytes(b, n);
+	read_fd_raw(fd, true, &res);
+	close(fd);
+	snprintf(what, sizeof(what), "offset %zu: frame does not decode", at);
+	CHECKF(res.rc == -EPROTO && strstr(res.err, what) == res.err, "'%s'",
+	       res.err);
 }
 
 static void expect_error(const uint8_t *p, size_t len, bool require_trailer,
@@ -854,6 +952,7 @@ int main(void)
 	RUN(test_batch_bytes_match_protobuf_c);
 	RUN(test_truncation);
 	RUN(test_bit_flips);
+	RUN(test_raw_batches);
 	RUN(test_split_feeds);
 	RUN(test_structure_errors);
 	RUN(test_oversize);

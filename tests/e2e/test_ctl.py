@@ -103,3 +103,25 @@ def test_gen_is_deterministic(env):
     assert not filecmp.cmp(a, b, shallow=False), "seed ignored"
     os.unlink(a)
     os.unlink(b)
+
+
+def test_gen_threads_make_the_same_bytes(env):
+    # Blocks are 16384 records: 40000 is two whole blocks and a part, so
+    # packers finish out of order and the writer must put them back.
+    one = os.path.join(env.tmp, "gen-t1.bin")
+    ctl("gen", "--records", 40000, "--seed", 5, "--threads", 1, "--out", one)
+    for t in (2, 3, 7):
+        many = os.path.join(env.tmp, "gen-t%d.bin" % t)
+        ctl("gen", "--records", 40000, "--seed", 5, "--threads", t,
+            "--out", many)
+        assert filecmp.cmp(one, many, shallow=False), \
+            "--threads %d made other bytes than --threads 1" % t
+        os.unlink(many)
+    dflt = os.path.join(env.tmp, "gen-tdefault.bin")
+    ctl("gen", "--records", 40000, "--seed", 5, "--out", dflt)
+    assert filecmp.cmp(one, dflt, shallow=False), \
+        "the default --threads made other bytes than --threads 1"
+    os.unlink(dflt)
+    os.unlink(one)
+    p = ctl("gen", "--records", 10, "--threads", 0, "--out", one, check=False)
+    assert p.returncode == 2, "--threads 0 accepted"
