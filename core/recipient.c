@@ -33,6 +33,7 @@
  */
 #include "core/recipient.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdbool.h>
 #include <string.h>
@@ -225,6 +226,30 @@ static int normalize_email(const char *s, size_t len, struct recipient *out,
 
 /* ---- the fast path: input already in canonical form ------------------ */
 
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+	      "eight_digits reads the first byte as the lowest");
+
+static const uint64_t pow10_small[8] = { 1, 10, 100, 1000, 10000, 100000,
+					 1000000, 10000000 };
+
+/* Whether the 8 bytes of w (first byte lowest) are all '0'-'9': each
+ * byte's high nibble is 3, and adding 6 does not carry into it. */
+static inline bool eight_digits(uint64_t w)
+{
+	return ((w & 0xf0f0f0f0f0f0f0f0ULL) |
+		(((w + 0x0606060606060606ULL) & 0xf0f0f0f0f0f0f0f0ULL) >>
+		 4)) == 0x3333333333333333ULL;
+}
+
+/* The number the 8 digits of w spell, first byte the most significant:
+ * pairs, then quads, then the eight, each step one multiply. */
+static inline uint64_t eight_digits_value(uint64_t w)
+{
+	w = ((w & 0x0f0f0f0f0f0f0f0fULL) * 2561) >> 8;
+	w = ((w & 0x00ff00ff00ff00ffULL) * 6553601) >> 16;
+	return ((w & 0x0000ffff0000ffffULL) * 42949672960001ULL) >> 32;
+}
+
 /* "+" and 7 to 15 digits that normalize_phone would keep as they are: the
  * first digit not 0, and a +90 number exactly 10 national digits, the
  * first not 0. Anything else (spaces, national forms, refusals) goes the
@@ -239,12 +264,28 @@ static bool canonical_phone(const char *s, size_t len, struct recipient *out)
 	if (s[1] == '9' && s[2] == '0' &&
 	    (len != 3 + PHONE_TR_NATIONAL || s[3] == '0'))
 		return false;
-	for (size_t i = 1; i < len; i++) {
-		unsigned d = (unsigned)(unsigned char)s[i] - '0';
+	if (len - 1 > 8) {
+		/* 9 to 15 digits: the first 8 and the last 8 as two words,
+		 * the bytes of the second that the first already holds
+		 * turned into '0' (little-endian: they are its low bytes). */
+		uint64_t hi, lo, o = 16 - (len - 1); /* overlap, 1..7 bytes */
 
-		if (d > 9)
+		memcpy(&hi, s + 1, 8);
+		memcpy(&lo, s + len - 8, 8);
+		lo = (lo & (~0ULL << (8 * o))) |
+		     (0x3030303030303030ULL & ~(~0ULL << (8 * o)));
+		if (!eight_digits(hi) || !eight_digits(lo))
 			return false;
-		v = v * 10 + d;
+		v = eight_digits_value(hi) * pow10_small[len - 1 - 8] +
+		    eight_digits_value(lo);
+	} else {
+		for (size_t i = 1; i < len; i++) {
+			unsigned d = (unsigned)(unsigned char)s[i] - '0';
+
+			if (d > 9)
+				return false;
+			v = v * 10 + d;
+		}
 	}
 	out->kind = RECIPIENT_PHONE;
 	out->phone = v;
