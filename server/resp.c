@@ -421,7 +421,8 @@ static int resp_check(struct conn_ctx *x, struct conn *c,
 		bad = resp_channel(&a[3], &in->channel);
 	for (uint32_t i = 4; bad == NULL && i < argc; i++) {
 		int r = enums_rtype_parse(a[i].p, a[i].len);
-		int p = enums_purpose_parse(a[i].p, a[i].len);
+		/* No name is both a recipient type and a purpose. */
+		int p = r ? 0 : enums_purpose_parse(a[i].p, a[i].len);
 
 		if (r && !in->rtype)
 			in->rtype = r;
