@@ -153,10 +153,18 @@ static int value_of(const char *const *names, size_t n, const char *s,
 {
 	size_t v;
 
+	unsigned char first;
+
 	if (s == NULL || len == 0)
 		return 0;
+	first = (unsigned char)s[0];
+	if (first >= 'a' && first <= 'z')
+		first = (unsigned char)(first - 'a' + 'A');
+	/* Names differ in their first letter mostly: test it before the
+	 * whole comparison (name_eq would refuse the same names). */
 	for (v = 0; v < n; v++)
-		if (names[v] != NULL && name_eq(s, len, names[v]))
+		if (names[v] != NULL && (unsigned char)names[v][0] == first &&
+		    name_eq(s, len, names[v]))
 			return (int)v;
 	return 0;
 }

@@ -33,9 +33,13 @@
  */
 #include "core/recipient.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdbool.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #define PHONE_E164_MAX 15 /* digits, country code included */
 #define PHONE_E164_MIN 7
@@ -220,8 +224,157 @@ static int normalize_email(const char *s, size_t len, struct recipient *out,
 	return 0;
 }
 
+/* ---- the fast path: input already in canonical form ------------------ */
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+	      "eight_digits reads the first byte as the lowest");
+
+static const uint64_t pow10_small[8] = { 1, 10, 100, 1000, 10000, 100000,
+					 1000000, 10000000 };
+
+/* Whether the 8 bytes of w (first byte lowest) are all '0'-'9': each
+ * byte's high nibble is 3, and adding 6 does not carry into it. */
+static inline bool eight_digits(uint64_t w)
+{
+	return ((w & 0xf0f0f0f0f0f0f0f0ULL) |
+		(((w + 0x0606060606060606ULL) & 0xf0f0f0f0f0f0f0f0ULL) >>
+		 4)) == 0x3333333333333333ULL;
+}
+
+/* The number the 8 digits of w spell, first byte the most significant:
+ * pairs, then quads, then the eight, each step one multiply. */
+static inline uint64_t eight_digits_value(uint64_t w)
+{
+	w = ((w & 0x0f0f0f0f0f0f0f0fULL) * 2561) >> 8;
+	w = ((w & 0x00ff00ff00ff00ffULL) * 6553601) >> 16;
+	return ((w & 0x0000ffff0000ffffULL) * 42949672960001ULL) >> 32;
+}
+
+/* "+" and 7 to 15 digits that normalize_phone would keep as they are: the
+ * first digit not 0, and a +90 number exactly 10 national digits, the
+ * first not 0. Anything else (spaces, national forms, refusals) goes the
+ * general way, which then writes the same fields or the same refusal. */
+static bool canonical_phone(const char *s, size_t len, struct recipient *out)
+{
+	uint64_t v = 0;
+
+	if (len < 1 + PHONE_E164_MIN || len > 1 + PHONE_E164_MAX ||
+	    s[0] != '+' || s[1] == '0')
+		return false;
+	if (s[1] == '9' && s[2] == '0' &&
+	    (len != 3 + PHONE_TR_NATIONAL || s[3] == '0'))
+		return false;
+	if (len - 1 > 8) {
+		/* 9 to 15 digits: the first 8 and the last 8 as two words,
+		 * the bytes of the second that the first already holds
+		 * turned into '0' (little-endian: they are its low bytes). */
+		uint64_t hi, lo, o = 16 - (len - 1); /* overlap, 1..7 bytes */
+
+		memcpy(&hi, s + 1, 8);
+		memcpy(&lo, s + len - 8, 8);
+		lo = (lo & (~0ULL << (8 * o))) |
+		     (0x3030303030303030ULL & ~(~0ULL << (8 * o)));
+		if (!eight_digits(hi) || !eight_digits(lo))
+			return false;
+		v = eight_digits_value(hi) * pow10_small[len - 1 - 8] +
+		    eight_digits_value(lo);
+	} else {
+		for (size_t i = 1; i < len; i++) {
+			unsigned d = (unsigned)(unsigned char)s[i] - '0';
+
+			if (d > 9)
+				return false;
+			v = v * 10 + d;
+		}
+	}
+	out->kind = RECIPIENT_PHONE;
+	out->phone = v;
+	out->email_len = 0;
+	out->email[0] = 0;
+	return true;
+}
+
+#ifdef __SSE2__
+/* The bytes of v that are not canonical e-mail bytes (outside 0x21-0x7e,
+ * or 'A'-'Z'), and those that are '@', as bit masks. */
+static inline void email_classes(__m128i v, unsigned *bad, unsigned *at)
+{
+	/* Signed bytes: 0x80-0xff are negative, so one compare refuses
+	 * them with 0x00-0x20; 0x7f is refused alone. Upper case: shifted
+	 * so 'A'..'Z' land on -128..-103, below -102 signed. */
+	__m128i low = _mm_cmplt_epi8(v, _mm_set1_epi8(0x21));
+	__m128i del = _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7f));
+	__m128i up = _mm_cmplt_epi8(_mm_add_epi8(v, _mm_set1_epi8(
+					    (char)(0x80 - 'A'))),
+				    _mm_set1_epi8((char)(-128 + 26)));
+
+	*bad = (unsigned)_mm_movemask_epi8(
+		_mm_or_si128(_mm_or_si128(low, del), up));
+	*at = (unsigned)_mm_movemask_epi8(
+		_mm_cmpeq_epi8(v, _mm_set1_epi8('@')));
+}
+
+/* An e-mail normalize_email would copy unchanged: 3 to 254 bytes, each
+ * printable ASCII but not upper case (so no whitespace to trim or refuse),
+ * exactly one '@', neither first nor last. 16 bytes at a time, the last
+ * block overlapping the one before it; never a byte past len. *out is
+ * written only once the whole address passed. */
+static bool canonical_email(const char *s, size_t len, struct recipient *out)
+{
+	unsigned bad = 0, n_at = 0;
+	size_t i, at_pos = 0;
+
+	if (len < 16 || len > RECIPIENT_EMAIL_MAX)
+		return false; /* short ones: the general path is as quick */
+	for (i = 0;; i += 16) {
+		size_t b = i + 16 <= len ? i : len - 16;
+		__m128i v = _mm_loadu_si128((const __m128i *)(s + b));
+		unsigned cb, ca;
+
+		email_classes(v, &cb, &ca);
+		ca &= ~0u << (i - b); /* the overlap was counted already */
+		bad |= cb;
+		if (ca != 0) {
+			n_at += (unsigned)__builtin_popcount(ca);
+			at_pos = b + (size_t)__builtin_ctz(ca);
+		}
+		if (b + 16 == len)
+			break;
+	}
+	if (bad != 0 || n_at != 1 || at_pos == 0 || at_pos == len - 1)
+		return false;
+	memcpy(out->email, s, len);
+	out->email[len] = 0;
+	out->email_len = (uint16_t)len;
+	out->kind = RECIPIENT_EMAIL;
+	out->phone = 0;
+	return true;
+}
+#endif
+
+bool recipient_canonical(const char *in, size_t in_len, struct recipient *out)
+{
+	if (in == NULL || in_len == 0)
+		return false;
+	if (in[0] == '+')
+		return canonical_phone(in, in_len, out);
+#ifdef __SSE2__
+	return canonical_email(in, in_len, out);
+#else
+	return false;
+#endif
+}
+
 int recipient_normalize(const char *in, size_t in_len, struct recipient *out,
 			const char **why)
+{
+	if (recipient_canonical(in, in_len, out))
+		return 0;
+	return recipient_normalize_full(in, in_len, out, why);
+}
+
+int recipient_normalize_full(const char *in, size_t in_len,
+			     struct recipient *out, const char **why)
 {
 	size_t b = 0, e = in == NULL ? 0 : in_len;
 	unsigned char first;

@@ -12,6 +12,7 @@
 #ifndef CONSENTD_CORE_RECIPIENT_H
 #define CONSENTD_CORE_RECIPIENT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -30,9 +31,22 @@ struct recipient {
 	char email[RECIPIENT_EMAIL_MAX + 1]; /* EMAIL: NUL-terminated */
 };
 
-/* Normalises in[0..in_len) into *out. Returns 0, or -EINVAL with *why. */
+/* Normalises in[0..in_len) into *out. Returns 0, or -EINVAL with *why.
+ * Input already in canonical form takes recipient_canonical, the rest
+ * recipient_normalize_full; either way the result is the full path's. */
 int recipient_normalize(const char *in, size_t in_len, struct recipient *out,
 			const char **why);
+
+/* The fast path alone: true, with *out exactly as recipient_normalize_full
+ * would write it, when in[0..in_len) is already canonical ("+" and E.164
+ * digits; an e-mail of printable ASCII without upper case, one '@' inside,
+ * at most 254 bytes); false, *out untouched, for anything else. */
+bool recipient_canonical(const char *in, size_t in_len, struct recipient *out);
+
+/* The general path alone (every form, every refusal). For the fast path's
+ * differential test and fuzzer; callers use recipient_normalize. */
+int recipient_normalize_full(const char *in, size_t in_len,
+			     struct recipient *out, const char **why);
 
 /* Writes the canonical text ("+905321234567" or the e-mail) and a NUL into
  * buf; returns its length (without the NUL), or -ENOSPC if cap is short. */

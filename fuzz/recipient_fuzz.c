@@ -8,7 +8,12 @@
  *   - e-mail: 1-254 bytes, NUL-terminated at email_len, exactly one '@'
  *     with something on both sides, printable ASCII, no upper case;
  *   - the formatted text re-normalises to the same value, and formats to
- *     the same text (canonical form is a fixed point).
+ *     the same text (canonical form is a fixed point);
+ *   - differential: recipient_normalize (fast path first) and
+ *     recipient_normalize_full return the same code and reason and write
+ *     byte-identical structs; recipient_canonical takes only input the
+ *     full path accepts, with the same result, and leaves *out alone
+ *     otherwise.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -62,15 +67,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	char *in = malloc(size ? size : 1);
 	char text[RECIPIENT_TEXT_MAX], again[RECIPIENT_TEXT_MAX];
-	struct recipient r, r2;
-	const char *why = NULL;
-	int rc, len, len2;
+	struct recipient r, r2, r3, fill;
+	const char *why = NULL, *why_full = NULL;
+	int rc, rc_full, len, len2;
 
 	if (in == NULL)
 		return 0;
 	if (size)
 		memcpy(in, data, size);
+	memset(&r, 0xa5, sizeof(r));
+	memset(&r2, 0xa5, sizeof(r2));
+	memset(&r3, 0xa5, sizeof(r3));
+	memset(&fill, 0xa5, sizeof(fill));
 	rc = recipient_normalize(in, size, &r, &why);
+	rc_full = recipient_normalize_full(in, size, &r2, &why_full);
+	REQUIRE(rc == rc_full && why == why_full);
+	REQUIRE(memcmp(&r, &r2, sizeof(r)) == 0);
+	if (recipient_canonical(in, size, &r3))
+		REQUIRE(rc_full == 0 && memcmp(&r3, &r2, sizeof(r3)) == 0);
+	else
+		REQUIRE(memcmp(&r3, &fill, sizeof(r3)) == 0);
 	if (rc != 0) {
 		REQUIRE(rc == -EINVAL);
 		REQUIRE(why != NULL && why[0] != 0);

@@ -17,7 +17,8 @@
  * pb_validate), so handling a request never meets a malformed byte.
  *
  * Checks from the frames of one receive are decided together: small
- * CheckRequests queue their checks in the worker's batch (conn_ctx) and
+ * CheckRequests are decoded straight into the worker's batch (conn_ctx),
+ * validation and extraction in one walk, and
  * are answered when the batch fills, another kind of request needs its
  * reply in order, or the receive is done. A CheckRequest larger than the
  * batch is decided chunk by chunk straight into the output buffer.
@@ -341,8 +342,11 @@ static int rpc_check_parse(const uint8_t *p, size_t len,
 	return 0;
 }
 
+/* checks[0..cap): where the checks go as they are validated, the request's
+ * defaults not yet applied (they may come after the checks). */
 static int rpc_decode_check_request(const uint8_t *p, size_t len,
-				    struct rpc_request *req)
+				    struct rpc_request *req,
+				    struct check_input *checks, size_t cap)
 {
 	const uint8_t *end = p + len;
 	struct pb_field f;
@@ -366,8 +370,10 @@ static int rpc_decode_check_request(const uint8_t *p, size_t len,
 			return rc;
 		if (rc == 1) {
 			struct check_input scratch;
+			struct check_input *to = req->n_checks < cap
+				? &checks[req->n_checks] : &scratch;
 
-			if (rpc_check_parse(f.data, f.len, &scratch) < 0)
+			if (rpc_check_parse(f.data, f.len, to) < 0)
 				return -EPROTO;
 			req->n_checks++;
 		}
@@ -421,7 +427,27 @@ static void rpc_decode_stats(const uint8_t *p, size_t len,
 	}
 }
 
+/* Request-level defaults fill what a check left unset. */
+static void rpc_check_defaults(const struct rpc_request *req,
+			       struct check_input *out)
+{
+	if (out->brand_code == 0)
+		out->brand_code = req->brand_code;
+	if (out->channel == 0)
+		out->channel = req->channel;
+	if (out->rtype == 0)
+		out->rtype = req->rtype;
+	if (out->purpose == 0)
+		out->purpose = req->purpose;
+}
+
 int rpc_decode(const uint8_t *buf, size_t len, struct rpc_request *req)
+{
+	return rpc_decode_checks(buf, len, req, NULL, 0);
+}
+
+int rpc_decode_checks(const uint8_t *buf, size_t len, struct rpc_request *req,
+		      struct check_input *checks, size_t cap)
 {
 	const uint8_t *p = buf, *end = buf + len;
 	struct pb_field f;
@@ -443,7 +469,8 @@ int rpc_decode(const uint8_t *buf, size_t len, struct rpc_request *req)
 			req->id = f.v;
 			continue;
 		case RPC_REQ_CHECK:
-			if (rpc_decode_check_request(f.data, f.len, req) < 0)
+			if (rpc_decode_check_request(f.data, f.len, req,
+						     checks, cap) < 0)
 				return -EPROTO;
 			break;
 		case RPC_REQ_APPLY:
@@ -490,6 +517,12 @@ int rpc_decode(const uint8_t *buf, size_t len, struct rpc_request *req)
 	}
 	if (req->kind == RPC_REQ_STATS)
 		rpc_decode_stats(req->body, req->body_len, req);
+	if (checks != NULL && req->kind == RPC_REQ_CHECK &&
+	    req->n_checks <= cap) {
+		for (size_t i = 0; i < req->n_checks; i++)
+			rpc_check_defaults(req, &checks[i]);
+		req->checks_decoded = true;
+	}
 	return 0;
 }
 
@@ -514,15 +547,7 @@ bool rpc_check_next(struct rpc_check_iter *it, const struct rpc_request *req,
 		if (f.number != 1 || f.wire != PB_LEN)
 			continue;
 		rpc_check_parse(f.data, f.len, out);
-		/* Request-level defaults fill what the check left unset. */
-		if (out->brand_code == 0)
-			out->brand_code = req->brand_code;
-		if (out->channel == 0)
-			out->channel = req->channel;
-		if (out->rtype == 0)
-			out->rtype = req->rtype;
-		if (out->purpose == 0)
-			out->purpose = req->purpose;
+		rpc_check_defaults(req, out);
 		return true;
 	}
 	return false;
@@ -950,6 +975,17 @@ static int rpc_check(struct conn_ctx *x, struct rpc_worker *rw,
 	struct rpc_check_iter it;
 	struct rpc_pending *p;
 
+	/* rpc_process decoded the checks in place, at x->in + x->n_in. */
+	if (req->checks_decoded && rw->n_pending < CONN_BATCH_MAX) {
+		p = &rw->pending[rw->n_pending++];
+		p->id = req->id;
+		p->first = x->n_in;
+		p->count = (uint32_t)req->n_checks;
+		x->n_in += (uint32_t)req->n_checks;
+		if (x->n_in == CONN_BATCH_MAX)
+			return rpc_flush(x, c);
+		return 0;
+	}
 	if (req->n_checks > CONN_BATCH_MAX - x->n_in ||
 	    rw->n_pending == CONN_BATCH_MAX) {
 		int rc = rpc_flush(x, c);
@@ -1171,7 +1207,11 @@ static long rpc_process(struct conn_ctx *x, struct conn *c,
 		}
 		if (len - pos - RPC_FRAME_HEADER < flen)
 			break;
-		int drc = rpc_decode(buf + pos + RPC_FRAME_HEADER, flen, &req);
+		/* A CheckRequest that fits the batch decodes straight into
+		 * it: one walk validates and extracts (rpc_check). */
+		int drc = rpc_decode_checks(buf + pos + RPC_FRAME_HEADER, flen,
+					    &req, x->in + x->n_in,
+					    CONN_BATCH_MAX - x->n_in);
 
 		if (drc == RPC_DECODE_TWO_BODIES) {
 			/* Well framed and decodable: refuse this request

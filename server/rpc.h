@@ -91,6 +91,8 @@ struct rpc_request {
 	const uint8_t *body;
 	size_t body_len;
 	int first_kind; /* RPC_DECODE_TWO_BODIES: the earlier body field */
+	/* rpc_decode_checks: the checks are in its array, defaults applied */
+	bool checks_decoded;
 };
 
 /* Decodes one Request (the frame's body). 0; -EPROTO when protobuf-c
@@ -98,6 +100,13 @@ struct rpc_request {
  * body oneof more than once (protobuf-c would keep the last, the spec
  * would merge them: neither is what the client meant to be answered). */
 int rpc_decode(const uint8_t *buf, size_t len, struct rpc_request *req);
+
+/* rpc_decode, and a CheckRequest of at most cap checks also lands in
+ * checks[0..n_checks), with the request's defaults applied, exactly as
+ * rpc_check_next would give them (req->checks_decoded true). checks[] is
+ * scratch otherwise, whatever the result. */
+int rpc_decode_checks(const uint8_t *buf, size_t len, struct rpc_request *req,
+		      struct check_input *checks, size_t cap);
 
 /* Walks the checks of a decoded CHECK request in order, with the request's
  * defaults applied to fields a check leaves at zero. */

@@ -1,6 +1,8 @@
 /* recipient: every accepted form and every refusal of DESIGN §1.2, the
  * canonical text, and inputs ending at a page boundary (no over-read). */
 #include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -283,6 +285,9 @@ static void test_no_overread(void)
 	const char *inputs[] = {
 		"+905321234567", "5321234567", "ali@example.com ", "  ",
 		"ali@", "(0532) 123", "+", "x", "@",
+		/* the fast path's 16-byte blocks: 16, 17, 31, 32 bytes */
+		"ali.veli@ex.com1", "ali.veli@exam.com", "+447911123456",
+		"ali.veli.deli.42@example.com.tr", "ali.veli.deli.420@example.com.tr",
 	};
 
 	CHECK(map != MAP_FAILED);
@@ -301,6 +306,177 @@ static void test_no_overread(void)
 	munmap(map, 2 * (size_t)page);
 }
 
+/* ---- the fast path against the general one ---------------------------- */
+
+static uint64_t diff_rng = 0x9e3779b97f4a7c15ULL;
+
+static uint64_t diff_next(void)
+{
+	/* xorshift64*: fixed seed, the same inputs every run */
+	diff_rng ^= diff_rng >> 12;
+	diff_rng ^= diff_rng << 25;
+	diff_rng ^= diff_rng >> 27;
+	return diff_rng * 2685821657736338717ULL;
+}
+
+static unsigned diff_below(unsigned n)
+{
+	return (unsigned)(diff_next() % n);
+}
+
+static size_t diff_digits(char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		p[i] = (char)('0' + diff_below(10));
+	return n;
+}
+
+static size_t diff_chars(char *p, size_t n, const char *alphabet)
+{
+	size_t k = strlen(alphabet);
+
+	for (size_t i = 0; i < n; i++)
+		p[i] = alphabet[diff_below((unsigned)k)];
+	return n;
+}
+
+/* One generated input into buf (up to 320 bytes); returns its length.
+ * Canonical forms first, then near-canonical ones, then mutations. */
+static size_t diff_input(char *buf)
+{
+	static const char *const mail = "abcdefghijklmnopqrstuvwxyz0123456789"
+					".-_+";
+	static const char *const junk = "aZ09@.+- \t()\x7f\x01\x80\xc4\xb0"
+					"\xff\r\n\v\f";
+	size_t n = 0, k;
+
+	switch (diff_below(8)) {
+	case 0: /* +90 and 10 national digits, the first maybe 0 */
+		n = (size_t)(stpcpy(buf, "+90") - buf);
+		n += diff_digits(buf + n, 10);
+		break;
+	case 1: /* +90 with 8 to 12 national digits */
+		n = (size_t)(stpcpy(buf, "+90") - buf);
+		n += diff_digits(buf + n, 8 + diff_below(5));
+		break;
+	case 2: /* another country: '+' and 1 to 17 digits */
+		buf[n++] = '+';
+		n += diff_digits(buf + n, 1 + diff_below(17));
+		break;
+	case 3: /* national forms, no '+' */
+		n = diff_digits(buf, 9 + diff_below(5));
+		break;
+	case 4: /* a lower-case e-mail, 1 to 300 bytes */
+		k = 1 + diff_below(299);
+		n = diff_chars(buf, k, mail);
+		buf[diff_below((unsigned)k)] = '@';
+		break;
+	case 5: /* an e-mail with upper case */
+		k = 1 + diff_below(80);
+		n = diff_chars(buf, k, "abcXYZ09.");
+		buf[diff_below((unsigned)k)] = '@';
+		break;
+	case 6: /* anything from the troublesome bytes */
+		n = diff_chars(buf, 1 + diff_below(40), junk);
+		break;
+	default: /* a canonical e-mail of 16 to 254 bytes */
+		k = 16 + diff_below(239);
+		n = diff_chars(buf, k, mail);
+		buf[1 + diff_below((unsigned)k - 2)] = '@';
+		break;
+	}
+	/* Near-canonical: a space, dash, parenthesis, control or high byte
+	 * (U+0130, İ, in UTF-8 is c4 b0) put in or written over, an
+	 * upper-case letter, a second '@', whitespace around it. */
+	for (unsigned m = diff_below(2) ? 0 : 1 + diff_below(3); m > 0 && n < 300; m--) {
+		size_t at = diff_below((unsigned)n + 1);
+
+		if (diff_below(2)) {
+			memmove(buf + at + 1, buf + at, n - at);
+			n++;
+		} else if (at == n) {
+			n++;
+		}
+		buf[at] = junk[diff_below((unsigned)strlen(junk) + 1)];
+		if (buf[at] == 0)
+			buf[at] = (char)('A' + diff_below(26));
+	}
+	return n;
+}
+
+/* recipient_normalize (fast path first) and recipient_normalize_full give
+ * byte-identical results on every generated input: return code, reason
+ * and the whole struct, both started from the same fill. */
+static void test_fast_path_differential(void)
+{
+	char buf[320];
+	size_t fast = 0, slow_ok = 0, refused = 0;
+
+	for (int i = 0; i < 300000; i++) {
+		size_t n = diff_input(buf);
+		struct recipient a, b, c;
+		const char *wa = "unset", *wb = "unset";
+		int ra, rb;
+		bool took;
+
+		memset(&a, 0xa5, sizeof(a));
+		memset(&b, 0xa5, sizeof(b));
+		memset(&c, 0xa5, sizeof(c));
+		took = recipient_canonical(buf, n, &c);
+		ra = recipient_normalize(buf, n, &a, &wa);
+		rb = recipient_normalize_full(buf, n, &b, &wb);
+		CHECKF(ra == rb && wa == wb, "'%.*s': %d '%s' vs %d '%s'",
+		       (int)n, buf, ra, wa, rb, wb);
+		CHECKF(memcmp(&a, &b, sizeof(a)) == 0, "'%.*s': results differ",
+		       (int)n, buf);
+		if (took) {
+			fast++;
+			CHECKF(rb == 0 && memcmp(&c, &b, sizeof(c)) == 0,
+			       "'%.*s': fast path took a non-canonical input",
+			       (int)n, buf);
+		} else {
+			struct recipient untouched;
+
+			memset(&untouched, 0xa5, sizeof(untouched));
+			CHECK(memcmp(&c, &untouched, sizeof(c)) == 0);
+			if (rb == 0)
+				slow_ok++;
+			else
+				refused++;
+		}
+	}
+	/* Each of the three outcomes was met often: the generator covers
+	 * the fast path, what it declines, and refusals. */
+	CHECKF(fast > 30000 && slow_ok > 30000 && refused > 30000,
+	       "fast %zu, slow %zu, refused %zu", fast, slow_ok, refused);
+}
+
+/* Canonical input takes the fast path; the near misses do not. */
+static void test_fast_path_taken(void)
+{
+	const char *taken[] = {
+		"+905321234567", "+4479111234", "+1234567",
+		"+123456789012345", "ali.veli@example.com", "a@bcdefghijklmno",
+		"0123456789@12345",
+	};
+	const char *declined[] = {
+		"905321234567", "+90532123456", "+9053212345678",
+		"+900321234567", "+90 532 123 45 67", "+123456", "+0123456789",
+		"+1234567890123456", "Ali.veli@example.com", "ali@example.co",
+		" ali.veli@example.com", "ali.veli@example.com ", "ali@veli@example.com",
+		"@alivelideli.com", "alivelideli.com@", "ali.veli@exam\xc4\xb0le.com",
+		"ali.veli@exam\x7fle.com", "ali@x.com",
+	};
+	struct recipient r;
+
+	for (size_t i = 0; i < sizeof(taken) / sizeof(taken[0]); i++)
+		CHECKF(recipient_canonical(taken[i], strlen(taken[i]), &r),
+		       "'%s' declined", taken[i]);
+	for (size_t i = 0; i < sizeof(declined) / sizeof(declined[0]); i++)
+		CHECKF(!recipient_canonical(declined[i], strlen(declined[i]),
+					    &r), "'%s' taken", declined[i]);
+}
+
 int main(void)
 {
 	RUN(test_turkish_forms);
@@ -313,5 +489,7 @@ int main(void)
 	RUN(test_email_refusals);
 	RUN(test_format);
 	RUN(test_no_overread);
+	RUN(test_fast_path_differential);
+	RUN(test_fast_path_taken);
 	return check_summary();
 }
