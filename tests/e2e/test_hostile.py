@@ -32,7 +32,11 @@ PARTIAL_MS = 2000          # stalled mid-frame: closed after this
 SEND_MS = 1500             # replies unsent this long: closed
 OUT_CAP = 64 << 10         # unsent replies: stop reading past this
 PROBE_BOUND_S = 1.0        # a fresh client's whole check, connect included
-FAIR_P99_S = 0.200         # others' p99 while one connection floods
+# Others' p99 while one connection floods. Not a speed figure (make bench
+# measures speed): a client starved by the flood would wait for the whole
+# flood, tens of seconds; 2 s catches that and not a busy machine (0.2 s
+# failed once with fuzzers on both cores).
+FAIR_P99_S = 2.0
 
 
 @pytest.fixture(scope="module")
