@@ -51,62 +51,9 @@ struct policymap {
 	char *keys; /* every key's bytes, back to back */
 };
 
-struct field {
-	const char *s;
-	size_t len;
-};
-
-/* A field as printable text for an error message. */
-static const char *quote(const char *s, size_t len, char *buf, size_t cap)
-{
-	size_t n = len < POLICYMAP_QUOTE_MAX ? len : POLICYMAP_QUOTE_MAX;
-	size_t i;
-
-	if (n + 4 > cap)
-		n = cap - 4;
-	for (i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)s[i];
-
-		buf[i] = c >= 0x20 && c < 0x7f ? (char)c : '?';
-	}
-	if (n < len) {
-		memcpy(buf + n, "...", 3);
-		n += 3;
-	}
-	buf[n] = 0;
-	return buf;
-}
-
 static char lower(char c)
 {
 	return c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
-}
-
-static bool space(char c)
-{
-	return c == ' ' || c == '\t';
-}
-
-/* Splits a line into at most POLICYMAP_FIELDS_MAX + 1 fields. */
-static size_t split_fields(const char *s, size_t len, struct field *f)
-{
-	size_t i = 0, nf = 0;
-
-	while (i < len && nf <= POLICYMAP_FIELDS_MAX) {
-		size_t b;
-
-		while (i < len && space(s[i]))
-			i++;
-		if (i == len)
-			break;
-		b = i;
-		while (i < len && !space(s[i]))
-			i++;
-		f[nf].s = s + b;
-		f[nf].len = i - b;
-		nf++;
-	}
-	return nf;
 }
 
 /* A domain: labels of [A-Za-z0-9-], each non-empty, dot-separated. */
@@ -138,7 +85,8 @@ static const char *domain_problem(const char *s, size_t len)
 
 /* Parses KEY into its kind and canonical bytes (into buf, at least
  * POLICYMAP_KEY_MAX + 1 bytes). Returns NULL, or what is wrong. */
-static const char *parse_key(const struct field *f, enum policymap_kind *kind,
+static const char *parse_key(const struct textfile_field *f,
+			     enum policymap_kind *kind,
 			     char *buf, size_t *klen)
 {
 	const char *at = memchr(f->s, '@', f->len);
@@ -186,7 +134,7 @@ static const char *parse_key(const struct field *f, enum policymap_kind *kind,
 	return NULL;
 }
 
-static const char *parse_brand(const struct field *f, uint32_t *out)
+static const char *parse_brand(const struct textfile_field *f, uint32_t *out)
 {
 	uint32_t v = 0;
 
@@ -269,7 +217,7 @@ static const char *kind_name(enum policymap_kind k)
 int policymap_parse(const char *text, size_t len, struct policymap **out,
 		    char *err, size_t err_cap)
 {
-	struct field f[POLICYMAP_FIELDS_MAX + 1];
+	struct textfile_field f[POLICYMAP_FIELDS_MAX + 1];
 	char key[POLICYMAP_KEY_MAX + 1], q[POLICYMAP_QUOTE_MAX + 4];
 	size_t cap = 0, keys_len = 0, keys_cap = 0, pos = 0, line = 0;
 	struct policymap *m;
@@ -303,7 +251,7 @@ int policymap_parse(const char *text, size_t len, struct policymap **out,
 			rc = -EINVAL;
 			goto fail;
 		}
-		nf = split_fields(s, llen, f);
+		nf = textfile_fields(s, llen, f, POLICYMAP_FIELDS_MAX + 1);
 		if (nf == 0)
 			continue;
 		if (nf < 2 || nf > POLICYMAP_FIELDS_MAX) {
@@ -316,7 +264,8 @@ int policymap_parse(const char *text, size_t len, struct policymap **out,
 		why = parse_key(&f[0], &rule.kind, key, &klen);
 		if (why != NULL) {
 			errmsg_set(err, err_cap, "policy map line %zu: key '%s': "
-				"%s", line, quote(f[0].s, f[0].len, q,
+				"%s", line, textfile_quote(f[0].s, f[0].len,
+					POLICYMAP_QUOTE_MAX, q,
 						   sizeof(q)), why);
 			rc = -EINVAL;
 			goto fail;
@@ -355,7 +304,8 @@ int policymap_parse(const char *text, size_t len, struct policymap **out,
 			errmsg_set(err, err_cap, "policy map line %zu: %s '%s' "
 				"already mapped on line %zu", second,
 				kind_name(b->rule.kind),
-				quote(b->key, b->key_len, q,
+				textfile_quote(b->key, b->key_len,
+					POLICYMAP_QUOTE_MAX, q,
 				      sizeof(q)), first);
 			rc = -EINVAL;
 			goto fail;

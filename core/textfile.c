@@ -1,6 +1,6 @@
 /*
- * textfile: the whole-file read behind tokens_load and policymap_load
- * (core/textfile.h).
+ * textfile: the whole-file read behind tokens_load, policymap_load and
+ * the config file, and their line helpers (core/textfile.h).
  */
 #include "core/textfile.h"
 
@@ -82,4 +82,46 @@ out:
 	free(buf);
 	close(fd);
 	return rc;
+}
+
+size_t textfile_fields(const char *line, size_t len, struct textfile_field *f,
+		       size_t max)
+{
+	size_t nf = 0, i = 0;
+
+	while (i < len && nf < max) {
+		size_t b;
+
+		while (i < len && (line[i] == ' ' || line[i] == '\t'))
+			i++;
+		if (i == len)
+			break;
+		b = i;
+		while (i < len && line[i] != ' ' && line[i] != '\t')
+			i++;
+		f[nf].s = line + b;
+		f[nf].len = i - b;
+		nf++;
+	}
+	return nf;
+}
+
+const char *textfile_quote(const char *s, size_t len, size_t max, char *buf,
+			   size_t cap)
+{
+	size_t n = len < max ? len : max;
+
+	if (n + 4 > cap)
+		n = cap - 4;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		buf[i] = c >= 0x20 && c < 0x7f ? (char)c : '?';
+	}
+	if (n < len) {
+		memcpy(buf + n, "...", 3);
+		n += 3;
+	}
+	buf[n] = 0;
+	return buf;
 }

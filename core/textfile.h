@@ -5,6 +5,8 @@
  * read is cut at the size first seen. Any thread; start-up use.
  * Returns 0 with *out (malloc'd, NUL-terminated, the caller frees) and
  * *len, or -errno with err set to "LABEL: PATH: what went wrong".
+ * Their parsers share the line helpers below: fields split at spaces and
+ * tabs, and a bad field quoted back printable.
  */
 #ifndef CONSENTD_CORE_TEXTFILE_H
 #define CONSENTD_CORE_TEXTFILE_H
@@ -13,5 +15,22 @@
 
 int textfile_read(const char *label, const char *path, size_t max_bytes,
 		  char **out, size_t *len, char *err, size_t err_cap);
+
+/* One field of a line: bytes [s, s + len). */
+struct textfile_field {
+	const char *s;
+	size_t len;
+};
+
+/* Splits line[0..len) at spaces and tabs into at most max fields of f and
+ * returns how many (a caller allowing k passes k + 1 to tell "too
+ * many"). */
+size_t textfile_fields(const char *line, size_t len, struct textfile_field *f,
+		       size_t max);
+
+/* s[0..len) as printable text for an error message: at most max bytes,
+ * anything unprintable as '?', "..." when cut; buf holds max + 4. */
+const char *textfile_quote(const char *s, size_t len, size_t max, char *buf,
+			   size_t cap);
 
 #endif

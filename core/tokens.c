@@ -54,34 +54,6 @@ struct tokens {
 	struct tokens_counter *counters; /* n, one per principal */
 };
 
-/* One field of a line: bytes [s, s + len). */
-struct field {
-	const char *s;
-	size_t len;
-};
-
-/* A field as printable text for an error message: at most
- * TOKENS_QUOTE_MAX bytes, anything unprintable as '?'. */
-static const char *quote(const char *s, size_t len, char *buf, size_t cap)
-{
-	size_t n = len < TOKENS_QUOTE_MAX ? len : TOKENS_QUOTE_MAX;
-	size_t i;
-
-	if (n + 4 > cap)
-		n = cap - 4;
-	for (i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)s[i];
-
-		buf[i] = c >= 0x20 && c < 0x7f ? (char)c : '?';
-	}
-	if (n < len) {
-		memcpy(buf + n, "...", 3);
-		n += 3;
-	}
-	buf[n] = 0;
-	return buf;
-}
-
 static int hex_value(unsigned char c)
 {
 	if (c >= '0' && c <= '9')
@@ -108,7 +80,7 @@ static int cmp_u32(const void *a, const void *b)
 
 /* Parses BRANDS into p (brands allocated here). Returns 0 or -EINVAL /
  * -ENOMEM with err set. */
-static int parse_brands(const struct field *f, struct principal *p,
+static int parse_brands(const struct textfile_field *f, struct principal *p,
 			size_t line, char *err, size_t err_cap)
 {
 	char q[TOKENS_QUOTE_MAX + 4];
@@ -153,7 +125,8 @@ static int parse_brands(const struct field *f, struct principal *p,
 		if (k != len || len > 8 || v == 0) {
 			errmsg_set(err, err_cap, "tokens line %zu: brand list: "
 				"'%s' is not a brand code (1 to 99999999)",
-				line, quote(e, len, q, sizeof(q)));
+				line, textfile_quote(e, len,
+					TOKENS_QUOTE_MAX, q, sizeof(q)));
 			return -EINVAL;
 		}
 		p->brands[n++] = v;
@@ -167,7 +140,7 @@ static int parse_brands(const struct field *f, struct principal *p,
 }
 
 /* Parses one line's fields into *p. */
-static int parse_principal(const struct field *f, size_t nf,
+static int parse_principal(const struct textfile_field *f, size_t nf,
 			   struct principal *p, size_t line,
 			   const uint8_t empty_digest[32], char *err,
 			   size_t err_cap)
@@ -194,7 +167,8 @@ static int parse_principal(const struct field *f, size_t nf,
 			errmsg_set(err, err_cap, "tokens line %zu: name: '%s' "
 				"holds a character other than letters, digits, "
 				"'.', '_' and '-'", line,
-				quote(f[0].s, f[0].len, q, sizeof(q)));
+				textfile_quote(f[0].s, f[0].len,
+					TOKENS_QUOTE_MAX, q, sizeof(q)));
 			return -EINVAL;
 		}
 	}
@@ -238,13 +212,15 @@ static int parse_principal(const struct field *f, size_t nf,
 		if (flag == NULL) {
 			errmsg_set(err, err_cap, "tokens line %zu: '%s' is not a "
 				"flag (they are 'apply' and 'stats')", line,
-				quote(f[i].s, f[i].len, q, sizeof(q)));
+				textfile_quote(f[i].s, f[i].len,
+					TOKENS_QUOTE_MAX, q, sizeof(q)));
 			return -EINVAL;
 		}
 		if (*flag) {
 			errmsg_set(err, err_cap, "tokens line %zu: flag '%s' "
 				"given twice", line,
-				quote(f[i].s, f[i].len, q, sizeof(q)));
+				textfile_quote(f[i].s, f[i].len,
+					TOKENS_QUOTE_MAX, q, sizeof(q)));
 			return -EINVAL;
 		}
 		*flag = true;
@@ -277,34 +253,10 @@ static int check_unique(const struct tokens *t, const size_t *lines,
 	return 0;
 }
 
-/* Splits line[0..len) (comment already cut) into at most
- * TOKENS_FIELDS_MAX + 1 fields; returns how many there are, capped there
- * (one more than allowed is enough to say "too many"). */
-static size_t split_fields(const char *line, size_t len, struct field *f)
-{
-	size_t nf = 0, i = 0;
-
-	while (i < len && nf <= TOKENS_FIELDS_MAX) {
-		size_t b;
-
-		while (i < len && (line[i] == ' ' || line[i] == '\t'))
-			i++;
-		if (i == len)
-			break;
-		b = i;
-		while (i < len && line[i] != ' ' && line[i] != '\t')
-			i++;
-		f[nf].s = line + b;
-		f[nf].len = i - b;
-		nf++;
-	}
-	return nf;
-}
-
 int tokens_parse(const char *text, size_t len, struct tokens **out,
 		 char *err, size_t err_cap)
 {
-	struct field f[TOKENS_FIELDS_MAX + 1];
+	struct textfile_field f[TOKENS_FIELDS_MAX + 1];
 	uint8_t empty_digest[32];
 	struct tokens *t;
 	size_t *lines = NULL; /* line number of each principal */
@@ -333,7 +285,7 @@ int tokens_parse(const char *text, size_t len, struct tokens **out,
 			llen = (size_t)(hash - s);
 		while (llen > 0 && s[llen - 1] == '\r')
 			llen--;
-		nf = split_fields(s, llen, f);
+		nf = textfile_fields(s, llen, f, TOKENS_FIELDS_MAX + 1);
 		if (nf == 0)
 			continue;
 
