@@ -230,21 +230,15 @@ int policymap_parse(const char *text, size_t len, struct policymap **out,
 		errmsg_set(err, err_cap, "policy map: out of memory");
 		return -ENOMEM;
 	}
-	while (pos < len) {
-		const char *s = text + pos;
-		const char *nl = memchr(s, '\n', len - pos);
-		size_t llen = nl != NULL ? (size_t)(nl - s) : len - pos;
-		const char *hash = memchr(s, '#', llen);
+	const char *s;
+	size_t llen;
+
+	while (textfile_line(text, len, &pos, &s, &llen)) {
 		struct policymap_rule rule = { .purpose = PURPOSE_TICARI };
 		const char *why = NULL;
 		size_t nf, klen = 0;
 
-		pos += llen + (nl != NULL);
 		line++;
-		if (hash != NULL)
-			llen = (size_t)(hash - s);
-		while (llen > 0 && s[llen - 1] == '\r')
-			llen--;
 		if (memchr(s, '\0', llen) != NULL) {
 			errmsg_set(err, err_cap, "policy map line %zu: a NUL byte",
 				line);

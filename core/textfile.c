@@ -84,6 +84,27 @@ out:
 	return rc;
 }
 
+bool textfile_line(const char *text, size_t len, size_t *pos,
+		   const char **line, size_t *line_len)
+{
+	const char *s = text + *pos, *nl, *hash;
+	size_t n;
+
+	if (*pos >= len)
+		return false;
+	nl = memchr(s, '\n', len - *pos);
+	n = nl != NULL ? (size_t)(nl - s) : len - *pos;
+	*pos += n + (nl != NULL);
+	hash = memchr(s, '#', n);
+	if (hash != NULL)
+		n = (size_t)(hash - s);
+	while (n > 0 && s[n - 1] == '\r')
+		n--;
+	*line = s;
+	*line_len = n;
+	return true;
+}
+
 size_t textfile_fields(const char *line, size_t len, struct textfile_field *f,
 		       size_t max)
 {

@@ -11,10 +11,17 @@
 #ifndef CONSENTD_CORE_TEXTFILE_H
 #define CONSENTD_CORE_TEXTFILE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 int textfile_read(const char *label, const char *path, size_t max_bytes,
 		  char **out, size_t *len, char *err, size_t err_cap);
+
+/* The next line of text[0..len) at *pos, with its comment ('#' to the
+ * end) and a CR line end cut off: *line, *line_len, and *pos moved past
+ * it. False once the text is used up. */
+bool textfile_line(const char *text, size_t len, size_t *pos,
+		   const char **line, size_t *line_len);
 
 /* One field of a line: bytes [s, s + len). */
 struct textfile_field {

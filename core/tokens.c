@@ -271,20 +271,14 @@ int tokens_parse(const char *text, size_t len, struct tokens **out,
 		errmsg_set(err, err_cap, "tokens: out of memory");
 		return -ENOMEM;
 	}
-	while (pos < len) {
-		const char *s = text + pos;
-		const char *nl = memchr(s, '\n', len - pos);
-		size_t llen = nl != NULL ? (size_t)(nl - s) : len - pos;
-		const char *hash = memchr(s, '#', llen);
+	const char *s;
+	size_t llen;
+
+	while (textfile_line(text, len, &pos, &s, &llen)) {
 		struct principal p;
 		size_t nf;
 
-		pos += llen + (nl != NULL);
 		line++;
-		if (hash != NULL)
-			llen = (size_t)(hash - s);
-		while (llen > 0 && s[llen - 1] == '\r')
-			llen--;
 		nf = textfile_fields(s, llen, f, TOKENS_FIELDS_MAX + 1);
 		if (nf == 0)
 			continue;

@@ -31,6 +31,7 @@
 #include "server/metrics.h"
 #include "server/rpc.h"
 #include "tests/pb_fields.h"
+#include "tests/rpc_diff.h"
 
 #define REQUIRE(c)                                                         \
 	do {                                                               \
@@ -74,53 +75,6 @@ static int same_string(const char *pc, const void *ours, size_t len)
 	return strlen(pc) == n && memcmp(pc, ours, n) == 0;
 }
 
-
-/* rpc_decode_checks with room for cap checks against rpc_decode and its
- * iterator: the same result and request, and when the checks fit, the
- * same checks in the array. NULL when they agree, else what differs. */
-static const char *decode_checks_diff(const uint8_t *buf, size_t len,
-				      size_t cap)
-{
-	static struct check_input arr[300];
-	struct rpc_request a, b;
-	struct rpc_check_iter it;
-	struct check_input in;
-	int ra = rpc_decode(buf, len, &a);
-	int rb;
-
-	if (cap > 300)
-		cap = 300;
-	memset(arr, 0x5a, sizeof(arr));
-	rb = rpc_decode_checks(buf, len, &b, arr, cap);
-	if (ra != rb)
-		return "decode_checks: result";
-	if (ra < 0)
-		return NULL;
-	if (a.checks_decoded)
-		return "decode: checks_decoded without an array";
-	if (b.checks_decoded != (b.kind == RPC_REQ_CHECK && b.n_checks <= cap))
-		return "decode_checks: checks_decoded";
-	b.checks_decoded = false;
-	if (memcmp(&a, &b, sizeof(a)) != 0)
-		return "decode_checks: request";
-	if (b.kind != RPC_REQ_CHECK || b.n_checks > cap)
-		return NULL;
-	rpc_check_iter_init(&it, &a);
-	for (size_t i = 0; i < a.n_checks; i++) {
-		const struct check_input *c = &arr[i];
-
-		if (!rpc_check_next(&it, &a, &in))
-			return "decode_checks: iterator ran short";
-		if (c->recipient != in.recipient ||
-		    c->recipient_len != in.recipient_len ||
-		    c->brand_code != in.brand_code || c->channel != in.channel ||
-		    c->rtype != in.rtype || c->purpose != in.purpose ||
-		    c->as_of_time != in.as_of_time ||
-		    c->as_of_sequence != in.as_of_sequence)
-			return "decode_checks: a check";
-	}
-	return NULL;
-}
 
 static void fuzz_differential(const uint8_t *buf, size_t len)
 {
