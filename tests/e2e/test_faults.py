@@ -624,14 +624,6 @@ def sweep(work, shim_so, cmd, persist):
 
 # --- the change log under Apply ---------------------------------------------------
 
-WRITER_DONE = "/tmp/writer-done"
-
-
-def need_writer():
-    if not os.path.exists(WRITER_DONE):
-        pytest.skip("change log not wired yet")
-
-
 def apply_batches(env, server, consents, batch=50):
     """Sends consents in ApplyRequests of batch changes, in order, stopping
     at the first Error. Returns (highest acknowledged sequence, the Error
@@ -792,7 +784,6 @@ def test_changelog_eio_under_apply(env, work):
     unacknowledged is claimed or served, the server keeps answering the
     previous state, refuses further Applies, and /readyz and /metrics
     show the fault; a restart comes back with everything acknowledged."""
-    need_writer()
     need_strace()
     d = work.copy_base()
     s = helpers.Server(d, os.path.join(work.dir, "cl-eio.log")).start()
@@ -808,7 +799,6 @@ def test_changelog_eio_under_apply(env, work):
 def test_changelog_enospc_under_apply(env, work, tmpfs):
     """The data directory's disk fills while Applies arrive (a filler file
     takes the free space): the same guarantees as for EIO."""
-    need_writer()
     small_fs = tmpfs(64 << 20)
     d = work.copy_base(small_fs)
     s = helpers.Server(d, os.path.join(work.dir, "cl-enospc.log")).start()
