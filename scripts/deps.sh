@@ -8,7 +8,9 @@ pkgs=(gcc g++ make pkg-config clang libclang-rt-14-dev
       libssl-dev libjansson-dev libbenchmark-dev libsystemd-dev help2man
       dpkg-dev adduser systemd
       hyperfine redis-server redis-tools
-      python3-protobuf python3-redis python3-pytest curl strace prometheus postfix)
+      python3-protobuf python3-redis python3-pytest curl strace prometheus postfix
+      nats-server libnats-dev libnghttp2-dev libcurl4-openssl-dev
+      python3-grpcio python3-grpc-tools nghttp2-client)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
