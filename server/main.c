@@ -180,7 +180,7 @@ static void main_usage(FILE *f)
 		fprintf(f, "  --%-26s %s\n", main_flags[i].name,
 			main_flags[i].help);
 	fprintf(f, "  --%-26s %s\n", "tokens",
-		"FILE: partner tokens (NAME SHA256HEX BRANDS [apply] [stats]); "
+		"FILE: partner tokens (NAME SHA256HEX BRANDS [apply] [stats] [reject]); "
 		"without it every client is trusted");
 	fprintf(f, "  --%-26s %s\n", "policy-map",
 		"FILE: senders to brands for --policy (KEY BRAND "
