@@ -936,16 +936,35 @@ int outbox_mark_pushed(struct outbox *ob, uint64_t sequence, const char *id,
 	return rc;
 }
 
-size_t outbox_list(struct outbox *ob, struct outbox_entry *out, size_t max,
+size_t outbox_list(struct outbox *ob,
+		   bool (*keep)(const struct outbox_entry *e, const void *arg),
+		   const void *arg, struct outbox_entry *out, size_t max,
 		   uint64_t *depth)
 {
+	size_t n = 0;
+	uint64_t d = 0;
 	pthread_mutex_lock(&ob->mu);
-	size_t n = ob->n < max ? ob->n : max;
-	memcpy(out, ob->e, n * sizeof(*out));
-	if (depth != NULL)
-		*depth = ob->n;
+	for (size_t i = 0; i < ob->n; i++) {
+		if (keep != NULL && !keep(&ob->e[i], arg))
+			continue;
+		if (n < max)
+			out[n++] = ob->e[i];
+		d++;
+	}
 	pthread_mutex_unlock(&ob->mu);
+	if (depth != NULL)
+		*depth = d;
 	return n;
+}
+
+bool outbox_get(struct outbox *ob, uint64_t sequence, struct outbox_entry *out)
+{
+	pthread_mutex_lock(&ob->mu);
+	const struct outbox_entry *x = outbox_find(ob, sequence);
+	if (x != NULL)
+		*out = *x;
+	pthread_mutex_unlock(&ob->mu);
+	return x != NULL;
 }
 
 void outbox_stats(struct outbox *ob, uint64_t *depth, int64_t *oldest)

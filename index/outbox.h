@@ -106,11 +106,17 @@ int outbox_rebuild(struct outbox *ob, struct changelog *log, char *err,
 int outbox_mark_pushed(struct outbox *ob, uint64_t sequence, const char *id,
 		       size_t id_len, char *err, size_t err_cap);
 
-/* Any thread: copies up to max live entries (not reconciled), oldest
- * first, into out; returns how many. *depth (NULL: not wanted) gets
- * every live entry's count. */
-size_t outbox_list(struct outbox *ob, struct outbox_entry *out, size_t max,
+/* Any thread: copies up to max live entries (not reconciled) that keep
+ * accepts (NULL: all), oldest first, into out; returns how many. *depth
+ * (NULL: not wanted) gets the count of every live entry keep accepts. */
+size_t outbox_list(struct outbox *ob,
+		   bool (*keep)(const struct outbox_entry *e, const void *arg),
+		   const void *arg, struct outbox_entry *out, size_t max,
 		   uint64_t *depth);
+
+/* Any thread: the live entry of sequence into *out: true, or false when
+ * there is none (unknown or reconciled). */
+bool outbox_get(struct outbox *ob, uint64_t sequence, struct outbox_entry *out);
 
 /* Any thread: live entries, and the consent_date of the oldest (0 when
  * none), for /metrics and /v1/stats. */
