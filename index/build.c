@@ -254,14 +254,8 @@ static void reader_ended(struct builder *b, int rc, const char *why)
 	pthread_mutex_unlock(&b->mu);
 }
 
-/* The §8 state a peer's snapshot states at its watermark (StreamHeader
- * origins, origins_kind; DESIGN is silent, README "Decisions"): into *out
- * (created), or *out left NULL for a header that states none (kind 0, no
- * origins). A kind outside origins.h's, origins without the origins kind,
- * an origin or cursor origins_check_text refuses, or an origin listed
- * twice is -EPROTO naming the offset and the field. */
-static int header_origins(const Consent__V1__StreamHeader *h, uint64_t offset,
-			  struct origins **out, char *why, size_t why_cap)
+int build_header_origins(const Consent__V1__StreamHeader *h, uint64_t offset,
+			 struct origins **out, char *why, size_t why_cap)
 {
 	const char *bad = NULL, *field = NULL;
 	size_t i = 0;
@@ -360,8 +354,9 @@ static struct chunk *frame_chunk(struct builder *b)
 			b->have_header = true;
 			b->watermark = it.header->sequence;
 			b->created_at = it.header->created_at;
-			rc = header_origins(it.header, it.offset, &b->origins,
-					    why, sizeof(why));
+			rc = build_header_origins(it.header, it.offset,
+						  &b->origins, why,
+						  sizeof(why));
 			if (rc < 0)
 				break;
 			rc = 1;

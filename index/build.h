@@ -39,6 +39,19 @@ int build_index(int fd, struct generation *out, struct build_result *res,
 int build_index_threads(int fd, unsigned threads, struct generation *out,
 			struct build_result *res, char *err, size_t err_cap);
 
+/* The §8 state a peer's snapshot states at its watermark (StreamHeader
+ * origins 7, origins_kind 8; README "Decisions"), as build_index reads
+ * it: into *out (created; the caller's), or *out left as it was for a
+ * header that states none (kind 0, no origins). A kind outside
+ * index/origins.h's, origins listed without kind 2, an origin or cursor
+ * origins_check_text refuses (an empty cursor among them), or an origin
+ * listed twice is -EPROTO with why naming the offset and the field;
+ * -ENOMEM. */
+struct origins;
+typedef struct Consent__V1__StreamHeader Consent__V1__StreamHeader;
+int build_header_origins(const Consent__V1__StreamHeader *h, uint64_t offset,
+			 struct origins **out, char *why, size_t why_cap);
+
 /* build_index, then publishes the result as generation newest+1 of dir
  * (created if missing; generation_publish). */
 int build_snapshot(int fd, const char *dir, struct build_result *res,
