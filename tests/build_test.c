@@ -753,7 +753,7 @@ static void origins_snapshot(const char *path, uint32_t kind, size_t n,
 {
 	Consent__V1__StreamHeader h = CONSENT__V1__STREAM_HEADER__INIT;
 	Consent__V1__OriginCursor oc[8], *ptrs[8];
-	char names[8][16], curs[8][16];
+	char names[8][24], curs[8][24];
 	h.format_version = STREAM_FORMAT_VERSION;
 	h.sequence = 77;
 	h.created_at = SYNTH_NOW;
@@ -823,7 +823,7 @@ static void test_header_origins(void)
 	CHECK(it.header->sequence == 77 && it.header->origins_kind == 2 &&
 	      it.header->n_origins == 3);
 	for (size_t i = 0; i < it.header->n_origins && i < 3; i++) {
-		char want[8];
+		char want[24];
 		snprintf(want, sizeof(want), "o%zu", i);
 		CHECK_STREQ(it.header->origins[i]->origin, want);
 		snprintf(want, sizeof(want), "c%zu", i);

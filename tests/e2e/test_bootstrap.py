@@ -11,6 +11,7 @@ peer's own data; tokens guard the snapshot."""
 
 import os
 import random
+import signal
 import socket
 import subprocess
 import threading
@@ -115,8 +116,8 @@ def newest_watermark(pb, d, tmp):
 
 
 def test_bootstrap_from_a_peer_under_load(env):
-    """The peer applies 260 changes with origins (a checkpoint every 100,
-    so the last are in no generation on disk), then serves checks from a
+    """The peer applies 260 changes with origins (a generation written
+    through 200 on SIGUSR1, so the last 60 are in no generation on disk), then serves checks from a
     thread while a fresh consentd bootstraps from it. No check fails or
     errors; the new server's served state is the peer's at the same
     sequence (record for record), with the peer's cursor; it accepts the
@@ -125,24 +126,27 @@ def test_bootstrap_from_a_peer_under_load(env):
     at its stop."""
     pb = env.pb
     peer_dir = env.data_dir()
-    peer = tc.start(peer_dir, os.path.join(env.tmp, "bs-peer.log"),
-                    extra=["--checkpoint-changes", "100"])
+    peer = tc.start(peer_dir, os.path.join(env.tmp, "bs-peer.log"))
     new = None
     load = None
     try:
         st = tc.Stream(pb, env.oracle.records, seed=71)
-        last = feed_origin(pb, peer.rpc, st, 1, 250, 50, "")
-        # The writer writes a checkpoint (or a grown table) after the
-        # replies of its group: this batch is taken only once that is
-        # done, and is too small to start another.
-        last = feed_origin(pb, peer.rpc, st, 251, 10, 10, last)
+        last = feed_origin(pb, peer.rpc, st, 1, 200, 50, "")
+        # A checkpoint through 200 (SIGUSR1: the served state rebuilt and
+        # written), then changes that are in no generation on disk.
+        peer.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 60
+        while "rebuild: " not in peer.log_tail() or \
+                "written and swapped in" not in peer.log_tail():
+            assert time.monotonic() < deadline, peer.log_tail()
+            time.sleep(0.02)
+        assert newest_watermark(pb, peer_dir, env.tmp) == 200
+        last = feed_origin(pb, peer.rpc, st, 201, 60, 20, last)
         assert last == "260"
         applied = tc.stats(pb, peer.rpc).applied_sequence
+        assert applied == 260
         on_disk = newest_watermark(pb, peer_dir, env.tmp)
-        assert on_disk < applied, (
-            "the newest generation on disk holds sequence %d, the served "
-            "index %d: the test wants changes in no generation" % (
-                on_disk, applied))
+        assert on_disk == 200, (on_disk, peer.log_tail())
 
         touched = {k for _, k, _, _ in st.changes}
         keys = [k for k in env.oracle.records if k not in touched]
