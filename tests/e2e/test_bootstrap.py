@@ -352,6 +352,16 @@ def test_peer_killed_mid_stream(env):
         s = helpers.Server(d, os.path.join(env.tmp, "bs-kill.log"),
                            extra=["--bootstrap-from", p.addr]).launch()
         assert gate.wait(60), "the proxy saw no stream"
+        # The stalled download holds nothing up on the peer: its ops port
+        # answers, and so does a check over the RPC.
+        st, _, body = peer.http_get(
+            "/v1/check?recipient=%2B905321234567&brand_code=600123"
+            "&channel=MESAJ", timeout=5)
+        assert st == 200 and b'"reason"' in body, (st, body)
+        assert peer.http_get("/readyz", timeout=5)[0] == 200
+        with Rpc(env.pb, peer.rpc) as rpc:
+            v = rpc.check_one("+905321234567", 600123, helpers.MESAJ)
+            assert v.reason != 0, v
         peer.kill()
         try:
             rc = s.proc.wait(60)
