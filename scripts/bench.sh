@@ -627,7 +627,7 @@ L.append(f"| start to ready / to loaded | {fs('consentd_ready_seconds')} | "
 L.append(f"| snapshot generation (`consentctl gen`) | {fs('gen_seconds')} | | |")
 try:
     bs = float(facts.get("bootstrap_ready_seconds"))
-    L.append(f"| bootstrap from a peer (`--bootstrap-from`, start to ready) | {bs:.1f} s, "
+    L.append(f"| bootstrap from a peer (`--bootstrap-from`, start to ready) | {bs:.2f} s, "
              f"{fnum(n / bs if bs > 0 else 0)} records/s | | |")
 except (TypeError, ValueError):
     L.append("| bootstrap from a peer (`--bootstrap-from`, start to ready) | — | | |")
