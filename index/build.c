@@ -10,9 +10,17 @@
  *    time with prefetching. The hint is never trusted: the reader still
  *    checks the trailer, and if the stream overflows the table the build
  *    starts again from the file's start in the second mode;
- *  - a pipe (or a hint that failed): every record is staged as a 32-byte
- *    item in anonymous memory that grows by mremap without copying (and
- *    e-mail addresses in a second arena), and inserted after the trailer.
+ *  - a pipe whose header states its record_count (a peer's snapshot,
+ *    consentctl gen): the table is made for that many when the first
+ *    records arrive and they are inserted as for a file; a table the
+ *    stream overflows grows (the same secret, so the keys the workers made
+ *    stay good) and the chunk is inserted again (the order rule makes
+ *    that a no-op for what went in), and one that ends fuller than the
+ *    stated count grows once more to the headroom a generation needs;
+ *  - a pipe without (or a hint that failed): every record is staged as a
+ *    32-byte item in anonymous memory that grows by mremap without
+ *    copying (and e-mail addresses in a second arena), and inserted after
+ *    the trailer.
  * Staging costs 32 bytes a record (3.2 GB at 10^8), direct insertion
  * nothing, and it overlaps inserting with decoding.
  * Either way a bad record or a bad trailer rejects the whole stream before
@@ -191,6 +199,7 @@ struct builder {
 	uint64_t watermark;
 	int64_t created_at;
 	struct origins *origins; /* the header's (NULL: it states none) */
+	uint64_t stated;         /* the header's record_count (0: none) */
 
 	/* The slots' hand-overs, guarded by mu. */
 	pthread_mutex_t mu;
@@ -204,6 +213,9 @@ struct builder {
 
 	/* The inserting thread's. */
 	struct index *direct;  /* sized from the trailer hint: insert as we go */
+	bool stated_direct;    /* direct, sized from the header's count */
+	bool may_state;        /* a pipe: the header's count may size it */
+	const uint8_t *secret; /* the generation's (build_once's) */
 	struct grow items;     /* staged items (no hint) */
 	struct grow emails;
 	struct generation *out; /* the table, and the addresses inserted */
@@ -354,6 +366,7 @@ static struct chunk *frame_chunk(struct builder *b)
 			b->have_header = true;
 			b->watermark = it.header->sequence;
 			b->created_at = it.header->created_at;
+			b->stated = it.header->record_count;
 			rc = build_header_origins(it.header, it.offset,
 						  &b->origins, why,
 						  sizeof(why));
@@ -536,11 +549,65 @@ static int insert_items(struct builder *b, struct index *ix,
 	return 0;
 }
 
+static uint64_t capacity_for(uint64_t records);
+
+/* The table of a stated-count build, made again for capacity records
+ * with the same secret, everything inserted so far merged in (phones from
+ * the table, e-mails keyed again from the list). */
+static int direct_grow(struct builder *b, uint64_t capacity)
+{
+	struct index *n = NULL;
+	int rc = index_create(capacity, b->secret, &n);
+	if (rc < 0)
+		return rc;
+	rc = generation_merge(n, b->out, NULL, NULL, NULL, 0);
+	if (rc < 0) {
+		index_destroy(n);
+		return rc;
+	}
+	index_destroy(b->out->ix);
+	b->out->ix = b->direct = n;
+	return 0;
+}
+
+/* A pipe whose header stated its count: the table, when the first chunk
+ * comes (the header came before it). Not one too large to make (a count
+ * that is no count): staging then, as without one. */
+static void direct_from_header(struct builder *b)
+{
+	/* No frame_mu (a worker may hold it while it waits for a slot this
+	 * thread frees): the header was read by the worker that framed the
+	 * first chunk, before it handed that chunk over under mu. */
+	uint64_t stated = b->stated;
+	b->may_state = false;
+	if (stated == 0 || index_create(capacity_for(stated), b->secret,
+					&b->out->ix) < 0)
+		return;
+	b->direct = b->out->ix;
+	b->stated_direct = true;
+}
+
 /* Takes one staged chunk: inserts it (direct) or appends it to the
  * staged items. */
 static int take_chunk(struct builder *b, const struct chunk *c)
 {
 	b->n_items += c->n_items;
+	if (b->may_state)
+		direct_from_header(b);
+	if (b->stated_direct) {
+		for (;;) {
+			int rc = insert_items(b, b->direct,
+					      (const struct item *)c->items.p,
+					      c->n_items, c->emails.p);
+			if (rc != -ENOSPC)
+				return rc;
+			struct index_info info;
+			index_info(b->direct, &info);
+			rc = direct_grow(b, info.capacity + info.capacity / 2);
+			if (rc < 0)
+				return rc;
+		}
+	}
 	if (b->direct != NULL)
 		return insert_items(b, b->direct, (const struct item *)c->items.p,
 				    c->n_items, c->emails.p);
@@ -608,7 +675,8 @@ static int read_stream(struct builder *b, unsigned workers, char *err,
 			rc = take_chunk(b, c);
 			/* A full table means the hint was wrong: start
 			 * again. */
-			if (rc == -ENOSPC && b->direct != NULL)
+			if (rc == -ENOSPC && b->direct != NULL &&
+			    !b->stated_direct)
 				rc = BUILD_RESTART;
 			why = NULL;
 		}
@@ -714,6 +782,8 @@ static int build_once(int fd, unsigned workers, bool have_hint, uint64_t hint,
 	pthread_mutex_init(&b->mu, NULL);
 	pthread_cond_init(&b->cv, NULL);
 	b->out = &g;
+	b->secret = secret;
+	b->may_state = !have_hint;
 
 	/* The generation's secret, in a one-bucket index that makes keys:
 	 * they are valid in the real table, created with the same secret
@@ -754,7 +824,23 @@ static int build_once(int fd, unsigned workers, bool have_hint, uint64_t hint,
 	}
 	double t_read = now_s();
 
-	if (!have_hint) {
+	struct index_info di;
+	if (b->stated_direct)
+		index_info(b->direct, &di);
+	if (b->stated_direct && (di.capacity < capacity_for(b->n_items) ||
+				 di.capacity / 2 > capacity_for(b->n_items))) {
+		/* More than stated (a live peer's snapshot may hold a few
+		 * more): the headroom a generation must have; far fewer: no
+		 * generation twice the size it needs. */
+		rc = direct_grow(b, capacity_for(b->n_items));
+		if (rc < 0) {
+			rc = errmsg_fail(err, err_cap, rc, "a table for %" PRIu64
+				  " records: %s", capacity_for(b->n_items),
+				  strerror(-rc));
+			goto out;
+		}
+	}
+	if (!have_hint && !b->stated_direct) {
 		rc = index_create(capacity_for(b->n_items), secret, &g.ix);
 		if (rc < 0) {
 			rc = errmsg_fail(err, err_cap, rc, "a table for %" PRIu64
@@ -1009,6 +1095,11 @@ int build_dump_source(const struct build_dump_source *src, int fd,
 	h.sequence = src->watermark;
 	h.created_at = src->created_at;
 	h.origin = (char *)(src->origin != NULL ? src->origin : "");
+	/* What the table holds now: a reader of a pipe sizes its table by
+	 * it (a few more may come from a table the writer still fills). */
+	struct index_info info;
+	index_info(src->ix, &info);
+	h.record_count = info.n_records;
 	if (header_origins_fill(&h, src->origins) < 0)
 		return errmsg_fail(err, err_cap, -ENOMEM, "out of memory");
 	struct dump_ctx d = { .ix = src->ix };
