@@ -1,6 +1,8 @@
 /*
  * consentctl build, verify, dump, check: the data directory offline
- * (index/build.h, index/generation.h, index/check.h).
+ * (index/build.h, index/generation.h, index/check.h); and dump --from, a
+ * running peer's GET /v1/snapshot to a file (core/download.h), verified
+ * (trailer count and checksum) before it is renamed into place.
  *
  * check decides exactly as the server does (check_batch) for a trusted
  * caller with the default policy (merchant default allow, no freshness
@@ -11,7 +13,9 @@
  * verdict is the output, not a failure.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,7 +24,10 @@
 
 #include "index/check.h"
 #include "core/decision.h"
+#include "core/download.h"
 #include "core/enums.h"
+#include "core/fsutil.h"
+#include "core/stream.h"
 #include "ctl/ctl.h"
 #include "index/build.h"
 #include "index/generation.h"
@@ -86,19 +93,105 @@ int ctl_verify(int argc, char **argv)
 	return 0;
 }
 
+/* dump --from: the peer's snapshot into a temporary file beside out,
+ * read back whole (stream_reader: framing, record count and checksum in
+ * the trailer), fsynced and only then renamed to out; a failed or cut
+ * download leaves out as it was. */
+static int dump_from(const char *base, const char *token, const char *out)
+{
+	char url[2048], tmp[PATH_MAX], err[PATH_MAX + 2560];
+	uint64_t bytes = 0, records = 0, watermark = 0;
+	struct download *d;
+	struct stream_reader *r = NULL;
+
+	if (download_snapshot_url(base, url, sizeof(url), err, sizeof(err)) < 0) {
+		fprintf(stderr, "consentctl dump: --from %s\n", err);
+		return 2;
+	}
+	if (snprintf(tmp, sizeof(tmp), "%s.part-%ld", out, (long)getpid()) >=
+	    (int)sizeof(tmp)) {
+		fprintf(stderr, "consentctl dump: %s: name too long\n", out);
+		return 1;
+	}
+	int fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		fprintf(stderr, "consentctl dump: %s: %s\n", tmp, strerror(errno));
+		return 1;
+	}
+	int wfd = dup(fd); /* the download's, closed by it */
+	int rc = wfd < 0 ? -errno : download_start(url, token, wfd, &d, err,
+						  sizeof(err));
+	if (wfd < 0)
+		snprintf(err, sizeof(err), "dup: %s", strerror(-rc));
+	if (rc == 0)
+		rc = download_finish(d, &bytes, err, sizeof(err));
+	if (rc == 0 && lseek(fd, 0, SEEK_SET) != 0) {
+		rc = -errno;
+		snprintf(err, sizeof(err), "%s: %s", tmp, strerror(-rc));
+	}
+	if (rc == 0)
+		rc = stream_reader_create(fd, STREAM_FRAME_MAX_DEFAULT, true, &r);
+	if (rc == 0) {
+		struct stream_item it;
+		while ((rc = stream_reader_next(r, &it)) == 1)
+			if (it.kind == STREAM_ITEM_HEADER)
+				watermark = it.header->sequence;
+		if (rc < 0)
+			snprintf(err, sizeof(err), "the snapshot from %s does "
+				 "not verify: %s", url, stream_reader_error(r));
+		records = stream_reader_records(r);
+		stream_reader_destroy(r);
+	}
+	if (rc == 0 && fsync(fd) < 0) {
+		rc = -errno;
+		snprintf(err, sizeof(err), "%s: fsync: %s", tmp, strerror(-rc));
+	}
+	close(fd);
+	if (rc == 0 && rename(tmp, out) < 0) {
+		rc = -errno;
+		snprintf(err, sizeof(err), "%s: %s", out, strerror(-rc));
+	}
+	if (rc < 0) {
+		unlink(tmp);
+		fprintf(stderr, "consentctl dump: %s (nothing written to %s)\n",
+			err, out);
+		return 1;
+	}
+	fsutil_fsync_parent(out);
+	fprintf(stderr, "consentctl dump: %" PRIu64 " records at sequence %"
+		PRIu64 " from %s (%" PRIu64 " bytes, verified)\n", records,
+		watermark, url, bytes);
+	return 0;
+}
+
 int ctl_dump(int argc, char **argv)
 {
-	static const char u[] = "dump DIR --out FILE|-";
-	const char *dir = NULL, *out = NULL;
+	static const char u[] = "dump DIR --out FILE|-\n"
+				"       consentctl dump --from http://HOST:PORT "
+				"[--token T] --out FILE";
+	const char *dir = NULL, *out = NULL, *from = NULL, *token = NULL;
 	for (int i = 1; i < argc; i++) {
 		if (i + 1 < argc && strcmp(argv[i], "--out") == 0)
 			out = argv[++i];
+		else if (i + 1 < argc && strcmp(argv[i], "--from") == 0)
+			from = argv[++i];
+		else if (i + 1 < argc && strcmp(argv[i], "--token") == 0)
+			token = argv[++i];
 		else if (dir == NULL && argv[i][0] != '-')
 			dir = argv[i];
 		else
 			return usage(u);
 	}
-	if (dir == NULL || out == NULL)
+	if (from != NULL) {
+		if (dir != NULL || out == NULL || strcmp(out, "-") == 0)
+			return usage(u);
+		if (token == NULL)
+			token = getenv("CONSENTD_TOKEN");
+		if (token != NULL && token[0] == '\0')
+			token = NULL;
+		return dump_from(from, token, out);
+	}
+	if (dir == NULL || out == NULL || token != NULL)
 		return usage(u);
 	int fd = ctl_open_out(out);
 	if (fd < 0) {

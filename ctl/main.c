@@ -27,7 +27,7 @@ static const struct command commands[] = {
 	  "build a data directory that consentd --data-dir DIR serves" },
 	{ "verify", ctl_verify, "verify DIR",
 	  "exit 0 only if every generation in DIR is whole" },
-	{ "dump", ctl_dump, "dump DIR --out FILE",
+	{ "dump", ctl_dump, "dump DIR --out FILE | dump --from http://HOST:PORT [--token T] --out FILE",
 	  "write the served records back as a snapshot stream" },
 	{ "check", ctl_check,
 	  "check DIR RECIPIENT BRAND CHANNEL [BIREYSEL|TACIR] [TICARI|BILGILENDIRME]",

@@ -6,8 +6,10 @@
  * consent_validate. Read again with raw batches decoded by a separate
  * decoder (the parallel build's way), it must be accepted or refused
  * alike, with the same records. Input reaches the reader through a memfd,
- * as a file would.
+ * as a file would. A header's origins and origins_kind go through the
+ * build's reading of them (build_header_origins).
  */
+#include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -19,6 +21,8 @@
 #include <xxhash.h>
 
 #include "core/stream.h"
+#include "index/build.h"
+#include "index/origins.h"
 
 static int memfd_in = -1, memfd_out = -1;
 
@@ -48,6 +52,39 @@ static uint64_t hash_consent(uint64_t h, const Consent__V1__Consent *c)
 				    strlen(c->transaction_id) + 1, h);
 }
 
+/* A header's §8 state (origins 7, origins_kind 8) as the build reads
+ * it: taken whole, each origin with its cursor, or refused naming the
+ * offset; never a table that says otherwise than the header. */
+static void check_header_origins(const Consent__V1__StreamHeader *h,
+				 uint64_t offset)
+{
+	struct origins *o = NULL;
+	char why[300] = "";
+	int rc = build_header_origins(h, offset, &o, why, sizeof(why));
+	if (rc < 0) {
+		if (rc != -EPROTO || strncmp(why, "offset ", 7) != 0 || o != NULL)
+			abort();
+		return;
+	}
+	if (o == NULL) {
+		if (h->origins_kind != 0 || h->n_origins != 0)
+			abort();
+		return;
+	}
+	if ((uint32_t)origins_kind(o) != h->origins_kind ||
+	    origins_count(o) != h->n_origins)
+		abort();
+	for (size_t i = 0; i < h->n_origins; i++) {
+		size_t cl;
+		const char *c = origins_get(o, h->origins[i]->origin,
+					    strlen(h->origins[i]->origin), &cl);
+		if (c == NULL || cl != strlen(h->origins[i]->cursor) ||
+		    memcmp(c, h->origins[i]->cursor, cl) != 0)
+			abort();
+	}
+	origins_destroy(o);
+}
+
 /* Reads fd to the end. With w, writes what it reads to w as well. */
 static int read_stream(int fd, size_t max_frame, bool require_trailer,
 		       int wfd, uint64_t *records, uint64_t *hash)
@@ -64,6 +101,7 @@ static int read_stream(int fd, size_t max_frame, bool require_trailer,
 		if (it.kind == STREAM_ITEM_HEADER) {
 			if (wfd >= 0 && stream_writer_create(wfd, it.header, 7, &w) < 0)
 				abort();
+			check_header_origins(it.header, it.offset);
 			continue;
 		}
 		for (size_t i = 0; i < it.n_consents; i++) {

@@ -10,9 +10,17 @@
  *    time with prefetching. The hint is never trusted: the reader still
  *    checks the trailer, and if the stream overflows the table the build
  *    starts again from the file's start in the second mode;
- *  - a pipe (or a hint that failed): every record is staged as a 32-byte
- *    item in anonymous memory that grows by mremap without copying (and
- *    e-mail addresses in a second arena), and inserted after the trailer.
+ *  - a pipe whose header states its record_count (a peer's snapshot,
+ *    consentctl gen): the table is made for that many when the first
+ *    records arrive and they are inserted as for a file; a table the
+ *    stream overflows grows (the same secret, so the keys the workers made
+ *    stay good) and the chunk is inserted again (the order rule makes
+ *    that a no-op for what went in), and one that ends fuller than the
+ *    stated count grows once more to the headroom a generation needs;
+ *  - a pipe without (or a hint that failed): every record is staged as a
+ *    32-byte item in anonymous memory that grows by mremap without
+ *    copying (and e-mail addresses in a second arena), and inserted after
+ *    the trailer.
  * Staging costs 32 bytes a record (3.2 GB at 10^8), direct insertion
  * nothing, and it overlaps inserting with decoding.
  * Either way a bad record or a bad trailer rejects the whole stream before
@@ -28,7 +36,8 @@
  * the addresses of its e-mail keys): the server's writer takes it as it
  * is, consentctl build publishes it (generation_publish) with the
  * newest generation's origins (index/origins.h: the kind and the cursors
- * outlive a snapshot, DESIGN §8).
+ * outlive a snapshot, DESIGN §8), or into an empty DIR with the origins
+ * its header states (a peer's snapshot, §9 bootstrap).
  */
 #include "index/build.h"
 
@@ -54,6 +63,7 @@
 #include "core/recipient.h"
 #include "core/stream.h"
 #include "index/generation.h"
+#include "index/origins.h"
 #include "index/table.h"
 
 #define HEADROOM_PCT 110     /* table capacity: records * 1.10 */
@@ -188,6 +198,8 @@ struct builder {
 	bool have_header;
 	uint64_t watermark;
 	int64_t created_at;
+	struct origins *origins; /* the header's (NULL: it states none) */
+	uint64_t stated;         /* the header's record_count (0: none) */
 
 	/* The slots' hand-overs, guarded by mu. */
 	pthread_mutex_t mu;
@@ -201,6 +213,9 @@ struct builder {
 
 	/* The inserting thread's. */
 	struct index *direct;  /* sized from the trailer hint: insert as we go */
+	bool stated_direct;    /* direct, sized from the header's count */
+	bool may_state;        /* a pipe: the header's count may size it */
+	const uint8_t *secret; /* the generation's (build_once's) */
 	struct grow items;     /* staged items (no hint) */
 	struct grow emails;
 	struct generation *out; /* the table, and the addresses inserted */
@@ -251,6 +266,68 @@ static void reader_ended(struct builder *b, int rc, const char *why)
 	pthread_mutex_unlock(&b->mu);
 }
 
+int build_header_origins(const Consent__V1__StreamHeader *h, uint64_t offset,
+			 struct origins **out, char *why, size_t why_cap)
+{
+	const char *bad = NULL, *field = NULL;
+	size_t i = 0;
+
+	if (h->origins_kind == ORIGINS_NONE && h->n_origins == 0)
+		return 0;
+	if (h->origins_kind > ORIGINS_ORIGIN) {
+		snprintf(why, why_cap, "offset %" PRIu64 ": header.origins_kind "
+			 "%" PRIu32 " is none of 0, 1, 2", offset, h->origins_kind);
+		return -EPROTO;
+	}
+	if (h->n_origins > 0 && h->origins_kind != ORIGINS_ORIGIN) {
+		snprintf(why, why_cap, "offset %" PRIu64 ": header.origins: "
+			 "cursors listed, but origins_kind is %" PRIu32
+			 " (not 2, origins)", offset, h->origins_kind);
+		return -EPROTO;
+	}
+	struct origins *o = NULL;
+	if (origins_create(&o) < 0) {
+		snprintf(why, why_cap, "offset %" PRIu64 ": out of memory", offset);
+		return -ENOMEM;
+	}
+	origins_set_kind(o, (enum origins_kind)h->origins_kind);
+	for (; i < h->n_origins; i++) {
+		const Consent__V1__OriginCursor *c = h->origins[i];
+		size_t ol = strlen(c->origin), cl = strlen(c->cursor);
+		size_t have;
+		if (origins_check_text(c->origin, ol, ORIGINS_NAME_MAX, 0,
+				       &bad) < 0) {
+			field = "origin";
+			break;
+		}
+		if (origins_check_text(c->cursor, cl, ORIGINS_CURSOR_MAX, 0,
+				       &bad) < 0) {
+			field = "cursor";
+			break;
+		}
+		if (origins_get(o, c->origin, ol, &have) != NULL) {
+			field = "origin";
+			bad = "listed twice";
+			break;
+		}
+		if (origins_set(o, c->origin, ol, c->cursor, cl) < 0) {
+			origins_destroy(o);
+			snprintf(why, why_cap, "offset %" PRIu64 ": out of "
+				 "memory", offset);
+			return -ENOMEM;
+		}
+	}
+	if (field != NULL) {
+		origins_destroy(o);
+		snprintf(why, why_cap, "offset %" PRIu64 ": header.origins[%zu]"
+			 ".%s: %s", offset, i, field, bad);
+		return -EPROTO;
+	}
+	origins_destroy(*out); /* one header per stream: NULL here */
+	*out = o;
+	return 0;
+}
+
 /* With frame_mu: fills the slot of the next chunk with frames from the
  * reader. Returns the slot, or NULL when the stream is over (or the build
  * stops). */
@@ -289,6 +366,13 @@ static struct chunk *frame_chunk(struct builder *b)
 			b->have_header = true;
 			b->watermark = it.header->sequence;
 			b->created_at = it.header->created_at;
+			b->stated = it.header->record_count;
+			rc = build_header_origins(it.header, it.offset,
+						  &b->origins, why,
+						  sizeof(why));
+			if (rc < 0)
+				break;
+			rc = 1;
 			continue;
 		}
 		if (it.kind == STREAM_ITEM_BATCH) {
@@ -465,11 +549,65 @@ static int insert_items(struct builder *b, struct index *ix,
 	return 0;
 }
 
+static uint64_t capacity_for(uint64_t records);
+
+/* The table of a stated-count build, made again for capacity records
+ * with the same secret, everything inserted so far merged in (phones from
+ * the table, e-mails keyed again from the list). */
+static int direct_grow(struct builder *b, uint64_t capacity)
+{
+	struct index *n = NULL;
+	int rc = index_create(capacity, b->secret, &n);
+	if (rc < 0)
+		return rc;
+	rc = generation_merge(n, b->out, NULL, NULL, NULL, 0);
+	if (rc < 0) {
+		index_destroy(n);
+		return rc;
+	}
+	index_destroy(b->out->ix);
+	b->out->ix = b->direct = n;
+	return 0;
+}
+
+/* A pipe whose header stated its count: the table, when the first chunk
+ * comes (the header came before it). Not one too large to make (a count
+ * that is no count): staging then, as without one. */
+static void direct_from_header(struct builder *b)
+{
+	/* No frame_mu (a worker may hold it while it waits for a slot this
+	 * thread frees): the header was read by the worker that framed the
+	 * first chunk, before it handed that chunk over under mu. */
+	uint64_t stated = b->stated;
+	b->may_state = false;
+	if (stated == 0 || index_create(capacity_for(stated), b->secret,
+					&b->out->ix) < 0)
+		return;
+	b->direct = b->out->ix;
+	b->stated_direct = true;
+}
+
 /* Takes one staged chunk: inserts it (direct) or appends it to the
  * staged items. */
 static int take_chunk(struct builder *b, const struct chunk *c)
 {
 	b->n_items += c->n_items;
+	if (b->may_state)
+		direct_from_header(b);
+	if (b->stated_direct) {
+		for (;;) {
+			int rc = insert_items(b, b->direct,
+					      (const struct item *)c->items.p,
+					      c->n_items, c->emails.p);
+			if (rc != -ENOSPC)
+				return rc;
+			struct index_info info;
+			index_info(b->direct, &info);
+			rc = direct_grow(b, info.capacity + info.capacity / 2);
+			if (rc < 0)
+				return rc;
+		}
+	}
 	if (b->direct != NULL)
 		return insert_items(b, b->direct, (const struct item *)c->items.p,
 				    c->n_items, c->emails.p);
@@ -537,7 +675,8 @@ static int read_stream(struct builder *b, unsigned workers, char *err,
 			rc = take_chunk(b, c);
 			/* A full table means the hint was wrong: start
 			 * again. */
-			if (rc == -ENOSPC && b->direct != NULL)
+			if (rc == -ENOSPC && b->direct != NULL &&
+			    !b->stated_direct)
 				rc = BUILD_RESTART;
 			why = NULL;
 		}
@@ -643,6 +782,8 @@ static int build_once(int fd, unsigned workers, bool have_hint, uint64_t hint,
 	pthread_mutex_init(&b->mu, NULL);
 	pthread_cond_init(&b->cv, NULL);
 	b->out = &g;
+	b->secret = secret;
+	b->may_state = !have_hint;
 
 	/* The generation's secret, in a one-bucket index that makes keys:
 	 * they are valid in the real table, created with the same secret
@@ -683,7 +824,23 @@ static int build_once(int fd, unsigned workers, bool have_hint, uint64_t hint,
 	}
 	double t_read = now_s();
 
-	if (!have_hint) {
+	struct index_info di;
+	if (b->stated_direct)
+		index_info(b->direct, &di);
+	if (b->stated_direct && (di.capacity < capacity_for(b->n_items) ||
+				 di.capacity / 2 > capacity_for(b->n_items))) {
+		/* More than stated (a live peer's snapshot may hold a few
+		 * more): the headroom a generation must have; far fewer: no
+		 * generation twice the size it needs. */
+		rc = direct_grow(b, capacity_for(b->n_items));
+		if (rc < 0) {
+			rc = errmsg_fail(err, err_cap, rc, "a table for %" PRIu64
+				  " records: %s", capacity_for(b->n_items),
+				  strerror(-rc));
+			goto out;
+		}
+	}
+	if (!have_hint && !b->stated_direct) {
 		rc = index_create(capacity_for(b->n_items), secret, &g.ix);
 		if (rc < 0) {
 			rc = errmsg_fail(err, err_cap, rc, "a table for %" PRIu64
@@ -699,6 +856,9 @@ static int build_once(int fd, unsigned workers, bool have_hint, uint64_t hint,
 			goto out;
 		}
 	}
+	/* The state the snapshot states travels with it (NULL: none). */
+	g.origins = b->origins;
+	b->origins = NULL;
 	/* Not a generation of any directory yet: number 0. */
 	index_set_meta_writer(g.ix, 0, b->watermark, b->created_at,
 			      b->created_at);
@@ -720,6 +880,7 @@ static int build_once(int fd, unsigned workers, bool have_hint, uint64_t hint,
 out:
 	generation_fini(&g);
 	index_destroy(b->keymaker);
+	origins_destroy(b->origins);
 	if (b->reader != NULL)
 		stream_reader_destroy(b->reader);
 	for (size_t i = 0; b->slot != NULL && i < b->n_slots; i++) {
@@ -798,6 +959,10 @@ int build_snapshot(int fd, const char *dir, struct build_result *res,
 	 * §8): the newest generation's go into the new one. */
 	if (gen > 0) {
 		char e[400] = "";
+		/* DIR's own state goes on with its own change log: a state
+		 * the snapshot stated gives way to it. */
+		origins_destroy(g.origins);
+		g.origins = NULL;
 		rc = generation_origins(dir, gen, &g.origins, e, sizeof(e));
 		if (rc < 0) {
 			generation_fini(&g);
@@ -872,11 +1037,112 @@ static int dump_email(const struct generation_email *e, void *arg)
 			 e->brand_code, &v);
 }
 
+/* The header's origins and origins_kind from o (NULL: none stated):
+ * h->origins gets an array the caller frees with header_origins_free. */
+static int header_origins_fill(Consent__V1__StreamHeader *h,
+			       const struct origins *o)
+{
+	size_t n = o != NULL ? origins_count(o) : 0;
+	h->origins_kind = o != NULL ? (uint32_t)origins_kind(o) : 0;
+	h->n_origins = 0;
+	h->origins = NULL;
+	if (n == 0)
+		return 0;
+	/* One block: the pointers, the messages, then the strings. */
+	size_t bytes = n * (sizeof(Consent__V1__OriginCursor *) +
+			    sizeof(Consent__V1__OriginCursor) + 2);
+	for (size_t i = 0; i < n; i++) {
+		const char *on, *cu;
+		size_t ol, cl;
+		origins_at(o, i, &on, &ol, &cu, &cl);
+		bytes += ol + cl;
+	}
+	uint8_t *p = malloc(bytes);
+	if (p == NULL)
+		return -ENOMEM;
+	Consent__V1__OriginCursor **ptrs = (Consent__V1__OriginCursor **)p;
+	Consent__V1__OriginCursor *msgs =
+		(Consent__V1__OriginCursor *)(p + n * sizeof(*ptrs));
+	char *text = (char *)(msgs + n);
+	for (size_t i = 0; i < n; i++) {
+		const char *on, *cu;
+		size_t ol, cl;
+		origins_at(o, i, &on, &ol, &cu, &cl);
+		msgs[i] = (Consent__V1__OriginCursor)CONSENT__V1__ORIGIN_CURSOR__INIT;
+		msgs[i].origin = text;
+		memcpy(text, on, ol);
+		text[ol] = '\0';
+		text += ol + 1;
+		msgs[i].cursor = text;
+		memcpy(text, cu, cl);
+		text[cl] = '\0';
+		text += cl + 1;
+		ptrs[i] = &msgs[i];
+	}
+	h->origins = ptrs;
+	h->n_origins = n;
+	return 0;
+}
+
+int build_dump_source(const struct build_dump_source *src, int fd,
+		      uint64_t *records, char *err, size_t err_cap)
+{
+	if (err != NULL && err_cap > 0)
+		err[0] = '\0';
+	Consent__V1__StreamHeader h = CONSENT__V1__STREAM_HEADER__INIT;
+	h.format_version = STREAM_FORMAT_VERSION;
+	h.changes = false;
+	h.sequence = src->watermark;
+	h.created_at = src->created_at;
+	h.origin = (char *)(src->origin != NULL ? src->origin : "");
+	/* What the table holds now: a reader of a pipe sizes its table by
+	 * it (a few more may come from a table the writer still fills). */
+	struct index_info info;
+	index_info(src->ix, &info);
+	h.record_count = info.n_records;
+	if (header_origins_fill(&h, src->origins) < 0)
+		return errmsg_fail(err, err_cap, -ENOMEM, "out of memory");
+	struct dump_ctx d = { .ix = src->ix };
+	int rc = stream_writer_create(fd, &h, STREAM_BATCH_DEFAULT, &d.w);
+	free(h.origins);
+	if (rc < 0)
+		return errmsg_fail(err, err_cap, rc, "writing the stream: %s",
+				   strerror(-rc));
+	rc = index_foreach(src->ix, dump_phone, &d);
+	if (rc == 0 && src->emails_fd >= 0)
+		rc = generation_emails_foreach_fd(src->emails_fd,
+						  src->emails_name, dump_email,
+						  &d, err, err_cap);
+	if (rc == 0 && src->extra != NULL)
+		rc = generation_email_list_foreach(src->extra, dump_email, &d);
+	if (rc < 0) {
+		stream_writer_destroy(d.w);
+		if (d.missing)
+			return errmsg_fail(err, err_cap, -EPROTO, "an e-mail "
+					   "address of the generation is not in "
+					   "its index");
+		if (err != NULL && err[0] == '\0')
+			errmsg_fail(err, err_cap, rc, "writing the stream: %s",
+				    strerror(-rc));
+		return rc;
+	}
+	rc = stream_writer_finish(d.w);
+	if (rc < 0)
+		return errmsg_fail(err, err_cap, rc, "writing the stream: %s",
+				   strerror(-rc));
+	if (records != NULL)
+		*records = d.records;
+	return 0;
+}
+
 int build_dump(const char *dir, int fd, uint64_t *records, char *err,
 	       size_t err_cap)
 {
 	struct index *ix;
+	struct origins *o = NULL;
 	uint64_t gen;
+	char origin[64], name[4096];
+	int efd = -1;
 	if (err != NULL && err_cap > 0)
 		err[0] = '\0';
 	int rc = generation_open_newest(dir, INDEX_LOAD_MMAP, &ix, &gen, err,
@@ -885,44 +1151,24 @@ int build_dump(const char *dir, int fd, uint64_t *records, char *err,
 		return rc;
 	struct index_info info;
 	index_info(ix, &info);
-
-	char origin[64];
-	snprintf(origin, sizeof(origin), "dump of generation %" PRIu64, gen);
-	Consent__V1__StreamHeader h = CONSENT__V1__STREAM_HEADER__INIT;
-	h.format_version = STREAM_FORMAT_VERSION;
-	h.changes = false;
-	h.sequence = info.watermark;
-	h.created_at = info.data_as_of;
-	h.origin = origin;
-	struct dump_ctx d = { .ix = ix };
-	rc = stream_writer_create(fd, &h, STREAM_BATCH_DEFAULT, &d.w);
-	if (rc < 0) {
-		index_destroy(ix);
-		return errmsg_fail(err, err_cap, rc, "writing the stream: %s",
-			    strerror(-rc));
-	}
-	rc = index_foreach(ix, dump_phone, &d);
+	rc = generation_origins(dir, gen, &o, err, err_cap);
 	if (rc == 0)
-		rc = generation_emails_foreach(dir, gen, dump_email, &d, err,
-					    err_cap);
-	if (rc < 0) {
-		stream_writer_destroy(d.w);
-		index_destroy(ix);
-		if (d.missing)
-			return errmsg_fail(err, err_cap, -EPROTO, "generation %" PRIu64
-				    ": an e-mail of its emails file is not in "
-				    "its index", gen);
-		if (err != NULL && err[0] == '\0')
-			errmsg_fail(err, err_cap, rc, "writing the stream: %s",
-			     strerror(-rc));
-		return rc;
+		rc = generation_emails_open(dir, gen, &efd, name, sizeof(name),
+					    err, err_cap);
+	if (rc == 0) {
+		snprintf(origin, sizeof(origin), "dump of generation %" PRIu64,
+			 gen);
+		struct build_dump_source src = {
+			.ix = ix, .emails_fd = efd, .emails_name = name,
+			.watermark = info.watermark,
+			.created_at = info.data_as_of, .origins = o,
+			.origin = origin,
+		};
+		rc = build_dump_source(&src, fd, records, err, err_cap);
 	}
-	rc = stream_writer_finish(d.w);
+	if (efd >= 0)
+		close(efd);
+	origins_destroy(o);
 	index_destroy(ix);
-	if (rc < 0)
-		return errmsg_fail(err, err_cap, rc, "writing the stream: %s",
-			    strerror(-rc));
-	if (records != NULL)
-		*records = d.records;
-	return 0;
+	return rc;
 }

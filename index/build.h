@@ -39,13 +39,53 @@ int build_index(int fd, struct generation *out, struct build_result *res,
 int build_index_threads(int fd, unsigned threads, struct generation *out,
 			struct build_result *res, char *err, size_t err_cap);
 
+/* The §8 state a peer's snapshot states at its watermark (StreamHeader
+ * origins 7, origins_kind 8; README "Decisions"), as build_index reads
+ * it: into *out (created; the caller's), or *out left as it was for a
+ * header that states none (kind 0, no origins). A kind outside
+ * index/origins.h's, origins listed without kind 2, an origin or cursor
+ * origins_check_text refuses (an empty cursor among them), or an origin
+ * listed twice is -EPROTO with why naming the offset and the field;
+ * -ENOMEM. */
+struct origins;
+typedef struct Consent__V1__StreamHeader Consent__V1__StreamHeader;
+int build_header_origins(const Consent__V1__StreamHeader *h, uint64_t offset,
+			 struct origins **out, char *why, size_t why_cap);
+
 /* build_index, then publishes the result as generation newest+1 of dir
  * (created if missing; generation_publish). */
 int build_snapshot(int fd, const char *dir, struct build_result *res,
 		   char *err, size_t err_cap);
 
+/* What a dump streams: an index, the addresses of its e-mail keys (an
+ * emails file opened with generation_emails_open, then a list), and the
+ * header's fields. The index may be one the server's writer is still
+ * changing (GET /v1/snapshot): index_foreach and lookups read it as
+ * lookups do, and every key an address names is in it already. */
+struct generation_email_list;
+struct origins;
+struct build_dump_source {
+	const struct index *ix;
+	int emails_fd;            /* -1: no file */
+	const char *emails_name;  /* its path, for messages */
+	const struct generation_email_list *extra; /* NULL: none */
+	uint64_t watermark;       /* the header's sequence */
+	int64_t created_at;
+	const struct origins *origins; /* §8's state at watermark (NULL: none),
+					* as header origins/origins_kind */
+	const char *origin;       /* the header's origin text */
+};
+
+/* The one dump (consentctl dump and GET /v1/snapshot): a snapshot stream
+ * of src to fd, phones in table order, then e-mails in the order of the
+ * file and the list, then the trailer. An address whose key is not in the
+ * index is -EPROTO. *records gets the records written. */
+int build_dump_source(const struct build_dump_source *src, int fd,
+		      uint64_t *records, char *err, size_t err_cap);
+
 /* Writes the records of the newest generation in dir as a snapshot stream
- * to fd (header sequence = its watermark, created_at = its data_as_of).
+ * to fd (build_dump_source: header sequence = its watermark, created_at =
+ * its data_as_of, its origins file's kind and cursors).
  * The index keeps only the fields a verdict needs, so that is what comes
  * back: recipient, channel, recipient_type, brand_code, status, source,
  * consent_date; iys_code, creation_date, transaction_id and sequence are

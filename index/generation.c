@@ -330,18 +330,39 @@ static const char *parse_email_line(char *line, size_t len,
 	return NULL;
 }
 
-int generation_emails_foreach(const char *dir, uint64_t generation,
-			   generation_email_fn fn, void *arg, char *err,
-			      size_t err_cap)
+int generation_emails_open(const char *dir, uint64_t generation, int *fd,
+			   char *name, size_t name_cap, char *err,
+			   size_t err_cap)
 {
-	char path[4096];
-	int rc = gen_file_path(dir, generation, "emails", path, sizeof(path));
+	int rc = gen_file_path(dir, generation, "emails", name, name_cap);
 	if (rc < 0)
 		return errmsg_fail(err, err_cap, rc, "%s: path too long", dir);
-	FILE *f = fopen(path, "re");
+	*fd = open(name, O_RDONLY | O_CLOEXEC);
+	if (*fd < 0) {
+		rc = -errno;
+		return errmsg_fail(err, err_cap, rc, "%s: %s", name, strerror(-rc));
+	}
+	return 0;
+}
+
+int generation_emails_foreach_fd(int fd, const char *name,
+				 generation_email_fn fn, void *arg, char *err,
+				 size_t err_cap)
+{
+	int rc, dfd = dup(fd);
+	FILE *f = dfd < 0 ? NULL : fdopen(dfd, "r");
 	if (f == NULL) {
 		rc = -errno;
-		return errmsg_fail(err, err_cap, rc, "%s: %s", path, strerror(-rc));
+		if (dfd >= 0)
+			close(dfd);
+		return errmsg_fail(err, err_cap, rc, "%s: %s", name, strerror(-rc));
+	}
+	/* From the start, whoever read it before (the dup shares the
+	 * offset). */
+	if (fseeko(f, 0, SEEK_SET) < 0) {
+		rc = -errno;
+		fclose(f);
+		return errmsg_fail(err, err_cap, rc, "%s: %s", name, strerror(-rc));
 	}
 	char *line = NULL;
 	size_t cap = 0;
@@ -354,7 +375,7 @@ int generation_emails_foreach(const char *dir, uint64_t generation,
 		lineno++;
 		if (len == 0 || line[len - 1] != '\n') {
 			rc = errmsg_fail(err, err_cap, -EPROTO, "%s: line %" PRIu64
-				  ": not ended by a newline (truncated)", path,
+				  ": not ended by a newline (truncated)", name,
 				  lineno);
 			break;
 		}
@@ -362,7 +383,7 @@ int generation_emails_foreach(const char *dir, uint64_t generation,
 		const char *why = parse_email_line(line, (size_t)len, &e);
 		if (why != NULL) {
 			rc = errmsg_fail(err, err_cap, -EPROTO, "%s: line %" PRIu64
-				  ": %s", path, lineno, why);
+				  ": %s", name, lineno, why);
 			break;
 		}
 		rc = fn(&e, arg);
@@ -375,13 +396,28 @@ int generation_emails_foreach(const char *dir, uint64_t generation,
 		rc = errno != 0 ? -errno : -EIO;
 		if (rc == -ENOMEM)
 			errmsg_fail(err, err_cap, rc, "%s: line %" PRIu64 ": out of "
-			     "memory", path, lineno + 1);
+			     "memory", name, lineno + 1);
 		else
-			errmsg_fail(err, err_cap, rc, "%s: read error: %s", path,
+			errmsg_fail(err, err_cap, rc, "%s: read error: %s", name,
 			     strerror(-rc));
 	}
 	free(line);
 	fclose(f);
+	return rc;
+}
+
+int generation_emails_foreach(const char *dir, uint64_t generation,
+			   generation_email_fn fn, void *arg, char *err,
+			      size_t err_cap)
+{
+	char path[4096];
+	int fd;
+	int rc = generation_emails_open(dir, generation, &fd, path,
+					sizeof(path), err, err_cap);
+	if (rc < 0)
+		return rc;
+	rc = generation_emails_foreach_fd(fd, path, fn, arg, err, err_cap);
+	close(fd);
 	return rc;
 }
 
@@ -637,16 +673,11 @@ void generation_written(struct generation *g, const char *dir,
 	memset(&g->extra, 0, sizeof(g->extra));
 }
 
-/* Calls fn for each of g's addresses: its file's, then its list's. */
-static int emails_each(const struct generation *g, generation_email_fn fn,
-		       void *arg, char *err, size_t err_cap)
+int generation_email_list_foreach(const struct generation_email_list *l,
+				  generation_email_fn fn, void *arg)
 {
-	int rc = 0;
-	if (g->emails_dir[0] != '\0')
-		rc = generation_emails_foreach(g->emails_dir, g->emails_gen, fn,
-					       arg, err, err_cap);
 	struct generation_email e;
-	const struct generation_email_list *l = &g->extra;
+	int rc = 0;
 	for (size_t off = 0; rc == 0 && off < l->len;) {
 		const uint8_t *p = l->p + off;
 		memcpy(&e.brand_code, p, 4);
@@ -660,6 +691,19 @@ static int emails_each(const struct generation *g, generation_email_fn fn,
 		off += EMAIL_HEAD + p[5];
 		rc = fn(&e, arg);
 	}
+	return rc;
+}
+
+/* Calls fn for each of g's addresses: its file's, then its list's. */
+static int emails_each(const struct generation *g, generation_email_fn fn,
+		       void *arg, char *err, size_t err_cap)
+{
+	int rc = 0;
+	if (g->emails_dir[0] != '\0')
+		rc = generation_emails_foreach(g->emails_dir, g->emails_gen, fn,
+					       arg, err, err_cap);
+	if (rc == 0)
+		rc = generation_email_list_foreach(&g->extra, fn, arg);
 	return rc;
 }
 

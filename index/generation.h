@@ -116,6 +116,17 @@ int generation_emails_foreach(const char *dir, uint64_t generation,
 			      generation_email_fn fn, void *arg, char *err,
 			      size_t err_cap);
 
+/* The emails file of a generation, opened (*fd, the caller's to close;
+ * its path in name): it stays readable through fd after a prune removed
+ * the generation. generation_emails_foreach_fd reads such an fd from its
+ * start, as generation_emails_foreach does a path (name in messages). */
+int generation_emails_open(const char *dir, uint64_t generation, int *fd,
+			   char *name, size_t name_cap, char *err,
+			   size_t err_cap);
+int generation_emails_foreach_fd(int fd, const char *name,
+				 generation_email_fn fn, void *arg, char *err,
+				 size_t err_cap);
+
 /* ---- in memory ---- */
 
 /* E-mail addresses in memory, compact: brand (4 bytes), rtype (1),
@@ -140,6 +151,11 @@ struct generation {
 	uint64_t emails_gen;
 	struct generation_email_list extra;
 };
+
+/* Calls fn for each address of l, in order; a non-zero return from fn
+ * stops and is returned. */
+int generation_email_list_foreach(const struct generation_email_list *l,
+				  generation_email_fn fn, void *arg);
 
 /* Frees g's index, origins and list and empties it. */
 void generation_fini(struct generation *g);

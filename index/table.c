@@ -870,8 +870,10 @@ int index_foreach(const struct index *ix, index_visit_fn fn, void *arg)
 	for (uint64_t b = 0; b < ix->n_buckets; b++) {
 		const struct index_bucket *bk = &ix->buckets[b];
 		for (int s = 0; s < BUCKET_SLOTS; s++) {
-			/* Acquire for symmetry with probe(); foreach is not
-			 * run concurrently with the writer. */
+			/* Acquire: pairs with the release store of val in
+			 * index_apply_writer, as in probe_bucket, so the key
+			 * word below is the one written before this val
+			 * (foreach may run beside the writer). */
 			uint64_t v = atomic_load_explicit(&bk->slot[s].val,
 							  memory_order_acquire);
 			if (v == 0)

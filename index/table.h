@@ -131,9 +131,13 @@ void index_set_meta_writer(struct index *ix, uint64_t generation,
 			   uint64_t watermark, int64_t created_at,
 			   int64_t data_as_of);
 
-/* Visits every entry (one thread; not concurrently with the writer).
- * Phones come back whole; e-mails only as a fingerprint (is_email set,
- * no recipient): their addresses live in the generation's e-mail file. */
+/* Visits every entry. Any thread, also while the writer changes the
+ * table (GET /v1/snapshot walks the served one): each slot is read as a
+ * lookup reads it, and entries never move, so every entry present before
+ * the walk is visited once, whole, with its value then or a later one;
+ * one inserted during the walk may or may not be. Phones come back whole;
+ * e-mails only as a fingerprint (is_email set, no recipient): their
+ * addresses live in the generation's e-mail file. */
 struct index_entry {
 	bool is_email;
 	uint64_t phone;     /* phones: the E.164 digits */

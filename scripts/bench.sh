@@ -313,6 +313,59 @@ if [ -x "$build/consentd" ] && [ -d "$idx" ]; then
   [ $rc -eq 1 ] && wrong=1
 fi
 
+# ---- 4c. bootstrap from a peer -------------------------------------------------
+# A peer serves the generation; a second consentd with an empty data
+# directory starts with --bootstrap-from it: start to /readyz is the
+# download (GET /v1/snapshot), the build and the publish, over loopback.
+# The peer on core $srv_cpu, the new server on $cli_cpu.
+if [ -x "$build/consentd" ] && [ -d "$idx" ]; then
+  log "bootstrap: consentd --bootstrap-from a peer serving $n records"
+  bs_ok=0
+  rm -rf "$data/bootstrap-new" "$out/peer.ports" "$out/bootstrap.ports"
+  taskset -c "$srv_cpu" "$build/consentd" --data-dir "$idx" \
+    --rpc 127.0.0.1:0 --resp 127.0.0.1:0 --http 127.0.0.1:0 \
+    --ports-file "$out/peer.ports" --workers 1 > "$out/peer.log" 2>&1 &
+  peer_pid=$!
+  peer_http=""
+  for _ in $(seq 1 6000); do
+    kill -0 "$peer_pid" 2>/dev/null || break
+    [ -s "$out/peer.ports" ] && peer_http=$(ports_get http "$out/peer.ports")
+    if [ -n "$peer_http" ] && curl -sf -o /dev/null "http://127.0.0.1:$peer_http/readyz"; then
+      break
+    fi
+    sleep 0.1
+  done
+  if [ -n "$peer_http" ]; then
+    t0=$(now)
+    taskset -c "$cli_cpu" "$build/consentd" --data-dir "$data/bootstrap-new" \
+      --bootstrap-from "http://127.0.0.1:$peer_http" \
+      --rpc 127.0.0.1:0 --resp 127.0.0.1:0 --http 127.0.0.1:0 \
+      --ports-file "$out/bootstrap.ports" --workers 1 > "$out/bootstrap.log" 2>&1 &
+    bs_pid=$!
+    bs_http=""
+    for _ in $(seq 1 36000); do
+      kill -0 "$bs_pid" 2>/dev/null || break
+      [ -z "$bs_http" ] && [ -s "$out/bootstrap.ports" ] &&
+        bs_http=$(ports_get http "$out/bootstrap.ports")
+      if [ -n "$bs_http" ] && curl -sf -o /dev/null "http://127.0.0.1:$bs_http/readyz"; then
+        bs_ok=1; break
+      fi
+      sleep 0.05
+    done
+    if [ $bs_ok -eq 1 ]; then
+      fact bootstrap_ready_seconds "$(elapsed "$t0")"
+      fact bootstrap_rss_kb "$(rss_kb "$bs_pid")"
+    else
+      echo "bench: the bootstrap did not become ready; see $out/bootstrap.log"
+      tail -n 5 "$out/bootstrap.log"
+    fi
+    kill "$bs_pid" 2>/dev/null; wait "$bs_pid" 2>/dev/null
+  fi
+  kill "$peer_pid" 2>/dev/null; wait "$peer_pid" 2>/dev/null
+  rm -rf "$data/bootstrap-new"
+  printf 'bootstrap\t1\t%s\n' "$([ $bs_ok -eq 1 ] && echo 0 || echo 1)" >> "$status"
+fi
+
 # ---- 5. Google Benchmark binaries ----------------------------------------------
 # Each gets the record count as BENCH_RECORDS and as --records=N when its
 # --help lists that flag (Google Benchmark's own main rejects unknown flags).
@@ -572,6 +625,12 @@ def fs(k):
 L.append(f"| start to ready / to loaded | {fs('consentd_ready_seconds')} | "
          f"{fs('redis_load_seconds')} (`redis-cli --pipe`) | |")
 L.append(f"| snapshot generation (`consentctl gen`) | {fs('gen_seconds')} | | |")
+try:
+    bs = float(facts.get("bootstrap_ready_seconds"))
+    L.append(f"| bootstrap from a peer (`--bootstrap-from`, start to ready) | {bs:.2f} s, "
+             f"{fnum(n / bs if bs > 0 else 0)} records/s | | |")
+except (TypeError, ValueError):
+    L.append("| bootstrap from a peer (`--bootstrap-from`, start to ready) | — | | |")
 try:
     warm = json.load(open(f"{out}/warm.json"))
 except Exception:

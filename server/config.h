@@ -18,6 +18,7 @@ struct writer;
 struct server_config {
 	const char *data_dir;
 	const char *snapshot;      /* NULL, a path, or "-" for stdin */
+	const char *bootstrap_from; /* NULL, or a peer's http://HOST:PORT */
 	const char *rpc_addr;      /* "HOST:PORT", default 127.0.0.1:7700 */
 	const char *resp_addr;     /* default 127.0.0.1:7701 */
 	const char *http_addr;     /* default 127.0.0.1:7702 */

@@ -61,6 +61,7 @@
 #include "server/reject.h"
 #include "index/outbox.h"
 #include "server/metrics.h"
+#include "server/snapshot.h"
 #include "server/writer.h"
 #include "version.h"
 
@@ -80,6 +81,11 @@
  * kernel caps it at net.core.somaxconn). */
 #define HTTP_BACKLOG 1024
 #define HTTP_TURN_MS 1000        /* longest wait between two loop turns */
+/* GET /v1/snapshot: at most this many at once (each a producer thread
+ * walking the index); a client that takes nothing this long is cut. */
+#define HTTP_SNAPSHOTS_MAX 4
+#define HTTP_SNAPSHOT_IDLE_MS 60000
+#define HTTP_SNAPSHOT_BLOCK (64u << 10)
 
 /* A connection of the ops port, from MHD's STARTED notification to its
  * CLOSED one. MHD calls back on our thread, inside MHD_run, or (stopping)
@@ -89,6 +95,19 @@ struct http_conn {
 	int fd;
 	uint64_t deadline_ms; /* CLOCK_MONOTONIC */
 	bool cut;             /* shut down: MHD sees the end and closes it */
+};
+
+/* A GET /v1/snapshot response: MHD pulls the producer's pipe
+ * (server/snapshot.h) through http_snap_read. When the pipe is empty the
+ * connection is suspended (MHD would otherwise call again at once) and
+ * the pipe's read end joins our poll; readable, it is resumed. */
+struct http_snap {
+	struct http_snap *prev, *next;
+	struct http *h;
+	struct snapshot_job *job;
+	struct MHD_Connection *conn;
+	struct http_conn *c;  /* its deadline */
+	bool suspended;
 };
 
 struct http {
@@ -105,6 +124,8 @@ struct http {
 	int64_t started_at;     /* Unix time at http_start */
 	struct http_conn conns; /* list head: every open connection */
 	uint64_t reject_tag;    /* the last local rejection's, for its reply */
+	struct http_snap snaps; /* list head: every snapshot response */
+	unsigned n_snaps;
 };
 
 enum http_route {
@@ -117,6 +138,7 @@ enum http_route {
 	ROUTE_REJECT,  /* POST: a local rejection (§11) */
 	ROUTE_OUTBOX,  /* GET: the outbox for the connector (§12) */
 	ROUTE_OUTBOX_PUSHED, /* POST: an entry pushed to İYS */
+	ROUTE_SNAPSHOT, /* GET */
 };
 
 /* A POST between its headers and the end of its body. */
@@ -874,6 +896,151 @@ static enum MHD_Result http_post_pushed(struct http *h,
 	return http_reply_json(conn, MHD_HTTP_OK, json_encode_pushed(seq));
 }
 
+/* ---- GET /v1/snapshot ---- */
+
+static ssize_t http_snap_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+	struct http_snap *sn = cls;
+	ssize_t n;
+	char err[512];
+
+	(void)pos;
+	do
+		n = read(snapshot_fd(sn->job), buf, max);
+	while (n < 0 && errno == EINTR);
+	if (n > 0) {
+		/* Taken by the client: it has another while to take more. */
+		if (sn->c)
+			sn->c->deadline_ms = http_mono_us() / 1000u +
+					     HTTP_SNAPSHOT_IDLE_MS;
+		return n;
+	}
+	if (n < 0 && errno == EAGAIN) {
+		/* Nothing yet: out of MHD's loop until the pipe has more
+		 * (http_snap_poll). */
+		sn->suspended = true;
+		MHD_suspend_connection(sn->conn);
+		return 0;
+	}
+	if (n == 0 && snapshot_result(sn->job, err, sizeof(err)) == 0)
+		return MHD_CONTENT_READER_END_OF_STREAM;
+	/* The producer failed (it said why on stderr): the stream ends
+	 * without its trailer and the connection closes, which a reader
+	 * of the stream refuses. */
+	return MHD_CONTENT_READER_END_WITH_ERROR;
+}
+
+static void http_snap_free(void *cls)
+{
+	struct http_snap *sn = cls;
+
+	sn->prev->next = sn->next;
+	sn->next->prev = sn->prev;
+	sn->h->n_snaps--;
+	snapshot_done(sn->job);
+	free(sn);
+}
+
+/* The served state as a §3.5 snapshot stream (server/snapshot.h). With a
+ * token file only a principal that sees every brand and fleet-wide
+ * figures (BRANDS '*' and 'stats') may take it: it is all the data. */
+static enum MHD_Result http_snapshot(struct http *h, struct MHD_Connection *conn,
+				     const struct principal *p)
+{
+	struct index_info info;
+	struct http_snap *sn;
+	struct MHD_Response *resp;
+	char err[512];
+	enum MHD_Result ret;
+	bool stale;
+
+	if (p && !(p->all_brands && p->may_stats))
+		return http_reply_error(h, conn, MHD_HTTP_FORBIDDEN, NULL, NULL,
+					"a snapshot is every brand's data: it "
+					"needs a principal with brands '*' and "
+					"'stats'");
+	if (!h->cfg->writer || !http_index_info(h, &info, &stale))
+		return http_reply_error(h, conn, MHD_HTTP_SERVICE_UNAVAILABLE,
+					NULL, NULL, "no generation is served yet");
+	if (h->n_snaps >= HTTP_SNAPSHOTS_MAX)
+		return http_reply_error(h, conn, MHD_HTTP_SERVICE_UNAVAILABLE,
+					MHD_HTTP_HEADER_RETRY_AFTER, "10",
+					"%u snapshots are being sent already",
+					HTTP_SNAPSHOTS_MAX);
+	sn = calloc(1, sizeof(*sn));
+	if (!sn)
+		return http_reply_json(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL);
+	if (snapshot_start(h->cfg->writer, &sn->job, err, sizeof(err)) < 0) {
+		free(sn);
+		return http_reply_error(h, conn, MHD_HTTP_SERVICE_UNAVAILABLE,
+					NULL, NULL, "%s", err);
+	}
+	resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN,
+						 HTTP_SNAPSHOT_BLOCK,
+						 http_snap_read, sn,
+						 http_snap_free);
+	if (!resp) {
+		snapshot_done(sn->job);
+		free(sn);
+		return MHD_NO;
+	}
+	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(
+		conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+	sn->h = h;
+	sn->conn = conn;
+	sn->c = ci ? ci->socket_context : NULL;
+	sn->next = &h->snaps;
+	sn->prev = h->snaps.prev;
+	sn->prev->next = sn;
+	h->snaps.prev = sn;
+	h->n_snaps++;
+	if (sn->c)
+		sn->c->deadline_ms = http_mono_us() / 1000u +
+				     HTTP_SNAPSHOT_IDLE_MS;
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+				"application/octet-stream");
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+	ret = MHD_queue_response(conn, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp); /* http_snap_free when MHD is done */
+	return ret;
+}
+
+/* The read ends of suspended snapshots, into pfd (room for
+ * HTTP_SNAPSHOTS_MAX); their deadlines are ours to keep meanwhile (the
+ * producer is slow, not the client). Returns how many. */
+static unsigned http_snap_poll(struct http *h, struct pollfd *pfd)
+{
+	unsigned n = 0;
+
+	for (struct http_snap *sn = h->snaps.next; sn != &h->snaps;
+	     sn = sn->next) {
+		if (!sn->suspended)
+			continue;
+		if (sn->c)
+			sn->c->deadline_ms = http_mono_us() / 1000u +
+					     HTTP_SNAPSHOT_IDLE_MS;
+		pfd[n++] = (struct pollfd){ .fd = snapshot_fd(sn->job),
+					    .events = POLLIN };
+	}
+	return n;
+}
+
+/* Resumes the suspended snapshots whose pipe has more (or ended). */
+static void http_snap_resume(struct http *h, const struct pollfd *pfd,
+			     unsigned n)
+{
+	for (struct http_snap *sn = h->snaps.next; sn != &h->snaps;
+	     sn = sn->next) {
+		if (!sn->suspended)
+			continue;
+		for (unsigned i = 0; i < n; i++)
+			if (pfd[i].fd == snapshot_fd(sn->job) && pfd[i].revents) {
+				sn->suspended = false;
+				MHD_resume_connection(sn->conn);
+			}
+	}
+}
+
 /* ---- dispatch ---- */
 
 static enum http_route http_route_of(const char *url)
@@ -894,6 +1061,8 @@ static enum http_route http_route_of(const char *url)
 		return ROUTE_OUTBOX;
 	if (!strcmp(url, "/v1/outbox/pushed"))
 		return ROUTE_OUTBOX_PUSHED;
+	if (!strcmp(url, "/v1/snapshot"))
+		return ROUTE_SNAPSHOT;
 	return ROUTE_NONE;
 }
 
@@ -1032,7 +1201,7 @@ static enum MHD_Result http_handle(void *cls, struct MHD_Connection *conn,
 		return http_reply_error(h, conn, MHD_HTTP_NOT_FOUND, NULL, NULL,
 					"no such path (try /healthz, /readyz, "
 					"/metrics, /v1/check, /v1/stats, "
-					"/v1/reject, /v1/outbox)");
+					"/v1/reject, /v1/outbox, /v1/snapshot)");
 	get = !strcmp(method, MHD_HTTP_METHOD_GET) ||
 	      !strcmp(method, MHD_HTTP_METHOD_HEAD);
 	post = !strcmp(method, MHD_HTTP_METHOD_POST);
@@ -1069,6 +1238,8 @@ static enum MHD_Result http_handle(void *cls, struct MHD_Connection *conn,
 					"Bearer realm=\"consentd\"", "%s", why);
 	if (route == ROUTE_STATS)
 		return http_stats(h, conn, p);
+	if (route == ROUTE_SNAPSHOT)
+		return http_snapshot(h, conn, p);
 	if (route == ROUTE_REJECT || route == ROUTE_OUTBOX ||
 	    route == ROUTE_OUTBOX_PUSHED) {
 		/* Rights before the body is read: a refusal costs no
@@ -1218,10 +1389,11 @@ static void *http_thread(void *arg)
 	 * online. */
 	live_offline();
 	for (;;) {
-		struct pollfd pfd[2] = {
+		struct pollfd pfd[2 + HTTP_SNAPSHOTS_MAX] = {
 			{ .fd = h->epoll_fd, .events = POLLIN },
 			{ .fd = h->stop_fd, .events = POLLIN },
 		};
+		unsigned n_snap = http_snap_poll(h, pfd + 2);
 		MHD_UNSIGNED_LONG_LONG to;
 		int timeout_ms = HTTP_TURN_MS;
 
@@ -1232,10 +1404,11 @@ static void *http_thread(void *arg)
 			timeout_ms = (int)to;
 		/* So do ours; the connections cut now close in MHD_run. */
 		timeout_ms = http_cut_late(h, timeout_ms);
-		if (poll(pfd, 2, timeout_ms) < 0 && errno != EINTR)
+		if (poll(pfd, 2 + n_snap, timeout_ms) < 0 && errno != EINTR)
 			(void)0; /* ENOMEM: try again next turn */
 		if (pfd[1].revents)
 			break;
+		http_snap_resume(h, pfd + 2, n_snap);
 		MHD_run(h->daemon);
 	}
 	rcu_unregister_thread();
@@ -1314,6 +1487,7 @@ int http_start(const struct server_config *cfg, unsigned metrics_slot_i,
 	h->m = metrics_slot(metrics_slot_i);
 	h->stop_fd = -1;
 	h->conns.next = h->conns.prev = &h->conns;
+	h->snaps.next = h->snaps.prev = &h->snaps;
 
 	e = http_listen(cfg, &fd, &family, &h->port, h->bound, sizeof(h->bound),
 			err, err_cap);
@@ -1326,7 +1500,8 @@ int http_start(const struct server_config *cfg, unsigned metrics_slot_i,
 		goto fail;
 	}
 	/* No polling-thread flag: MHD runs in external mode, on ours. */
-	flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
+	/* Suspend and resume: GET /v1/snapshot waits for its producer. */
+	flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
 	if (family == AF_INET6)
 		flags |= MHD_USE_IPv6;
 	h->daemon = MHD_start_daemon(
@@ -1394,7 +1569,17 @@ void http_stop(struct http *h)
 	if (write(h->stop_fd, &one, sizeof(one)) < 0)
 		(void)0; /* an eventfd write of 1 cannot fail but for overflow */
 	pthread_join(h->thread, NULL);
+	/* A suspended connection is outside MHD's loop: back in, so that
+	 * stopping closes it (its response freed: the producer's next write
+	 * fails), then every producer is waited for. */
+	for (struct http_snap *sn = h->snaps.next; sn != &h->snaps;
+	     sn = sn->next)
+		if (sn->suspended) {
+			sn->suspended = false;
+			MHD_resume_connection(sn->conn);
+		}
 	MHD_stop_daemon(h->daemon);
+	snapshot_wait_all();
 	close(h->stop_fd);
 	free(h);
 }

@@ -12,12 +12,23 @@
 #include "server/live.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
 #include <urcu-qsbr.h>
 
 #include "index/table.h"
 
 static struct index *live_ptr;
 static pthread_mutex_t live_publish_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* The served index's count of references: one for being published, one
+ * per live_acquire. Under live_publish_lock only (acquire reads it there;
+ * nothing else reads it), so the count itself is the only atomic. */
+struct live_ref {
+	struct index *ix;
+	atomic_uint refs;
+};
+static struct live_ref *live_cur;
 
 /* Under TSan: a release by each reader at its quiescent state (and when
  * it goes offline), an acquire by the publisher after synchronize_rcu,
@@ -73,21 +84,62 @@ bool live_info(struct index_info *out)
 	return ix != NULL;
 }
 
+void live_release(struct live_ref *r)
+{
+	if (r == NULL)
+		return;
+	/* acq_rel: the last one to drop it sees every read of the others
+	 * (their releases) before it destroys the index. */
+	if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) == 1) {
+		index_destroy(r->ix);
+		free(r);
+	}
+}
+
+struct live_ref *live_acquire(void)
+{
+	pthread_mutex_lock(&live_publish_lock);
+	struct live_ref *r = live_cur;
+	/* Relaxed: the lock orders it against live_publish's release of
+	 * the published reference. */
+	if (r != NULL)
+		atomic_fetch_add_explicit(&r->refs, 1, memory_order_relaxed);
+	pthread_mutex_unlock(&live_publish_lock);
+	return r;
+}
+
+const struct index *live_ref_index(const struct live_ref *r)
+{
+	return r->ix;
+}
+
 void live_publish(struct index *ix)
 {
 	struct index *old;
+	struct live_ref *old_ref, *ref = NULL;
 
+	/* Before the lock: a failure means no reference can be taken to
+	 * this generation (live_acquire says NULL), never a failed swap. */
+	if (ix != NULL && (ref = malloc(sizeof(*ref))) != NULL) {
+		ref->ix = ix;
+		atomic_init(&ref->refs, 1);
+	}
 	pthread_mutex_lock(&live_publish_lock);
 	/* Full barrier before the exchange (liburcu's contract for
 	 * rcu_xchg_pointer): pairs with rcu_dereference in live_index. */
 	old = rcu_xchg_pointer(&live_ptr, ix);
+	old_ref = live_cur;
+	live_cur = ref;
 	/* Waits until every online reader has reported a quiescent state
 	 * since the exchange: none can still use `old` after this. */
 	synchronize_rcu();
 	LIVE_GRACE_ACQUIRE();
-	if (old != NULL)
-		index_destroy(old);
 	pthread_mutex_unlock(&live_publish_lock);
+	/* The published reference: the last holder destroys the index. */
+	if (old_ref != NULL)
+		live_release(old_ref);
+	else if (old != NULL)
+		index_destroy(old);
 }
 
 bool live_stale(const struct index *ix, int64_t now, int64_t bound_s)

@@ -36,8 +36,26 @@ const struct index *live_index(void);
  * from a reader thread. */
 bool live_info(struct index_info *out);
 
-/* Swaps ix in; returns after the old generation is destroyed. */
+/* Swaps ix in; returns after the old generation's RCU grace period, when
+ * it is destroyed (or, while a live_ref holds it, when the last is
+ * released). */
 void live_publish(struct index *ix);
+
+/* A counted reference to the served index, for a thread that reads it
+ * for long (GET /v1/snapshot walks all of it): a read side that long
+ * would hold up every publish (synchronize_rcu waits for it), a
+ * reference does not. The index stays whole until the last reference is
+ * released, though a publish may have swapped it out meanwhile (the
+ * writer then changes it no more). Any thread that is not inside a read
+ * side (an online reader would deadlock with a publish waiting for it);
+ * the writer takes it between its groups, so the index and the writer's
+ * watermark agree. NULL when nothing is published, or when the publish of
+ * the served one could not allocate its count (-ENOMEM: none can be
+ * taken until the next publish). */
+struct live_ref;
+struct live_ref *live_acquire(void);
+const struct index *live_ref_index(const struct live_ref *r);
+void live_release(struct live_ref *r); /* NULL is a no-op; any thread */
 
 /* Data age against the bounds of the configuration (0 = bound off). */
 bool live_stale(const struct index *ix, int64_t now, int64_t bound_s);

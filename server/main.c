@@ -14,6 +14,14 @@
  * bad policy map (before anything listens), 1 for any other failure to
  * start (a damaged change log among them).
  *
+ * --bootstrap-from http://HOST:PORT, for a DIR without a generation: the
+ * peer's GET /v1/snapshot is downloaded (core/download.h) into a pipe
+ * that the same background build reads as it arrives, and the result is
+ * DIR's first generation, with the peer's watermark and §8 state (an
+ * ignored flag, said so, when DIR has one). A failed or cut download
+ * publishes nothing: consentd says what failed and exits 1 (no retry: the
+ * service manager's restart is the retry, from an empty DIR again).
+ *
  * A --snapshot is built on a background thread, in memory, while the
  * previous generation (if any) is served; the writer then takes it
  * (replays the changes past its watermark, publishes it as the next
@@ -49,6 +57,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/download.h"
 #include "core/policymap.h"
 #include "core/tokens.h"
 #include "index/build.h"
@@ -95,6 +104,9 @@ static const struct flag main_flags[] = {
 	  "DIR: index generations and change log (required)" },
 	{ "snapshot", FLAG_STR, CFG_OFF(snapshot), 0, 0,
 	  "FILE|-: build a new generation from this snapshot stream" },
+	{ "bootstrap-from", FLAG_STR, CFG_OFF(bootstrap_from), 0, 0,
+	  "http://HOST:PORT: DIR without a generation starts from this "
+	  "peer's /v1/snapshot (token: $CONSENTD_TOKEN)" },
 	{ "rpc", FLAG_STR, CFG_OFF(rpc_addr), 0, 0,
 	  "HOST:PORT of the protobuf RPC port (127.0.0.1:7700)" },
 	{ "resp", FLAG_STR, CFG_OFF(resp_addr), 0, 0,
@@ -163,8 +175,9 @@ static const struct flag main_flags[] = {
 static void main_usage(FILE *f)
 {
 	fprintf(f,
-		"usage: consentd --data-dir DIR [--snapshot FILE|-] "
-		"[--rpc HOST:PORT]\n"
+		"usage: consentd --data-dir DIR [--snapshot FILE|- | "
+		"--bootstrap-from http://HOST:PORT]\n"
+		"                [--rpc HOST:PORT]\n"
 		"                [--resp HOST:PORT] [--http HOST:PORT] "
 		"[--ports-file FILE]\n"
 		"                [--bind-wait-ms N] [--workers N]"
@@ -378,6 +391,20 @@ static int main_check(const struct server_config *cfg,
 				return -EINVAL;
 			}
 	}
+	if (cfg->snapshot != NULL && cfg->bootstrap_from != NULL) {
+		fprintf(stderr, "consentd: --snapshot and --bootstrap-from "
+			"each give the first generation: give one\n");
+		return -EINVAL;
+	}
+	if (cfg->bootstrap_from != NULL) {
+		char url[2048], why[512];
+
+		if (download_snapshot_url(cfg->bootstrap_from, url, sizeof(url),
+					  why, sizeof(why)) < 0) {
+			fprintf(stderr, "consentd: --bootstrap-from %s\n", why);
+			return -EINVAL;
+		}
+	}
 	if ((cfg->policy_addr == NULL) != (policy_map_path == NULL)) {
 		fprintf(stderr, "consentd: --policy HOST:PORT and --policy-map "
 			"FILE go together (a policy port without a map would "
@@ -442,6 +469,9 @@ struct main_build {
 	const struct server_config *cfg;
 	struct writer *writer;
 	pthread_t thread;
+	bool wanted;    /* --snapshot, or --bootstrap-from into an empty DIR */
+	char what[2100]; /* "--snapshot FILE", for messages */
+	struct download *download; /* --bootstrap-from: feeds fd */
 	int fd;
 	int rc;
 	char err[512];
@@ -484,7 +514,30 @@ static void *main_build_thread(void *arg)
 	if (g == NULL)
 		snprintf(b->err, sizeof(b->err), "out of memory");
 	if (b->fd != STDIN_FILENO)
-		close(b->fd);
+		close(b->fd); /* a download still writing stops (EPIPE) */
+	if (b->download != NULL) {
+		char derr[512];
+		uint64_t bytes = 0;
+		int drc = download_finish(b->download, &bytes, derr,
+					  sizeof(derr));
+		b->download = NULL;
+		if (drc < 0 && b->rc < 0) {
+			/* The download's failure is the cause; what the
+			 * build saw of it (a truncated stream) follows. */
+			char berr[512];
+			snprintf(berr, sizeof(berr), "%s", b->err);
+			snprintf(b->err, sizeof(b->err), "%.300s (the stream: "
+				 "%.190s)", derr, berr);
+		} else if (drc < 0) {
+			/* Whole, trailer and checksum verified, before the
+			 * transfer's end failed: kept. */
+			fprintf(stderr, "consentd: %s: %s (the snapshot was "
+				"whole and is kept)\n", b->what, derr);
+		} else if (b->rc == 0) {
+			fprintf(stderr, "consentd: %s: %llu bytes downloaded\n",
+				b->what, (unsigned long long)bytes);
+		}
+	}
 	if (b->rc == 0) {
 		fprintf(stderr, "consentd: built snapshot: %llu records, "
 			"watermark %llu, in %.1f s; the writer takes it\n",
@@ -496,8 +549,7 @@ static void *main_build_thread(void *arg)
 		free(g); /* build_index left it empty */
 	}
 	if (b->rc < 0)
-		fprintf(stderr, "consentd: snapshot %s: %s%s\n",
-			b->cfg->snapshot, b->err,
+		fprintf(stderr, "consentd: %s: %s%s\n", b->what, b->err,
 			atomic_load(&b->had_index)
 				? " (the previous generation stays served)"
 				: "");
@@ -680,6 +732,43 @@ static void main_signals(struct main_state *s)
 	signal(SIGPIPE, SIG_IGN);
 }
 
+/* --bootstrap-from into an empty DIR: the peer's snapshot downloaded into
+ * a pipe whose read end the build reads as it arrives. */
+static int main_start_download(struct main_state *s)
+{
+	const char *base = s->cfg.bootstrap_from, *token;
+	char url[2048];
+	int p[2];
+
+	snprintf(s->build.what, sizeof(s->build.what), "--bootstrap-from %s",
+		 base);
+	if (download_snapshot_url(base, url, sizeof(url), s->err,
+				  sizeof(s->err)) < 0) {
+		fprintf(stderr, "consentd: --bootstrap-from %s\n", s->err);
+		return -1;
+	}
+	if (pipe2(p, O_CLOEXEC) < 0) {
+		fprintf(stderr, "consentd: pipe: %s\n", strerror(errno));
+		return -1;
+	}
+	(void)fcntl(p[1], F_SETPIPE_SZ, 1 << 20); /* best effort */
+	token = getenv("CONSENTD_TOKEN");
+	if (token != NULL && token[0] == '\0')
+		token = NULL;
+	/* The download owns p[1] from here, whatever happens. */
+	if (download_start(url, token, p[1], &s->build.download, s->err,
+			   sizeof(s->err)) < 0) {
+		close(p[0]);
+		fprintf(stderr, "consentd: %s: %s\n", s->build.what, s->err);
+		return -1;
+	}
+	fprintf(stderr, "consentd: %s: %s has no generation: building the "
+		"first from %s\n", s->build.what, s->cfg.data_dir, url);
+	s->build.fd = p[0];
+	s->build.wanted = true;
+	return 0;
+}
+
 /* The single writer over the data directory (the newest generation and
  * the change log replayed into it), started; and the snapshot to build,
  * opened. */
@@ -706,9 +795,15 @@ static int main_open_writer(struct main_state *s)
 	/* No reader or writer thread runs yet: the pointer is stable. */
 	ix = live_index();
 	s->had_index = ix != NULL;
-	if (!s->had_index && cfg->snapshot == NULL) {
+	if (s->had_index && cfg->bootstrap_from != NULL)
+		fprintf(stderr, "consentd: --bootstrap-from %s ignored: %s has a "
+			"generation already\n", cfg->bootstrap_from,
+			cfg->data_dir);
+	if (!s->had_index && cfg->snapshot == NULL &&
+	    cfg->bootstrap_from == NULL) {
 		fprintf(stderr, "consentd: --data-dir %s: no valid generation "
-			"(give --snapshot FILE to build one)\n", cfg->data_dir);
+			"(give --snapshot FILE or --bootstrap-from "
+			"http://HOST:PORT to build one)\n", cfg->data_dir);
 		return -1;
 	}
 	if (s->had_index)
@@ -727,6 +822,11 @@ static int main_open_writer(struct main_state *s)
 				cfg->snapshot, strerror(errno));
 			return -1;
 		}
+		s->build.wanted = true;
+		snprintf(s->build.what, sizeof(s->build.what),
+			 "--snapshot %s", cfg->snapshot);
+	} else if (cfg->bootstrap_from != NULL && !s->had_index) {
+		return main_start_download(s);
 	}
 	return 0;
 }
@@ -819,7 +919,7 @@ static int main_start_build(struct main_state *s)
 {
 	int rc;
 
-	if (s->cfg.snapshot == NULL)
+	if (!s->build.wanted)
 		return 0;
 	s->build.cfg = &s->cfg;
 	s->build.writer = s->writer;
@@ -856,7 +956,7 @@ static int main_serve(struct main_state *s)
 			writer_rebuild(s->writer);
 		}
 		/* Acquire: pairs with the build thread's release store. */
-		if (s->cfg.snapshot != NULL && !s->had_index &&
+		if (s->build.wanted && !s->had_index &&
 		    atomic_load_explicit(&s->build.done, memory_order_acquire)) {
 			if (s->build.rc < 0)
 				return 1; /* nothing to serve */
@@ -905,6 +1005,11 @@ out:
 	 * change applied since the last one. */
 	loop_stop(s.loop);
 	http_stop(s.http);
+	if (!s.build.started && s.build.download != NULL) {
+		/* Started, never read: the closed pipe stops it. */
+		close(s.build.fd);
+		download_finish(s.build.download, NULL, s.err, sizeof(s.err));
+	}
 	writer_stop(s.writer);
 	if (!s.build.started ||
 	    atomic_load_explicit(&s.build.done, memory_order_acquire)) {

@@ -104,6 +104,15 @@
 
 #define WRITER_CHECKPOINT_MIN 1000000u /* auto checkpoint: at least this */
 
+/* A view asked for by writer_view, on the asker's stack. */
+struct writer_view_req {
+	struct writer_view_req *next;
+	struct writer_view *out;
+	bool done;
+	int rc;
+	char err[512];
+};
+
 /* One Apply request, from submission to completion. */
 struct writer_req {
 	struct writer_req *next;  /* inbox, then its queue's done list */
@@ -182,6 +191,11 @@ struct writer {
 	int take_rc;
 	char take_err[512];
 	bool rebuild_pending;
+	/* GET /v1/snapshot's views (writer_view): asked under mu, filled
+	 * by the writer between groups, view_cv signalled. */
+	struct writer_view_req *views;
+	pthread_cond_t view_cv;
+	bool stopped;            /* the thread is gone: views are refused */
 
 	/* Set once by the writer: the message first, then the flag with
 	 * release (acquire in writer_fault and writer_submit). */
@@ -395,13 +409,29 @@ static int writer_take_now(struct writer *w, struct generation *s,
 	if (rc < 0)
 		goto out;
 
-	/* The writer's table is the truth (the snapshot brings none): the
-	 * new generation carries it. */
+	/* The writer's table is the truth, and the new generation carries
+	 * it; but a first generation from a peer's snapshot (§9 bootstrap)
+	 * brings the peer's table at its watermark, which the cursor rule
+	 * must go on from (a log that took the other kind refuses it). */
+	bool peers = s->origins != NULL && w->cur.ix == NULL &&
+		     origins_kind(s->origins) != ORIGINS_NONE;
+	if (peers && w->cur.origins != NULL &&
+	    origins_kind(w->cur.origins) != ORIGINS_NONE &&
+	    origins_kind(w->cur.origins) != origins_kind(s->origins)) {
+		rc = errmsg_fail(err, err_cap, -EPROTO, "the snapshot took "
+				 "changes %s origin, this data directory's "
+				 "change log %s (the two never mix)",
+				 origins_kind(s->origins) == ORIGINS_ORIGIN
+					 ? "with" : "without",
+				 origins_kind(w->cur.origins) == ORIGINS_ORIGIN
+					 ? "with" : "without");
+		goto out;
+	}
 	if (s->origins == NULL && (rc = origins_create(&s->origins)) < 0) {
 		errmsg_fail(err, err_cap, rc, "out of memory");
 		goto out;
 	}
-	if (w->cur.origins != NULL &&
+	if (!peers && w->cur.origins != NULL &&
 	    (rc = origins_copy(s->origins, w->cur.origins)) < 0) {
 		errmsg_fail(err, err_cap, rc, "out of memory");
 		goto out;
@@ -908,12 +938,84 @@ static uint64_t writer_checkpoint_every(struct writer *w)
 		       ? info.n_records / 2 : WRITER_CHECKPOINT_MIN;
 }
 
+/* Fills one view of the state between two groups (writer_view). */
+static int writer_view_fill(struct writer *w, struct writer_view *v,
+			    char *err, size_t err_cap)
+{
+	v->emails_fd = -1;
+	if (w->cur.ix == NULL || !w->cur_served)
+		return errmsg_fail(err, err_cap, -ENOENT, "no generation is "
+				   "served yet");
+	v->ref = live_acquire();
+	/* The writer is the one publisher: what is published is cur. */
+	if (v->ref == NULL || live_ref_index(v->ref) != w->cur.ix)
+		return errmsg_fail(err, err_cap, -ENOMEM, "out of memory "
+				   "(the served generation cannot be held)");
+	v->ix = live_ref_index(v->ref);
+	v->watermark = w->applied;
+	v->created_at = w->created_at;
+	v->data_as_of = w->data_as_of;
+	if (origins_create(&v->origins) < 0 ||
+	    (w->cur.origins != NULL &&
+	     origins_copy(v->origins, w->cur.origins) < 0))
+		return errmsg_fail(err, err_cap, -ENOMEM, "out of memory");
+	if (w->cur.emails_dir[0] != '\0') {
+		int rc = generation_emails_open(w->cur.emails_dir,
+						w->cur.emails_gen, &v->emails_fd,
+						v->emails_name,
+						sizeof(v->emails_name), err,
+						err_cap);
+		if (rc < 0)
+			return rc;
+	}
+	const struct generation_email_list *l = &w->cur.extra;
+	if (l->len > 0) {
+		/* The one copy the writer makes: the addresses listed since
+		 * the last generation (a checkpoint's worth at most). */
+		v->extra = calloc(1, sizeof(*v->extra));
+		if (v->extra == NULL || (v->extra->p = malloc(l->len)) == NULL)
+			return errmsg_fail(err, err_cap, -ENOMEM, "out of "
+					   "memory");
+		memcpy(v->extra->p, l->p, l->len);
+		v->extra->len = v->extra->cap = l->len;
+		v->extra->n = l->n;
+	}
+	return 0;
+}
+
+/* Answers every view asked for: filled now, or refused with rc < 0. */
+static void writer_views(struct writer *w, int refuse)
+{
+	pthread_mutex_lock(&w->mu);
+	struct writer_view_req *list = w->views;
+	w->views = NULL;
+	if (refuse)
+		w->stopped = true;
+	pthread_mutex_unlock(&w->mu);
+	for (struct writer_view_req *r = list; r != NULL; r = r->next) {
+		memset(r->out, 0, sizeof(*r->out));
+		r->out->emails_fd = -1;
+		r->rc = refuse ? errmsg_fail(r->err, sizeof(r->err), refuse,
+					     "the server is stopping")
+			       : writer_view_fill(w, r->out, r->err,
+						  sizeof(r->err));
+		if (r->rc < 0)
+			writer_view_release(r->out);
+	}
+	pthread_mutex_lock(&w->mu);
+	for (struct writer_view_req *r = list; r != NULL; r = r->next)
+		r->done = true;
+	pthread_cond_broadcast(&w->view_cv);
+	pthread_mutex_unlock(&w->mu);
+}
+
 /* Between groups: what main asked for, and checkpoints. */
 static void writer_housekeeping(struct writer *w)
 {
 	struct generation *take;
 	bool rebuild;
 
+	writer_views(w, 0);
 	pthread_mutex_lock(&w->mu);
 	take = w->take;
 	rebuild = w->rebuild_pending;
@@ -971,6 +1073,7 @@ static void *writer_main(void *arg)
 			break;
 	}
 	writer_drain(w);
+	writer_views(w, -ESHUTDOWN);
 	if (w->cur.ix != NULL && w->applied > w->keep.watermark &&
 	    !atomic_load_explicit(&w->failed, memory_order_relaxed))
 		writer_checkpoint(w, "shutdown");
@@ -992,6 +1095,7 @@ int writer_open(const struct writer_options *opt, struct writer **out,
 	pthread_mutex_init(&w->mu, NULL);
 	pthread_mutex_init(&w->origins_mu, NULL);
 	pthread_cond_init(&w->take_cv, NULL);
+	pthread_cond_init(&w->view_cv, NULL);
 	atomic_init(&w->inbox, NULL);
 	atomic_init(&w->stop, false);
 	atomic_init(&w->has_index, false);
@@ -1188,6 +1292,7 @@ void writer_close(struct writer *w)
 	pthread_mutex_destroy(&w->mu);
 	pthread_mutex_destroy(&w->origins_mu);
 	pthread_cond_destroy(&w->take_cv);
+	pthread_cond_destroy(&w->view_cv);
 	free(w);
 }
 
@@ -1361,6 +1466,43 @@ int writer_take_snapshot(struct writer *w, struct generation *built,
 	errmsg_fail(err, err_cap, rc, "%s", w->take_err);
 	pthread_mutex_unlock(&w->mu);
 	return rc;
+}
+
+int writer_view(struct writer *w, struct writer_view *out, char *err,
+		size_t err_cap)
+{
+	struct writer_view_req r = { .out = out };
+
+	pthread_mutex_lock(&w->mu);
+	if (w->stopped) {
+		pthread_mutex_unlock(&w->mu);
+		return errmsg_fail(err, err_cap, -ESHUTDOWN, "the server is "
+				   "stopping");
+	}
+	r.next = w->views;
+	w->views = &r;
+	pthread_mutex_unlock(&w->mu);
+	efd_signal(w->efd);
+	pthread_mutex_lock(&w->mu);
+	while (!r.done)
+		pthread_cond_wait(&w->view_cv, &w->mu);
+	pthread_mutex_unlock(&w->mu);
+	if (r.rc < 0)
+		errmsg_fail(err, err_cap, r.rc, "%s", r.err);
+	return r.rc;
+}
+
+void writer_view_release(struct writer_view *v)
+{
+	live_release(v->ref);
+	origins_destroy(v->origins);
+	if (v->emails_fd >= 0)
+		close(v->emails_fd);
+	if (v->extra != NULL)
+		free(v->extra->p);
+	free(v->extra);
+	memset(v, 0, sizeof(*v));
+	v->emails_fd = -1;
 }
 
 void writer_rebuild(struct writer *w)

@@ -20,6 +20,7 @@
 #ifndef CONSENTD_SERVER_WRITER_H
 #define CONSENTD_SERVER_WRITER_H
 
+#include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -136,6 +137,36 @@ int writer_origin_cursor(struct writer *w, const char *origin,
  * a NULL writer. Lives until writer_close. */
 struct outbox;
 struct outbox *writer_outbox(struct writer *w);
+/* The served state for GET /v1/snapshot, taken by the writer between
+ * two groups so that its parts agree: the served index held by a
+ * reference (server/live.h; the writer goes on changing it in place, and
+ * a swap retires it, but it stays whole until released), the applied
+ * watermark it holds, a copy of the kind and the cursors at that
+ * watermark, the emails file of its generation opened (a prune cannot
+ * take it away) and a copy of the addresses listed since. What the
+ * writer applies after the view may show in the index as it is read;
+ * every change through the watermark does. */
+struct origins;
+struct live_ref;
+struct writer_view {
+	struct live_ref *ref;
+	const struct index *ix;     /* live_ref_index(ref) */
+	uint64_t watermark;
+	int64_t created_at, data_as_of;
+	struct origins *origins;    /* a copy */
+	int emails_fd;              /* -1: no file */
+	char emails_name[PATH_MAX];
+	struct generation_email_list *extra; /* a copy, NULL when empty */
+};
+
+/* Any thread but the writer's, and not inside an RCU read side (the
+ * writer may publish before it gets to the request). Waits for the
+ * writer's next turn: 0, or -ENOENT when nothing is served yet,
+ * -ESHUTDOWN when the writer stopped, -ENOMEM, -errno, with a message. */
+int writer_view(struct writer *w, struct writer_view *out, char *err,
+		size_t err_cap);
+/* Releases what a view holds (the reference, the copies, the file). */
+void writer_view_release(struct writer_view *v);
 
 /* Any thread: true once the change log failed (Applies are refused since;
  * the state served stays). msg gets the reason. For /readyz. */

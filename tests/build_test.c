@@ -64,6 +64,9 @@ enum damage {
 	BAD_AND_CUT,   /* a bad record at bad_at, and no trailer */
 };
 
+/* The header's record_count write_snapshot states (0: none). */
+static uint64_t stated_count;
+
 /* Writes records 0..n-1 of (SEED, n) to fd as a snapshot; returns 0. */
 static int write_snapshot(int fd, uint64_t n, uint64_t watermark,
 			  enum damage dmg, uint64_t bad_at)
@@ -73,6 +76,7 @@ static int write_snapshot(int fd, uint64_t n, uint64_t watermark,
 	h.sequence = watermark;
 	h.created_at = SYNTH_NOW;
 	h.origin = "build_test";
+	h.record_count = stated_count;
 	struct stream_writer *w;
 	int rc = stream_writer_create(fd, &h, 100, &w);
 	if (rc < 0)
@@ -581,6 +585,48 @@ static void test_pipe(void)
 	index_destroy(ix);
 }
 
+/* A pipe whose header states its record count is inserted as it comes
+ * (no staging): stated right, far too low (the table grows, the same
+ * secret, while records arrive), far too high (made again to the size a
+ * generation needs) or 1: the same generation as from a file, whole
+ * (generation_verify: every e-mail address in its index). */
+static void test_pipe_stated(void)
+{
+	char dir[256], err[1024];
+	uint64_t n = scaled(20000);
+	const uint64_t stated[] = { n, n / 10, n * 8, 1 };
+	for (size_t k = 0; k < sizeof(stated) / sizeof(stated[0]); k++) {
+		char name[64];
+		snprintf(name, sizeof(name), "pipe-stated-%zu", k);
+		tmp_path(dir, sizeof(dir), name);
+		int fds[2];
+		CHECK(pipe(fds) == 0);
+		stated_count = stated[k];
+		struct pipe_arg a = { .fd = fds[1], .n = n };
+		pthread_t th;
+		CHECK(pthread_create(&th, NULL, pipe_writer, &a) == 0);
+		struct build_result res;
+		int rc = build_snapshot(fds[0], dir, &res, err, sizeof(err));
+		pthread_join(th, NULL);
+		close(fds[0]);
+		stated_count = 0;
+		CHECKF(rc == 0, "stated %" PRIu64 ": %s", stated[k], err);
+		CHECK(a.rc == 0 && res.records == n && res.watermark == 9);
+		struct index *ix;
+		CHECK(generation_open_newest(dir, INDEX_LOAD_ANON, &ix, NULL, err,
+					     sizeof(err)) == 0);
+		struct index_info info;
+		index_info(ix, &info);
+		CHECKF(count_found(ix, n) == n, "stated %" PRIu64, stated[k]);
+		/* Room for the headroom a generation needs, not 8 times it. */
+		CHECKF(info.capacity >= n + n / 20 && info.capacity <= 2 * n + 4096,
+		       "stated %" PRIu64 ": capacity %" PRIu64, stated[k],
+		       info.capacity);
+		index_destroy(ix);
+		CHECKF(generation_verify(dir, err, sizeof(err)) == 0, "%s", err);
+	}
+}
+
 static void flip_byte(const char *path, off_t off)
 {
 	int fd = open(path, O_RDWR);
@@ -744,6 +790,128 @@ static void test_origins_carried(void)
 	CHECK(generation_newest(dir, &newest) == 0 && newest == 2);
 }
 
+/* A snapshot file of 50 records whose header states §8's state: kind
+ * and n origins (name i: "o<i>", cursor "c<i>"), or a header bent by bad
+ * (1: kind 3, 2: origins with kind 1, 3: an origin twice, 4: an empty
+ * cursor, 5: a control byte in an origin). */
+static void origins_snapshot(const char *path, uint32_t kind, size_t n,
+			     int bad)
+{
+	Consent__V1__StreamHeader h = CONSENT__V1__STREAM_HEADER__INIT;
+	Consent__V1__OriginCursor oc[8], *ptrs[8];
+	char names[8][24], curs[8][24];
+	h.format_version = STREAM_FORMAT_VERSION;
+	h.sequence = 77;
+	h.created_at = SYNTH_NOW;
+	h.origin = "build_test origins";
+	h.origins_kind = bad == 1 ? 3 : bad == 2 ? 1 : kind;
+	for (size_t i = 0; i < n; i++) {
+		consent__v1__origin_cursor__init(&oc[i]);
+		snprintf(names[i], sizeof(names[i]), "o%zu", bad == 3 ? 0 : i);
+		snprintf(curs[i], sizeof(curs[i]), "c%zu", i);
+		if (bad == 4 && i == n - 1)
+			curs[i][0] = '\0';
+		if (bad == 5 && i == n - 1)
+			names[i][0] = '\t';
+		oc[i].origin = names[i];
+		oc[i].cursor = curs[i];
+		ptrs[i] = &oc[i];
+	}
+	h.origins = ptrs;
+	h.n_origins = n;
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+	CHECK(fd >= 0);
+	struct stream_writer *w;
+	CHECK(stream_writer_create(fd, &h, 100, &w) == 0);
+	for (uint64_t i = 0; i < 50; i++) {
+		struct synth_record sr;
+		Consent__V1__Consent c;
+		synth_record(SEED, 50, i, &sr);
+		to_consent(&sr, &c);
+		CHECK(stream_writer_add(w, &c) == 0);
+	}
+	CHECK(stream_writer_finish(w) == 0);
+	close(fd);
+}
+
+/* A peer's snapshot states its kind and cursors at its watermark (header
+ * origins 7, origins_kind 8): built, they are the generation's (into an
+ * empty DIR, the origins file); a dump states them again; a header that
+ * states them wrongly is refused whole, naming the field. */
+static void test_header_origins(void)
+{
+	char snap[256], dir[256], dump[256], err[1024];
+	struct build_result res;
+	tmp_path(snap, sizeof(snap), "snap-hdr-origins");
+	tmp_path(dir, sizeof(dir), "data-hdr-origins");
+	tmp_path(dump, sizeof(dump), "dump-hdr-origins");
+	origins_snapshot(snap, ORIGINS_ORIGIN, 3, 0);
+	CHECKF(build_file(snap, dir, &res, err, sizeof(err)) == 0, "%s", err);
+	CHECK(res.watermark == 77);
+	struct origins *o = NULL;
+	CHECK(generation_origins(dir, 1, &o, err, sizeof(err)) == 0);
+	CHECK(o != NULL && origins_kind(o) == ORIGINS_ORIGIN &&
+	      origins_count(o) == 3);
+	size_t cl = 0;
+	const char *c = o ? origins_get(o, "o2", 2, &cl) : NULL;
+	CHECK(c != NULL && cl == 2 && memcmp(c, "c2", 2) == 0);
+	origins_destroy(o);
+
+	/* The dump says them back, with the watermark. */
+	int fd = open(dump, O_RDWR | O_CREAT | O_TRUNC, 0644);
+	uint64_t n = 0;
+	CHECKF(build_dump(dir, fd, &n, err, sizeof(err)) == 0, "%s", err);
+	CHECK(lseek(fd, 0, SEEK_SET) == 0);
+	struct stream_reader *r;
+	struct stream_item it;
+	CHECK(stream_reader_create(fd, STREAM_FRAME_MAX_DEFAULT, true, &r) == 0);
+	CHECK(stream_reader_next(r, &it) == 1 && it.kind == STREAM_ITEM_HEADER);
+	CHECK(it.header->sequence == 77 && it.header->origins_kind == 2 &&
+	      it.header->n_origins == 3);
+	for (size_t i = 0; i < it.header->n_origins && i < 3; i++) {
+		char want[24];
+		snprintf(want, sizeof(want), "o%zu", i);
+		CHECK_STREQ(it.header->origins[i]->origin, want);
+		snprintf(want, sizeof(want), "c%zu", i);
+		CHECK_STREQ(it.header->origins[i]->cursor, want);
+	}
+	while (stream_reader_next(r, &it) == 1)
+		;
+	CHECK(stream_reader_records(r) == n && n > 0);
+	stream_reader_destroy(r);
+	close(fd);
+
+	/* Kind 1 without cursors is a state too. */
+	struct generation g;
+	origins_snapshot(snap, ORIGINS_SEQUENCE, 0, 0);
+	fd = open(snap, O_RDONLY);
+	CHECKF(build_index(fd, &g, &res, err, sizeof(err)) == 0, "%s", err);
+	close(fd);
+	CHECK(g.origins != NULL && origins_kind(g.origins) == ORIGINS_SEQUENCE);
+	generation_fini(&g);
+	/* A header stating nothing leaves the table unset. */
+	origins_snapshot(snap, ORIGINS_NONE, 0, 0);
+	fd = open(snap, O_RDONLY);
+	CHECKF(build_index(fd, &g, &res, err, sizeof(err)) == 0, "%s", err);
+	close(fd);
+	CHECK(g.origins == NULL);
+	generation_fini(&g);
+
+	static const char *const want[] = {
+		NULL, "header.origins_kind 3", "origins_kind is 1",
+		"header.origins[1].origin: listed twice",
+		"header.origins[1].cursor", "header.origins[1].origin",
+	};
+	for (int bad = 1; bad <= 5; bad++) {
+		origins_snapshot(snap, ORIGINS_ORIGIN, 2, bad);
+		fd = open(snap, O_RDONLY);
+		int rc = build_index(fd, &g, &res, err, sizeof(err));
+		close(fd);
+		CHECKF(rc == -EPROTO && strstr(err, want[bad]) &&
+		       strstr(err, "offset 0"), "bad %d: %d %s", bad, rc, err);
+	}
+}
+
 int main(void)
 {
 	const char *s = getenv("CONSENTD_TEST_SCALE");
@@ -758,8 +926,10 @@ int main(void)
 	RUN(test_threads_agree);
 	RUN(test_duplicates);
 	RUN(test_pipe);
+	RUN(test_pipe_stated);
 	RUN(test_verify_and_fallback);
 	RUN(test_origins_carried);
+	RUN(test_header_origins);
 	int rc = check_summary();
 	char cmd[300];
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);

@@ -5,7 +5,8 @@
  * destroys the old index) only after that reader's next quiescent state;
  * an offline reader holds nothing up. Under `make test-asan` a destroy
  * that came too early is a use-after-free report; under `make test-tsan`
- * the pointer's hand-over is checked for races. Also live_stale's bounds.
+ * the pointer's hand-over is checked for races. Also live_stale's bounds,
+ * and live_acquire's references (GET /v1/snapshot's hold on a generation).
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -142,8 +143,67 @@ static void test_stale(void)
 	index_destroy(ix);
 }
 
+/* A reference keeps a generation whole past its swap, without holding
+ * the swap up (no read side), and the last release destroys it (under
+ * ASan a read after an early destroy is a report; a leak, one never
+ * destroyed). A holder reads on a thread of its own while a publisher
+ * swaps twice. */
+struct holder {
+	struct live_ref *ref;
+	atomic_int step; /* 1: may read again and release */
+	atomic_uint_fast64_t seen;
+};
+
+static void *holder_thread(void *arg)
+{
+	struct holder *h = arg;
+
+	while (atomic_load(&h->step) != 1)
+		usleep(1000);
+	atomic_store(&h->seen, generation_of(live_ref_index(h->ref)));
+	live_release(h->ref);
+	return NULL;
+}
+
+static void test_reference_outlives_the_swap(void)
+{
+	struct holder h = { 0 };
+	pthread_t th;
+
+	live_publish(make_index(10, 1700000010));
+	h.ref = live_acquire();
+	CHECK(h.ref != NULL);
+	if (h.ref == NULL)
+		return;
+	CHECK(generation_of(live_ref_index(h.ref)) == 10);
+	CHECK(pthread_create(&th, NULL, holder_thread, &h) == 0);
+	/* Neither publish waits for the holder. */
+	live_publish(make_index(11, 1700000011));
+	live_publish(make_index(12, 1700000012));
+	atomic_store(&h.step, 1);
+	pthread_join(th, NULL);
+	CHECK(atomic_load(&h.seen) == 10);
+
+	/* The served one, held twice, released in either order. */
+	struct live_ref *a = live_acquire(), *b = live_acquire();
+	CHECK(a != NULL && a == b);
+	live_release(a);
+	live_publish(make_index(13, 1700000013));
+	CHECK(generation_of(live_ref_index(b)) == 12);
+	live_release(b);
+	live_release(NULL);
+}
+
+static void test_no_reference_before_publish(void)
+{
+	live_publish(NULL);
+	CHECK(live_acquire() == NULL);
+}
+
 int main(void)
 {
+	RUN(test_no_reference_before_publish);
+	RUN(test_reference_outlives_the_swap);
 	RUN(test_publish_waits_for_readers);
 	RUN(test_offline_reader_does_not_block);
 	RUN(test_stale);

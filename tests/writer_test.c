@@ -1321,6 +1321,132 @@ static void test_local_rejections(void)
 	free(m);
 }
 
+/* Reads a snapshot stream file back: its header's sequence, kind and
+ * first cursor (into cursor), and its record count. */
+static uint64_t read_back(const char *path, uint64_t *seq, uint32_t *kind,
+			  char *cursor, size_t cap)
+{
+	int fd = open(path, O_RDONLY);
+	struct stream_reader *r;
+	struct stream_item it;
+	CHECK(stream_reader_create(fd, STREAM_FRAME_MAX_DEFAULT, true, &r) == 0);
+	cursor[0] = '\0';
+	int rc;
+	while ((rc = stream_reader_next(r, &it)) == 1)
+		if (it.kind == STREAM_ITEM_HEADER) {
+			*seq = it.header->sequence;
+			*kind = it.header->origins_kind;
+			if (it.header->n_origins > 0)
+				snprintf(cursor, cap, "%s",
+					 it.header->origins[0]->cursor);
+		}
+	CHECKF(rc == 0, "%s", stream_reader_error(r));
+	uint64_t n = stream_reader_records(r);
+	stream_reader_destroy(r);
+	close(fd);
+	return n;
+}
+
+static uint64_t dump_view(const struct writer_view *v, const char *path)
+{
+	char err[512];
+	uint64_t n = 0;
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	struct build_dump_source src = {
+		.ix = v->ix, .emails_fd = v->emails_fd,
+		.emails_name = v->emails_name, .extra = v->extra,
+		.watermark = v->watermark, .created_at = v->data_as_of,
+		.origins = v->origins, .origin = "writer_test",
+	};
+	int rc = build_dump_source(&src, fd, &n, err, sizeof(err));
+	CHECKF(rc == 0, "%s", err);
+	close(fd);
+	return n;
+}
+
+/* GET /v1/snapshot's view: the watermark, the cursors at it, the e-mail
+ * addresses of the generation's file and of the list since; the index
+ * stays readable while held across a swap (a rebuild). A peer's snapshot
+ * taken by a writer without a generation brings its cursors, so the next
+ * batch follows the peer's cursor and a stale one is 409. */
+static void test_view(void)
+{
+	char dir[300], dir2[300], path[300], cur[64], err[512];
+	struct model *m = calloc(1, sizeof(*m));
+	struct chg c[2];
+	uint64_t seq = 0;
+	uint32_t kind = 0;
+	new_dir(dir, sizeof(dir), 50, m);
+	struct writer *w = open_writer(dir, 0, 1);
+	chg_make(&c[0], 1001, STATUS_ONAY, DATE0 + 10, 0); /* a new e-mail */
+	chg_make(&c[1], 2, STATUS_RET, DATE0 + 900, 0);
+	struct writer_reply r = apply_o(w, c, 2, 1, "iys:1", "", "p1");
+	CHECKF(r.code == 0 && r.applied_sequence == 2, "%u %s", r.code,
+	       r.message);
+
+	struct writer_view v;
+	int rc = writer_view(w, &v, err, sizeof(err));
+	CHECKF(rc == 0, "%s", err);
+	if (rc == 0) {
+		size_t cl = 0;
+		const char *pc = origins_get(v.origins, "iys:1", 5, &cl);
+		CHECK(v.watermark == 2 && origins_kind(v.origins) == ORIGINS_ORIGIN);
+		CHECK(pc != NULL && cl == 2 && memcmp(pc, "p1", 2) == 0);
+		CHECK(v.emails_fd >= 0 && v.extra != NULL && v.extra->n == 1);
+		snprintf(path, sizeof(path), "%s/view-1.bin", tmpdir);
+		CHECK(dump_view(&v, path) == 51);
+		CHECK(read_back(path, &seq, &kind, cur, sizeof(cur)) == 51);
+		CHECK(seq == 2 && kind == ORIGINS_ORIGIN);
+		CHECK_STREQ(cur, "p1");
+
+		/* A rebuild swaps a new table in; the held one stays whole. */
+		const struct index *before = live_index();
+		writer_rebuild(w);
+		for (int i = 0; i < 1000 && live_index() == before; i++)
+			usleep(10000);
+		CHECK(live_index() != before);
+		CHECK(live_index() != v.ix);
+		CHECK(dump_view(&v, path) == 51);
+		writer_view_release(&v);
+	}
+	writer_stop(w);
+	rc = writer_view(w, &v, err, sizeof(err));
+	CHECKF(rc == -ESHUTDOWN, "%d %s", rc, err);
+	writer_close(w);
+
+	/* The bootstrap: the peer's snapshot into a DIR without one. */
+	snprintf(dir2, sizeof(dir2), "%s/empty-%d", tmpdir, ++n_dirs);
+	w = open_writer(dir2, 0, 1);
+	rc = writer_view(w, &v, err, sizeof(err));
+	CHECKF(rc == -ENOENT, "%d %s", rc, err);
+	struct generation *g = calloc(1, sizeof(*g));
+	struct build_result res;
+	int fd = open(path, O_RDONLY);
+	rc = build_index(fd, g, &res, err, sizeof(err));
+	close(fd);
+	CHECKF(rc == 0, "%s", err);
+	rc = writer_take_snapshot(w, g, err, sizeof(err));
+	CHECKF(rc == 0, "%s", err);
+	CHECK_STREQ(cursor_of(w, "iys:1"), "p1");
+	chg_make(&c[0], 4, STATUS_RET, DATE0 + 950, 0);
+	r = apply_o(w, c, 1, 2, "iys:1", "", "p2");
+	CHECKF(r.code == 409, "%u %s", r.code, r.message);
+	r = apply_o(w, c, 1, 3, "iys:1", "p1", "p2");
+	CHECKF(r.code == 0 && r.applied_sequence == 3, "%u %s %" PRIu64,
+	       r.code, r.message, r.applied_sequence);
+	writer_close(w);
+	verify_dir(dir2);
+	uint64_t newest = 0;
+	struct origins *o = NULL;
+	CHECK(generation_newest(dir2, &newest) == 0);
+	CHECK(generation_origins(dir2, newest, &o, err, sizeof(err)) == 0);
+	size_t cl = 0;
+	const char *pc = o ? origins_get(o, "iys:1", 5, &cl) : NULL;
+	CHECK(pc != NULL && cl == 2 && memcmp(pc, "p2", 2) == 0);
+	origins_destroy(o);
+	free(m);
+}
+
 int main(void)
 {
 	if (mkdtemp(tmpdir) == NULL) {
@@ -1338,6 +1464,7 @@ int main(void)
 	RUN(test_damaged_log_refused);
 	RUN(test_origins);
 	RUN(test_origins_group);
+	RUN(test_view);
 	RUN(test_sequence_kind_kept);
 	RUN(test_local_rejections);
 	char cmd[200];
