@@ -29,6 +29,7 @@
 struct server_config;
 struct principal;
 struct writer_reply;
+struct tls_conn;
 struct conn;
 struct conn_ctx;
 
@@ -97,6 +98,8 @@ struct conn {
 			    * reply, so no later reply can pass it */
 	uint64_t tag;      /* the worker's name for it (writer replies) */
 	const struct principal *principal; /* NULL: trusted */
+	struct tls_conn *tls; /* NULL: plaintext; else server/tls.h's, and
+			       * wire holds ciphertext */
 
 	char *in;          /* unprocessed input carried between receives */
 	size_t in_len;
