@@ -76,6 +76,10 @@ struct conn_proto {
 	 * the connection cap. */
 	const char *refusal;
 	size_t refusal_len;
+	/* On a TLS port (server/tls.h): the ALPN protocol id selected when
+	 * the client offers it ("h2" for gRPC; a client offering others only
+	 * is refused); NULL: none selected, any offer ignored. */
+	const char *alpn;
 };
 
 /* A protocol's per-connection state, inside struct conn so that no

@@ -159,6 +159,29 @@ static void tls_describe(SSL_CTX *ctx, char *buf, size_t cap)
 	snprintf(buf, cap, "%s, valid until %s", subject, until);
 }
 
+/* ALPN: the connection's protocol says which id it speaks, if any; the
+ * answer points into the client's list (in), which outlives the call. */
+static int tls_alpn_select(SSL *ssl, const unsigned char **out,
+			   unsigned char *out_len, const unsigned char *in,
+			   unsigned int in_len, void *arg)
+{
+	const struct conn *c = SSL_get_app_data(ssl);
+	const char *want = c ? c->proto->alpn : NULL;
+	size_t n = want ? strlen(want) : 0;
+
+	(void)arg;
+	if (n == 0)
+		return SSL_TLSEXT_ERR_NOACK;
+	for (unsigned int i = 0; i < in_len; i += 1u + in[i])
+		if (in[i] == n && i + 1u + n <= in_len &&
+		    memcmp(in + i + 1, want, n) == 0) {
+			*out = in + i + 1;
+			*out_len = (unsigned char)n;
+			return SSL_TLSEXT_ERR_OK;
+		}
+	return SSL_TLSEXT_ERR_ALERT_FATAL; /* RFC 7301 3.2 */
+}
+
 static SSL_CTX *tls_ctx_load(const struct tls_files *f, char *err,
 			     size_t err_cap)
 {
@@ -182,6 +205,7 @@ static SSL_CTX *tls_ctx_load(const struct tls_files *f, char *err,
 	/* Resumed sessions must come back to the same kind of server (and
 	 * OpenSSL refuses to resume with client certificates without it). */
 	SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1);
+	SSL_CTX_set_alpn_select_cb(ctx, tls_alpn_select, NULL);
 	if (SSL_CTX_use_certificate_chain_file(ctx, f->cert) != 1)
 		file = f->cert;
 	else if (SSL_CTX_use_PrivateKey_file(ctx, f->key, SSL_FILETYPE_PEM) != 1)
@@ -293,11 +317,10 @@ int tls_conn_create(struct tls_server *s, struct conn *c, uint64_t now_ms)
 	if (bio == NULL)
 		goto fail;
 	BIO_set_data(bio, t);
-	BIO_up_ref(bio); /* one reference for each direction */
-	SSL_set_bio(t->ssl, bio, bio);
+	SSL_set_bio(t->ssl, bio, bio); /* one BIO both ways: one reference */
 	SSL_set_accept_state(t->ssl);
+	SSL_set_app_data(t->ssl, c); /* the ALPN callback's */
 	c->tls = t;
-	c->sniffing = false; /* the first bytes are a ClientHello */
 	c->partial_since_ms = now_ms; /* the handshake deadline */
 	return 0;
 fail:
@@ -314,7 +337,7 @@ void tls_conn_destroy(struct conn *c)
 
 	if (t == NULL)
 		return;
-	SSL_free(t->ssl); /* frees the BIO (both references) */
+	SSL_free(t->ssl); /* and its BIO */
 	obuf_fini(&t->ct);
 	free(t);
 	c->tls = NULL;
