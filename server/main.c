@@ -5,7 +5,8 @@
  * generation, the log replayed into it), starts the writer, the workers
  * (server/loop.c) and the HTTP ops port (server/http.c), then waits for
  * SIGTERM/SIGINT and stops gracefully. SIGUSR1 asks the writer for a
- * rebuilt generation. --config FILE gives flags as lines of a file
+ * rebuilt generation; SIGHUP reloads the TLS files (server/tls.h), which
+ * the client ports named by --tls-listeners speak with --tls-cert. --config FILE gives flags as lines of a file
  * (server/conffile.h), read first, the command line overriding it. A
  * service manager is told READY=1 once the listeners are up and an index
  * is served, STOPPING=1 on the signal, and the watchdog is pinged from the

@@ -195,6 +195,21 @@ static SSL_CTX *tls_ctx_load(const struct tls_files *f, char *err,
 			   tls_openssl_reason(why, sizeof(why)));
 		return NULL;
 	}
+	/* A file that cannot be opened: errno says why more plainly than
+	 * OpenSSL's "system lib". */
+	for (int i = 0; i < 3; i++) {
+		const char *path = i == 0 ? f->cert : i == 1 ? f->key : f->ca;
+		FILE *fp = path ? fopen(path, "r") : NULL;
+
+		if (path != NULL && fp == NULL) {
+			errmsg_set(err, err_cap, "%s: %s", path,
+				   strerror(errno));
+			SSL_CTX_free(ctx);
+			return NULL;
+		}
+		if (fp != NULL)
+			fclose(fp);
+	}
 	/* TLS 1.2 and later; no renegotiation (a client could make the
 	 * server redo the expensive half of a handshake at will), no
 	 * compression (CRIME). */
