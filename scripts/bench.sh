@@ -507,13 +507,29 @@ pair(f"RESP MCHECK {batch}, {conns}×{bdepth} — vs MGET {batch}", "cd_resp_mch
 pair(f"redis-benchmark CHECK vs GET, -c {conns} -P {depth} (misses)",
      RB["rb_check"], RB["rb_get"], key="requests_per_s")
 
+def paired_ratio(a, b, key="checks_per_s"):
+    """The median over runs r of a.r / b.r: each TLS run was made right
+    after its plaintext run, so a pair shares the machine's mood (the
+    medians of each side can come from different minutes)."""
+    r = []
+    for f in glob.glob(f"{out}/{a}.*.json"):
+        g = f[:-len(".json")].rsplit(".", 1)
+        try:
+            x = json.load(open(f))[key]
+            y = json.load(open(f"{out}/{b}.{g[1]}.json"))[key]
+        except Exception:
+            continue
+        if y:
+            r.append(x / y)
+    return med(r)
+
 tls_row = None
 if S.get("cd_tls_resp_check"):
     t, p = S["cd_tls_resp_check"], S.get("cd_resp_check")
     tls_row = {
         "workload": f"RESP CHECK, {conns}×{depth} pipelined, TLS vs plaintext",
         "tls_per_s": get(t, "checks_per_s"), "plain_per_s": get(p, "checks_per_s"),
-        "ratio": ratio(get(t, "checks_per_s"), get(p, "checks_per_s")),
+        "ratio": paired_ratio("cd_tls_resp_check", "cd_resp_check"),
         "tls_p50_us": get(t, "p50_us"), "tls_p99_us": get(t, "p99_us"),
         "plain_p50_us": get(p, "p50_us"), "plain_p99_us": get(p, "p99_us"),
         "tls_client_cpu": get(t, "client_cpu"), "plain_client_cpu": get(p, "client_cpu"),
@@ -610,7 +626,8 @@ if tls_row:
     L.append(f"TLS on the RESP port (OpenSSL {tls_row['openssl']} over the loop's memory BIOs, "
              f"{tls_row['cipher'] or 'cipher unknown'}; no kernel TLS on this kernel), "
              "the same load generator with `--tls-ca`, every reply verified; "
-             "a second consentd on a copy of the index, run right after each plaintext run:")
+             "a second consentd on a copy of the index, run right after each plaintext run. "
+             "Ratio: the median of the per-run ratios (each TLS run over the plaintext run before it).")
     L.append("")
     L.append("| workload | TLS /s | plaintext /s | ratio | TLS p50 / p99 µs | plaintext p50 / p99 µs |")
     L.append("|---|---:|---:|---:|---:|---:|")

@@ -8,10 +8,11 @@
  *   3. read the clock and the live index once (conn_ctx_begin_turn);
  *   4. handle every completion: one switch over the kinds in user_data,
  *      failures routed to the kind's handler; received bytes go through
- *      conn_feed at once and the provided buffer is returned at once;
+ *      conn_feed (tls_feed on a TLS port: decrypted, then conn_feed) at
+ *      once and the provided buffer is returned at once;
  *   5. for every connection touched this turn: one send of all the replies
- *      gathered for it, pause/resume/re-arm its multishot receive, start
- *      its close;
+ *      gathered for it (encrypted on a TLS port), pause/resume/re-arm its
+ *      multishot receive, start its close;
  *   6. every 100 ms: deadlines (idle, stalled frame, slow reader), a
  *      paused accept, the stop flag;
  *   7. live_quiescent().

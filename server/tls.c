@@ -211,8 +211,9 @@ static SSL_CTX *tls_ctx_load(const struct tls_files *f, char *err,
 			fclose(fp);
 	}
 	/* TLS 1.2 and later; no renegotiation (a client could make the
-	 * server redo the expensive half of a handshake at will), no
-	 * compression (CRIME). */
+	 * server redo the expensive half of a handshake at will: OpenSSL 3
+	 * refuses a client's unless SSL_OP_ALLOW_CLIENT_RENEGOTIATION, and
+	 * this says so and rules out any other), no compression (CRIME). */
 	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
 	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION |
 					 SSL_OP_NO_COMPRESSION |

@@ -6,7 +6,8 @@
  * Covered: handshake and echo under every split (TLS 1.2 and 1.3),
  * replies larger than a record, a plaintext first byte, a garbage
  * handshake, a TLS 1.1 client, client certificates required, a bad record
- * after the handshake, the client's close_notify answered with ours, ALPN
+ * after the handshake, the client's close_notify answered with ours, a
+ * TLS 1.2 renegotiation refused, ALPN
  * as the protocol asks, HTTP inside TLS refused, and reload (connections
  * keep their context; a bad file keeps the old one).
  */
@@ -335,6 +336,35 @@ static void test_alpn_and_http_sniff(void)
 	tls_server_destroy(t);
 }
 
+/* A TLS 1.2 client asking to renegotiate: refused (this fails with
+ * SSL_OP_ALLOW_CLIENT_RENEGOTIATION set in server/tls.c). */
+static void test_renegotiation_refused(void)
+{
+	struct tls_server *t = server_on(pc.srv, pc.srv_key, NULL);
+	struct tls_client cl;
+	struct conn c;
+	uint64_t hs;
+	int e = SSL_ERROR_WANT_READ;
+
+	CHECK(t != NULL && conn_on(t, &c));
+	CHECK(tls_client_init(&cl, pc.ca, NULL, NULL, TLS1_2_VERSION) == 0);
+	CHECK(tls_pair_handshake(&ctx, &c, &cl, 0) == 1);
+	hs = ctx.m->tls_handshakes;
+	CHECK(SSL_renegotiate(cl.ssl) == 1);
+	for (int i = 0; i < 8 && e == SSL_ERROR_WANT_READ; i++) {
+		int r = SSL_do_handshake(cl.ssl);
+
+		e = r == 1 ? SSL_ERROR_NONE : SSL_get_error(cl.ssl, r);
+		CHECK(tls_pair_pump(&ctx, &c, &cl, 3) == 0);
+	}
+	/* The server answered no_renegotiation; the client gave up. */
+	CHECK(e == SSL_ERROR_SSL);
+	CHECK(ctx.m->tls_handshakes == hs);
+	tls_client_fini(&cl);
+	conn_fini(&c);
+	tls_server_destroy(t);
+}
+
 /* A copy of src at dst (the reload reads the same path again). */
 static int copy_file(const char *src, const char *dst)
 {
@@ -446,6 +476,7 @@ int main(void)
 	RUN(test_client_certificates);
 	RUN(test_bad_record_and_close_notify);
 	RUN(test_alpn_and_http_sniff);
+	RUN(test_renegotiation_refused);
 	RUN(test_reload);
 	RUN(test_bad_files);
 	rc = check_summary();
