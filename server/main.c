@@ -6,8 +6,9 @@
  * (server/loop.c) and the HTTP ops port (server/http.c), then waits for
  * SIGTERM/SIGINT and stops gracefully. SIGUSR1 asks the writer for a
  * rebuilt generation; SIGHUP reloads the TLS files (server/tls.h), which
- * the client ports named by --tls-listeners speak with --tls-cert. --config FILE gives flags as lines of a file
- * (server/conffile.h), read first, the command line overriding it. A
+ * the client ports named by --tls-listeners speak with --tls-cert.
+ * --config FILE gives flags as lines of a file (server/conffile.h), read
+ * first, the command line overriding it. A
  * service manager is told READY=1 once the listeners are up and an index
  * is served, STOPPING=1 on the signal, and the watchdog is pinged from the
  * signal loop while the workers turn (server/notify.h). Exit status: 0
@@ -760,8 +761,9 @@ static int main_load_files(struct main_state *s)
 	return 0;
 }
 
-/* Signals: only this thread takes SIGTERM/SIGINT/SIGUSR1/SIGHUP (sigtimedwait in
- * main_serve); every thread created from here on inherits the mask. */
+/* Signals: only this thread takes SIGTERM/SIGINT/SIGUSR1/SIGHUP
+ * (sigtimedwait in main_serve); every thread created from here on
+ * inherits the mask. */
 static void main_signals(struct main_state *s)
 {
 	sigemptyset(&s->sigs);
