@@ -11,6 +11,7 @@
  * as the protocol asks, HTTP inside TLS refused, and reload (connections
  * keep their context; a bad file keeps the old one).
  */
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -438,6 +439,57 @@ static void test_reload(void)
 	conn_fini(&old_c);
 }
 
+struct reloader {
+	struct tls_server *t;
+	int n_ok;
+};
+
+static void *reload_thread(void *arg)
+{
+	struct reloader *r = arg;
+	char err[512];
+
+	for (int i = 0; i < 30; i++)
+		r->n_ok += tls_server_reload(r->t, err, sizeof(err)) == 0;
+	return NULL;
+}
+
+/* Reloads (main's thread) while connections are accepted (a worker's):
+ * every connection gets a whole context, old or new, and outlives it
+ * (run under TSan by make test-tsan). */
+static void test_reload_while_accepting(void)
+{
+	struct tls_server *t = server_on(pc.srv, pc.srv_key, NULL);
+	struct reloader r = { .t = t };
+	static struct conn cs[64];
+	pthread_t th;
+
+	CHECK(t != NULL);
+	if (t == NULL)
+		return;
+	CHECK(pthread_create(&th, NULL, reload_thread, &r) == 0);
+	for (int round = 0; round < 20; round++) {
+		for (int i = 0; i < 64; i++)
+			CHECK(conn_on(t, &cs[i]));
+		for (int i = 0; i < 64; i++)
+			conn_fini(&cs[i]);
+	}
+	pthread_join(th, NULL);
+	CHECK(r.n_ok == 30);
+	/* After the last reload, a handshake on the final context. */
+	{
+		struct tls_client cl;
+		struct conn c;
+
+		CHECK(conn_on(t, &c));
+		CHECK(tls_client_init(&cl, pc.ca, NULL, NULL, 0) == 0);
+		CHECK(tls_pair_handshake(&ctx, &c, &cl, 0) == 1);
+		tls_client_fini(&cl);
+		conn_fini(&c);
+	}
+	tls_server_destroy(t);
+}
+
 static void test_bad_files(void)
 {
 	struct tls_files f = { .cert = pc.srv, .key = pc.cli_key };
@@ -478,6 +530,7 @@ int main(void)
 	RUN(test_alpn_and_http_sniff);
 	RUN(test_renegotiation_refused);
 	RUN(test_reload);
+	RUN(test_reload_while_accepting);
 	RUN(test_bad_files);
 	rc = check_summary();
 	tls_pair_remove_certs(&pc);
