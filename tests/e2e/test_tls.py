@@ -484,6 +484,30 @@ def test_tls_listeners_choose_ports(env, certs):
         stop(s)
 
 
+def test_tls_from_config_file(env, certs):
+    """The same names in a --config file (server/conffile.c): TLS on RPC
+    only, RESP plaintext."""
+    conf = os.path.join(certs.dir, "tls.conf")
+    with open(conf, "w") as f:
+        f.write("# TLS for partners on the RPC port\n"
+                "tls-cert = %s\ntls-key %s\ntls-ca %s\ntls-listeners rpc\n" % (
+                    certs.srv, certs.srv_key, certs.ca))
+    s = env.server(extra=["--config", conf], name="consentd-tls-conf")
+    try:
+        with helpers.Rpc.wrap(env.pb, tls_socket(certs, s.rpc, certs.cli,
+                                                 certs.cli_key)) as rpc:
+            rpc_check_all(env, rpc, sample(env.oracle, 10, 18))
+        r = redis.Redis(host=LOOPBACK, port=s.resp, socket_timeout=10,
+                        decode_responses=True)
+        try:
+            redis_check_all(env, r, sample(env.oracle, 10, 19))
+        finally:
+            r.close()
+        assert "rpc listening on" in s.log_tail() and ", TLS)" in s.log_tail()
+    finally:
+        stop(s)
+
+
 @pytest.mark.parametrize("args,words", [
     (["--tls-cert", "CERT"], "go together"),
     (["--tls-key", "KEY"], "go together"),
