@@ -18,6 +18,11 @@
  * reply against the expected bytes, decoding it only when they differ
  * (--verify full decodes every reply, the slower path kept to compare).
  *
+ * --tls-ca FILE speaks TLS to a consentd TLS port (OpenSSL over the same
+ * non-blocking sockets: a blocking handshake at connect, verifying the
+ * server's certificate against FILE and the host, then SSL_write/SSL_read
+ * where send/recv were); the replies are verified the same way.
+ *
  * Exit: 0 all verified; 1 any wrong answer; 2 usage; 3 transport trouble
  * (refused connection, dropped connection, lost replies) with no wrong
  * answer.
@@ -41,6 +46,9 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "bench/loadgen.h"
 #include "core/enums.h"
@@ -85,6 +93,7 @@ struct options {
 	const char *out;    /* --emit-redis-load destination */
 	bool verify_full;   /* decode every reply, not just the odd ones */
 	uint32_t distinct;  /* requests prepared; 0: LG_DISTINCT_CHECKS worth */
+	const char *tls_ca; /* TLS, verifying the server against this CA */
 };
 
 /* Checks prepared by default: enough distinct keys that the server's
@@ -105,6 +114,7 @@ struct slot {
 
 struct lg_conn {
 	int fd;
+	SSL *ssl;            /* --tls-ca: the session over fd */
 	bool dead;
 	bool want_out;       /* EPOLLOUT armed */
 	struct lg_buf out;
@@ -139,6 +149,7 @@ struct worker {
 /* Shared, set before the workers start and read-only afterwards, except
  * the request budget and the detail counter (atomics). */
 static struct options opt;
+static SSL_CTX *tls_ctx; /* --tls-ca; read-only once made */
 static const struct lg_reqs *reqs;
 static uint64_t t_start_ns, t_measure_ns, t_stop_ns;
 static uint64_t interval_ns; /* open loop, per connection */
@@ -187,9 +198,25 @@ static int lg_conn_open(struct lg_conn *c, const struct addrinfo *ai)
 	}
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	c->fd = fd;
+	if (tls_ctx) {
+		/* The handshake blocking, before the run starts. */
+		c->ssl = SSL_new(tls_ctx);
+		if (!c->ssl || !SSL_set_fd(c->ssl, fd) ||
+		    !SSL_set1_host(c->ssl, opt.host) ||
+		    SSL_connect(c->ssl) != 1) {
+			char why[256];
+			ERR_error_string_n(ERR_get_error(), why, sizeof(why));
+			fprintf(stderr, "loadgen: TLS handshake with %s: %s "
+				"(verify: %s)\n", opt.host, why,
+				c->ssl ? X509_verify_cert_error_string(
+						 SSL_get_verify_result(c->ssl))
+				       : "-");
+			return -EPROTO;
+		}
+	}
 	int fl = fcntl(fd, F_GETFL);
 	fcntl(fd, F_SETFL, fl | O_NONBLOCK);
-	c->fd = fd;
 	return 0;
 }
 
@@ -207,6 +234,8 @@ static int lg_conn_init(struct lg_conn *c, uint32_t cap)
 
 static void lg_conn_fini(struct lg_conn *c)
 {
+	SSL_free(c->ssl);
+	c->ssl = NULL;
 	if (c->fd >= 0)
 		close(c->fd);
 	lg_buf_fini(&c->out);
@@ -242,11 +271,54 @@ static void lg_conn_arm(struct worker *w, struct lg_conn *c, bool want_out)
 	c->want_out = want_out;
 }
 
+/* SSL_write with send's contract: bytes written, or -1 with errno
+ * (EAGAIN when OpenSSL wants the socket again). */
+static ssize_t lg_tls_send(struct lg_conn *c, const char *buf, size_t len)
+{
+	int n = SSL_write(c->ssl, buf, len > INT32_MAX ? INT32_MAX : (int)len);
+	if (n > 0)
+		return n;
+	switch (SSL_get_error(c->ssl, n)) {
+	case SSL_ERROR_WANT_WRITE:
+	case SSL_ERROR_WANT_READ:
+		errno = EAGAIN;
+		break;
+	default:
+		ERR_clear_error();
+		errno = EPROTO;
+		break;
+	}
+	return -1;
+}
+
+/* SSL_read with recv's contract (0: the server closed). */
+static ssize_t lg_tls_recv(struct lg_conn *c, char *buf, size_t len)
+{
+	int n = SSL_read(c->ssl, buf, len > INT32_MAX ? INT32_MAX : (int)len);
+	if (n > 0)
+		return n;
+	switch (SSL_get_error(c->ssl, n)) {
+	case SSL_ERROR_WANT_READ:
+	case SSL_ERROR_WANT_WRITE:
+		errno = EAGAIN;
+		return -1;
+	case SSL_ERROR_ZERO_RETURN:
+		return 0;
+	default:
+		ERR_clear_error();
+		errno = EPROTO;
+		return -1;
+	}
+}
+
 static void lg_conn_flush(struct worker *w, struct lg_conn *c)
 {
 	while (!c->dead && c->out_off < c->out.len) {
-		ssize_t n = send(c->fd, c->out.data + c->out_off,
-				 c->out.len - c->out_off, MSG_NOSIGNAL);
+		ssize_t n = c->ssl
+			? lg_tls_send(c, c->out.data + c->out_off,
+				      c->out.len - c->out_off)
+			: send(c->fd, c->out.data + c->out_off,
+			       c->out.len - c->out_off, MSG_NOSIGNAL);
 		if (n > 0) {
 			c->out_off += (size_t)n;
 			continue;
@@ -403,16 +475,21 @@ static void lg_conn_read(struct worker *w, struct lg_conn *c)
 			lg_conn_fail(w, c, "read buffer", ENOMEM);
 			return;
 		}
-		ssize_t n = recv(c->fd, c->in.data + c->in.len,
-				 c->in.cap - c->in.len, 0);
+		ssize_t n = c->ssl
+			? lg_tls_recv(c, c->in.data + c->in.len,
+				      c->in.cap - c->in.len)
+			: recv(c->fd, c->in.data + c->in.len,
+			       c->in.cap - c->in.len, 0);
 		if (n > 0) {
 			size_t room = c->in.cap - c->in.len;
 			c->in.len += (size_t)n;
 			lg_conn_replies(w, c, now_ns());
 			/* A short read drained the socket: epoll (level-
 			 * triggered) says when there is more, and a recv
-			 * just to hear EAGAIN costs as much as a reply. */
-			if (c->dead || (size_t)n < room)
+			 * just to hear EAGAIN costs as much as a reply.
+			 * Not so under TLS: OpenSSL may hold decrypted
+			 * bytes epoll cannot see, so read to EAGAIN. */
+			if (c->dead || ((size_t)n < room && !c->ssl))
 				return;
 			continue;
 		}
@@ -534,6 +611,8 @@ static void usage(FILE *f)
 "  --pool N            keys per pool for batches, present and absent (4M)\n"
 "  --distinct N        requests prepared at start-up, picked at random\n"
 "                      (as many as hold 1M checks, at least 256)\n"
+"  --tls-ca FILE       TLS (a consentd TLS port), the server's certificate\n"
+"                      verified against the CAs in FILE and --host\n"
 "  --verify fast|full  fast: compare each reply with the expected bytes,\n"
 "                      decode only one that differs; full: decode all (fast)\n"
 "  --json FILE         write the results as JSON\n"
@@ -589,7 +668,7 @@ static int parse_options(int argc, char **argv)
 		O_HOST = 256, O_PORT, O_PROTO, O_CONNS, O_THREADS, O_PIPE,
 		O_BATCH, O_HIT, O_SKEW, O_DUR, O_REQS, O_RATE, O_WARM, O_DRAIN,
 		O_SEED, O_RECS, O_POOL, O_MAXOUT, O_JSON, O_LABEL, O_QUIET,
-		O_EMIT, O_OUT, O_HELP, O_VERIFY, O_DISTINCT,
+		O_EMIT, O_OUT, O_HELP, O_VERIFY, O_DISTINCT, O_TLS_CA,
 	};
 	static const struct option longs[] = {
 		{ "host", required_argument, 0, O_HOST },
@@ -618,6 +697,7 @@ static int parse_options(int argc, char **argv)
 		{ "help", no_argument, 0, O_HELP },
 		{ "verify", required_argument, 0, O_VERIFY },
 		{ "distinct", required_argument, 0, O_DISTINCT },
+		{ "tls-ca", required_argument, 0, O_TLS_CA },
 		{ 0, 0, 0, 0 },
 	};
 	opt = (struct options){
@@ -691,6 +771,7 @@ static int parse_options(int argc, char **argv)
 		case O_DISTINCT:
 			bad |= parse_u32(optarg, &opt.distinct) < 0 || opt.distinct == 0;
 			break;
+		case O_TLS_CA: opt.tls_ca = optarg; break;
 		case O_HELP: case 'h': usage(stdout); exit(LG_EXIT_OK);
 		default: bad = 1; break;
 		}
@@ -1019,6 +1100,18 @@ int main(int argc, char **argv)
 	}
 	if (opt.emit_redis_load)
 		return emit_redis_load();
+	if (opt.tls_ca) {
+		tls_ctx = SSL_CTX_new(TLS_client_method());
+		if (!tls_ctx ||
+		    SSL_CTX_load_verify_locations(tls_ctx, opt.tls_ca, NULL) != 1) {
+			fprintf(stderr, "loadgen: --tls-ca %s: no CA certificate "
+				"read\n", opt.tls_ca);
+			return LG_EXIT_USAGE;
+		}
+		SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_PEER, NULL);
+		SSL_CTX_set_mode(tls_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
+					  SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	}
 
 	int exit_code = LG_EXIT_USAGE;
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai = NULL;

@@ -10,8 +10,11 @@
 #      `loadgen --emit-redis-load | redis-cli --pipe`;
 #   4. the load generator, pinned to core 1, runs every workload against
 #      both, interleaved, RUNS times: RPC batch 1 and 100, RESP CHECK and
-#      MCHECK 100 against GET and MGET 100; then redis-benchmark (CHECK vs
-#      GET, same pipeline); then the open loop at half of consentd's peak;
+#      MCHECK 100 against GET and MGET 100, and RESP CHECK over TLS
+#      against a second consentd (same records, --tls-listeners resp, its
+#      own copy of the index) right after each plaintext RESP CHECK run;
+#      then redis-benchmark (CHECK vs GET, same pipeline); then the open
+#      loop at half of consentd's peak;
 #   5. the Google Benchmark binaries BUILD/bench/*_bench, if any;
 #   6. bench/results/latest.{md,json} plus a dated copy, the table in
 #      README.md between <!-- bench:start --> and <!-- bench:end --> (only
@@ -79,12 +82,12 @@ p_rpc=""; p_resp=""; p_http=""; p_redis=""
 ports_get() { awk -v n="$1" '$1 == n { sub(/.*:/, "", $2); print $2 }' "$2"; }
 
 # ---- servers: started here, stopped here --------------------------------------
-cd_pid=""; rd_pid=""
+cd_pid=""; rd_pid=""; tls_pid=""
 stop_servers() {
-  for p in $cd_pid $rd_pid; do
+  for p in $cd_pid $rd_pid $tls_pid; do
     kill "$p" 2>/dev/null && wait "$p" 2>/dev/null
   done
-  cd_pid=""; rd_pid=""
+  cd_pid=""; rd_pid=""; tls_pid=""
 }
 trap stop_servers EXIT
 trap 'stop_servers; exit 130' INT TERM
@@ -162,6 +165,51 @@ if [ -x "$build/consentd" ] && [ -d "$idx" ]; then
 fi
 fact consentd_ok "$cd_ok"
 
+# The TLS twin: the same records (a copy of the data directory: one server
+# per directory), RESP over TLS with a certificate made here, so that TLS
+# RESP CHECK is measured against plaintext RESP CHECK in the same run.
+log "consentd --workers 1 --tls-listeners resp on core $srv_cpu (TLS RESP)"
+tls_ok=0; p_tls=""
+if [ $cd_ok -eq 1 ]; then
+  tls_dir="$out/tls"; mkdir -p "$tls_dir"
+  if openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+       -keyout "$tls_dir/ca.key" -out "$tls_dir/ca.pem" -days 2 \
+       -subj "/CN=consentd bench CA" > "$tls_dir/openssl.log" 2>&1 &&
+     openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+       -keyout "$tls_dir/srv.key" -out "$tls_dir/srv.csr" \
+       -subj "/CN=consentd bench" >> "$tls_dir/openssl.log" 2>&1 &&
+     printf 'subjectAltName=IP:127.0.0.1\n' > "$tls_dir/srv.ext" &&
+     openssl x509 -req -in "$tls_dir/srv.csr" -CA "$tls_dir/ca.pem" \
+       -CAkey "$tls_dir/ca.key" -CAcreateserial -days 2 -extfile "$tls_dir/srv.ext" \
+       -out "$tls_dir/srv.pem" >> "$tls_dir/openssl.log" 2>&1 &&
+     rm -rf "$data/idx-tls" && cp -a "$idx" "$data/idx-tls"; then
+    ports="$out/consentd-tls.ports"
+    taskset -c "$srv_cpu" "$build/consentd" --data-dir "$data/idx-tls" \
+      --rpc 127.0.0.1:0 --resp 127.0.0.1:0 --http 127.0.0.1:0 \
+      --ports-file "$ports" --workers 1 --tls-listeners resp \
+      --tls-cert "$tls_dir/srv.pem" --tls-key "$tls_dir/srv.key" \
+      > "$out/consentd-tls.log" 2>&1 &
+    tls_pid=$!
+    p_tls_http=""
+    for _ in $(seq 1 6000); do
+      kill -0 "$tls_pid" 2>/dev/null || break
+      if [ -z "$p_tls_http" ] && [ -s "$ports" ]; then
+        p_tls=$(ports_get resp "$ports"); p_tls_http=$(ports_get http "$ports")
+      fi
+      if [ -n "$p_tls_http" ] && curl -sf -o /dev/null "http://127.0.0.1:$p_tls_http/readyz"; then
+        tls_ok=1; break
+      fi
+      sleep 0.1
+    done
+    [ $tls_ok -eq 1 ] && echo "consentd (TLS): resp $p_tls" ||
+      { echo "bench: the TLS consentd did not become ready; see $out/consentd-tls.log"; }
+  else
+    echo "bench: no certificate or no index copy for the TLS run; see $out/tls/openssl.log"
+  fi
+fi
+fact tls_ok "$tls_ok"
+fact openssl_version "$(openssl version | cut -d' ' -f2)"
+
 log "redis-server on core $srv_cpu, loaded with the same $n records"
 rd_ok=0
 for cand in $(seq "${BENCH_REDIS_PORT:-17709}" 10 $((${BENCH_REDIS_PORT:-17709} + 190))); do
@@ -222,6 +270,8 @@ closed_loop() {
     run_lg cd_rpc_b1 "$r" --proto rpc --port "$p_rpc" --pipeline "$depth"
     run_lg cd_resp_check "$r" --proto resp-check --port "$p_resp" --pipeline "$depth"
   fi
+  [ $tls_ok -eq 1 ] && run_lg cd_tls_resp_check "$r" --proto resp-check \
+    --port "$p_tls" --pipeline "$depth" --tls-ca "$tls_dir/ca.pem"
   [ $rd_ok -eq 1 ] && run_lg rd_get "$r" --proto redis-get --port "$p_redis" --pipeline "$depth"
   if [ $cd_ok -eq 1 ]; then
     run_lg cd_rpc_batch "$r" --proto rpc --port "$p_rpc" --batch "$batch" \
@@ -296,7 +346,14 @@ fi
 # Memory after every workload has touched the data.
 [ -n "$cd_pid" ] && fact consentd_rss_kb_after "$(rss_kb "$cd_pid")"
 [ -n "$rd_pid" ] && fact redis_rss_kb_after "$(rss_kb "$rd_pid")"
+if [ $tls_ok -eq 1 ]; then
+  fact tls_cipher "$(openssl s_client -connect "127.0.0.1:$p_tls" \
+    -CAfile "$tls_dir/ca.pem" < /dev/null 2>/dev/null |
+    sed -n 's/^ *Cipher *: *//p; s/^New, \(TLSv[0-9.]*\), Cipher is \(.*\)/\1 \2/p' | head -n 1)"
+  curl -sf "http://127.0.0.1:$p_tls_http/metrics" > "$out/consentd-tls.metrics" || true
+fi
 stop_servers
+rm -rf "$data/idx-tls"
 
 # ---- 4b. start to warm ---------------------------------------------------------
 # consentd restarted on the same generation (page cache dropped when root
@@ -454,7 +511,7 @@ def rb_summary(name):
 S = {k: summary(k) for k in (
     "cd_rpc_b1", "cd_resp_check", "rd_get", "cd_rpc_batch", "cd_resp_mcheck",
     "rd_mget", "open_cd_check", "open_rd_get_check", "open_cd_rpc",
-    "open_rd_get_rpc")}
+    "open_rd_get_rpc", "cd_tls_resp_check")}
 RB = {k: rb_summary(k) for k in ("rb_check", "rb_get")}
 
 def fnum(v, unit=""):
@@ -502,6 +559,35 @@ pair(f"RPC, {batch} checks/request, {conns}×{bdepth} — vs MGET {batch}", "cd_
 pair(f"RESP MCHECK {batch}, {conns}×{bdepth} — vs MGET {batch}", "cd_resp_mcheck", "rd_mget")
 pair(f"redis-benchmark CHECK vs GET, -c {conns} -P {depth} (misses)",
      RB["rb_check"], RB["rb_get"], key="requests_per_s")
+
+def paired_ratio(a, b, key="checks_per_s"):
+    """The median over runs r of a.r / b.r: each TLS run was made right
+    after its plaintext run, so a pair shares the machine's mood (the
+    medians of each side can come from different minutes)."""
+    r = []
+    for f in glob.glob(f"{out}/{a}.*.json"):
+        g = f[:-len(".json")].rsplit(".", 1)
+        try:
+            x = json.load(open(f))[key]
+            y = json.load(open(f"{out}/{b}.{g[1]}.json"))[key]
+        except Exception:
+            continue
+        if y:
+            r.append(x / y)
+    return med(r)
+
+tls_row = None
+if S.get("cd_tls_resp_check"):
+    t, p = S["cd_tls_resp_check"], S.get("cd_resp_check")
+    tls_row = {
+        "workload": f"RESP CHECK, {conns}×{depth} pipelined, TLS vs plaintext",
+        "tls_per_s": get(t, "checks_per_s"), "plain_per_s": get(p, "checks_per_s"),
+        "ratio": paired_ratio("cd_tls_resp_check", "cd_resp_check"),
+        "tls_p50_us": get(t, "p50_us"), "tls_p99_us": get(t, "p99_us"),
+        "plain_p50_us": get(p, "p50_us"), "plain_p99_us": get(p, "p99_us"),
+        "tls_client_cpu": get(t, "client_cpu"), "plain_client_cpu": get(p, "client_cpu"),
+        "cipher": facts.get("tls_cipher", ""), "openssl": facts.get("openssl_version", ""),
+    }
 
 open_rows = []
 for label, cd, rd, rate in (("RESP CHECK vs GET", "open_cd_check", "open_rd_get_check", "open_rate_check"),
@@ -588,6 +674,19 @@ for r in rows:
 L.append("")
 L.append("Rates are checks (consentd) and keys (Redis) per second; the redis-benchmark row is requests per second. "
          "Ratio: consentd / Redis (above 1 is faster; for p99, below 1 is better).")
+if tls_row:
+    L.append("")
+    L.append(f"TLS on the RESP port (OpenSSL {tls_row['openssl']} over the loop's memory BIOs, "
+             f"{tls_row['cipher'] or 'cipher unknown'}; no kernel TLS on this kernel), "
+             "the same load generator with `--tls-ca`, every reply verified; "
+             "a second consentd on a copy of the index, run right after each plaintext run. "
+             "Ratio: the median of the per-run ratios (each TLS run over the plaintext run before it).")
+    L.append("")
+    L.append("| workload | TLS /s | plaintext /s | ratio | TLS p50 / p99 µs | plaintext p50 / p99 µs |")
+    L.append("|---|---:|---:|---:|---:|---:|")
+    L.append(f"| {tls_row['workload']} | {fnum(tls_row['tls_per_s'])} | {fnum(tls_row['plain_per_s'])} | "
+             f"{fratio(tls_row['ratio'])} | {flat(tls_row['tls_p50_us'])} / {flat(tls_row['tls_p99_us'])} | "
+             f"{flat(tls_row['plain_p50_us'])} / {flat(tls_row['plain_p99_us'])} |")
 if open_rows:
     L.append("")
     L.append("Open loop (fixed schedule, latency from the intended send time) at half of consentd's peak:")
@@ -662,6 +761,7 @@ md = "\n".join(L) + "\n"
 
 result = {
     "stamp": stamp, "facts": facts, "throughput": rows, "open_loop": open_rows,
+    "tls": tls_row,
     "memory": mem, "index_build": build, "google_benchmark": gbench,
     "redis_benchmark": RB, "workloads": {k: v for k, v in S.items() if v},
     "start_to_warm": {k: v for k, v in (warm or {}).items() if k != "windows"},

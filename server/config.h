@@ -26,6 +26,10 @@ struct server_config {
 	uint32_t bind_wait_ms;     /* a listener's port in use: wait 10000 */
 	const char *policy_addr;   /* Postfix policy port; NULL: off */
 	const struct policymap *policy_map; /* --policy-map; set with it */
+	const char *tls_cert;      /* PEM; with tls_key: TLS on client ports */
+	const char *tls_key;
+	const char *tls_ca;        /* NULL: no client certificates asked */
+	const char *tls_listeners; /* "rpc,resp"; NULL: all but policy */
 	unsigned workers;          /* default: online cores */
 	const struct tokens *tokens; /* NULL: every client trusted */
 	int64_t stale_soft_s;      /* readiness off past this age; 0 = off */

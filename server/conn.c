@@ -23,6 +23,7 @@
 
 #include "server/config.h"
 #include "server/live.h"
+#include "server/tls.h"
 
 /* ---- context ----------------------------------------------------------- */
 
@@ -124,6 +125,7 @@ int conn_init(struct conn *c, const struct conn_proto *proto,
 
 void conn_fini(struct conn *c)
 {
+	tls_conn_destroy(c);
 	free(c->in);
 	c->in = NULL;
 	c->in_len = c->in_cap = 0;

@@ -29,6 +29,7 @@
 struct server_config;
 struct principal;
 struct writer_reply;
+struct tls_conn;
 struct conn;
 struct conn_ctx;
 
@@ -75,6 +76,10 @@ struct conn_proto {
 	 * the connection cap. */
 	const char *refusal;
 	size_t refusal_len;
+	/* On a TLS port (server/tls.h): the ALPN protocol id selected when
+	 * the client offers it ("h2" for gRPC; a client offering others only
+	 * is refused); NULL: none selected, any offer ignored. */
+	const char *alpn;
 };
 
 /* A protocol's per-connection state, inside struct conn so that no
@@ -97,6 +102,8 @@ struct conn {
 			    * reply, so no later reply can pass it */
 	uint64_t tag;      /* the worker's name for it (writer replies) */
 	const struct principal *principal; /* NULL: trusted */
+	struct tls_conn *tls; /* NULL: plaintext; else server/tls.h's, and
+			       * wire holds ciphertext */
 
 	char *in;          /* unprocessed input carried between receives */
 	size_t in_len;

@@ -8,10 +8,11 @@
  *   3. read the clock and the live index once (conn_ctx_begin_turn);
  *   4. handle every completion: one switch over the kinds in user_data,
  *      failures routed to the kind's handler; received bytes go through
- *      conn_feed at once and the provided buffer is returned at once;
+ *      conn_feed (tls_feed on a TLS port: decrypted, then conn_feed) at
+ *      once and the provided buffer is returned at once;
  *   5. for every connection touched this turn: one send of all the replies
- *      gathered for it, pause/resume/re-arm its multishot receive, start
- *      its close;
+ *      gathered for it (encrypted on a TLS port), pause/resume/re-arm its
+ *      multishot receive, start its close;
  *   6. every 100 ms: deadlines (idle, stalled frame, slow reader), a
  *      paused accept, the stop flag;
  *   7. live_quiescent().
@@ -60,6 +61,7 @@
 #include "server/conn.h"
 #include "server/live.h"
 #include "server/metrics.h"
+#include "server/tls.h"
 #include "server/writer.h"
 
 #define LOOP_WAIT_MS 100         /* longest wait: deadlines, stop flag */
@@ -128,6 +130,7 @@ struct worker {
 	struct {
 		int fd;
 		const struct conn_proto *proto;
+		struct tls_server *tls; /* NULL: plaintext */
 		bool accept_armed;
 	} listen[LOOP_LISTENERS_MAX];
 	unsigned n_listen;
@@ -358,11 +361,12 @@ static void loop_mark(struct worker *w, uint32_t slot)
 /* ---- connection life --------------------------------------------------- */
 
 static void loop_open(struct worker *w, uint32_t slot,
-		      const struct conn_proto *proto)
+		      const struct conn_proto *proto, struct tls_server *tls)
 {
 	const struct server_config *cfg = w->loop->cfg;
 	struct wconn *wc = &w->conns[slot];
 	uint32_t gen = wc->gen + 1;
+	bool ok;
 
 	memset(wc, 0, sizeof(*wc));
 	wc->gen = gen;
@@ -371,13 +375,22 @@ static void loop_open(struct worker *w, uint32_t slot,
 	wc->c.proto = proto;
 	wc->active_idx = w->n_active;
 	w->active[w->n_active++] = slot;
-	if (w->n_clients >= cfg->max_connections || w->stopping ||
-	    conn_init(&wc->c, proto, cfg, w->ctx.now_ms) < 0) {
-		/* A clean refusal: one reply, then close. */
+	ok = w->n_clients < cfg->max_connections && !w->stopping &&
+	     conn_init(&wc->c, proto, cfg, w->ctx.now_ms) == 0;
+	if (ok && tls != NULL &&
+	    tls_conn_create(tls, &wc->c, w->ctx.now_ms) < 0) {
+		conn_fini(&wc->c);
+		ok = false;
+	}
+	if (!ok) {
+		/* A clean refusal: one reply, then close. A TLS client
+		 * would read the plaintext reply as a bad record: it gets
+		 * the close alone. */
 		wc->refused = true;
 		wc->c.want_close = true;
 		metrics_inc(&w->m->connections_refused);
-		loop_send(w, slot, proto->refusal, proto->refusal_len);
+		if (tls == NULL)
+			loop_send(w, slot, proto->refusal, proto->refusal_len);
 		return;
 	}
 	wc->c.tag = (uint64_t)slot << 32 | gen;
@@ -451,6 +464,22 @@ static void loop_closed(struct worker *w, uint32_t slot)
 	wc->state = WC_FREE;
 }
 
+/* The bytes of c's next send: its replies, through TLS on a TLS port. */
+static bool loop_take_send(struct worker *w, uint32_t slot, const char **buf,
+			   size_t *len)
+{
+	struct conn *c = &w->conns[slot].c;
+	int err;
+
+	if (c->tls == NULL)
+		return conn_take_send(c, buf, len);
+	if (tls_take_send(c, buf, len, &err))
+		return true;
+	if (err < 0)
+		loop_abort(w, slot, NULL);
+	return false;
+}
+
 /* End of turn, for one touched connection: send, read or close. */
 static void loop_settle(struct worker *w, uint32_t slot)
 {
@@ -473,8 +502,8 @@ static void loop_settle(struct worker *w, uint32_t slot)
 			loop_close_step(w, slot);
 		return;
 	}
-	if (!wc->send_inflight && conn_take_send(c, &buf, &len))
-		loop_send(w, slot, buf, len);
+	if (!wc->send_inflight && loop_take_send(w, slot, &buf, &len))
+		loop_send(w, slot, buf, len); /* an abort in it: marked again */
 	/* The peer shut its side: answer what was received (a paused backlog
 	 * too), then close. */
 	if (wc->eof && !c->paused)
@@ -527,7 +556,7 @@ static void loop_on_accept(struct worker *w, struct io_uring_cqe *cqe)
 			}
 			return;
 		}
-		loop_open(w, slot, w->listen[li].proto);
+		loop_open(w, slot, w->listen[li].proto, w->listen[li].tls);
 		loop_mark(w, slot);
 		return;
 	}
@@ -564,9 +593,13 @@ static void loop_on_recv(struct worker *w, struct io_uring_cqe *cqe,
 	loop_mark(w, slot);
 	if (cqe->res > 0) {
 		if (has_buf && wc->state == WC_OPEN && !wc->abort) {
-			rc = conn_feed(&w->ctx, &wc->c,
-				       w->bufs + (size_t)bid * w->buf_size,
-				       (size_t)cqe->res);
+			const char *data = w->bufs + (size_t)bid * w->buf_size;
+
+			rc = wc->c.tls == NULL
+				     ? conn_feed(&w->ctx, &wc->c, data,
+						 (size_t)cqe->res)
+				     : tls_feed(&w->ctx, &wc->c, data,
+						(size_t)cqe->res);
 			if (rc < 0)
 				loop_abort(w, slot, NULL);
 		}
@@ -761,6 +794,13 @@ static void loop_sweep(struct worker *w)
 		}
 		if (c->want_close)
 			continue;
+		if (c->partial_since_ms &&
+		    now - c->partial_since_ms >= cfg->partial_timeout_ms &&
+		    c->tls != NULL && !tls_established(c->tls)) {
+			/* The handshake's deadline: no reply can go out. */
+			loop_abort(w, slot, &w->m->tls_handshake_timeouts);
+			continue;
+		}
 		if (c->partial_since_ms &&
 		    now - c->partial_since_ms >= cfg->partial_timeout_ms) {
 			metrics_inc(&w->m->closed_partial);
@@ -1088,6 +1128,7 @@ int loop_start(const struct server_config *cfg,
 		for (unsigned li = 0; li < n_ls; li++) {
 			w->listen[li].fd = ls[li].fds[i];
 			w->listen[li].proto = ls[li].proto;
+			w->listen[li].tls = ls[li].tls;
 		}
 		w->n_listen = n_ls;
 		w->m = metrics_slot(i);

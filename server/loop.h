@@ -21,6 +21,7 @@
 struct server_config;
 struct conn_proto;
 struct loop;
+struct tls_server;
 
 #define LOOP_LISTENERS_MAX 8 /* ports (protocols) one loop serves */
 
@@ -29,6 +30,8 @@ struct loop;
 struct loop_listener {
 	const struct conn_proto *proto;
 	const int *fds; /* fds[i] for worker i */
+	struct tls_server *tls; /* NULL: plaintext; else TLS under proto
+				 * (server/tls.h), outliving the loop */
 };
 
 /* Opens n listeners on addr ("HOST:PORT", "[v6]:PORT", server/addr.h),

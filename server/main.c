@@ -5,8 +5,10 @@
  * generation, the log replayed into it), starts the writer, the workers
  * (server/loop.c) and the HTTP ops port (server/http.c), then waits for
  * SIGTERM/SIGINT and stops gracefully. SIGUSR1 asks the writer for a
- * rebuilt generation. --config FILE gives flags as lines of a file
- * (server/conffile.h), read first, the command line overriding it. A
+ * rebuilt generation; SIGHUP reloads the TLS files (server/tls.h), which
+ * the client ports named by --tls-listeners speak with --tls-cert.
+ * --config FILE gives flags as lines of a file (server/conffile.h), read
+ * first, the command line overriding it. A
  * service manager is told READY=1 once the listeners are up and an index
  * is served, STOPPING=1 on the signal, and the watchdog is pinged from the
  * signal loop while the workers turn (server/notify.h). Exit status: 0
@@ -74,10 +76,10 @@
 #include "server/policy.h"
 #include "server/resp.h"
 #include "server/rpc.h"
+#include "server/tls.h"
 #include "server/writer.h"
 
 #define MAIN_LOOP_REFUSE_SLOTS 64 /* loop.c's slots beyond the cap */
-#define MAIN_PORTS_MAX 8           /* client ports (protocols) */
 #define MAIN_OTHER_FILES 64       /* room for listeners, rings, data files */
 #define MAIN_MIN_CONNECTIONS 8    /* per worker: fewer is no server */
 
@@ -124,6 +126,17 @@ static const struct flag main_flags[] = {
 	  64, 1u << 20, "bytes of one policy name=value line (4096)" },
 	{ "policy-max-attrs", FLAG_U32, CFG_OFF(policy_max_attrs), 8,
 	  1u << 16, "attributes per policy request (100)" },
+	{ "tls-cert", FLAG_STR, CFG_OFF(tls_cert), 0, 0,
+	  "FILE: PEM certificate (chain): TLS on the client ports (needs "
+	  "--tls-key; SIGHUP reloads it)" },
+	{ "tls-key", FLAG_STR, CFG_OFF(tls_key), 0, 0,
+	  "FILE: PEM private key of --tls-cert" },
+	{ "tls-ca", FLAG_STR, CFG_OFF(tls_ca), 0, 0,
+	  "FILE: PEM CA certificates: clients must present a certificate "
+	  "they signed (off)" },
+	{ "tls-listeners", FLAG_STR, CFG_OFF(tls_listeners), 0, 0,
+	  "LIST: the client ports that speak TLS with --tls-cert, e.g. "
+	  "rpc,resp (every one but policy)" },
 	{ "workers", FLAG_U32, CFG_OFF(workers), 1, 1024,
 	  "N worker threads, one io_uring each (online cores)" },
 	{ "stale-soft", FLAG_I64, CFG_OFF(stale_soft_s), 0, INT32_MAX,
@@ -188,6 +201,8 @@ static void main_usage(FILE *f)
 		"[--index-load anon|mmap]\n"
 		"                [--policy HOST:PORT --policy-map FILE] "
 		"[LIMITS]\n"
+		"                [--tls-cert FILE --tls-key FILE [--tls-ca FILE]"
+		" [--tls-listeners LIST]]\n"
 		"       consentd --config FILE [flags over it]\n\n");
 	for (size_t i = 0; i < N_FLAGS; i++)
 		fprintf(f, "  --%-26s %s\n", main_flags[i].name,
@@ -208,8 +223,8 @@ static void main_usage(FILE *f)
 		"FILE: these settings as lines 'name value' (# comments); "
 		"flags given too override it");
 	fprintf(f, "  --%-26s %s\n", "help", "this text");
-	fprintf(f, "\nSIGTERM or SIGINT stops gracefully. Flags also take "
-		   "--flag=value.\n");
+	fprintf(f, "\nSIGTERM or SIGINT stops gracefully; SIGHUP reloads the "
+		   "TLS files. Flags also take --flag=value.\n");
 }
 
 static int main_number(const char *s, uint64_t min, uint64_t max,
@@ -362,6 +377,72 @@ static int main_parse(int argc, char **argv, struct server_config *cfg,
 	return 0;
 }
 
+#define MAIN_PORTS_MAX 8           /* client ports (protocols) */
+static unsigned main_ports(const struct server_config *cfg,
+			   const char *addr[MAIN_PORTS_MAX],
+			   const struct conn_proto *proto[MAIN_PORTS_MAX]);
+
+/* Whether the client port of protocol name speaks TLS: with a
+ * certificate, the ports --tls-listeners names (a comma-separated list),
+ * by default every one but Postfix's (Postfix speaks no TLS to a policy
+ * server). */
+static bool main_tls_on(const struct server_config *cfg, const char *name)
+{
+	size_t n = strlen(name);
+
+	if (cfg->tls_cert == NULL)
+		return false;
+	if (cfg->tls_listeners == NULL)
+		return strcmp(name, "policy") != 0;
+	for (const char *p = cfg->tls_listeners; *p != '\0';) {
+		size_t k = strcspn(p, ",");
+
+		if (k == n && memcmp(p, name, n) == 0)
+			return true;
+		p += k + (p[k] == ',');
+	}
+	return false;
+}
+
+/* TLS's flags go together, and --tls-listeners names client ports. */
+static int main_check_tls(const struct server_config *cfg)
+{
+	const char *addr[MAIN_PORTS_MAX];
+	const struct conn_proto *proto[MAIN_PORTS_MAX];
+	unsigned n_ports = main_ports(cfg, addr, proto);
+
+	if ((cfg->tls_cert == NULL) != (cfg->tls_key == NULL)) {
+		fprintf(stderr, "consentd: --tls-cert FILE and --tls-key FILE "
+			"go together\n");
+		return -EINVAL;
+	}
+	if (cfg->tls_cert == NULL &&
+	    (cfg->tls_ca != NULL || cfg->tls_listeners != NULL)) {
+		fprintf(stderr, "consentd: --%s needs --tls-cert and "
+			"--tls-key\n", cfg->tls_ca ? "tls-ca" : "tls-listeners");
+		return -EINVAL;
+	}
+	for (const char *p = cfg->tls_listeners; p != NULL && *p != '\0';) {
+		size_t k = strcspn(p, ",");
+		bool known = false;
+
+		for (unsigned i = 0; i < n_ports; i++)
+			known |= strlen(proto[i]->name) == k &&
+				 memcmp(p, proto[i]->name, k) == 0;
+		if (!known) {
+			fprintf(stderr, "consentd: --tls-listeners: '%.*s' is no "
+				"client port (", (int)k, p);
+			for (unsigned i = 0; i < n_ports; i++)
+				fprintf(stderr, "%s%s", i ? ", " : "",
+					proto[i]->name);
+			fprintf(stderr, ")\n");
+			return -EINVAL;
+		}
+		p += k + (p[k] == ',');
+	}
+	return 0;
+}
+
 /* What must hold of the whole configuration, file and flags. */
 static int main_check(const struct server_config *cfg,
 		      const char *policy_map_path)
@@ -421,7 +502,7 @@ static int main_check(const struct server_config *cfg,
 			"frame before Auth (--max-frame-bytes-unauth + 4)\n");
 		return -EINVAL;
 	}
-	return 0;
+	return main_check_tls(cfg);
 }
 
 /* The config file, then the command line over it, both through
@@ -665,6 +746,7 @@ struct main_state {
 	const char *tokens_path, *policy_map_path;
 	struct tokens *tokens;
 	struct policymap *policy_map;
+	struct tls_server *tls; /* NULL: no TLS */
 	struct writer *writer;
 	struct loop *loop;
 	struct http *http;
@@ -717,17 +799,30 @@ static int main_load_files(struct main_state *s)
 		fprintf(stderr, "consentd: policy map %s: %zu senders\n",
 			s->policy_map_path, policymap_count(s->policy_map));
 	}
+	if (s->cfg.tls_cert != NULL) {
+		struct tls_files f = { .cert = s->cfg.tls_cert,
+				       .key = s->cfg.tls_key,
+				       .ca = s->cfg.tls_ca };
+
+		if (tls_server_create(&f, &s->tls, s->err,
+				      sizeof(s->err)) < 0) {
+			fprintf(stderr, "consentd: TLS: %s\n", s->err);
+			return -EINVAL;
+		}
+	}
 	return 0;
 }
 
-/* Signals: only this thread takes SIGTERM/SIGINT/SIGUSR1 (sigtimedwait in
- * main_serve); every thread created from here on inherits the mask. */
+/* Signals: only this thread takes SIGTERM/SIGINT/SIGUSR1/SIGHUP
+ * (sigtimedwait in main_serve); every thread created from here on
+ * inherits the mask. */
 static void main_signals(struct main_state *s)
 {
 	sigemptyset(&s->sigs);
 	sigaddset(&s->sigs, SIGTERM);
 	sigaddset(&s->sigs, SIGINT);
 	sigaddset(&s->sigs, SIGUSR1);
+	sigaddset(&s->sigs, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &s->sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 }
@@ -839,7 +934,7 @@ static int main_listen(struct main_state *s)
 	const char *addr[MAIN_PORTS_MAX];
 	const struct conn_proto *proto[MAIN_PORTS_MAX];
 	unsigned n_ports = main_ports(cfg, addr, proto);
-	struct loop_listener listeners[MAIN_PORTS_MAX];
+	struct loop_listener listeners[MAIN_PORTS_MAX] = { { 0 } };
 	unsigned n_listeners = 0;
 	int rc = 0;
 
@@ -865,10 +960,13 @@ static int main_listen(struct main_state *s)
 			free(fds);
 			break;
 		}
-		fprintf(stderr, "consentd: %s listening on %s (%u workers)\n",
-			name, s->bound[i], cfg->workers);
+		fprintf(stderr, "consentd: %s listening on %s (%u workers%s)\n",
+			name, s->bound[i], cfg->workers,
+			main_tls_on(cfg, name) ? ", TLS" : "");
 		listeners[n_listeners].proto = proto[i];
 		listeners[n_listeners].fds = fds;
+		listeners[n_listeners].tls =
+			main_tls_on(cfg, name) ? s->tls : NULL;
 		n_listeners++;
 	}
 	if (rc == 0) {
@@ -955,6 +1053,18 @@ static int main_serve(struct main_state *s)
 				"served generation\n");
 			writer_rebuild(s->writer);
 		}
+		if (sig == SIGHUP) {
+			/* New handshakes take the new files; connections keep
+			 * theirs; a bad file keeps the old context. */
+			if (s->tls == NULL)
+				fprintf(stderr, "consentd: SIGHUP: no TLS "
+					"files to reload\n");
+			else if (tls_server_reload(s->tls, s->err,
+						   sizeof(s->err)) < 0)
+				fprintf(stderr, "consentd: SIGHUP: TLS reload "
+					"failed, the previous certificate "
+					"stays: %s\n", s->err);
+		}
 		/* Acquire: pairs with the build thread's release store. */
 		if (s->build.wanted && !s->had_index &&
 		    atomic_load_explicit(&s->build.done, memory_order_acquire)) {
@@ -1019,6 +1129,7 @@ out:
 		writer_close(s.writer);
 		tokens_destroy(s.tokens);
 		policymap_destroy(s.policy_map);
+		tls_server_destroy(s.tls);
 	}
 	if (s.writer != NULL)
 		fprintf(stderr, "consentd: stopped\n");

@@ -77,7 +77,19 @@
 	X(policy_rejected, "consentd_policy_rejected_total",                   \
 	  "Recipients refused on the policy port (550 5.7.1).")                \
 	X(policy_deferred, "consentd_policy_deferred_total",                   \
-	  "Recipients deferred on the policy port: data stale (451 4.7.1).")
+	  "Recipients deferred on the policy port: data stale (451 4.7.1).")   \
+	X(tls_handshakes, "consentd_tls_handshakes_total",                     \
+	  "TLS handshakes completed on client ports.")                         \
+	X(tls_handshake_failures, "consentd_tls_handshake_failures_total",     \
+	  "TLS handshakes refused (bad ClientHello, no shared version or "     \
+	  "cipher, missing or bad client certificate); closed.")               \
+	X(tls_handshake_timeouts, "consentd_tls_handshake_timeouts_total",     \
+	  "TLS handshakes unfinished after --partial-timeout-ms; closed.")     \
+	X(tls_not_tls, "consentd_tls_not_tls_total",                           \
+	  "Connections to a TLS port that did not open with a TLS record "     \
+	  "(plaintext clients); closed.")                                      \
+	X(tls_record_errors, "consentd_tls_record_errors_total",               \
+	  "Established TLS connections closed for a bad record.")
 
 enum metrics_proto {
 	METRICS_RPC,  /* protobuf RPC */

@@ -54,8 +54,9 @@ def test_example_config_names_every_flag():
 
 
 def test_example_config_defaults_start(env):
-    """Every commented default uncommented (but the snapshot and token
-    files, which the example only points at): consentd takes them all and
+    """Every commented default uncommented (but the snapshot, token, policy
+    map and TLS files, which the example only points at): consentd takes
+    them all and
     serves; the listeners, workers and data directory come from flags over
     the file."""
     text = []
@@ -63,7 +64,9 @@ def test_example_config_defaults_start(env):
         for line in f:
             m = re.match(r"^#([a-z][a-z0-9-]*) ", line)
             if m and m.group(1) not in ("snapshot", "tokens", "policy",
-                                        "policy-map", "ports-file"):
+                                        "policy-map", "ports-file",
+                                        "tls-cert", "tls-key", "tls-ca",
+                                        "tls-listeners"):
                 line = line[1:]
             text.append(line)
     conf = os.path.join(env.tmp, "example-defaults.conf")
