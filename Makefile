@@ -103,9 +103,10 @@ $(BUILD)/libconsentd.a: $(LIB_OBJ)
 $(BUILD)/consentd: $(SRV_OBJ) $(BUILD)/libconsentd.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(JEMALLOC)
 
-# consentctl feed reads --rpc HOST:PORT with the server's own parser.
+# consentctl feed and pull read --rpc HOST:PORT with the server's own parser;
+# pull speaks HTTP to İYS through libcurl.
 $(BUILD)/consentctl: $(CTL_OBJ) $(BUILD)/server/addr.o $(BUILD)/libconsentd.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $$(pkg-config --libs libcurl)
 
 # The server's modules but main, as an archive: a test or fuzzer pulls in
 # only the modules it uses.
