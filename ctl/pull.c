@@ -60,6 +60,7 @@
 #define PULL_RATE_DEFAULT 50.0 /* changes: 50/min (domain.md §2.4) */
 #define PULL_BRANDS_MAX 10000
 #define PULL_CURSOR_MAX 256    /* consentd's cursor limit */
+#define PULL_WINDOW 4          /* Applies in flight per origin */
 
 static volatile sig_atomic_t pull_stop;
 
@@ -166,70 +167,92 @@ static int pull_rpc_lost(struct pull *p)
 	return pull_rpc_ensure(p);
 }
 
-/*
- * Applies the page held in p->recs under o with after_cursor after and
- * cursor next. 0: applied (*applied, *skipped); -EAGAIN: not known to be
- * applied (a 409 or a lost connection): o->cursor has been read again and
- * the caller goes on from it; else fatal.
- */
-static int pull_apply(struct pull *p, struct pull_origin *o, const char *after,
-		      const char *next, uint32_t *applied, uint32_t *skipped)
-{
-	for (;;) {
-		Consent__V1__Request req = CONSENT__V1__REQUEST__INIT;
-		Consent__V1__ApplyRequest a = CONSENT__V1__APPLY_REQUEST__INIT;
-		Consent__V1__Response *r = NULL;
-		uint32_t code = 0;
-		int rc;
+/* An Apply sent and not yet answered. */
+struct pull_inflight {
+	uint64_t id;
+	size_t n;
+	char cursor[PULL_CURSOR_MAX + 1]; /* where it moves the origin */
+};
 
-		a.n_changes = p->n_recs;
-		a.changes = p->ptrs;
-		a.origin = o->name;
-		a.after_cursor = (char *)after;
-		a.cursor = (char *)next;
-		req.body_case = CONSENT__V1__REQUEST__BODY_APPLY;
-		req.apply = &a;
-		rc = rpcclient_call(&p->rpc, &req, &r);
-		if (rc < 0) {
-			rc = pull_rpc_lost(p);
-			return rc < 0 ? rc : -EAGAIN;
-		}
-		if (r->id == req.id && r->body_case == CONSENT__V1__RESPONSE__BODY_APPLY &&
-		    r->apply) {
-			*applied = r->apply->applied;
-			*skipped = r->apply->skipped;
-			rc = (uint64_t)*applied + *skipped == p->n_recs ? 0 : -EPROTO;
-			if (rc < 0)
-				fprintf(stderr, "pull: %s: consentd processed %"
-					PRIu32 " of %zu changes\n", o->name,
-					*applied + *skipped, p->n_recs);
-			consent__v1__response__free_unpacked(r, NULL);
-			return rc;
-		}
-		if (r->body_case == CONSENT__V1__RESPONSE__BODY_ERROR && r->error)
-			code = r->error->code;
-		if (code == 409) {
-			fprintf(stderr, "pull: %s: %s; reading the cursor again\n",
-				o->name, r->error->message ? r->error->message : "409");
-			consent__v1__response__free_unpacked(r, NULL);
-			rc = pull_read_cursor(p, o);
-			if (rc < 0)
-				rc = pull_rpc_lost(p);
-			return rc < 0 ? rc : -EAGAIN;
-		}
-		if (code == 503) {
-			fprintf(stderr, "pull: %s: consentd: %s; retrying in %.1f s\n",
-				o->name, r->error->message ? r->error->message : "503",
-				(double)p->o.retry_max_ms / 1000);
-			consent__v1__response__free_unpacked(r, NULL);
-			if (!iysapi_sleep_ms(&pull_stop, p->o.retry_max_ms))
-				return -EINTR;
-			continue;
-		}
-		rc = rpcclient_fault(&p->rpc, r, req.id, "Apply", NULL);
+/* Sends the page held in p->recs as an Apply of o from after to next,
+ * without waiting (replies come in order). 0, or -EAGAIN when the
+ * connection failed (it has been dropped). */
+static int pull_apply_send(struct pull *p, struct pull_origin *o,
+			   const char *after, const char *next,
+			   struct pull_inflight *f)
+{
+	Consent__V1__Request req = CONSENT__V1__REQUEST__INIT;
+	Consent__V1__ApplyRequest a = CONSENT__V1__APPLY_REQUEST__INIT;
+	int rc;
+
+	a.n_changes = p->n_recs;
+	a.changes = p->ptrs;
+	a.origin = o->name;
+	a.after_cursor = (char *)after;
+	a.cursor = (char *)next;
+	req.body_case = CONSENT__V1__REQUEST__BODY_APPLY;
+	req.apply = &a;
+	req.id = p->rpc.next_id++;
+	rc = rpcclient_send(&p->rpc, &req);
+	if (rc < 0) {
+		fprintf(stderr, "pull: consentd %s: send: %s\n", p->o.consentd,
+			strerror(-rc));
+		rpcclient_close(&p->rpc);
+		return -EAGAIN;
+	}
+	f->id = req.id;
+	f->n = p->n_recs;
+	snprintf(f->cursor, sizeof(f->cursor), "%s", next);
+	return 0;
+}
+
+/*
+ * Waits for f's reply. 0: applied (*applied, *skipped); -EAGAIN: not
+ * applied (a 409: the cursor is not where this batch follows; a 503: the
+ * server's change log is failing; the connection lost: the outcome is
+ * unknown) and the caller reads the cursor again; else fatal.
+ */
+static int pull_apply_wait(struct pull *p, struct pull_origin *o,
+			   const struct pull_inflight *f, uint32_t *applied,
+			   uint32_t *skipped)
+{
+	Consent__V1__Response *r = NULL;
+	uint32_t code = 0;
+	int rc;
+
+	if (p->rpc.fd < 0)
+		return -EAGAIN; /* lost with an earlier one */
+	rc = rpcclient_recv(&p->rpc, &r);
+	if (rc < 0) {
+		fprintf(stderr, "pull: consentd %s: waiting for an Apply of %s: "
+			"%s\n", p->o.consentd, o->name, strerror(-rc));
+		rpcclient_close(&p->rpc);
+		return -EAGAIN;
+	}
+	if (r->id == f->id && r->body_case == CONSENT__V1__RESPONSE__BODY_APPLY &&
+	    r->apply) {
+		*applied = r->apply->applied;
+		*skipped = r->apply->skipped;
+		rc = (uint64_t)*applied + *skipped == f->n ? 0 : -EPROTO;
+		if (rc < 0)
+			fprintf(stderr, "pull: %s: consentd processed %" PRIu32
+				" of %zu changes\n", o->name, *applied + *skipped,
+				f->n);
 		consent__v1__response__free_unpacked(r, NULL);
 		return rc;
 	}
+	if (r->id == f->id && r->body_case == CONSENT__V1__RESPONSE__BODY_ERROR &&
+	    r->error)
+		code = r->error->code;
+	if (code == 409 || code == 503) {
+		fprintf(stderr, "pull: %s: consentd: %s; reading the cursor again\n",
+			o->name, r->error->message ? r->error->message : "");
+		consent__v1__response__free_unpacked(r, NULL);
+		return -EAGAIN;
+	}
+	rc = rpcclient_fault(&p->rpc, r, f->id, "Apply", NULL);
+	consent__v1__response__free_unpacked(r, NULL);
+	return rc;
 }
 
 /* An Apply with no change and no origin: "İYS was seen this fresh". */
@@ -293,40 +316,94 @@ static void pull_print_diag(const char *where, char *text, size_t len)
 	}
 }
 
-/* One origin, paged to its end. Returns 0, or a fatal error. */
+/*
+ * One origin, paged to its end. Up to PULL_WINDOW Applies are in flight:
+ * the next page is fetched while consentd makes the last one durable.
+ * That is safe because consentd judges an origin's batches in arrival
+ * order against the cursor the one before moved: if one is refused, every
+ * later one is refused too (its after_cursor no longer follows), so after
+ * a refusal the pull drains the replies, reads the cursor and goes on
+ * from it. Returns 0, or a fatal error.
+ */
 static int pull_origin_pass(struct pull *p, struct pull_origin *o)
 {
+	struct pull_inflight q[PULL_WINDOW];
+	size_t q_head = 0, q_len = 0;
 	uint64_t pages = 0, records = 0, applied = 0, skipped = 0, bad = 0;
 	double t0 = mono_s();
+	char after[PULL_CURSOR_MAX + 1];
+	bool at_end = false, again = false;
 	int rc = 0;
 
+	snprintf(after, sizeof(after), "%s", o->cursor);
 	for (;;) {
+		/* Room in the window, the end reached, or a refusal: wait. */
+		while (q_len && (q_len == PULL_WINDOW || at_end || again)) {
+			struct pull_inflight *f = &q[q_head];
+			uint32_t ap = 0, sk = 0;
+			int w = pull_apply_wait(p, o, f, &ap, &sk);
+
+			q_head = (q_head + 1) % PULL_WINDOW;
+			q_len--;
+			if (w == -EAGAIN) {
+				again = true;
+				continue;
+			}
+			if (w < 0) {
+				rc = w;
+				goto out;
+			}
+			/* Applied (after a refused one too: someone else
+			 * applied what that one held); the cursor is read
+			 * again anyway when one was refused. */
+			snprintf(o->cursor, sizeof(o->cursor), "%s", f->cursor);
+			pages++;
+			records += f->n;
+			applied += ap;
+			skipped += sk;
+		}
+		if (again) {
+			/* Go on from where consentd is. */
+			again = at_end = false;
+			if (p->rpc.fd >= 0)
+				rc = pull_read_cursor(p, o);
+			if (p->rpc.fd < 0 || rc < 0)
+				rc = pull_rpc_lost(p);
+			if (rc < 0)
+				goto out;
+			snprintf(after, sizeof(after), "%s", o->cursor);
+			continue;
+		}
+		if (at_end)
+			break;
+
 		struct iysapi_reply rep;
 		struct iys_opts io = { .brand_code = o->brand,
 				       .iys_code = p->o.iys_code,
 				       .skip_bad = p->o.skip_bad };
 		struct iys_counts k;
-		char after[PULL_CURSOR_MAX + 1], next[PULL_CURSOR_MAX + 64];
+		char next[PULL_CURSOR_MAX + 64];
 		char where[PULL_CURSOR_MAX + 96], err[512];
 		char *diag_text = NULL;
 		size_t diag_len = 0;
-		uint32_t ap = 0, sk = 0;
 
-		if (pull_stop)
-			return -EINTR;
-		snprintf(after, sizeof(after), "%s", o->cursor);
+		if (pull_stop) {
+			rc = -EINTR;
+			goto out;
+		}
 		rc = iysapi_changes(p->api, o->brand, o->source, after, p->o.limit,
 				    &rep);
 		if (rc < 0)
-			return rc;
+			goto out;
 		snprintf(where, sizeof(where), "brand %" PRIu32 " source %s page %"
-			 PRIu64 " (after \"%s\")", o->brand, o->source, pages + 1,
-			 after);
+			 PRIu64 " (after \"%s\")", o->brand, o->source,
+			 pages + q_len + 1, after);
 		if (rep.status != 200) {
 			fprintf(stderr, "pull: %s: İYS answered HTTP %ld %s %s\n",
 				where, rep.status, rep.code, rep.message);
 			iysapi_reply_fini(&rep);
-			return -EPROTO;
+			rc = -EPROTO;
+			goto out;
 		}
 		p->n_recs = 0;
 		io.diag = open_memstream(&diag_text, &diag_len);
@@ -341,37 +418,45 @@ static int pull_origin_pass(struct pull *p, struct pull_origin *o)
 		if (rc == -E2BIG) {
 			fprintf(stderr, "pull: %s: more records than the limit "
 				"%u asked for\n", where, p->o.limit);
-			return -EPROTO;
+			rc = -EPROTO;
+			goto out;
 		}
 		if (rc < 0) {
 			fprintf(stderr, "pull: %s: %s%s\n", where, err,
 				rc == -EINVAL ? " (--skip-bad skips bad records)" : "");
-			return rc;
+			goto out;
 		}
 		bad += k.bad;
-		if (p->n_recs == 0 && k.bad == 0)
-			break; /* nothing new */
+		if (p->n_recs == 0 && k.bad == 0) {
+			at_end = true; /* nothing new */
+			continue;
+		}
 		if (strlen(next) > PULL_CURSOR_MAX || next[0] == '\0' ||
 		    strcmp(next, after) == 0) {
 			fprintf(stderr, "pull: %s: the page's \"after\" (\"%.64s\") "
 				"%s\n", where, next, next[0] == '\0' ? "is missing" :
 				strcmp(next, after) == 0 ? "does not move" :
 				"is over 256 bytes");
-			return -EPROTO;
+			rc = -EPROTO;
+			goto out;
 		}
-		rc = pull_apply(p, o, after, next, &ap, &sk);
-		if (rc == -EAGAIN)
-			continue; /* from the cursor consentd holds now */
-		if (rc < 0)
-			return rc;
-		snprintf(o->cursor, sizeof(o->cursor), "%s", next);
-		pages++;
-		records += p->n_recs;
-		applied += ap;
-		skipped += sk;
+		rc = pull_apply_send(p, o, after, next,
+				     &q[(q_head + q_len) % PULL_WINDOW]);
+		if (rc == -EAGAIN) {
+			again = true;
+			rc = 0;
+			continue;
+		}
+		q_len++;
+		snprintf(after, sizeof(after), "%s", next);
 		if (p->n_recs + k.bad < p->o.limit)
-			break; /* a short page: İYS's end, for now */
+			at_end = true; /* a short page: İYS's end, for now */
 	}
+out:
+	/* A fatal error with Applies in flight: their outcome is consentd's
+	 * to keep; the next start reads the cursors. */
+	if (rc < 0 && q_len)
+		rpcclient_close(&p->rpc);
 	p->pass_records += records;
 	if (pages) {
 		double dt = mono_s() - t0;
@@ -382,7 +467,7 @@ static int pull_origin_pass(struct pull *p, struct pull_origin *o)
 			o->name, pages, records, applied, skipped, bad, dt,
 			dt > 0 ? records / dt : 0.0, o->cursor);
 	}
-	return 0;
+	return rc;
 }
 
 /* ---- the command ---- */

@@ -281,16 +281,19 @@ def test_pull_converges_and_resumes(env):
 
 def test_pull_kill9_cycles(env):
     """kill -9 of the connector, of consentd, or both, at random moments
-    (30 cycles; 100 with CONSENTD_PULL_HEAVY=1), then a run to the end:
+    while 20 brands x 10k changes are pulled (30 cycles; 100 with
+    CONSENTD_PULL_HEAVY=1), then a run to the end:
     every record applied exactly once, the state exact."""
     cycles = 100 if HEAVY else 30
     brands = brands_for(env, 20, base=920001)
-    si = Standin(env.tmp, brands, 10000 if HEAVY else 2000, seed=12)
+    si = Standin(env.tmp, brands, 10000, seed=12)
     srv = fresh_server(env, "consentd-kill")
     rng = random.Random(1234)
     try:
         seq0 = stats(env.pb, srv).applied_sequence
-        args = ["--interval", "0.1", "--rate", "100000", "--limit", "200"]
+        # Paced so the kills land while the 1000 pages are being pulled.
+        args = ["--interval", "0.1", "--rate", "1200" if HEAVY else "4000",
+                "--limit", "200"]
         p = Puller(env, si, srv, brands, args, name="pull-kill").start()
         pullers = [p]
         kills = {"pull": 0, "consentd": 0, "both": 0}
