@@ -17,7 +17,8 @@
  *              token (that would let an empty AUTH in);
  *   BRANDS     '*' alone, or codes of 1-8 digits, not 0, comma-separated
  *              without spaces; sorted and deduplicated for the search;
- *   flags      'apply' and 'stats', in any order, each at most once;
+ *   flags      'apply', 'stats' and 'reject', in any order, each at most
+ *              once;
  *   names and digests are unique; a file without a principal is refused
  *   (it would lock every client out, which is never what was meant).
  * '#' starts a comment anywhere on a line; CRLF line ends are accepted.
@@ -40,7 +41,7 @@
 #define TOKENS_FILE_MAX (16u << 20) /* a token file is a few KiB */
 #define TOKENS_BRAND_MAX 99999999u  /* brand codes have up to 8 digits */
 #define TOKENS_QUOTE_MAX 32         /* bytes of a bad field quoted back */
-#define TOKENS_FIELDS_MAX 5
+#define TOKENS_FIELDS_MAX 6
 
 /* A principal's check counter, alone on its cache line: two workers
  * answering two partners never write the same line. */
@@ -152,7 +153,7 @@ static int parse_principal(const struct textfile_field *f, size_t nf,
 	memset(p, 0, sizeof(*p));
 	if (nf < 3 || nf > TOKENS_FIELDS_MAX) {
 		errmsg_set(err, err_cap, "tokens line %zu: %s fields: the format "
-			"is NAME SHA256HEX BRANDS [apply] [stats]", line,
+			"is NAME SHA256HEX BRANDS [apply] [stats] [reject]", line,
 			nf < 3 ? "too few" : "too many");
 		return -EINVAL;
 	}
@@ -206,12 +207,14 @@ static int parse_principal(const struct textfile_field *f, size_t nf,
 	for (i = 3; i < nf; i++) {
 		bool is_apply = f[i].len == 5 && !memcmp(f[i].s, "apply", 5);
 		bool is_stats = f[i].len == 5 && !memcmp(f[i].s, "stats", 5);
+		bool is_reject = f[i].len == 6 && !memcmp(f[i].s, "reject", 6);
 		bool *flag = is_apply ? &p->may_apply :
-			     is_stats ? &p->may_stats : NULL;
+			     is_stats ? &p->may_stats :
+			     is_reject ? &p->may_reject : NULL;
 
 		if (flag == NULL) {
 			errmsg_set(err, err_cap, "tokens line %zu: '%s' is not a "
-				"flag (they are 'apply' and 'stats')", line,
+				"flag (they are 'apply', 'stats' and 'reject')", line,
 				textfile_quote(f[i].s, f[i].len,
 					TOKENS_QUOTE_MAX, q, sizeof(q)));
 			return -EINVAL;
@@ -414,6 +417,11 @@ bool principal_may_check(const struct principal *p, uint32_t brand_code)
 bool principal_may_stats(const struct principal *p)
 {
 	return p == NULL || p->may_stats;
+}
+
+bool principal_may_reject(const struct principal *p)
+{
+	return p == NULL || p->may_reject;
 }
 
 void principal_count_checks(const struct principal *p, uint64_t n)

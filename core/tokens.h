@@ -1,9 +1,11 @@
 /*
  * tokens: partner principals from a token file (DESIGN §3.6, §5.2).
- * One principal per line: NAME SHA256HEX BRANDS [apply] [stats], where
- * SHA256HEX is the SHA-256 of the token, BRANDS is '*' or a comma-separated
- * list of brand codes, 'apply' allows the Apply RPC and 'stats' the
- * fleet-wide figures (record count, generation, every client's checks);
+ * One principal per line: NAME SHA256HEX BRANDS [apply] [stats] [reject],
+ * where SHA256HEX is the SHA-256 of the token, BRANDS is '*' or a
+ * comma-separated list of brand codes, 'apply' allows the Apply RPC,
+ * 'stats' the fleet-wide figures (record count, generation, every client's
+ * checks) and 'reject' local rejections (DESIGN §11: Reject, REJECT,
+ * POST /v1/reject), within BRANDS like every write;
  * the flags come in any order, each at most once; '#' starts a comment.
  * tokens_load refuses a malformed line with -EINVAL and a message naming
  * its line number. After load the set is immutable but for one counter per
@@ -27,6 +29,7 @@ struct principal {
 	bool all_brands;        /* BRANDS was '*' */
 	bool may_apply;         /* the 'apply' flag */
 	bool may_stats;         /* the 'stats' flag */
+	bool may_reject;        /* the 'reject' flag */
 	uint32_t *brands;       /* sorted, unique; n_brands of them */
 	size_t n_brands;
 	/* The one mutable part: checks answered for this principal. Points
@@ -56,6 +59,11 @@ bool principal_may_check(const struct principal *p, uint32_t brand_code);
  * applied_sequence and data_as_of only: the record count and the other
  * clients' traffic are other customers' business. */
 bool principal_may_stats(const struct principal *p);
+
+/* True if p may take local rejections (the 'reject' flag; NULL: true).
+ * The brand list still bounds them (principal_may_check, in
+ * writer_submit). */
+bool principal_may_reject(const struct principal *p);
 
 /* Counts n checks answered for p (NULL: nothing) / reads the count. */
 void principal_count_checks(const struct principal *p, uint64_t n);

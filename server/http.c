@@ -58,6 +58,8 @@
 #include "server/config.h"
 #include "server/json.h"
 #include "server/live.h"
+#include "server/reject.h"
+#include "index/outbox.h"
 #include "server/metrics.h"
 #include "server/writer.h"
 #include "version.h"
@@ -102,6 +104,7 @@ struct http {
 	uint64_t start_ms;      /* CLOCK_MONOTONIC at http_start */
 	int64_t started_at;     /* Unix time at http_start */
 	struct http_conn conns; /* list head: every open connection */
+	uint64_t reject_tag;    /* the last local rejection's, for its reply */
 };
 
 enum http_route {
@@ -111,10 +114,14 @@ enum http_route {
 	ROUTE_METRICS,
 	ROUTE_CHECK,   /* GET and POST */
 	ROUTE_STATS,
+	ROUTE_REJECT,  /* POST: a local rejection (§11) */
+	ROUTE_OUTBOX,  /* GET: the outbox for the connector (§12) */
+	ROUTE_OUTBOX_PUSHED, /* POST: an entry pushed to İYS */
 };
 
-/* A POST /v1/check between its headers and the end of its body. */
+/* A POST between its headers and the end of its body. */
 struct http_req {
+	enum http_route route;
 	uint64_t start_us;
 	const struct principal *principal;
 	char *body;
@@ -465,6 +472,19 @@ static char *http_metrics_text(struct http *h, size_t *len)
 	http_gauge(f, "consentd_ready",
 		   "1 when an index is loaded and fresh (as /readyz).", "%d",
 		   have && !stale && !writer_fault(h->cfg->writer, NULL, 0));
+	if (h->cfg->writer != NULL) {
+		uint64_t depth;
+		int64_t oldest;
+
+		outbox_stats(writer_outbox(h->cfg->writer), &depth, &oldest);
+		http_gauge(f, "consentd_outbox_depth",
+			   "Local rejections not yet reconciled with IYS.",
+			   "%" PRIu64, depth);
+		http_gauge(f, "consentd_outbox_oldest_age_seconds",
+			   "Seconds since the consent date of the oldest "
+			   "entry of the outbox (0: empty).", "%" PRId64,
+			   oldest ? http_wall_s() - oldest : 0);
+	}
 	free(sum);
 	if (fclose(f) != 0) {
 		free(buf);
@@ -511,6 +531,14 @@ static enum MHD_Result http_stats(struct http *h, struct MHD_Connection *conn,
 	st.applied_sequence = info.watermark;
 	st.data_as_of = info.data_as_of;
 	st.generation = info.generation;
+	if (h->cfg->writer != NULL) {
+		int64_t oldest;
+
+		st.outbox = true;
+		outbox_stats(writer_outbox(h->cfg->writer), &st.outbox_depth,
+			     &oldest);
+		st.outbox_oldest_age_s = oldest ? http_wall_s() - oldest : 0;
+	}
 	return http_reply_json(conn, MHD_HTTP_OK, json_encode_stats(&st));
 }
 
@@ -652,6 +680,194 @@ static void http_body_append(struct http_req *r, const char *data, size_t n)
 	r->len += n;
 }
 
+/* ---- local rejections and the outbox (§11, §12) ---- */
+
+/* The ops thread's queue of the writer: main opens the writer with one
+ * completion queue per worker and this thread's after them. */
+static unsigned http_writer_queue(const struct http *h)
+{
+	return h->cfg->workers;
+}
+
+struct http_wait {
+	uint64_t tag;
+	bool got;
+	struct writer_reply *out;
+};
+
+static void http_on_reply(const struct writer_reply *r, void *arg)
+{
+	struct http_wait *wt = arg;
+
+	if (r->tag == wt->tag) {
+		*wt->out = *r;
+		wt->got = true;
+	}
+}
+
+/* Waits for the writer's reply of tag. The ops thread blocks meanwhile
+ * (one group commit: an fdatasync; longer while the writer writes a
+ * generation): a local rejection through HTTP is rare, and its reply
+ * must not come before the index holds it. */
+static void http_wait_reply(struct http *h, uint64_t tag,
+			    struct writer_reply *out)
+{
+	struct writer *w = h->cfg->writer;
+	unsigned q = http_writer_queue(h);
+	struct http_wait wt = { .tag = tag, .out = out };
+	int fd = writer_queue_fd(w, q);
+
+	while (!wt.got) {
+		struct pollfd pfd = { .fd = fd, .events = POLLIN };
+		uint64_t v;
+
+		if (poll(&pfd, 1, -1) < 0 && errno != EINTR)
+			break;
+		if (read(fd, &v, sizeof(v)) < 0 && errno != EINTR &&
+		    errno != EAGAIN)
+			break;
+		writer_take(w, q, http_on_reply, &wt);
+	}
+	if (!wt.got) {
+		memset(out, 0, sizeof(*out));
+		out->code = 503;
+		snprintf(out->message, sizeof(out->message), "waiting for the "
+			 "writer: %s", strerror(errno));
+	}
+}
+
+static unsigned http_status_of(uint32_t code)
+{
+	switch (code) {
+	case 400:
+		return MHD_HTTP_BAD_REQUEST;
+	case 403:
+		return MHD_HTTP_FORBIDDEN;
+	case 409:
+		return MHD_HTTP_CONFLICT;
+	default:
+		return MHD_HTTP_SERVICE_UNAVAILABLE;
+	}
+}
+
+/* POST /v1/reject, once the whole body is in. */
+static enum MHD_Result http_post_reject(struct http *h,
+					struct MHD_Connection *conn,
+					struct http_req *r)
+{
+	struct json_reject jr;
+	struct writer_reply rep;
+	char err[256];
+	int e;
+
+	if (r->too_large)
+		return http_reply_error(h, conn, MHD_HTTP_CONTENT_TOO_LARGE,
+					NULL, NULL,
+					"body: over the limit of %u bytes",
+					JSON_MAX_BODY_BYTES);
+	e = json_decode_reject(r->body ? r->body : "", r->len, &jr, err,
+			       sizeof(err));
+	if (e == -ENOMEM)
+		return http_reply_json(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL);
+	if (e < 0)
+		return http_reply_error(h, conn, MHD_HTTP_BAD_REQUEST, NULL,
+					NULL, "%s", err);
+	struct reject_input in = {
+		.recipient = jr.recipient,
+		.recipient_len = jr.recipient_len,
+		.brand_code = jr.brand_code,
+		.channel = jr.channel,
+		.recipient_type = jr.recipient_type,
+		.source = jr.source,
+	};
+	uint64_t tag = ++h->reject_tag;
+	e = reject_submit(h->cfg->writer, http_writer_queue(h), tag, 0,
+			  r->principal, &in, &rep);
+	json_reject_fini(&jr);
+	if (e < 0)
+		return http_reply_json(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL);
+	if (e == 1)
+		http_wait_reply(h, tag, &rep);
+	if (rep.code != 0)
+		return http_reply_error(h, conn, http_status_of(rep.code), NULL,
+					NULL, "%s", rep.message);
+	return http_reply_json(conn, MHD_HTTP_OK,
+			       json_encode_apply(rep.applied_sequence,
+						 rep.applied, rep.skipped));
+}
+
+/* The outbox holds recipients of every brand: a principal sees and marks
+ * the entries of its own brands only (others read as unknown). */
+static bool http_outbox_keep(const struct outbox_entry *e, const void *arg)
+{
+	return principal_may_check(arg, e->brand_code);
+}
+
+/* GET /v1/outbox?limit=N (default 100, at most 1000). */
+static enum MHD_Result http_get_outbox(struct http *h,
+				       struct MHD_Connection *conn,
+				       const struct principal *p)
+{
+	const char *lim = MHD_lookup_connection_value(
+		conn, MHD_GET_ARGUMENT_KIND, "limit");
+	uint32_t limit = 100;
+
+	if (lim != NULL &&
+	    (json_brand_text(lim, strlen(lim), &limit) < 0 || limit == 0 ||
+	     limit > OUTBOX_LIST_MAX))
+		return http_reply_error(h, conn, MHD_HTTP_BAD_REQUEST, NULL,
+					NULL, "limit: expected 1 to %d",
+					OUTBOX_LIST_MAX);
+	struct outbox_entry *e = calloc(limit, sizeof(*e));
+	if (e == NULL)
+		return http_reply_json(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL);
+	uint64_t depth = 0;
+	size_t n = outbox_list(writer_outbox(h->cfg->writer), http_outbox_keep,
+			       p, e, limit, &depth);
+	char *out = json_encode_outbox(e, n, depth);
+	free(e);
+	return http_reply_json(conn, out ? MHD_HTTP_OK :
+				     MHD_HTTP_INTERNAL_SERVER_ERROR, out);
+}
+
+/* POST /v1/outbox/pushed, once the whole body is in. */
+static enum MHD_Result http_post_pushed(struct http *h,
+					struct MHD_Connection *conn,
+					struct http_req *r)
+{
+	struct outbox *ob = writer_outbox(h->cfg->writer);
+	struct outbox_entry e;
+	char id[OUTBOX_TXID_MAX + 1], err[256];
+	uint64_t seq;
+	int rc;
+
+	if (r->too_large)
+		return http_reply_error(h, conn, MHD_HTTP_CONTENT_TOO_LARGE,
+					NULL, NULL,
+					"body: over the limit of %u bytes",
+					JSON_MAX_BODY_BYTES);
+	rc = json_decode_pushed(r->body ? r->body : "", r->len, &seq, id,
+				sizeof(id), err, sizeof(err));
+	if (rc == -ENOMEM)
+		return http_reply_json(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL);
+	if (rc < 0)
+		return http_reply_error(h, conn, MHD_HTTP_BAD_REQUEST, NULL,
+					NULL, "%s", err);
+	if (!outbox_get(ob, seq, &e) || !http_outbox_keep(&e, r->principal))
+		return http_reply_error(h, conn, MHD_HTTP_NOT_FOUND, NULL, NULL,
+					"sequence %" PRIu64 ": no entry waiting "
+					"for İYS (unknown or reconciled)", seq);
+	rc = outbox_mark_pushed(ob, seq, id, strlen(id), err, sizeof(err));
+	if (rc < 0)
+		return http_reply_error(h, conn,
+					rc == -ENOENT ? MHD_HTTP_NOT_FOUND :
+					rc == -EEXIST ? MHD_HTTP_CONFLICT :
+					rc == -EINVAL ? MHD_HTTP_BAD_REQUEST :
+					MHD_HTTP_SERVICE_UNAVAILABLE, NULL, NULL,
+					"%s", err);
+	return http_reply_json(conn, MHD_HTTP_OK, json_encode_pushed(seq));
+}
+
 /* ---- dispatch ---- */
 
 static enum http_route http_route_of(const char *url)
@@ -666,6 +882,12 @@ static enum http_route http_route_of(const char *url)
 		return ROUTE_CHECK;
 	if (!strcmp(url, "/v1/stats"))
 		return ROUTE_STATS;
+	if (!strcmp(url, "/v1/reject"))
+		return ROUTE_REJECT;
+	if (!strcmp(url, "/v1/outbox"))
+		return ROUTE_OUTBOX;
+	if (!strcmp(url, "/v1/outbox/pushed"))
+		return ROUTE_OUTBOX_PUSHED;
 	return ROUTE_NONE;
 }
 
@@ -772,12 +994,16 @@ static enum MHD_Result http_handle(void *cls, struct MHD_Connection *conn,
 	const char *why;
 
 	(void)version;
-	if (r) { /* a POST /v1/check under way */
+	if (r) { /* a POST under way */
 		if (*upload_size) {
 			http_body_append(r, upload_data, *upload_size);
 			*upload_size = 0;
 			return MHD_YES;
 		}
+		if (r->route == ROUTE_REJECT)
+			return http_post_reject(h, conn, r);
+		if (r->route == ROUTE_OUTBOX_PUSHED)
+			return http_post_pushed(h, conn, r);
 		return http_post_check(h, conn, r);
 	}
 	if (*upload_size) {
@@ -799,16 +1025,25 @@ static enum MHD_Result http_handle(void *cls, struct MHD_Connection *conn,
 	if (route == ROUTE_NONE)
 		return http_reply_error(h, conn, MHD_HTTP_NOT_FOUND, NULL, NULL,
 					"no such path (try /healthz, /readyz, "
-					"/metrics, /v1/check, /v1/stats)");
+					"/metrics, /v1/check, /v1/stats, "
+					"/v1/reject, /v1/outbox)");
 	get = !strcmp(method, MHD_HTTP_METHOD_GET) ||
 	      !strcmp(method, MHD_HTTP_METHOD_HEAD);
 	post = !strcmp(method, MHD_HTTP_METHOD_POST);
-	if (!get && !(post && route == ROUTE_CHECK))
-		return http_reply_error(h, conn, MHD_HTTP_METHOD_NOT_ALLOWED,
-					MHD_HTTP_HEADER_ALLOW,
-					route == ROUTE_CHECK ? "GET, HEAD, POST" :
-							       "GET, HEAD",
-					"method %.16s not allowed here", method);
+	{
+		bool post_only = route == ROUTE_REJECT ||
+				 route == ROUTE_OUTBOX_PUSHED;
+		bool may_post = post_only || route == ROUTE_CHECK;
+
+		if ((get && post_only) || (!get && !(post && may_post)))
+			return http_reply_error(
+				h, conn, MHD_HTTP_METHOD_NOT_ALLOWED,
+				MHD_HTTP_HEADER_ALLOW,
+				post_only ? "POST" :
+				route == ROUTE_CHECK ? "GET, HEAD, POST" :
+						       "GET, HEAD",
+				"method %.16s not allowed here", method);
+	}
 
 	switch (route) {
 	case ROUTE_HEALTHZ:
@@ -828,8 +1063,28 @@ static enum MHD_Result http_handle(void *cls, struct MHD_Connection *conn,
 					"Bearer realm=\"consentd\"", "%s", why);
 	if (route == ROUTE_STATS)
 		return http_stats(h, conn, p);
-	if (get)
+	if (route == ROUTE_REJECT || route == ROUTE_OUTBOX ||
+	    route == ROUTE_OUTBOX_PUSHED) {
+		/* Rights before the body is read: a refusal costs no
+		 * upload. The outbox is the connector's, which applies
+		 * İYS's pages too: the 'apply' right. */
+		if (route == ROUTE_REJECT && !principal_may_reject(p))
+			return http_reply_error(h, conn, MHD_HTTP_FORBIDDEN,
+						NULL, NULL, "this principal may "
+						"not reject (no 'reject' right)");
+		if (route != ROUTE_REJECT && p != NULL && !p->may_apply)
+			return http_reply_error(h, conn, MHD_HTTP_FORBIDDEN,
+						NULL, NULL, "the outbox needs "
+						"the 'apply' right");
+		if (h->cfg->writer == NULL)
+			return http_reply_error(h, conn,
+						MHD_HTTP_SERVICE_UNAVAILABLE,
+						NULL, NULL, "no change log here");
+		if (route == ROUTE_OUTBOX)
+			return http_get_outbox(h, conn, p);
+	} else if (get) {
 		return http_get_check(h, conn, p);
+	}
 
 	{
 		const char *cl = MHD_lookup_connection_value(
@@ -848,6 +1103,7 @@ static enum MHD_Result http_handle(void *cls, struct MHD_Connection *conn,
 					       NULL);
 		r->start_us = http_mono_us();
 		r->principal = p;
+		r->route = route;
 		if (cl) {
 			size_t n = strtoull(cl, NULL, 10);
 

@@ -19,6 +19,7 @@
 
 #include "core/enums.h"
 #include "core/errmsg.h"
+#include "index/outbox.h"
 
 enum json_field {
 	FIELD_UNKNOWN,
@@ -619,6 +620,11 @@ char *json_encode_stats(const struct json_stats *s)
 	if (!s->own_only)
 		json_put(o, "generation", json_u64(s->generation), &ok);
 	json_put(o, "checks_total", json_u64(s->checks_total), &ok);
+	if (!s->own_only && s->outbox) {
+		json_put(o, "outbox_depth", json_u64(s->outbox_depth), &ok);
+		json_put(o, "outbox_oldest_age_seconds",
+			 json_integer(s->outbox_oldest_age_s), &ok);
+	}
 	if (!ok) {
 		json_decref(o);
 		return NULL;
@@ -647,6 +653,219 @@ char *json_encode_error(const char *msg)
 		return NULL;
 	}
 	json_put(o, "error", m, &ok);
+	if (!ok) {
+		json_decref(o);
+		return NULL;
+	}
+	return json_dump_free(o);
+}
+
+/* ---- local rejections and the outbox (§11, §12) ---- */
+
+int json_decode_reject(const char *body, size_t len, struct json_reject *out,
+		       char *err, size_t err_cap)
+{
+	struct check_input c = { 0 };
+	const char *key;
+	char q[48];
+	json_t *doc, *v;
+	int e;
+
+	memset(out, 0, sizeof(*out));
+	e = json_parse_body(body, len, 0, &doc, err, err_cap);
+	if (e < 0)
+		return e;
+	json_object_foreach(doc, key, v) {
+		enum json_field f = json_field_lookup(key);
+
+		if (!strcmp(key, "source")) {
+			int src = 0;
+
+			if (json_is_null(v))
+				continue;
+			if (json_is_string(v)) {
+				src = enums_source_parse(json_string_value(v),
+							 json_string_length(v));
+				if (src == SOURCE_OTHER &&
+				    strcasecmp(json_string_value(v),
+					       "SOURCE_OTHER") != 0)
+					src = -1;
+			} else if (json_is_integer(v)) {
+				json_int_t n = json_integer_value(v);
+
+				src = n >= 0 && n <= SOURCE_OTHER &&
+				      enums_source_valid((int)n) ? (int)n : -1;
+			} else {
+				errmsg_set(err, err_cap, "source: expected a "
+					   "name or a number");
+				e = -EINVAL;
+				goto fail;
+			}
+			if (src < 0) {
+				errmsg_set(err, err_cap, "source: unknown value "
+					   "(expected a source name such as "
+					   "HS_MESAJ)");
+				e = -EINVAL;
+				goto fail;
+			}
+			out->source = src;
+			continue;
+		}
+		if (f == FIELD_UNKNOWN || f == FIELD_CHECKS ||
+		    f == FIELD_PURPOSE) {
+			errmsg_set(err, err_cap, "unknown field \"%s\"",
+				   json_quote(q, key, strlen(key)));
+			e = -EINVAL;
+			goto fail;
+		}
+		e = json_decode_field(f, v, &c, "", err, err_cap);
+		if (e < 0)
+			goto fail;
+	}
+	out->recipient = c.recipient ? c.recipient : "";
+	out->recipient_len = c.recipient ? c.recipient_len : 0;
+	out->brand_code = c.brand_code;
+	out->channel = c.channel;
+	out->recipient_type = c.rtype;
+	out->doc = doc;
+	return 0;
+fail:
+	json_decref(doc);
+	return e;
+}
+
+void json_reject_fini(struct json_reject *r)
+{
+	json_decref(r->doc);
+	memset(r, 0, sizeof(*r));
+}
+
+int json_decode_pushed(const char *body, size_t len, uint64_t *sequence,
+		       char *id, size_t id_cap, char *err, size_t err_cap)
+{
+	const char *key;
+	char q[48];
+	json_t *doc, *v;
+	bool have_seq = false, have_id = false;
+	int e;
+
+	*sequence = 0;
+	if (id_cap > 0)
+		id[0] = '\0';
+	e = json_parse_body(body, len, 0, &doc, err, err_cap);
+	if (e < 0)
+		return e;
+	json_object_foreach(doc, key, v) {
+		if (!strcmp(key, "sequence")) {
+			if (!json_is_integer(v) || json_integer_value(v) <= 0) {
+				errmsg_set(err, err_cap, "sequence: expected a "
+					   "positive integer");
+				e = -EINVAL;
+				goto out;
+			}
+			*sequence = (uint64_t)json_integer_value(v);
+			have_seq = true;
+		} else if (!strcmp(key, "transaction_id") ||
+			   !strcmp(key, "transactionId")) {
+			if (!json_is_string(v) || json_string_length(v) == 0 ||
+			    json_string_length(v) >= id_cap) {
+				errmsg_set(err, err_cap, "transaction_id: expected "
+					   "a string of 1 to %zu bytes",
+					   id_cap - 1);
+				e = -EINVAL;
+				goto out;
+			}
+			memcpy(id, json_string_value(v), json_string_length(v) + 1);
+			have_id = true;
+		} else {
+			errmsg_set(err, err_cap, "unknown field \"%s\"",
+				   json_quote(q, key, strlen(key)));
+			e = -EINVAL;
+			goto out;
+		}
+	}
+	if (!have_seq || !have_id) {
+		errmsg_set(err, err_cap, "%s: missing",
+			   have_seq ? "transaction_id" : "sequence");
+		e = -EINVAL;
+	}
+out:
+	json_decref(doc);
+	return e;
+}
+
+char *json_encode_apply(uint64_t applied_sequence, uint32_t applied,
+			uint32_t skipped)
+{
+	json_t *o = json_object();
+	bool ok = o != NULL;
+
+	if (!o)
+		return NULL;
+	json_put(o, "applied_sequence", json_u64(applied_sequence), &ok);
+	json_put(o, "applied", json_integer(applied), &ok);
+	json_put(o, "skipped", json_integer(skipped), &ok);
+	if (!ok) {
+		json_decref(o);
+		return NULL;
+	}
+	return json_dump_free(o);
+}
+
+char *json_encode_outbox(const struct outbox_entry *e, size_t n, uint64_t depth)
+{
+	json_t *o = json_object(), *arr = json_array();
+	bool ok = o && arr;
+
+	if (!ok) {
+		json_decref(o);
+		json_decref(arr);
+		return NULL;
+	}
+	for (size_t i = 0; i < n && ok; i++) {
+		json_t *x = json_object();
+
+		ok = x != NULL;
+		if (!ok)
+			break;
+		json_put(x, "sequence", json_u64(e[i].sequence), &ok);
+		json_put(x, "recipient", json_string(e[i].recipient), &ok);
+		json_put(x, "brand_code", json_integer(e[i].brand_code), &ok);
+		json_put(x, "iys_code", json_integer(e[i].iys_code), &ok);
+		json_put(x, "channel",
+			 json_enum_value(enums_channel_name(e[i].channel),
+					 e[i].channel), &ok);
+		json_put(x, "recipient_type",
+			 json_enum_value(enums_rtype_name(e[i].recipient_type),
+					 e[i].recipient_type), &ok);
+		json_put(x, "source",
+			 json_enum_value(enums_source_name(e[i].source),
+					 e[i].source), &ok);
+		json_put(x, "consent_date", json_integer(e[i].consent_date), &ok);
+		json_put(x, "state", json_string(outbox_state_name(e[i].state)),
+			 &ok);
+		json_put(x, "transaction_id", json_string(e[i].pushed_id), &ok);
+		if (json_array_append_new(arr, x) != 0)
+			ok = false;
+	}
+	json_put(o, "entries", arr, &ok);
+	json_put(o, "depth", json_u64(depth), &ok);
+	if (!ok) {
+		json_decref(o);
+		return NULL;
+	}
+	return json_dump_free(o);
+}
+
+char *json_encode_pushed(uint64_t sequence)
+{
+	json_t *o = json_object();
+	bool ok = o != NULL;
+
+	if (!o)
+		return NULL;
+	json_put(o, "sequence", json_u64(sequence), &ok);
+	json_put(o, "state", json_string(outbox_state_name(OUTBOX_PUSHED)), &ok);
 	if (!ok) {
 		json_decref(o);
 		return NULL;

@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <stdbool.h>
+
 #include "index/check.h"
 
 #define JSON_MAX_BODY_BYTES (1u << 20) /* a POST body: 1 MiB */
@@ -89,10 +91,55 @@ struct json_stats {
 	int64_t data_as_of;
 	uint64_t generation;
 	uint64_t checks_total;
+	/* The outbox (§11), with the 'stats' right and a writer. */
+	bool outbox;
+	uint64_t outbox_depth;
+	int64_t outbox_oldest_age_s;
 };
 char *json_encode_stats(const struct json_stats *s);
 
 /* {"error":"msg"}. */
 char *json_encode_error(const char *msg);
+
+/* POST /v1/reject's body: {"recipient":…, "brand_code":…, "channel":…,
+ * "recipient_type":…, "source":…} (names or numbers, null unset; source a
+ * defined name or number). The checks' fields decode as in a CheckRequest;
+ * unknown fields, bad types and unknown enum values are refused naming
+ * the field. What only the rejection can judge (a recipient that does not
+ * normalise, no channel, a source not a provider's) is reject_build's.
+ * The recipient points into doc until json_reject_fini. */
+struct json_reject {
+	const char *recipient;
+	size_t recipient_len;
+	uint32_t brand_code;
+	int channel;
+	int recipient_type;
+	int source;
+	void *doc;
+};
+int json_decode_reject(const char *body, size_t len, struct json_reject *out,
+		       char *err, size_t err_cap);
+void json_reject_fini(struct json_reject *r);
+
+/* POST /v1/outbox/pushed's body: {"sequence":S,"transaction_id":"…"},
+ * both required, nothing else; id gets the text (id_cap with its NUL). */
+int json_decode_pushed(const char *body, size_t len, uint64_t *sequence,
+		       char *id, size_t id_cap, char *err, size_t err_cap);
+
+/* ApplyResponse: {"applied_sequence":…,"applied":…,"skipped":…}. */
+char *json_encode_apply(uint64_t applied_sequence, uint32_t applied,
+			uint32_t skipped);
+
+/* GET /v1/outbox: {"entries":[{"sequence":S,"recipient":…,"brand_code":…,
+ * "iys_code":…,"channel":"MESAJ","recipient_type":"BIREYSEL",
+ * "source":"HS_MESAJ","consent_date":T,"state":"queued"|"pushed",
+ * "transaction_id":"…"}],"depth":D}; transaction_id is İYS's ("" while
+ * queued). */
+struct outbox_entry;
+char *json_encode_outbox(const struct outbox_entry *e, size_t n,
+			 uint64_t depth);
+
+/* {"sequence":S,"state":"pushed"}. */
+char *json_encode_pushed(uint64_t sequence);
 
 #endif

@@ -180,7 +180,7 @@ static void main_usage(FILE *f)
 		fprintf(f, "  --%-26s %s\n", main_flags[i].name,
 			main_flags[i].help);
 	fprintf(f, "  --%-26s %s\n", "tokens",
-		"FILE: partner tokens (NAME SHA256HEX BRANDS [apply] [stats]); "
+		"FILE: partner tokens (NAME SHA256HEX BRANDS [apply] [stats] [reject]); "
 		"without it every client is trusted");
 	fprintf(f, "  --%-26s %s\n", "policy-map",
 		"FILE: senders to brands for --policy (KEY BRAND "
@@ -689,7 +689,9 @@ static int main_open_writer(struct main_state *s)
 	struct writer_options wo = {
 		.data_dir = cfg->data_dir,
 		.index_load = cfg->index_load,
-		.n_queues = cfg->workers,
+		/* One completion queue per worker, and the ops thread's
+		 * (POST /v1/reject) after them: queue cfg->workers. */
+		.n_queues = cfg->workers + 1,
 		.metrics = metrics_slot(cfg->workers + 1),
 		.checkpoint_changes = cfg->checkpoint_changes,
 		.segment_bytes = cfg->changelog_segment_bytes,

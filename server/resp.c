@@ -31,6 +31,8 @@
 #include "core/tokens.h"
 #include "server/config.h"
 #include "server/metrics.h"
+#include "server/reject.h"
+#include "server/writer.h"
 
 #define RESP_LINE_MAX 24 /* '*' or '$', a sign, 18 digits, CRLF, slack */
 
@@ -339,6 +341,41 @@ static int resp_verdict(struct obuf *b, const struct verdict *v)
 	return 0;
 }
 
+/* The writer's answer to a REJECT: *3 [:applied_sequence, :applied,
+ * :skipped] (applied 0, skipped 1: a newer record stood), or an error
+ * named by its kind (the message is the writer's, CR/LF never in it). */
+static int resp_reply_apply(struct conn_ctx *x, struct conn *c,
+			    const struct writer_reply *r)
+{
+	(void)x;
+	if (r->code != 0) {
+		const char *kind = r->code == 400 ? "ERR INVALID_REQUEST" :
+				   r->code == 403 ? "NOPERM" :
+				   r->code == 409 ? "ERR CONFLICT" :
+				   r->code == 503 ? "ERR UNAVAILABLE" : "ERR";
+		char msg[sizeof(r->message) + 32];
+
+		snprintf(msg, sizeof(msg), "%s %s", kind, r->message);
+		for (char *q = msg; *q; q++)
+			if (*q == '\r' || *q == '\n')
+				*q = ' ';
+		return resp_line(&c->out, '-', msg);
+	}
+	char *p = obuf_reserve(&c->out, 3 * 24 + 8);
+	if (p == NULL)
+		return -ENOMEM;
+	char *q = p;
+	q = RESP_LIT(q, "*3\r\n:");
+	q = decimal_put_u64(q, r->applied_sequence);
+	q = RESP_LIT(q, "\r\n:");
+	q = decimal_put_u64(q, r->applied);
+	q = RESP_LIT(q, "\r\n:");
+	q = decimal_put_u64(q, r->skipped);
+	q = RESP_LIT(q, "\r\n");
+	c->out.len += (size_t)(q - p);
+	return 0;
+}
+
 /* ---- commands ---------------------------------------------------------- */
 
 static bool resp_is(const struct resp_arg *a, const char *name, size_t n)
@@ -586,6 +623,57 @@ static int resp_info(struct conn_ctx *x, struct conn *c)
 	return resp_bulk(&c->out, text, (size_t)n);
 }
 
+/* REJECT recipient brand channel [BIREYSEL|TACIR] [SOURCE]: a local
+ * rejection (§11, server/reject.h) through the writer. The reply waits
+ * for it (apply_wait: no later command is read meanwhile) and is
+ * resp_reply_apply's. */
+static int resp_reject(struct conn_ctx *x, struct conn *c,
+		       const struct resp_arg *a, uint32_t argc)
+{
+	struct reject_input in = { 0 };
+	struct writer_reply now;
+	const char *bad;
+	int rc;
+
+	if (argc < 4 || argc > 6)
+		return resp_arity(c, "reject");
+	if (!principal_may_reject(c->principal))
+		return resp_line(&c->out, '-', "NOPERM this principal may not "
+				 "reject (no 'reject' right)");
+	if (x->cfg->writer == NULL)
+		return resp_line(&c->out, '-', "ERR UNAVAILABLE REJECT is not "
+				 "available here (no change log)");
+	in.recipient = a[1].p;
+	in.recipient_len = a[1].len;
+	bad = resp_brand(&a[2], &in.brand_code);
+	if (bad == NULL)
+		bad = resp_channel(&a[3], &in.channel);
+	for (uint32_t i = 4; bad == NULL && i < argc; i++) {
+		int r = enums_rtype_parse(a[i].p, a[i].len);
+		/* No name is both a recipient type and a source. */
+		int src = r ? 0 : enums_source_parse(a[i].p, a[i].len);
+
+		if (r && !in.recipient_type)
+			in.recipient_type = r;
+		else if (src && src != SOURCE_OTHER && !in.source)
+			in.source = src;
+		else
+			bad = "expected BIREYSEL or TACIR, then a source "
+			      "(HS_MESAJ, HS_CAGRI_MERKEZI, ...)";
+	}
+	if (bad != NULL)
+		return resp_invalid(&c->out, bad);
+	rc = reject_submit(x->cfg->writer, x->worker, c->tag, 0, c->principal,
+			   &in, &now);
+	if (rc < 0)
+		return rc;
+	if (rc == 0)
+		return resp_reply_apply(x, c, &now);
+	c->apply_wait = true;
+	c->paused = true;
+	return 0;
+}
+
 static int resp_unknown(struct conn *c, const struct resp_arg *name)
 {
 	char msg[96], shown[49];
@@ -635,6 +723,8 @@ static int resp_command(struct conn_ctx *x, struct conn *c,
 		return resp_mcheck(x, c, a, argc);
 	if (RESP_IS(&a[0], "INFO"))
 		return resp_info(x, c);
+	if (RESP_IS(&a[0], "REJECT"))
+		return resp_reject(x, c, a, argc);
 	return resp_unknown(c, &a[0]);
 }
 
@@ -663,7 +753,7 @@ static long resp_process(struct conn_ctx *x, struct conn *c, const char *buf,
 
 	if (rw == NULL)
 		return -ENOMEM;
-	while (!c->want_close && rc == 0 && pos < len) {
+	while (!c->want_close && !c->apply_wait && rc == 0 && pos < len) {
 		struct resp_limits lim;
 		const char *why = "malformed";
 		uint32_t argc = 0;
@@ -726,7 +816,7 @@ const struct conn_proto resp_proto = {
 	.metrics = METRICS_RESP,
 	.process = resp_process,
 	.reply_fatal = resp_proto_fatal,
-	.reply_apply = NULL, /* RESP submits no Apply */
+	.reply_apply = resp_reply_apply, /* REJECT's */
 	.ctx_create = resp_ctx_create,
 	.ctx_destroy = free,
 	.refusal = resp_refusal,

@@ -36,6 +36,7 @@
 #include "proto/consent.pb-c.h"
 #include "server/config.h"
 #include "server/metrics.h"
+#include "server/reject.h"
 #include "server/writer.h"
 
 /* ---- wire reading ------------------------------------------------------ */
@@ -1094,6 +1095,44 @@ static int rpc_apply(struct conn_ctx *x, struct conn *c,
 	return 0;
 }
 
+/* A local rejection (§11): one RET of origin "local" through the writer,
+ * answered like an Apply (server/reject.h). */
+static int rpc_reject(struct conn_ctx *x, struct conn *c,
+		      const struct rpc_request *req)
+{
+	struct writer_reply now;
+	int rc;
+
+	if (x->cfg->writer == NULL)
+		return rpc_encode_error(&c->out, req->id,
+					RPC_E_NOT_IMPLEMENTED,
+					"Reject is not available here (no "
+					"change log)");
+	Consent__V1__RejectRequest *rr = consent__v1__reject_request__unpack(
+		NULL, req->body_len, req->body);
+	if (rr == NULL)
+		return rpc_encode_error(&c->out, req->id, RPC_E_UNAVAILABLE,
+					"out of memory decoding the Reject");
+	struct reject_input in = {
+		.recipient = rr->recipient ? rr->recipient : "",
+		.recipient_len = rr->recipient ? strlen(rr->recipient) : 0,
+		.brand_code = rr->brand_code,
+		.channel = (int)rr->channel,
+		.recipient_type = (int)rr->recipient_type,
+		.source = (int)rr->source,
+	};
+	rc = reject_submit(x->cfg->writer, x->worker, c->tag, req->id,
+			   c->principal, &in, &now);
+	consent__v1__reject_request__free_unpacked(rr, NULL);
+	if (rc < 0)
+		return rc;
+	if (rc == 0)
+		return rpc_reply_apply(&c->out, &now);
+	c->apply_wait = true;
+	c->paused = true;
+	return 0;
+}
+
 static const char *rpc_kind_name(int kind)
 {
 	static const char *const names[RPC_REQ_END] = {
@@ -1138,12 +1177,17 @@ static int rpc_handle(struct conn_ctx *x, struct rpc_worker *rw,
 						"this principal may not apply "
 						"changes");
 		return rpc_apply(x, c, req);
-	case RPC_REQ_HISTORY:
 	case RPC_REQ_REJECT:
+		if (!principal_may_reject(c->principal))
+			return rpc_encode_error(&c->out, req->id,
+						RPC_E_FORBIDDEN,
+						"this principal may not reject "
+						"(no 'reject' right)");
+		return rpc_reject(x, c, req);
+	case RPC_REQ_HISTORY:
 		return rpc_encode_error(&c->out, req->id,
 					RPC_E_NOT_IMPLEMENTED,
-					"this server keeps no history and takes "
-					"no local rejections");
+					"this server keeps no history");
 	default:
 		return rpc_encode_error(&c->out, req->id, RPC_E_BAD_REQUEST,
 					"Request has no body (check, apply, "

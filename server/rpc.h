@@ -19,13 +19,16 @@
  *       Apply: a change is invalid (the message names it and its field;
  *       nothing of the request is applied)
  *   401 not authenticated (Check, Stats, Apply before Auth) / bad token
- *   403 authenticated but not permitted (Apply without 'apply', or a
- *       change for a brand outside the principal's list: nothing applied)
+ *   403 authenticated but not permitted (Apply without 'apply', Reject
+ *       without 'reject', or a change for a brand outside the
+ *       principal's list: nothing applied)
  *   408 a frame stalled half-sent past the deadline (closed)
  *   413 a frame over the size limit (closed) / a reply over the output cap
  *   501 Apply where no writer was configured (the module alone)
  *   503 the server is at its connection cap (closed) / Apply: the change
  *       log failed (its message) or no generation is loaded yet
+ * A Reject (§11, server/reject.h) is an Apply of one local RET: 400 for
+ * a bad field (named), answered with an ApplyResponse like one.
  * An Apply is answered once its changes are durable (server/writer.h);
  * until then the connection processes no further input, so replies stay
  * in request order.

@@ -39,6 +39,18 @@
  * every batch the same way; replay needs no rule at all, since the log
  * holds only batches that passed it.
  *
+ * Local rejections (§11). Origin "local" is unconditional: a batch of it
+ * is applied whatever its after_cursor says (gateways take rejections
+ * independently; there is no feed to follow), and its cursor becomes the
+ * decimal log position of the batch (its last change's). The rule still
+ * reads only the request and the position the group gives it, so it stays
+ * deterministic. Each local RET is queued in the outbox (index/outbox.h)
+ * and each RET of an "iys:*" origin reconciles what it matches; the
+ * outbox's records are made durable after the group is applied and
+ * before any of its replies goes out (outbox_commit: a second fdatasync,
+ * only for groups that touched the outbox), and a crash between the two
+ * is mended at open by outbox_rebuild from the change log.
+ *
  * Generations. Four things make one, all on this thread; the disk's part
  * (copying a table, publishing, pruning, replaying) is index/generation.h's:
  *  - growth: at the load limit (index_apply_writer says -ENOSPC) a table
@@ -77,12 +89,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/decimal.h"
 #include "core/errmsg.h"
 #include "core/stream.h"
 #include "core/tokens.h"
 #include "index/changelog.h"
 #include "index/generation.h"
 #include "index/origins.h"
+#include "index/outbox.h"
 #include "index/table.h"
 #include "proto/consent.pb-c.h"
 #include "server/live.h"
@@ -96,6 +110,7 @@ struct writer_req {
 	unsigned queue;
 	Consent__V1__ApplyRequest *apply; /* freed once applied */
 	enum origins_kind kind; /* writer_group: the kind it takes part as */
+	char local_cursor[24];  /* origin "local": its batch's position */
 	struct writer_reply reply;
 };
 
@@ -124,6 +139,7 @@ struct writer {
 	struct writer_options opt;
 	char dir[PATH_MAX];
 	struct changelog *log;
+	struct outbox *outbox;   /* local RETs owed to İYS */
 	struct metrics *m;
 	struct metrics *own_metrics; /* when the options gave none (tests) */
 	struct writer_queue *queues;
@@ -525,6 +541,12 @@ static bool has_origin(const Consent__V1__ApplyRequest *a)
 	return a->origin != NULL && a->origin[0] != '\0';
 }
 
+static bool writer_origin_local(const char *origin, size_t len)
+{
+	return len == strlen(OUTBOX_ORIGIN_LOCAL) &&
+	       memcmp(origin, OUTBOX_ORIGIN_LOCAL, len) == 0;
+}
+
 /* The cursor an origin has at this point of the group: the last move of
  * it earlier in the group, else the table's ("" and 0 when unknown). */
 static const char *group_cursor(const struct writer *w, size_t n_moves,
@@ -609,7 +631,10 @@ static size_t group_origins(struct writer *w, struct writer_req *list,
 		size_t ol = strlen(a->origin), al = strlen(a->after_cursor);
 		size_t cl = strlen(a->cursor), sl;
 		const char *stored = group_cursor(w, nb, a->origin, ol, &sl);
-		if (sl != al || memcmp(stored, a->after_cursor, al) != 0) {
+		const char *cursor = a->cursor;
+		bool local = writer_origin_local(a->origin, ol);
+		if (!local &&
+		    (sl != al || memcmp(stored, a->after_cursor, al) != 0)) {
 			reply_errorf(r, 409, "stored cursor \"%.*s\" of origin "
 				     "\"%s\": after_cursor \"%s\" does not "
 				     "follow it (nothing of this batch was "
@@ -618,8 +643,8 @@ static size_t group_origins(struct writer *w, struct writer_req *list,
 			metrics_inc(&w->m->applies_conflict);
 			continue;
 		}
-		if (a->n_changes == 0 && cl == sl &&
-		    memcmp(a->cursor, stored, cl) == 0) {
+		if (a->n_changes == 0 && (local || (cl == sl &&
+		    memcmp(a->cursor, stored, cl) == 0))) {
 			*heartbeat = true; /* the cursor stays: nothing to log */
 			continue;
 		}
@@ -634,17 +659,24 @@ static size_t group_origins(struct writer *w, struct writer_req *list,
 			w->ptrs[m] = a->changes[i];
 			m++;
 		}
+		if (local) {
+			/* Unconditional (§11): the cursor is the batch's log
+			 * position, the same on every replica. */
+			cursor = r->local_cursor;
+			cl = (size_t)(decimal_put_u64(r->local_cursor, next) -
+				      r->local_cursor);
+		}
 		b->commit = (struct changelog_commit){
 			.kind = ORIGINS_ORIGIN,
 			.origin = a->origin, .origin_len = ol,
-			.cursor = a->cursor, .cursor_len = cl,
+			.cursor = cursor, .cursor_len = cl,
 			/* A cursor moved by no change has a position of its
 			 * own (a heartbeat that moves it, §9's empty message). */
 			.sequence = a->n_changes ? 0 : ++next,
 		};
 		if (a->n_changes == 0)
 			*heartbeat = true;
-		w->moves[nb] = (struct writer_move){ a->origin, a->cursor, ol, cl };
+		w->moves[nb] = (struct writer_move){ a->origin, cursor, ol, cl };
 		nb++;
 	}
 	*n_chg = m;
@@ -769,6 +801,29 @@ static int group_apply(struct writer *w, struct writer_req *list, size_t m)
 	return 0;
 }
 
+/* The outbox's part of the group (its changes in log order, each with
+ * its batch's origin), durable before any reply. 0, or < 0 with the
+ * writer faulted and list refused: the changes are in the log and the
+ * index, and a restart rebuilds the outbox from the log. */
+static int group_outbox(struct writer *w, struct writer_req *list, size_t m)
+{
+	char err[300];
+	int rc = 0;
+	for (size_t i = 0; i < m && rc == 0; i++) {
+		const char *o = w->chg[i].r->apply->origin;
+		rc = outbox_observe(w->outbox, o, strlen(o), w->chg[i].c);
+	}
+	if (rc == 0)
+		rc = outbox_commit(w->outbox, w->applied, err, sizeof(err));
+	else
+		snprintf(err, sizeof(err), "out of memory");
+	if (rc < 0) {
+		writer_set_fault(w, "outbox: %s", err);
+		refuse_unanswered(w, list);
+	}
+	return rc;
+}
+
 /* Appends, applies and answers the requests of list (arrival order). */
 static void writer_group(struct writer *w, struct writer_req *list)
 {
@@ -802,6 +857,8 @@ static void writer_group(struct writer *w, struct writer_req *list)
 		return;
 	if (kind == ORIGINS_ORIGIN && nb > 0)
 		w->applied = last; /* a cursor moved alone has a position */
+	if (kind == ORIGINS_ORIGIN && m > 0 && group_outbox(w, list, m) < 0)
+		return;
 	if (m > 0 || heartbeat) {
 		struct timespec ts;
 		clock_gettime(CLOCK_REALTIME, &ts);
@@ -993,6 +1050,24 @@ int writer_open(const struct writer_options *opt, struct writer **out,
 	generation_remove_leftovers(w->dir);
 	w->applied = changelog_last_sequence(w->log);
 
+	uint64_t cut = 0;
+	rc = outbox_open(w->dir, &w->outbox, &cut, lerr, sizeof(lerr));
+	if (rc < 0) {
+		rc = errmsg_fail(err, err_cap, rc, "outbox: %s", lerr);
+		goto fail_free;
+	}
+	if (cut)
+		say("outbox: removed a torn tail of %" PRIu64 " bytes (an "
+		    "append a crash interrupted, never acknowledged)", cut);
+	rc = outbox_rebuild(w->outbox, w->log, lerr, sizeof(lerr));
+	if (rc < 0) {
+		rc = errmsg_fail(err, err_cap, rc, "outbox: %s", lerr);
+		goto fail_free;
+	}
+	if (rc > 0)
+		say("outbox: %d local rejection(s) recovered from the change "
+		    "log (a crash fell between the two)", rc);
+
 	uint64_t gen = 0, replayed = 0;
 	bool grown = false;
 	double t0 = mono_s();
@@ -1101,6 +1176,7 @@ void writer_close(struct writer *w)
 		free(w->take);
 	}
 	changelog_close(w->log);
+	outbox_close(w->outbox);
 	if (w->efd >= 0)
 		close(w->efd);
 	free(w->queues);
@@ -1181,6 +1257,25 @@ static int submit_refusal(const struct writer *w,
 		 * check the rest, size included. */
 		for (size_t i = 0; i < a->n_changes; i++)
 			a->changes[i]->sequence = UINT64_MAX - a->n_changes + 1 + i;
+		if (writer_origin_local(a->origin, strlen(a->origin))) {
+			/* A local batch skips the cursor rule and feeds the
+			 * outbox: only local rejections may take it, and only
+			 * as RETs (§11). */
+			if (!principal_may_reject(principal))
+				return submit_error(now, 403, "origin \"local\" "
+						    "is for local rejections: "
+						    "this principal may not "
+						    "reject");
+			if (a->n_changes == 0)
+				return submit_error(now, 400, "origin \"local\": "
+						    "a batch without changes");
+			for (size_t i = 0; i < a->n_changes; i++)
+				if (a->changes[i]->status != CONSENT__V1__STATUS__RET)
+					return submit_error(now, 400, "changes[%zu]: "
+							    "status: origin "
+							    "\"local\" takes "
+							    "RET only", i);
+		}
 	} else if ((a->after_cursor && a->after_cursor[0]) ||
 		   (a->cursor && a->cursor[0])) {
 		return submit_error(now, 400, "%s: set without origin",
@@ -1296,6 +1391,11 @@ int writer_origin_cursor(struct writer *w, const char *origin,
 	pthread_mutex_unlock(&w->origins_mu);
 	buf[len] = '\0';
 	return found;
+}
+
+struct outbox *writer_outbox(struct writer *w)
+{
+	return w != NULL ? w->outbox : NULL;
 }
 
 bool writer_fault(const struct writer *w, char *msg, size_t cap)

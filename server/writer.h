@@ -85,8 +85,12 @@ struct writer_reply {
  * refuses with 409 an origin's batch whose after_cursor is not the
  * stored cursor (the message names the stored one), and an Apply of the
  * kind the data directory does not take (origins and feeder-given
- * sequences never mix, DESIGN §8). Nothing of a refused request is
- * applied. */
+ * sequences never mix, DESIGN §8). Origin "local" (local rejections,
+ * §11) is unconditional: applied whatever its after_cursor, its cursor
+ * becoming the batch's decimal log position; it needs the principal's
+ * 'reject' right (403) and at least one change, each a RET (400), and
+ * each of its RETs is queued in the outbox before the reply. Nothing of
+ * a refused request is applied. */
 struct principal;
 typedef struct Consent__V1__ApplyRequest Consent__V1__ApplyRequest;
 int writer_submit(struct writer *w, unsigned queue, uint64_t tag, uint64_t id,
@@ -126,6 +130,12 @@ void writer_rebuild(struct writer *w);
  * it moves cursors. */
 int writer_origin_cursor(struct writer *w, const char *origin,
 			 size_t origin_len, char *buf, size_t cap);
+
+/* Any thread: the data directory's outbox of local rejections
+ * (index/outbox.h: its list and pushed mark are thread-safe), or NULL for
+ * a NULL writer. Lives until writer_close. */
+struct outbox;
+struct outbox *writer_outbox(struct writer *w);
 
 /* Any thread: true once the change log failed (Applies are refused since;
  * the state served stays). msg gets the reason. For /readyz. */

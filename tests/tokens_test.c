@@ -37,7 +37,7 @@ static int good_text(char *buf, size_t cap)
 			"alpha %s 300,100,200,100   # duplicate 100 is fine\n"
 			"   \t\n"
 			"bravo\t%s\t*\tapply\r\n"
-			"charlie %s 12345678 stats apply\n"
+			"charlie %s 12345678 reject stats apply\n"
 			"# the end, no newline after this comment",
 			hexdigest(tok_a, a), hexdigest(tok_b, b),
 			hexdigest(tok_c, c));
@@ -71,6 +71,7 @@ static void test_good_file(void)
 		CHECK_STREQ(p->name, "alpha");
 		CHECK(!p->all_brands && !p->may_apply && !p->may_stats);
 		CHECK(!principal_may_stats(p));
+		CHECK(!p->may_reject && !principal_may_reject(p));
 		CHECK(p->n_brands == 3);
 		CHECK(p->brands[0] == 100 && p->brands[1] == 200 &&
 		      p->brands[2] == 300);
@@ -87,6 +88,7 @@ static void test_good_file(void)
 	if (p != NULL) {
 		CHECK_STREQ(p->name, "bravo");
 		CHECK(p->all_brands && p->may_apply && !p->may_stats);
+		CHECK(!principal_may_reject(p)); /* apply does not imply it */
 		CHECK(principal_may_check(p, 1));
 		CHECK(principal_may_check(p, 99999999));
 	}
@@ -96,6 +98,7 @@ static void test_good_file(void)
 		CHECK_STREQ(p->name, "charlie");
 		CHECK(p->may_apply && !p->all_brands && p->n_brands == 1);
 		CHECK(p->may_stats && principal_may_stats(p));
+		CHECK(p->may_reject && principal_may_reject(p));
 		CHECK(principal_may_check(p, 12345678));
 		CHECK(!principal_may_check(p, 1234567));
 	}
@@ -126,6 +129,7 @@ static void test_own_check_counts(void)
 		CHECK(principal_checks(b) == 1);
 		CHECK(principal_checks(NULL) == 0);
 		CHECK(principal_may_stats(NULL));
+		CHECK(principal_may_reject(NULL));
 	}
 	tokens_destroy(t);
 }
@@ -183,20 +187,25 @@ static void test_malformed_lines(void)
 	const char *hb = hexdigest(tok_b, b);
 
 	bad_line("bravo", "tokens line 2: too few fields: the format is NAME "
-		 "SHA256HEX BRANDS [apply] [stats]");
+		 "SHA256HEX BRANDS [apply] [stats] [reject]");
 	bad_line("bravo 0123", "tokens line 2: too few fields: the format is "
-		 "NAME SHA256HEX BRANDS [apply] [stats]");
-	snprintf(line, sizeof(line), "bravo %s 1 apply stats extra", hb);
+		 "NAME SHA256HEX BRANDS [apply] [stats] [reject]");
+	snprintf(line, sizeof(line), "bravo %s 1 apply stats reject extra", hb);
 	bad_line(line, "tokens line 2: too many fields: the format is NAME "
-		 "SHA256HEX BRANDS [apply] [stats]");
+		 "SHA256HEX BRANDS [apply] [stats] [reject]");
 	snprintf(line, sizeof(line), "bravo %s 1 Apply", hb);
 	bad_line(line, "tokens line 2: 'Apply' is not a flag (they are "
-		 "'apply' and 'stats')");
+		 "'apply', 'stats' and 'reject')");
 	snprintf(line, sizeof(line), "bravo %s 1 apply extra", hb);
 	bad_line(line, "tokens line 2: 'extra' is not a flag (they are "
-		 "'apply' and 'stats')");
+		 "'apply', 'stats' and 'reject')");
 	snprintf(line, sizeof(line), "bravo %s 1 stats stats", hb);
 	bad_line(line, "tokens line 2: flag 'stats' given twice");
+	snprintf(line, sizeof(line), "bravo %s 1 reject apply reject", hb);
+	bad_line(line, "tokens line 2: flag 'reject' given twice");
+	snprintf(line, sizeof(line), "bravo %s 1 rejects", hb);
+	bad_line(line, "tokens line 2: 'rejects' is not a flag (they are "
+		 "'apply', 'stats' and 'reject')");
 	snprintf(line, sizeof(line), "bravo %s abc", hb);
 	bad_line(line, "tokens line 2: brand list: 'abc' is not a brand code "
 		 "(1 to 99999999)");

@@ -9,7 +9,9 @@
  * (RLIMIT_FSIZE), concurrent submitters and request validation; origins
  * and cursors (DESIGN §8): the cursor rule, server-given positions, a
  * group of batches of one origin, the kinds that never mix, all of it
- * across restarts and a SIGKILL.
+ * across restarts and a SIGKILL; local rejections (§11): origin "local"
+ * unconditional, its cursor the batch's position, the reject right, the
+ * outbox fed and reconciled in log order, the order rule kept.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -38,7 +40,9 @@
 #include "index/origins.h"
 #include "index/table.h"
 #include "proto/consent.pb-c.h"
+#include "index/outbox.h"
 #include "server/live.h"
+#include "server/reject.h"
 #include "server/writer.h"
 #include "tests/check.h"
 
@@ -1133,6 +1137,190 @@ static void test_sequence_kind_kept(void)
 	free(m);
 }
 
+/* ---- local rejections (§11) ---- */
+
+/* A local rejection of key k through reject_submit, as every port makes
+ * it; waits for the reply. */
+static struct writer_reply reject_k(struct writer *w, uint64_t k, uint64_t id)
+{
+	char text[64];
+	int channel;
+	key_text(k, text, sizeof(text), &channel);
+	struct reject_input in = {
+		.recipient = text, .recipient_len = strlen(text),
+		.brand_code = key_brand(k), .channel = channel,
+	};
+	struct writer_reply now;
+	int rc = reject_submit(w, 0, 1000 + id, id, submit_as, &in, &now);
+	CHECK(rc >= 0);
+	if (rc != 1)
+		return now;
+	struct waiter wt = { .n = 0 };
+	wait_replies(w, 0, &wt, 1);
+	return wt.got[0];
+}
+
+static size_t outbox_entries(struct writer *w, struct outbox_entry *e,
+			     size_t max)
+{
+	return outbox_list(writer_outbox(w), NULL, NULL, e, max, NULL);
+}
+
+/* Origin "local" is unconditional: applied whatever after_cursor says,
+ * its cursor the decimal position of its batch (alone and in a group of
+ * two); RET only, with the reject right, brands bounded first; the order
+ * rule still keeps a newer record; every local RET in the outbox, an İYS
+ * RET of its key reconciling it; all of it across a restart. */
+static void test_local_rejections(void)
+{
+	char dir[300], err[512] = "";
+	struct model *m = calloc(1, sizeof(*m));
+	struct chg c[4];
+	struct outbox_entry e[16];
+	new_dir(dir, sizeof(dir), 20, m);
+	struct writer *w = open_writer(dir, 0, 1);
+
+	/* Through the one entrance every port uses: a key with a record
+	 * and one without (a RET creates it). */
+	struct writer_reply r = reject_k(w, 2, 1);
+	CHECKF(r.code == 0 && r.applied == 1 && r.applied_sequence == 1,
+	       "%u %s", r.code, r.message);
+	CHECK(lookup(2, NULL) == STATUS_RET);
+	CHECK_STREQ(cursor_of(w, "local"), "1");
+	r = reject_k(w, 40, 2);
+	CHECK(r.code == 0 && r.applied == 1 && r.applied_sequence == 2);
+	CHECK(lookup(40, NULL) == STATUS_RET);
+	CHECK_STREQ(cursor_of(w, "local"), "2");
+
+	/* Any after_cursor, stale or made up, is applied. */
+	int64_t now = (int64_t)time(NULL);
+	chg_make(&c[0], 4, STATUS_RET, now, 0);
+	r = apply_o(w, c, 1, 3, "local", "nonsense", "whatever");
+	CHECKF(r.code == 0 && r.applied_sequence == 3, "%u %s", r.code,
+	       r.message);
+	CHECK_STREQ(cursor_of(w, "local"), "3");
+
+	/* The order rule: a newer record stands (skipped), yet the RET is
+	 * the log's and so the outbox's (see outbox.c). */
+	chg_make(&c[0], 6, STATUS_RET, DATE0 - 100, 0);
+	r = apply_o(w, c, 1, 4, "local", "", "x");
+	CHECK(r.code == 0 && r.applied == 0 && r.skipped == 1);
+	CHECK(lookup(6, NULL) == STATUS_ONAY);
+
+	/* Refusals: ONAY (400), no changes (400), no reject right (403),
+	 * a brand outside the list (403, before anything else). */
+	chg_make(&c[0], 8, STATUS_ONAY, now, 0);
+	r = apply_o(w, c, 1, 5, "local", "", "x");
+	CHECKF(r.code == 400 && strstr(r.message, "RET only"), "%u %s",
+	       r.code, r.message);
+	r = apply_o(w, NULL, 0, 6, "local", "", "x");
+	CHECKF(r.code == 400, "%u %s", r.code, r.message);
+	struct principal applier = { .name = "feeder", .may_apply = true,
+				     .all_brands = true };
+	submit_as = &applier;
+	chg_make(&c[0], 8, STATUS_RET, now, 0);
+	r = apply_o(w, c, 1, 7, "local", "", "x");
+	CHECKF(r.code == 403 && strstr(r.message, "reject"), "%u %s", r.code,
+	       r.message);
+	struct principal gw = { .name = "gw", .may_reject = true };
+	uint32_t gw_brands[] = { 100 };
+	gw.brands = gw_brands;
+	gw.n_brands = 1;
+	submit_as = &gw;
+	r = reject_k(w, 1, 8); /* brand 101 */
+	CHECKF(r.code == 403 && strstr(r.message, "brand_code 101"), "%u %s",
+	       r.code, r.message);
+	r = reject_k(w, 3, 9); /* brand 100 */
+	CHECK(r.code == 0 && r.applied_sequence == 5);
+	submit_as = NULL;
+	/* Bad input is a 400 naming the field, before the writer. */
+	struct reject_input bad = { .recipient = "nobody", .recipient_len = 6,
+				    .brand_code = 100, .channel = CHANNEL_MESAJ };
+	struct writer_reply now_r;
+	CHECK(reject_submit(w, 0, 1, 1, NULL, &bad, &now_r) == 0);
+	CHECKF(now_r.code == 400 && strncmp(now_r.message, "recipient", 9) == 0,
+	       "%s", now_r.message);
+	bad.recipient = "+905320000002";
+	bad.recipient_len = strlen(bad.recipient);
+	bad.channel = CHANNEL_EPOSTA;
+	CHECK(reject_submit(w, 0, 1, 1, NULL, &bad, &now_r) == 0);
+	CHECKF(now_r.code == 400 && strncmp(now_r.message, "channel", 7) == 0,
+	       "%s", now_r.message);
+	bad.channel = CHANNEL_MESAJ;
+	bad.source = 34; /* IYS_WEB */
+	CHECK(reject_submit(w, 0, 1, 1, NULL, &bad, &now_r) == 0);
+	CHECKF(now_r.code == 400 && strncmp(now_r.message, "source", 6) == 0,
+	       "%s", now_r.message);
+
+	/* Two local batches in one group, both with stale cursors: both
+	 * applied, the cursor the second's position. */
+	chg_make(&c[0], 10, STATUS_RET, now, 0);
+	chg_make(&c[1], 12, STATUS_RET, now, 0);
+	chg_make(&c[2], 14, STATUS_RET, now, 0);
+	struct writer_reply q;
+	writer_close(w);
+	struct writer_options o = {
+		.data_dir = dir, .index_load = INDEX_LOAD_ANON, .n_queues = 1,
+	};
+	w = NULL;
+	CHECKF(writer_open(&o, &w, err, sizeof(err)) == 0, "%s", err);
+	if (w == NULL)
+		return;
+	CHECK_STREQ(cursor_of(w, "local"), "5");
+	CHECK(submit_o(w, 0, c, 2, 10, "local", "1", "x", &q) == 1);
+	CHECK(submit_o(w, 0, &c[2], 1, 11, "local", "2", "x", &q) == 1);
+	CHECK(writer_start(w, err, sizeof(err)) == 0);
+	struct waiter wt = { .n = 0 };
+	wait_replies(w, 0, &wt, 2);
+	for (unsigned i = 0; i < wt.n; i++)
+		CHECKF(wt.got[i].code == 0 && wt.got[i].applied_sequence == 8,
+		       "%u %s", wt.got[i].code, wt.got[i].message);
+	CHECK_STREQ(cursor_of(w, "local"), "8");
+	CHECK(lookup(10, NULL) == STATUS_RET && lookup(14, NULL) == STATUS_RET);
+
+	/* The outbox: every local RET, in log order. */
+	size_t n = outbox_entries(w, e, 16);
+	uint64_t want[] = { 1, 2, 3, 4, 5, 6, 7, 8 };
+	CHECK(n == 8);
+	for (size_t i = 0; i < n && i < 8; i++)
+		CHECK(e[i].sequence == want[i] && e[i].state == OUTBOX_QUEUED);
+	CHECK(e[1].brand_code == 101 && e[1].source == 8 &&
+	      e[1].consent_date >= now - 5);
+
+	/* İYS's copy of key 2's RET comes back through the pull: that entry
+	 * reconciles; an ONAY or an older RET reconciles nothing. */
+	CHECK(outbox_mark_pushed(writer_outbox(w), 1, "iys-tx-1", 8, err,
+				 sizeof(err)) == 0);
+	chg_make(&c[0], 2, STATUS_RET, e[0].consent_date, 0);
+	chg_make(&c[1], 40, STATUS_ONAY, now, 0);
+	chg_make(&c[2], 4, STATUS_RET, e[2].consent_date - 1, 0);
+	r = apply_o(w, c, 3, 12, "iys:101:HS", "", "a1");
+	CHECKF(r.code == 0, "%u %s", r.code, r.message);
+	n = outbox_entries(w, e, 16);
+	CHECK(n == 7 && e[0].sequence == 2 && e[1].sequence == 3);
+	CHECK(lookup(2, NULL) == STATUS_RET);
+
+	/* A restart keeps the cursor and the outbox. */
+	writer_close(w);
+	w = open_writer(dir, 0, 1);
+	CHECK_STREQ(cursor_of(w, "local"), "8");
+	CHECK(outbox_entries(w, e, 16) == 7 && e[0].sequence == 2);
+	writer_close(w);
+
+	/* A directory of the sequence kind refuses it with 409. */
+	new_dir(dir, sizeof(dir), 20, m);
+	w = open_writer(dir, 0, 1);
+	chg_make(&c[0], 2, STATUS_RET, DATE0 + 100, 1);
+	r = apply(w, c, 1, 1);
+	CHECK(r.code == 0);
+	r = reject_k(w, 4, 2);
+	CHECKF(r.code == 409 && strstr(r.message, "without origin"), "%u %s",
+	       r.code, r.message);
+	CHECK(outbox_entries(w, e, 16) == 0);
+	writer_close(w);
+	free(m);
+}
+
 int main(void)
 {
 	if (mkdtemp(tmpdir) == NULL) {
@@ -1151,6 +1339,7 @@ int main(void)
 	RUN(test_origins);
 	RUN(test_origins_group);
 	RUN(test_sequence_kind_kept);
+	RUN(test_local_rejections);
 	char cmd[200];
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);
 	if (system(cmd) != 0)
