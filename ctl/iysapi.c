@@ -200,7 +200,7 @@ enum iysapi_outcome {
 /* Waits for the rate budget, then one exchange. */
 static enum iysapi_outcome iysapi_exchange(struct iysapi *a, const char *method,
 					   const char *url, const char *json,
-					   bool auth, long *status,
+					   bool auth, bool idempotent, long *status,
 					   double *retry_after_s)
 {
 	struct curl_slist *h = NULL;
@@ -238,6 +238,14 @@ static enum iysapi_outcome iysapi_exchange(struct iysapi *a, const char *method,
 	curl_easy_setopt(a->curl, CURLOPT_SSL_VERIFYHOST, 2L);
 	if (a->o.ca_file)
 		curl_easy_setopt(a->curl, CURLOPT_CAINFO, a->o.ca_file);
+	if (!idempotent) {
+		/* libcurl sends a request again, unasked, when a kept-alive
+		 * connection it reused dies before an answer: for an add that
+		 * would be a second push İYS may take. A connection of its own
+		 * has nothing to retry on. */
+		curl_easy_setopt(a->curl, CURLOPT_FRESH_CONNECT, 1L);
+		curl_easy_setopt(a->curl, CURLOPT_FORBID_REUSE, 1L);
+	}
 	if (strcmp(method, "POST") == 0) {
 		curl_easy_setopt(a->curl, CURLOPT_POST, 1L);
 		curl_easy_setopt(a->curl, CURLOPT_POSTFIELDS, json ? json : "");
@@ -344,7 +352,7 @@ static int iysapi_token(struct iysapi *a)
 			free(body);
 			return -EINTR;
 		}
-		out = iysapi_exchange(a, "POST", url, body, false, &st, &ra);
+		out = iysapi_exchange(a, "POST", url, body, false, true, &st, &ra);
 		memset(body, 0, strlen(body));
 		free(body);
 		if (out == IYSAPI_ANSWER && st == 200) {
@@ -408,7 +416,8 @@ static int iysapi_call(struct iysapi *a, const char *method, const char *url,
 			return rc;
 		if (a->o.stop && *a->o.stop)
 			return -EINTR;
-		out = iysapi_exchange(a, method, url, json, true, &st, &ra);
+		out = iysapi_exchange(a, method, url, json, true, idempotent, &st,
+				      &ra);
 		if (out == IYSAPI_UNKNOWN && !idempotent)
 			return -EAGAIN;
 		if (out == IYSAPI_ANSWER && st == 401) {

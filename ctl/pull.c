@@ -21,7 +21,7 @@
  * next pass). After each complete pass, a heartbeat (an Apply with no
  * change and no origin) tells consentd İYS was seen this fresh
  * (data_as_of). Then, with --ops, the outbox of local rejections is
- * pushed (ctl/outbox.c). --once stops after one pass, else a pass starts
+ * pushed (ctl/outpush.c). --once stops after one pass, else a pass starts
  * every --interval seconds.
  *
  * Records go through core/iys (Turkey time to UTC, canonical recipients,
@@ -51,7 +51,7 @@
 #include "core/textfile.h"
 #include "ctl/ctl.h"
 #include "ctl/iysapi.h"
-#include "ctl/outbox.h"
+#include "ctl/outpush.h"
 #include "ctl/pull.h"
 #include "ctl/rpcclient.h"
 
@@ -705,7 +705,7 @@ int ctl_pull(int argc, char **argv)
 	const char *brands = NULL, *cred_path = NULL, *token_file = NULL;
 	const char *sources = "HS,IYS";
 	char *token_buf = NULL, err[600];
-	struct outbox *ob = NULL;
+	struct outpush *ob = NULL;
 	int rc, exit_code = 1;
 
 	for (int i = 1; i < argc; i++)
@@ -761,7 +761,7 @@ int ctl_pull(int argc, char **argv)
 		exit_code = 2;
 		goto out_curl;
 	}
-	if (p.o.ops && outbox_create(p.o.ops, p.api, &p.o, &pull_stop, &ob) < 0) {
+	if (p.o.ops && outpush_create(p.o.ops, p.api, &p.o, &pull_stop, &ob) < 0) {
 		exit_code = 2;
 		goto out_curl;
 	}
@@ -793,7 +793,7 @@ int ctl_pull(int argc, char **argv)
 				dt > 0 ? p.pass_records / dt : 0.0, req, retries);
 		}
 		if (rc == 0 && ob)
-			rc = outbox_push(ob);
+			rc = outpush_push(ob);
 		if (rc < 0 || p.o.once)
 			break;
 		if (!iysapi_sleep_ms(&pull_stop, (int64_t)(p.o.interval_s * 1000)))
@@ -808,7 +808,7 @@ int ctl_pull(int argc, char **argv)
 		exit_code = rc == 0 ? 0 : 1;
 	}
 out_curl:
-	outbox_destroy(ob);
+	outpush_destroy(ob);
 	iysapi_destroy(p.api);
 	curl_global_cleanup();
 out:

@@ -566,3 +566,73 @@ def test_pull_refuses_bad_flags_and_files(env):
         r = subprocess.run(base + ["--credentials", good] + extra,
                            capture_output=True, timeout=30)
         assert r.returncode == 2 and want in r.stderr, (extra, r.stderr)
+
+
+def test_pull_pushes_outbox_exactly_once(env):
+    """Local rejections (REJECT through redis-py) reach the stand-in exactly
+    once although the connector is killed -9 at random moments and İYS's
+    answer to two adds is lost after İYS committed them (the window
+    between İYS's answer and the mark); İYS's copies come back through the
+    pull and consentd reconciles every entry."""
+    import redis
+    brands = brands_for(env, 1, base=980001)
+    b = brands[0]
+    si = Standin(env.tmp, brands, 600, seed=19)
+    srv = fresh_server(env, "consentd-push")
+    rng = random.Random(99)
+    try:
+        # İYS's state in first, so the keys are ONAY here and there.
+        p = Puller(env, si, srv, brands, ["--once", "--rate", "100000"],
+                   name="pull-push0")
+        assert p.run(60) == 0, p.tail()
+        ref, _ = reference(env.pb, si)
+        onay = sorted(k for k, v in ref.items()
+                      if v[0] == env.pb.Status.Value("ONAY") and
+                      k[3] == env.pb.Channel.Value("MESAJ") and
+                      k[2] == env.pb.RecipientType.Value("BIREYSEL"))
+        keys = rng.sample(onay, 6)
+        r = redis.Redis(host="127.0.0.1", port=srv.resp, socket_timeout=10)
+        for k in keys:
+            out = r.execute_command("REJECT", k[1], b, "MESAJ")
+            assert out is not None
+        ob = helpers.json.loads(srv.http_get("/v1/outbox")[2])
+        assert ob["depth"] == 6, ob
+        want = {(e["recipient"], e["consent_date"]) for e in ob["entries"]}
+
+        si.faults(add_drop_after_commit=2)
+        args = ["--ops", "127.0.0.1:%d" % srv.http, "--interval", "0.2",
+                "--rate", "240"]
+        p = Puller(env, si, srv, brands, args, name="pull-push").start()
+        pullers = [p]
+        for _ in range(8):
+            time.sleep(rng.uniform(0.3, 1.5))
+            p.kill()
+            p = Puller(env, si, srv, brands, args, name="pull-push").start()
+            pullers.append(p)
+
+        def drained():
+            return helpers.json.loads(srv.http_get("/v1/outbox")[2])["depth"] == 0
+        wait_for(drained, 120, "the outbox to drain (pushed and reconciled)")
+        p.proc.send_signal(signal.SIGTERM)
+        assert p.wait(30) == 0, p.tail()
+
+        adds = si.state()["adds"]
+        got = [(a["recipient"], utc_of_tr(a["consentDate"])) for a in adds]
+        assert sorted(got) == sorted(want), \
+            "pushed %d times for %d rejections: %s" % (len(got), len(want), got)
+        assert all(a["status"] == "RET" and a["source"] == "HS_MESAJ" and
+                   a["brand"] == b for a in adds)
+        # Both lost answers happened; after each, İYS's copy was found by
+        # the status query or came back through the pull first: never a
+        # second add (checked above).
+        lost = [r for r in si.requests()
+                if r["path"].endswith("/consents") and r["status"] == -200]
+        assert len(lost) == 2, lost
+        # Denied everywhere, with İYS's own copy as the record.
+        with Rpc(env.pb, srv.rpc) as rpc:
+            for k in keys:
+                v = rpc.check_one(k[1], b, k[3], k[2])
+                assert not v.allow and v.status == env.pb.Status.Value("RET"), (k, v)
+    finally:
+        si.stop()
+        assert srv.stop() == 0, srv.log_tail()

@@ -1,5 +1,5 @@
 /*
- * outbox: see outbox.h. The ops port's contract (consentd, DESIGN §11):
+ * outpush: see outpush.h. The ops port's contract (consentd, DESIGN §11):
  *   GET  /v1/outbox?limit=N -> {"entries":[{sequence, recipient,
  *        brand_code, iys_code, channel, recipient_type, source,
  *        consent_date, state: queued|pushed, transaction_id}], "depth"}
@@ -40,13 +40,13 @@
 #include <jansson.h>
 
 #include "core/tztime.h"
-#include "ctl/outbox.h"
+#include "ctl/outpush.h"
 
-#define OUTBOX_BATCH 100
-#define OUTBOX_PARKED_MAX 65536
-#define OUTBOX_BODY_MAX (16u << 20)
+#define OUTPUSH_BATCH 100
+#define OUTPUSH_PARKED_MAX 65536
+#define OUTPUSH_BODY_MAX (16u << 20)
 
-struct outbox {
+struct outpush {
 	const struct pull_opts *o;
 	struct iysapi *api;
 	volatile sig_atomic_t *stop;
@@ -56,24 +56,24 @@ struct outbox {
 	size_t len, cap;
 	/* Entries this process will not touch again: İYS holds them or
 	 * refused them. */
-	uint64_t parked[OUTBOX_PARKED_MAX];
+	uint64_t parked[OUTPUSH_PARKED_MAX];
 	size_t n_parked;
 	uint64_t pushed, found, refused;
 };
 
-struct outbox_entry {
+struct outpush_entry {
 	uint64_t sequence;
 	uint32_t brand, iys_code;
 	const char *recipient, *channel, *rtype, *source;
 	int64_t consent_date;
 };
 
-static size_t outbox_write(char *p, size_t size, size_t n, void *arg)
+static size_t outpush_write(char *p, size_t size, size_t n, void *arg)
 {
-	struct outbox *ob = arg;
+	struct outpush *ob = arg;
 	size_t len = size * n;
 
-	if (ob->len + len + 1 > OUTBOX_BODY_MAX)
+	if (ob->len + len + 1 > OUTPUSH_BODY_MAX)
 		return 0;
 	if (ob->len + len + 1 > ob->cap) {
 		size_t cap = ob->cap ? ob->cap * 2 : 65536;
@@ -93,11 +93,11 @@ static size_t outbox_write(char *p, size_t size, size_t n, void *arg)
 	return len;
 }
 
-int outbox_create(const char *ops, struct iysapi *api,
+int outpush_create(const char *ops, struct iysapi *api,
 		  const struct pull_opts *o, volatile sig_atomic_t *stop,
-		  struct outbox **out)
+		  struct outpush **out)
 {
-	struct outbox *ob = calloc(1, sizeof(*ob));
+	struct outpush *ob = calloc(1, sizeof(*ob));
 
 	*out = NULL;
 	if (!ob)
@@ -120,7 +120,7 @@ int outbox_create(const char *ops, struct iysapi *api,
 	return 0;
 }
 
-void outbox_destroy(struct outbox *ob)
+void outpush_destroy(struct outpush *ob)
 {
 	if (!ob)
 		return;
@@ -130,9 +130,9 @@ void outbox_destroy(struct outbox *ob)
 }
 
 /* One exchange with the ops port: the status, or -1 without an answer. */
-static long outbox_ops(struct outbox *ob, const char *path, const char *json)
+static long outpush_ops(struct outpush *ob, const char *path, const char *json)
 {
-	char url[512];
+	char url[512], authz[4200];
 	struct curl_slist *h = NULL;
 	long st = -1;
 	CURLcode cc;
@@ -144,13 +144,20 @@ static long outbox_ops(struct outbox *ob, const char *path, const char *json)
 	curl_easy_setopt(ob->curl, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(ob->curl, CURLOPT_PROTOCOLS_STR, "http");
 	curl_easy_setopt(ob->curl, CURLOPT_TIMEOUT_MS, (long)ob->o->timeout_ms);
-	curl_easy_setopt(ob->curl, CURLOPT_WRITEFUNCTION, outbox_write);
+	curl_easy_setopt(ob->curl, CURLOPT_WRITEFUNCTION, outpush_write);
 	curl_easy_setopt(ob->curl, CURLOPT_WRITEDATA, ob);
+	if (ob->o->token) {
+		/* The ops port's /v1/ wants the partner's token (the 'apply'
+		 * right) when consentd has a token file. */
+		snprintf(authz, sizeof(authz), "Authorization: Bearer %s",
+			 ob->o->token);
+		h = curl_slist_append(h, authz);
+	}
 	if (json) {
 		h = curl_slist_append(h, "Content-Type: application/json");
-		curl_easy_setopt(ob->curl, CURLOPT_HTTPHEADER, h);
 		curl_easy_setopt(ob->curl, CURLOPT_POSTFIELDS, json);
 	}
+	curl_easy_setopt(ob->curl, CURLOPT_HTTPHEADER, h);
 	cc = curl_easy_perform(ob->curl);
 	curl_slist_free_all(h);
 	if (cc != CURLE_OK) {
@@ -159,11 +166,11 @@ static long outbox_ops(struct outbox *ob, const char *path, const char *json)
 	}
 	curl_easy_getinfo(ob->curl, CURLINFO_RESPONSE_CODE, &st);
 	if (!ob->buf)
-		outbox_write("", 0, 0, ob);
+		outpush_write("", 0, 0, ob);
 	return st;
 }
 
-static bool outbox_is_parked(const struct outbox *ob, uint64_t seq)
+static bool outpush_is_parked(const struct outpush *ob, uint64_t seq)
 {
 	for (size_t i = 0; i < ob->n_parked; i++)
 		if (ob->parked[i] == seq)
@@ -171,13 +178,13 @@ static bool outbox_is_parked(const struct outbox *ob, uint64_t seq)
 	return false;
 }
 
-static void outbox_park(struct outbox *ob, uint64_t seq)
+static void outpush_park(struct outpush *ob, uint64_t seq)
 {
-	if (ob->n_parked < OUTBOX_PARKED_MAX)
+	if (ob->n_parked < OUTPUSH_PARKED_MAX)
 		ob->parked[ob->n_parked++] = seq;
 }
 
-static bool outbox_sleep(struct outbox *ob, unsigned *attempt)
+static bool outpush_sleep(struct outpush *ob, unsigned *attempt)
 {
 	int64_t ms = ob->o->retry_min_ms;
 
@@ -190,7 +197,7 @@ static bool outbox_sleep(struct outbox *ob, unsigned *attempt)
 }
 
 /* Marks e pushed with tx on the ops port, retrying until an answer. */
-static int outbox_mark(struct outbox *ob, const struct outbox_entry *e,
+static int outpush_mark(struct outpush *ob, const struct outpush_entry *e,
 		       const char *tx)
 {
 	json_t *j = json_pack("{s:I, s:s}", "sequence", (json_int_t)e->sequence,
@@ -203,7 +210,7 @@ static int outbox_mark(struct outbox *ob, const struct outbox_entry *e,
 	if (!body)
 		return -ENOMEM;
 	for (;;) {
-		long st = outbox_ops(ob, "/v1/outbox/pushed", body);
+		long st = outpush_ops(ob, "/v1/outbox/pushed", body);
 
 		if (st == 200) {
 			rc = 0;
@@ -222,7 +229,7 @@ static int outbox_mark(struct outbox *ob, const struct outbox_entry *e,
 				ob->buf ? ob->buf : "");
 			break;
 		}
-		if (!outbox_sleep(ob, &attempt)) {
+		if (!outpush_sleep(ob, &attempt)) {
 			rc = -EINTR;
 			break;
 		}
@@ -233,7 +240,7 @@ static int outbox_mark(struct outbox *ob, const struct outbox_entry *e,
 
 /* 1: İYS holds a RET for e's key dated at or after e's; 0: it does not;
  * < 0 an error. */
-static int outbox_at_iys(struct outbox *ob, const struct outbox_entry *e)
+static int outpush_at_iys(struct outpush *ob, const struct outpush_entry *e)
 {
 	json_t *q = json_pack("{s:s, s:s, s:s}", "recipient", e->recipient,
 			      "recipientType", e->rtype, "type", e->channel);
@@ -278,7 +285,7 @@ static int outbox_at_iys(struct outbox *ob, const struct outbox_entry *e)
 }
 
 /* One entry through to pushed, found, refused, or an error. */
-static int outbox_entry_push(struct outbox *ob, const struct outbox_entry *e)
+static int outpush_entry_push(struct outpush *ob, const struct outpush_entry *e)
 {
 	char date[TZTIME_TEXT_LEN + 1];
 	unsigned attempt = 0;
@@ -286,11 +293,11 @@ static int outbox_entry_push(struct outbox *ob, const struct outbox_entry *e)
 	if (tztime_format(e->consent_date, date, sizeof(date)) < 0) {
 		fprintf(stderr, "pull: outbox: entry %" PRIu64 ": consent_date %"
 			PRId64 " out of range\n", e->sequence, e->consent_date);
-		outbox_park(ob, e->sequence);
+		outpush_park(ob, e->sequence);
 		return 0;
 	}
 	for (;;) {
-		int rc = outbox_at_iys(ob, e);
+		int rc = outpush_at_iys(ob, e);
 
 		if (rc < 0)
 			return rc == -EPROTO ? 0 : rc;
@@ -301,7 +308,7 @@ static int outbox_entry_push(struct outbox *ob, const struct outbox_entry *e)
 				"reconcile\n", e->sequence, e->recipient, e->brand,
 				e->channel, date);
 			ob->found++;
-			outbox_park(ob, e->sequence);
+			outpush_park(ob, e->sequence);
 			return 0;
 		}
 		json_t *rec = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}",
@@ -318,7 +325,7 @@ static int outbox_entry_push(struct outbox *ob, const struct outbox_entry *e)
 		free(body);
 		if (rc == -EAGAIN) {
 			/* İYS may hold it now: ask again before any re-push. */
-			if (!outbox_sleep(ob, &attempt))
+			if (!outpush_sleep(ob, &attempt))
 				return -EINTR;
 			continue;
 		}
@@ -331,7 +338,7 @@ static int outbox_entry_push(struct outbox *ob, const struct outbox_entry *e)
 				e->recipient, e->brand, e->channel, r.status, r.code,
 				r.message);
 			ob->refused++;
-			outbox_park(ob, e->sequence);
+			outpush_park(ob, e->sequence);
 			iysapi_reply_fini(&r);
 			return 0;
 		}
@@ -346,7 +353,7 @@ static int outbox_entry_push(struct outbox *ob, const struct outbox_entry *e)
 				"answer has no transactionId\n", e->sequence);
 			json_decref(j);
 			iysapi_reply_fini(&r);
-			if (!outbox_sleep(ob, &attempt))
+			if (!outpush_sleep(ob, &attempt))
 				return -EINTR;
 			continue;
 		}
@@ -357,14 +364,14 @@ static int outbox_entry_push(struct outbox *ob, const struct outbox_entry *e)
 			", %s) pushed: transactionId %s\n", e->sequence,
 			e->recipient, e->brand, e->channel, txid);
 		ob->pushed++;
-		rc = outbox_mark(ob, e, txid);
+		rc = outpush_mark(ob, e, txid);
 		if (rc == 0)
-			outbox_park(ob, e->sequence);
+			outpush_park(ob, e->sequence);
 		return rc;
 	}
 }
 
-static int outbox_entry_of(json_t *it, struct outbox_entry *e)
+static int outpush_entry_of(json_t *it, struct outpush_entry *e)
 {
 	json_t *cd = json_object_get(it, "consent_date");
 
@@ -393,24 +400,24 @@ static int outbox_entry_of(json_t *it, struct outbox_entry *e)
 	return 0;
 }
 
-int outbox_push(struct outbox *ob)
+int outpush_push(struct outpush *ob)
 {
 	char path[64];
 	unsigned attempt = 0;
 	long st;
 
-	snprintf(path, sizeof(path), "/v1/outbox?limit=%d", OUTBOX_BATCH);
+	snprintf(path, sizeof(path), "/v1/outbox?limit=%d", OUTPUSH_BATCH);
 	for (;;) {
 		if (*ob->stop)
 			return -EINTR;
-		st = outbox_ops(ob, path, NULL);
+		st = outpush_ops(ob, path, NULL);
 		if (st == 200)
 			break;
 		fprintf(stderr, "pull: outbox: GET %s%s answered %ld\n", ob->base,
 			path, st);
 		if (st > 0 && st < 500)
 			return -EPROTO; /* not an outbox: a configuration error */
-		if (!outbox_sleep(ob, &attempt))
+		if (!outpush_sleep(ob, &attempt))
 			return -EINTR;
 	}
 	json_t *j = json_loadb(ob->buf, ob->len, 0, NULL);
@@ -425,28 +432,28 @@ int outbox_push(struct outbox *ob)
 		return -EPROTO;
 	}
 	json_array_foreach(entries, i, it) {
-		struct outbox_entry e;
+		struct outpush_entry e;
 		json_t *state = json_object_get(it, "state");
 
 		if (!json_is_string(state) ||
 		    strcmp(json_string_value(state), "queued") != 0)
 			continue;
-		if (outbox_entry_of(it, &e) < 0) {
+		if (outpush_entry_of(it, &e) < 0) {
 			fprintf(stderr, "pull: outbox: entries[%zu]: a field is "
 				"missing or of the wrong type\n", i);
 			rc = -EPROTO;
 			break;
 		}
-		if (outbox_is_parked(ob, e.sequence))
+		if (outpush_is_parked(ob, e.sequence))
 			continue;
 		if (e.iys_code && e.iys_code != ob->o->iys_code) {
 			fprintf(stderr, "pull: outbox: entry %" PRIu64 ": iysCode %"
 				PRIu32 " is not --iys-code %" PRIu32 "; left\n",
 				e.sequence, e.iys_code, ob->o->iys_code);
-			outbox_park(ob, e.sequence);
+			outpush_park(ob, e.sequence);
 			continue;
 		}
-		rc = outbox_entry_push(ob, &e);
+		rc = outpush_entry_push(ob, &e);
 		if (rc < 0)
 			break;
 	}
