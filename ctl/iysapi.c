@@ -15,6 +15,8 @@
  *  - rate: one budget for every request (token, changes, status, add),
  *    spaced at least 60/rate seconds apart, so no window of a minute ever
  *    holds more than rate requests, retries included.
+ *  - TLS is verified (peer and host name); a certificate not trusted is
+ *    fatal (-EPROTO), the rest of the transport failures are retried.
  *  - 429, 5xx and transport failures: backoff min(max, min * 2^n) with
  *    jitter (a uniform draw from its upper half), never shorter than the
  *    Retry-After the answer sent; n resets on an answer. A stopped İYS
@@ -195,6 +197,7 @@ enum iysapi_outcome {
 	IYSAPI_ANSWER,     /* a status and body */
 	IYSAPI_NOT_SENT,   /* no connection: İYS never saw it */
 	IYSAPI_UNKNOWN,    /* sent, or maybe sent, and no whole answer */
+	IYSAPI_REFUSED,    /* TLS: İYS's certificate not trusted; fatal */
 };
 
 /* Waits for the rate budget, then one exchange. */
@@ -258,6 +261,11 @@ static enum iysapi_outcome iysapi_exchange(struct iysapi *a, const char *method,
 	if (cc != CURLE_OK) {
 		fprintf(stderr, "pull: %s %s: %s\n", method, url,
 			a->overflow ? "answer over 64 MiB" : curl_easy_strerror(cc));
+		/* A certificate nobody trusts is configuration, not weather:
+		 * retrying would not change it. */
+		if (cc == CURLE_PEER_FAILED_VERIFICATION ||
+		    cc == CURLE_SSL_CACERT_BADFILE || cc == CURLE_SSL_CERTPROBLEM)
+			return IYSAPI_REFUSED;
 		if (cc == CURLE_COULDNT_CONNECT || cc == CURLE_COULDNT_RESOLVE_HOST ||
 		    cc == CURLE_COULDNT_RESOLVE_PROXY)
 			return IYSAPI_NOT_SENT;
@@ -355,6 +363,8 @@ static int iysapi_token(struct iysapi *a)
 		out = iysapi_exchange(a, "POST", url, body, false, true, &st, &ra);
 		memset(body, 0, strlen(body));
 		free(body);
+		if (out == IYSAPI_REFUSED)
+			return -EPROTO;
 		if (out == IYSAPI_ANSWER && st == 200) {
 			int rc = iysapi_take_token(a, a->buf, a->len);
 
@@ -418,6 +428,8 @@ static int iysapi_call(struct iysapi *a, const char *method, const char *url,
 			return -EINTR;
 		out = iysapi_exchange(a, method, url, json, true, idempotent, &st,
 				      &ra);
+		if (out == IYSAPI_REFUSED)
+			return -EPROTO;
 		if (out == IYSAPI_UNKNOWN && !idempotent)
 			return -EAGAIN;
 		if (out == IYSAPI_ANSWER && st == 401) {

@@ -8,7 +8,7 @@ machine. It is not İYS and knows nothing İYS does not document; where
 İYS's documentation is silent it makes the choices written below.
 
 Python standard library only; run with /usr/bin/python3. It listens on
-127.0.0.1, port 0 unless --port, and reports the port it got as its first
+127.0.0.1 (HTTPS with --tls-cert/--tls-key), port 0 unless --port, and reports the port it got as its first
 line of stdout ("port N") and in --ports-file FILE ("iys 127.0.0.1:N",
 written atomically).
 
@@ -582,8 +582,15 @@ def main():
     p.add_argument("--rate-limit", type=int, default=0,
                    help="requests per --rate-window-s counted as a violation past")
     p.add_argument("--rate-window-s", type=float, default=60)
+    p.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
+    p.add_argument("--tls-key")
     a = p.parse_args()
     srv = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
+    if a.tls_cert:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(a.tls_cert, a.tls_key)
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
     srv.daemon_threads = True
     srv.standin = Standin(a)
     port = srv.server_address[1]

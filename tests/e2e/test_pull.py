@@ -45,6 +45,8 @@ class Standin:
         assert line.startswith("port "), "stand-in said %r\n%s" % (line, self.tail())
         self.port = int(line.split()[1])
         self.url = "http://127.0.0.1:%d" % self.port
+        if "--tls-cert" in extra:
+            self.url = "https://127.0.0.1:%d" % self.port
 
     def tail(self):
         with open(self.log_path, "rb") as f:
@@ -54,7 +56,11 @@ class Standin:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method,
                                      headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=60) as r:
+        ctx = None
+        if self.url.startswith("https:"):
+            import ssl
+            ctx = ssl._create_unverified_context()  # the test's own controls
+        with urllib.request.urlopen(req, timeout=60, context=ctx) as r:
             return json.loads(r.read().decode())
 
     def faults(self, **kw):
@@ -633,6 +639,46 @@ def test_pull_pushes_outbox_exactly_once(env):
             for k in keys:
                 v = rpc.check_one(k[1], b, k[3], k[2])
                 assert not v.allow and v.status == env.pb.Status.Value("RET"), (k, v)
+    finally:
+        si.stop()
+        assert srv.stop() == 0, srv.log_tail()
+
+
+def make_ca_and_cert(tmp):
+    """A private CA and a certificate for 127.0.0.1 it signed (openssl)."""
+    ca_key, ca = os.path.join(tmp, "ca.key"), os.path.join(tmp, "ca.pem")
+    key, csr, crt = (os.path.join(tmp, n) for n in ("srv.key", "srv.csr", "srv.pem"))
+    ext = os.path.join(tmp, "srv.ext")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\n")
+    helpers.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                 "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=test CA"])
+    helpers.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                 "-out", csr, "-subj", "/CN=127.0.0.1"])
+    helpers.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key,
+                 "-CAcreateserial", "-out", crt, "-days", "2", "-extfile", ext])
+    return ca, crt, key
+
+
+def test_pull_https_private_ca(env):
+    """https:// is verified: a certificate of a private CA is refused
+    (exit 1 at once, naming the certificate) until --iys-ca names the CA."""
+    ca, crt, key = make_ca_and_cert(env.tmp)
+    brands = brands_for(env, 2, base=985001)
+    si = Standin(env.tmp, brands, 500, seed=21,
+                 extra=["--tls-cert", crt, "--tls-key", key])
+    srv = fresh_server(env, "consentd-tls")
+    try:
+        seq0 = stats(env.pb, srv).applied_sequence
+        p = Puller(env, si, srv, brands, ["--once"], name="pull-tls-untrusted")
+        assert p.run(60) == 1, p.tail()
+        assert "certificate" in p.text().lower(), p.text()
+        assert stats(env.pb, srv).applied_sequence == seq0
+        p = Puller(env, si, srv, brands, ["--once", "--iys-ca", ca], name="pull-tls")
+        assert p.run(60) == 0, p.tail()
+        ref, n = reference(env.pb, si)
+        assert stats(env.pb, srv).applied_sequence - seq0 == n
+        verify(env.pb, srv, ref)
     finally:
         si.stop()
         assert srv.stop() == 0, srv.log_tail()
