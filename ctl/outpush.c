@@ -42,7 +42,11 @@
 #include "core/tztime.h"
 #include "ctl/outpush.h"
 
-#define OUTPUSH_BATCH 100
+/* Entries asked for at once: the ops port's most. Pushed entries stay
+ * listed until the pull brings İYS's copy back (an hour or more with
+ * İYS), so more than this many pushed and unreconciled entries ahead of a
+ * queued one would hide it until some are reconciled. */
+#define OUTPUSH_BATCH 1000
 #define OUTPUSH_PARKED_MAX 65536
 #define OUTPUSH_BODY_MAX (16u << 20)
 

@@ -270,7 +270,12 @@ static int pull_heartbeat(struct pull *p)
 		req.apply = &a;
 		rc = rpcclient_call(&p->rpc, &req, &r);
 		if (rc < 0) {
+			/* Lost: connect again (that backs off) after a pause,
+			 * so a server that takes connections and drops them
+			 * is not hammered. */
 			rpcclient_close(&p->rpc);
+			if (!iysapi_sleep_ms(&pull_stop, p->o.retry_min_ms))
+				return -EINTR;
 			continue;
 		}
 		if (r->body_case != CONSENT__V1__RESPONSE__BODY_APPLY)
