@@ -167,6 +167,15 @@ static int pull_rpc_lost(struct pull *p)
 	return pull_rpc_ensure(p);
 }
 
+/* Copies a cursor already checked to fit (at most PULL_CURSOR_MAX). */
+static void pull_cursor_copy(char dst[PULL_CURSOR_MAX + 1], const char *src)
+{
+	size_t n = strnlen(src, PULL_CURSOR_MAX);
+
+	memcpy(dst, src, n);
+	dst[n] = '\0';
+}
+
 /* An Apply sent and not yet answered. */
 struct pull_inflight {
 	uint64_t id;
@@ -202,7 +211,7 @@ static int pull_apply_send(struct pull *p, struct pull_origin *o,
 	}
 	f->id = req.id;
 	f->n = p->n_recs;
-	snprintf(f->cursor, sizeof(f->cursor), "%s", next);
+	pull_cursor_copy(f->cursor, next);
 	return 0;
 }
 
@@ -453,7 +462,7 @@ static int pull_origin_pass(struct pull *p, struct pull_origin *o)
 			continue;
 		}
 		q_len++;
-		snprintf(after, sizeof(after), "%s", next);
+		pull_cursor_copy(after, next);
 		if (p->n_recs + k.bad < p->o.limit)
 			at_end = true; /* a short page: İYS's end, for now */
 	}
