@@ -510,7 +510,7 @@ def test_pull_cursor_moved_by_another(env):
     srv = fresh_server(env, "consentd-409")
     try:
         seq0 = stats(env.pb, srv).applied_sequence
-        si.faults(slow_ms=2000, slow_count=1)
+        si.faults(slow_ms=6000, slow_count=1)  # room for the test's own apply
         p = Puller(env, si, srv, brands, ["--once", "--rate", "100000",
                                           "--limit", "100", "--sources", "HS"],
                    name="pull-409").start()
