@@ -25,6 +25,5 @@ struct pull_opts {
 	bool skip_bad;
 };
 
-int ctl_pull(int argc, char **argv);
 
 #endif
