@@ -502,6 +502,12 @@ static int pull_usage(FILE *f)
 		"  --interval      seconds between passes (default 60)\n"
 		"  --ops           consentd's ops port: push its outbox of local\n"
 		"                  rejections to İYS\n"
+		"  --sources       HS, IYS or HS,IYS (default both)\n"
+		"  --skip-bad      report and skip bad records (default: stop, exit 1)\n"
+		"  --iys-ca        CA file for İYS's https certificate\n"
+		"  --token-file    consentd's partner token (also --token, CONSENTD_TOKEN)\n"
+		"  --timeout-ms    one HTTP exchange (default 30000)\n"
+		"  --retry-min-ms, --retry-max-ms  backoff (default 1000, 60000)\n"
 		"exit: 0 done, 1 failure, 2 usage, 3 İYS refused the credentials\n");
 	return f == stdout ? 0 : 2;
 }
