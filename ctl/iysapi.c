@@ -8,6 +8,8 @@
  *    "Authorization: Bearer TOKEN". The token is renewed min(300 s, a
  *    tenth of its life) before it expires (300 s is what a known client
  *    does), by refresh while the refresh token lives, else by password.
+ *  - H084 from the token endpoint (its hourly quota) waits an hour, as a
+ *    known client does, whatever the status it came with.
  *  - a 401 on a call drops the token and gets a new one; a password grant
  *    refused (400/401), or a fresh token refused at once, is -EACCES: the
  *    credentials are wrong or revoked, and retrying would only spend the
@@ -374,6 +376,22 @@ static int iysapi_token(struct iysapi *a)
 			fprintf(stderr, "pull: token %s\n",
 				by_refresh ? "refreshed" : "obtained (password grant)");
 			return 0;
+		}
+		if (out == IYSAPI_ANSWER && st != 200) {
+			char code[32], msg[256];
+
+			iysapi_error_of(a->buf, a->len, code, sizeof(code), msg,
+					sizeof(msg));
+			if (strcmp(code, "H084") == 0) {
+				/* The token endpoint's hourly quota: asking again
+				 * before the hour is out only spends it. */
+				fprintf(stderr, "pull: token: İYS's hourly token "
+					"limit (H084 %s): waiting\n", msg);
+				if (!iysapi_backoff(a, ra > 3600 ? ra : 3600,
+						    "token: H084"))
+					return -EINTR;
+				continue;
+			}
 		}
 		if (out == IYSAPI_ANSWER && (st == 400 || st == 401) && by_refresh) {
 			/* The refresh token is spent or revoked: the password. */

@@ -43,7 +43,8 @@ Test control (not İYS's; under /_standin/, never counted as API
 requests):
   POST /_standin/faults  JSON, merged: slow_ms + slow_count (pages),
        status_burst {"code","count"}, storm429 {"count","retry_after"},
-       drop_mid_page N, add_drop_after_commit N, expire_tokens true,
+       drop_mid_page N, add_drop_after_commit N, token_h084 N (the token
+       endpoint's hourly quota, H084, on the next N), expire_tokens true,
        revoke true, token_ttl S, refuse_password true|false,
        bad_record {"brand","source","field"}, append {"brand","count"}
   GET  /_standin/requests   [{"t","method","path","status"}] (t: monotonic s
@@ -340,6 +341,12 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(body, dict):
             return self.fail(400, "STANDIN_BAD_BODY", "a JSON object expected")
         with s.lock:
+            if s.faults.get("token_h084", 0) > 0:
+                s.faults["token_h084"] -= 1
+                self.record(400)
+                return self.send_json(400, error_body(
+                    "H084", "Saatte kabul edilen kimlik doğrulama istek "
+                    "limitine ulaşıldı"))
             g = body.get("grant_type")
             if g == "password":
                 if (s.refuse_password or body.get("username") != s.a.username

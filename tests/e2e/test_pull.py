@@ -682,3 +682,25 @@ def test_pull_https_private_ca(env):
     finally:
         si.stop()
         assert srv.stop() == 0, srv.log_tail()
+
+
+def test_pull_token_quota_waits(env):
+    """H084 (the token endpoint's hourly quota) is waited out, not taken
+    for refused credentials: the connector stays up, sends no further token
+    request, and stops cleanly on SIGTERM."""
+    brands = brands_for(env, 1, base=986001)
+    si = Standin(env.tmp, brands, 10, seed=22)
+    srv = fresh_server(env, "consentd-h084")
+    try:
+        si.faults(token_h084=1)
+        p = Puller(env, si, srv, brands, ["--once"], name="pull-h084").start()
+        wait_for(lambda: "hourly token limit" in p.text(), 30, "the H084 wait")
+        time.sleep(1)
+        assert p.proc.poll() is None, p.tail()
+        tokens = [r for r in si.requests() if r["path"] == "/oauth2/token"]
+        assert len(tokens) == 1, tokens
+        p.proc.send_signal(signal.SIGTERM)
+        assert p.wait(30) == 0, p.tail()
+    finally:
+        si.stop()
+        assert srv.stop() == 0, srv.log_tail()
