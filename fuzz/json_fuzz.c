@@ -1,7 +1,10 @@
 /*
  * json_fuzz: json_decode_check_request on arbitrary bytes (an exact-size
  * copy, so ASan sees any over-read), with a small check limit so the
- * limit paths are reachable. Invariants (a violation traps):
+ * limit paths are reachable; and the same bytes as a POST /v1/reject body
+ * (json_decode_reject) and a POST /v1/outbox/pushed body
+ * (json_decode_pushed), whose results go through json_encode_outbox.
+ * Invariants (a violation traps):
  *   - failure: -EINVAL or -EMSGSIZE (or -ENOMEM), nothing returned, and a
  *     NUL-terminated, non-empty, printable-ASCII message (it goes back to
  *     the client inside JSON);
@@ -18,6 +21,7 @@
 #include <jansson.h>
 
 #include "core/enums.h"
+#include "index/outbox.h"
 #include "server/json.h"
 
 #define REQUIRE(c)                                                         \
@@ -42,6 +46,63 @@ static void check_reencodes(const char *text, size_t n_verdicts)
 	json_decref(doc);
 }
 
+static void check_error(int rc, const char *err)
+{
+	REQUIRE(rc == -EINVAL || rc == -EMSGSIZE || rc == -ENOMEM);
+	REQUIRE(err[0]);
+	for (const char *p = err; *p; p++)
+		REQUIRE(*p >= 0x20 && *p < 0x7f);
+}
+
+static void fuzz_reject_and_pushed(const char *body, size_t size)
+{
+	struct json_reject jr;
+	char err[256], id[OUTBOX_TXID_MAX + 1];
+	uint64_t seq;
+	int rc;
+
+	memset(err, 'x', sizeof(err));
+	err[sizeof(err) - 1] = '\0';
+	rc = json_decode_reject(body, size, &jr, err, sizeof(err));
+	if (rc != 0) {
+		check_error(rc, err);
+		REQUIRE(jr.doc == NULL);
+	} else {
+		REQUIRE(jr.recipient != NULL);
+		REQUIRE(memchr(jr.recipient, 0, jr.recipient_len) == NULL);
+		REQUIRE(jr.channel >= 0 && jr.channel <= CHANNEL_EPOSTA);
+		REQUIRE(jr.recipient_type >= 0 && jr.recipient_type <= RTYPE_TACIR);
+		REQUIRE(jr.source == 0 || enums_source_valid(jr.source));
+		json_reject_fini(&jr);
+	}
+	memset(err, 'x', sizeof(err));
+	err[sizeof(err) - 1] = '\0';
+	rc = json_decode_pushed(body, size, &seq, id, sizeof(id), err,
+				sizeof(err));
+	if (rc != 0) {
+		check_error(rc, err);
+		return;
+	}
+	REQUIRE(seq > 0);
+	size_t len = strlen(id);
+	REQUIRE(len > 0 && len < sizeof(id));
+	struct outbox_entry e;
+	memset(&e, 0, sizeof(e));
+	e.sequence = seq;
+	e.state = OUTBOX_PUSHED;
+	memcpy(e.pushed_id, id, len + 1);
+	char *out = json_encode_outbox(&e, 1, 1);
+	REQUIRE(out != NULL);
+	json_error_t je;
+	json_t *doc = json_loads(out, 0, &je);
+	REQUIRE(doc != NULL);
+	json_t *got = json_object_get(json_array_get(json_object_get(doc,
+		"entries"), 0), "transaction_id");
+	REQUIRE(got != NULL && strcmp(json_string_value(got), id) == 0);
+	json_decref(doc);
+	free(out);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	char *body = malloc(size ? size : 1);
@@ -53,6 +114,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	if (size)
 		memcpy(body, data, size);
+	fuzz_reject_and_pushed(body, size);
 	memset(err, 'x', sizeof(err));
 	rc = json_decode_check_request(body, size, FUZZ_MAX_CHECKS, &req, err,
 				       sizeof(err));

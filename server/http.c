@@ -780,6 +780,12 @@ static enum MHD_Result http_post_reject(struct http *h,
 		.recipient_type = jr.recipient_type,
 		.source = jr.source,
 	};
+	if (writer_queue_fd(h->cfg->writer, http_writer_queue(h)) < 0) {
+		json_reject_fini(&jr);
+		return http_reply_error(h, conn, MHD_HTTP_SERVICE_UNAVAILABLE,
+					NULL, NULL, "the ops port has no writer "
+					"queue of its own");
+	}
 	uint64_t tag = ++h->reject_tag;
 	e = reject_submit(h->cfg->writer, http_writer_queue(h), tag, 0,
 			  r->principal, &in, &rep);

@@ -1,7 +1,10 @@
 /*
  * http: the ops port (DESIGN §3.4): /healthz, /readyz, /metrics, /v1/check
  * (GET and POST, JSON) and /v1/stats, served by libmicrohttpd on its own
- * thread, off the hot path. That thread is a liburcu QSBR reader: it goes
+ * thread, off the hot path; and local rejections (§11: POST /v1/reject,
+ * answered once the writer applied it: this thread waits on the writer's
+ * completion queue cfg->workers, its own) and the outbox for the
+ * connector (§12: GET /v1/outbox, POST /v1/outbox/pushed). That thread is a liburcu QSBR reader: it goes
  * online only while it answers a request, so it never holds up a swap.
  * Started once by main() after the first generation is published or while
  * it builds; stopped once at shutdown.

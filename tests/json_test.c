@@ -1,7 +1,8 @@
 /*
  * json_test: the ops port's JSON (server/json.c): decoding POST /v1/check
  * bodies (defaults, aliases, numeric enums, every kind of bad body, the
- * check limit), query parameters, and the encoders' exact output.
+ * check limit), query parameters, and the encoders' exact output; the
+ * bodies of POST /v1/reject and /v1/outbox/pushed and the outbox's JSON.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -13,6 +14,7 @@
 #include <jansson.h>
 
 #include "core/enums.h"
+#include "index/outbox.h"
 #include "server/json.h"
 #include "tests/check.h"
 
@@ -443,6 +445,95 @@ static void test_encode_roundtrip(void)
 	free(v);
 }
 
+static void test_reject_and_outbox(void)
+{
+	struct json_reject jr;
+	char err[256] = "", id[OUTBOX_TXID_MAX + 1];
+	const char *b = "{\"recipient\":\"0532 123 45 67\",\"brandCode\":\"600123\","
+			"\"channel\":\"mesaj\",\"recipient_type\":2,"
+			"\"source\":\"HS_CAGRI_MERKEZI\"}";
+	CHECKF(json_decode_reject(b, strlen(b), &jr, err, sizeof(err)) == 0,
+	       "%s", err);
+	CHECK(jr.recipient_len == 14 && memcmp(jr.recipient, "0532 123 45 67", 14) == 0);
+	CHECK(jr.brand_code == 600123 && jr.channel == CHANNEL_MESAJ);
+	CHECK(jr.recipient_type == RTYPE_TACIR && jr.source == 10);
+	json_reject_fini(&jr);
+	b = "{\"recipient\":\"a@b.co\",\"source\":10,\"channel\":null}";
+	CHECK(json_decode_reject(b, strlen(b), &jr, err, sizeof(err)) == 0);
+	CHECK(jr.source == 10 && jr.channel == 0 && jr.brand_code == 0);
+	json_reject_fini(&jr);
+	static const struct {
+		const char *body, *err;
+	} bad[] = {
+		{ "{\"recipient\":\"x\",\"purpose\":\"TICARI\"}",
+		  "unknown field \"purpose\"" },
+		{ "{\"recipient\":\"x\",\"checks\":[]}", "unknown field \"checks\"" },
+		{ "{\"nope\":1}", "unknown field \"nope\"" },
+		{ "{\"source\":\"HS_NOPE\"}", "source: unknown value" },
+		{ "{\"source\":99}", "source: unknown value" },
+		{ "{\"source\":true}", "source: expected a name or a number" },
+		{ "{\"channel\":\"SMS\"}", "channel: unknown value \"SMS\"" },
+		{ "{\"brand_code\":-1}", "brand_code: -1 is outside" },
+		{ "[1]", "body: expected a JSON object" },
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		err[0] = '\0';
+		CHECK(json_decode_reject(bad[i].body, strlen(bad[i].body), &jr, err,
+					 sizeof(err)) == -EINVAL);
+		CHECKF(strncmp(err, bad[i].err, strlen(bad[i].err)) == 0,
+		       "%s: %s", bad[i].body, err);
+	}
+
+	uint64_t seq = 0;
+	b = "{\"sequence\":42,\"transaction_id\":\"tx-1\"}";
+	CHECK(json_decode_pushed(b, strlen(b), &seq, id, sizeof(id), err,
+				 sizeof(err)) == 0);
+	CHECK(seq == 42);
+	CHECK_STREQ(id, "tx-1");
+	static const struct {
+		const char *body, *err;
+	} badp[] = {
+		{ "{\"sequence\":42}", "transaction_id: missing" },
+		{ "{\"transaction_id\":\"a\"}", "sequence: missing" },
+		{ "{\"sequence\":0,\"transaction_id\":\"a\"}", "sequence: expected" },
+		{ "{\"sequence\":\"4\",\"transaction_id\":\"a\"}", "sequence: expected" },
+		{ "{\"sequence\":4,\"transaction_id\":\"\"}", "transaction_id: expected" },
+		{ "{\"sequence\":4,\"transaction_id\":\"a\",\"x\":1}",
+		  "unknown field \"x\"" },
+	};
+	for (size_t i = 0; i < sizeof(badp) / sizeof(badp[0]); i++) {
+		err[0] = '\0';
+		CHECK(json_decode_pushed(badp[i].body, strlen(badp[i].body), &seq,
+					 id, sizeof(id), err, sizeof(err)) == -EINVAL);
+		CHECKF(strncmp(err, badp[i].err, strlen(badp[i].err)) == 0,
+		       "%s: %s", badp[i].body, err);
+	}
+
+	struct outbox_entry e;
+	memset(&e, 0, sizeof(e));
+	e.sequence = 7;
+	strcpy(e.recipient, "+905321234567");
+	e.brand_code = 600123;
+	e.channel = CHANNEL_MESAJ;
+	e.recipient_type = RTYPE_BIREYSEL;
+	e.source = 8;
+	e.consent_date = 1790000000;
+	e.state = OUTBOX_QUEUED;
+	char *out = json_encode_outbox(&e, 1, 3);
+	CHECK_STREQ(out, "{\"entries\":[{\"sequence\":7,\"recipient\":"
+		    "\"+905321234567\",\"brand_code\":600123,\"iys_code\":0,"
+		    "\"channel\":\"MESAJ\",\"recipient_type\":\"BIREYSEL\","
+		    "\"source\":\"HS_MESAJ\",\"consent_date\":1790000000,"
+		    "\"state\":\"queued\",\"transaction_id\":\"\"}],\"depth\":3}");
+	free(out);
+	out = json_encode_pushed(7);
+	CHECK_STREQ(out, "{\"sequence\":7,\"state\":\"pushed\"}");
+	free(out);
+	out = json_encode_apply(9, 1, 0);
+	CHECK_STREQ(out, "{\"applied_sequence\":9,\"applied\":1,\"skipped\":0}");
+	free(out);
+}
+
 int main(void)
 {
 	RUN(test_decode_defaults);
@@ -454,5 +545,6 @@ int main(void)
 	RUN(test_check_param);
 	RUN(test_encode);
 	RUN(test_encode_roundtrip);
+	RUN(test_reject_and_outbox);
 	return check_summary();
 }

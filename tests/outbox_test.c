@@ -9,6 +9,8 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -409,6 +411,76 @@ static void test_compaction(void)
 	outbox_close(ob);
 }
 
+/* The ops port's side (list, mark pushed, stats) running against the
+ * writer's (observe, commit, reconcile, compaction): every mark made
+ * durable is there after reopening, on the live entries. Run under TSan
+ * by make test-tsan. */
+struct marker {
+	struct outbox *ob;
+	atomic_int stop; /* main sets it, the marker reads it */
+	unsigned marked;
+};
+
+static void *marker_main(void *arg)
+{
+	struct marker *mk = arg;
+	struct outbox_entry e[64];
+	char err[256], id[32];
+	while (!atomic_load(&mk->stop)) {
+		uint64_t d = 0;
+		int64_t oldest;
+		size_t n = outbox_list(mk->ob, NULL, NULL, e, 64, &d);
+		outbox_stats(mk->ob, &d, &oldest);
+		for (size_t i = 0; i < n; i++) {
+			if (e[i].state != OUTBOX_QUEUED)
+				continue;
+			snprintf(id, sizeof(id), "tx-%" PRIu64, e[i].sequence);
+			int rc = outbox_mark_pushed(mk->ob, e[i].sequence, id,
+						    strlen(id), err, sizeof(err));
+			/* Reconciled meanwhile: gone, which is no error. */
+			if (rc == 0)
+				mk->marked++;
+			else if (rc != -ENOENT)
+				CHECKF(0, "mark %" PRIu64 ": %d %s",
+				       e[i].sequence, rc, err);
+		}
+	}
+	return NULL;
+}
+
+static void test_concurrent_marks(void)
+{
+	char dir[300];
+	new_dir(dir, sizeof(dir));
+	struct outbox *ob = open_ob(dir, NULL);
+	struct marker mk = { .ob = ob };
+	pthread_t t;
+	CHECK(pthread_create(&t, NULL, marker_main, &mk) == 0);
+	uint64_t seq = 0;
+	for (unsigned k = 1; k <= 2000; k++) {
+		observe(ob, "local", k, 2, DATE0 + k, ++seq);
+		if (k > 100) /* İYS's copies trail by 100 */
+			observe(ob, "iys:600123:HS", k - 100, 2, DATE0 + k, ++seq);
+		if (k % 10 == 0)
+			commit(ob, seq);
+	}
+	commit(ob, seq);
+	atomic_store(&mk.stop, 1);
+	pthread_join(t, NULL);
+	CHECK(depth(ob) == 100);
+	struct outbox_entry e[128];
+	size_t n = list(ob, e, 128);
+	outbox_close(ob);
+	ob = open_ob(dir, NULL);
+	struct outbox_entry f[128];
+	CHECK(list(ob, f, 128) == n && n == 100);
+	for (size_t i = 0; i < n; i++) {
+		CHECK(f[i].sequence == e[i].sequence && f[i].state == e[i].state);
+		CHECK_STREQ(f[i].pushed_id, e[i].pushed_id);
+	}
+	outbox_close(ob);
+}
+
 /* outbox_parse agrees with outbox_open on a file image. */
 static void test_parse(void)
 {
@@ -437,6 +509,7 @@ int main(void)
 	RUN(test_torn_tail);
 	RUN(test_rebuild_from_log);
 	RUN(test_compaction);
+	RUN(test_concurrent_marks);
 	RUN(test_parse);
 	fsutil_rm_tree(tmpdir);
 	return check_summary();

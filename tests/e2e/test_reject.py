@@ -9,6 +9,7 @@ with an entry reconciled by İYS's own copy arriving as an Apply of origin
 iys:BRAND:HS."""
 
 import hashlib
+import http.client
 import json
 import os
 import random
@@ -200,6 +201,35 @@ def test_reject_on_each_port_denies_everywhere(env, rserver):
     assert cli.ping()
     cli.close()
 
+    # Pipelined behind a REJECT in one write, a CHECK of the key (RESP)
+    # is answered after it, and denied.
+    phone = fresh_phone(rng)
+    with helpers.Resp(rserver.resp) as raw:
+        raw.send_raw(helpers.resp_encode("REJECT", phone, 600126, "MESAJ") +
+                     helpers.resp_encode("CHECK", phone, 600126, "MESAJ") +
+                     b"PING\r\n")
+        got = raw.read()
+        assert isinstance(got, list) and got[1:] == [1, 0], got
+        got = raw.read()
+        assert got[:2] == [0, "CONSENT_REJECTED"], got
+        assert raw.read() == "PONG"
+    # The same on the RPC port: Reject, Check in one write.
+    phone2 = fresh_phone(rng)
+    with Rpc(pb, rserver.rpc) as rpc:
+        a = pb.Request(id=1)
+        a.reject.recipient = phone2
+        a.reject.brand_code = 600126
+        a.reject.channel = MESAJ
+        b = pb.Request(id=2)
+        b.check.checks.add(recipient=phone2, brand_code=600126, channel=MESAJ)
+        rpc.sock.sendall(Rpc.frame(a.SerializeToString()) +
+                         Rpc.frame(b.SerializeToString()))
+        ra, rb = rpc.recv(), rpc.recv()
+        assert ra.id == 1 and ra.WhichOneof("body") == "apply", ra
+        assert rb.id == 2 and not rb.check.verdicts[0].allow, rb
+        assert rb.check.verdicts[0].reason == helpers.CONSENT_REJECTED
+        assert rb.check.applied_sequence >= ra.apply.applied_sequence
+
     # redis-cli, a client nobody here wrote either.
     rec, brand = recs[3]
     p = subprocess.run(["redis-cli", "-p", str(rserver.resp), "REJECT", rec,
@@ -246,9 +276,9 @@ def test_reject_on_each_port_denies_everywhere(env, rserver):
     # Every one of them is in the outbox, once, in log order.
     ob = outbox(rserver, limit=1000)
     seqs = [e["sequence"] for e in ob["entries"]]
-    assert seqs == sorted(set(seqs)) and ob["depth"] == len(seqs) == 6, ob
+    assert seqs == sorted(set(seqs)) and ob["depth"] == len(seqs) == 8, ob
     m = rserver.metrics()
-    assert m.get("consentd_outbox_depth") == 6
+    assert m.get("consentd_outbox_depth") == 8
 
 
 def test_newer_iys_record_is_not_overridden(env, rserver):
@@ -400,7 +430,7 @@ def test_kill9_keeps_every_acknowledged_reject(env):
                             st, _ = http_reject(s, phone, brand, "MESAJ")
                             ok = st == 200
                     except (OSError, redis.RedisError, helpers.Closed,
-                            ConnectionError):
+                            http.client.HTTPException):
                         return  # the server died under us: not acknowledged
                     if ok:
                         with lock:
