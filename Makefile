@@ -59,7 +59,7 @@ BENCHES := $(patsubst bench/%.cc,$(BUILD)/bench/%,$(wildcard bench/*_bench.cc))
 LOADGEN_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard bench/loadgen*.c))
 FUZZERS := $(patsubst fuzz/%.c,$(BUILD)/fuzz/%,$(wildcard fuzz/*_fuzz.c))
 
-.PHONY: FORCE all deps test test-asan test-tsan test-unit bench run fuzz fuzz-replay \
+.PHONY: FORCE all deps test test-asan test-tsan test-unit bench bench-pull run fuzz fuzz-replay \
         clean help install man deb
 .DEFAULT_GOAL := all
 # Keep objects make would treat as intermediate (tests, fuzzers): no
@@ -103,9 +103,10 @@ $(BUILD)/libconsentd.a: $(LIB_OBJ)
 $(BUILD)/consentd: $(SRV_OBJ) $(BUILD)/libconsentd.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(JEMALLOC)
 
-# consentctl feed reads --rpc HOST:PORT with the server's own parser.
+# consentctl feed and pull read --rpc HOST:PORT with the server's own parser;
+# pull speaks HTTP to İYS through libcurl.
 $(BUILD)/consentctl: $(CTL_OBJ) $(BUILD)/server/addr.o $(BUILD)/libconsentd.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $$(pkg-config --libs libcurl)
 
 # The server's modules but main, as an archive: a test or fuzzer pulls in
 # only the modules it uses.
@@ -144,6 +145,9 @@ benches-built: $(BENCHES) $(BUILD)/loadgen
 
 bench: deps all benches-built ## benchmarks side by side (N=records, default 10M)
 	@scripts/bench.sh $(BUILD) $(N)
+
+bench-pull: all ## consentctl pull against the İYS stand-in: records/s and change-to-answer lag
+	@/usr/bin/python3 scripts/pull_bench.py $(BUILD)
 
 run: deps all ## build, generate a 1M-record demo, serve it in the foreground
 	@scripts/demo.sh $(BUILD)

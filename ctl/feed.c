@@ -35,21 +35,16 @@
  */
 #include <errno.h>
 #include <inttypes.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/time.h>
 #include <unistd.h>
 
 #include "core/stream.h"
 #include "ctl/ctl.h"
-#include "server/addr.h"
+#include "ctl/rpcclient.h"
 #include "proto/consent.pb-c.h"
 
 #define FEED_BATCH_DEFAULT 1000
@@ -59,7 +54,6 @@
 /* Under the server's default frame limit (1 MiB), with room for the
  * Request's own fields. */
 #define FEED_BATCH_BYTES_MAX (768u << 10)
-#define FEED_RESPONSE_MAX (16u << 20)
 #define VARINT_MAX 10
 
 struct feed_opts {
@@ -84,8 +78,7 @@ struct feed_inflight {
 
 struct feed {
 	const struct feed_opts *o;
-	int fd;
-	uint64_t next_id;
+	struct rpcclient c;
 	/* The ApplyRequest body being built: repeated field 1 (Consent). */
 	uint8_t *body;
 	size_t body_len, body_cap;
@@ -104,216 +97,28 @@ struct feed {
 	uint64_t cursor_start, cursor_sent, cursor_acked;
 };
 
-static int feed_connect(const char *hostport, int timeout_ms)
-{
-	char h[ADDR_HOST_MAX], port[8], why[ADDR_HOST_MAX + 128];
-	struct addrinfo hints = { 0 }, *res, *ai;
-	uint16_t port_n;
-	int fd = -1, rc;
-
-	if (addr_split(hostport, h, &port_n, why, sizeof(why)) < 0) {
-		fprintf(stderr, "feed: --rpc %s\n", why);
-		return -EINVAL;
-	}
-	snprintf(port, sizeof(port), "%u", (unsigned)port_n);
-	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = SOCK_STREAM;
-	rc = getaddrinfo(h, port, &hints, &res);
-	if (rc != 0) {
-		fprintf(stderr, "feed: %s: %s\n", hostport, gai_strerror(rc));
-		return -EHOSTUNREACH;
-	}
-	rc = -ECONNREFUSED;
-	for (ai = res; ai; ai = ai->ai_next) {
-		struct timeval tv = { timeout_ms / 1000, (timeout_ms % 1000) * 1000 };
-		int one = 1;
-
-		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
-			    ai->ai_protocol);
-		if (fd < 0) {
-			rc = -errno;
-			continue;
-		}
-		/* Bounded waits: SO_SNDTIMEO also bounds connect. */
-		setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-		setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-		if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
-			break;
-		rc = -errno;
-		close(fd);
-		fd = -1;
-	}
-	freeaddrinfo(res);
-	return fd >= 0 ? fd : rc;
-}
-
-static int send_all(int fd, const uint8_t *p, size_t len)
-{
-	while (len) {
-		ssize_t w = send(fd, p, len, MSG_NOSIGNAL);
-
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return errno == EAGAIN ? -ETIMEDOUT : -errno;
-		}
-		p += w;
-		len -= (size_t)w;
-	}
-	return 0;
-}
-
-static int recv_all(int fd, uint8_t *p, size_t len)
-{
-	while (len) {
-		ssize_t r = recv(fd, p, len, 0);
-
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			return errno == EAGAIN ? -ETIMEDOUT : -errno;
-		}
-		if (r == 0)
-			return -ECONNRESET; /* the server closed mid-exchange */
-		p += r;
-		len -= (size_t)r;
-	}
-	return 0;
-}
-
-static int send_request(int fd, const Consent__V1__Request *req)
-{
-	size_t n = consent__v1__request__get_packed_size(req);
-	uint8_t *buf = malloc(4 + n);
-	int rc;
-
-	if (!buf)
-		return -ENOMEM;
-	buf[0] = (uint8_t)(n >> 24);
-	buf[1] = (uint8_t)(n >> 16);
-	buf[2] = (uint8_t)(n >> 8);
-	buf[3] = (uint8_t)n;
-	consent__v1__request__pack(req, buf + 4);
-	rc = send_all(fd, buf, 4 + n);
-	free(buf);
-	return rc;
-}
-
-/* The next Response; the caller frees it with free_unpacked. */
-static int recv_response(int fd, Consent__V1__Response **out)
-{
-	uint8_t hdr[4], *buf;
-	uint32_t n;
-	int rc = recv_all(fd, hdr, 4);
-
-	if (rc < 0)
-		return rc;
-	n = (uint32_t)hdr[0] << 24 | (uint32_t)hdr[1] << 16 |
-	    (uint32_t)hdr[2] << 8 | hdr[3];
-	if (n > FEED_RESPONSE_MAX)
-		return -EMSGSIZE;
-	buf = malloc(n ? n : 1);
-	if (!buf)
-		return -ENOMEM;
-	rc = recv_all(fd, buf, n);
-	if (rc == 0) {
-		*out = consent__v1__response__unpack(NULL, n, buf);
-		if (!*out)
-			rc = -EPROTO;
-	}
-	free(buf);
-	return rc;
-}
-
-/* Prints an Error reply or an unexpected body; always -EPROTO. */
-static int reply_fault(const Consent__V1__Response *r, uint64_t want_id,
-		       const char *want)
-{
-	if (r->body_case == CONSENT__V1__RESPONSE__BODY_ERROR && r->error)
-		fprintf(stderr, "feed: server error %" PRIu32 ": %s\n",
-			r->error->code,
-			r->error->message ? r->error->message : "");
-	else if (r->id != want_id)
-		fprintf(stderr, "feed: reply id %" PRIu64 ", expected %" PRIu64 "\n",
-			r->id, want_id);
-	else
-		fprintf(stderr, "feed: expected a %s reply, got body %d\n", want,
-			(int)r->body_case);
-	return -EPROTO;
-}
-
-/* One request, one reply (for Auth and Stats, before any pipelining). */
-static int call(struct feed *f, Consent__V1__Request *req,
-		Consent__V1__Response **out)
-{
-	int rc;
-
-	req->id = f->next_id++;
-	rc = send_request(f->fd, req);
-	if (rc == 0)
-		rc = recv_response(f->fd, out);
-	if (rc < 0)
-		fprintf(stderr, "feed: %s: %s\n", f->o->rpc, strerror(-rc));
-	return rc;
-}
-
-static int feed_auth(struct feed *f)
-{
-	Consent__V1__Request req = CONSENT__V1__REQUEST__INIT;
-	Consent__V1__AuthRequest a = CONSENT__V1__AUTH_REQUEST__INIT;
-	Consent__V1__Response *r = NULL;
-	int rc;
-
-	a.token = (char *)f->o->token;
-	req.body_case = CONSENT__V1__REQUEST__BODY_AUTH;
-	req.auth = &a;
-	rc = call(f, &req, &r);
-	if (rc < 0)
-		return rc;
-	if (r->id != req.id || r->body_case != CONSENT__V1__RESPONSE__BODY_AUTH)
-		rc = reply_fault(r, req.id, "Auth");
-	else
-		fprintf(stderr, "feed: authenticated as %s\n",
-			r->auth && r->auth->principal ? r->auth->principal : "?");
-	consent__v1__response__free_unpacked(r, NULL);
-	return rc;
-}
-
 static int feed_stats(struct feed *f)
 {
-	Consent__V1__Request req = CONSENT__V1__REQUEST__INIT;
-	Consent__V1__StatsRequest s = CONSENT__V1__STATS_REQUEST__INIT;
 	Consent__V1__Response *r = NULL;
-	int rc;
+	int rc = rpcclient_stats(&f->c, f->o->origin, &r);
 
-	req.body_case = CONSENT__V1__REQUEST__BODY_STATS;
-	req.stats = &s;
-	s.origin = f->o->origin ? (char *)f->o->origin : (char *)"";
-	rc = call(f, &req, &r);
 	if (rc < 0)
 		return rc;
-	if (r->id != req.id || r->body_case != CONSENT__V1__RESPONSE__BODY_STATS ||
-	    !r->stats) {
-		rc = reply_fault(r, req.id, "Stats");
-	} else {
-		f->applied_sequence = r->stats->applied_sequence;
-		const char *cur = r->stats->origin_cursor;
-		if (f->o->origin && cur && cur[0]) {
-			char *end;
-			errno = 0;
-			unsigned long long v = strtoull(cur, &end, 10);
-			if (errno || *end || cur[0] < '0' || cur[0] > '9' || v == 0) {
-				fprintf(stderr, "feed: origin %s: the stored cursor "
-					"\"%s\" is not a sequence of this file "
-					"(another feeder uses this origin?)\n",
-					f->o->origin, cur);
-				rc = -EINVAL;
-			} else {
-				f->resumed = true;
-				f->cursor_start = f->cursor_sent =
-					f->cursor_acked = v;
-			}
+	f->applied_sequence = r->stats->applied_sequence;
+	const char *cur = r->stats->origin_cursor;
+	if (f->o->origin && cur && cur[0]) {
+		char *end;
+		errno = 0;
+		unsigned long long v = strtoull(cur, &end, 10);
+		if (errno || *end || cur[0] < '0' || cur[0] > '9' || v == 0) {
+			fprintf(stderr, "feed: origin %s: the stored cursor "
+				"\"%s\" is not a sequence of this file "
+				"(another feeder uses this origin?)\n",
+				f->o->origin, cur);
+			rc = -EINVAL;
+		} else {
+			f->resumed = true;
+			f->cursor_start = f->cursor_sent = f->cursor_acked = v;
 		}
 	}
 	consent__v1__response__free_unpacked(r, NULL);
@@ -325,7 +130,7 @@ static int feed_wait_one(struct feed *f)
 {
 	struct feed_inflight *b = &f->q[f->q_head];
 	Consent__V1__Response *r = NULL;
-	int rc = recv_response(f->fd, &r);
+	int rc = rpcclient_recv(&f->c, &r);
 
 	if (rc < 0) {
 		fprintf(stderr, "feed: %s: waiting for the reply to %" PRIu64
@@ -335,7 +140,7 @@ static int feed_wait_one(struct feed *f)
 	}
 	if (r->id != b->id || r->body_case != CONSENT__V1__RESPONSE__BODY_APPLY ||
 	    !r->apply) {
-		rc = reply_fault(r, b->id, "Apply");
+		rc = rpcclient_fault(&f->c, r, b->id, "Apply", NULL);
 	} else if (f->o->origin) {
 		/* The server's positions are its own: its count is the check. */
 		if ((uint64_t)r->apply->applied + r->apply->skipped != b->n) {
@@ -411,7 +216,7 @@ static int feed_flush(struct feed *f)
 	}
 	/* Request{id = 1; apply = 3 {body}} by hand: byte for byte what
 	 * protobuf-c packs, without copying the changes into structs. */
-	uint64_t id = f->next_id++;
+	uint64_t id = f->c.next_id++;
 	uint8_t idv[VARINT_MAX], lenv[VARINT_MAX];
 	size_t idn = stream_varint_encode(id, idv);
 	size_t lenn = stream_varint_encode(f->body_len, lenv);
@@ -429,9 +234,9 @@ static int feed_flush(struct feed *f)
 	head[h++] = 0x1a; /* Request.apply: field 3, length-delimited */
 	memcpy(head + h, lenv, lenn);
 	h += lenn;
-	rc = send_all(f->fd, head, h);
+	rc = rpcclient_send_all(&f->c, head, h);
 	if (rc == 0)
-		rc = send_all(f->fd, f->body, f->body_len);
+		rc = rpcclient_send_all(&f->c, f->body, f->body_len);
 	if (rc < 0) {
 		fprintf(stderr, "feed: %s: send: %s\n", f->o->rpc, strerror(-rc));
 		return rc;
@@ -702,21 +507,19 @@ int ctl_feed(int argc, char **argv)
 	if (feed_parse_args(argc, argv, &o) < 0)
 		return feed_usage();
 	f.o = &o;
-	f.next_id = 1;
+	f.c.fd = -1;
 	in_fd = ctl_open_in(o.in);
 	if (in_fd < 0) {
 		fprintf(stderr, "feed: %s: %s\n", o.in, strerror(-in_fd));
 		return 1;
 	}
-	f.fd = feed_connect(o.rpc, o.timeout_ms);
-	if (f.fd < 0) {
-		if (f.fd != -EINVAL) /* that one said why already */
-			fprintf(stderr, "feed: %s: %s\n", o.rpc,
-				strerror(-f.fd));
-		rc = f.fd;
+	rc = rpcclient_connect(&f.c, o.rpc, o.timeout_ms, "feed");
+	if (rc < 0) {
+		if (rc != -EINVAL) /* that one said why already */
+			fprintf(stderr, "feed: %s: %s\n", o.rpc, strerror(-rc));
 		goto out;
 	}
-	rc = o.token ? feed_auth(&f) : 0;
+	rc = o.token ? rpcclient_auth(&f.c, o.token) : 0;
 	if (rc == 0)
 		rc = feed_stats(&f);
 	if (rc == 0) {
@@ -743,7 +546,7 @@ int ctl_feed(int argc, char **argv)
 			f.skipped_server, f.skipped_resume, start,
 			f.applied_sequence);
 	}
-	close(f.fd);
+	rpcclient_close(&f.c);
 out:
 	if (in_fd != STDIN_FILENO)
 		close(in_fd);

@@ -37,6 +37,14 @@ static const struct command commands[] = {
 	  "send a change stream to a server's Apply RPC, resuming from its "
 	  "origin's cursor (default origin file:BASENAME; --no-origin: after "
 	  "the applied sequence)" },
+	{ "pull", ctl_pull,
+	  "pull --iys URL --iys-code I --brand B[,B...] --credentials FILE "
+	  "[--consentd HOST:PORT] [--token T|--token-file FILE] [--once] "
+	  "[--interval SEC] [--rate N/min] [--ops HOST:PORT] ...",
+	  "follow İYS's consent changes of each brand (sources HS and IYS) "
+	  "into consentd's Apply, resuming from each origin iys:BRAND:SOURCE's "
+	  "cursor; with --ops push consentd's outbox of local rejections to "
+	  "İYS (consentctl pull --help for every flag)" },
 	{ "import-csv", ctl_import_csv,
 	  "import-csv --brand B [--iys-code I] [--skip-bad] [--from-sequence Q] "
 	  "FILE --out FILE",
