@@ -95,6 +95,9 @@ struct grpc_stream {
 	bool rst_after;        /* answered early: RST_STREAM once it is sent */
 	const struct principal *principal;
 	struct grpc_stream *next; /* ready list */
+	/* Every record of the connection: nghttp2_session_del frees its
+	 * streams without on_stream_close, so grpc_fini frees them. */
+	struct grpc_stream *all_prev, *all_next;
 
 	/* The message: its 5-byte prefix first (pre), then msg, which has
 	 * GRPC_HEADROOM bytes before the prefix's copy and the body. */
@@ -120,6 +123,7 @@ struct grpc_conn {
 	uint32_t n_waiting;    /* ... not answered yet (calls in flight) */
 	size_t in_bytes;       /* message bytes buffered over all streams */
 	struct grpc_stream *ready_head, *ready_tail; /* behind an Apply */
+	struct grpc_stream *all;   /* every stream record */
 	/* The last token that authenticated on this connection: calls carry
 	 * it each time, and hashing it each time would cost more than the
 	 * check. Compared in constant time (a proxy may multiplex clients). */
@@ -587,6 +591,25 @@ static int grpc_headers_done(struct grpc_conn *gc, struct grpc_stream *st)
 
 /* ---- nghttp2 callbacks ------------------------------------------------- */
 
+static void grpc_stream_free(struct grpc_conn *gc, struct grpc_stream *st)
+{
+	if (st->all_prev != NULL)
+		st->all_prev->all_next = st->all_next;
+	else
+		gc->all = st->all_next;
+	if (st->all_next != NULL)
+		st->all_next->all_prev = st->all_prev;
+	if (st->msg != NULL) {
+		gc->in_bytes -= st->msg_len;
+		free(st->msg);
+	}
+	if (!st->answered)
+		gc->n_waiting--;
+	obuf_fini(&st->out);
+	free(st);
+	gc->n_open--;
+}
+
 static int grpc_cb_result(struct grpc_conn *gc, int rc)
 {
 	if (rc == -ENOMEM) {
@@ -613,6 +636,10 @@ static int grpc_on_begin_headers(nghttp2_session *s, const nghttp2_frame *f,
 		free(st);
 		return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
 	}
+	st->all_next = gc->all;
+	if (gc->all != NULL)
+		gc->all->all_prev = st;
+	gc->all = st;
 	gc->n_open++;
 	gc->n_waiting++;
 	return 0;
@@ -847,16 +874,8 @@ static int grpc_on_stream_close(nghttp2_session *s, int32_t id,
 		grpc_unqueue(gc, st);
 	if (gc->apply_stream == id)
 		gc->apply_stream = 0;
-	if (st->msg != NULL) {
-		gc->in_bytes -= st->msg_len;
-		free(st->msg);
-	}
-	if (!st->answered)
-		gc->n_waiting--;
-	obuf_fini(&st->out);
-	free(st);
+	grpc_stream_free(gc, st);
 	nghttp2_session_set_stream_user_data(s, id, NULL);
-	gc->n_open--;
 	return 0;
 }
 
@@ -909,9 +928,9 @@ static void grpc_fini(struct conn *c)
 
 	if (gc == NULL)
 		return;
-	/* Deleting the session closes its streams (on_stream_close frees
-	 * them), so gc must still be there. */
 	nghttp2_session_del(gc->s);
+	while (gc->all != NULL)
+		grpc_stream_free(gc, gc->all);
 	free(gc);
 	*slot = NULL;
 }
