@@ -28,8 +28,7 @@
  *   RESOURCE_EXHAUSTED (8)  a message over --max-frame-bytes, the calls'
  *                           buffered messages over --conn-in-cap-bytes, a
  *                           reply over --conn-out-cap-bytes
- *   UNAVAILABLE (14)        the change log failed or no index (503); a
- *                           call left incomplete past the stall deadline
+ *   UNAVAILABLE (14)        the change log failed or no index (503)
  *   ABORTED (10)            an Apply's cursor conflict (409)
  *   UNIMPLEMENTED (12)      History, Reject, an unknown method, a
  *                           compressed message
@@ -48,7 +47,9 @@
  * Limits: conn.c's input and output caps and deadlines apply to HTTP/2
  * frames (only whole frames go to nghttp2, so an unfinished frame is
  * carried and timed like an RPC frame); a stream whose message is
- * incomplete counts as a stalled request too. At the connection cap the
+ * incomplete counts as a stalled request too. Past the deadline the
+ * connection gets a GOAWAY naming it and closes (its calls end
+ * UNAVAILABLE at the client). At the connection cap the
  * refusal is the server's SETTINGS and a GOAWAY (ENHANCE_YOUR_CALM,
  * "max connections"). Bytes that are not HTTP/2 get a GOAWAY and a close.
  *
