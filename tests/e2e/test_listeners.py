@@ -12,7 +12,7 @@ import pytest
 import helpers
 
 
-@pytest.mark.parametrize("flag", ["--rpc", "--resp", "--http"])
+@pytest.mark.parametrize("flag", ["--rpc", "--resp", "--http", "--grpc"])
 @pytest.mark.parametrize("addr,why", [
     ("127.0.0.1:65536", "over 65535"),
     ("127.0.0.1:", "empty port"),
