@@ -22,16 +22,18 @@
  * answers as if no record existed, without ever allowing (index/check.c: no
  * index counts as stale); /readyz says not ready.
  *
- * Listeners: --rpc, --resp, --http take HOST:PORT or [v6]:PORT, read by
+ * Listeners: --rpc, --resp, --http, --grpc (and --policy when given)
+ * take HOST:PORT or [v6]:PORT, read by
  * server/addr.c (checked while the flags are parsed: a bad one is exit 2);
  * port 0 lets the kernel choose. A port in use is waited for up to
  * --bind-wait-ms (default 10000; a kill -9'd predecessor's io_uring can
  * hold its listeners a moment after it is reaped). Each bound address is
- * logged, and with --ports-file FILE written, once all three are bound
+ * logged, and with --ports-file FILE written, once all are bound
  * (independent of readiness), atomically (temp file in the same
  * directory, fsync, rename, directory fsync) as one line per listener:
  *   rpc 127.0.0.1:PORT
  *   resp 127.0.0.1:PORT
+ *   grpc 127.0.0.1:PORT
  *   http [::1]:PORT
  * The file is left in place at exit.
  */
