@@ -117,6 +117,7 @@ struct grpc_conn {
 	struct conn_ctx *x;    /* of the current call into the session */
 	struct conn *c;
 	uint32_t preface_left; /* client preface bytes not yet fed */
+	int32_t max_headers_id; /* the highest client stream a HEADERS named */
 	int32_t apply_stream;  /* the stream whose Apply is with the writer */
 	bool enomem;           /* a callback ran out of memory */
 	uint32_t n_open;       /* streams with a record */
@@ -1010,22 +1011,46 @@ static int grpc_goaway(struct grpc_conn *gc, uint32_t error,
 
 /* The preface and the whole frames at the start of p[0..n): the bytes to
  * hand nghttp2 now (a frame over our SETTINGS_MAX_FRAME_SIZE goes as its
- * header alone: nghttp2 refuses it from that). */
-static size_t grpc_run(const struct grpc_conn *gc, const uint8_t *p,
-		       size_t n)
+ * header alone: nghttp2 refuses it from that).
+ *
+ * One frame is never handed over: an RST_STREAM for a client stream no
+ * HEADERS opened yet (an idle stream). RFC 9113 §6.4 makes it a connection
+ * error, and nghttp2 ends the connection for it, but gRPC's own C core
+ * (grpcio, C++, C#) sends exactly that when a call is cancelled between
+ * taking its stream id and writing its headers (grpc/grpc#19655, #38758):
+ * one cancelled call would fail every call on the connection. *skip then
+ * gets the frame's bytes (with a run of 0), dropped by the caller; the
+ * call's HEADERS, if they come after it, open a call that is answered to
+ * nobody. */
+static size_t grpc_run(struct grpc_conn *gc, const uint8_t *p, size_t n,
+		       size_t *skip)
 {
 	size_t off = 0;
 
+	*skip = 0;
 	if (gc->preface_left > 0)
 		return n < gc->preface_left ? 0 : gc->preface_left;
 	while (n - off >= GRPC_FRAME_HDR && off < GRPC_RUN_MAX) {
-		uint32_t flen = (uint32_t)p[off] << 16 |
-				(uint32_t)p[off + 1] << 8 | p[off + 2];
+		const uint8_t *h = p + off;
+		uint32_t flen = (uint32_t)h[0] << 16 | (uint32_t)h[1] << 8 |
+				h[2];
+		int32_t id = (int32_t)((uint32_t)(h[5] & 0x7f) << 24 |
+				       (uint32_t)h[6] << 16 |
+				       (uint32_t)h[7] << 8 | h[8]);
 
 		if (flen > GRPC_MAX_FRAME)
 			return off + GRPC_FRAME_HDR;
 		if (n - off - GRPC_FRAME_HDR < flen)
 			break;
+		if (h[3] == NGHTTP2_RST_STREAM && (id & 1) &&
+		    id > gc->max_headers_id) {
+			if (off == 0)
+				*skip = GRPC_FRAME_HDR + flen;
+			return off;
+		}
+		if (h[3] == NGHTTP2_HEADERS && (id & 1) &&
+		    id > gc->max_headers_id)
+			gc->max_headers_id = id;
 		off += GRPC_FRAME_HDR + flen;
 	}
 	return off;
@@ -1043,14 +1068,18 @@ static long grpc_process(struct conn_ctx *x, struct conn *c, const char *in,
 		return -ENOMEM;
 	rc = grpc_drain_ready(gc);
 	while (rc == 0 && !c->want_close && !c->apply_wait && pos < len) {
-		size_t run;
+		size_t run, skip;
 		ssize_t r;
 
 		if (conn_out_pending(c) > x->cfg->conn_out_cap_bytes) {
 			c->paused = true;
 			break;
 		}
-		run = grpc_run(gc, buf + pos, len - pos);
+		run = grpc_run(gc, buf + pos, len - pos, &skip);
+		if (skip > 0) {
+			pos += skip; /* an idle stream's RST_STREAM (above) */
+			continue;
+		}
 		if (run == 0)
 			break;
 		r = nghttp2_session_mem_recv(gc->s, buf + pos, run);

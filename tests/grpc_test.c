@@ -658,6 +658,42 @@ static void test_unfinished_call_and_frame(void)
 	client_fini(&cl);
 }
 
+/* gRPC's C core cancels a call that took a stream id but has not sent its
+ * headers with an RST_STREAM on that idle stream (grpc/grpc#19655), a
+ * connection error by RFC 9113: the connection and its other calls must
+ * live on. */
+static void test_rst_on_idle_stream(void)
+{
+	static const uint8_t rst[] = { 0, 0, 4, NGHTTP2_RST_STREAM, 0, 0, 0, 0,
+				       3, 0, 0, 0, NGHTTP2_CANCEL };
+	struct client cl;
+	struct conn c;
+	struct call *a, *b;
+	uint8_t body[512];
+	size_t bl = pack_check(body, phones, 1, BRAND);
+
+	client_init(&cl);
+	CHECK(conn_init(&c, &grpc_proto, &cfg, ctx.now_ms) == 0);
+	a = client_call(&cl, "/consent.v1.ConsentService/Check", body, bl, 0,
+			NULL);
+	client_drain(&cl);
+	conn_ctx_begin_turn(&ctx);
+	CHECK(conn_feed(&ctx, &c, (const char *)cl.out, cl.out_len) == 0);
+	cl.out_len = 0;
+	/* RST_STREAM(3) before stream 3's HEADERS, split across receives. */
+	CHECK(conn_feed(&ctx, &c, (const char *)rst, 5) == 0);
+	CHECK(conn_feed(&ctx, &c, (const char *)rst + 5, sizeof(rst) - 5) == 0);
+	b = client_call(&cl, "/consent.v1.ConsentService/Check", body, bl, 0,
+			NULL);
+	CHECK(b->id == 3);
+	exchange(&c, &cl, 0);
+	expect_verdicts(a, phones, 1, BRAND, NULL);
+	expect_verdicts(b, phones, 1, BRAND, NULL);
+	CHECK(!cl.goaway && !c.want_close);
+	conn_fini(&c);
+	client_fini(&cl);
+}
+
 static void test_refusal_and_garbage(void)
 {
 	struct client cl;
@@ -698,6 +734,7 @@ int main(void)
 	RUN(test_status_codes);
 	RUN(test_tokens);
 	RUN(test_unfinished_call_and_frame);
+	RUN(test_rst_on_idle_stream);
 	RUN(test_refusal_and_garbage);
 	conn_ctx_fini(&ctx);
 	return check_summary();
