@@ -52,6 +52,8 @@
  * UNAVAILABLE at the client). At the connection cap the
  * refusal is the server's SETTINGS and a GOAWAY (ENHANCE_YOUR_CALM,
  * "max connections"). Bytes that are not HTTP/2 get a GOAWAY and a close.
+ * One leniency: an RST_STREAM on an idle stream, which gRPC's C core sends
+ * for a call cancelled early, is dropped (grpc_run in grpc.c says why).
  *
  * Threads: a connection and its nghttp2 session belong to one worker.
  * Memory: one nghttp2 session per connection (created with its first
