@@ -25,7 +25,7 @@ CFLAGS  := -std=c11 $(OPT) -g -march=x86-64-v2 -Wall -Wextra -Wshadow $(WERROR) 
            -Wno-missing-field-initializers -MMD -MP
 CXXFLAGS := -std=c++17 $(OPT) -g -Wall -Wextra -MMD -MP
 LDLIBS  := -luring -lxxhash -lprotobuf-c -lurcu-qsbr -lmicrohttpd -ljansson -lssl -lcrypto -lcurl \
-           -lsystemd \
+           -lsystemd -lnghttp2 \
            -lpthread -lm
 ifeq ($(SAN),asan)
   CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all

@@ -10,11 +10,12 @@
 #      `loadgen --emit-redis-load | redis-cli --pipe`;
 #   4. the load generator, pinned to core 1, runs every workload against
 #      both, interleaved, RUNS times: RPC batch 1 and 100, RESP CHECK and
-#      MCHECK 100 against GET and MGET 100, and RESP CHECK over TLS
-#      against a second consentd (same records, --tls-listeners resp, its
-#      own copy of the index) right after each plaintext RESP CHECK run;
-#      then redis-benchmark (CHECK vs GET, same pipeline); then the open
-#      loop at half of consentd's peak;
+#      MCHECK 100 against GET and MGET 100, RESP CHECK over TLS against a
+#      second consentd (same records, --tls-listeners resp, its own copy of
+#      the index) right after each plaintext RESP CHECK run, and h2load the
+#      gRPC port at batch 1 and 100 (scripts/grpc_bench.py); then
+#      redis-benchmark (CHECK vs GET, same pipeline); then the open loop at
+#      half of consentd's peak;
 #   5. the Google Benchmark binaries BUILD/bench/*_bench, if any;
 #   6. bench/results/latest.{md,json} plus a dated copy, the table in
 #      README.md between <!-- bench:start --> and <!-- bench:end --> (only
@@ -77,7 +78,7 @@ fact stamp "$stamp"
 # consentd binds port 0 and reports its ports in --ports-file; Redis cannot,
 # so it is started on a port and started again on the next if that bind
 # fails (the bind itself is the check, not a probe before it).
-p_rpc=""; p_resp=""; p_http=""; p_redis=""
+p_rpc=""; p_resp=""; p_http=""; p_grpc=""; p_redis=""
 # The port of listener $1 in consentd's ports file $2.
 ports_get() { awk -v n="$1" '$1 == n { sub(/.*:/, "", $2); print $2 }' "$2"; }
 
@@ -139,14 +140,14 @@ if [ -x "$build/consentd" ] && [ -d "$idx" ]; then
   rm -f "$ports"
   taskset -c "$srv_cpu" "$build/consentd" --data-dir "$idx" \
     --rpc 127.0.0.1:0 --resp 127.0.0.1:0 --http 127.0.0.1:0 \
-    --ports-file "$ports" --workers 1 > "$out/consentd.log" 2>&1 &
+    --grpc 127.0.0.1:0 --ports-file "$ports" --workers 1 > "$out/consentd.log" 2>&1 &
   cd_pid=$!
   for _ in $(seq 1 6000); do
     kill -0 "$cd_pid" 2>/dev/null || break
     if [ -z "$p_http" ] && [ -s "$ports" ]; then
       p_rpc=$(ports_get rpc "$ports"); p_resp=$(ports_get resp "$ports")
-      p_http=$(ports_get http "$ports")
-      echo "consentd: rpc $p_rpc, resp $p_resp, http $p_http"
+      p_http=$(ports_get http "$ports"); p_grpc=$(ports_get grpc "$ports")
+      echo "consentd: rpc $p_rpc, resp $p_resp, http $p_http, grpc $p_grpc"
     fi
     if [ -n "$p_http" ] && curl -sf -o /dev/null "http://127.0.0.1:$p_http/readyz"; then
       cd_ok=1; break
@@ -185,7 +186,7 @@ if [ $cd_ok -eq 1 ]; then
      rm -rf "$data/idx-tls" && cp -a "$idx" "$data/idx-tls"; then
     ports="$out/consentd-tls.ports"
     taskset -c "$srv_cpu" "$build/consentd" --data-dir "$data/idx-tls" \
-      --rpc 127.0.0.1:0 --resp 127.0.0.1:0 --http 127.0.0.1:0 \
+      --rpc 127.0.0.1:0 --resp 127.0.0.1:0 --http 127.0.0.1:0 --grpc 127.0.0.1:0 \
       --ports-file "$ports" --workers 1 --tls-listeners resp \
       --tls-cert "$tls_dir/srv.pem" --tls-key "$tls_dir/srv.key" \
       > "$out/consentd-tls.log" 2>&1 &
@@ -264,6 +265,22 @@ run_lg() {
   return 0
 }
 
+# run_grpc NAME RUN BATCH STREAMS: h2load on core $cli_cpu against the gRPC
+# port, its replies verified around the run (scripts/grpc_bench.py).
+run_grpc() {
+  local name=$1 run=$2 b=$3 m=$4
+  timeout $(( ${dur%.*} + 300 )) $python scripts/grpc_bench.py \
+    --snapshot "$snap" --rpc "$p_rpc" --grpc "$p_grpc" --http "$p_http" \
+    --batch "$b" --connections "$conns" --streams "$m" --duration "$dur" \
+    --warmup "$warm" --cpu "$cli_cpu" --server-pid "$cd_pid" \
+    --label "$name" --json "$out/$name.$run.json"
+  local rc=$?
+  printf '%s\t%s\t%s\n' "$name" "$run" "$rc" >> "$status"
+  [ $rc -eq 1 ] && wrong=1
+  [ $rc -ne 0 ] && echo "bench: $name run $run: grpc_bench exit $rc"
+  return 0
+}
+
 closed_loop() {
   local r=$1
   if [ $cd_ok -eq 1 ]; then
@@ -281,6 +298,10 @@ closed_loop() {
   fi
   [ $rd_ok -eq 1 ] && run_lg rd_mget "$r" --proto redis-mget --port "$p_redis" \
     --batch "$batch" --pipeline "$batch_depth"
+  if [ $cd_ok -eq 1 ] && [ -n "$p_grpc" ]; then
+    run_grpc cd_grpc_b1 "$r" 1 "$depth"
+    run_grpc cd_grpc_batch "$r" "$batch" "$batch_depth"
+  fi
 }
 
 for r in $(seq 1 "$runs"); do
@@ -380,7 +401,7 @@ if [ -x "$build/consentd" ] && [ -d "$idx" ]; then
   bs_ok=0
   rm -rf "$data/bootstrap-new" "$out/peer.ports" "$out/bootstrap.ports"
   taskset -c "$srv_cpu" "$build/consentd" --data-dir "$idx" \
-    --rpc 127.0.0.1:0 --resp 127.0.0.1:0 --http 127.0.0.1:0 \
+    --rpc 127.0.0.1:0 --resp 127.0.0.1:0 --http 127.0.0.1:0 --grpc 127.0.0.1:0 \
     --ports-file "$out/peer.ports" --workers 1 > "$out/peer.log" 2>&1 &
   peer_pid=$!
   peer_http=""
@@ -396,7 +417,7 @@ if [ -x "$build/consentd" ] && [ -d "$idx" ]; then
     t0=$(now)
     taskset -c "$cli_cpu" "$build/consentd" --data-dir "$data/bootstrap-new" \
       --bootstrap-from "http://127.0.0.1:$peer_http" \
-      --rpc 127.0.0.1:0 --resp 127.0.0.1:0 --http 127.0.0.1:0 \
+      --rpc 127.0.0.1:0 --resp 127.0.0.1:0 --http 127.0.0.1:0 --grpc 127.0.0.1:0 \
       --ports-file "$out/bootstrap.ports" --workers 1 > "$out/bootstrap.log" 2>&1 &
     bs_pid=$!
     bs_http=""
@@ -511,7 +532,7 @@ def rb_summary(name):
 S = {k: summary(k) for k in (
     "cd_rpc_b1", "cd_resp_check", "rd_get", "cd_rpc_batch", "cd_resp_mcheck",
     "rd_mget", "open_cd_check", "open_rd_get_check", "open_cd_rpc",
-    "open_rd_get_rpc", "cd_tls_resp_check")}
+    "open_rd_get_rpc", "cd_tls_resp_check", "cd_grpc_b1", "cd_grpc_batch")}
 RB = {k: rb_summary(k) for k in ("rb_check", "rb_get")}
 
 def fnum(v, unit=""):
@@ -588,6 +609,25 @@ if S.get("cd_tls_resp_check"):
         "tls_client_cpu": get(t, "client_cpu"), "plain_client_cpu": get(p, "client_cpu"),
         "cipher": facts.get("tls_cipher", ""), "openssl": facts.get("openssl_version", ""),
     }
+# gRPC (h2load) against the framed RPC (loadgen), both on the same server.
+grpc_rows = []
+for label, g, r in (
+        (f"gRPC Check, 1 check/call, h2load -c {conns} -m {depth} — vs RPC 1 check/request, {conns}×{depth}",
+         "cd_grpc_b1", "cd_rpc_b1"),
+        (f"gRPC Check, {batch} checks/call, h2load -c {conns} -m {bdepth} — vs RPC {batch} checks/request, {conns}×{bdepth}",
+         "cd_grpc_batch", "cd_rpc_batch")):
+    gs, rs = S.get(g), S.get(r)
+    if gs is None:
+        continue
+    grpc_rows.append({
+        "workload": label,
+        "grpc_per_s": get(gs, "checks_per_s"), "rpc_per_s": get(rs, "checks_per_s"),
+        "ratio": ratio(get(gs, "checks_per_s"), get(rs, "checks_per_s")),
+        "grpc_p50_us": get(gs, "p50_us"), "grpc_p99_us": get(gs, "p99_us"),
+        "rpc_p50_us": get(rs, "p50_us"), "rpc_p99_us": get(rs, "p99_us"),
+        "server_cpu": med([x.get("server_cpu") for x in gs["all"]]),
+        "server_checks_per_cpu_s": med([x.get("server_checks_per_cpu_s") for x in gs["all"]]),
+    })
 
 open_rows = []
 for label, cd, rd, rate in (("RESP CHECK vs GET", "open_cd_check", "open_rd_get_check", "open_rate_check"),
@@ -687,6 +727,19 @@ if tls_row:
     L.append(f"| {tls_row['workload']} | {fnum(tls_row['tls_per_s'])} | {fnum(tls_row['plain_per_s'])} | "
              f"{fratio(tls_row['ratio'])} | {flat(tls_row['tls_p50_us'])} / {flat(tls_row['tls_p99_us'])} | "
              f"{flat(tls_row['plain_p50_us'])} / {flat(tls_row['plain_p99_us'])} |")
+if grpc_rows:
+    L.append("")
+    L.append("gRPC (h2load repeating one message, replies verified around each run: "
+             "bench/README.md) against the framed RPC (loadgen) on the same server:")
+    L.append("")
+    L.append("| workload | gRPC checks/s | RPC checks/s | ratio | gRPC p50 / p99 µs | RPC p50 / p99 µs | consentd core busy | gRPC checks per consentd CPU-second |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for g in grpc_rows:
+        busy = "—" if g["server_cpu"] is None else f"{100 * g['server_cpu']:.0f} %"
+        L.append(f"| {g['workload']} | {fnum(g['grpc_per_s'])} | {fnum(g['rpc_per_s'])} | "
+                 f"{fratio(g['ratio'])} | {flat(g['grpc_p50_us'])} / {flat(g['grpc_p99_us'])} | "
+                 f"{flat(g['rpc_p50_us'])} / {flat(g['rpc_p99_us'])} | {busy} | "
+                 f"{fnum(g['server_checks_per_cpu_s'])} |")
 if open_rows:
     L.append("")
     L.append("Open loop (fixed schedule, latency from the intended send time) at half of consentd's peak:")
@@ -761,7 +814,7 @@ md = "\n".join(L) + "\n"
 
 result = {
     "stamp": stamp, "facts": facts, "throughput": rows, "open_loop": open_rows,
-    "tls": tls_row,
+    "tls": tls_row, "grpc": grpc_rows,
     "memory": mem, "index_build": build, "google_benchmark": gbench,
     "redis_benchmark": RB, "workloads": {k: v for k, v in S.items() if v},
     "start_to_warm": {k: v for k, v in (warm or {}).items() if k != "windows"},

@@ -32,7 +32,7 @@ rm -f "$out"/*.out "$out"/server.log
 # The RPC and RESP ports are read from the server's own log lines.
 valgrind --tool=callgrind --callgrind-out-file="$out/cg.%p" \
   "$build/consentd" --data-dir "$idx" --rpc 127.0.0.1:0 --resp 127.0.0.1:0 \
-  --http 127.0.0.1:0 --workers 1 > "$out/server.log" 2>&1 &
+  --http 127.0.0.1:0 --grpc 127.0.0.1:0 --workers 1 > "$out/server.log" 2>&1 &
 pid=$!
 port() {
   sed -n "s/^consentd: $1 listening on [^ ]*:\([0-9]*\) .*/\1/p" "$out/server.log"

@@ -95,6 +95,7 @@ def main():
         ["taskset", "-c", a.server_cpu, os.path.join(a.build, "consentd"),
          "--data-dir", a.data, "--rpc", "127.0.0.1:%d" % rpc,
          "--resp", "127.0.0.1:%d" % resp, "--http", "127.0.0.1:%d" % http,
+         "--grpc", "127.0.0.1:0",
          "--workers", "1"], stdout=log, stderr=subprocess.STDOUT)
     try:
         while not ready(http):

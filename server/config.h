@@ -30,6 +30,8 @@ struct server_config {
 	const char *tls_key;
 	const char *tls_ca;        /* NULL: no client certificates asked */
 	const char *tls_listeners; /* "rpc,resp"; NULL: all but policy */
+	const char *grpc_addr;     /* gRPC port, default 127.0.0.1:7703 */
+	uint32_t grpc_max_streams; /* SETTINGS_MAX_CONCURRENT_STREAMS: 100 */
 	unsigned workers;          /* default: online cores */
 	const struct tokens *tokens; /* NULL: every client trusted */
 	int64_t stale_soft_s;      /* readiness off past this age; 0 = off */
@@ -71,6 +73,8 @@ static inline void server_config_defaults(struct server_config *cfg)
 		.rpc_addr = "127.0.0.1:7700",
 		.resp_addr = "127.0.0.1:7701",
 		.http_addr = "127.0.0.1:7702",
+		.grpc_addr = "127.0.0.1:7703",
+		.grpc_max_streams = 100,
 		.bind_wait_ms = 10000,
 		.max_frame_bytes = 1u << 20,
 		.max_frame_bytes_unauth = 4096,

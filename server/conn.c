@@ -110,7 +110,7 @@ int conn_init(struct conn *c, const struct conn_proto *proto,
 	memset(c, 0, sizeof(*c));
 	c->proto = proto;
 	c->authed = cfg->tokens == NULL;
-	c->sniffing = true;
+	c->sniffing = !proto->speaks_http;
 	c->last_rx_ms = now_ms;
 	c->in = malloc(CONN_IBUF_INITIAL);
 	rc_out = obuf_init(&c->out, OBUF_INITIAL);
@@ -126,6 +126,8 @@ int conn_init(struct conn *c, const struct conn_proto *proto,
 void conn_fini(struct conn *c)
 {
 	tls_conn_destroy(c);
+	if (c->proto != NULL && c->proto->fini != NULL)
+		c->proto->fini(c);
 	free(c->in);
 	c->in = NULL;
 	c->in_len = c->in_cap = 0;
@@ -306,7 +308,7 @@ out:
 	if (c->want_close)
 		c->in_len = 0;
 	/* An unfinished frame has waited since the last one completed. */
-	if (c->in_len == 0 || c->paused)
+	if ((c->in_len == 0 && !c->partial) || c->paused)
 		c->partial_since_ms = 0;
 	else if (x->n_requests != before || c->partial_since_ms == 0)
 		c->partial_since_ms = x->now_ms;

@@ -2,7 +2,7 @@
  * conn: one client connection's bytes, apart from any socket. conn_feed
  * takes what a receive delivered, sniffs for HTTP on a binary port, hands
  * complete frames to the connection's protocol (struct conn_proto, the
- * table server/rpc.c and server/resp.c each export), carries
+ * table each protocol module exports), carries
  * an unfinished frame over in a small per-connection buffer and queues the
  * replies in an output buffer; the loop (server/loop.c) takes the queued
  * bytes for one send per turn with conn_take_send. The loop owns the
@@ -80,6 +80,12 @@ struct conn_proto {
 	 * the client offers it ("h2" for gRPC; a client offering others only
 	 * is refused); NULL: none selected, any offer ignored. */
 	const char *alpn;
+	/* The protocol is HTTP itself (HTTP/2: its preface starts "PRI *
+	 * HTTP/2.0"), so conn.c does not sniff for an HTTP request line. */
+	bool speaks_http;
+	/* Frees what the protocol keeps per connection outside its
+	 * conn_proto_state (conn_fini calls it); NULL if nothing. */
+	void (*fini)(struct conn *c);
 };
 
 /* A protocol's per-connection state, inside struct conn so that no
@@ -100,6 +106,8 @@ struct conn {
 	bool paused;       /* unsent output past its cap: process no input */
 	bool apply_wait;   /* an Apply is with the writer: paused until its
 			    * reply, so no later reply can pass it */
+	bool partial;      /* the protocol holds an unfinished request of its
+			    * own (not in `in`): the stall deadline runs */
 	uint64_t tag;      /* the worker's name for it (writer replies) */
 	const struct principal *principal; /* NULL: trusted */
 	struct tls_conn *tls; /* NULL: plaintext; else server/tls.h's, and

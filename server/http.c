@@ -157,6 +157,7 @@ static const char *const http_proto_names[METRICS_PROTO_COUNT] = {
 	[METRICS_RESP] = "resp",
 	[METRICS_HTTP] = "http",
 	[METRICS_POLICY] = "policy",
+	[METRICS_GRPC] = "grpc",
 };
 
 static uint64_t http_mono_us(void)

@@ -32,16 +32,18 @@
  * answers as if no record existed, without ever allowing (index/check.c: no
  * index counts as stale); /readyz says not ready.
  *
- * Listeners: --rpc, --resp, --http take HOST:PORT or [v6]:PORT, read by
+ * Listeners: --rpc, --resp, --http, --grpc (and --policy when given)
+ * take HOST:PORT or [v6]:PORT, read by
  * server/addr.c (checked while the flags are parsed: a bad one is exit 2);
  * port 0 lets the kernel choose. A port in use is waited for up to
  * --bind-wait-ms (default 10000; a kill -9'd predecessor's io_uring can
  * hold its listeners a moment after it is reaped). Each bound address is
- * logged, and with --ports-file FILE written, once all three are bound
+ * logged, and with --ports-file FILE written, once all are bound
  * (independent of readiness), atomically (temp file in the same
  * directory, fsync, rename, directory fsync) as one line per listener:
  *   rpc 127.0.0.1:PORT
  *   resp 127.0.0.1:PORT
+ *   grpc 127.0.0.1:PORT
  *   http [::1]:PORT
  * The file is left in place at exit.
  */
@@ -73,6 +75,7 @@
 #include "server/loop.h"
 #include "server/metrics.h"
 #include "server/notify.h"
+#include "server/grpc.h"
 #include "server/policy.h"
 #include "server/resp.h"
 #include "server/rpc.h"
@@ -137,6 +140,10 @@ static const struct flag main_flags[] = {
 	{ "tls-listeners", FLAG_STR, CFG_OFF(tls_listeners), 0, 0,
 	  "LIST: the client ports that speak TLS with --tls-cert, e.g. "
 	  "rpc,resp (every one but policy)" },
+	{ "grpc", FLAG_STR, CFG_OFF(grpc_addr), 0, 0,
+	  "HOST:PORT of the gRPC port (127.0.0.1:7703)" },
+	{ "grpc-max-streams", FLAG_U32, CFG_OFF(grpc_max_streams), 1, 65536,
+	  "concurrent gRPC calls per connection (100)" },
 	{ "workers", FLAG_U32, CFG_OFF(workers), 1, 1024,
 	  "N worker threads, one io_uring each (online cores)" },
 	{ "stale-soft", FLAG_I64, CFG_OFF(stale_soft_s), 0, INT32_MAX,
@@ -193,6 +200,8 @@ static void main_usage(FILE *f)
 		"                [--rpc HOST:PORT]\n"
 		"                [--resp HOST:PORT] [--http HOST:PORT] "
 		"[--ports-file FILE]\n"
+		"                [--grpc HOST:PORT]"
+		"\n"
 		"                [--bind-wait-ms N] [--workers N]"
 		"\n"
 		"                [--tokens FILE] [--stale-soft SEC] "
@@ -456,14 +465,15 @@ static int main_check(const struct server_config *cfg,
 		/* Addresses are read again when bound; a typo is a bad flag
 		 * (exit 2, before anything starts). */
 		const char *const names[] = { "rpc", "resp", "http",
-					      "policy" };
+					      "policy", "grpc" };
 		const char *const addrs[] = { cfg->rpc_addr, cfg->resp_addr,
 					      cfg->http_addr,
-					      cfg->policy_addr };
+					      cfg->policy_addr,
+					      cfg->grpc_addr };
 		char host[ADDR_HOST_MAX], why[ADDR_HOST_MAX + 128];
 		uint16_t port;
 
-		for (int k = 0; k < 4; k++)
+		for (int k = 0; k < 5; k++)
 			if (addrs[k] != NULL &&
 			    addr_split(addrs[k], host, &port, why,
 				       sizeof(why)) < 0) {
@@ -763,9 +773,9 @@ static unsigned main_ports(const struct server_config *cfg,
 			   const struct conn_proto *proto[MAIN_PORTS_MAX])
 {
 	const char *const a[] = { cfg->rpc_addr, cfg->resp_addr,
-				  cfg->policy_addr };
+				  cfg->policy_addr, cfg->grpc_addr };
 	const struct conn_proto *const p[] = { &rpc_proto, &resp_proto,
-					       &policy_proto };
+					       &policy_proto, &grpc_proto };
 	enum { N = sizeof(a) / sizeof(a[0]) };
 
 	_Static_assert(N <= MAIN_PORTS_MAX, "room for the ports");

@@ -96,6 +96,7 @@ enum metrics_proto {
 	METRICS_RESP, /* Redis protocol */
 	METRICS_HTTP, /* JSON on the ops port */
 	METRICS_POLICY, /* Postfix policy delegation */
+	METRICS_GRPC,   /* gRPC (HTTP/2) */
 	METRICS_PROTO_COUNT,
 };
 

@@ -122,3 +122,25 @@ int reject_submit(struct writer *w, unsigned queue, uint64_t tag, uint64_t id,
 		return rc;
 	return writer_submit(w, queue, tag, id, principal, a, now);
 }
+
+int reject_submit_message(struct writer *w, unsigned queue, uint64_t tag,
+			  uint64_t id, const struct principal *principal,
+			  const uint8_t *msg, size_t msg_len,
+			  struct writer_reply *now)
+{
+	Consent__V1__RejectRequest *rr =
+		consent__v1__reject_request__unpack(NULL, msg_len, msg);
+	if (rr == NULL)
+		return -ENOMEM; /* the caller validated its wire shape */
+	struct reject_input in = {
+		.recipient = rr->recipient ? rr->recipient : "",
+		.recipient_len = rr->recipient ? strlen(rr->recipient) : 0,
+		.brand_code = rr->brand_code,
+		.channel = (int)rr->channel,
+		.recipient_type = (int)rr->recipient_type,
+		.source = (int)rr->source,
+	};
+	int rc = reject_submit(w, queue, tag, id, principal, &in, now);
+	consent__v1__reject_request__free_unpacked(rr, NULL);
+	return rc;
+}

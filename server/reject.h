@@ -54,4 +54,12 @@ int reject_submit(struct writer *w, unsigned queue, uint64_t tag, uint64_t id,
 		  const struct principal *principal,
 		  const struct reject_input *in, struct writer_reply *now);
 
+/* reject_submit of a serialized RejectRequest (msg_len bytes) whose wire
+ * shape the protocol validated already (the RPC's and gRPC's decoder):
+ * the same results; -ENOMEM also when protobuf-c cannot unpack it. */
+int reject_submit_message(struct writer *w, unsigned queue, uint64_t tag,
+			  uint64_t id, const struct principal *principal,
+			  const uint8_t *msg, size_t msg_len,
+			  struct writer_reply *now);
+
 #endif

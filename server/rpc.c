@@ -658,8 +658,7 @@ static long rpc_check_begin(struct obuf *b)
 	return (long)start;
 }
 
-static int rpc_check_verdicts(struct obuf *b, const struct verdict *v,
-			      size_t n)
+int rpc_check_verdicts(struct obuf *b, const struct verdict *v, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
 		size_t size = rpc_verdict_size(&v[i]);
@@ -674,13 +673,11 @@ static int rpc_check_verdicts(struct obuf *b, const struct verdict *v,
 	return 0;
 }
 
-/* Closes the frame opened at start: appends the CheckResponse scalars,
- * then writes the real header and slides the body down to meet it. */
-static int rpc_check_end(struct obuf *b, size_t start, uint64_t id,
-			 uint64_t applied_sequence, int64_t data_as_of)
+/* CheckResponse's scalars, after its verdicts. */
+int rpc_check_tail(struct obuf *b, uint64_t applied_sequence,
+		   int64_t data_as_of)
 {
-	uint8_t hdr[RPC_HDR_MAX], *q, *p = (uint8_t *)obuf_reserve(b, 22);
-	size_t body, hdr_len, body_at = start + RPC_HDR_MAX;
+	uint8_t *p = (uint8_t *)obuf_reserve(b, 22);
 
 	if (p == NULL)
 		return -ENOMEM;
@@ -693,6 +690,19 @@ static int rpc_check_end(struct obuf *b, size_t start, uint64_t id,
 		p = pb_put_varint(p, (uint64_t)data_as_of);
 	}
 	b->len = (size_t)((char *)p - b->data);
+	return 0;
+}
+
+/* Closes the frame opened at start: appends the CheckResponse scalars,
+ * then writes the real header and slides the body down to meet it. */
+static int rpc_check_end(struct obuf *b, size_t start, uint64_t id,
+			 uint64_t applied_sequence, int64_t data_as_of)
+{
+	uint8_t hdr[RPC_HDR_MAX], *q;
+	size_t body, hdr_len, body_at = start + RPC_HDR_MAX;
+
+	if (rpc_check_tail(b, applied_sequence, data_as_of) < 0)
+		return -ENOMEM;
 	body = b->len - body_at;
 
 	q = hdr + 4;
@@ -787,10 +797,12 @@ int rpc_encode_auth(struct obuf *b, uint64_t id, const char *principal)
 				 (size_t)(p - inner));
 }
 
-int rpc_encode_apply(struct obuf *b, uint64_t id, uint64_t applied_sequence,
-		     uint32_t applied, uint32_t skipped)
+/* ApplyResponse's bytes into inner (RPC_APPLY_MAX); returns their count. */
+#define RPC_APPLY_MAX 32
+static size_t rpc_apply_inner(uint8_t *inner, uint64_t applied_sequence,
+			      uint32_t applied, uint32_t skipped)
 {
-	uint8_t inner[32], *p = inner;
+	uint8_t *p = inner;
 
 	if (applied_sequence) {
 		*p++ = 0x08;
@@ -804,8 +816,25 @@ int rpc_encode_apply(struct obuf *b, uint64_t id, uint64_t applied_sequence,
 		*p++ = 0x18;
 		p = pb_put_varint(p, skipped);
 	}
-	return rpc_encode_simple(b, id, 0x1a /* field 3 */, inner,
-				 (size_t)(p - inner));
+	return (size_t)(p - inner);
+}
+
+int rpc_encode_apply(struct obuf *b, uint64_t id, uint64_t applied_sequence,
+		     uint32_t applied, uint32_t skipped)
+{
+	uint8_t inner[RPC_APPLY_MAX];
+	size_t n = rpc_apply_inner(inner, applied_sequence, applied, skipped);
+
+	return rpc_encode_simple(b, id, 0x1a /* field 3 */, inner, n);
+}
+
+int rpc_apply_message(struct obuf *b, uint64_t applied_sequence,
+		      uint32_t applied, uint32_t skipped)
+{
+	uint8_t inner[RPC_APPLY_MAX];
+	size_t n = rpc_apply_inner(inner, applied_sequence, applied, skipped);
+
+	return obuf_append(b, inner, n);
 }
 
 int rpc_reply_apply(struct obuf *b, const struct writer_reply *r)
@@ -816,9 +845,11 @@ int rpc_reply_apply(struct obuf *b, const struct writer_reply *r)
 				r->skipped);
 }
 
-int rpc_encode_stats(struct obuf *b, uint64_t id, const struct rpc_stats *s)
+/* StatsResponse's bytes into inner (RPC_STATS_MAX); returns their count. */
+#define RPC_STATS_MAX (64 + ORIGINS_CURSOR_MAX)
+static size_t rpc_stats_inner(uint8_t *inner, const struct rpc_stats *s)
 {
-	uint8_t inner[64 + ORIGINS_CURSOR_MAX], *p = inner;
+	uint8_t *p = inner;
 	size_t cl = s->origin_cursor ? strlen(s->origin_cursor) : 0;
 
 	if (s->records) {
@@ -849,8 +880,23 @@ int rpc_encode_stats(struct obuf *b, uint64_t id, const struct rpc_stats *s)
 		memcpy(p, s->origin_cursor, cl);
 		p += cl;
 	}
-	return rpc_encode_simple(b, id, 0x2a /* field 5 */, inner,
-				 (size_t)(p - inner));
+	return (size_t)(p - inner);
+}
+
+int rpc_encode_stats(struct obuf *b, uint64_t id, const struct rpc_stats *s)
+{
+	uint8_t inner[RPC_STATS_MAX];
+	size_t n = rpc_stats_inner(inner, s);
+
+	return rpc_encode_simple(b, id, 0x2a /* field 5 */, inner, n);
+}
+
+int rpc_stats_message(struct obuf *b, const struct rpc_stats *s)
+{
+	uint8_t inner[RPC_STATS_MAX];
+	size_t n = rpc_stats_inner(inner, s);
+
+	return obuf_append(b, inner, n);
 }
 
 /* Response{error{code 503, "max connections"}}, framed. */
@@ -1013,35 +1059,45 @@ static int rpc_check(struct conn_ctx *x, struct rpc_worker *rw,
  * generation stay 0 and checks_total is its own count. An origin's
  * cursor (§8: where its feeder resumes) goes to a principal that may
  * apply or has the stats right; "" for an unknown origin. */
-static int rpc_stats(struct conn_ctx *x, struct conn *c,
-		     const struct rpc_request *req)
+void rpc_stats_gather(const struct conn_ctx *x, const struct principal *who,
+		      const struct rpc_request *req, struct rpc_stats *s,
+		      char *cursor, size_t cursor_cap)
 {
-	bool fleet = principal_may_stats(c->principal);
-	struct rpc_stats s = { 0 };
+	bool fleet = principal_may_stats(who);
 	struct metrics sum;
-	char cursor[ORIGINS_CURSOR_MAX + 1] = "";
-	uint64_t id = req->id;
 
+	memset(s, 0, sizeof(*s));
+	if (cursor_cap > 0)
+		cursor[0] = '\0';
 	if (req->origin_len > 0 && x->cfg->writer != NULL &&
-	    (c->principal == NULL || c->principal->may_apply || fleet)) {
+	    (who == NULL || who->may_apply || fleet)) {
 		writer_origin_cursor(x->cfg->writer, (const char *)req->origin,
-				     req->origin_len, cursor, sizeof(cursor));
-		s.origin_cursor = cursor;
+				     req->origin_len, cursor, cursor_cap);
+		s->origin_cursor = cursor;
 	}
 
 	if (x->ix) {
-		s.records = fleet ? x->info.n_records : 0;
-		s.applied_sequence = x->info.watermark;
-		s.data_as_of = x->info.data_as_of;
-		s.generation = fleet ? x->info.generation : 0;
+		s->records = fleet ? x->info.n_records : 0;
+		s->applied_sequence = x->info.watermark;
+		s->data_as_of = x->info.data_as_of;
+		s->generation = fleet ? x->info.generation : 0;
 	}
 	if (fleet) {
 		metrics_sum(&sum);
-		s.checks_total = metrics_checks_total(&sum);
+		s->checks_total = metrics_checks_total(&sum);
 	} else {
-		s.checks_total = principal_checks(c->principal);
+		s->checks_total = principal_checks(who);
 	}
-	return rpc_encode_stats(&c->out, id, &s);
+}
+
+static int rpc_stats(struct conn_ctx *x, struct conn *c,
+		     const struct rpc_request *req)
+{
+	struct rpc_stats s;
+	char cursor[ORIGINS_CURSOR_MAX + 1];
+
+	rpc_stats_gather(x, c->principal, req, &s, cursor, sizeof(cursor));
+	return rpc_encode_stats(&c->out, req->id, &s);
 }
 
 static int rpc_auth(struct conn_ctx *x, struct conn *c,
@@ -1108,22 +1164,11 @@ static int rpc_reject(struct conn_ctx *x, struct conn *c,
 					RPC_E_NOT_IMPLEMENTED,
 					"Reject is not available here (no "
 					"change log)");
-	Consent__V1__RejectRequest *rr = consent__v1__reject_request__unpack(
-		NULL, req->body_len, req->body);
-	if (rr == NULL)
+	rc = reject_submit_message(x->cfg->writer, x->worker, c->tag, req->id,
+				   c->principal, req->body, req->body_len, &now);
+	if (rc == -ENOMEM)
 		return rpc_encode_error(&c->out, req->id, RPC_E_UNAVAILABLE,
 					"out of memory decoding the Reject");
-	struct reject_input in = {
-		.recipient = rr->recipient ? rr->recipient : "",
-		.recipient_len = rr->recipient ? strlen(rr->recipient) : 0,
-		.brand_code = rr->brand_code,
-		.channel = (int)rr->channel,
-		.recipient_type = (int)rr->recipient_type,
-		.source = (int)rr->source,
-	};
-	rc = reject_submit(x->cfg->writer, x->worker, c->tag, req->id,
-			   c->principal, &in, &now);
-	consent__v1__reject_request__free_unpacked(rr, NULL);
 	if (rc < 0)
 		return rc;
 	if (rc == 0)

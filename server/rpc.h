@@ -144,6 +144,26 @@ struct rpc_stats {
 };
 int rpc_encode_stats(struct obuf *b, uint64_t id, const struct rpc_stats *s);
 
+/* The bare messages, without a Response around them or a frame, for a
+ * protocol that frames messages itself (server/grpc.c): the same bytes
+ * the Response frames above carry in their body field. A CheckResponse is
+ * rpc_check_verdicts (any number of times, in order) then rpc_check_tail.
+ * 0, or -ENOMEM. */
+int rpc_check_verdicts(struct obuf *b, const struct verdict *v, size_t n);
+int rpc_check_tail(struct obuf *b, uint64_t applied_sequence,
+		   int64_t data_as_of);
+int rpc_apply_message(struct obuf *b, uint64_t applied_sequence,
+		      uint32_t applied, uint32_t skipped);
+int rpc_stats_message(struct obuf *b, const struct rpc_stats *s);
+
+/* What a Stats request (req: its origin) answers to principal who (NULL:
+ * trusted) in this turn: the 'stats' right decides what is fleet-wide.
+ * s->origin_cursor points into cursor (cursor_cap bytes). */
+struct principal;
+void rpc_stats_gather(const struct conn_ctx *x, const struct principal *who,
+		      const struct rpc_request *req, struct rpc_stats *s,
+		      char *cursor, size_t cursor_cap);
+
 /* Bytes of a Verdict message's encoding (without its tag and length). */
 size_t rpc_verdict_size(const struct verdict *v);
 

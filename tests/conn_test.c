@@ -231,6 +231,59 @@ static void test_http_never_reaches_the_protocol(void)
 	conn_fini(&c);
 }
 
+/* A protocol that is HTTP itself: no sniff, its bytes reach it; its
+ * per-connection fini hook runs at conn_fini. */
+static int n_conn_fini;
+
+static void http_line_fini(struct conn *c)
+{
+	(void)c;
+	n_conn_fini++;
+}
+
+static const struct conn_proto http_line_proto = {
+	.name = "http-line",
+	.metrics = METRICS_RPC,
+	.process = line_process,
+	.reply_fatal = line_fatal,
+	.speaks_http = true,
+	.fini = http_line_fini,
+};
+
+static void test_http_protocol_is_not_sniffed(void)
+{
+	struct conn c;
+	const char *p;
+	size_t n;
+
+	CHECK(conn_init(&c, &http_line_proto, &cfg, ctx.now_ms) == 0);
+	CHECK(!c.sniffing);
+	CHECK(conn_feed(&ctx, &c, "GET / HTTP/1.1\n", 15) == 0);
+	CHECK(!c.want_close && conn_take_send(&c, &p, &n));
+	CHECK(n == 17 && memcmp(p, "1:GET / HTTP/1.1\n", 17) == 0);
+	CHECK(n_conn_fini == 0);
+	conn_fini(&c);
+	CHECK(n_conn_fini == 1);
+}
+
+/* An unfinished request the protocol holds itself (conn.partial) starts
+ * the stall clock like carried bytes do. */
+static void test_partial_held_by_the_protocol(void)
+{
+	struct conn c;
+
+	CHECK(conn_init(&c, &line_proto, &cfg, ctx.now_ms) == 0);
+	CHECK(conn_feed(&ctx, &c, "a\n", 2) == 0);
+	CHECK(c.partial_since_ms == 0);
+	c.partial = true;
+	CHECK(conn_feed(&ctx, &c, "b\n", 2) == 0);
+	CHECK(c.in_len == 0 && c.partial_since_ms == ctx.now_ms);
+	c.partial = false;
+	CHECK(conn_feed(&ctx, &c, "c\n", 2) == 0);
+	CHECK(c.partial_since_ms == 0);
+	conn_fini(&c);
+}
+
 static void test_fini_destroys_states(void)
 {
 	int destroyed = n_destroyed;
@@ -268,6 +321,8 @@ int main(void)
 	RUN(test_state_per_protocol);
 	RUN(test_over_the_cap);
 	RUN(test_http_never_reaches_the_protocol);
+	RUN(test_http_protocol_is_not_sniffed);
+	RUN(test_partial_held_by_the_protocol);
 	RUN(test_fini_destroys_states);
 	return check_summary();
 }

@@ -339,10 +339,11 @@ class Server:
         self.ports_path = log_path + ".ports"
         self.extra = list(extra)
         self.workers = workers
-        self.rpc = self.resp = self.http = None
+        self.rpc = self.resp = self.http = self.grpc = None
         if ports is not None:
             self.rpc, self.resp, self.http = ports.rpc, ports.resp, ports.http
             self.policy = ports.policy
+            self.grpc = ports.grpc
         self.proc = None
         self.log = None
 
@@ -354,7 +355,8 @@ class Server:
             "--policy", addr(self.policy), "--policy-map", self.policy_map]
         return [binary("consentd"), "--data-dir", self.data_dir,
                 "--rpc", addr(self.rpc), "--resp", addr(self.resp),
-                "--http", addr(self.http), "--ports-file", self.ports_path,
+                "--http", addr(self.http), "--grpc", addr(self.grpc),
+                "--ports-file", self.ports_path,
                 "--workers", str(self.workers)] + policy + self.extra
 
     def launch(self):
@@ -389,6 +391,9 @@ class Server:
                 assert all(w is None or w == g for w, g in zip(want, got)), \
                     "asked for ports %s, bound %s" % (want, got)
                 self.rpc, self.resp, self.http = got
+                assert self.grpc in (None, p["grpc"][1]), \
+                    "asked for grpc port %s, bound %s" % (self.grpc, p["grpc"])
+                self.grpc = p["grpc"][1]
                 if self.policy_map is not None:
                     assert self.policy in (None, p["policy"][1]), \
                         "asked for policy port %s, bound %s" % (self.policy, p["policy"])

@@ -144,7 +144,8 @@ def run_installed(env, tmp):
         ["setpriv", "--reuid=consentd", "--regid=consentd", "--clear-groups",
          "/usr/bin/consentd", "--config", "/etc/consentd/consentd.conf",
          "--rpc", "%s:0" % LOOPBACK, "--resp", "%s:0" % LOOPBACK,
-         "--http", "%s:0" % LOOPBACK, "--ports-file", ports_file,
+         "--http", "%s:0" % LOOPBACK, "--grpc", "%s:0" % LOOPBACK,
+         "--ports-file", ports_file,
          "--workers", "2"],
         env=dict(os.environ, NOTIFY_SOCKET=path), stdout=log,
         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

@@ -12,7 +12,7 @@ import pytest
 import helpers
 
 
-@pytest.mark.parametrize("flag", ["--rpc", "--resp", "--http"])
+@pytest.mark.parametrize("flag", ["--rpc", "--resp", "--http", "--grpc"])
 @pytest.mark.parametrize("addr,why", [
     ("127.0.0.1:65536", "over 65535"),
     ("127.0.0.1:", "empty port"),
@@ -35,7 +35,7 @@ def test_bad_address_is_a_bad_flag(env, flag, addr, why):
 
 def test_ports_file_before_ready(env):
     """A first generation still being built (its snapshot arrives on stdin
-    only once the ports file is there): the file names three distinct
+    only once the ports file is there): the file names four distinct
     ports that answer, /readyz says 503 meanwhile, and the same ports
     serve once the build is done."""
     d = os.path.join(env.tmp, "ports-before-ready")
@@ -44,7 +44,8 @@ def test_ports_file_before_ready(env):
     proc = subprocess.Popen(
         [helpers.binary("consentd"), "--data-dir", d, "--snapshot", "-",
          "--rpc", "127.0.0.1:0", "--resp", "127.0.0.1:0",
-         "--http", "127.0.0.1:0", "--ports-file", ports, "--workers", "2"],
+         "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0",
+         "--ports-file", ports, "--workers", "2"],
         stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 20
@@ -53,10 +54,10 @@ def test_ports_file_before_ready(env):
             assert time.monotonic() < deadline, "no ports file in 20 s"
             time.sleep(0.01)
         p = helpers.read_ports(ports)
-        assert sorted(p) == ["http", "resp", "rpc"], p
+        assert sorted(p) == ["grpc", "http", "resp", "rpc"], p
         assert all(h == helpers.LOOPBACK for h, _ in p.values()), p
         nums = [port for _, port in p.values()]
-        assert len(set(nums)) == 3 and 0 not in nums, p
+        assert len(set(nums)) == 4 and 0 not in nums, p
         leftovers = [f for f in os.listdir(env.tmp)
                      if f.startswith("ports-before-ready.ports.")]
         assert not leftovers, leftovers

@@ -380,7 +380,8 @@ def test_bad_map_stops_start_up(env):
         f.write("# ok so far\n@shop.test 600123\nnews@shop.test 0\n")
     base = [helpers.binary("consentd"), "--data-dir", d, "--workers", "1",
             "--rpc", "127.0.0.1:0", "--resp", "127.0.0.1:0",
-            "--http", "127.0.0.1:0", "--policy", "127.0.0.1:0"]
+            "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0",
+            "--policy", "127.0.0.1:0"]
     for extra, words in (
             (["--policy-map", bad], "line 3: brand code: 0 is not a brand"),
             ([], "--policy-map FILE go together")):
