@@ -24,7 +24,7 @@ WERROR  ?= -Werror
 CFLAGS  := -std=c11 $(OPT) -g -march=x86-64-v2 -Wall -Wextra -Wshadow $(WERROR) \
            -Wno-missing-field-initializers -MMD -MP
 CXXFLAGS := -std=c++17 $(OPT) -g -Wall -Wextra -MMD -MP
-LDLIBS  := -luring -lxxhash -lprotobuf-c -lurcu-qsbr -lmicrohttpd -ljansson -lcrypto \
+LDLIBS  := -luring -lxxhash -lprotobuf-c -lurcu-qsbr -lmicrohttpd -ljansson -lcrypto -lnats \
            -lsystemd \
            -lpthread -lm
 ifeq ($(SAN),asan)

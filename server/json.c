@@ -619,6 +619,8 @@ char *json_encode_stats(const struct json_stats *s)
 	if (!s->own_only)
 		json_put(o, "generation", json_u64(s->generation), &ok);
 	json_put(o, "checks_total", json_u64(s->checks_total), &ok);
+	if (s->origin_cursor != NULL)
+		json_put(o, "origin_cursor", json_string(s->origin_cursor), &ok);
 	if (!ok) {
 		json_decref(o);
 		return NULL;

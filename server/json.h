@@ -89,6 +89,7 @@ struct json_stats {
 	int64_t data_as_of;
 	uint64_t generation;
 	uint64_t checks_total;
+	const char *origin_cursor; /* ?origin= asked (and allowed): its cursor */
 };
 char *json_encode_stats(const struct json_stats *s);
 
