@@ -14,6 +14,15 @@ int ctl_check(int argc, char **argv);  /* ctl/datadir_cmds.c */
 int ctl_import_csv(int argc, char **argv);  /* ctl/import.c */
 int ctl_import_json(int argc, char **argv); /* ctl/import.c */
 int ctl_feed(int argc, char **argv);        /* ctl/feed.c */
+int ctl_publish(int argc, char **argv);     /* ctl/publish.c */
+
+/* ctl/feed.c: a server's Stats over its RPC port (authenticating first
+ * with token, when not NULL): origin's stored cursor into cursor ("" for
+ * a new origin) and its applied_sequence. 0, or -errno (printed). */
+#include <stddef.h>
+#include <stdint.h>
+int feed_query(const char *rpc, const char *token, const char *origin,
+	       int timeout_ms, char *cursor, size_t cap, uint64_t *applied);
 
 /* Opens FILE for reading or writing, "-" meaning stdin/stdout; -errno. */
 int ctl_open_in(const char *path);

@@ -589,6 +589,42 @@ static int feed_stream(struct feed *f, int in_fd)
 	return rc;
 }
 
+int feed_query(const char *rpc, const char *token, const char *origin,
+	       int timeout_ms, char *cursor, size_t cap, uint64_t *applied)
+{
+	struct feed_opts o = { .rpc = rpc, .token = token, .origin = origin };
+	struct feed f = { .o = &o, .next_id = 1 };
+	Consent__V1__Request req = CONSENT__V1__REQUEST__INIT;
+	Consent__V1__StatsRequest s = CONSENT__V1__STATS_REQUEST__INIT;
+	Consent__V1__Response *r = NULL;
+	int rc;
+
+	f.fd = feed_connect(rpc, timeout_ms);
+	if (f.fd < 0)
+		return f.fd;
+	rc = token ? feed_auth(&f) : 0;
+	if (rc == 0) {
+		req.body_case = CONSENT__V1__REQUEST__BODY_STATS;
+		req.stats = &s;
+		s.origin = (char *)origin;
+		rc = call(&f, &req, &r);
+	}
+	if (rc == 0) {
+		if (r->id != req.id ||
+		    r->body_case != CONSENT__V1__RESPONSE__BODY_STATS ||
+		    !r->stats) {
+			rc = reply_fault(r, req.id, "Stats");
+		} else {
+			*applied = r->stats->applied_sequence;
+			snprintf(cursor, cap, "%s", r->stats->origin_cursor ?
+				 r->stats->origin_cursor : "");
+		}
+		consent__v1__response__free_unpacked(r, NULL);
+	}
+	close(f.fd);
+	return rc;
+}
+
 static int feed_usage(void)
 {
 	fprintf(stderr,

@@ -37,6 +37,11 @@ static const struct command commands[] = {
 	  "send a change stream to a server's Apply RPC, resuming from its "
 	  "origin's cursor (default origin file:BASENAME; --no-origin: after "
 	  "the applied sequence)" },
+	{ "publish", ctl_publish,
+	  "publish --nats URL[,URL] --replica HOST:PORT [--stream S] "
+	  "[--origin NAME] [--heartbeat SEC] FILE|-",
+	  "send a change stream to the fleet's JetStream stream (DESIGN 9), "
+	  "resuming from the origin's cursor on a caught-up replica" },
 	{ "import-csv", ctl_import_csv,
 	  "import-csv --brand B [--iys-code I] [--skip-bad] [--from-sequence Q] "
 	  "FILE --out FILE",

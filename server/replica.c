@@ -49,6 +49,7 @@
 
 #define REPLICA_FETCH_BATCH 256
 #define REPLICA_FETCH_WAIT_MS 500
+#define REPLICA_FETCH_MORE_MS 5 /* what else is there, at once */
 #define REPLICA_INFO_EVERY_MS 500
 #define REPLICA_QUERY_WAIT_MS 2000
 #define REPLICA_QUEUE_MAX 4096 /* Applies waiting to be published */
@@ -85,7 +86,10 @@ struct replica {
 	/* Figures (relaxed atomics: each read on its own). */
 	_Atomic uint64_t stream_last_seq, stream_last_ns, applied_ns;
 	_Atomic uint64_t consumer_pending, consumer_ack_floor;
-	_Atomic uint64_t unreachable_since_ms; /* 0: reachable */
+	/* CLOCK_MONOTONIC ms of the stream's last answer, and of the first
+	 * failure since (0: none): unreachable is judged when read, so a
+	 * fetch thread stuck in a call still shows as cut off. */
+	_Atomic uint64_t last_ok_ms, unreachable_since_ms;
 	_Atomic uint64_t fetched, repositions, published, publish_failures;
 	_Atomic uint64_t puback[REPLICA_PUBACK_BUCKETS];
 	_Atomic uint64_t puback_sum_us;
@@ -149,10 +153,25 @@ static const char *nats_why(natsStatus s, jsErrCode jerr, char *buf,
 
 static void replica_reachable(struct replica *r, bool ok)
 {
-	if (ok)
+	if (ok) {
+		STORE(r->last_ok_ms, mono_ms());
 		STORE(r->unreachable_since_ms, 0);
-	else if (LOAD(r->unreachable_since_ms) == 0)
+	} else if (LOAD(r->unreachable_since_ms) == 0) {
 		STORE(r->unreachable_since_ms, mono_ms());
+	}
+}
+
+/* How long the stream has not answered: since the first failure after
+ * its last answer, or, when nothing failed but nothing answered either
+ * (a call that hangs), since the answer expected after the last one. */
+static uint64_t replica_unreachable_ms(struct replica *r)
+{
+	uint64_t now = mono_ms(), since = LOAD(r->unreachable_since_ms);
+	uint64_t ok = LOAD(r->last_ok_ms);
+	uint64_t due = ok + REPLICA_INFO_EVERY_MS + REPLICA_QUERY_WAIT_MS;
+	if (since == 0 && ok != 0 && now > due)
+		since = due;
+	return since != 0 && now > since ? now - since : 0;
 }
 
 /* ---- the stream and the consumer ---- */
@@ -332,7 +351,14 @@ static void replica_query(struct replica *r)
 
 	jsOptions_Init(&jo);
 	jo.Wait = REPLICA_QUERY_WAIT_MS;
-	natsStatus s = js_GetStreamInfo(&si, r->js, r->stream, &jo, &jerr);
+	/* The account's JetStream info comes from the meta leader: without
+	 * a quorum there is none (the stream's leader may still answer its
+	 * info a while, from a state that cannot move). */
+	jsAccountInfo *ai = NULL;
+	natsStatus s = js_GetAccountInfo(&ai, r->js, &jo, &jerr);
+	jsAccountInfo_Destroy(ai);
+	if (s == NATS_OK)
+		s = js_GetStreamInfo(&si, r->js, r->stream, &jo, &jerr);
 	if (s == NATS_OK) {
 		STORE(r->stream_last_seq, si->State.LastSeq);
 		STORE(r->stream_last_ns, (uint64_t)si->State.LastTime);
@@ -468,12 +494,8 @@ static void *replica_fetch_main(void *arg)
 			sleep_ms(100);
 			continue;
 		}
-		jsFetchRequest fr;
-		jsFetchRequest_Init(&fr);
-		fr.Batch = REPLICA_FETCH_BATCH - 1;
-		fr.NoWait = true;
-		fr.Expires = 20 * 1000000; /* ns: a bound, not a wait */
-		if (natsSubscription_FetchRequest(&more, r->sub, &fr) != NATS_OK)
+		if (natsSubscription_Fetch(&more, r->sub, REPLICA_FETCH_BATCH - 1,
+					   REPLICA_FETCH_MORE_MS, NULL) != NATS_OK)
 			more.Count = 0;
 		bool gap = false;
 		natsMsg *last = replica_hand_over(r, &list, &next, &gap);
@@ -666,6 +688,7 @@ int replica_start(const struct replica_options *opt, struct writer *w,
 	pthread_mutex_init(&r->mu, NULL);
 	pthread_cond_init(&r->cv, NULL);
 	atomic_init(&r->stop, false);
+	STORE(r->last_ok_ms, mono_ms()); /* judged from the start */
 	snprintf(r->stream, sizeof(r->stream), "%s", opt->stream);
 	snprintf(r->consumer, sizeof(r->consumer), "%s", opt->consumer);
 	if (snprintf(r->urls, sizeof(r->urls), "%s", opt->urls) >=
@@ -765,9 +788,8 @@ void replica_stats(struct replica *r, struct replica_stats *out)
 	memset(out, 0, sizeof(*out));
 	out->connected = r->nc != NULL &&
 			 natsConnection_Status(r->nc) == NATS_CONN_STATUS_CONNECTED;
-	uint64_t since = LOAD(r->unreachable_since_ms);
-	out->stream_reachable = since == 0;
-	out->unreachable_ms = since ? mono_ms() - since : 0;
+	out->unreachable_ms = replica_unreachable_ms(r);
+	out->stream_reachable = out->unreachable_ms == 0;
 	out->stream_last_seq = LOAD(r->stream_last_seq);
 	out->applied_seq = writer_stream_done(r->w);
 	if (out->stream_last_seq > out->applied_seq) {
