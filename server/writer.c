@@ -949,6 +949,10 @@ static void writer_stream_note(struct writer *w, struct writer_req *list)
 				w->stream_refused = true;
 			continue;
 		}
+		/* A redelivery below the watermark: its first processing
+		 * holds the outcome, and the watermark stays. */
+		if (r->replayed || r->stream_seq <= w->stream_done)
+			continue;
 		struct writer_outcome *o =
 			&w->outcomes[r->stream_seq % WRITER_OUTCOMES];
 		o->seq = r->stream_seq;

@@ -63,7 +63,8 @@ def test_example_config_defaults_start(env):
         for line in f:
             m = re.match(r"^#([a-z][a-z0-9-]*) ", line)
             if m and m.group(1) not in ("snapshot", "tokens", "policy",
-                                        "policy-map", "ports-file"):
+                                        "policy-map", "ports-file",
+                                        "nats", "nats-consumer"):
                 line = line[1:]
             text.append(line)
     conf = os.path.join(env.tmp, "example-defaults.conf")
