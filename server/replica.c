@@ -463,9 +463,16 @@ static void *replica_fetch_main(void *arg)
 			replica_query(r);
 			next_query = mono_ms() + REPLICA_INFO_EVERY_MS;
 		}
-		if (writer_fault(r->w, NULL, 0)) {
-			sleep_ms(200); /* refused for good: serve what is */
+		if (writer_fault(r->w, NULL, 0) || !writer_has_index(r->w)) {
+			/* Refused for good (serve what is), or no generation
+			 * yet (a snapshot being built): nothing to apply to. */
+			sleep_ms(200);
 			continue;
+		}
+		/* A generation taken meanwhile (a snapshot) may hold more
+		 * than was handed over: start after it. */
+		if (writer_stream_done(r->w) + 1 > next) {
+			next = writer_stream_done(r->w) + 1;
 		}
 		if (!r->stream_ok && replica_setup(r, next) < 0) {
 			sleep_ms(250);

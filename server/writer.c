@@ -464,6 +464,12 @@ static int writer_take_now(struct writer *w, struct generation *s,
 	memset(s, 0, sizeof(*s));
 	w->cur_served = true;
 	w->applied = applied;
+	/* Replicated: the stream is followed from the snapshot's watermark
+	 * (a message at or below it is in the snapshot already). */
+	pthread_mutex_lock(&w->stream_mu);
+	if (applied > w->stream_done)
+		w->stream_done = applied;
+	pthread_mutex_unlock(&w->stream_mu);
 	w->created_at = si.created_at;
 	w->data_as_of = as_of;
 	writer_published(w, gen, applied);
@@ -926,7 +932,7 @@ static void waiter_answer(struct writer *w, struct writer_req *r,
 	}
 	r->reply.applied_sequence = w->stream_done;
 	req_push(&w->queues[r->queue].done, r);
-	w->queues[r->queue].wake = true;
+	/* The caller wakes the worker (wake is the writer thread's). */
 }
 
 /* Replicated mode, after a group: the outcomes of its stream messages,
@@ -974,8 +980,10 @@ static void writer_stream_note(struct writer *w, struct writer_req *list)
 			*pp = r->next;
 			const struct writer_outcome *o =
 				&w->outcomes[r->stream_seq % WRITER_OUTCOMES];
+			unsigned q = r->queue;
 			waiter_answer(w, r, o->seq == r->stream_seq ? o : NULL,
 				      (uint32_t)r->reply.skipped);
+			w->queues[q].wake = true;
 		}
 		pthread_cond_broadcast(&w->stream_cv);
 	}
@@ -996,8 +1004,9 @@ static void writer_complete(struct writer *w, struct writer_req *list)
 			free(r);
 			continue;
 		}
-		req_push(&w->queues[r->queue].done, r);
-		w->queues[r->queue].wake = true;
+		unsigned q = r->queue; /* r is the worker's once pushed */
+		req_push(&w->queues[q].done, r);
+		w->queues[q].wake = true;
 	}
 	for (unsigned i = 0; i < w->opt.n_queues; i++)
 		if (w->queues[i].wake) {
@@ -1468,8 +1477,9 @@ void writer_req_fail(struct writer *w, struct writer_req *req, uint32_t code,
 	consent__v1__apply_request__free_unpacked(req->apply, NULL);
 	req->apply = NULL;
 	reply_error(req, code, msg);
-	req_push(&w->queues[req->queue].done, req);
-	efd_signal(w->queues[req->queue].efd);
+	unsigned q = req->queue; /* req is the worker's once pushed */
+	req_push(&w->queues[q].done, req);
+	efd_signal(w->queues[q].efd);
 }
 
 void writer_req_await(struct writer *w, struct writer_req *req, uint64_t seq,
@@ -1490,9 +1500,10 @@ void writer_req_await(struct writer *w, struct writer_req *req, uint64_t seq,
 	}
 	const struct writer_outcome *o =
 		w->outcomes != NULL ? &w->outcomes[seq % WRITER_OUTCOMES] : NULL;
+	unsigned q = req->queue;
 	waiter_answer(w, req, o != NULL && o->seq == seq ? o : NULL, n);
 	pthread_mutex_unlock(&w->stream_mu);
-	efd_signal(w->queues[req->queue].efd);
+	efd_signal(w->queues[q].efd);
 }
 
 void writer_expire(struct writer *w, uint64_t now_ms)
@@ -1511,8 +1522,9 @@ void writer_expire(struct writer *w, uint64_t now_ms)
 			     "is behind the stream or cut off from it; the "
 			     "change stays in the stream)", r->stream_seq);
 		r->reply.applied_sequence = w->stream_done;
-		req_push(&w->queues[r->queue].done, r);
-		efd_signal(w->queues[r->queue].efd);
+		unsigned q = r->queue; /* r is the worker's once pushed */
+		req_push(&w->queues[q].done, r);
+		efd_signal(w->queues[q].efd);
 	}
 	pthread_mutex_unlock(&w->stream_mu);
 }
@@ -1586,6 +1598,12 @@ int writer_stream_wait(struct writer *w, uint64_t seq, int timeout_ms)
 	}
 	pthread_mutex_unlock(&w->stream_mu);
 	return rc;
+}
+
+bool writer_has_index(const struct writer *w)
+{
+	/* Acquire: pairs with the release stores of has_index. */
+	return atomic_load_explicit(&w->has_index, memory_order_acquire);
 }
 
 uint64_t writer_stream_done(struct writer *w)

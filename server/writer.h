@@ -184,6 +184,10 @@ int writer_submit_stream(struct writer *w, Consent__V1__ApplyRequest *a,
  * yet): messages from the first one not processed must be given again. */
 int writer_stream_wait(struct writer *w, uint64_t seq, int timeout_ms);
 
+/* Any thread: true once a generation is served (before it, stream
+ * messages would be refused unprocessed: the fetch thread waits). */
+bool writer_has_index(const struct writer *w);
+
 /* Any thread: the highest stream sequence processed (at start: the
  * served index's watermark, where the consumer starts after). */
 uint64_t writer_stream_done(struct writer *w);

@@ -20,9 +20,11 @@ recovers when the quorum returns, without a restart.
 Cycles: 30 by default (make test), CONSENTD_FLEET_ROUNDS=300 for the long
 run."""
 
+import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -412,6 +414,41 @@ def test_cursor_conflict_applies_nowhere(env, fleet):
         assert v2.status == 0, "the refused batch is visible on %d: %s" % (
             s.rpc, v2)
         assert to.stats_of(pb, s.rpc, "conflict").origin_cursor == "1"
+
+
+def test_fleet_figures(env, fleet):
+    """A replica's /metrics passes promtool with the replication figures,
+    which agree with Stats; /v1/stats?origin= gives an origin's cursor."""
+    fleet.warm_up()
+    pb = env.pb
+    c = pb.Consent(recipient="+905559990004", channel=helpers.MESAJ,
+                   recipient_type=helpers.BIREYSEL, brand_code=600123,
+                   status=helpers.ONAY, source=tc.HS_WEB,
+                   consent_date=tc.CLOCK0 + 30, creation_date=tc.CLOCK0)
+    with Rpc(pb, fleet.replicas[0].rpc) as rpc:
+        r = rpc.call(to.origin_apply(pb, 1, [c.SerializeToString()],
+                                     "figures", "", "f1"))
+        assert r.WhichOneof("body") == "apply", r
+    last = fleet.caught_up(r.apply.applied_sequence)
+    s = fleet.replicas[1]
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing (make deps installs Debian's prometheus)"
+    m = s.metrics()
+    r = subprocess.run([promtool, "check", "metrics"], input=m.text.encode(),
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       timeout=60)
+    assert r.returncode == 0, "promtool check metrics:\n" + r.stdout.decode()
+    assert m.get("consentd_nats_connected") == 1
+    assert m.get("consentd_replication_applied_sequence") >= last
+    assert m.get("consentd_nats_puback_latency_seconds_count") >= 1
+    assert m.get("consentd_replication_messages_total") >= 1
+    st, _, body = s.http_get("/v1/stats?origin=figures")
+    assert st == 200, body
+    assert json.loads(body)["origin_cursor"] == "f1", body
+    st, _, body = s.http_get("/v1/stats?origin=nobody")
+    assert st == 200 and json.loads(body)["origin_cursor"] == "", body
+    st, _, body = s.http_get("/v1/stats?origin=")
+    assert st == 400 and b"origin" in body, body
 
 
 def test_quorum_loss(env, fleet):
