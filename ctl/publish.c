@@ -26,8 +26,9 @@
  * refused copy and be dropped. So, for the duplicate window after it
  * starts, the publisher publishes one message at a time, and a duplicate
  * PubAck for a batch past the resumed cursor is published again under a
- * fresh id (origin ":" cursor ":" this run's start). Past that window it
- * keeps up to W publishes outstanding (js_PublishMsgAsync, MaxPending W).
+ * fresh id (origin ":" cursor ":" this run's start). Past that window
+ * (--dup-window, 130 s) it keeps up to W publishes outstanding
+ * (js_PublishMsgAsync, MaxPending W).
  * Any failed publish stops it (exit 1): running it again resumes exactly.
  *
  * --heartbeat SEC: while it runs, an empty ConsentBatch on
@@ -65,6 +66,7 @@ struct pub_opts {
 	size_t batch;
 	int window;
 	int heartbeat_s;
+	int dup_window_s; /* one at a time this long after the start */
 };
 
 struct pub {
@@ -183,7 +185,7 @@ static int pub_flush(struct pub *p)
 	rc = pub_message(p, NULL, &m);
 	if (rc < 0)
 		return rc;
-	if (pub_elapsed(p) < PUB_DUP_WINDOW_S) {
+	if (pub_elapsed(p) < p->o->dup_window_s) {
 		/* One at a time while a killed run's messages may still be
 		 * in the duplicate window (see the top). */
 		jsPubAck *pa = NULL;
@@ -449,12 +451,17 @@ static int pub_usage(void)
 		"                          [--stream CONSENT] [--origin NAME] "
 		"[--token T]\n"
 		"                          [--batch K] [--window W] "
-		"[--heartbeat SEC] FILE|-\n"
+		"[--heartbeat SEC] [--dup-window SEC] FILE|-\n"
 		"  --replica  a replica's RPC port: the origin's cursor is read "
 		"there once it\n"
 		"             has caught up with the stream (exact resume)\n"
 		"  --origin   default file:BASENAME (as consentctl feed)\n"
-		"  --window   async PubAcks outstanding at most (64)\n");
+		"  --window   async PubAcks outstanding at most (64)\n"
+		"  --dup-window SEC  one message at a time for SEC after the "
+		"start (130: the\n"
+		"             stream's duplicate window and a margin; 0 when no "
+		"earlier run\n"
+		"             of this origin can have left messages in it)\n");
 	return 2;
 }
 
@@ -466,15 +473,18 @@ static int pub_parse(int argc, char **argv, struct pub_opts *o)
 	o->stream = "CONSENT";
 	o->batch = PUB_BATCH_DEFAULT;
 	o->window = PUB_WINDOW_DEFAULT;
+	o->dup_window_s = PUB_DUP_WINDOW_S;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 		long n = 0;
 		if (v && (!strcmp(a, "--batch") || !strcmp(a, "--window") ||
-			  !strcmp(a, "--heartbeat"))) {
+			  !strcmp(a, "--heartbeat") ||
+			  !strcmp(a, "--dup-window"))) {
 			char *end;
 			errno = 0;
 			n = strtol(v, &end, 10);
-			if (errno || *end || end == v || n <= 0 || n > 100000) {
+			if (errno || *end || end == v || n > 100000 ||
+			    (n <= 0 && strcmp(a, "--dup-window") != 0) || n < 0) {
 				fprintf(stderr, "publish: %s wants 1 to 100000\n", a);
 				return -EINVAL;
 			}
@@ -491,6 +501,8 @@ static int pub_parse(int argc, char **argv, struct pub_opts *o)
 			o->batch = (size_t)n;
 		} else if (!strcmp(a, "--window") && v) {
 			o->window = n > PUB_WINDOW_MAX ? PUB_WINDOW_MAX : (int)n;
+		} else if (!strcmp(a, "--dup-window") && v) {
+			o->dup_window_s = (int)n;
 		} else if (!strcmp(a, "--heartbeat") && v) {
 			o->heartbeat_s = (int)n;
 		} else if (!strcmp(a, "--origin") && v) {
