@@ -59,7 +59,7 @@ BENCHES := $(patsubst bench/%.cc,$(BUILD)/bench/%,$(wildcard bench/*_bench.cc))
 LOADGEN_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard bench/loadgen*.c))
 FUZZERS := $(patsubst fuzz/%.c,$(BUILD)/fuzz/%,$(wildcard fuzz/*_fuzz.c))
 
-.PHONY: FORCE all deps test test-asan test-tsan test-unit bench run fuzz fuzz-replay \
+.PHONY: FORCE all deps test test-asan test-tsan test-unit bench bench-fleet run fuzz fuzz-replay \
         clean help install man deb
 .DEFAULT_GOAL := all
 # Keep objects make would treat as intermediate (tests, fuzzers): no
@@ -144,6 +144,9 @@ benches-built: $(BENCHES) $(BUILD)/loadgen
 
 bench: deps all benches-built ## benchmarks side by side (N=records, default 10M)
 	@scripts/bench.sh $(BUILD) $(N)
+
+bench-fleet: deps all ## replication lag and Apply throughput of a 3-node NATS fleet (bench/results/*-fleet.*)
+	@/usr/bin/python3 scripts/bench_fleet.py $(BUILD)
 
 run: deps all ## build, generate a 1M-record demo, serve it in the foreground
 	@scripts/demo.sh $(BUILD)

@@ -67,6 +67,7 @@ struct pub_opts {
 	int window;
 	int heartbeat_s;
 	int dup_window_s; /* one at a time this long after the start */
+	long rate;        /* changes per second at most; 0: as fast as it can */
 };
 
 struct pub {
@@ -227,6 +228,16 @@ static int pub_flush(struct pub *p)
 	p->cursor_sent = p->last_seq;
 	p->sent_batches++;
 	p->sent_changes += p->n;
+	if (p->o->rate > 0) {
+		/* --rate: ahead of the schedule, wait for it. */
+		double ahead = (double)p->sent_changes / (double)p->o->rate -
+			       pub_elapsed(p);
+		if (ahead > 0) {
+			struct timespec ts = { (time_t)ahead,
+					       (long)((ahead - (double)(time_t)ahead) * 1e9) };
+			nanosleep(&ts, NULL);
+		}
+	}
 	for (size_t i = 0; i < p->n; i++)
 		consent__v1__consent__free_unpacked(p->chg[i], NULL);
 	p->n = 0;
@@ -461,7 +472,8 @@ static int pub_usage(void)
 		"start (130: the\n"
 		"             stream's duplicate window and a margin; 0 when no "
 		"earlier run\n"
-		"             of this origin can have left messages in it)\n");
+		"             of this origin can have left messages in it)\n"
+		"  --rate N   at most N changes a second (the bench's load)\n");
 	return 2;
 }
 
@@ -479,11 +491,12 @@ static int pub_parse(int argc, char **argv, struct pub_opts *o)
 		long n = 0;
 		if (v && (!strcmp(a, "--batch") || !strcmp(a, "--window") ||
 			  !strcmp(a, "--heartbeat") ||
-			  !strcmp(a, "--dup-window"))) {
+			  !strcmp(a, "--dup-window") || !strcmp(a, "--rate"))) {
 			char *end;
 			errno = 0;
 			n = strtol(v, &end, 10);
-			if (errno || *end || end == v || n > 100000 ||
+			if (errno || *end || end == v ||
+			    n > (strcmp(a, "--rate") ? 100000 : 100000000) ||
 			    (n <= 0 && strcmp(a, "--dup-window") != 0) || n < 0) {
 				fprintf(stderr, "publish: %s wants 1 to 100000\n", a);
 				return -EINVAL;
@@ -501,6 +514,8 @@ static int pub_parse(int argc, char **argv, struct pub_opts *o)
 			o->batch = (size_t)n;
 		} else if (!strcmp(a, "--window") && v) {
 			o->window = n > PUB_WINDOW_MAX ? PUB_WINDOW_MAX : (int)n;
+		} else if (!strcmp(a, "--rate") && v) {
+			o->rate = n;
 		} else if (!strcmp(a, "--dup-window") && v) {
 			o->dup_window_s = (int)n;
 		} else if (!strcmp(a, "--heartbeat") && v) {

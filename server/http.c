@@ -366,15 +366,33 @@ static void http_gauge(FILE *f, const char *name, const char *help,
 
 #define HTTP_LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
 
-/* Replicated mode's figures (DESIGN §9). */
-static void http_replica_metrics(FILE *f, struct replica *r)
+/* A histogram of REPLICA_PUBACK_BOUNDS_US buckets. */
+static void http_replica_hist(FILE *f, const char *name, const char *help,
+			      const uint64_t *buckets, uint64_t sum_us)
 {
 	static const uint64_t bounds[] = REPLICA_PUBACK_BOUNDS_US;
 	_Static_assert(sizeof(bounds) / sizeof(bounds[0]) + 1 ==
 		       REPLICA_PUBACK_BUCKETS, "buckets = bounds + Inf");
-	struct replica_stats st;
 	char le[32];
 	uint64_t cum = 0;
+
+	fprintf(f, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+	for (int b = 0; b < REPLICA_PUBACK_BUCKETS; b++) {
+		cum += buckets[b];
+		if (b + 1 < REPLICA_PUBACK_BUCKETS)
+			http_us_to_s(le, sizeof(le), bounds[b]);
+		else
+			strcpy(le, "+Inf");
+		fprintf(f, "%s_bucket{le=\"%s\"} %" PRIu64 "\n", name, le, cum);
+	}
+	fprintf(f, "%s_sum %" PRIu64 ".%06" PRIu64 "\n%s_count %" PRIu64 "\n",
+		name, sum_us / 1000000u, sum_us % 1000000u, name, cum);
+}
+
+/* Replicated mode's figures (DESIGN §9). */
+static void http_replica_metrics(FILE *f, struct replica *r)
+{
+	struct replica_stats st;
 
 	replica_stats(r, &st);
 	http_gauge(f, "consentd_nats_connected",
@@ -414,22 +432,13 @@ static void http_replica_metrics(FILE *f, struct replica *r)
 		"no PubAck in time.\n# TYPE consentd_nats_publish_failures_total "
 		"counter\nconsentd_nats_publish_failures_total %" PRIu64 "\n",
 		st.messages_fetched, st.repositions, st.publish_failures);
-	fputs("# HELP consentd_nats_puback_latency_seconds Time from publishing "
-	      "an Apply to its PubAck.\n"
-	      "# TYPE consentd_nats_puback_latency_seconds histogram\n", f);
-	for (int b = 0; b < REPLICA_PUBACK_BUCKETS; b++) {
-		cum += st.puback_buckets[b];
-		if (b + 1 < REPLICA_PUBACK_BUCKETS)
-			http_us_to_s(le, sizeof(le), bounds[b]);
-		else
-			strcpy(le, "+Inf");
-		fprintf(f, "consentd_nats_puback_latency_seconds_bucket{le=\"%s\"}"
-			" %" PRIu64 "\n", le, cum);
-	}
-	fprintf(f, "consentd_nats_puback_latency_seconds_sum %" PRIu64 ".%06"
-		PRIu64 "\nconsentd_nats_puback_latency_seconds_count %" PRIu64
-		"\n", st.puback_sum_us / 1000000u, st.puback_sum_us % 1000000u,
-		cum);
+	http_replica_hist(f, "consentd_nats_puback_latency_seconds",
+			  "Time from publishing an Apply to its PubAck.",
+			  st.puback_buckets, st.puback_sum_us);
+	http_replica_hist(f, "consentd_replication_visible_latency_seconds",
+			  "Time from a message's publish (the stream's "
+			  "timestamp) to its being applied here.",
+			  st.visible_buckets, st.visible_sum_us);
 }
 
 /* Prometheus text exposition format 0.0.4. */

@@ -93,7 +93,24 @@ struct replica {
 	_Atomic uint64_t fetched, repositions, published, publish_failures;
 	_Atomic uint64_t puback[REPLICA_PUBACK_BUCKETS];
 	_Atomic uint64_t puback_sum_us;
+	_Atomic uint64_t visible[REPLICA_PUBACK_BUCKETS];
+	_Atomic uint64_t visible_sum_us;
+	/* The fetch thread's: publish times (ns) of the batch handed over. */
+	int64_t handed_ns[REPLICA_FETCH_BATCH];
+	int n_handed;
 };
+
+/* One latency into a histogram of REPLICA_PUBACK_BOUNDS_US buckets. */
+static void replica_hist_add(_Atomic uint64_t *buckets, _Atomic uint64_t *sum,
+			     uint64_t us)
+{
+	static const uint64_t bounds[] = REPLICA_PUBACK_BOUNDS_US;
+	int b = 0;
+	while (b < REPLICA_PUBACK_BUCKETS - 1 && us > bounds[b])
+		b++;
+	atomic_fetch_add_explicit(&buckets[b], 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(sum, us, memory_order_relaxed);
+}
 
 static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
@@ -444,6 +461,8 @@ static natsMsg *replica_hand_over(struct replica *r, natsMsgList *list,
 		}
 		STORE(r->applied_ns, (uint64_t)ts_ns);
 		ADD(r->fetched, 1);
+		if (r->n_handed < REPLICA_FETCH_BATCH)
+			r->handed_ns[r->n_handed++] = ts_ns;
 		*next = seq + 1;
 		last = m;
 	}
@@ -517,6 +536,20 @@ static void *replica_fetch_main(void *arg)
 		while (!replica_stopping(r) &&
 		       (rc = writer_stream_wait(r->w, next - 1, 500)) == 0)
 			writer_expire(r->w, mono_ms());
+		if (rc == 1) {
+			/* Visible here now: publish -> visible, per message. */
+			struct timespec now_ts;
+			clock_gettime(CLOCK_REALTIME, &now_ts);
+			int64_t now_ns = (int64_t)now_ts.tv_sec * 1000000000 +
+					 now_ts.tv_nsec;
+			for (int i = 0; i < r->n_handed; i++)
+				replica_hist_add(r->visible, &r->visible_sum_us,
+						 now_ns > r->handed_ns[i] ?
+						 (uint64_t)(now_ns -
+							    r->handed_ns[i]) / 1000 :
+						 0);
+		}
+		r->n_handed = 0;
 		if (rc == 1 && last != NULL)
 			natsMsg_Ack(last, NULL);
 		natsMsgList_Destroy(&list);
@@ -579,14 +612,8 @@ static void replica_publish_one(struct replica *r, struct writer_req *req)
 		uint64_t t0 = mono_us();
 		s = js_PublishMsg(&pa, r->js, m, &po, &jerr);
 		uint64_t us = mono_us() - t0;
-		if (s == NATS_OK) {
-			static const uint64_t bounds[] = REPLICA_PUBACK_BOUNDS_US;
-			int b = 0;
-			while (b < REPLICA_PUBACK_BUCKETS - 1 && us > bounds[b])
-				b++;
-			ADD(r->puback[b], 1);
-			ADD(r->puback_sum_us, us);
-		}
+		if (s == NATS_OK)
+			replica_hist_add(r->puback, &r->puback_sum_us, us);
 	}
 	natsMsg_Destroy(m);
 	if (s != NATS_OK) {
@@ -823,6 +850,9 @@ void replica_stats(struct replica *r, struct replica_stats *out)
 	for (int i = 0; i < REPLICA_PUBACK_BUCKETS; i++)
 		out->puback_buckets[i] = LOAD(r->puback[i]);
 	out->puback_sum_us = LOAD(r->puback_sum_us);
+	for (int i = 0; i < REPLICA_PUBACK_BUCKETS; i++)
+		out->visible_buckets[i] = LOAD(r->visible[i]);
+	out->visible_sum_us = LOAD(r->visible_sum_us);
 }
 
 bool replica_ready(struct replica *r, char *why, size_t cap)

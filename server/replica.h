@@ -67,6 +67,10 @@ struct replica_stats {
 	uint64_t publish_failures;  /* Applies answered 503 before a PubAck */
 	uint64_t puback_buckets[REPLICA_PUBACK_BUCKETS]; /* cumulative-less */
 	uint64_t puback_sum_us;
+	/* Publish -> visible here: a message's stream timestamp to the end
+	 * of the writer's processing of it (the same bucket bounds). */
+	uint64_t visible_buckets[REPLICA_PUBACK_BUCKETS];
+	uint64_t visible_sum_us;
 };
 void replica_stats(struct replica *r, struct replica_stats *out);
 
