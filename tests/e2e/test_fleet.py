@@ -239,7 +239,11 @@ class Applier:
     def loop(self):
         pb = self.fleet.pb
         try:
-            while not self.stop and self.cursor < self.n:
+            # Once told to stop, a batch tried and not yet answered (503,
+            # a replica killed mid-call) is tried on until it is: it may
+            # have been applied, and the end state must know.
+            unresolved = False
+            while (not self.stop or unresolved) and self.cursor < self.n:
                 batch = self.stream.get(self.cursor + 1,
                                         min(B_BATCH, self.n - self.cursor))
                 last = batch[-1][0]
@@ -249,6 +253,7 @@ class Applier:
                                       str(last))
                 i = 1 + self.tries % 2
                 self.tries += 1
+                unresolved = True
                 try:
                     with Rpc(pb, self.fleet.replicas[i].rpc, timeout=30) as rpc:
                         r = rpc.call(req)
@@ -260,6 +265,7 @@ class Applier:
                     self.max_seq = max(self.max_seq, r.apply.applied_sequence)
                     self.acked.extend((s, k, v) for s, k, v, _ in batch)
                     self.cursor = last
+                    unresolved = False
                     continue
                 assert body == "error", r
                 if r.error.code == 503:
@@ -279,14 +285,15 @@ class Applier:
                     self.max_seq = max(self.max_seq, seq)
                     self.acked.extend((s, k, v) for s, k, v, _ in batch)
                     self.cursor = last
-                else:
-                    time.sleep(0.05)
+                    unresolved = False
+                time.sleep(0.01)
         except Exception as e:  # reported by the test
             self.error = e
 
     def join(self, timeout):
         self.thread.join(timeout)
         assert self.error is None, repr(self.error)
+        assert not self.thread.is_alive(), "the applier did not finish"
 
 
 def describe(fleet, k, acked):
