@@ -8,9 +8,11 @@
  *   - success: the request's strings are the headers given (absent ones
  *     empty), a cursor or after-cursor only with an origin, and encoding
  *     it again (natsmsg_encode) then decoding that gives the same strings
- *     and the same changes, each packed alike with its sequence as 0.
+ *     and the same changes, each packed alike with its sequence as 0
+ *     (but for a change carrying unknown fields: see the comment there).
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,7 +102,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 							      NULL,
 					 a->cursor[0] ? a->cursor : NULL, &b,
 					 err, sizeof(err));
-		REQUIRE(rc2 == 0 || rc2 == -ENOMEM);
+		/* protobuf-c keeps the unknown fields it read and packs them
+		 * back, and a few it accepts (field number 0 spelt as a
+		 * two-byte varint) it refuses in their shortest spelling:
+		 * only such a message may fail the second time. */
+		bool unknown = false;
+		for (size_t i = 0; i < a->n_changes; i++)
+			unknown |= a->changes[i]->base.n_unknown_fields > 0;
+		REQUIRE(rc2 == 0 || rc2 == -ENOMEM || unknown);
 		if (rc2 == 0) {
 			REQUIRE(b->n_changes == a->n_changes);
 			for (size_t i = 0; i < a->n_changes; i++) {
