@@ -15,6 +15,8 @@ int ctl_import_csv(int argc, char **argv);  /* ctl/import.c */
 int ctl_import_json(int argc, char **argv); /* ctl/import.c */
 int ctl_feed(int argc, char **argv);        /* ctl/feed.c */
 int ctl_pull(int argc, char **argv);        /* ctl/pull.c */
+int ctl_publish(int argc, char **argv);     /* ctl/publish.c */
+
 
 /* Opens FILE for reading or writing, "-" meaning stdin/stdout; -errno. */
 int ctl_open_in(const char *path);

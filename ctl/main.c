@@ -45,6 +45,11 @@ static const struct command commands[] = {
 	  "into consentd's Apply, resuming from each origin iys:BRAND:SOURCE's "
 	  "cursor; with --ops push consentd's outbox of local rejections to "
 	  "İYS (consentctl pull --help for every flag)" },
+	{ "publish", ctl_publish,
+	  "publish --nats URL[,URL] --replica HOST:PORT [--stream S] "
+	  "[--origin NAME] [--heartbeat SEC] FILE|-",
+	  "send a change stream to the fleet's JetStream stream (DESIGN 9), "
+	  "resuming from the origin's cursor on a caught-up replica" },
 	{ "import-csv", ctl_import_csv,
 	  "import-csv --brand B [--iys-code I] [--skip-bad] [--from-sequence Q] "
 	  "FILE --out FILE",

@@ -16,7 +16,8 @@
  *   - segment: open either fails with -EPROTO naming the segment, or
  *     succeeds, and a replay then sees as many changes and commits as
  *     changelog_stats counts, commit records closing exactly the changes
- *     before them, every sequence above the one before, and a kind that
+ *     before them, every batch's first sequence above the one before (a
+ *     batch's changes may share one), and a kind that
  *     matches changelog_kind;
  *   - commit body: success means the lengths add up and the strings are
  *     what an origin and a cursor may be.
@@ -120,7 +121,8 @@ struct walk {
 static int walk_change(const Consent__V1__Consent *c, void *arg)
 {
 	struct walk *w = arg;
-	REQUIRE(c->sequence > w->prev);
+	/* A batch's changes may share its position (§9), never go back. */
+	REQUIRE(w->pending ? c->sequence >= w->prev : c->sequence > w->prev);
 	w->prev = c->sequence;
 	w->changes++;
 	w->pending++;

@@ -52,9 +52,15 @@
  * made durable in the directory (fsync of DIR/changes) before the append
  * that created them returns.
  *
- * Sequences strictly increase through the log (a commit record repeats
- * its last change's), and a segment's first record carries the sequence
- * in its name; open checks both, so a segment copied from elsewhere or out
+ * Sequences increase through the log (a commit record repeats its last
+ * change's): strictly from batch to batch, and within a batch of origins
+ * they may stay equal, since a replicated batch (one JetStream message,
+ * DESIGN §9) gives all its changes the message's stream sequence. A batch
+ * is on disk whole or not at all, so a replay past a position still sees
+ * whole batches. Version 2 segments written before read the same, and
+ * version 1 segments (changes without commits) still need strictly
+ * increasing sequences. A segment's first record carries the sequence in its
+ * name; open checks both, so a segment copied from elsewhere or out
  * of order is refused too. A segment ends at a commit (one append never
  * spans two segments).
  */
@@ -348,7 +354,11 @@ static int segment_verify(const char *path, const uint8_t *p, uint64_t size,
 				r.commit.n_changes, r.seq, pending, prev);
 			return -EPROTO;
 		}
-		if (r.type == REC_CHANGE && r.seq <= prev) {
+		/* The changes of one batch may share its position (a
+		 * replicated batch is one stream message, §9): only the first
+		 * change after a commit must pass the sequence before it. */
+		if (r.type == REC_CHANGE &&
+		    (pending > 0 ? r.seq < prev : r.seq <= prev)) {
 			errmsg_set(err, err_cap,
 				"%s: offset %" PRIu64 ": sequence %" PRIu64
 				" after %" PRIu64, path, pos, r.seq, prev);
@@ -773,7 +783,13 @@ int changelog_append_batches(struct changelog *log,
 					"one)", n + i);
 				return -EINVAL;
 			}
-			if (seq <= prev) {
+			/* Within a batch of origins a change may repeat the
+			 * position before it (a replicated batch: all its
+			 * changes at its stream sequence); a batch's first
+			 * change, and any of a batch without origin, must
+			 * pass it. */
+			if ((i > 0 && k->kind == ORIGINS_ORIGIN) ? seq < prev :
+								    seq <= prev) {
 				errmsg_set(log->err, sizeof(log->err),
 					"sequence %" PRIu64 " after %" PRIu64,
 					seq, prev);

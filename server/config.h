@@ -13,6 +13,7 @@
 
 struct policymap;
 struct tokens;
+struct replica;
 struct writer;
 
 struct server_config {
@@ -41,6 +42,13 @@ struct server_config {
 	 * start; NULL: Apply is refused (503). */
 	struct writer *writer;
 	uint32_t checkpoint_changes;     /* a generation every N changes; 0: auto */
+	/* Replicated mode (DESIGN §9, server/replica.h): NULL nats_urls is
+	 * the embedded change log alone. */
+	const char *nats_urls;           /* --nats URL[,URL...] */
+	const char *nats_stream;         /* CONSENT */
+	const char *nats_consumer;       /* default: the host name */
+	uint32_t max_lag_s;              /* readiness off further behind; 0: off */
+	struct replica *replica;         /* set by main with --nats */
 	uint32_t changelog_segment_bytes; /* change log segments; 0: 64 MiB */
 
 	/* Limits (DESIGN §4). */
@@ -76,6 +84,7 @@ static inline void server_config_defaults(struct server_config *cfg)
 		.grpc_addr = "127.0.0.1:7703",
 		.grpc_max_streams = 100,
 		.bind_wait_ms = 10000,
+		.nats_stream = "CONSENT",
 		.max_frame_bytes = 1u << 20,
 		.max_frame_bytes_unauth = 4096,
 		.max_resp_args = 100000,

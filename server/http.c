@@ -60,6 +60,8 @@
 #include "server/live.h"
 #include "server/reject.h"
 #include "index/outbox.h"
+#include "server/replica.h"
+#include "index/origins.h"
 #include "server/metrics.h"
 #include "server/snapshot.h"
 #include "server/writer.h"
@@ -349,6 +351,12 @@ static enum MHD_Result http_readyz(struct http *h, struct MHD_Connection *conn)
 		snprintf(msg, sizeof(msg), "changes refused: %s\n", why);
 		return http_reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, msg);
 	}
+	/* Replicated: too far behind the stream, or cut off from it for
+	 * longer than --max-lag (server/replica.h). */
+	if (!replica_ready(h->cfg->replica, why, sizeof(why))) {
+		snprintf(msg, sizeof(msg), "replication: %s\n", why);
+		return http_reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, msg);
+	}
 	if (stale) {
 		snprintf(msg, sizeof(msg),
 			 "data stale: %" PRId64 " s old, soft bound %" PRId64 " s\n",
@@ -387,6 +395,81 @@ static void http_gauge(FILE *f, const char *name, const char *help,
 }
 
 #define HTTP_LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
+
+/* A histogram of REPLICA_PUBACK_BOUNDS_US buckets. */
+static void http_replica_hist(FILE *f, const char *name, const char *help,
+			      const uint64_t *buckets, uint64_t sum_us)
+{
+	static const uint64_t bounds[] = REPLICA_PUBACK_BOUNDS_US;
+	_Static_assert(sizeof(bounds) / sizeof(bounds[0]) + 1 ==
+		       REPLICA_PUBACK_BUCKETS, "buckets = bounds + Inf");
+	char le[32];
+	uint64_t cum = 0;
+
+	fprintf(f, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+	for (int b = 0; b < REPLICA_PUBACK_BUCKETS; b++) {
+		cum += buckets[b];
+		if (b + 1 < REPLICA_PUBACK_BUCKETS)
+			http_us_to_s(le, sizeof(le), bounds[b]);
+		else
+			strcpy(le, "+Inf");
+		fprintf(f, "%s_bucket{le=\"%s\"} %" PRIu64 "\n", name, le, cum);
+	}
+	fprintf(f, "%s_sum %" PRIu64 ".%06" PRIu64 "\n%s_count %" PRIu64 "\n",
+		name, sum_us / 1000000u, sum_us % 1000000u, name, cum);
+}
+
+/* Replicated mode's figures (DESIGN §9). */
+static void http_replica_metrics(FILE *f, struct replica *r)
+{
+	struct replica_stats st;
+
+	replica_stats(r, &st);
+	http_gauge(f, "consentd_nats_connected",
+		   "1 while the NATS connection is up.", "%d", st.connected);
+	http_gauge(f, "consentd_nats_stream_reachable",
+		   "1 when the last query of the stream was answered.", "%d",
+		   st.stream_reachable);
+	http_gauge(f, "consentd_nats_unreachable_seconds",
+		   "How long the stream has not answered (0: it answers).",
+		   "%.3f", (double)st.unreachable_ms / 1000.0);
+	http_gauge(f, "consentd_replication_stream_last_sequence",
+		   "The stream's last sequence, as last asked.", "%" PRIu64,
+		   st.stream_last_seq);
+	http_gauge(f, "consentd_replication_applied_sequence",
+		   "The last stream sequence processed here.", "%" PRIu64,
+		   st.applied_seq);
+	http_gauge(f, "consentd_replication_lag_messages",
+		   "Stream messages not processed here yet.", "%" PRIu64,
+		   st.lag_messages);
+	http_gauge(f, "consentd_replication_lag_seconds",
+		   "Publish-time span of the stream not processed here yet.",
+		   "%.3f", st.lag_seconds);
+	http_gauge(f, "consentd_nats_consumer_pending",
+		   "The consumer's messages not delivered yet (NumPending).",
+		   "%" PRIu64, st.consumer_pending);
+	http_gauge(f, "consentd_nats_consumer_ack_floor",
+		   "The consumer's ack floor (stream sequence).", "%" PRIu64,
+		   st.consumer_ack_floor);
+	fprintf(f, "# HELP consentd_replication_messages_total Stream messages "
+		"handed to the writer.\n# TYPE consentd_replication_messages_total "
+		"counter\nconsentd_replication_messages_total %" PRIu64 "\n"
+		"# HELP consentd_replication_repositions_total Times the consumer "
+		"was made again at the next sequence expected.\n"
+		"# TYPE consentd_replication_repositions_total counter\n"
+		"consentd_replication_repositions_total %" PRIu64 "\n"
+		"# HELP consentd_nats_publish_failures_total Applies answered 503: "
+		"no PubAck in time.\n# TYPE consentd_nats_publish_failures_total "
+		"counter\nconsentd_nats_publish_failures_total %" PRIu64 "\n",
+		st.messages_fetched, st.repositions, st.publish_failures);
+	http_replica_hist(f, "consentd_nats_puback_latency_seconds",
+			  "Time from publishing an Apply to its PubAck.",
+			  st.puback_buckets, st.puback_sum_us);
+	http_replica_hist(f, "consentd_replication_visible_latency_seconds",
+			  "Time from a message's publish (the stream's "
+			  "timestamp) to its being applied here.",
+			  st.visible_buckets, st.visible_sum_us);
+}
 
 /* Prometheus text exposition format 0.0.4. */
 static char *http_metrics_text(struct http *h, size_t *len)
@@ -494,7 +577,8 @@ static char *http_metrics_text(struct http *h, size_t *len)
 		   "%" PRId64, h->cfg->stale_hard_s);
 	http_gauge(f, "consentd_ready",
 		   "1 when an index is loaded and fresh (as /readyz).", "%d",
-		   have && !stale && !writer_fault(h->cfg->writer, NULL, 0));
+		   have && !stale && !writer_fault(h->cfg->writer, NULL, 0) &&
+		   replica_ready(h->cfg->replica, NULL, 0));
 	if (h->cfg->writer != NULL) {
 		uint64_t depth;
 		int64_t oldest;
@@ -508,6 +592,8 @@ static char *http_metrics_text(struct http *h, size_t *len)
 			   "entry of the outbox (0: empty).", "%" PRId64,
 			   oldest ? http_wall_s() - oldest : 0);
 	}
+	if (h->cfg->replica != NULL)
+		http_replica_metrics(f, h->cfg->replica);
 	free(sum);
 	if (fclose(f) != 0) {
 		free(buf);
@@ -548,6 +634,26 @@ static enum MHD_Result http_stats(struct http *h, struct MHD_Connection *conn,
 		metrics_sum(sum);
 		st.checks_total = metrics_checks_total(sum);
 		free(sum);
+	}
+	/* §8: an origin's cursor, to a principal that may apply or has the
+	 * stats right (as the RPC's Stats); "" for an unknown origin. An
+	 * origin that cannot be one is a 400 naming it. */
+	char cursor[ORIGINS_CURSOR_MAX + 1] = "";
+	const char *origin = MHD_lookup_connection_value(
+		conn, MHD_GET_ARGUMENT_KIND, "origin");
+	if (origin != NULL) {
+		const char *why;
+		if (origins_check_text(origin, strlen(origin), ORIGINS_NAME_MAX,
+				       0, &why) < 0)
+			return http_reply_error(h, conn, MHD_HTTP_BAD_REQUEST,
+						NULL, NULL, "origin: %s", why);
+		if (h->cfg->writer != NULL &&
+		    (p == NULL || p->may_apply || !st.own_only)) {
+			writer_origin_cursor(h->cfg->writer, origin,
+					     strlen(origin), cursor,
+					     sizeof(cursor));
+			st.origin_cursor = cursor;
+		}
 	}
 	http_index_info(h, &info, &stale);
 	st.records = info.n_records;

@@ -625,6 +625,8 @@ char *json_encode_stats(const struct json_stats *s)
 		json_put(o, "outbox_oldest_age_seconds",
 			 json_integer(s->outbox_oldest_age_s), &ok);
 	}
+	if (s->origin_cursor != NULL)
+		json_put(o, "origin_cursor", json_string(s->origin_cursor), &ok);
 	if (!ok) {
 		json_decref(o);
 		return NULL;

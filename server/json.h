@@ -95,6 +95,7 @@ struct json_stats {
 	bool outbox;
 	uint64_t outbox_depth;
 	int64_t outbox_oldest_age_s;
+	const char *origin_cursor; /* ?origin= asked (and allowed): its cursor */
 };
 char *json_encode_stats(const struct json_stats *s);
 

@@ -77,6 +77,7 @@
 #include "server/notify.h"
 #include "server/grpc.h"
 #include "server/policy.h"
+#include "server/replica.h"
 #include "server/resp.h"
 #include "server/rpc.h"
 #include "server/tls.h"
@@ -185,6 +186,16 @@ static const struct flag main_flags[] = {
 	{ "checkpoint-changes", FLAG_U32, CFG_OFF(checkpoint_changes), 0,
 	  UINT32_MAX, "write a generation every N applied changes (0: the "
 	  "larger of 1000000 and half the records)" },
+	{ "nats", FLAG_STR, CFG_OFF(nats_urls), 0, 0,
+	  "URL[,URL...]: replicated mode: the change log is this NATS "
+	  "JetStream cluster's stream (off)" },
+	{ "nats-stream", FLAG_STR, CFG_OFF(nats_stream), 0, 0,
+	  "NAME of the JetStream stream, created when absent (CONSENT)" },
+	{ "nats-consumer", FLAG_STR, CFG_OFF(nats_consumer), 0, 0,
+	  "NAME of this replica's durable consumer (the host name)" },
+	{ "max-lag", FLAG_U32, CFG_OFF(max_lag_s), 0, INT32_MAX,
+	  "SEC: not ready while further behind the stream, or unable to "
+	  "reach it for longer (0 = off)" },
 	{ "changelog-segment-bytes", FLAG_U32,
 	  CFG_OFF(changelog_segment_bytes), 4096, 1u << 30,
 	  "change log segment size (67108864)" },
@@ -212,6 +223,8 @@ static void main_usage(FILE *f)
 		"[LIMITS]\n"
 		"                [--tls-cert FILE --tls-key FILE [--tls-ca FILE]"
 		" [--tls-listeners LIST]]\n"
+		"                [--nats URL[,URL...] [--nats-stream NAME] "
+		"[--nats-consumer NAME] [--max-lag SEC]]\n"
 		"       consentd --config FILE [flags over it]\n\n");
 	for (size_t i = 0; i < N_FLAGS; i++)
 		fprintf(f, "  --%-26s %s\n", main_flags[i].name,
@@ -874,6 +887,36 @@ static int main_start_download(struct main_state *s)
 	return 0;
 }
 
+/* Replicated mode: the stream behind the writer (before any worker
+ * submits). The consumer's name defaults to the host's. */
+static int main_start_replica(struct main_state *s)
+{
+	struct server_config *cfg = &s->cfg;
+	static char host[256];
+
+	if (cfg->nats_consumer == NULL) {
+		if (gethostname(host, sizeof(host) - 1) < 0 || host[0] == '\0')
+			snprintf(host, sizeof(host), "consentd");
+		/* A consumer name takes no '.', '*', '>' or spaces. */
+		for (char *p = host; *p; p++)
+			if (*p == '.' || *p == '*' || *p == '>' || *p == ' ')
+				*p = '-';
+		cfg->nats_consumer = host;
+	}
+	struct replica_options ro = {
+		.urls = cfg->nats_urls,
+		.stream = cfg->nats_stream,
+		.consumer = cfg->nats_consumer,
+		.max_lag_s = cfg->max_lag_s,
+	};
+	if (replica_start(&ro, s->writer, &cfg->replica, s->err,
+			  sizeof(s->err)) < 0) {
+		fprintf(stderr, "consentd: %s\n", s->err);
+		return -1;
+	}
+	return 0;
+}
+
 /* The single writer over the data directory (the newest generation and
  * the change log replayed into it), started; and the snapshot to build,
  * opened. */
@@ -918,6 +961,8 @@ static int main_open_writer(struct main_state *s)
 		fprintf(stderr, "consentd: %s\n", s->err);
 		return -1;
 	}
+	if (cfg->nats_urls != NULL && main_start_replica(s) < 0)
+		return -1;
 	if (cfg->snapshot != NULL) {
 		s->build.fd = strcmp(cfg->snapshot, "-") == 0
 				      ? STDIN_FILENO
@@ -1130,6 +1175,7 @@ out:
 		close(s.build.fd);
 		download_finish(s.build.download, NULL, s.err, sizeof(s.err));
 	}
+	replica_stop(s.cfg.replica); /* before the writer it feeds */
 	writer_stop(s.writer);
 	if (!s.build.started ||
 	    atomic_load_explicit(&s.build.done, memory_order_acquire)) {

@@ -103,6 +103,11 @@
 #include "server/metrics.h"
 
 #define WRITER_CHECKPOINT_MIN 1000000u /* auto checkpoint: at least this */
+/* Replicated mode: the outcomes of the last stream messages processed,
+ * kept for the Applies whose PubAck arrives after their message was
+ * applied here (the fetch thread may well be faster than the PubAck). */
+#define WRITER_OUTCOMES 1024u
+#define WRITER_QUEUE_INTERNAL UINT_MAX /* a stream message's "queue" */
 
 /* A view asked for by writer_view, on the asker's stack. */
 struct writer_view_req {
@@ -120,7 +125,22 @@ struct writer_req {
 	Consent__V1__ApplyRequest *apply; /* freed once applied */
 	enum origins_kind kind; /* writer_group: the kind it takes part as */
 	char local_cursor[24];  /* origin "local": its batch's position */
+	/* Replicated mode: a stream message's sequence and publish time
+	 * (queue WRITER_QUEUE_INTERNAL), or for an Apply waiting on its
+	 * message, the sequence it waits for and until when. */
+	uint64_t stream_seq;
+	int64_t stream_time_s;
+	uint64_t deadline_ms;
+	unsigned epoch; /* a stream message: the fetch run it belongs to */
+	bool replayed; /* a stream message at or below the watermark */
 	struct writer_reply reply;
+};
+
+/* The outcome of stream message seq, for a waiting Apply. */
+struct writer_outcome {
+	uint64_t seq;
+	uint32_t code, applied, skipped;
+	char message[256];
 };
 
 /* An origin's cursor moved by a request of the group being committed. */
@@ -201,6 +221,29 @@ struct writer {
 	 * release (acquire in writer_fault and writer_submit). */
 	atomic_bool failed;
 	char fault[200];
+
+	/* Replicated mode (NULL publish: local mode). publish and its ctx
+	 * are set before the workers start and constant afterwards. */
+	writer_publish_fn publish;
+	void *publish_ctx;
+	/* Under stream_mu: the highest stream sequence processed, whether
+	 * a message handed over was refused (the fetch thread gives it
+	 * again), the Applies waiting for their message, and the outcomes
+	 * of the last WRITER_OUTCOMES messages (ring, by seq). */
+	pthread_mutex_t stream_mu;
+	pthread_cond_t stream_cv;
+	uint64_t stream_done;
+	uint64_t stream_start; /* stream_done at open: older is unknown */
+	bool stream_refused;
+	/* A fetch run: messages are given in stream order within one. Once
+	 * one of a run is refused unprocessed (503), the writer thread
+	 * refuses the rest of that run (stream_hold, its own) so nothing is
+	 * applied past a gap; the fetch thread starts a new run from the
+	 * first message not processed (writer_stream_wait's -EIO). */
+	atomic_uint stream_epoch;
+	unsigned stream_hold;
+	struct writer_req *waiters;
+	struct writer_outcome *outcomes;
 };
 
 static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -467,6 +510,12 @@ static int writer_take_now(struct writer *w, struct generation *s,
 	memset(s, 0, sizeof(*s));
 	w->cur_served = true;
 	w->applied = applied;
+	/* Replicated: the stream is followed from the snapshot's watermark
+	 * (a message at or below it is in the snapshot already). */
+	pthread_mutex_lock(&w->stream_mu);
+	if (applied > w->stream_done)
+		w->stream_done = applied;
+	pthread_mutex_unlock(&w->stream_mu);
 	w->created_at = si.created_at;
 	w->data_as_of = as_of;
 	writer_published(w, gen, applied);
@@ -681,8 +730,15 @@ static size_t group_origins(struct writer *w, struct writer_req *list,
 		struct changelog_batch *b = &w->batches[nb];
 		b->changes = &w->ptrs[m];
 		b->n = a->n_changes;
+		/* A stream message is one position, its sequence (§9): every
+		 * change of it carries it. group_kind dropped the messages
+		 * at or below the watermark, and they come in stream order,
+		 * so positions still increase from batch to batch. */
+		uint64_t at = r->stream_seq;
+		if (at != 0)
+			next = at - 1;
 		for (size_t i = 0; i < a->n_changes; i++) {
-			a->changes[i]->sequence = ++next;
+			a->changes[i]->sequence = at != 0 ? at : ++next;
 			w->chg[m].c = a->changes[i];
 			w->chg[m].r = r;
 			w->chg[m].order = (uint32_t)m;
@@ -693,7 +749,8 @@ static size_t group_origins(struct writer *w, struct writer_req *list,
 			/* Unconditional (§11): the cursor is the batch's log
 			 * position, the same on every replica. */
 			cursor = r->local_cursor;
-			cl = (size_t)(decimal_put_u64(r->local_cursor, next) -
+			cl = (size_t)(decimal_put_u64(r->local_cursor,
+						      at != 0 ? at : next) -
 				      r->local_cursor);
 		}
 		b->commit = (struct changelog_commit){
@@ -704,6 +761,8 @@ static size_t group_origins(struct writer *w, struct writer_req *list,
 			 * own (a heartbeat that moves it, §9's empty message). */
 			.sequence = a->n_changes ? 0 : ++next,
 		};
+		if (at != 0)
+			next = at;
 		if (a->n_changes == 0)
 			*heartbeat = true;
 		w->moves[nb] = (struct writer_move){ a->origin, cursor, ol, cl };
@@ -744,9 +803,36 @@ static enum origins_kind group_kind(struct writer *w, struct writer_req *list,
 	for (struct writer_req *r = list; r != NULL; r = r->next) {
 		const Consent__V1__ApplyRequest *a = r->apply;
 		r->kind = ORIGINS_NONE;
+		if (r->stream_seq != 0 &&
+		    (r->epoch == w->stream_hold ||
+		     r->epoch != atomic_load_explicit(&w->stream_epoch,
+						      memory_order_relaxed))) {
+			reply_error(r, 503, "a message before it was not "
+				    "processed: given again");
+			continue;
+		}
+		if (r->reply.code != 0)
+			continue; /* a stream message refused as it came */
 		if (w->cur.ix == NULL) {
 			reply_error(r, 503, "no generation is loaded yet (a "
 				    "snapshot is being built)");
+			continue;
+		}
+		if (r->stream_seq != 0 && r->stream_seq <= w->applied) {
+			/* A message this index holds already (the consumer
+			 * redelivered it, or started before the watermark). */
+			r->reply.skipped = (uint32_t)a->n_changes;
+			metrics_add(&w->m->changes_skipped_replay, a->n_changes);
+			r->replayed = true; /* nothing of it to do */
+			continue;
+		}
+		if (r->stream_seq != 0 && a->n_changes > 0 && !has_origin(a)) {
+			/* §9: the stream is the log; a feeder's own
+			 * sequences have no place in it. */
+			reply_error(r, 409, "a replicated change needs an "
+				    "origin and cursors (nothing of this batch "
+				    "was applied)");
+			metrics_inc(&w->m->applies_conflict);
 			continue;
 		}
 		if (a->n_changes == 0 && !has_origin(a)) {
@@ -887,9 +973,28 @@ static void writer_group(struct writer *w, struct writer_req *list)
 		return;
 	if (kind == ORIGINS_ORIGIN && nb > 0)
 		w->applied = last; /* a cursor moved alone has a position */
+	/* Replicated: every message processed used its position, whatever
+	 * it did (a heartbeat or a refusal writes nothing), and the data is
+	 * as fresh as the newest message's publish time (§9). */
+	bool stream = false;
+	int64_t as_of = 0;
+	for (struct writer_req *r = list; r != NULL; r = r->next) {
+		if (r->stream_seq == 0 || r->replayed || r->reply.code == 503)
+			continue;
+		stream = true;
+		if (r->stream_seq > w->applied)
+			w->applied = r->stream_seq;
+		if (r->stream_time_s > as_of)
+			as_of = r->stream_time_s;
+	}
+	/* After the positions moved: the outbox accounts for the log
+	 * through w->applied. */
 	if (kind == ORIGINS_ORIGIN && m > 0 && group_outbox(w, list, m) < 0)
 		return;
-	if (m > 0 || heartbeat) {
+	if (stream) {
+		if (as_of > w->data_as_of)
+			w->data_as_of = as_of;
+	} else if (m > 0 || heartbeat) {
 		struct timespec ts;
 		clock_gettime(CLOCK_REALTIME, &ts);
 		w->data_as_of = ts.tv_sec;
@@ -901,16 +1006,97 @@ static void writer_group(struct writer *w, struct writer_req *list)
 		r->reply.applied_sequence = w->applied;
 }
 
-/* Hands every request of list back to its worker. */
+/* A waiting Apply answered with its message's outcome o (NULL: one
+ * processed before the outcomes kept), onto its worker's queue. */
+static void waiter_answer(struct writer *w, struct writer_req *r,
+			  const struct writer_outcome *o, uint32_t n_changes)
+{
+	if (o != NULL) {
+		r->reply.code = o->code;
+		r->reply.applied = o->applied;
+		r->reply.skipped = o->skipped;
+		snprintf(r->reply.message, sizeof(r->reply.message), "%s",
+			 o->message);
+	} else {
+		r->reply.skipped = n_changes;
+	}
+	r->reply.applied_sequence = w->stream_done;
+	req_push(&w->queues[r->queue].done, r);
+	/* The caller wakes the worker (wake is the writer thread's). */
+}
+
+/* Replicated mode, after a group: the outcomes of its stream messages,
+ * the waiters they answer, and the fetch thread woken. */
+static void writer_stream_note(struct writer *w, struct writer_req *list)
+{
+	bool any = false;
+	pthread_mutex_lock(&w->stream_mu);
+	for (struct writer_req *r = list; r != NULL; r = r->next) {
+		if (r->queue != WRITER_QUEUE_INTERNAL)
+			continue;
+		any = true;
+		if (r->reply.code == 503) {
+			/* Not processed (the log failed, or no index yet):
+			 * this one and all after it in its run must come
+			 * again, in a new run. */
+			w->stream_hold = r->epoch;
+			if (r->epoch == atomic_load_explicit(
+				    &w->stream_epoch, memory_order_relaxed))
+				w->stream_refused = true;
+			continue;
+		}
+		/* A redelivery below the watermark: its first processing
+		 * holds the outcome, and the watermark stays. */
+		if (r->replayed || r->stream_seq <= w->stream_done)
+			continue;
+		struct writer_outcome *o =
+			&w->outcomes[r->stream_seq % WRITER_OUTCOMES];
+		o->seq = r->stream_seq;
+		o->code = r->reply.code;
+		o->applied = r->reply.applied;
+		o->skipped = r->reply.skipped;
+		snprintf(o->message, sizeof(o->message), "%.255s",
+			 r->reply.message);
+		w->stream_done = r->stream_seq;
+	}
+	if (any) {
+		struct writer_req **pp = &w->waiters;
+		while (*pp != NULL) {
+			struct writer_req *r = *pp;
+			if (r->stream_seq > w->stream_done) {
+				pp = &r->next;
+				continue;
+			}
+			*pp = r->next;
+			const struct writer_outcome *o =
+				&w->outcomes[r->stream_seq % WRITER_OUTCOMES];
+			unsigned q = r->queue;
+			waiter_answer(w, r, o->seq == r->stream_seq ? o : NULL,
+				      (uint32_t)r->reply.skipped);
+			w->queues[q].wake = true;
+		}
+		pthread_cond_broadcast(&w->stream_cv);
+	}
+	pthread_mutex_unlock(&w->stream_mu);
+}
+
+/* Hands every request of list back to its worker (a stream message is
+ * the writer's own: freed). */
 static void writer_complete(struct writer *w, struct writer_req *list)
 {
+	writer_stream_note(w, list);
 	while (list != NULL) {
 		struct writer_req *r = list;
 		list = r->next;
 		consent__v1__apply_request__free_unpacked(r->apply, NULL);
 		r->apply = NULL;
-		req_push(&w->queues[r->queue].done, r);
-		w->queues[r->queue].wake = true;
+		if (r->queue == WRITER_QUEUE_INTERNAL) {
+			free(r);
+			continue;
+		}
+		unsigned q = r->queue; /* r is the worker's once pushed */
+		req_push(&w->queues[q].done, r);
+		w->queues[q].wake = true;
 	}
 	for (unsigned i = 0; i < w->opt.n_queues; i++)
 		if (w->queues[i].wake) {
@@ -1096,6 +1282,9 @@ int writer_open(const struct writer_options *opt, struct writer **out,
 	pthread_mutex_init(&w->origins_mu, NULL);
 	pthread_cond_init(&w->take_cv, NULL);
 	pthread_cond_init(&w->view_cv, NULL);
+	pthread_mutex_init(&w->stream_mu, NULL);
+	atomic_init(&w->stream_epoch, 1);
+	pthread_cond_init(&w->stream_cv, NULL);
 	atomic_init(&w->inbox, NULL);
 	atomic_init(&w->stop, false);
 	atomic_init(&w->has_index, false);
@@ -1187,6 +1376,7 @@ int writer_open(const struct writer_options *opt, struct writer **out,
 		origins_set_kind(w->cur.origins, changelog_kind(w->log));
 		say("%s has no generation yet; Applies wait for a snapshot",
 		    w->dir);
+		w->stream_done = w->stream_start = w->applied;
 		*out = w;
 		return 0;
 	}
@@ -1228,6 +1418,7 @@ int writer_open(const struct writer_options *opt, struct writer **out,
 	live_publish(w->cur.ix);
 	w->cur_served = true;
 	atomic_store_explicit(&w->has_index, true, memory_order_release);
+	w->stream_done = w->stream_start = w->applied;
 	*out = w;
 	return 0;
 
@@ -1263,8 +1454,10 @@ void writer_close(struct writer *w)
 	if (w == NULL)
 		return;
 	writer_stop(w);
-	/* Requests never processed, and replies no worker took. */
+	/* Requests never processed, replies no worker took, and Applies
+	 * still waiting for their message. */
 	req_free_all(req_take_all(&w->inbox));
+	req_free_all(w->waiters);
 	for (unsigned i = 0; w->queues != NULL && i < w->opt.n_queues; i++) {
 		req_free_all(req_take_all(&w->queues[i].done));
 		if (w->queues[i].efd >= 0)
@@ -1293,6 +1486,9 @@ void writer_close(struct writer *w)
 	pthread_mutex_destroy(&w->origins_mu);
 	pthread_cond_destroy(&w->take_cv);
 	pthread_cond_destroy(&w->view_cv);
+	pthread_mutex_destroy(&w->stream_mu);
+	pthread_cond_destroy(&w->stream_cv);
+	free(w->outcomes);
 	free(w);
 }
 
@@ -1311,6 +1507,9 @@ static int submit_error(struct writer_reply *now, uint32_t code,
 	va_end(ap);
 	return (int)code;
 }
+
+static int submit_checks(Consent__V1__ApplyRequest *a,
+			 struct writer_reply *now);
 
 /* Why a request is refused before it is queued (the code, *now holding
  * the reply), or 0. */
@@ -1337,6 +1536,24 @@ static int submit_refusal(const struct writer *w,
 					    "principal's brands (nothing of "
 					    "this request was applied)", i,
 					    a->changes[i]->brand_code);
+	if (has_origin(a) && writer_origin_local(a->origin, strlen(a->origin)) &&
+	    !principal_may_reject(principal))
+		return submit_error(now, 403, "origin \"local\" is for local "
+				    "rejections: this principal may not "
+				    "reject");
+	if (w->publish != NULL && a->n_changes > 0 && !has_origin(a))
+		return submit_error(now, 409, "replicated mode takes changes "
+				    "with an origin and cursors only (DESIGN "
+				    "§8, §9; nothing of this batch was "
+				    "applied)");
+	return submit_checks(a, now);
+}
+
+/* The origin, cursors and changes of a request (a local Apply's or a
+ * stream message's): the code with *now holding the reply, or 0. */
+static int submit_checks(Consent__V1__ApplyRequest *a,
+			 struct writer_reply *now)
+{
 	const char *why_text;
 	if (has_origin(a)) {
 		/* Bounded, so a cursor fits the 409 that names it and a
@@ -1346,12 +1563,18 @@ static int submit_refusal(const struct writer *w,
 			return submit_error(now, 400, "origin: %s (1 to %d "
 					    "bytes, no control bytes)",
 					    why_text, ORIGINS_NAME_MAX);
-		if (origins_check_text(a->after_cursor, strlen(a->after_cursor),
+		/* Origin "local" is unconditional: its cursors are not read
+		 * (the writer sets the cursor to the batch's position), and
+		 * a stream message of it carries none (§9). */
+		bool local = writer_origin_local(a->origin, strlen(a->origin));
+		if (!local &&
+		    origins_check_text(a->after_cursor, strlen(a->after_cursor),
 				       ORIGINS_CURSOR_MAX, 1, &why_text) < 0)
 			return submit_error(now, 400, "after_cursor: %s (up to "
 					    "%d bytes, no control bytes)",
 					    why_text, ORIGINS_CURSOR_MAX);
-		if (origins_check_text(a->cursor, strlen(a->cursor),
+		if (!local &&
+		    origins_check_text(a->cursor, strlen(a->cursor),
 				       ORIGINS_CURSOR_MAX, 0, &why_text) < 0)
 			return submit_error(now, 400, "cursor: %s (1 to %d "
 					    "bytes, no control bytes)",
@@ -1362,15 +1585,10 @@ static int submit_refusal(const struct writer *w,
 		 * check the rest, size included. */
 		for (size_t i = 0; i < a->n_changes; i++)
 			a->changes[i]->sequence = UINT64_MAX - a->n_changes + 1 + i;
-		if (writer_origin_local(a->origin, strlen(a->origin))) {
+		if (local) {
 			/* A local batch skips the cursor rule and feeds the
-			 * outbox: only local rejections may take it, and only
-			 * as RETs (§11). */
-			if (!principal_may_reject(principal))
-				return submit_error(now, 403, "origin \"local\" "
-						    "is for local rejections: "
-						    "this principal may not "
-						    "reject");
+			 * outbox: only as RETs (§11); who may send one is
+			 * submit_refusal's. */
 			if (a->n_changes == 0)
 				return submit_error(now, 400, "origin \"local\": "
 						    "a batch without changes");
@@ -1427,9 +1645,182 @@ int writer_submit(struct writer *w, unsigned queue, uint64_t tag, uint64_t id,
 	req->apply = a;
 	req->reply.tag = tag;
 	req->reply.id = id;
+	if (w->publish != NULL) {
+		/* Replicated (§9): the stream is the log. The checks above
+		 * (the principal's brands first) held on this replica; the
+		 * message's outcome comes back through writer_req_await. */
+		int rc = w->publish(w->publish_ctx, req);
+		if (rc < 0) {
+			*now = req->reply;
+			submit_error(now, 503, "the change stream cannot take "
+				     "it now: %s", strerror(-rc));
+			consent__v1__apply_request__free_unpacked(a, NULL);
+			free(req);
+			return 0;
+		}
+		return 1;
+	}
 	req_push(&w->inbox, req);
 	efd_signal(w->efd);
 	return 1;
+}
+
+/* ---- replicated mode ---- */
+
+void writer_set_publisher(struct writer *w, writer_publish_fn fn, void *ctx)
+{
+	w->publish = fn;
+	w->publish_ctx = ctx;
+	if (w->outcomes == NULL)
+		w->outcomes = calloc(WRITER_OUTCOMES, sizeof(*w->outcomes));
+}
+
+const Consent__V1__ApplyRequest *writer_req_apply(const struct writer_req *r)
+{
+	return r->apply;
+}
+
+void writer_req_fail(struct writer *w, struct writer_req *req, uint32_t code,
+		     const char *msg)
+{
+	consent__v1__apply_request__free_unpacked(req->apply, NULL);
+	req->apply = NULL;
+	reply_error(req, code, msg);
+	unsigned q = req->queue; /* req is the worker's once pushed */
+	req_push(&w->queues[q].done, req);
+	efd_signal(w->queues[q].efd);
+}
+
+void writer_req_await(struct writer *w, struct writer_req *req, uint64_t seq,
+		      uint64_t deadline_ms)
+{
+	uint32_t n = (uint32_t)req->apply->n_changes;
+	consent__v1__apply_request__free_unpacked(req->apply, NULL);
+	req->apply = NULL;
+	req->stream_seq = seq;
+	req->deadline_ms = deadline_ms;
+	req->reply.skipped = n; /* what a duplicate of an old one says */
+	pthread_mutex_lock(&w->stream_mu);
+	if (seq > w->stream_done) {
+		req->next = w->waiters;
+		w->waiters = req;
+		pthread_mutex_unlock(&w->stream_mu);
+		return;
+	}
+	const struct writer_outcome *o =
+		w->outcomes != NULL ? &w->outcomes[seq % WRITER_OUTCOMES] : NULL;
+	unsigned q = req->queue;
+	waiter_answer(w, req, o != NULL && o->seq == seq ? o : NULL, n);
+	pthread_mutex_unlock(&w->stream_mu);
+	efd_signal(w->queues[q].efd);
+}
+
+void writer_expire(struct writer *w, uint64_t now_ms)
+{
+	pthread_mutex_lock(&w->stream_mu);
+	struct writer_req **pp = &w->waiters;
+	while (*pp != NULL) {
+		struct writer_req *r = *pp;
+		if (r->deadline_ms > now_ms) {
+			pp = &r->next;
+			continue;
+		}
+		*pp = r->next;
+		reply_errorf(r, 503, "published as stream sequence %" PRIu64
+			     " but not applied on this replica in time (it "
+			     "is behind the stream or cut off from it; the "
+			     "change stays in the stream)", r->stream_seq);
+		r->reply.applied_sequence = w->stream_done;
+		unsigned q = r->queue; /* r is the worker's once pushed */
+		req_push(&w->queues[q].done, r);
+		efd_signal(w->queues[q].efd);
+	}
+	pthread_mutex_unlock(&w->stream_mu);
+}
+
+int writer_submit_stream(struct writer *w, Consent__V1__ApplyRequest *a,
+			 uint64_t seq, int64_t published_s, const char *bad)
+{
+	struct writer_req *req = calloc(1, sizeof(*req));
+	if (req == NULL) {
+		if (a != NULL)
+			consent__v1__apply_request__free_unpacked(a, NULL);
+		return -ENOMEM;
+	}
+	req->queue = WRITER_QUEUE_INTERNAL;
+	req->epoch = atomic_load_explicit(&w->stream_epoch,
+					  memory_order_relaxed);
+	req->stream_seq = seq;
+	req->stream_time_s = published_s;
+	if (a == NULL) {
+		a = malloc(sizeof(*a));
+		if (a == NULL) {
+			free(req);
+			return -ENOMEM;
+		}
+		consent__v1__apply_request__init(a);
+		reply_errorf(req, 400, "stream sequence %" PRIu64 ": %s", seq,
+			     bad ? bad : "unreadable");
+	} else {
+		/* The same checks as a local Apply's, but the principal's:
+		 * the stream is trusted, and every replica judges alike. */
+		struct writer_reply now = { 0 };
+		if (submit_checks(a, &now) != 0)
+			reply_errorf(req, now.code, "%s", now.message);
+	}
+	req->apply = a;
+	req_push(&w->inbox, req);
+	efd_signal(w->efd);
+	return 0;
+}
+
+int writer_stream_wait(struct writer *w, uint64_t seq, int timeout_ms)
+{
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += timeout_ms / 1000;
+	until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	int rc = 0;
+	pthread_mutex_lock(&w->stream_mu);
+	for (;;) {
+		if (w->stream_refused) {
+			/* Told once: the fetch thread gives them again, in
+			 * a new run (the writer refuses what is left of
+			 * this one). */
+			w->stream_refused = false;
+			atomic_fetch_add_explicit(&w->stream_epoch, 1,
+						  memory_order_relaxed);
+			rc = -EIO;
+			break;
+		}
+		if (w->stream_done >= seq) {
+			rc = 1;
+			break;
+		}
+		if (pthread_cond_timedwait(&w->stream_cv, &w->stream_mu,
+					   &until) == ETIMEDOUT)
+			break;
+	}
+	pthread_mutex_unlock(&w->stream_mu);
+	return rc;
+}
+
+bool writer_has_index(const struct writer *w)
+{
+	/* Acquire: pairs with the release stores of has_index. */
+	return atomic_load_explicit(&w->has_index, memory_order_acquire);
+}
+
+uint64_t writer_stream_done(struct writer *w)
+{
+	pthread_mutex_lock(&w->stream_mu);
+	uint64_t v = w->stream_done;
+	pthread_mutex_unlock(&w->stream_mu);
+	return v;
 }
 
 int writer_queue_fd(const struct writer *w, unsigned queue)

@@ -167,6 +167,74 @@ int writer_view(struct writer *w, struct writer_view *out, char *err,
 		size_t err_cap);
 /* Releases what a view holds (the reference, the copies, the file). */
 void writer_view_release(struct writer_view *v);
+/* ---- Replicated mode (DESIGN §9; server/replica.h drives it) ----
+ *
+ * The stream is the log of the whole fleet: a local Apply is not queued
+ * for this writer but published, and every replica's writer applies the
+ * stream's messages in stream order, each as one batch whose changes all
+ * take the message's stream sequence as their log position, under the
+ * same cursor rule as a local Apply (group_origins). A heartbeat message
+ * (no change, no origin) moves applied_sequence to its sequence and
+ * data_as_of to its publish time, in memory and in the generations
+ * written after, but writes nothing to the log: after a restart the
+ * heartbeats past the log's last position are fetched again and change
+ * nothing else. A message refused by the cursor rule (409) or malformed
+ * (400) likewise uses its position and writes nothing. */
+struct writer_req;
+
+/* The replica's publisher: called by writer_submit (a worker) for every
+ * Apply that passed the principal's and the changes' checks. Returns 0
+ * when it took req (then it must end it with writer_req_fail or
+ * writer_req_await), or -errno (writer_submit answers 503 at once). */
+typedef int (*writer_publish_fn)(void *ctx, struct writer_req *req);
+
+/* Main, before the workers start: route every Apply to fn. */
+void writer_set_publisher(struct writer *w, writer_publish_fn fn, void *ctx);
+
+/* The publisher: the request it took (valid until it ends it). */
+const Consent__V1__ApplyRequest *writer_req_apply(const struct writer_req *r);
+
+/* The publisher: ends req with an Error (code, msg), e.g. 503 when the
+ * stream could not be reached in time. */
+void writer_req_fail(struct writer *w, struct writer_req *req, uint32_t code,
+		     const char *msg);
+
+/* The publisher, after the PubAck gave stream sequence seq: req is
+ * answered with the outcome of message seq as this writer decides it
+ * (applied and skipped counts, or its 409), once it did, or with 503 if
+ * it has not by deadline_ms (CLOCK_MONOTONIC; see writer_expire). A
+ * message older than the outcomes kept (WRITER_OUTCOMES) or processed
+ * before this process started is answered as processed, all its changes
+ * counted as skipped (a duplicate publish). */
+void writer_req_await(struct writer *w, struct writer_req *req, uint64_t seq,
+		      uint64_t deadline_ms);
+
+/* The fetch thread: queues message seq (a, owned by the writer from
+ * here on; NULL with bad naming why it cannot be read: it is then
+ * refused with 400 in its place) published at published_s. Messages must
+ * come in strictly increasing order of seq; one at or below the applied
+ * watermark is answered as a replay. 0, or -ENOMEM. */
+int writer_submit_stream(struct writer *w, Consent__V1__ApplyRequest *a,
+			 uint64_t seq, int64_t published_s, const char *bad);
+
+/* The fetch thread: waits until every message through seq was processed
+ * (durable in the log when it changed anything: it may be acked), up to
+ * timeout_ms. 1 when it was, 0 on timeout, -EIO when the writer refused
+ * a message it was given (its log failed, or no generation is loaded
+ * yet): messages from the first one not processed must be given again. */
+int writer_stream_wait(struct writer *w, uint64_t seq, int timeout_ms);
+
+/* Any thread: true once a generation is served (before it, stream
+ * messages would be refused unprocessed: the fetch thread waits). */
+bool writer_has_index(const struct writer *w);
+
+/* Any thread: the highest stream sequence processed (at start: the
+ * served index's watermark, where the consumer starts after). */
+uint64_t writer_stream_done(struct writer *w);
+
+/* The fetch thread, now and then: answers 503 to the requests waiting
+ * past their deadline (writer_req_await). */
+void writer_expire(struct writer *w, uint64_t now_ms);
 
 /* Any thread: true once the change log failed (Applies are refused since;
  * the state served stays). msg gets the reason. For /readyz. */

@@ -839,6 +839,65 @@ static void test_origin_batches(void)
 	changelog_close(log);
 }
 
+/* Replicated batches (DESIGN §9): all of a batch's changes at one
+ * position, the stream sequence of its message; positions still increase
+ * from batch to batch, and a replay past a position sees whole batches. */
+static void test_shared_positions(void)
+{
+	struct change ch[6];
+	Consent__V1__Consent *v[6];
+	struct changelog_batch b[2];
+
+	fresh_dir();
+	struct changelog *log = open_ok(NULL);
+	if (!log)
+		return;
+	for (int i = 0; i < 6; i++) {
+		change_make(&ch[i], (uint64_t)i + 1);
+		ch[i].c.sequence = i < 3 ? 5 : 9; /* messages 5 and 9 */
+		v[i] = &ch[i].c;
+	}
+	for (int j = 0; j < 2; j++)
+		b[j] = (struct changelog_batch){
+			.changes = &v[3 * j], .n = 3,
+			.commit = { .kind = ORIGINS_ORIGIN, .origin = "o",
+				    .origin_len = 1, .cursor = j ? "b" : "a",
+				    .cursor_len = 1 },
+		};
+	CHECKF(changelog_append_batches(log, b, 2) == 0, "%s",
+	       changelog_error(log));
+	CHECK(changelog_last_sequence(log) == 9);
+	/* A batch starting at the last position is refused, as is one
+	 * going back within it, and one without origin repeating one. */
+	ch[0].c.sequence = 9;
+	b[0].n = 1;
+	CHECK(changelog_append_batches(log, b, 1) == -EINVAL);
+	ch[0].c.sequence = 12;
+	ch[1].c.sequence = 11;
+	b[0].n = 2;
+	CHECK(changelog_append_batches(log, b, 1) == -EINVAL);
+	ch[1].c.sequence = 12;
+	CHECK(changelog_append(log, v, 2) == -EINVAL);
+	CHECK(changelog_last_sequence(log) == 9);
+	changelog_close(log);
+
+	log = open_ok(NULL);
+	if (!log)
+		return;
+	struct commits x = replay_commits(log, 0);
+	CHECK(x.n == 2 && x.changes == 6);
+	CHECK(x.seq[0] == 5 && x.n_changes[0] == 3);
+	CHECK(x.seq[1] == 9 && x.n_changes[1] == 3);
+	CHECK_STREQ(x.cursor[1], "o=b");
+	x = replay_commits(log, 5);
+	CHECK(x.n == 1 && x.changes == 3);
+	x = replay_commits(log, 8);
+	CHECK(x.n == 1 && x.changes == 3);
+	x = replay_commits(log, 9);
+	CHECK(x.n == 0 && x.changes == 0);
+	changelog_close(log);
+}
+
 /* The commit record decides: a batch whose commit record a crash cut is
  * gone with its changes; one whose commit record is whole stays. */
 static void test_origin_torn(void)
@@ -999,6 +1058,7 @@ int main(void)
 	RUN(test_crash);
 	RUN(test_origin_batches);
 	RUN(test_origin_torn);
+	RUN(test_shared_positions);
 	RUN(test_old_format);
 	if (dir[0])
 		nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);

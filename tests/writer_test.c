@@ -31,6 +31,7 @@
 
 #include "core/enums.h"
 #include "core/fsutil.h"
+#include "core/natsmsg.h"
 #include "core/recipient.h"
 #include "core/stream.h"
 #include "core/tokens.h"
@@ -1447,6 +1448,132 @@ static void test_view(void)
 	free(m);
 }
 
+/* ---- replicated mode (DESIGN §9) ----
+ * The writer's half of it, with the stream played by this test: what the
+ * publisher is handed goes through core/natsmsg (encode, then decode, as
+ * on the wire) and comes back through writer_submit_stream at the
+ * sequence the test gives it. tests/e2e/test_fleet.py runs the real
+ * stream. */
+
+static struct writer_req *published[8];
+static unsigned n_published;
+
+static int test_publish(void *ctx, struct writer_req *req)
+{
+	(void)ctx;
+	if (n_published == 8)
+		return -EAGAIN;
+	published[n_published++] = req;
+	return 0;
+}
+
+/* The message the publisher was handed, as a replica decodes it. */
+static Consent__V1__ApplyRequest *wire(struct writer_req *req)
+{
+	struct natsmsg_out out;
+	char err[200];
+	Consent__V1__ApplyRequest *a = NULL;
+	const Consent__V1__ApplyRequest *in = writer_req_apply(req);
+	CHECK(natsmsg_encode(in, &out, err, sizeof(err)) == 0);
+	CHECK(natsmsg_decode(out.subject, out.data, out.len,
+			     in->origin[0] ? in->origin : NULL,
+			     in->after_cursor[0] ? in->after_cursor : NULL,
+			     in->cursor[0] ? in->cursor : NULL, &a, err,
+			     sizeof(err)) == 0);
+	natsmsg_out_fini(&out);
+	return a;
+}
+
+static struct writer_reply reply_of(struct writer *w)
+{
+	struct waiter wt = { .n = 0 };
+	wait_replies(w, 0, &wt, 1);
+	return wt.got[0];
+}
+
+static void test_replicated(void)
+{
+	char dir[300];
+	struct model *m = calloc(1, sizeof(*m));
+	struct chg c[4];
+	struct writer_reply now, r;
+	new_dir(dir, sizeof(dir), 40, m);
+	struct writer *w = open_writer(dir, 0, 1);
+	writer_set_publisher(w, test_publish, NULL);
+	n_published = 0;
+
+	/* An Apply is published, not queued; its reply waits for the
+	 * message's outcome here. Both changes take the message's position. */
+	chg_make(&c[0], 1, STATUS_RET, DATE0 + 500, 0);
+	chg_make(&c[1], 2, STATUS_RET, DATE0 + 500, 0);
+	model_apply(m, 1, STATUS_RET, DATE0 + 500);
+	model_apply(m, 2, STATUS_RET, DATE0 + 500);
+	CHECK(submit_o(w, 0, c, 2, 1, "o", "", "1", &now) == 1);
+	CHECK(n_published == 1);
+	Consent__V1__ApplyRequest *msg = wire(published[0]);
+	writer_req_await(w, published[0], 7, UINT64_MAX);
+	CHECK(writer_submit_stream(w, msg, 7, 1700000007, NULL) == 0);
+	r = reply_of(w);
+	CHECKF(r.code == 0 && r.applied == 2 && r.applied_sequence == 7,
+	       "%u %s %u %" PRIu64, r.code, r.message, r.applied,
+	       r.applied_sequence);
+	CHECK(writer_stream_wait(w, 7, 5000) == 1);
+	CHECK(watermark() == 7 && mismatches(m, 40) == 0);
+	CHECK_STREQ(cursor_of(w, "o"), "1");
+
+	/* A heartbeat message: the position and the freshness move, no log. */
+	Consent__V1__ApplyRequest *hb = malloc(sizeof(*hb));
+	consent__v1__apply_request__init(hb);
+	CHECK(writer_submit_stream(w, hb, 8, 1700000008, NULL) == 0);
+	CHECK(writer_stream_wait(w, 8, 5000) == 1);
+	struct index_info info;
+	index_info(live_index(), &info);
+	CHECK(info.watermark == 8 && info.data_as_of == 1700000008);
+
+	/* A message the cursor rule refuses: 409 to the Apply waiting for it,
+	 * applied nowhere; its position is used all the same. */
+	chg_make(&c[0], 3, STATUS_RET, DATE0 + 900, 0);
+	CHECK(submit_o(w, 0, c, 1, 2, "o", "0", "2", &now) == 1);
+	msg = wire(published[1]);
+	CHECK(writer_submit_stream(w, msg, 9, 1700000009, NULL) == 0);
+	CHECK(writer_stream_wait(w, 9, 5000) == 1);
+	writer_req_await(w, published[1], 9, UINT64_MAX); /* after: the ring */
+	r = reply_of(w);
+	CHECKF(r.code == 409 && strstr(r.message, "\"1\""), "%u %s", r.code,
+	       r.message);
+	CHECK(lookup(3, NULL) == STATUS_ONAY && watermark() == 9);
+
+	/* A message that cannot be read is refused in its place (400). */
+	CHECK(writer_submit_stream(w, NULL, 10, 1700000010, "bad payload") == 0);
+	CHECK(writer_stream_wait(w, 10, 5000) == 1);
+	/* A redelivered message at or below the watermark changes nothing. */
+	chg_make(&c[0], 4, STATUS_RET, DATE0 + 900, 0);
+	CHECK(submit_o(w, 0, c, 1, 3, "o", "1", "2", &now) == 1);
+	msg = wire(published[2]);
+	writer_req_fail(w, published[2], 503, "test: not published");
+	r = reply_of(w);
+	CHECK(r.code == 503);
+	CHECK(writer_submit_stream(w, msg, 5, 1700000005, NULL) == 0);
+	/* An Apply whose message never comes here: 503 at its deadline. */
+	CHECK(submit_o(w, 0, c, 1, 4, "o", "1", "2", &now) == 1);
+	writer_req_await(w, published[3], 50, 1);
+	writer_expire(w, 2);
+	r = reply_of(w);
+	CHECK(r.code == 503 && strstr(r.message, "sequence 50"));
+	CHECK(lookup(4, NULL) == STATUS_ONAY && watermark() == 10);
+	CHECK(writer_stream_done(w) == 10);
+
+	/* Restart: the log holds message 7; the generation written at the
+	 * stop holds the positions up to 10. */
+	writer_close(w);
+	w = open_writer(dir, 0, 1);
+	CHECK(watermark() == 10 && writer_stream_done(w) == 10);
+	CHECK(mismatches(m, 40) == 0);
+	CHECK_STREQ(cursor_of(w, "o"), "1");
+	writer_close(w);
+	free(m);
+}
+
 int main(void)
 {
 	if (mkdtemp(tmpdir) == NULL) {
@@ -1467,6 +1594,7 @@ int main(void)
 	RUN(test_view);
 	RUN(test_sequence_kind_kept);
 	RUN(test_local_rejections);
+	RUN(test_replicated);
 	char cmd[200];
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);
 	if (system(cmd) != 0)

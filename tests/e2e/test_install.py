@@ -66,7 +66,7 @@ def test_example_config_defaults_start(env):
             if m and m.group(1) not in ("snapshot", "tokens", "policy",
                                         "policy-map", "ports-file",
                                         "tls-cert", "tls-key", "tls-ca",
-                                        "tls-listeners"):
+                                        "tls-listeners", "nats", "nats-consumer"):
                 line = line[1:]
             text.append(line)
     conf = os.path.join(env.tmp, "example-defaults.conf")
