@@ -46,6 +46,7 @@
 
 #include <curl/curl.h>
 
+#include "core/clock.h"
 #include "core/iys.h"
 #include "core/iyscred.h"
 #include "core/textfile.h"
@@ -68,14 +69,6 @@ static void pull_on_signal(int sig)
 {
 	(void)sig;
 	pull_stop = 1;
-}
-
-static double mono_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
 struct pull_origin {
@@ -344,7 +337,7 @@ static int pull_origin_pass(struct pull *p, struct pull_origin *o)
 	struct pull_inflight q[PULL_WINDOW];
 	size_t q_head = 0, q_len = 0;
 	uint64_t pages = 0, records = 0, applied = 0, skipped = 0, bad = 0;
-	double t0 = mono_s();
+	double t0 = clock_mono_s();
 	char after[PULL_CURSOR_MAX + 1];
 	bool at_end = false, again = false;
 	int rc = 0;
@@ -473,7 +466,7 @@ out:
 		rpcclient_close(&p->rpc);
 	p->pass_records += records;
 	if (pages) {
-		double dt = mono_s() - t0;
+		double dt = clock_mono_s() - t0;
 
 		fprintf(stderr, "pull: %s: %" PRIu64 " pages, %" PRIu64
 			" records (%" PRIu64 " applied, %" PRIu64 " older, %"
@@ -791,7 +784,7 @@ int ctl_pull(int argc, char **argv)
 		p.n_origins, hs && iys ? p.n_origins / 2 : p.n_origins,
 		p.o.iys_url, p.o.iys_code, p.o.consentd, p.o.rate_per_min);
 	for (uint64_t pass = 1; rc == 0; pass++) {
-		double t0 = mono_s();
+		double t0 = clock_mono_s();
 
 		p.pass_records = 0;
 		for (size_t i = 0; rc == 0 && i < p.n_origins; i++) {
@@ -803,7 +796,7 @@ int ctl_pull(int argc, char **argv)
 			rc = pull_heartbeat(&p);
 		if (rc == 0) {
 			uint64_t req, retries;
-			double dt = mono_s() - t0;
+			double dt = clock_mono_s() - t0;
 
 			iysapi_counts(p.api, &req, &retries);
 			fprintf(stderr, "pull: pass %" PRIu64 ": %" PRIu64

@@ -57,6 +57,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "core/enums.h"
 #include "core/errmsg.h"
 #include "core/fsutil.h"
@@ -73,13 +74,6 @@
 #define BUILD_RESTART 1
 #define PREFETCH_AHEAD 16    /* inserts in flight */
 #define GROW_MIN (4u << 20)
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* ---- anonymous memory that grows without copying ---- */
 
@@ -770,7 +764,7 @@ static int build_once(int fd, unsigned workers, bool have_hint, uint64_t hint,
 		      struct generation *out, struct build_result *res,
 		      char *err, size_t err_cap)
 {
-	double t0 = now_s();
+	double t0 = clock_mono_s();
 	struct builder *b = calloc(1, sizeof(*b));
 	struct generation g = { 0 };
 	uint8_t secret[INDEX_SECRET_BYTES];
@@ -822,7 +816,7 @@ static int build_once(int fd, unsigned workers, bool have_hint, uint64_t hint,
 		rc = BUILD_RESTART;
 		goto out;
 	}
-	double t_read = now_s();
+	double t_read = clock_mono_s();
 
 	struct index_info di;
 	if (b->stated_direct)
@@ -870,7 +864,7 @@ static int build_once(int fd, unsigned workers, bool have_hint, uint64_t hint,
 		res->stream_records = b->n_items;
 		res->watermark = b->watermark;
 		res->created_at = b->created_at;
-		res->seconds = now_s() - t0;
+		res->seconds = clock_mono_s() - t0;
 		res->read_seconds = t_read - t0;
 		res->bytes = info.bytes;
 	}
@@ -940,7 +934,7 @@ int build_snapshot(int fd, const char *dir, struct build_result *res,
 	struct generation g;
 	struct index_info info;
 	uint64_t gen;
-	double t0 = now_s();
+	double t0 = clock_mono_s();
 
 	if (err != NULL && err_cap > 0)
 		err[0] = '\0';
@@ -980,7 +974,7 @@ int build_snapshot(int fd, const char *dir, struct build_result *res,
 	if (rc < 0)
 		return rc;
 	r.generation = gen;
-	r.seconds = now_s() - t0;
+	r.seconds = clock_mono_s() - t0;
 	if (res != NULL)
 		*res = r;
 	return 0;

@@ -37,6 +37,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "core/decimal.h"
 #include "core/enums.h"
 #include "core/errmsg.h"
@@ -151,14 +152,6 @@ int generation_newest(const char *dir, uint64_t *out)
 	return 0;
 }
 
-static double open_clock_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* A large index loads for seconds before anything is served: say how far
  * it is (index_open_progress calls this each eighth). */
 static void open_progress(const char *path, uint64_t done, uint64_t total,
@@ -169,7 +162,7 @@ static void open_progress(const char *path, uint64_t done, uint64_t total,
 	fprintf(stderr, "consentd: generation: loading %s: %u %% (%" PRIu64
 		" of %" PRIu64 " MiB, %.1f s)\n", path,
 		(unsigned)(done * 100 / total), done >> 20, total >> 20,
-		open_clock_s() - *t0);
+		clock_mono_s() - *t0);
 }
 
 /* Opens generation g's index and checks that it calls itself g. The
@@ -184,7 +177,7 @@ static int open_generation(const char *dir, uint64_t g,
 	if (rc < 0)
 		return errmsg_fail(err, err_cap, rc, "%s: path too long", dir);
 	struct index *ix;
-	double t0 = open_clock_s();
+	double t0 = clock_mono_s();
 	rc = index_open_progress(path, mode, open_progress, &t0, &ix, err,
 				 err_cap);
 	if (rc < 0)
@@ -196,7 +189,7 @@ static int open_generation(const char *dir, uint64_t g,
 			"memory%s, checked, in %.1f s\n", path,
 			info.bytes >> 20,
 			info.huge_pages ? " (huge pages asked for)" : "",
-			open_clock_s() - t0);
+			clock_mono_s() - t0);
 	if (info.generation != g) {
 		index_destroy(ix);
 		return errmsg_fail(err, err_cap, -EPROTO,

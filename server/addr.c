@@ -18,6 +18,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/clock.h"
+
 static int addr_host_char(char c, int bracketed)
 {
 	if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
@@ -170,14 +172,6 @@ int addr_format(const struct sockaddr *sa, char *out, size_t out_cap)
 	return n >= 0 && (size_t)n < out_cap ? n : -EINVAL;
 }
 
-static uint64_t addr_now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 int addr_bind(int fd, const struct sockaddr *sa, socklen_t len,
 	      uint32_t wait_ms, const char *what)
 {
@@ -190,7 +184,7 @@ int addr_bind(int fd, const struct sockaddr *sa, socklen_t len,
 			if (waiting)
 				fprintf(stderr, "consentd: %s: bound after "
 					"%llu ms\n", what,
-					(unsigned long long)(addr_now_ms() -
+					(unsigned long long)(clock_mono_ms() -
 							     start));
 			return 0;
 		}
@@ -198,12 +192,12 @@ int addr_bind(int fd, const struct sockaddr *sa, socklen_t len,
 			return -errno;
 		if (!waiting) {
 			waiting = 1;
-			start = addr_now_ms();
+			start = clock_mono_ms();
 			fprintf(stderr, "consentd: %s: address in use; trying "
 				"again every %d ms for up to %u ms\n", what,
 				ADDR_RETRY_MS, wait_ms);
 		}
-		waited = addr_now_ms() - start;
+		waited = clock_mono_ms() - start;
 		if (waited >= wait_ms) {
 			fprintf(stderr, "consentd: %s: still in use after %llu "
 				"ms; giving up\n", what,

@@ -56,6 +56,7 @@
 #include <unistd.h>
 #include <urcu-qsbr.h>
 
+#include "core/clock.h"
 #include "server/addr.h"
 #include "server/config.h"
 #include "server/conn.h"
@@ -174,14 +175,6 @@ struct loop {
 	pthread_cond_t cond;
 	unsigned n_started;
 };
-
-static uint64_t loop_now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 /* ---- listeners --------------------------------------------------------- */
 
@@ -1065,7 +1058,7 @@ static void *loop_thread(void *arg)
 	pthread_cond_broadcast(&l->cond);
 	pthread_mutex_unlock(&l->lock);
 	if (rc == 0) {
-		w->ctx.now_ms = loop_now_ms();
+		w->ctx.now_ms = clock_mono_ms();
 		w->last_sweep_ms = w->ctx.now_ms;
 		loop_run(w);
 	}

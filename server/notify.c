@@ -12,15 +12,8 @@
 #include <systemd/sd-daemon.h>
 #include <time.h>
 
+#include "core/clock.h"
 #include "server/metrics.h"
-
-static uint64_t notify_now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 static void notify_send(struct notify *n, const char *state)
 {
@@ -107,5 +100,5 @@ void notify_watchdog_at(struct notify *n, unsigned n_workers, uint64_t now_ms)
 
 void notify_watchdog(struct notify *n, unsigned n_workers)
 {
-	notify_watchdog_at(n, n_workers, notify_now_ms());
+	notify_watchdog_at(n, n_workers, clock_mono_ms());
 }

@@ -43,6 +43,7 @@
 
 #include <nats/nats.h>
 
+#include "core/clock.h"
 #include "core/errmsg.h"
 #include "core/natsmsg.h"
 #include "server/writer.h"
@@ -124,13 +125,6 @@ static void say(const char *fmt, ...)
 	fprintf(stderr, "consentd: nats: %s\n", line);
 }
 
-static uint64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 static uint64_t mono_us(void)
 {
 	struct timespec ts;
@@ -171,10 +165,10 @@ static const char *nats_why(natsStatus s, jsErrCode jerr, char *buf,
 static void replica_reachable(struct replica *r, bool ok)
 {
 	if (ok) {
-		STORE(r->last_ok_ms, mono_ms());
+		STORE(r->last_ok_ms, clock_mono_ms());
 		STORE(r->unreachable_since_ms, 0);
 	} else if (LOAD(r->unreachable_since_ms) == 0) {
-		STORE(r->unreachable_since_ms, mono_ms());
+		STORE(r->unreachable_since_ms, clock_mono_ms());
 	}
 }
 
@@ -183,7 +177,7 @@ static void replica_reachable(struct replica *r, bool ok)
  * (a call that hangs), since the answer expected after the last one. */
 static uint64_t replica_unreachable_ms(struct replica *r)
 {
-	uint64_t now = mono_ms(), since = LOAD(r->unreachable_since_ms);
+	uint64_t now = clock_mono_ms(), since = LOAD(r->unreachable_since_ms);
 	uint64_t ok = LOAD(r->last_ok_ms);
 	uint64_t due = ok + REPLICA_INFO_EVERY_MS + REPLICA_QUERY_WAIT_MS;
 	if (since == 0 && ok != 0 && now > due)
@@ -476,11 +470,11 @@ static void *replica_fetch_main(void *arg)
 	uint64_t next_query = 0;
 
 	while (!replica_stopping(r)) {
-		uint64_t now = mono_ms();
+		uint64_t now = clock_mono_ms();
 		writer_expire(r->w, now);
 		if (now >= next_query) {
 			replica_query(r);
-			next_query = mono_ms() + REPLICA_INFO_EVERY_MS;
+			next_query = clock_mono_ms() + REPLICA_INFO_EVERY_MS;
 		}
 		if (writer_fault(r->w, NULL, 0) || !writer_has_index(r->w)) {
 			/* Refused for good (serve what is), or no generation
@@ -535,7 +529,7 @@ static void *replica_fetch_main(void *arg)
 		int rc = 0;
 		while (!replica_stopping(r) &&
 		       (rc = writer_stream_wait(r->w, next - 1, 500)) == 0)
-			writer_expire(r->w, mono_ms());
+			writer_expire(r->w, clock_mono_ms());
 		if (rc == 1) {
 			/* Visible here now: publish -> visible, per message. */
 			struct timespec now_ts;
@@ -629,7 +623,7 @@ static void replica_publish_one(struct replica *r, struct writer_req *req)
 	ADD(r->published, 1);
 	uint64_t seq = pa->Sequence;
 	jsPubAck_Destroy(pa);
-	writer_req_await(r->w, req, seq, mono_ms() + REPLICA_APPLY_TIMEOUT_MS);
+	writer_req_await(r->w, req, seq, clock_mono_ms() + REPLICA_APPLY_TIMEOUT_MS);
 }
 
 static void *replica_pub_main(void *arg)
@@ -649,7 +643,7 @@ static void *replica_pub_main(void *arg)
 		if (replica_stopping(r)) {
 			writer_req_fail(r->w, p.req, 503, "the server is "
 					"stopping");
-		} else if (mono_ms() - p.queued_ms >
+		} else if (clock_mono_ms() - p.queued_ms >
 			   REPLICA_PUBLISH_TIMEOUT_MS) {
 			/* Waited its whole bound behind others (the stream
 			 * is unreachable): not tried, so the bound holds. */
@@ -680,7 +674,7 @@ static int replica_enqueue(void *ctx, struct writer_req *req)
 		rc = -EAGAIN;
 	} else {
 		r->q[(r->q_head + r->q_len) % REPLICA_QUEUE_MAX] =
-			(struct replica_pub){ req, mono_ms() };
+			(struct replica_pub){ req, clock_mono_ms() };
 		r->q_len++;
 		pthread_cond_signal(&r->cv);
 	}
@@ -722,7 +716,7 @@ int replica_start(const struct replica_options *opt, struct writer *w,
 	pthread_mutex_init(&r->mu, NULL);
 	pthread_cond_init(&r->cv, NULL);
 	atomic_init(&r->stop, false);
-	STORE(r->last_ok_ms, mono_ms()); /* judged from the start */
+	STORE(r->last_ok_ms, clock_mono_ms()); /* judged from the start */
 	snprintf(r->stream, sizeof(r->stream), "%s", opt->stream);
 	snprintf(r->consumer, sizeof(r->consumer), "%s", opt->consumer);
 	if (snprintf(r->urls, sizeof(r->urls), "%s", opt->urls) >=

@@ -89,6 +89,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "core/decimal.h"
 #include "core/errmsg.h"
 #include "core/stream.h"
@@ -258,13 +259,6 @@ static void say(const char *fmt, ...)
 	fprintf(stderr, "consentd: writer: %s\n", line);
 }
 
-static double mono_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static void efd_signal(int fd)
 {
 	uint64_t one = 1;
@@ -339,14 +333,14 @@ static void writer_set_fault(struct writer *w, const char *fmt, ...)
 static int writer_grow(struct writer *w, uint64_t capacity, const char *why)
 {
 	char err[512];
-	double t0 = mono_s();
+	double t0 = clock_mono_s();
 	struct index *old = NULL;
 	int rc = generation_grow(&w->cur, capacity, &old, err, sizeof(err));
 	if (rc < 0) {
 		say("%s: copying the table: %s", why, err);
 		return rc;
 	}
-	double t_copy = mono_s();
+	double t_copy = clock_mono_s();
 	w->need_checkpoint = true;
 	if (w->cur_served) {
 		live_publish(w->cur.ix); /* destroys old after the grace period */
@@ -358,7 +352,7 @@ static int writer_grow(struct writer *w, uint64_t capacity, const char *why)
 	index_info(w->cur.ix, &ni);
 	say("%s: new table for %" PRIu64 " records (%" PRIu64 " held, %"
 	    PRIu64 " MiB): copy %.2f s, swap %.2f s", why, ni.capacity,
-	    ni.n_records, ni.bytes >> 20, t_copy - t0, mono_s() - t_copy);
+	    ni.n_records, ni.bytes >> 20, t_copy - t0, clock_mono_s() - t_copy);
 	return 0;
 }
 
@@ -401,7 +395,7 @@ static void writer_published(struct writer *w, uint64_t gen, uint64_t wm)
 static int writer_checkpoint(struct writer *w, const char *why)
 {
 	char err[512];
-	double t0 = mono_s();
+	double t0 = clock_mono_s();
 	uint64_t gen = 0, old = w->keep.gen;
 	int rc = generation_next(w->dir, &w->keep, &gen);
 
@@ -429,7 +423,7 @@ static int writer_checkpoint(struct writer *w, const char *why)
 	index_info(w->cur.ix, &info);
 	say("%s: wrote generation %" PRIu64 " (%" PRIu64 " records, through "
 	    "sequence %" PRIu64 ") in %.2f s", why, gen, info.n_records,
-	    w->applied, mono_s() - t0);
+	    w->applied, clock_mono_s() - t0);
 	return 0;
 }
 
@@ -441,7 +435,7 @@ static int writer_take_now(struct writer *w, struct generation *s,
 {
 	struct index_info si;
 	uint64_t replayed = 0;
-	double t0 = mono_s();
+	double t0 = clock_mono_s();
 	int rc;
 
 	bool merged = false;
@@ -498,7 +492,7 @@ static int writer_take_now(struct writer *w, struct generation *s,
 		goto out;
 	}
 
-	double t_pub = mono_s();
+	double t_pub = clock_mono_s();
 	live_publish(s->ix); /* the old index goes after the grace period */
 	metrics_inc(&w->m->generation_swaps);
 	if (w->cur_served)
@@ -529,7 +523,7 @@ static int writer_take_now(struct writer *w, struct generation *s,
 	    " records, %" PRIu64 " changes replayed%s, through sequence %"
 	    PRIu64 "; %.2f s (swap %.2f s)", gen, si.n_records, replayed,
 	    merged ? ", served index merged in" : "", applied,
-	    mono_s() - t0, mono_s() - t_pub);
+	    clock_mono_s() - t0, clock_mono_s() - t_pub);
 out:
 	generation_fini(s);
 	free(s);
@@ -1223,7 +1217,7 @@ static void writer_housekeeping(struct writer *w)
 		return;
 	if (rebuild) {
 		struct index_info info;
-		double t0 = mono_s();
+		double t0 = clock_mono_s();
 		index_info(w->cur.ix, &info);
 		uint64_t cap = info.n_records + info.n_records / 10 +
 			       GENERATION_GROW_MIN;
@@ -1233,7 +1227,7 @@ static void writer_housekeeping(struct writer *w)
 		    writer_checkpoint(w, "rebuild") == 0)
 			say("rebuild: %" PRIu64 " records rebuilt, written and "
 			    "swapped in %.2f s", info.n_records,
-			    mono_s() - t0);
+			    clock_mono_s() - t0);
 	}
 	if (w->need_checkpoint ||
 	    w->since_checkpoint >= writer_checkpoint_every(w))
@@ -1363,7 +1357,7 @@ int writer_open(const struct writer_options *opt, struct writer **out,
 
 	uint64_t gen = 0, replayed = 0;
 	bool grown = false;
-	double t0 = mono_s();
+	double t0 = clock_mono_s();
 	rc = generation_open_replay(w->dir, (enum index_load_mode)opt->index_load,
 				    w->log, &w->cur, &gen, &replayed, &grown,
 				    err, err_cap);
@@ -1414,7 +1408,7 @@ int writer_open(const struct writer_options *opt, struct writer **out,
 	if (replayed)
 		say("generation %" PRIu64 ": replayed %" PRIu64 " changes from "
 		    "the log in %.2f s (through sequence %" PRIu64 ")", gen,
-		    replayed, mono_s() - t0, w->applied);
+		    replayed, clock_mono_s() - t0, w->applied);
 	live_publish(w->cur.ix);
 	w->cur_served = true;
 	atomic_store_explicit(&w->has_index, true, memory_order_release);

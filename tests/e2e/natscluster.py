@@ -1,12 +1,16 @@
 """A real 3-node NATS JetStream cluster on loopback for the fleet tests
 (DESIGN 9): Debian's nats-server, each node with JetStream and its own
 store directory under the test's temporary directory. Ports are the
-kernel's: every node starts with -p -1 and cluster nats://127.0.0.1:-1 and
-reports what it got through --ports_file_dir; the first node starts alone,
-each next one routes to the cluster ports the ones before reported, and
-gossip joins them all. A node killed and started again takes the ports it
-was given the first time (the kernel chose them; nothing is guessed).
-Nodes are stopped by their PIDs."""
+kernel's: every node first starts with -p -1 and cluster
+nats://127.0.0.1:-1 (without JetStream) and reports what it got through
+--ports_file_dir. A clustered JetStream node refuses to start without
+routes, and a route names a peer's port, so the nodes are then started
+again, with JetStream, on the ports they were given, each routed to the
+others; a node killed and started again takes them once more (its peers
+route to them). Between a node's stop and its start another process could
+take its port: then the start fails loudly (nats-server exits, named in
+the assertion), it never talks to a stranger. Nodes are stopped by their
+PIDs."""
 
 import glob
 import json
