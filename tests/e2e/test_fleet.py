@@ -418,6 +418,124 @@ def test_fleet_survives_kills(env, fleet):
         pub.kill()
 
 
+class PeerLoad(threading.Thread):
+    """Checks of keys, in batches over one RPC connection, each answer
+    compared with the one the server gave for it before the thread
+    started, until stopped: a server that fails or changes an answer
+    meanwhile fails the test."""
+
+    def __init__(self, pb, port, keys):
+        super().__init__()
+        self.pb, self.port, self.keys = pb, port, keys
+        with Rpc(pb, port) as rpc:
+            self.before = {}
+            for i in range(0, len(keys), 256):
+                part = keys[i:i + 256]
+                resp = rpc.check([tc.key_check(k) for k in part])
+                for k, v in zip(part, resp.verdicts):
+                    self.before[k] = helpers.verdict_tuple(v)
+        self.rng = random.Random(9)
+        self.halt = threading.Event()
+        self.checks = 0
+        self.failures = []
+
+    def run(self):
+        try:
+            with Rpc(self.pb, self.port) as rpc:
+                while not self.halt.is_set():
+                    part = self.rng.sample(self.keys, 32)
+                    resp = rpc.check([tc.key_check(k) for k in part])
+                    for k, v in zip(part, resp.verdicts):
+                        if helpers.verdict_tuple(v) != self.before[k]:
+                            self.failures.append((k, helpers.verdict_tuple(v),
+                                                  self.before[k]))
+                    self.checks += len(part)
+        except Exception as e:  # an error is a failure of the test
+            self.failures.append(("error", repr(e)))
+
+    def finish(self):
+        self.halt.set()
+        self.join(30)
+        assert not self.is_alive(), "the check thread hung"
+        assert not self.failures, "checks failed: %s" % self.failures[:5]
+        assert self.checks > 0, "no check was made"
+
+
+def test_bootstrap_replica_joins(env, fleet):
+    """A fresh replica (an empty data directory, --bootstrap-from a peer's
+    ops port, --nats) builds its first generation from the peer's served
+    state while the peer answers checks (each compared with what the peer
+    answered before: nothing else writes meanwhile), then follows the
+    stream from the peer's watermark: a batch published after it started
+    reaches it, and its dump equals the peer's at the same watermark."""
+    pb = env.pb
+    fleet.warm_up()
+    st = tc.Stream(pb, tc.base_records(pb, env.snapshot), seed=303)
+    origin = "boot:joins"
+    peer = fleet.replicas[0]
+
+    def apply(port, first, n, after, cursor):
+        with Rpc(pb, port) as rpc:
+            cb = [c for _, _, _, c in st.get(first, n)]
+            r = rpc.call(to.origin_apply(pb, 1, cb, origin, after, cursor))
+        assert r.WhichOneof("body") == "apply", r
+
+    apply(peer.rpc, 1, 200, "", "200")
+    fleet.wait_cursor(origin, "200")
+    touched = {k for _, k, _, _ in st.changes}
+    keys = [k for k in sorted(env.oracle.records) if k not in touched][:2000]
+    load = PeerLoad(pb, peer.rpc, keys)
+    new = None
+    load.start()
+    try:
+        new = helpers.Server(
+            os.path.join(fleet.tmp, "joiner"),
+            os.path.join(fleet.tmp, "joiner.log"),
+            extra=["--nats", fleet.cluster.urls(), "--nats-consumer",
+                   "joiner", "--bootstrap-from",
+                   "http://127.0.0.1:%d" % peer.http]).start(timeout=120)
+        load.finish()
+        load = None
+        assert "bootstrap" in new.log_tail(20000), new.log_tail()
+        # A batch through another replica, after the joiner started.
+        apply(fleet.replicas[1].rpc, 201, 50, "200", "250")
+        fleet.wait_cursor(origin, "250")
+        deadline = time.monotonic() + 60
+        while to.stats_of(pb, new.rpc, origin).origin_cursor != "250":
+            assert time.monotonic() < deadline, new.log_tail()
+            time.sleep(0.05)
+        # The keys the batches touched answer alike on the joiner and the
+        # peer (the state before this test is the earlier tests').
+        ks = sorted(touched)
+        with Rpc(pb, peer.rpc) as rp, Rpc(pb, new.rpc) as rn:
+            for i in range(0, len(ks), 256):
+                part = [tc.key_check(k) for k in ks[i:i + 256]]
+                got = [helpers.verdict_tuple(v)
+                       for v in rn.check(part).verdicts]
+                want = [helpers.verdict_tuple(v)
+                        for v in rp.check(part).verdicts]
+                assert got == want, "the joiner answers apart from its peer"
+        # Same records at the same watermark (nothing else publishes).
+        wm = fleet.caught_up(tc.stats(pb, new.rpc).applied_sequence)
+        while tc.stats(pb, new.rpc).applied_sequence < wm:
+            assert time.monotonic() < deadline, new.log_tail()
+            time.sleep(0.05)
+        assert peer.stop() == 0, peer.log_tail()
+        assert new.stop() == 0, new.log_tail()
+        a = tc.dump_set(pb, peer.data_dir, os.path.join(fleet.tmp, "peer.bin"))
+        b = tc.dump_set(pb, new.data_dir, os.path.join(fleet.tmp, "join.bin"))
+        assert a[0] == b[0] >= wm, (a[0], b[0], wm)
+        assert a[1] == b[1], "the joiner's dump differs from its peer's"
+    finally:
+        if load is not None:
+            load.halt.set()
+        if new is not None:
+            new.kill()
+        if not fleet.replicas[0].alive():
+            fleet.restart_replica(0)
+            fleet.replicas[0].wait_ready()
+
+
 def test_cursor_conflict_applies_nowhere(env, fleet):
     pb = env.pb
     fleet.warm_up()
