@@ -463,6 +463,34 @@ static natsMsg *replica_hand_over(struct replica *r, natsMsgList *list,
 	return last;
 }
 
+/* What else the consumer has, at once, one message per Fetch. libnats
+ * 3.4.1's natsSubscription_Fetch with a batch over 1 can write past its
+ * array: messages left pending by an earlier pull are taken first, the
+ * batch it asks the server for is reduced by them, and its loop then runs
+ * while count != the reduced batch (so with more than half the batch
+ * pending, past the end; ASan caught the read of it here). A batch of 1
+ * cannot overrun, so the burst is gathered one Fetch at a time, up to
+ * REPLICA_FETCH_BATCH - 1, stopping at the first that finds nothing. The
+ * list is ours (malloc'd array) and natsMsgList_Destroy frees it as
+ * libnats' own. */
+static void replica_fetch_more(struct replica *r, natsMsgList *more)
+{
+	more->Msgs = calloc(REPLICA_FETCH_BATCH - 1, sizeof(natsMsg *));
+	more->Count = 0;
+	if (more->Msgs == NULL)
+		return;
+	while (more->Count < REPLICA_FETCH_BATCH - 1) {
+		natsMsgList one = { 0 };
+		if (natsSubscription_Fetch(&one, r->sub, 1, REPLICA_FETCH_MORE_MS,
+					   NULL) != NATS_OK || one.Count != 1) {
+			natsMsgList_Destroy(&one);
+			break;
+		}
+		more->Msgs[more->Count++] = one.Msgs[0];
+		free(one.Msgs); /* the message is the list's now */
+	}
+}
+
 static void *replica_fetch_main(void *arg)
 {
 	struct replica *r = arg;
@@ -514,9 +542,7 @@ static void *replica_fetch_main(void *arg)
 			sleep_ms(100);
 			continue;
 		}
-		if (natsSubscription_Fetch(&more, r->sub, REPLICA_FETCH_BATCH - 1,
-					   REPLICA_FETCH_MORE_MS, NULL) != NATS_OK)
-			more.Count = 0;
+		replica_fetch_more(r, &more);
 		bool gap = false;
 		natsMsg *last = replica_hand_over(r, &list, &next, &gap);
 		if (more.Count > 0 && !gap) {
