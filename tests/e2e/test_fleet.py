@@ -37,6 +37,7 @@ from helpers import Rpc
 import natscluster
 import test_changes as tc
 import test_origins as to
+from test_bootstrap import CheckLoad
 
 ROUNDS = int(os.environ.get("CONSENTD_FLEET_ROUNDS", "30"))
 MAX_LAG = 2
@@ -418,47 +419,16 @@ def test_fleet_survives_kills(env, fleet):
         pub.kill()
 
 
-class PeerLoad(threading.Thread):
-    """Checks of keys, in batches over one RPC connection, each answer
-    compared with the one the server gave for it before the thread
-    started, until stopped: a server that fails or changes an answer
-    meanwhile fails the test."""
-
-    def __init__(self, pb, port, keys):
-        super().__init__()
-        self.pb, self.port, self.keys = pb, port, keys
-        with Rpc(pb, port) as rpc:
-            self.before = {}
-            for i in range(0, len(keys), 256):
-                part = keys[i:i + 256]
-                resp = rpc.check([tc.key_check(k) for k in part])
-                for k, v in zip(part, resp.verdicts):
-                    self.before[k] = helpers.verdict_tuple(v)
-        self.rng = random.Random(9)
-        self.halt = threading.Event()
-        self.checks = 0
-        self.failures = []
-
-    def run(self):
-        try:
-            with Rpc(self.pb, self.port) as rpc:
-                while not self.halt.is_set():
-                    part = self.rng.sample(self.keys, 32)
-                    resp = rpc.check([tc.key_check(k) for k in part])
-                    for k, v in zip(part, resp.verdicts):
-                        if helpers.verdict_tuple(v) != self.before[k]:
-                            self.failures.append((k, helpers.verdict_tuple(v),
-                                                  self.before[k]))
-                    self.checks += len(part)
-        except Exception as e:  # an error is a failure of the test
-            self.failures.append(("error", repr(e)))
-
-    def finish(self):
-        self.halt.set()
-        self.join(30)
-        assert not self.is_alive(), "the check thread hung"
-        assert not self.failures, "checks failed: %s" % self.failures[:5]
-        assert self.checks > 0, "no check was made"
+def answers(pb, port, keys):
+    """The server's verdict tuple for each key, now."""
+    out = {}
+    with Rpc(pb, port) as rpc:
+        for i in range(0, len(keys), 256):
+            part = keys[i:i + 256]
+            resp = rpc.check([tc.key_check(k) for k in part])
+            for k, v in zip(part, resp.verdicts):
+                out[k] = helpers.verdict_tuple(v)
+    return out
 
 
 def test_bootstrap_replica_joins(env, fleet):
@@ -484,7 +454,10 @@ def test_bootstrap_replica_joins(env, fleet):
     fleet.wait_cursor(origin, "200")
     touched = {k for _, k, _, _ in st.changes}
     keys = [k for k in sorted(env.oracle.records) if k not in touched][:2000]
-    load = PeerLoad(pb, peer.rpc, keys)
+    # Each answer compared with the peer's own before the joiner started
+    # (the fleet's state is the earlier tests', not the oracle's).
+    load = CheckLoad(env, peer.rpc, keys, 9,
+                     expect=answers(pb, peer.rpc, keys).get)
     new = None
     load.start()
     try:
