@@ -135,6 +135,8 @@ struct generation_email_list {
 	uint8_t *p;
 	size_t len, cap;
 	uint64_t n;
+	bool spilled; /* p maps a temp file (generation.c says when) */
+	int spill_fd; /* that file, when spilled */
 };
 
 /* An index and where the addresses of its e-mail keys are: the `emails`
