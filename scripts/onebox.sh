@@ -53,6 +53,7 @@ peaks() {
   echo
   echo "$stamp, commit $(git -C "$here" rev-parse --short HEAD); $(nproc) cores, $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo); kernel $(uname -r)."
   echo "Command: \`scripts/onebox.sh $n DIR\` (DUR=$dur CHANGES=$changes SEED=$seed)."
+  echo "Load average at the start: $(cut -d' ' -f1-3 /proc/loadavg) (anything above 0 is another process's)."
   echo
 } > "$out"
 
@@ -91,7 +92,7 @@ until [ -s "$work/ports" ] && [ -n "$(port http)" ] &&
 done
 t1=$(date +%s.%N)
 st=$(awk '/^RssAnon|^RssFile/{printf "%s %d MiB, ", substr($1, 1, length($1) - 1), $2/1024}' /proc/$cd_pid/status)
-say "- start to ready: $(echo "$t1 - $t0" | bc) s (page cache dropped first); once ready: ${st%, }; $(grep -m1 'generation' "$work/consentd.log")"
+say "- start to ready: $(echo "$t1 - $t0" | bc) s (page cache dropped first); once ready: ${st%, }; $(grep -m1 'ready' "$work/consentd.log")"
 
 # ---- 3. load ----------------------------------------------------------------
 lg() { # NAME ARGS...: one verified run on core 1, its summary line kept
