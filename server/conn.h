@@ -86,6 +86,13 @@ struct conn_proto {
 	/* Frees what the protocol keeps per connection outside its
 	 * conn_proto_state (conn_fini calls it); NULL if nothing. */
 	void (*fini)(struct conn *c);
+	/* The server is stopping: c's goodbye in its protocol's own terms,
+	 * after what is queued, and c->want_close set (gRPC: a GOAWAY, so a
+	 * client knows not to send more on it). NULL: c just closes once
+	 * its replies are out, which is all the framed RPC and RESP have
+	 * (an unasked reply would break a pipelining client's count).
+	 * 0, or -ENOMEM. */
+	int (*stopping)(struct conn_ctx *x, struct conn *c);
 };
 
 /* A protocol's per-connection state, inside struct conn so that no

@@ -1181,6 +1181,20 @@ static const char grpc_refusal[] = {
 	's',
 };
 
+/* conn_proto.stopping: GOAWAY(NO_ERROR) naming the last stream taken, so
+ * a client retries anything after it elsewhere (RFC 9113 §6.8), then the
+ * close once the calls taken are answered. */
+static int grpc_proto_stopping(struct conn_ctx *x, struct conn *c)
+{
+	struct grpc_conn *gc = grpc_get(x, c);
+
+	if (gc == NULL) {
+		c->want_close = true;
+		return 0;
+	}
+	return grpc_goaway(gc, NGHTTP2_NO_ERROR, "server stopping");
+}
+
 const struct conn_proto grpc_proto = {
 	.name = "grpc",
 	.alpn = "h2", /* grpcio refuses a TLS server that selects none */
@@ -1194,4 +1208,5 @@ const struct conn_proto grpc_proto = {
 	.refusal_len = sizeof(grpc_refusal),
 	.speaks_http = true,
 	.fini = grpc_fini,
+	.stopping = grpc_proto_stopping,
 };

@@ -828,8 +828,14 @@ static void loop_begin_stop(struct worker *w)
 	 * and closes (settle sees want_close). */
 	for (uint32_t i = 0; i < w->n_active; i++) {
 		uint32_t slot = w->active[i];
+		struct conn *c = &w->conns[slot].c;
 
-		w->conns[slot].c.want_close = true;
+		if (!w->conns[slot].refused && c->proto != NULL &&
+		    c->proto->stopping != NULL &&
+		    c->proto->stopping(&w->ctx, c) < 0)
+			loop_abort(w, slot, NULL);
+		else
+			c->want_close = true;
 		loop_mark(w, slot);
 	}
 }

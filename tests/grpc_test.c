@@ -91,6 +91,7 @@ struct client {
 	int n;
 	bool goaway;
 	uint32_t goaway_error;
+	int32_t goaway_last; /* its last-stream-id */
 	char goaway_debug[128];
 	uint8_t *out;        /* client bytes to feed the server */
 	size_t out_len, out_cap;
@@ -165,6 +166,7 @@ static int cb_frame_recv(nghttp2_session *s, const nghttp2_frame *f,
 
 		cl->goaway = true;
 		cl->goaway_error = f->goaway.error_code;
+		cl->goaway_last = f->goaway.last_stream_id;
 		if (n > sizeof(cl->goaway_debug) - 1)
 			n = sizeof(cl->goaway_debug) - 1;
 		memcpy(cl->goaway_debug, f->goaway.opaque_data, n);
@@ -608,6 +610,33 @@ static void test_tokens(void)
 	tokens_destroy(t);
 }
 
+/* A stopping server says GOAWAY(NO_ERROR) naming the last stream it took,
+ * after the replies to the calls it took. */
+static void test_stopping_goaway(void)
+{
+	struct client cl;
+	struct conn c;
+	uint8_t body[512];
+	size_t bl = pack_check(body, phones, 2, BRAND);
+
+	client_init(&cl);
+	CHECK(conn_init(&c, &grpc_proto, &cfg, ctx.now_ms) == 0);
+	struct call *k = client_call(&cl, "/consent.v1.ConsentService/Check",
+				     body, bl, 0, NULL);
+	client_drain(&cl);
+	conn_ctx_begin_turn(&ctx);
+	CHECK(conn_feed(&ctx, &c, (const char *)cl.out, cl.out_len) == 0);
+	CHECK(grpc_proto.stopping(&ctx, &c) == 0);
+	CHECK(c.want_close);
+	server_to_client(&c, &cl);
+	CHECK(cl.goaway && cl.goaway_error == NGHTTP2_NO_ERROR &&
+	      strcmp(cl.goaway_debug, "server stopping") == 0);
+	CHECK(cl.goaway_last == k->id);
+	CHECK(k->grpc_status == GRPC_OK); /* answered before the goodbye */
+	conn_fini(&c);
+	client_fini(&cl);
+}
+
 static void test_unfinished_call_and_frame(void)
 {
 	struct client cl;
@@ -734,6 +763,7 @@ int main(void)
 	RUN(test_status_codes);
 	RUN(test_tokens);
 	RUN(test_unfinished_call_and_frame);
+	RUN(test_stopping_goaway);
 	RUN(test_rst_on_idle_stream);
 	RUN(test_refusal_and_garbage);
 	conn_ctx_fini(&ctx);
