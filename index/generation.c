@@ -625,8 +625,8 @@ int generation_remove_leftovers(const char *dir)
 
 /*
  * The list of e-mail addresses not yet in an `emails` file. A build puts
- * every address of its snapshot here (about 10 bytes a record on the
- * synthetic mix: 9.6 GB at 10^9, beside an 18 GB table), so past
+ * every address of its snapshot here (4-8 GiB for 10^9 synthetic
+ * records, beside an 18 GiB table: more than a 24 GiB box has), so past
  * EMAIL_SPILL_BYTES it moves from the heap into a shared mapping of an
  * unlinked file (O_TMPFILE in $TMPDIR, else /var/tmp): the page cache
  * holds it, and the kernel can write it back and evict it instead of
