@@ -662,7 +662,12 @@ def test_quorum_loss(env, fleet):
             fleet.cluster.restart(i)
     # Back without a restart: the same Apply goes through (or its earlier
     # try did: a 409 naming cursor 1 as stored), and everyone is ready.
-    deadline = time.monotonic() + 60
+    # The restarted nodes elect the stream's and the consumers' leaders
+    # again first; with the two cores starved by other work that took
+    # over 60 s here (an Apply PubAck'ed, its message not fetched in
+    # time), so the bound is generous: a fleet that never recovers still
+    # fails.
+    deadline = time.monotonic() + 180
     while True:
         with Rpc(pb, fleet.replicas[2].rpc, timeout=60) as rpc:
             r = rpc.call(req)
