@@ -157,7 +157,13 @@ struct generation {
 int generation_email_list_foreach(const struct generation_email_list *l,
 				  generation_email_fn fn, void *arg);
 
-/* Frees g's index, origins and list and empties it. */
+/* Removes the name of ix's working table file (generation_grow_file),
+ * if it has one: its data lives on in the mapping until index_destroy.
+ * Best effort; NULL or any other index: nothing. */
+void generation_work_remove(const struct index *ix);
+
+/* Frees g's index (and its working file's name), origins and list and
+ * empties it. */
 void generation_fini(struct generation *g);
 
 /* Adds an address to g's list (the caller inserted its key). -ENOMEM. */
@@ -195,6 +201,20 @@ int generation_merge(struct index *dst, const struct generation *src,
 #define GENERATION_GROW_MIN 4096u
 int generation_grow(struct generation *g, uint64_t capacity,
 		    struct index **old, char *err, size_t err_cap);
+
+/* generation_grow into a working table file (index_create_file) at
+ * DIR/.tmp-gen-work-K.PID/index rather than anonymous memory, so that
+ * growth never holds two tables in RAM (README "Memory"): the served
+ * table is read in bucket order and, with the same secret, the new one
+ * filled nearly sequentially, the pages behind the front released to
+ * the page cache as it goes. fresh_secret (a rebuild) fills in random
+ * order instead. The working file is never a generation: checkpoints
+ * publish copies (index_write), and it is removed when a later growth
+ * replaces it (the mapping lives on until the index is destroyed) or,
+ * after a crash, by generation_remove_leftovers. */
+int generation_grow_file(struct generation *g, const char *dir,
+			 uint64_t capacity, bool fresh_secret,
+			 struct index **old, char *err, size_t err_cap);
 
 /* Merges src into dst (generation_merge), growing dst (not served: the
  * old table is destroyed) until everything fits; the addresses new to dst

@@ -336,6 +336,12 @@ struct index {
 	void *map;                  /* what to munmap */
 	size_t map_bytes;
 	bool huge_pages;
+	bool mapped;                /* map is a file mapping */
+	/* A table filled in its file (index_create_file): the file, open
+	 * read-write, and its path; file_path NULL for any other index. */
+	char *file_path;
+	int file_fd;
+	uint64_t released;          /* bytes of the array released so far */
 	/* Read by any thread, written by the writer; see index_set_meta_writer
 	 * and index_apply_writer for what each store pairs with. */
 	_Atomic int64_t created_at;
@@ -529,6 +535,10 @@ void index_destroy(struct index *ix)
 		return;
 	if (ix->map != NULL)
 		munmap(ix->map, ix->map_bytes);
+	if (ix->file_path != NULL) {
+		close(ix->file_fd);
+		free(ix->file_path);
+	}
 	free(ix);
 }
 
@@ -551,6 +561,7 @@ void index_info(const struct index *ix, struct index_info *out)
 	out->created_at = atomic_load_explicit(&ix->created_at,
 					       memory_order_acquire);
 	out->huge_pages = ix->huge_pages;
+	out->mapped = ix->mapped;
 }
 
 void index_set_meta_writer(struct index *ix, uint64_t generation,
@@ -1128,8 +1139,46 @@ static int map_buckets(struct index *ix, int fd, size_t file_bytes)
 	ix->map = m;
 	ix->map_bytes = file_bytes;
 	ix->huge_pages = false;
+	ix->mapped = true;
 	ix->buckets = (struct index_bucket *)(m + INDEX_HEADER_BYTES);
 	return 0;
+}
+
+/* ---- the memory rule ---- */
+
+enum index_load_mode index_load_choose(uint64_t table_bytes,
+				       uint64_t mem_available)
+{
+	/* Growth in ANON holds the served table and one 1.5 times its size,
+	 * both anonymous (and a snapshot swap the served table and the
+	 * built one): 2.5 tables, with a reserve for everything else. */
+	if (table_bytes > UINT64_MAX / 8)
+		return INDEX_LOAD_MMAP;
+	uint64_t need = table_bytes * 5 / 2;
+	if (mem_available < INDEX_LOAD_RESERVE_BYTES ||
+	    need > mem_available - INDEX_LOAD_RESERVE_BYTES)
+		return INDEX_LOAD_MMAP;
+	return INDEX_LOAD_ANON;
+}
+
+int index_mem_available(uint64_t *out)
+{
+	FILE *f = fopen("/proc/meminfo", "re");
+	char line[256];
+	int rc = -ENOENT;
+
+	if (f == NULL)
+		return -errno;
+	while (fgets(line, sizeof(line), f) != NULL) {
+		unsigned long long kb;
+		if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) {
+			*out = (uint64_t)kb << 10;
+			rc = 0;
+			break;
+		}
+	}
+	fclose(f);
+	return rc;
 }
 
 /*
@@ -1254,6 +1303,12 @@ int index_open_progress(const char *path, enum index_load_mode mode,
 	}
 
 	size_t bytes = h->n_buckets * BUCKET_BYTES;
+	if (mode == INDEX_LOAD_AUTO) {
+		uint64_t avail = 0;
+		mode = index_mem_available(&avail) == 0
+			       ? index_load_choose(bytes, avail)
+			       : INDEX_LOAD_MMAP;
+	}
 	rc = mode == INDEX_LOAD_MMAP ? map_buckets(ix, fd, (size_t)st.st_size)
 				     : anon_alloc(ix, bytes);
 	if (rc < 0) {
@@ -1298,6 +1353,29 @@ out_close:
 	return rc;
 }
 
+/* The header of ix's file, its array's checksum given. */
+static void header_fill(const struct index *ix, uint64_t buckets_xxh3,
+			struct index_file_header *h)
+{
+	struct index_info info;
+	index_info(ix, &info);
+	memset(h, 0, sizeof(*h));
+	memcpy(h->magic, INDEX_MAGIC, sizeof(h->magic));
+	h->format_version = INDEX_FORMAT_VERSION;
+	h->header_bytes = INDEX_HEADER_BYTES;
+	h->bucket_bytes = BUCKET_BYTES;
+	h->n_buckets = ix->n_buckets;
+	h->n_records = info.n_records;
+	h->capacity = ix->limit;
+	h->generation = info.generation;
+	h->watermark = info.watermark;
+	h->created_at = info.created_at;
+	h->data_as_of = info.data_as_of;
+	memcpy(h->secret, ix->secret, INDEX_SECRET_BYTES);
+	h->buckets_xxh3 = buckets_xxh3;
+	h->header_xxh3 = header_hash(h);
+}
+
 int index_write(const struct index *ix, const char *path)
 {
 	char tmp[4096];
@@ -1335,23 +1413,7 @@ int index_write(const struct index *ix, const char *path)
 			goto out_unlink;
 	}
 
-	struct index_info info;
-	index_info(ix, &info);
-	memset(h, 0, sizeof(*h));
-	memcpy(h->magic, INDEX_MAGIC, sizeof(h->magic));
-	h->format_version = INDEX_FORMAT_VERSION;
-	h->header_bytes = INDEX_HEADER_BYTES;
-	h->bucket_bytes = BUCKET_BYTES;
-	h->n_buckets = ix->n_buckets;
-	h->n_records = info.n_records;
-	h->capacity = ix->limit;
-	h->generation = info.generation;
-	h->watermark = info.watermark;
-	h->created_at = info.created_at;
-	h->data_as_of = info.data_as_of;
-	memcpy(h->secret, ix->secret, INDEX_SECRET_BYTES);
-	h->buckets_xxh3 = XXH3_64bits_digest(hs);
-	h->header_xxh3 = header_hash(h);
+	header_fill(ix, XXH3_64bits_digest(hs), h);
 	rc = fsutil_pwrite_all(fd, h, sizeof(*h), 0);
 	if (rc < 0)
 		goto out_unlink;
@@ -1362,6 +1424,11 @@ int index_write(const struct index *ix, const char *path)
 		rc = -errno;
 		goto out_unlink;
 	}
+	/* Clean now: nobody reads a generation's file until the next start
+	 * (the served table is in memory or in a working file), so its
+	 * pages leave the page cache rather than crowd the served ones (a
+	 * hint; README "Memory"). */
+	(void)posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
 	rc = close(fd) < 0 ? -errno : 0;
 	fd = -1;
 	if (rc < 0)
@@ -1381,4 +1448,106 @@ out_free:
 	free(h);
 	XXH3_freeState(hs);
 	return rc;
+}
+
+/* ---- a table filled in its file ---- */
+
+/* The release unit: writeback is started and pages dropped in steps of
+ * this many bytes, so that the calls stay few. */
+#define RELEASE_STEP_BYTES (8u << 20)
+
+int index_create_file(uint64_t capacity, const struct index *secret_of,
+		      const char *path, struct index **out)
+{
+	uint64_t n_buckets;
+	int rc = sizes_for(capacity, &n_buckets);
+	if (rc < 0)
+		return rc;
+	if (n_buckets > (SIZE_MAX - INDEX_HEADER_BYTES) / BUCKET_BYTES)
+		return -ENOMEM;
+	size_t file_bytes = INDEX_HEADER_BYTES + n_buckets * BUCKET_BYTES;
+	struct index *ix = calloc(1, sizeof(*ix));
+	if (ix == NULL)
+		return -ENOMEM;
+	ix->file_path = strdup(path);
+	if (ix->file_path == NULL) {
+		free(ix);
+		return -ENOMEM;
+	}
+	if (secret_of != NULL) {
+		memcpy(ix->secret, secret_of->secret, INDEX_SECRET_BYTES);
+	} else if (getrandom(ix->secret, INDEX_SECRET_BYTES, 0) !=
+		   INDEX_SECRET_BYTES) {
+		rc = -EIO;
+		goto out_free;
+	}
+	ix->file_fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (ix->file_fd < 0) {
+		rc = -errno;
+		goto out_free;
+	}
+	/* Blocks allocated now (zero, unwritten extents: fast): a store
+	 * into a hole of a full disk would be a SIGBUS, not an error. */
+	rc = -posix_fallocate(ix->file_fd, 0, (off_t)file_bytes);
+	if (rc < 0)
+		goto out_unlink;
+	void *m = mmap(NULL, file_bytes, PROT_READ | PROT_WRITE, MAP_SHARED,
+		       ix->file_fd, 0);
+	if (m == MAP_FAILED) {
+		rc = -errno;
+		goto out_unlink;
+	}
+	ix->map = m;
+	ix->map_bytes = file_bytes;
+	ix->mapped = true;
+	ix->buckets = (struct index_bucket *)((uint8_t *)m + INDEX_HEADER_BYTES);
+	ix->n_buckets = n_buckets;
+	ix->limit = limit_for(n_buckets);
+	/* The file reads as zeros: every slot is empty. Not shared yet. */
+	atomic_init(&ix->n_records, 0);
+	atomic_init(&ix->generation, 0);
+	atomic_init(&ix->watermark, 0);
+	atomic_init(&ix->created_at, (int64_t)time(NULL));
+	atomic_init(&ix->data_as_of, atomic_load(&ix->created_at));
+	*out = ix;
+	return 0;
+
+out_unlink:
+	unlink(path);
+	close(ix->file_fd);
+out_free:
+	free(ix->file_path);
+	free(ix);
+	return rc;
+}
+
+const char *index_file_path(const struct index *ix)
+{
+	return ix->file_path;
+}
+
+void index_file_release(struct index *ix, uint64_t bucket)
+{
+	if (ix->file_path == NULL)
+		return;
+	if (bucket > ix->n_buckets)
+		bucket = ix->n_buckets;
+	/* Whole release steps of the file past the header page, from where
+	 * the last call stopped. */
+	uint64_t upto = INDEX_HEADER_BYTES + bucket * BUCKET_BYTES;
+	upto -= upto % RELEASE_STEP_BYTES;
+	uint64_t from = ix->released;
+	if (from == 0)
+		from = INDEX_HEADER_BYTES;
+	if (upto <= from)
+		return;
+	/* Start writeback of the range (the data reaches the disk before
+	 * the kernel needs the memory), then drop it from this mapping:
+	 * its dirty state stays in the page cache, and a later store or
+	 * load (a displaced entry, a reader) faults the page back in. Both
+	 * are hints: a failure costs memory, never data. */
+	(void)sync_file_range(ix->file_fd, (off_t)from, (off_t)(upto - from),
+			      SYNC_FILE_RANGE_WRITE);
+	(void)madvise((uint8_t *)ix->map + from, upto - from, MADV_DONTNEED);
+	ix->released = upto;
 }

@@ -328,14 +328,24 @@ static void writer_set_fault(struct writer *w, const char *fmt, ...)
 /* ---- applying ---- */
 
 /* Copies the served index into a table for `capacity` records (0: 1.5
- * times the present capacity) with a fresh secret and swaps it in at once
- * (live_publish; readers keep the old one until the grace period ends). */
-static int writer_grow(struct writer *w, uint64_t capacity, const char *why)
+ * times the present capacity) and swaps it in at once (live_publish;
+ * readers keep the old one until the grace period ends). A served table
+ * in anonymous memory (ANON: two fit, README "Memory") grows into
+ * anonymous memory with a fresh secret; a mapped one into a working file
+ * (generation_grow_file), with its own secret unless this is a rebuild,
+ * so that no second table is held in RAM. */
+static int writer_grow(struct writer *w, uint64_t capacity, bool rebuild,
+		       const char *why)
 {
 	char err[512];
 	double t0 = clock_mono_s();
 	struct index *old = NULL;
-	int rc = generation_grow(&w->cur, capacity, &old, err, sizeof(err));
+	struct index_info oi;
+	index_info(w->cur.ix, &oi);
+	int rc = oi.mapped
+		? generation_grow_file(&w->cur, w->dir, capacity, rebuild, &old,
+				       err, sizeof(err))
+		: generation_grow(&w->cur, capacity, &old, err, sizeof(err));
 	if (rc < 0) {
 		say("%s: copying the table: %s", why, err);
 		return rc;
@@ -351,8 +361,10 @@ static int writer_grow(struct writer *w, uint64_t capacity, const char *why)
 	struct index_info ni;
 	index_info(w->cur.ix, &ni);
 	say("%s: new table for %" PRIu64 " records (%" PRIu64 " held, %"
-	    PRIu64 " MiB): copy %.2f s, swap %.2f s", why, ni.capacity,
-	    ni.n_records, ni.bytes >> 20, t_copy - t0, clock_mono_s() - t_copy);
+	    PRIu64 " MiB%s): copy %.2f s, swap %.2f s", why, ni.capacity,
+	    ni.n_records, ni.bytes >> 20,
+	    ni.mapped ? ", in a working file" : "", t_copy - t0,
+	    clock_mono_s() - t_copy);
 	return 0;
 }
 
@@ -366,7 +378,7 @@ static int writer_apply(struct writer *w, const Consent__V1__Consent *c)
 		int rc = generation_apply(&w->cur, c);
 		if (rc != -ENOSPC || tries == 3)
 			return rc;
-		rc = writer_grow(w, 0, "load limit");
+		rc = writer_grow(w, 0, false, "load limit");
 		if (rc < 0)
 			return rc;
 	}
@@ -495,8 +507,10 @@ static int writer_take_now(struct writer *w, struct generation *s,
 	double t_pub = clock_mono_s();
 	live_publish(s->ix); /* the old index goes after the grace period */
 	metrics_inc(&w->m->generation_swaps);
-	if (w->cur_served)
+	if (w->cur_served) {
+		generation_work_remove(w->cur.ix);
 		w->cur.ix = NULL; /* live_publish releases it */
+	}
 	pthread_mutex_lock(&w->origins_mu);
 	generation_fini(&w->cur);
 	w->cur = *s;
@@ -1223,7 +1237,7 @@ static void writer_housekeeping(struct writer *w)
 			       GENERATION_GROW_MIN;
 		if (cap < info.capacity)
 			cap = info.capacity;
-		if (writer_grow(w, cap, "rebuild") == 0 &&
+		if (writer_grow(w, cap, true, "rebuild") == 0 &&
 		    writer_checkpoint(w, "rebuild") == 0)
 			say("rebuild: %" PRIu64 " records rebuilt, written and "
 			    "swapped in %.2f s", info.n_records,
@@ -1458,6 +1472,7 @@ void writer_close(struct writer *w)
 			close(w->queues[i].efd);
 	}
 	if (w->cur_served) {
+		generation_work_remove(w->cur.ix);
 		live_publish(NULL); /* destroys it after the grace period */
 		w->cur.ix = NULL;
 	}

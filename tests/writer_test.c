@@ -199,12 +199,15 @@ static void new_dir(char *dir, size_t cap, uint64_t n, struct model *m)
 	}
 }
 
+/* How open_writer loads the index (test_growth_mapped sets MMAP). */
+static enum index_load_mode load_mode = INDEX_LOAD_ANON;
+
 static struct writer *open_writer(const char *dir, uint64_t checkpoint,
 				  unsigned queues)
 {
 	struct writer_options o = {
 		.data_dir = dir,
-		.index_load = INDEX_LOAD_ANON,
+		.index_load = load_mode,
 		.n_queues = queues,
 		.checkpoint_changes = checkpoint,
 	};
@@ -570,6 +573,73 @@ static void test_growth_and_restart(void)
 	CHECK(info.generation < newest);
 	writer_close(w);
 	verify_dir(dir); /* the damaged one was replaced */
+	free(m);
+}
+
+/* Working table files (.tmp-gen-work-*) in dir. */
+static unsigned count_work_dirs(const char *dir)
+{
+	DIR *d = opendir(dir);
+	unsigned n = 0;
+	struct dirent *de;
+	CHECK(d != NULL);
+	while (d != NULL && (de = readdir(d)) != NULL)
+		n += strncmp(de->d_name, ".tmp-gen-work-", 14) == 0;
+	if (d != NULL)
+		closedir(d);
+	return n;
+}
+
+/* A mapped index (MMAP) grows into a working file, never into anonymous
+ * memory: the new table is mapped, keeps its secret (a growth) or gets a
+ * fresh one (a rebuild), answers every key as the model says, and its
+ * generations are whole copies; the working file goes at close. */
+static void test_growth_mapped(void)
+{
+	char dir[300];
+	struct model *m = calloc(1, sizeof(*m));
+	struct index_info before, after;
+	load_mode = INDEX_LOAD_MMAP;
+	new_dir(dir, sizeof(dir), 20, m);
+	struct writer *w = open_writer(dir, 0, 1);
+	index_info(live_index(), &before);
+	CHECK(before.mapped && !before.huge_pages);
+	CHECK(count_work_dirs(dir) == 0);
+
+	uint64_t seq = insert_range(w, m, 20, 6000, 1, 100, DATE0 + 10);
+	index_info(live_index(), &after);
+	CHECKF(after.capacity > before.capacity && after.n_records == 6000,
+	       "capacity %" PRIu64 " -> %" PRIu64 ", %" PRIu64 " records",
+	       before.capacity, after.capacity, after.n_records);
+	CHECK(after.mapped && !after.huge_pages);
+	CHECK(after.watermark == seq - 1);
+	CHECK(mismatches(m, 6000) == 0);
+	/* Several growths, one working file: each replaced one is gone. */
+	CHECKF(count_work_dirs(dir) == 1, "%u working files",
+	       count_work_dirs(dir));
+	verify_dir(dir);
+
+	writer_rebuild(w);
+	seq = insert_range(w, m, 6000, 6300, seq, 50, DATE0 + 10);
+	index_info(live_index(), &after);
+	CHECK(after.mapped && after.n_records == 6300);
+	CHECK(mismatches(m, 6300) == 0);
+	CHECK(count_work_dirs(dir) == 1);
+	writer_close(w);
+	CHECK(count_work_dirs(dir) == 0);
+	verify_dir(dir);
+
+	/* The generations hold it all: reopened mapped, and anonymous. */
+	w = open_writer(dir, 0, 1);
+	CHECK(mismatches(m, 6300) == 0);
+	CHECK(watermark() == seq - 1);
+	writer_close(w);
+	load_mode = INDEX_LOAD_ANON;
+	w = open_writer(dir, 0, 1);
+	CHECK(mismatches(m, 6300) == 0);
+	index_info(live_index(), &after);
+	CHECK(!after.mapped);
+	writer_close(w);
 	free(m);
 }
 
@@ -1583,6 +1653,7 @@ int main(void)
 	RUN(test_apply_order_replay);
 	RUN(test_bad_requests);
 	RUN(test_growth_and_restart);
+	RUN(test_growth_mapped);
 	RUN(test_crash_replay);
 	RUN(test_snapshot_take);
 	RUN(test_log_failure);
