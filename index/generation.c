@@ -1045,18 +1045,12 @@ static uint64_t grow_capacity(const struct index_info *info, uint64_t capacity)
 	return capacity;
 }
 
-int generation_grow_file(struct generation *g, const char *dir,
-			 uint64_t capacity, bool fresh_secret,
-			 struct index **old, char *err, size_t err_cap)
+int generation_work_create(const char *dir, uint64_t capacity,
+			   const struct index *secret_of, struct index **out,
+			   char *err, size_t err_cap)
 {
 	static _Atomic unsigned n_work; /* names of this process's files */
 	char wdir[PATH_MAX], path[PATH_MAX + 8];
-	struct index_info info;
-	struct index *n = NULL;
-	int rc;
-
-	index_info(g->ix, &info);
-	capacity = grow_capacity(&info, capacity);
 	int len = snprintf(wdir, sizeof(wdir), "%s/" TMP_PREFIX "work-%u.%ld",
 			   dir, atomic_fetch_add(&n_work, 1), (long)getpid());
 	if (len < 0 || (size_t)len >= sizeof(wdir))
@@ -1067,18 +1061,35 @@ int generation_grow_file(struct generation *g, const char *dir,
 		return errmsg_fail(err, err_cap, -errno, "%s: %s", wdir,
 				   strerror(errno));
 	snprintf(path, sizeof(path), "%s/index", wdir);
-	rc = index_create_file(capacity, fresh_secret ? NULL : g->ix, path, &n);
+	int rc = index_create_file(capacity, secret_of, path, out);
 	if (rc < 0) {
 		(void)rmdir(wdir);
 		return errmsg_fail(err, err_cap, rc, "%s: a table for %" PRIu64
 				   " records: %s", path, capacity,
 				   strerror(-rc));
 	}
+	return 0;
+}
+
+int generation_grow_file(struct generation *g, const char *dir,
+			 uint64_t capacity, bool fresh_secret,
+			 struct index **old, char *err, size_t err_cap)
+{
+	struct index_info info;
+	struct index *n = NULL;
+
+	index_info(g->ix, &info);
+	capacity = grow_capacity(&info, capacity);
+	int rc = generation_work_create(dir, capacity,
+					fresh_secret ? NULL : g->ix, &n, err,
+					err_cap);
+	if (rc < 0)
+		return rc;
 	/* capacity > records: the merge cannot fill it. */
 	rc = merge(n, g, NULL, NULL, true, err, err_cap);
 	if (rc < 0) {
+		generation_work_remove(n);
 		index_destroy(n);
-		work_file_remove(path);
 		return rc;
 	}
 	struct index_info ni;
@@ -1102,6 +1113,22 @@ int generation_grow(struct generation *g, uint64_t capacity,
 	struct index *n = NULL;
 	int rc;
 
+	/* A working file grows into another beside it (the same data
+	 * directory): it was one to keep it out of anonymous memory. */
+	const char *wf = index_file_path(g->ix);
+	if (wf != NULL) {
+		char dir[PATH_MAX];
+		snprintf(dir, sizeof(dir), "%s", wf);
+		for (int up = 0; up < 2; up++) {
+			char *slash = strrchr(dir, '/');
+			if (slash == NULL)
+				return errmsg_fail(err, err_cap, -EINVAL, "%s: "
+						   "not a working file", wf);
+			*slash = '\0';
+		}
+		return generation_grow_file(g, dir, capacity, false, old, err,
+					    err_cap);
+	}
 	index_info(g->ix, &info);
 	capacity = grow_capacity(&info, capacity);
 	for (;;) {

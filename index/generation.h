@@ -157,6 +157,14 @@ struct generation {
 int generation_email_list_foreach(const struct generation_email_list *l,
 				  generation_email_fn fn, void *arg);
 
+/* An empty working table file (index_create_file) for capacity records
+ * at DIR/.tmp-gen-work-K.PID/index, K counting this process's, with
+ * secret_of's secret (NULL: random). generation_work_remove (or
+ * generation_fini) takes its name away again. */
+int generation_work_create(const char *dir, uint64_t capacity,
+			   const struct index *secret_of, struct index **out,
+			   char *err, size_t err_cap);
+
 /* Removes the name of ix's working table file (generation_grow_file),
  * if it has one: its data lives on in the mapping until index_destroy.
  * Best effort; NULL or any other index: nothing. */
@@ -195,7 +203,9 @@ int generation_merge(struct index *dst, const struct generation *src,
 
 /* Copies g's index into a new table for `capacity` records (0: 1.5 times
  * the present capacity, at least GENERATION_GROW_MIN more) with a fresh
- * secret and the same header fields, and puts it in g's place; the index
+ * secret and the same header fields (a working file's table: into another
+ * working file of its directory, generation_grow_file keeping its
+ * secret), and puts it in g's place; the index
  * it replaced goes to *old, the caller's to release (destroy it, or swap
  * the new one in and release it after a grace period). */
 #define GENERATION_GROW_MIN 4096u

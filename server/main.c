@@ -614,10 +614,19 @@ static void *main_build_thread(void *arg)
 	struct generation *g = calloc(1, sizeof(*g));
 
 	memset(&res, 0, sizeof(res));
-	/* In memory, never in the data directory: the writer takes it as it
-	 * is and publishes it (server/writer.h). */
+	/* Never a generation of the data directory: the writer takes it as
+	 * it is and publishes it (server/writer.h). In anonymous memory, or
+	 * where the index is mapped (MMAP, or AUTO that chose it for the
+	 * served table), in a working file, so that the snapshot swap never
+	 * holds two tables in RAM (README "Memory"). */
+	struct index_info served;
+	bool mapped = b->cfg->index_load == INDEX_LOAD_MMAP ||
+		      (b->cfg->index_load == INDEX_LOAD_AUTO &&
+		       live_info(&served) && served.mapped);
 	b->rc = g == NULL ? -ENOMEM
-			  : build_index(b->fd, g, &res, b->err, sizeof(b->err));
+		: mapped ? build_index_work(b->fd, b->cfg->data_dir, g, &res,
+					    b->err, sizeof(b->err))
+			 : build_index(b->fd, g, &res, b->err, sizeof(b->err));
 	if (g == NULL)
 		snprintf(b->err, sizeof(b->err), "out of memory");
 	if (b->fd != STDIN_FILENO)

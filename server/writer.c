@@ -505,12 +505,14 @@ static int writer_take_now(struct writer *w, struct generation *s,
 	}
 
 	double t_pub = clock_mono_s();
+	/* A working file's name goes first: live_publish may release the
+	 * index itself before it returns. */
+	if (w->cur_served)
+		generation_work_remove(w->cur.ix);
 	live_publish(s->ix); /* the old index goes after the grace period */
 	metrics_inc(&w->m->generation_swaps);
-	if (w->cur_served) {
-		generation_work_remove(w->cur.ix);
+	if (w->cur_served)
 		w->cur.ix = NULL; /* live_publish releases it */
-	}
 	pthread_mutex_lock(&w->origins_mu);
 	generation_fini(&w->cur);
 	w->cur = *s;

@@ -692,6 +692,10 @@ static void test_crash_replay(void)
 	free(m);
 }
 
+/* Where take_snapshot builds its table: NULL anonymous memory, else a
+ * working file of this data directory (build_index_work). */
+static const char *snap_work_dir;
+
 /* Builds keys [0, n) at watermark wm in memory and hands it over (the
  * writer has swapped it in when that returns). */
 static void take_snapshot(struct writer *w, uint64_t n, uint64_t wm)
@@ -702,9 +706,14 @@ static void take_snapshot(struct writer *w, uint64_t n, uint64_t wm)
 	snprintf(snap, sizeof(snap), "%s/snap-%d.bin", tmpdir, ++n_dirs);
 	snapshot_file(snap, n, wm);
 	int fd = open(snap, O_RDONLY | O_CLOEXEC);
-	int rc = build_index(fd, g, &res, err, sizeof(err));
+	int rc = snap_work_dir != NULL
+		? build_index_work(fd, snap_work_dir, g, &res, err, sizeof(err))
+		: build_index(fd, g, &res, err, sizeof(err));
 	CHECKF(rc == 0, "build_index: %s", err);
 	close(fd);
+	struct index_info bi;
+	index_info(g->ix, &bi);
+	CHECK(bi.mapped == (snap_work_dir != NULL));
 	const struct index *before = live_index();
 	rc = writer_take_snapshot(w, g, err, sizeof(err));
 	CHECKF(rc == 0, "writer_take_snapshot: %s", err);
@@ -716,11 +725,18 @@ static void take_snapshot(struct writer *w, uint64_t n, uint64_t wm)
 	CHECK(r.code == 0 || r.code == 503);
 }
 
-static void test_snapshot_take(void)
+static unsigned count_work_dirs(const char *dir);
+
+/* The snapshot swap, its table in anonymous memory (ANON) or in a
+ * working file (MMAP: built there, the log replayed and the served index
+ * merged into it, served from it). */
+static void snapshot_take(enum index_load_mode mode)
 {
 	char dir[300];
 	struct model *m = calloc(1, sizeof(*m));
 	new_dir(dir, sizeof(dir), 50, m);
+	load_mode = mode;
+	snap_work_dir = mode == INDEX_LOAD_MMAP ? dir : NULL;
 	struct writer *w = open_writer(dir, 0, 1);
 	uint64_t seq = insert_range(w, m, 0, 40, 1, 10, DATE0 + 50);
 
@@ -730,6 +746,10 @@ static void test_snapshot_take(void)
 	for (uint64_t k = 0; k < 80; k++)
 		model_apply(m, k, STATUS_ONAY, DATE0 + (int64_t)k);
 	CHECK(mismatches(m, 80) == 0);
+	struct index_info si;
+	index_info(live_index(), &si);
+	CHECK(si.mapped == (mode == INDEX_LOAD_MMAP));
+	CHECK(count_work_dirs(dir) == (mode == INDEX_LOAD_MMAP ? 1u : 0u));
 	CHECK(watermark() == seq - 1);
 	verify_dir(dir);
 	writer_close(w);
@@ -759,10 +779,23 @@ static void test_snapshot_take(void)
 	CHECK(r.code == 0 && r.skipped == 1 && r.applied_sequence == seq + 100);
 	writer_close(w);
 	verify_dir(dir);
+	CHECKF(count_work_dirs(dir) == 0, "%u working files", count_work_dirs(dir));
 	w = open_writer(dir, 0, 1);
 	CHECK(mismatches(m, 200) == 0);
 	writer_close(w);
 	free(m);
+	load_mode = INDEX_LOAD_ANON;
+	snap_work_dir = NULL;
+}
+
+static void test_snapshot_take(void)
+{
+	snapshot_take(INDEX_LOAD_ANON);
+}
+
+static void test_snapshot_take_mapped(void)
+{
+	snapshot_take(INDEX_LOAD_MMAP);
 }
 
 static void test_log_failure(void)
@@ -1654,6 +1687,7 @@ int main(void)
 	RUN(test_bad_requests);
 	RUN(test_growth_and_restart);
 	RUN(test_growth_mapped);
+	RUN(test_snapshot_take_mapped);
 	RUN(test_crash_replay);
 	RUN(test_snapshot_take);
 	RUN(test_log_failure);
