@@ -191,7 +191,18 @@
  * a random access costs ~317 ns with them against ~487 ns without (DESIGN
  * §2). INDEX_LOAD_MMAP maps the file MAP_PRIVATE (copy on write, so the
  * writer can still update) and reports no huge pages; it needs no second
- * copy of the data. bench/table_bench.cc measures both.
+ * copy of the data. bench/table_bench.cc measures both. But anonymous
+ * memory cannot be evicted (no swap), and growth, a snapshot swap or a
+ * rebuild holds two tables at once, so ANON is for tables of which 2.5
+ * fit (index_load_choose, INDEX_LOAD_AUTO: README "Memory"). Beyond that
+ * the tables those operations make are working files (index_create_file):
+ * MAP_SHARED mappings of a file of their own, which the writer fills and
+ * changes and readers read like any table, and whose pages are page
+ * cache, written back and evicted by the kernel as it needs the memory.
+ * A working file is never a generation (its header page stays zero and
+ * index_write publishes a copy), so a change never touches a published
+ * file, and its blocks are allocated when it is made, so that a full disk
+ * is an error there and not a SIGBUS at a store.
  *
  * File. A 4096-byte header (struct index_file_header below: magic,
  * version, sizes, counts, meta, the secret, the XXH3-64 of the bucket
@@ -1128,11 +1139,14 @@ static int check_header(const struct index_file_header *h, uint64_t file_bytes,
 }
 
 /* MAP_PRIVATE: the writer's updates stay in this process (copy on
- * write); MAP_POPULATE maps what validation reads anyway. */
+ * write, a page at a time). No MAP_POPULATE: on a private writable
+ * mapping it faults every page in for writing, which copies the whole
+ * file into anonymous memory (the two copies MMAP is there to avoid);
+ * validation reads it through, read faults that map the page cache. */
 static int map_buckets(struct index *ix, int fd, size_t file_bytes)
 {
 	uint8_t *m = mmap(NULL, file_bytes, PROT_READ | PROT_WRITE,
-			  MAP_PRIVATE | MAP_POPULATE, fd, 0);
+			  MAP_PRIVATE, fd, 0);
 
 	if (m == MAP_FAILED)
 		return -errno;

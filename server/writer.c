@@ -56,12 +56,15 @@
  *  - growth: at the load limit (index_apply_writer says -ENOSPC) a table
  *    1.5 times as large is filled from the served one and swapped in at
  *    once (live_publish; readers keep the old one until the RCU grace
- *    period ends), then written as a checkpoint;
+ *    period ends), then written as a checkpoint. A mapped table (MMAP)
+ *    grows into a working file (generation_grow_file), never into
+ *    anonymous memory: no second table in RAM (README "Memory");
  *  - a snapshot built in the background, handed over in memory (never in
- *    DIR before this thread publishes it): the log past its watermark is
- *    replayed into it, and the served index merged in too (same order
- *    rule) when the log was dropped past that watermark; then it is
- *    written once and swapped in;
+ *    DIR before this thread publishes it; where the index is mapped its
+ *    table is a working file, build_index_work): the log past its
+ *    watermark is replayed into it, and the served index merged in too
+ *    (same order rule) when the log was dropped past that watermark; then
+ *    it is written once and swapped in;
  *  - a rebuild on request (SIGUSR1): a fresh table and hash secret;
  *  - a checkpoint every so many changes and at a graceful stop.
  * A new generation's header watermark is the applied watermark. The one

@@ -1160,6 +1160,67 @@ static void test_file_table(void)
 	unlink(copy);
 }
 
+/* RssAnon of this process, in kB. */
+static long rss_anon_kb(void)
+{
+	FILE *f = fopen("/proc/self/status", "re");
+	char line[256];
+	long kb = -1;
+	while (f != NULL && fgets(line, sizeof(line), f) != NULL)
+		if (sscanf(line, "RssAnon: %ld kB", &kb) == 1)
+			break;
+	if (f != NULL)
+		fclose(f);
+	return kb;
+}
+
+/* MMAP shares the page cache: opening (and validating) a mapped table
+ * adds next to no anonymous memory, where ANON adds the whole table (a
+ * private writable mapping populated for writing would copy it all). */
+static void test_mmap_no_copy(void)
+{
+	char path[256], err[256];
+	struct index *ix, *rd;
+	struct lkey lk;
+	struct index_key key;
+	struct consent_value v = { .status = STATUS_ONAY, .source = 1,
+				   .consent_date = INDEX_EPOCH + 5 };
+	const uint64_t n = 1500000; /* ~32 MiB of buckets */
+
+	CHECK(index_create(n, NULL, &ix) == 0);
+	for (uint64_t i = 0; i < n; i += 3) {
+		lkey_make(i, &lk);
+		index_key_make(ix, &lk.r, lk.brand, lk.rtype, lk.channel, &key);
+		CHECK(index_apply_writer(ix, &key, &v) == INDEX_INSERTED);
+	}
+	path_in_tmp(path, sizeof(path), "rt.index");
+	CHECK(index_write(ix, path) == 0);
+	struct index_info info;
+	index_info(ix, &info);
+	index_destroy(ix);
+	long table_kb = (long)(info.bytes >> 10);
+
+	long a0 = rss_anon_kb();
+	CHECK(index_open(path, INDEX_LOAD_MMAP, &rd, err, sizeof(err)) == 0);
+	long a1 = rss_anon_kb();
+	CHECKF(a1 - a0 < table_kb / 8, "MMAP open: RssAnon %ld -> %ld kB, "
+	       "table %ld kB", a0, a1, table_kb);
+	/* A change copies its page only. */
+	lkey_make(0, &lk);
+	index_key_make(rd, &lk.r, lk.brand, lk.rtype, lk.channel, &key);
+	v.consent_date++;
+	CHECK(index_apply_writer(rd, &key, &v) == INDEX_UPDATED);
+	CHECK(rss_anon_kb() - a0 < table_kb / 8);
+	index_destroy(rd);
+	a0 = rss_anon_kb();
+	CHECK(index_open(path, INDEX_LOAD_ANON, &rd, err, sizeof(err)) == 0);
+	a1 = rss_anon_kb();
+	CHECKF(a1 - a0 > table_kb / 2, "ANON open: RssAnon %ld -> %ld kB, "
+	       "table %ld kB", a0, a1, table_kb);
+	index_destroy(rd);
+	unlink(path);
+}
+
 static void rm_tmpdir(void)
 {
 	const char *names[] = { "rt.index", "bad.index", "good.index",
@@ -1192,6 +1253,7 @@ int main(void)
 	RUN(test_corrupt_files);
 	RUN(test_load_choose);
 	RUN(test_file_table);
+	RUN(test_mmap_no_copy);
 	rm_tmpdir();
 	return check_summary();
 }

@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+"""Peak memory of each operation (README "Memory"): build, serve, growth,
+snapshot swap and dump, for one consentd build and one --index-load mode.
+
+    scripts/memory_bench.py --build build --mode mmap --records 10000000 \
+        --work DIR --json out.json
+
+It makes (once per --work) a base snapshot of N records (seed 1) and a
+change stream of N/8 flips of another dataset's records (seed 2: keys the
+base lacks, more than the 10 % headroom of a fresh generation, so the
+table grows), builds a data directory with `consentctl build` under
+/usr/bin/time -v, then on a copy of it:
+  serve     consentd started, until /readyz: VmHWM, RssAnon, RssFile
+  growth    the change stream fed (consentctl feed) until the log says
+            "load limit: new table" and the next checkpoint is written
+  snapshot  consentd restarted with --snapshot BASE (a snapshot taken
+            while serving: built, the log replayed, the served index
+            merged), until the log says "snapshot: now serving"
+  dump      consentctl dump of the data directory, under /usr/bin/time -v
+Per phase: VmHWM (reset at the phase's start through /proc/PID/clear_refs
+5), and the largest RssAnon and RssFile seen by a 20 ms poll of
+/proc/PID/status (RssFile: page cache mapped by the process, which the
+kernel may evict; RssAnon: memory it may not, there being no swap).
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+
+def status(pid):
+    out = {}
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                    out[k] = int(v.split()[0])
+    except FileNotFoundError:
+        pass
+    return out
+
+
+class Sampler:
+    """Polls /proc/PID/status every 20 ms, keeping the largest values."""
+
+    def __init__(self, pid):
+        self.pid, self.max = pid, {}
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        while not self.stop.is_set():
+            for k, v in status(self.pid).items():
+                self.max[k] = max(self.max.get(k, 0), v)
+            time.sleep(0.02)
+
+    def __enter__(self):
+        with open("/proc/%d/clear_refs" % self.pid, "w") as f:
+            f.write("5")  # resets VmHWM to the present RSS
+        self.t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.t.join()
+        self.max["VmHWM"] = status(self.pid).get("VmHWM",
+                                                 self.max.get("VmHWM", 0))
+
+
+def timed(cmd):
+    """Runs cmd under /usr/bin/time -v: (max RSS kB, seconds)."""
+    p = subprocess.run(["/usr/bin/time", "-v"] + cmd, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True)
+    if p.returncode != 0:
+        sys.exit("%s: exit %d\n%s" % (" ".join(cmd), p.returncode,
+                                      p.stderr[-2000:]))
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)",
+                        p.stderr).group(1))
+    el = re.search(r"Elapsed \(wall clock\) time.*: (\S+)", p.stderr).group(1)
+    secs = 0.0
+    for part in el.split(":"):
+        secs = secs * 60 + float(part)
+    return rss, secs
+
+
+def wait_log(path, text, count, proc, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(path, errors="replace") as f:
+            if f.read().count(text) >= count:
+                return
+        if proc.poll() is not None:
+            sys.exit("consentd exited %d; see %s" % (proc.returncode, path))
+        if time.monotonic() > deadline:
+            sys.exit("no '%s' in %s after %.0f s" % (text, path, timeout))
+        time.sleep(0.05)
+
+
+def start(consentd, d, mode, log, ports, extra=()):
+    if os.path.exists(ports):
+        os.unlink(ports)
+    lf = open(log, "ab")
+    p = subprocess.Popen([consentd, "--data-dir", d, "--rpc", "127.0.0.1:0",
+                          "--resp", "127.0.0.1:0", "--http", "127.0.0.1:0",
+                          "--grpc", "127.0.0.1:0", "--ports-file", ports,
+                          "--workers", "2", "--index-load", mode,
+                          "--checkpoint-changes", "100000000"] + list(extra),
+                         stdin=subprocess.DEVNULL, stdout=lf,
+                         stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 600
+    while not os.path.exists(ports):
+        if p.poll() is not None or time.monotonic() > deadline:
+            sys.exit("consentd did not start; see %s" % log)
+        time.sleep(0.02)
+    got = {}
+    with open(ports) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 2:
+                got[parts[0]] = parts[-1].rsplit(":", 1)[-1]
+    return p, got
+
+
+def ready(http_port, proc, timeout=600):
+    import http.client
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit("consentd exited %d" % proc.returncode)
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", int(http_port),
+                                           timeout=1)
+            c.request("GET", "/readyz")
+            if c.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    sys.exit("consentd not ready")
+
+
+def stop(proc):
+    proc.terminate()
+    proc.wait(600)
+
+
+def mib(kb):
+    return round(kb / 1024.0, 1)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--build", default="build")
+    ap.add_argument("--mode", default="mmap", choices=["anon", "mmap", "auto"])
+    ap.add_argument("--records", type=int, default=10000000)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    ctl = os.path.join(a.build, "consentctl")
+    consentd = os.path.join(a.build, "consentd")
+    os.makedirs(a.work, exist_ok=True)
+    base = os.path.join(a.work, "base-%d.bin" % a.records)
+    changes = os.path.join(a.work, "new-%d.bin" % a.records)
+    n_new = a.records // 8
+    if not os.path.exists(base):
+        subprocess.run([ctl, "gen", "--records", str(a.records), "--seed", "1",
+                        "--out", base], check=True)
+    if not os.path.exists(changes):
+        subprocess.run([ctl, "gen", "--records", str(n_new), "--seed", "2",
+                        "--changes", str(n_new), "--out", changes], check=True)
+    res = {"records": a.records, "mode": a.mode, "build": a.build}
+    d0 = os.path.join(a.work, "built-%s" % os.path.basename(
+        os.path.abspath(a.build)))
+    shutil.rmtree(d0, ignore_errors=True)
+    rss, secs = timed([ctl, "build", "--snapshot", base, "--out", d0])
+    res["build"] = {"max_rss_mib": mib(rss), "seconds": round(secs, 1)}
+    print("build: max RSS %.0f MiB, %.1f s" % (mib(rss), secs), flush=True)
+    gen = sorted(e for e in os.listdir(d0) if e.startswith("gen-"))[-1]
+    res["index_mib"] = mib(os.path.getsize(os.path.join(d0, gen, "index")) / 1024)
+
+    d = os.path.join(a.work, "data-%s" % a.mode)
+    shutil.rmtree(d, ignore_errors=True)
+    shutil.copytree(d0, d)
+    log = os.path.join(a.work, "consentd-%s.log" % a.mode)
+    if os.path.exists(log):
+        os.unlink(log)
+    ports = os.path.join(a.work, "ports")
+
+    proc, got = start(consentd, d, a.mode, log, ports)
+    with Sampler(proc.pid) as s:
+        ready(got["http"], proc)
+    res["serve"] = s.max
+    print("serve: %s" % s.max, flush=True)
+
+    t0 = time.monotonic()
+    with Sampler(proc.pid) as s:
+        subprocess.run([ctl, "feed", "--rpc", "127.0.0.1:" + got["rpc"],
+                        "--no-origin", "--batch", "1000", changes], check=True,
+                       stdout=subprocess.DEVNULL)
+        wait_log(log, "load limit: new table", 1, proc, 600)
+        wait_log(log, "growth: wrote generation", 1, proc, 600)
+    res["growth"] = dict(s.max, seconds=round(time.monotonic() - t0, 1))
+    with open(log, errors="replace") as f:
+        res["growth_log"] = [l.strip() for l in f if "load limit" in l or
+                             "growth: wrote" in l]
+    print("growth: %s" % res["growth"], flush=True)
+    stop(proc)
+
+    proc, got = start(consentd, d, a.mode, log, ports, ["--snapshot", base])
+    with Sampler(proc.pid) as s:
+        wait_log(log, "snapshot: now serving", 1, proc, 1200)
+    res["snapshot"] = s.max
+    with open(log, errors="replace") as f:
+        res["snapshot_log"] = [l.strip() for l in f if "snapshot:" in l]
+    print("snapshot: %s" % s.max, flush=True)
+    stop(proc)
+
+    rss, secs = timed([ctl, "dump", d, "--out", os.devnull])
+    res["dump"] = {"max_rss_mib": mib(rss), "seconds": round(secs, 1)}
+    print("dump: max RSS %.0f MiB, %.1f s" % (mib(rss), secs), flush=True)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=1)
+    shutil.rmtree(d, ignore_errors=True)
+    shutil.rmtree(d0, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
