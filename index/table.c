@@ -124,9 +124,11 @@
  * passed are full and that its home carries its cell, and refuses the
  * file otherwise. For i >= 7 (stored as 7: 1.1% of entries at 0.92,
  * 0.2% at 0.84) the home is one of the full buckets 7, 8, ... steps back
- * before the first one with room, and open sets the cell in each of
- * them: a superset, which only costs a miss a read (a reopened table at
- * the limit reads ~0.1 bucket more per miss than the one that wrote it).
+ * before the first one with room. The writer set the cell in the true
+ * home, so open accepts the run when one of them carries it (a file
+ * index_write wrote always does, and open then writes nothing: a store
+ * would copy a page of an MMAP mapping); when none does it sets the cell
+ * in each of them: a superset, which only costs a miss a read.
  *
  * Sizing. The load limit is 0.92 of the slots: index_create(capacity)
  * takes ceil(capacity / 0.92) slots rounded up to whole buckets and then
@@ -138,8 +140,8 @@
  * Probe lengths, simulated for this layout (random hashes, keys inserted
  * in random order, 4-slot buckets) and measured by table_test through
  * index_probe_buckets: at the build load (0.84) a hit reads 1.3 buckets
- * and a miss 1.12 on average; at the 0.92 limit 1.5 and 1.31 (1.40 after
- * a reopen, the escaped entries' extra cells). Format 1's linear probing
+ * and a miss 1.12 on average; at the 0.92 limit 1.5 and 1.31 (the same
+ * after a reopen: open keeps the writer's cells). Format 1's linear probing
  * read 1.5 and 5.5 at 0.84, 2.3 and 20 at 0.92. The later buckets of a
  * sequence are random lines, not the next one, so index_lookup_batch
  * moves all of a window's keys forward one bucket per round, prefetching
@@ -987,7 +989,8 @@ static bool bucket_full(const struct index *ix, uint64_t b)
  * goes on only past a full bucket) and its home, f steps back, must carry
  * its cell, or a lookup would not reach it: that is corruption, refused.
  * An entry at probe field 7 sits 7 or more steps on, its home somewhere
- * in the unbroken run of full buckets 7, 8, ... steps back: the cell is
+ * in the unbroken run of full buckets 7, 8, ... steps back: one of them
+ * must carry the cell (the true home, where the writer set it), or it is
  * set in every one of them (the true home is among them; an extra cell
  * only costs a miss a read). The step and cell come from the stored key
  * bits and the home from the probe index, so nothing here needs a
@@ -1010,6 +1013,20 @@ static bool check_entry(struct index *ix, uint64_t b, uint64_t k, uint64_t v)
 	if (f < PROBE_CAP)
 		return (atomic_load_explicit(w, memory_order_relaxed) &
 			cell_bit(cell)) != 0;
+	/* The writer set the cell in the true home, which lies in the run:
+	 * a file it wrote has it there already, and nothing is written. A
+	 * store would copy the page of a MAP_PRIVATE mapping (MMAP), and
+	 * the run's other buckets, with the ~0.2 % of entries at probe 7,
+	 * touch most pages of a large table. */
+	uint64_t r = q;
+	for (uint64_t j = 0; j < ix->n_buckets && bucket_full(ix, r); j++) {
+		w = &ix->buckets[r].slot[cell / CELLS_PER_SLOT].val;
+		if (atomic_load_explicit(w, memory_order_relaxed) &
+		    cell_bit(cell))
+			return true;
+		r = prev_bucket(ix, r, step);
+	}
+	/* None has it: set it in every one (the home is among them). */
 	for (uint64_t j = 0; j < ix->n_buckets && bucket_full(ix, q); j++) {
 		w = &ix->buckets[q].slot[cell / CELLS_PER_SLOT].val;
 		uint64_t c = atomic_load_explicit(w, memory_order_relaxed);

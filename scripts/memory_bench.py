@@ -8,25 +8,24 @@ snapshot swap and dump, for one consentd build and one --index-load mode.
 It makes (once per --work) a base snapshot of N records (seed 1) and a
 change stream of N/8 flips of another dataset's records (seed 2: keys the
 base lacks, more than the 10 % headroom of a fresh generation, so the
-table grows), builds a data directory with `consentctl build` under
-/usr/bin/time -v, then on a copy of it:
+table grows), builds a data directory with `consentctl build`, then on
+a copy of it:
   serve     consentd started, until /readyz: VmHWM, RssAnon, RssFile
   growth    the change stream fed (consentctl feed) until the log says
             "load limit: new table" and the next checkpoint is written
   snapshot  consentd restarted with --snapshot BASE (a snapshot taken
             while serving: built, the log replayed, the served index
             merged), until the log says "snapshot: now serving"
-  dump      consentctl dump of the data directory, under /usr/bin/time -v
-Per phase: VmHWM (reset at the phase's start through /proc/PID/clear_refs
-5), and the largest RssAnon and RssFile seen by a 20 ms poll of
-/proc/PID/status (RssFile: page cache mapped by the process, which the
+  dump      consentctl dump of the data directory
+Per phase: VmHWM (of consentd: reset at the phase's start through
+/proc/PID/clear_refs 5), and the largest RssAnon and RssFile seen by a
+20 ms poll of /proc/PID/status (RssFile: page cache mapped by the process, which the
 kernel may evict; RssAnon: memory it may not, there being no swap).
 """
 
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -50,8 +49,8 @@ def status(pid):
 class Sampler:
     """Polls /proc/PID/status every 20 ms, keeping the largest values."""
 
-    def __init__(self, pid):
-        self.pid, self.max = pid, {}
+    def __init__(self, pid, reset=True):
+        self.pid, self.max, self.reset = pid, {}, reset
         self.stop = threading.Event()
         self.t = threading.Thread(target=self.run, daemon=True)
 
@@ -62,32 +61,31 @@ class Sampler:
             time.sleep(0.02)
 
     def __enter__(self):
-        with open("/proc/%d/clear_refs" % self.pid, "w") as f:
-            f.write("5")  # resets VmHWM to the present RSS
+        if self.reset:
+            with open("/proc/%d/clear_refs" % self.pid, "w") as f:
+                f.write("5")  # resets VmHWM to the present RSS
         self.t.start()
         return self
 
     def __exit__(self, *exc):
         self.stop.set()
         self.t.join()
-        self.max["VmHWM"] = status(self.pid).get("VmHWM",
-                                                 self.max.get("VmHWM", 0))
+        self.max["VmHWM"] = max(status(self.pid).get("VmHWM", 0),
+                                self.max.get("VmHWM", 0))
 
 
-def timed(cmd):
-    """Runs cmd under /usr/bin/time -v: (max RSS kB, seconds)."""
-    p = subprocess.run(["/usr/bin/time", "-v"] + cmd, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, text=True)
+def sampled(cmd):
+    """Runs cmd, polling its /proc/PID/status: (largest values, seconds).
+    VmHWM is the last one read, within 20 ms of its exit."""
+    t0 = time.monotonic()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    s = Sampler(p.pid, reset=False)
+    with s:
+        _, err = p.communicate()
     if p.returncode != 0:
         sys.exit("%s: exit %d\n%s" % (" ".join(cmd), p.returncode,
-                                      p.stderr[-2000:]))
-    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)",
-                        p.stderr).group(1))
-    el = re.search(r"Elapsed \(wall clock\) time.*: (\S+)", p.stderr).group(1)
-    secs = 0.0
-    for part in el.split(":"):
-        secs = secs * 60 + float(part)
-    return rss, secs
+                                      err.decode(errors="replace")[-2000:]))
+    return s.max, round(time.monotonic() - t0, 1)
 
 
 def wait_log(path, text, count, proc, timeout):
@@ -179,9 +177,9 @@ def main():
     d0 = os.path.join(a.work, "built-%s" % os.path.basename(
         os.path.abspath(a.build)))
     shutil.rmtree(d0, ignore_errors=True)
-    rss, secs = timed([ctl, "build", "--snapshot", base, "--out", d0])
-    res["build"] = {"max_rss_mib": mib(rss), "seconds": round(secs, 1)}
-    print("build: max RSS %.0f MiB, %.1f s" % (mib(rss), secs), flush=True)
+    m, secs = sampled([ctl, "build", "--snapshot", base, "--out", d0])
+    res["build"] = dict(m, seconds=secs)
+    print("build: %s" % res["build"], flush=True)
     gen = sorted(e for e in os.listdir(d0) if e.startswith("gen-"))[-1]
     res["index_mib"] = mib(os.path.getsize(os.path.join(d0, gen, "index")) / 1024)
 
@@ -222,9 +220,9 @@ def main():
     print("snapshot: %s" % s.max, flush=True)
     stop(proc)
 
-    rss, secs = timed([ctl, "dump", d, "--out", os.devnull])
-    res["dump"] = {"max_rss_mib": mib(rss), "seconds": round(secs, 1)}
-    print("dump: max RSS %.0f MiB, %.1f s" % (mib(rss), secs), flush=True)
+    m, secs = sampled([ctl, "dump", d, "--out", os.devnull])
+    res["dump"] = dict(m, seconds=secs)
+    print("dump: %s" % res["dump"], flush=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1)
