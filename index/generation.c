@@ -1045,29 +1045,62 @@ static uint64_t grow_capacity(const struct index_info *info, uint64_t capacity)
 	return capacity;
 }
 
-int generation_work_create(const char *dir, uint64_t capacity,
-			   const struct index *secret_of, struct index **out,
-			   char *err, size_t err_cap)
+/* A new working directory DIR/.tmp-gen-work-K.PID and the path of the
+ * table file in it. */
+static int work_path(const char *dir, char *path, size_t cap, char *err,
+		     size_t err_cap)
 {
 	static _Atomic unsigned n_work; /* names of this process's files */
-	char wdir[PATH_MAX], path[PATH_MAX + 8];
+	char wdir[PATH_MAX];
 	int len = snprintf(wdir, sizeof(wdir), "%s/" TMP_PREFIX "work-%u.%ld",
 			   dir, atomic_fetch_add(&n_work, 1), (long)getpid());
-	if (len < 0 || (size_t)len >= sizeof(wdir))
+	if (len < 0 || (size_t)len >= sizeof(wdir) ||
+	    (size_t)len + sizeof("/index") > cap)
 		return errmsg_fail(err, err_cap, -ENAMETOOLONG,
 				   "%s: path too long", dir);
 	fsutil_rm_tree(wdir); /* a leftover of a crashed process, our pid */
 	if (mkdir(wdir, 0755) < 0)
 		return errmsg_fail(err, err_cap, -errno, "%s: %s", wdir,
 				   strerror(errno));
-	snprintf(path, sizeof(path), "%s/index", wdir);
-	int rc = index_create_file(capacity, secret_of, path, out);
+	snprintf(path, cap, "%s/index", wdir);
+	return 0;
+}
+
+int generation_work_create(const char *dir, uint64_t capacity,
+			   const struct index *secret_of, struct index **out,
+			   char *err, size_t err_cap)
+{
+	char path[PATH_MAX + 8];
+	int rc = work_path(dir, path, sizeof(path), err, err_cap);
+	if (rc < 0)
+		return rc;
+	rc = index_create_file(capacity, secret_of, path, out);
 	if (rc < 0) {
-		(void)rmdir(wdir);
+		work_file_remove(path);
 		return errmsg_fail(err, err_cap, rc, "%s: a table for %" PRIu64
 				   " records: %s", path, capacity,
 				   strerror(-rc));
 	}
+	return 0;
+}
+
+int generation_work_copy(struct generation *g, const char *dir, char *err,
+			 size_t err_cap)
+{
+	char path[PATH_MAX + 8];
+	struct index *n;
+	int rc = work_path(dir, path, sizeof(path), err, err_cap);
+	if (rc < 0)
+		return rc;
+	rc = index_copy_file(g->ix, path, &n);
+	if (rc < 0) {
+		work_file_remove(path);
+		return errmsg_fail(err, err_cap, rc, "%s: copying the table: %s",
+				   path, strerror(-rc));
+	}
+	generation_work_remove(g->ix);
+	index_destroy(g->ix);
+	g->ix = n;
 	return 0;
 }
 
@@ -1331,7 +1364,17 @@ int generation_open_replay(const char *dir, enum index_load_mode mode,
 	if (rc < 0)
 		return rc;
 	generation_written(g, dir, gen);
+	/* A mapped generation is served from a working copy: changes to the
+	 * file's MAP_PRIVATE mapping would copy each page they touch into
+	 * anonymous memory, and the changes of a day touch most of them. */
 	index_info(g->ix, &info);
+	if (info.mapped) {
+		rc = generation_work_copy(g, dir, err, err_cap);
+		if (rc < 0) {
+			generation_fini(g);
+			return rc;
+		}
+	}
 	/* A mapped table that fills grows into a working file of dir. */
 	rc = replay(g, log, info.watermark, dir, replayed, err, err_cap);
 	if (rc < 0) {

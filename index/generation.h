@@ -165,6 +165,12 @@ int generation_work_create(const char *dir, uint64_t capacity,
 			   const struct index *secret_of, struct index **out,
 			   char *err, size_t err_cap);
 
+/* Puts a working file copy (index_copy_file) of g's table, at
+ * DIR/.tmp-gen-work-K.PID/index, in its place, destroying the table it
+ * copied (which must not be served). */
+int generation_work_copy(struct generation *g, const char *dir, char *err,
+			 size_t err_cap);
+
 /* Removes the name of ix's working table file (generation_grow_file),
  * if it has one: its data lives on in the mapping until index_destroy.
  * Best effort; NULL or any other index: nothing. */
@@ -259,8 +265,9 @@ int generation_catch_up(struct generation *s, struct changelog *log,
 
 /* Start-up: opens the newest valid generation of dir into g (its
  * addresses and origins: that generation's files; one whose origins file
- * is damaged is skipped like a damaged index), then replays log past its
- * watermark. *number gets its generation number, *replayed the changes
+ * is damaged is skipped like a damaged index), a mapped one (MMAP, or
+ * AUTO that chose it) copied into a working file (generation_work_copy),
+ * then replays log past its watermark. *number gets its generation number, *replayed the changes
  * replayed, *grown whether the table had to grow meanwhile (write it
  * again, or the next start grows it again). -ENOENT when dir has no
  * valid generation. */

@@ -1487,13 +1487,12 @@ out_free:
  * this many bytes, so that the calls stay few. */
 #define RELEASE_STEP_BYTES (8u << 20)
 
-int index_create_file(uint64_t capacity, const struct index *secret_of,
+/* An empty table of n_buckets in a new file at path (secret NULL:
+ * random); see index_create_file. */
+static int file_table(uint64_t n_buckets, const uint8_t *secret,
 		      const char *path, struct index **out)
 {
-	uint64_t n_buckets;
-	int rc = sizes_for(capacity, &n_buckets);
-	if (rc < 0)
-		return rc;
+	int rc;
 	if (n_buckets > (SIZE_MAX - INDEX_HEADER_BYTES) / BUCKET_BYTES)
 		return -ENOMEM;
 	size_t file_bytes = INDEX_HEADER_BYTES + n_buckets * BUCKET_BYTES;
@@ -1505,8 +1504,8 @@ int index_create_file(uint64_t capacity, const struct index *secret_of,
 		free(ix);
 		return -ENOMEM;
 	}
-	if (secret_of != NULL) {
-		memcpy(ix->secret, secret_of->secret, INDEX_SECRET_BYTES);
+	if (secret != NULL) {
+		memcpy(ix->secret, secret, INDEX_SECRET_BYTES);
 	} else if (getrandom(ix->secret, INDEX_SECRET_BYTES, 0) !=
 		   INDEX_SECRET_BYTES) {
 		rc = -EIO;
@@ -1550,6 +1549,58 @@ out_free:
 	free(ix->file_path);
 	free(ix);
 	return rc;
+}
+
+int index_create_file(uint64_t capacity, const struct index *secret_of,
+		      const char *path, struct index **out)
+{
+	uint64_t n_buckets;
+	int rc = sizes_for(capacity, &n_buckets);
+	if (rc < 0)
+		return rc;
+	return file_table(n_buckets, secret_of ? secret_of->secret : NULL,
+			  path, out);
+}
+
+int index_copy_file(const struct index *src, const char *path,
+		    struct index **out)
+{
+	struct index *ix;
+	int rc = file_table(src->n_buckets, src->secret, path, &ix);
+	if (rc < 0)
+		return rc;
+	/* Written through the file, not the mapping: the copy's pages go
+	 * to the page cache (and, with a release step's writeback, to the
+	 * disk) without entering this process's resident set. */
+	size_t bytes = src->n_buckets * BUCKET_BYTES;
+	for (size_t off = 0; off < bytes && rc == 0; off += IO_CHUNK_BYTES) {
+		size_t len = bytes - off < IO_CHUNK_BYTES ? bytes - off
+							  : IO_CHUNK_BYTES;
+		rc = fsutil_pwrite_all(ix->file_fd,
+				       (const uint8_t *)src->buckets + off, len,
+				       INDEX_HEADER_BYTES + off);
+		if (rc == 0 && (off + len) % RELEASE_STEP_BYTES == 0)
+			(void)sync_file_range(ix->file_fd,
+					      (off_t)(INDEX_HEADER_BYTES + off +
+						      len - RELEASE_STEP_BYTES),
+					      RELEASE_STEP_BYTES,
+					      SYNC_FILE_RANGE_WRITE);
+	}
+	if (rc < 0) {
+		unlink(path);
+		index_destroy(ix);
+		return rc;
+	}
+	struct index_info info;
+	index_info(src, &info);
+	/* Not shared yet: plain initial values. */
+	atomic_init(&ix->n_records, info.n_records);
+	atomic_init(&ix->generation, info.generation);
+	atomic_init(&ix->watermark, info.watermark);
+	atomic_init(&ix->created_at, info.created_at);
+	atomic_init(&ix->data_as_of, info.data_as_of);
+	*out = ix;
+	return 0;
 }
 
 const char *index_file_path(const struct index *ix)

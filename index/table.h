@@ -117,6 +117,11 @@ int index_write(const struct index *ix, const char *path);
  * other index. index_file_path: its path, NULL for any other index. */
 int index_create_file(uint64_t capacity, const struct index *secret_of,
 		      const char *path, struct index **out);
+/* A working file at path holding a copy of src (same buckets, secret and
+ * header fields), written through the file. Writer only (src holds
+ * still). */
+int index_copy_file(const struct index *src, const char *path,
+		    struct index **out);
 void index_file_release(struct index *ix, uint64_t bucket);
 const char *index_file_path(const struct index *ix);
 
