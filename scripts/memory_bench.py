@@ -102,16 +102,21 @@ def wait_log(path, text, count, proc, timeout):
 
 
 def start(consentd, d, mode, log, ports, extra=()):
+    """Starts consentd; returns at once (the caller samples it from its
+    first instruction: the load is part of the serve phase)."""
     if os.path.exists(ports):
         os.unlink(ports)
     lf = open(log, "ab")
-    p = subprocess.Popen([consentd, "--data-dir", d, "--rpc", "127.0.0.1:0",
+    return subprocess.Popen([consentd, "--data-dir", d, "--rpc", "127.0.0.1:0",
                           "--resp", "127.0.0.1:0", "--http", "127.0.0.1:0",
                           "--grpc", "127.0.0.1:0", "--ports-file", ports,
                           "--workers", "2", "--index-load", mode,
                           "--checkpoint-changes", "100000000"] + list(extra),
                          stdin=subprocess.DEVNULL, stdout=lf,
                          stderr=subprocess.STDOUT)
+
+
+def wait_ports(p, ports, log):
     deadline = time.monotonic() + 600
     while not os.path.exists(ports):
         if p.poll() is not None or time.monotonic() > deadline:
@@ -123,7 +128,7 @@ def start(consentd, d, mode, log, ports, extra=()):
             parts = line.split()
             if len(parts) >= 2:
                 got[parts[0]] = parts[-1].rsplit(":", 1)[-1]
-    return p, got
+    return got
 
 
 def ready(http_port, proc, timeout=600):
@@ -191,8 +196,9 @@ def main():
         os.unlink(log)
     ports = os.path.join(a.work, "ports")
 
-    proc, got = start(consentd, d, a.mode, log, ports)
+    proc = start(consentd, d, a.mode, log, ports)
     with Sampler(proc.pid) as s:
+        got = wait_ports(proc, ports, log)
         ready(got["http"], proc)
     res["serve"] = s.max
     print("serve: %s" % s.max, flush=True)
@@ -211,8 +217,9 @@ def main():
     print("growth: %s" % res["growth"], flush=True)
     stop(proc)
 
-    proc, got = start(consentd, d, a.mode, log, ports, ["--snapshot", base])
+    proc = start(consentd, d, a.mode, log, ports, ["--snapshot", base])
     with Sampler(proc.pid) as s:
+        got = wait_ports(proc, ports, log)
         wait_log(log, "snapshot: now serving", 1, proc, 1200)
     res["snapshot"] = s.max
     with open(log, errors="replace") as f:
