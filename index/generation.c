@@ -1132,8 +1132,7 @@ int generation_grow_file(struct generation *g, const char *dir,
 			      info.created_at, info.data_as_of);
 	/* The table it replaces, if a working file too, is done with: its
 	 * name goes now, its pages when the last reader lets go. */
-	if (index_file_path(g->ix) != NULL)
-		work_file_remove(index_file_path(g->ix));
+	generation_work_remove(g->ix);
 	*old = g->ix;
 	g->ix = n;
 	return 0;
@@ -1240,7 +1239,6 @@ int generation_apply(struct generation *g, const Consent__V1__Consent *c)
 
 struct replay_ctx {
 	struct generation *g;
-	const char *work_dir; /* a mapped table grows into a file here */
 	uint64_t n;
 	int rc;
 	char *err;
@@ -1256,12 +1254,8 @@ static int replay_one(const Consent__V1__Consent *c, void *arg)
 		if (rc != -ENOSPC || tries == 3)
 			break;
 		struct index *old = NULL;
-		struct index_info oi;
-		index_info(x->g->ix, &oi);
-		rc = x->work_dir != NULL && oi.mapped
-			? generation_grow_file(x->g, x->work_dir, 0, false, &old,
-					       x->err, x->err_cap)
-			: generation_grow(x->g, 0, &old, x->err, x->err_cap);
+		/* A working file grows into another: generation_grow. */
+		rc = generation_grow(x->g, 0, &old, x->err, x->err_cap);
 		if (rc < 0)
 			break;
 		index_destroy(old); /* never served */
@@ -1300,12 +1294,10 @@ static int replay_commit(const struct changelog_commit *k, void *arg)
 	return rc;
 }
 
-static int replay(struct generation *g, struct changelog *log,
-		  uint64_t after, const char *work_dir, uint64_t *n, char *err,
-		  size_t err_cap)
+int generation_replay(struct generation *g, struct changelog *log,
+		      uint64_t after, uint64_t *n, char *err, size_t err_cap)
 {
-	struct replay_ctx x = { .g = g, .work_dir = work_dir, .err = err,
-				.err_cap = err_cap };
+	struct replay_ctx x = { .g = g, .err = err, .err_cap = err_cap };
 	if (err != NULL && err_cap > 0)
 		err[0] = '\0';
 	int rc = changelog_replay_all(log, after, replay_one, replay_commit, &x);
@@ -1319,12 +1311,6 @@ static int replay(struct generation *g, struct changelog *log,
 		return errmsg_fail(err, err_cap, rc, "replaying the change log: %s",
 			    changelog_error(log));
 	return 0;
-}
-
-int generation_replay(struct generation *g, struct changelog *log,
-		      uint64_t after, uint64_t *n, char *err, size_t err_cap)
-{
-	return replay(g, log, after, NULL, n, err, err_cap);
 }
 
 int generation_catch_up(struct generation *s, struct changelog *log,
@@ -1375,8 +1361,7 @@ int generation_open_replay(const char *dir, enum index_load_mode mode,
 			return rc;
 		}
 	}
-	/* A mapped table that fills grows into a working file of dir. */
-	rc = replay(g, log, info.watermark, dir, replayed, err, err_cap);
+	rc = generation_replay(g, log, info.watermark, replayed, err, err_cap);
 	if (rc < 0) {
 		generation_fini(g);
 		return rc;
