@@ -1608,6 +1608,13 @@ const char *index_file_path(const struct index *ix)
 	return ix->file_path;
 }
 
+int index_file_sync(struct index *ix)
+{
+	if (ix->file_path == NULL)
+		return 0;
+	return fdatasync(ix->file_fd) < 0 ? -errno : 0;
+}
+
 void index_file_release(struct index *ix, uint64_t bucket)
 {
 	if (ix->file_path == NULL)

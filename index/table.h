@@ -123,6 +123,11 @@ int index_create_file(uint64_t capacity, const struct index *secret_of,
 int index_copy_file(const struct index *src, const char *path,
 		    struct index **out);
 void index_file_release(struct index *ix, uint64_t bucket);
+/* Writer only: fdatasync of such an index's file, so that a failed
+ * writeback of its pages (whose later reads could come back from the
+ * disk without the failed changes) is seen: -errno. 0 for any other
+ * index. */
+int index_file_sync(struct index *ix);
 const char *index_file_path(const struct index *ix);
 
 void index_destroy(struct index *ix);

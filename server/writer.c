@@ -419,6 +419,17 @@ static int writer_checkpoint(struct writer *w, const char *why)
 	if (rc < 0) {
 		snprintf(err, sizeof(err), "listing %.400s: %s", w->dir,
 			 strerror(-rc));
+	} else if ((rc = index_file_sync(w->cur.ix)) < 0) {
+		/* A served working file: the kernel writes its pages back on
+		 * its own, and a page whose writeback failed may be read back
+		 * from the disk without its changes. fdatasync says so; then
+		 * neither the answers nor a copy of them can be trusted:
+		 * nothing is published, Applies are refused and /readyz is
+		 * false (a restart opens the last generation and the log). */
+		writer_set_fault(w, "the served table's working file: %s",
+				 strerror(-rc));
+		snprintf(err, sizeof(err), "the working file: %s",
+			 strerror(-rc));
 	} else {
 		w->keep.gen = gen; /* the header the file gets */
 		writer_set_meta(w);
@@ -500,6 +511,14 @@ static int writer_take_now(struct writer *w, struct generation *s,
 	}
 	index_set_meta_writer(s->ix, gen, applied, si.created_at, as_of);
 	char e[512] = "";
+	/* A working file whose writeback failed is not published (see
+	 * writer_checkpoint). */
+	rc = index_file_sync(s->ix);
+	if (rc < 0) {
+		errmsg_fail(err, err_cap, rc, "the snapshot's working file: %s",
+			    strerror(-rc));
+		goto out;
+	}
 	rc = generation_publish(w->dir, s, e, sizeof(e));
 	if (rc < 0) {
 		errmsg_fail(err, err_cap, rc, "writing generation %" PRIu64 ": %s",
