@@ -197,7 +197,10 @@
  * memory cannot be evicted (no swap), and growth, a snapshot swap or a
  * rebuild holds two tables at once, so ANON is for tables of which 2.5
  * fit (index_load_choose, INDEX_LOAD_AUTO: README "Memory"). Beyond that
- * the tables those operations make are working files (index_create_file):
+ * the server serves a working copy of the generation (index_copy_file: a
+ * private mapping copies each page a change touches, and a day's changes
+ * touch most), and the tables those operations make are working files
+ * too (index_create_file):
  * MAP_SHARED mappings of a file of their own, which the writer fills and
  * changes and readers read like any table, and whose pages are page
  * cache, written back and evicted by the kernel as it needs the memory.
