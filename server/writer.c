@@ -330,11 +330,31 @@ static void writer_set_fault(struct writer *w, const char *fmt, ...)
 
 /* ---- applying ---- */
 
+/* Whether the table that replaces the served one (oi) goes into a
+ * working file: always for a mapped one; under AUTO also for one in
+ * anonymous memory that has outgrown the rule, which is asked again as
+ * if the new table were opened now (its memory then, the served table's
+ * given back). */
+static bool writer_grow_mapped(const struct writer *w,
+			       const struct index_info *oi)
+{
+	uint64_t avail;
+	if (oi->mapped)
+		return true;
+	if (w->opt.index_load != INDEX_LOAD_AUTO)
+		return false;
+	if (index_mem_available(&avail) < 0)
+		return true;
+	return index_load_choose(oi->bytes + oi->bytes / 2,
+				 avail + oi->bytes) == INDEX_LOAD_MMAP;
+}
+
 /* Copies the served index into a table for `capacity` records (0: 1.5
  * times the present capacity) and swaps it in at once (live_publish;
  * readers keep the old one until the grace period ends). A served table
  * in anonymous memory (ANON: two fit, README "Memory") grows into
- * anonymous memory with a fresh secret; a mapped one into a working file
+ * anonymous memory with a fresh secret; a mapped one (or, under AUTO, one
+ * the rule no longer lets stay anonymous) into a working file
  * (generation_grow_file), with its own secret unless this is a rebuild,
  * so that no second table is held in RAM. */
 static int writer_grow(struct writer *w, uint64_t capacity, bool rebuild,
@@ -345,7 +365,7 @@ static int writer_grow(struct writer *w, uint64_t capacity, bool rebuild,
 	struct index *old = NULL;
 	struct index_info oi;
 	index_info(w->cur.ix, &oi);
-	int rc = oi.mapped
+	int rc = writer_grow_mapped(w, &oi)
 		? generation_grow_file(&w->cur, w->dir, capacity, rebuild, &old,
 				       err, sizeof(err))
 		: generation_grow(&w->cur, capacity, &old, err, sizeof(err));
