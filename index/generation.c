@@ -1355,11 +1355,15 @@ int generation_open_replay(const char *dir, enum index_load_mode mode,
 	 * anonymous memory, and the changes of a day touch most of them. */
 	index_info(g->ix, &info);
 	if (info.mapped) {
-		rc = generation_work_copy(g, dir, err, err_cap);
-		if (rc < 0) {
-			generation_fini(g);
-			return rc;
-		}
+		char e[512] = "";
+		rc = generation_work_copy(g, dir, e, sizeof(e));
+		/* No room for the copy (a full disk, a file size limit): the
+		 * private mapping still serves, at the cost the copy avoids,
+		 * rather than nothing at all. */
+		if (rc < 0)
+			fprintf(stderr, "consentd: generation: %s; serving generation "
+				"%" PRIu64 "'s file mapped privately (each page a "
+				"change touches is copied into memory)\n", e, gen);
 	}
 	rc = generation_replay(g, log, info.watermark, replayed, err, err_cap);
 	if (rc < 0) {

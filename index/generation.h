@@ -266,8 +266,9 @@ int generation_catch_up(struct generation *s, struct changelog *log,
 /* Start-up: opens the newest valid generation of dir into g (its
  * addresses and origins: that generation's files; one whose origins file
  * is damaged is skipped like a damaged index), a mapped one (MMAP, or
- * AUTO that chose it) copied into a working file (generation_work_copy),
- * then replays log past its watermark. *number gets its generation number, *replayed the changes
+ * AUTO that chose it) copied into a working file (generation_work_copy;
+ * where the copy cannot be made, said on stderr, served as mapped), then
+ * replays log past its watermark. *number gets its generation number, *replayed the changes
  * replayed, *grown whether the table had to grow meanwhile (write it
  * again, or the next start grows it again). -ENOENT when dir has no
  * valid generation. */
