@@ -210,6 +210,7 @@ struct builder {
 	bool stated_direct;    /* direct, sized from the header's count */
 	bool may_state;        /* a pipe: the header's count may size it */
 	const uint8_t *secret; /* the generation's (build_once's) */
+	const char *work_dir;  /* tables in working files here; NULL: anon */
 	struct grow items;     /* staged items (no hint) */
 	struct grow emails;
 	struct generation *out; /* the table, and the addresses inserted */
@@ -545,20 +546,37 @@ static int insert_items(struct builder *b, struct index *ix,
 
 static uint64_t capacity_for(uint64_t records);
 
+/* The table for capacity records with the build's secret: anonymous, or
+ * a working file of work_dir (build_index_work). */
+static int table_create(struct builder *b, uint64_t capacity,
+			struct index **out)
+{
+	if (b->work_dir == NULL)
+		return index_create(capacity, b->secret, out);
+	char e[512];
+	int rc = generation_work_create(b->work_dir, capacity, b->keymaker,
+					out, e, sizeof(e));
+	if (rc < 0)
+		fprintf(stderr, "consentd: build: %s\n", e);
+	return rc;
+}
+
 /* The table of a stated-count build, made again for capacity records
  * with the same secret, everything inserted so far merged in (phones from
  * the table, e-mails keyed again from the list). */
 static int direct_grow(struct builder *b, uint64_t capacity)
 {
 	struct index *n = NULL;
-	int rc = index_create(capacity, b->secret, &n);
+	int rc = table_create(b, capacity, &n);
 	if (rc < 0)
 		return rc;
 	rc = generation_merge(n, b->out, NULL, NULL, NULL, 0);
 	if (rc < 0) {
+		generation_work_remove(n);
 		index_destroy(n);
 		return rc;
 	}
+	generation_work_remove(b->out->ix);
 	index_destroy(b->out->ix);
 	b->out->ix = b->direct = n;
 	return 0;
@@ -574,7 +592,7 @@ static void direct_from_header(struct builder *b)
 	 * first chunk, before it handed that chunk over under mu. */
 	uint64_t stated = b->stated;
 	b->may_state = false;
-	if (stated == 0 || index_create(capacity_for(stated), b->secret,
+	if (stated == 0 || table_create(b, capacity_for(stated),
 					&b->out->ix) < 0)
 		return;
 	b->direct = b->out->ix;
@@ -761,8 +779,8 @@ static uint64_t capacity_for(uint64_t records)
  * Without (hint false), records are staged and inserted after the
  * trailer. */
 static int build_once(int fd, unsigned workers, bool have_hint, uint64_t hint,
-		      struct generation *out, struct build_result *res,
-		      char *err, size_t err_cap)
+		      const char *work_dir, struct generation *out,
+		      struct build_result *res, char *err, size_t err_cap)
 {
 	double t0 = clock_mono_s();
 	struct builder *b = calloc(1, sizeof(*b));
@@ -777,6 +795,7 @@ static int build_once(int fd, unsigned workers, bool have_hint, uint64_t hint,
 	pthread_cond_init(&b->cv, NULL);
 	b->out = &g;
 	b->secret = secret;
+	b->work_dir = work_dir;
 	b->may_state = !have_hint;
 
 	/* The generation's secret, in a one-bucket index that makes keys:
@@ -793,7 +812,7 @@ static int build_once(int fd, unsigned workers, bool have_hint, uint64_t hint,
 		goto out;
 	}
 	if (have_hint) {
-		rc = index_create(capacity_for(hint), secret, &g.ix);
+		rc = table_create(b, capacity_for(hint), &g.ix);
 		if (rc < 0) {
 			rc = errmsg_fail(err, err_cap, rc, "a table for %" PRIu64
 				  " records: %s", capacity_for(hint),
@@ -835,7 +854,7 @@ static int build_once(int fd, unsigned workers, bool have_hint, uint64_t hint,
 		}
 	}
 	if (!have_hint && !b->stated_direct) {
-		rc = index_create(capacity_for(b->n_items), secret, &g.ix);
+		rc = table_create(b, capacity_for(b->n_items), &g.ix);
 		if (rc < 0) {
 			rc = errmsg_fail(err, err_cap, rc, "a table for %" PRIu64
 				  " records: %s", capacity_for(b->n_items),
@@ -900,8 +919,25 @@ int build_index(int fd, struct generation *out, struct build_result *res,
 	return build_index_threads(fd, 0, out, res, err, err_cap);
 }
 
+static int build_in(int fd, unsigned threads, const char *work_dir,
+		    struct generation *out, struct build_result *res,
+		    char *err, size_t err_cap);
+
 int build_index_threads(int fd, unsigned threads, struct generation *out,
 			struct build_result *res, char *err, size_t err_cap)
+{
+	return build_in(fd, threads, NULL, out, res, err, err_cap);
+}
+
+int build_index_work(int fd, const char *work_dir, struct generation *out,
+		     struct build_result *res, char *err, size_t err_cap)
+{
+	return build_in(fd, 0, work_dir, out, res, err, err_cap);
+}
+
+static int build_in(int fd, unsigned threads, const char *work_dir,
+		    struct generation *out, struct build_result *res,
+		    char *err, size_t err_cap)
 {
 	unsigned workers = threads == 0 ? build_workers()
 				: threads > WORKERS_MAX ? WORKERS_MAX : threads;
@@ -910,7 +946,8 @@ int build_index_threads(int fd, unsigned threads, struct generation *out,
 	off_t start = lseek(fd, 0, SEEK_CUR);
 	uint64_t hint = 0;
 	bool have_hint = trailer_hint(fd, &hint);
-	int rc = build_once(fd, workers, have_hint, hint, out, res, err, err_cap);
+	int rc = build_once(fd, workers, have_hint, hint, work_dir, out, res,
+			    err, err_cap);
 	if (rc == BUILD_RESTART) {
 		/* The hint was wrong (the reader would have refused a stream
 		 * whose trailer disagrees with it, so this is a trailer we
@@ -920,7 +957,8 @@ int build_index_threads(int fd, unsigned threads, struct generation *out,
 				    strerror(errno));
 		if (err != NULL && err_cap > 0)
 			err[0] = '\0';
-		rc = build_once(fd, workers, false, 0, out, res, err, err_cap);
+		rc = build_once(fd, workers, false, 0, work_dir, out, res, err,
+				err_cap);
 		/* Without a hint nothing is inserted before the trailer. */
 		assert(rc != BUILD_RESTART);
 	}

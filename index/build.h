@@ -39,6 +39,13 @@ int build_index(int fd, struct generation *out, struct build_result *res,
 int build_index_threads(int fd, unsigned threads, struct generation *out,
 			struct build_result *res, char *err, size_t err_cap);
 
+/* build_index with the table in a working file of work_dir (the data
+ * directory; generation_work_create) rather than anonymous memory, for a
+ * server whose index is mapped (README "Memory"): out's table is then
+ * such a file, which generation_fini removes, never a generation. */
+int build_index_work(int fd, const char *work_dir, struct generation *out,
+		     struct build_result *res, char *err, size_t err_cap);
+
 /* The §8 state a peer's snapshot states at its watermark (StreamHeader
  * origins 7, origins_kind 8; README "Decisions"), as build_index reads
  * it: into *out (created; the caller's), or *out left as it was for a

@@ -29,6 +29,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -698,8 +699,30 @@ static int email_list_grow(struct generation_email_list *l, size_t cap)
 	return 0;
 }
 
+/* Removes a working table's file and its directory (best effort: what
+ * stays is a leftover generation_remove_leftovers takes). The mapping
+ * keeps the data for whoever still reads it. */
+static void work_file_remove(const char *path)
+{
+	char d[PATH_MAX + 16];
+	snprintf(d, sizeof(d), "%s", path);
+	(void)unlink(path);
+	char *slash = strrchr(d, '/');
+	if (slash != NULL) {
+		*slash = '\0';
+		(void)rmdir(d);
+	}
+}
+
+void generation_work_remove(const struct index *ix)
+{
+	if (ix != NULL && index_file_path(ix) != NULL)
+		work_file_remove(index_file_path(ix));
+}
+
 void generation_fini(struct generation *g)
 {
+	generation_work_remove(g->ix);
 	index_destroy(g->ix);
 	origins_destroy(g->origins);
 	email_list_free(&g->extra);
@@ -964,7 +987,18 @@ struct merge_ctx {
 	unsigned n;
 	uint64_t missing; /* addresses without a key in src */
 	char first_missing[RECIPIENT_EMAIL_MAX + 32];
+	/* A fill of a table file (generation_grow_file): src's entries
+	 * seen, of src_records, say how far the nearly sequential front of
+	 * dst has come, and the buckets well behind it are released. */
+	bool release;
+	uint64_t seen, src_records;
 };
+
+/* Buckets kept resident behind the fill's front: displaced entries land
+ * anywhere, but the front itself wanders only by the spread of entries
+ * around their homes, a few buckets. */
+#define RELEASE_MARGIN_BUCKETS (1u << 16) /* 4 MiB */
+#define RELEASE_EVERY 65536u /* entries seen between releases */
 
 /* Applies the window: its home buckets were prefetched as it filled. */
 static int merge_flush(struct merge_ctx *m)
@@ -981,6 +1015,17 @@ static int merge_flush(struct merge_ctx *m)
 static int merge_phone(const struct index_entry *e, void *arg)
 {
 	struct merge_ctx *m = arg;
+	if (m->release && ++m->seen % RELEASE_EVERY == 0 && m->src_records) {
+		struct index_info di;
+		index_info(m->dst, &di);
+		/* src is walked in bucket order and dst shares its secret:
+		 * the front is the same fraction of dst's buckets. */
+		uint64_t front = (uint64_t)((unsigned __int128)m->seen *
+					    di.n_buckets / m->src_records);
+		if (front > RELEASE_MARGIN_BUCKETS)
+			index_file_release(m->dst,
+					   front - RELEASE_MARGIN_BUCKETS);
+	}
 	if (e->is_email)
 		return 0;
 	struct recipient r = { .kind = RECIPIENT_PHONE, .phone = e->phone };
@@ -1013,15 +1058,21 @@ static int merge_email(const struct generation_email *e, void *arg)
 	return rc < 0 ? rc : 0;
 }
 
-int generation_merge(struct index *dst, const struct generation *src,
-		     generation_email_fn new_email, void *arg, char *err,
-		     size_t err_cap)
+static int merge(struct index *dst, const struct generation *src,
+		 generation_email_fn new_email, void *arg, bool release,
+		 char *err, size_t err_cap)
 {
 	struct merge_ctx *m = calloc(1, sizeof(*m));
 	if (m == NULL)
 		return errmsg_fail(err, err_cap, -ENOMEM, "out of memory");
 	if (err != NULL && err_cap > 0)
 		err[0] = '\0';
+	if (release) {
+		struct index_info si;
+		index_info(src->ix, &si);
+		m->release = true;
+		m->src_records = si.n_records;
+	}
 	m->dst = dst;
 	m->src = src->ix;
 	m->new_email = new_email;
@@ -1046,6 +1097,120 @@ int generation_merge(struct index *dst, const struct generation *src,
 	return rc;
 }
 
+int generation_merge(struct index *dst, const struct generation *src,
+		     generation_email_fn new_email, void *arg, char *err,
+		     size_t err_cap)
+{
+	return merge(dst, src, new_email, arg, false, err, err_cap);
+}
+
+/* Growth's capacity: 0 is 1.5 times the present one, and never fewer
+ * than the records held plus one. */
+static uint64_t grow_capacity(const struct index_info *info, uint64_t capacity)
+{
+	if (capacity == 0) {
+		uint64_t more = info->capacity / 2;
+		capacity = info->capacity + (more > GENERATION_GROW_MIN
+						     ? more : GENERATION_GROW_MIN);
+	}
+	if (capacity < info->n_records + 1)
+		capacity = info->n_records + 1;
+	return capacity;
+}
+
+/* A new working directory DIR/.tmp-gen-work-K.PID and the path of the
+ * table file in it. */
+static int work_path(const char *dir, char *path, size_t cap, char *err,
+		     size_t err_cap)
+{
+	static _Atomic unsigned n_work; /* names of this process's files */
+	char wdir[PATH_MAX];
+	int len = snprintf(wdir, sizeof(wdir), "%s/" TMP_PREFIX "work-%u.%ld",
+			   dir, atomic_fetch_add(&n_work, 1), (long)getpid());
+	if (len < 0 || (size_t)len >= sizeof(wdir) ||
+	    (size_t)len + sizeof("/index") > cap)
+		return errmsg_fail(err, err_cap, -ENAMETOOLONG,
+				   "%s: path too long", dir);
+	fsutil_rm_tree(wdir); /* a leftover of a crashed process, our pid */
+	if (mkdir(wdir, 0755) < 0)
+		return errmsg_fail(err, err_cap, -errno, "%s: %s", wdir,
+				   strerror(errno));
+	snprintf(path, cap, "%s/index", wdir);
+	return 0;
+}
+
+int generation_work_create(const char *dir, uint64_t capacity,
+			   const struct index *secret_of, struct index **out,
+			   char *err, size_t err_cap)
+{
+	char path[PATH_MAX + 8];
+	int rc = work_path(dir, path, sizeof(path), err, err_cap);
+	if (rc < 0)
+		return rc;
+	rc = index_create_file(capacity, secret_of, path, out);
+	if (rc < 0) {
+		work_file_remove(path);
+		return errmsg_fail(err, err_cap, rc, "%s: a table for %" PRIu64
+				   " records: %s", path, capacity,
+				   strerror(-rc));
+	}
+	return 0;
+}
+
+int generation_work_copy(struct generation *g, const char *dir, char *err,
+			 size_t err_cap)
+{
+	char path[PATH_MAX + 8];
+	struct index *n;
+	int rc = work_path(dir, path, sizeof(path), err, err_cap);
+	if (rc < 0)
+		return rc;
+	rc = index_copy_file(g->ix, path, &n);
+	if (rc < 0) {
+		work_file_remove(path);
+		return errmsg_fail(err, err_cap, rc, "%s: copying the table: %s",
+				   path, strerror(-rc));
+	}
+	generation_work_remove(g->ix);
+	index_destroy(g->ix);
+	g->ix = n;
+	return 0;
+}
+
+int generation_grow_file(struct generation *g, const char *dir,
+			 uint64_t capacity, bool fresh_secret,
+			 struct index **old, char *err, size_t err_cap)
+{
+	struct index_info info;
+	struct index *n = NULL;
+
+	index_info(g->ix, &info);
+	capacity = grow_capacity(&info, capacity);
+	int rc = generation_work_create(dir, capacity,
+					fresh_secret ? NULL : g->ix, &n, err,
+					err_cap);
+	if (rc < 0)
+		return rc;
+	/* capacity > records: the merge cannot fill it. */
+	rc = merge(n, g, NULL, NULL, true, err, err_cap);
+	if (rc < 0) {
+		generation_work_remove(n);
+		index_destroy(n);
+		return rc;
+	}
+	struct index_info ni;
+	index_info(n, &ni);
+	index_file_release(n, ni.n_buckets); /* all of it on its way out */
+	index_set_meta_writer(n, info.generation, info.watermark,
+			      info.created_at, info.data_as_of);
+	/* The table it replaces, if a working file too, is done with: its
+	 * name goes now, its pages when the last reader lets go. */
+	generation_work_remove(g->ix);
+	*old = g->ix;
+	g->ix = n;
+	return 0;
+}
+
 int generation_grow(struct generation *g, uint64_t capacity,
 		    struct index **old, char *err, size_t err_cap)
 {
@@ -1053,14 +1218,24 @@ int generation_grow(struct generation *g, uint64_t capacity,
 	struct index *n = NULL;
 	int rc;
 
-	index_info(g->ix, &info);
-	if (capacity == 0) {
-		uint64_t more = info.capacity / 2;
-		capacity = info.capacity + (more > GENERATION_GROW_MIN
-						    ? more : GENERATION_GROW_MIN);
+	/* A working file grows into another beside it (the same data
+	 * directory): it was one to keep it out of anonymous memory. */
+	const char *wf = index_file_path(g->ix);
+	if (wf != NULL) {
+		char dir[PATH_MAX];
+		snprintf(dir, sizeof(dir), "%s", wf);
+		for (int up = 0; up < 2; up++) {
+			char *slash = strrchr(dir, '/');
+			if (slash == NULL)
+				return errmsg_fail(err, err_cap, -EINVAL, "%s: "
+						   "not a working file", wf);
+			*slash = '\0';
+		}
+		return generation_grow_file(g, dir, capacity, false, old, err,
+					    err_cap);
 	}
-	if (capacity < info.n_records + 1)
-		capacity = info.n_records + 1;
+	index_info(g->ix, &info);
+	capacity = grow_capacity(&info, capacity);
 	for (;;) {
 		rc = index_create(capacity, NULL, &n);
 		if (rc < 0)
@@ -1152,6 +1327,7 @@ static int replay_one(const Consent__V1__Consent *c, void *arg)
 		if (rc != -ENOSPC || tries == 3)
 			break;
 		struct index *old = NULL;
+		/* A working file grows into another: generation_grow. */
 		rc = generation_grow(x->g, 0, &old, x->err, x->err_cap);
 		if (rc < 0)
 			break;
@@ -1247,7 +1423,21 @@ int generation_open_replay(const char *dir, enum index_load_mode mode,
 	if (rc < 0)
 		return rc;
 	generation_written(g, dir, gen);
+	/* A mapped generation is served from a working copy: changes to the
+	 * file's MAP_PRIVATE mapping would copy each page they touch into
+	 * anonymous memory, and the changes of a day touch most of them. */
 	index_info(g->ix, &info);
+	if (info.mapped) {
+		char e[512] = "";
+		rc = generation_work_copy(g, dir, e, sizeof(e));
+		/* No room for the copy (a full disk, a file size limit): the
+		 * private mapping still serves, at the cost the copy avoids,
+		 * rather than nothing at all. */
+		if (rc < 0)
+			fprintf(stderr, "consentd: generation: %s; serving generation "
+				"%" PRIu64 "'s file mapped privately (each page a "
+				"change touches is copied into memory)\n", e, gen);
+	}
 	rc = generation_replay(g, log, info.watermark, replayed, err, err_cap);
 	if (rc < 0) {
 		generation_fini(g);

@@ -159,7 +159,27 @@ struct generation {
 int generation_email_list_foreach(const struct generation_email_list *l,
 				  generation_email_fn fn, void *arg);
 
-/* Frees g's index, origins and list and empties it. */
+/* An empty working table file (index_create_file) for capacity records
+ * at DIR/.tmp-gen-work-K.PID/index, K counting this process's, with
+ * secret_of's secret (NULL: random). generation_work_remove (or
+ * generation_fini) takes its name away again. */
+int generation_work_create(const char *dir, uint64_t capacity,
+			   const struct index *secret_of, struct index **out,
+			   char *err, size_t err_cap);
+
+/* Puts a working file copy (index_copy_file) of g's table, at
+ * DIR/.tmp-gen-work-K.PID/index, in its place, destroying the table it
+ * copied (which must not be served). */
+int generation_work_copy(struct generation *g, const char *dir, char *err,
+			 size_t err_cap);
+
+/* Removes the name of ix's working table file (generation_grow_file),
+ * if it has one: its data lives on in the mapping until index_destroy.
+ * Best effort; NULL or any other index: nothing. */
+void generation_work_remove(const struct index *ix);
+
+/* Frees g's index (and its working file's name), origins and list and
+ * empties it. */
 void generation_fini(struct generation *g);
 
 /* Adds an address to g's list (the caller inserted its key). -ENOMEM. */
@@ -191,12 +211,28 @@ int generation_merge(struct index *dst, const struct generation *src,
 
 /* Copies g's index into a new table for `capacity` records (0: 1.5 times
  * the present capacity, at least GENERATION_GROW_MIN more) with a fresh
- * secret and the same header fields, and puts it in g's place; the index
+ * secret and the same header fields (a working file's table: into another
+ * working file of its directory, generation_grow_file keeping its
+ * secret), and puts it in g's place; the index
  * it replaced goes to *old, the caller's to release (destroy it, or swap
  * the new one in and release it after a grace period). */
 #define GENERATION_GROW_MIN 4096u
 int generation_grow(struct generation *g, uint64_t capacity,
 		    struct index **old, char *err, size_t err_cap);
+
+/* generation_grow into a working table file (index_create_file) at
+ * DIR/.tmp-gen-work-K.PID/index rather than anonymous memory, so that
+ * growth never holds two tables in RAM (README "Memory"): the served
+ * table is read in bucket order and, with the same secret, the new one
+ * filled nearly sequentially, the pages behind the front released to
+ * the page cache as it goes. fresh_secret (a rebuild) fills in random
+ * order instead. The working file is never a generation: checkpoints
+ * publish copies (index_write), and it is removed when a later growth
+ * replaces it (the mapping lives on until the index is destroyed) or,
+ * after a crash, by generation_remove_leftovers. */
+int generation_grow_file(struct generation *g, const char *dir,
+			 uint64_t capacity, bool fresh_secret,
+			 struct index **old, char *err, size_t err_cap);
 
 /* Merges src into dst (generation_merge), growing dst (not served: the
  * old table is destroyed) until everything fits; the addresses new to dst
@@ -231,8 +267,10 @@ int generation_catch_up(struct generation *s, struct changelog *log,
 
 /* Start-up: opens the newest valid generation of dir into g (its
  * addresses and origins: that generation's files; one whose origins file
- * is damaged is skipped like a damaged index), then replays log past its
- * watermark. *number gets its generation number, *replayed the changes
+ * is damaged is skipped like a damaged index), a mapped one (MMAP, or
+ * AUTO that chose it) copied into a working file (generation_work_copy;
+ * where the copy cannot be made, said on stderr, served as mapped), then
+ * replays log past its watermark. *number gets its generation number, *replayed the changes
  * replayed, *grown whether the table had to grow meanwhile (write it
  * again, or the next start grows it again). -ENOENT when dir has no
  * valid generation. */

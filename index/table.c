@@ -124,9 +124,11 @@
  * passed are full and that its home carries its cell, and refuses the
  * file otherwise. For i >= 7 (stored as 7: 1.1% of entries at 0.92,
  * 0.2% at 0.84) the home is one of the full buckets 7, 8, ... steps back
- * before the first one with room, and open sets the cell in each of
- * them: a superset, which only costs a miss a read (a reopened table at
- * the limit reads ~0.1 bucket more per miss than the one that wrote it).
+ * before the first one with room. The writer set the cell in the true
+ * home, so open accepts the run when one of them carries it (a file
+ * index_write wrote always does, and open then writes nothing: a store
+ * would copy a page of an MMAP mapping); when none does it sets the cell
+ * in each of them: a superset, which only costs a miss a read.
  *
  * Sizing. The load limit is 0.92 of the slots: index_create(capacity)
  * takes ceil(capacity / 0.92) slots rounded up to whole buckets and then
@@ -138,8 +140,8 @@
  * Probe lengths, simulated for this layout (random hashes, keys inserted
  * in random order, 4-slot buckets) and measured by table_test through
  * index_probe_buckets: at the build load (0.84) a hit reads 1.3 buckets
- * and a miss 1.12 on average; at the 0.92 limit 1.5 and 1.31 (1.40 after
- * a reopen, the escaped entries' extra cells). Format 1's linear probing
+ * and a miss 1.12 on average; at the 0.92 limit 1.5 and 1.31 (the same
+ * after a reopen: open keeps the writer's cells). Format 1's linear probing
  * read 1.5 and 5.5 at 0.84, 2.3 and 20 at 0.92. The later buckets of a
  * sequence are random lines, not the next one, so index_lookup_batch
  * moves all of a window's keys forward one bucket per round, prefetching
@@ -191,7 +193,21 @@
  * a random access costs ~317 ns with them against ~487 ns without (DESIGN
  * §2). INDEX_LOAD_MMAP maps the file MAP_PRIVATE (copy on write, so the
  * writer can still update) and reports no huge pages; it needs no second
- * copy of the data. bench/table_bench.cc measures both.
+ * copy of the data. bench/table_bench.cc measures both. But anonymous
+ * memory cannot be evicted (no swap), and growth, a snapshot swap or a
+ * rebuild holds two tables at once, so ANON is for tables of which 2.5
+ * fit (index_load_choose, INDEX_LOAD_AUTO: README "Memory"). Beyond that
+ * the server serves a working copy of the generation (index_copy_file: a
+ * private mapping copies each page a change touches, and a day's changes
+ * touch most), and the tables those operations make are working files
+ * too (index_create_file):
+ * MAP_SHARED mappings of a file of their own, which the writer fills and
+ * changes and readers read like any table, and whose pages are page
+ * cache, written back and evicted by the kernel as it needs the memory.
+ * A working file is never a generation (its header page stays zero and
+ * index_write publishes a copy), so a change never touches a published
+ * file, and its blocks are allocated when it is made, so that a full disk
+ * is an error there and not a SIGBUS at a store.
  *
  * File. A 4096-byte header (struct index_file_header below: magic,
  * version, sizes, counts, meta, the secret, the XXH3-64 of the bucket
@@ -336,6 +352,12 @@ struct index {
 	void *map;                  /* what to munmap */
 	size_t map_bytes;
 	bool huge_pages;
+	bool mapped;                /* map is a file mapping */
+	/* A table filled in its file (index_create_file): the file, open
+	 * read-write, and its path; file_path NULL for any other index. */
+	char *file_path;
+	int file_fd;
+	uint64_t released;          /* bytes of the array released so far */
 	/* Read by any thread, written by the writer; see index_set_meta_writer
 	 * and index_apply_writer for what each store pairs with. */
 	_Atomic int64_t created_at;
@@ -529,6 +551,10 @@ void index_destroy(struct index *ix)
 		return;
 	if (ix->map != NULL)
 		munmap(ix->map, ix->map_bytes);
+	if (ix->file_path != NULL) {
+		close(ix->file_fd);
+		free(ix->file_path);
+	}
 	free(ix);
 }
 
@@ -551,6 +577,7 @@ void index_info(const struct index *ix, struct index_info *out)
 	out->created_at = atomic_load_explicit(&ix->created_at,
 					       memory_order_acquire);
 	out->huge_pages = ix->huge_pages;
+	out->mapped = ix->mapped;
 }
 
 void index_set_meta_writer(struct index *ix, uint64_t generation,
@@ -965,7 +992,8 @@ static bool bucket_full(const struct index *ix, uint64_t b)
  * goes on only past a full bucket) and its home, f steps back, must carry
  * its cell, or a lookup would not reach it: that is corruption, refused.
  * An entry at probe field 7 sits 7 or more steps on, its home somewhere
- * in the unbroken run of full buckets 7, 8, ... steps back: the cell is
+ * in the unbroken run of full buckets 7, 8, ... steps back: one of them
+ * must carry the cell (the true home, where the writer set it), or it is
  * set in every one of them (the true home is among them; an extra cell
  * only costs a miss a read). The step and cell come from the stored key
  * bits and the home from the probe index, so nothing here needs a
@@ -988,6 +1016,20 @@ static bool check_entry(struct index *ix, uint64_t b, uint64_t k, uint64_t v)
 	if (f < PROBE_CAP)
 		return (atomic_load_explicit(w, memory_order_relaxed) &
 			cell_bit(cell)) != 0;
+	/* The writer set the cell in the true home, which lies in the run:
+	 * a file it wrote has it there already, and nothing is written. A
+	 * store would copy the page of a MAP_PRIVATE mapping (MMAP), and
+	 * the run's other buckets, with the ~0.2 % of entries at probe 7,
+	 * touch most pages of a large table. */
+	uint64_t r = q;
+	for (uint64_t j = 0; j < ix->n_buckets && bucket_full(ix, r); j++) {
+		w = &ix->buckets[r].slot[cell / CELLS_PER_SLOT].val;
+		if (atomic_load_explicit(w, memory_order_relaxed) &
+		    cell_bit(cell))
+			return true;
+		r = prev_bucket(ix, r, step);
+	}
+	/* None has it: set it in every one (the home is among them). */
 	for (uint64_t j = 0; j < ix->n_buckets && bucket_full(ix, q); j++) {
 		w = &ix->buckets[q].slot[cell / CELLS_PER_SLOT].val;
 		uint64_t c = atomic_load_explicit(w, memory_order_relaxed);
@@ -1117,19 +1159,60 @@ static int check_header(const struct index_file_header *h, uint64_t file_bytes,
 }
 
 /* MAP_PRIVATE: the writer's updates stay in this process (copy on
- * write); MAP_POPULATE maps what validation reads anyway. */
+ * write, a page at a time). No MAP_POPULATE: on a private writable
+ * mapping it faults every page in for writing, which copies the whole
+ * file into anonymous memory (the two copies MMAP is there to avoid);
+ * validation reads it through, read faults that map the page cache. */
 static int map_buckets(struct index *ix, int fd, size_t file_bytes)
 {
 	uint8_t *m = mmap(NULL, file_bytes, PROT_READ | PROT_WRITE,
-			  MAP_PRIVATE | MAP_POPULATE, fd, 0);
+			  MAP_PRIVATE, fd, 0);
 
 	if (m == MAP_FAILED)
 		return -errno;
 	ix->map = m;
 	ix->map_bytes = file_bytes;
 	ix->huge_pages = false;
+	ix->mapped = true;
 	ix->buckets = (struct index_bucket *)(m + INDEX_HEADER_BYTES);
 	return 0;
+}
+
+/* ---- the memory rule ---- */
+
+enum index_load_mode index_load_choose(uint64_t table_bytes,
+				       uint64_t mem_available)
+{
+	/* Growth in ANON holds the served table and one 1.5 times its size,
+	 * both anonymous (and a snapshot swap the served table and the
+	 * built one): 2.5 tables, with a reserve for everything else. */
+	if (table_bytes > UINT64_MAX / 8)
+		return INDEX_LOAD_MMAP;
+	uint64_t need = table_bytes * 5 / 2;
+	if (mem_available < INDEX_LOAD_RESERVE_BYTES ||
+	    need > mem_available - INDEX_LOAD_RESERVE_BYTES)
+		return INDEX_LOAD_MMAP;
+	return INDEX_LOAD_ANON;
+}
+
+int index_mem_available(uint64_t *out)
+{
+	FILE *f = fopen("/proc/meminfo", "re");
+	char line[256];
+	int rc = -ENOENT;
+
+	if (f == NULL)
+		return -errno;
+	while (fgets(line, sizeof(line), f) != NULL) {
+		unsigned long long kb;
+		if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) {
+			*out = (uint64_t)kb << 10;
+			rc = 0;
+			break;
+		}
+	}
+	fclose(f);
+	return rc;
 }
 
 /*
@@ -1254,6 +1337,12 @@ int index_open_progress(const char *path, enum index_load_mode mode,
 	}
 
 	size_t bytes = h->n_buckets * BUCKET_BYTES;
+	if (mode == INDEX_LOAD_AUTO) {
+		uint64_t avail = 0;
+		mode = index_mem_available(&avail) == 0
+			       ? index_load_choose(bytes, avail)
+			       : INDEX_LOAD_MMAP;
+	}
 	rc = mode == INDEX_LOAD_MMAP ? map_buckets(ix, fd, (size_t)st.st_size)
 				     : anon_alloc(ix, bytes);
 	if (rc < 0) {
@@ -1298,6 +1387,29 @@ out_close:
 	return rc;
 }
 
+/* The header of ix's file, its array's checksum given. */
+static void header_fill(const struct index *ix, uint64_t buckets_xxh3,
+			struct index_file_header *h)
+{
+	struct index_info info;
+	index_info(ix, &info);
+	memset(h, 0, sizeof(*h));
+	memcpy(h->magic, INDEX_MAGIC, sizeof(h->magic));
+	h->format_version = INDEX_FORMAT_VERSION;
+	h->header_bytes = INDEX_HEADER_BYTES;
+	h->bucket_bytes = BUCKET_BYTES;
+	h->n_buckets = ix->n_buckets;
+	h->n_records = info.n_records;
+	h->capacity = ix->limit;
+	h->generation = info.generation;
+	h->watermark = info.watermark;
+	h->created_at = info.created_at;
+	h->data_as_of = info.data_as_of;
+	memcpy(h->secret, ix->secret, INDEX_SECRET_BYTES);
+	h->buckets_xxh3 = buckets_xxh3;
+	h->header_xxh3 = header_hash(h);
+}
+
 int index_write(const struct index *ix, const char *path)
 {
 	char tmp[4096];
@@ -1335,23 +1447,7 @@ int index_write(const struct index *ix, const char *path)
 			goto out_unlink;
 	}
 
-	struct index_info info;
-	index_info(ix, &info);
-	memset(h, 0, sizeof(*h));
-	memcpy(h->magic, INDEX_MAGIC, sizeof(h->magic));
-	h->format_version = INDEX_FORMAT_VERSION;
-	h->header_bytes = INDEX_HEADER_BYTES;
-	h->bucket_bytes = BUCKET_BYTES;
-	h->n_buckets = ix->n_buckets;
-	h->n_records = info.n_records;
-	h->capacity = ix->limit;
-	h->generation = info.generation;
-	h->watermark = info.watermark;
-	h->created_at = info.created_at;
-	h->data_as_of = info.data_as_of;
-	memcpy(h->secret, ix->secret, INDEX_SECRET_BYTES);
-	h->buckets_xxh3 = XXH3_64bits_digest(hs);
-	h->header_xxh3 = header_hash(h);
+	header_fill(ix, XXH3_64bits_digest(hs), h);
 	rc = fsutil_pwrite_all(fd, h, sizeof(*h), 0);
 	if (rc < 0)
 		goto out_unlink;
@@ -1362,6 +1458,11 @@ int index_write(const struct index *ix, const char *path)
 		rc = -errno;
 		goto out_unlink;
 	}
+	/* Clean now: nobody reads a generation's file until the next start
+	 * (the served table is in memory or in a working file), so its
+	 * pages leave the page cache rather than crowd the served ones (a
+	 * hint; README "Memory"). */
+	(void)posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
 	rc = close(fd) < 0 ? -errno : 0;
 	fd = -1;
 	if (rc < 0)
@@ -1381,4 +1482,164 @@ out_free:
 	free(h);
 	XXH3_freeState(hs);
 	return rc;
+}
+
+/* ---- a table filled in its file ---- */
+
+/* The release unit: writeback is started and pages dropped in steps of
+ * this many bytes, so that the calls stay few. */
+#define RELEASE_STEP_BYTES (8u << 20)
+
+/* An empty table of n_buckets in a new file at path (secret NULL:
+ * random); see index_create_file. */
+static int file_table(uint64_t n_buckets, const uint8_t *secret,
+		      const char *path, struct index **out)
+{
+	int rc;
+	if (n_buckets > (SIZE_MAX - INDEX_HEADER_BYTES) / BUCKET_BYTES)
+		return -ENOMEM;
+	size_t file_bytes = INDEX_HEADER_BYTES + n_buckets * BUCKET_BYTES;
+	struct index *ix = calloc(1, sizeof(*ix));
+	if (ix == NULL)
+		return -ENOMEM;
+	ix->file_path = strdup(path);
+	if (ix->file_path == NULL) {
+		free(ix);
+		return -ENOMEM;
+	}
+	if (secret != NULL) {
+		memcpy(ix->secret, secret, INDEX_SECRET_BYTES);
+	} else if (getrandom(ix->secret, INDEX_SECRET_BYTES, 0) !=
+		   INDEX_SECRET_BYTES) {
+		rc = -EIO;
+		goto out_free;
+	}
+	ix->file_fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (ix->file_fd < 0) {
+		rc = -errno;
+		goto out_free;
+	}
+	/* Blocks allocated now (zero, unwritten extents: fast): a store
+	 * into a hole of a full disk would be a SIGBUS, not an error. */
+	rc = -posix_fallocate(ix->file_fd, 0, (off_t)file_bytes);
+	if (rc < 0)
+		goto out_unlink;
+	void *m = mmap(NULL, file_bytes, PROT_READ | PROT_WRITE, MAP_SHARED,
+		       ix->file_fd, 0);
+	if (m == MAP_FAILED) {
+		rc = -errno;
+		goto out_unlink;
+	}
+	ix->map = m;
+	ix->map_bytes = file_bytes;
+	ix->mapped = true;
+	ix->buckets = (struct index_bucket *)((uint8_t *)m + INDEX_HEADER_BYTES);
+	ix->n_buckets = n_buckets;
+	ix->limit = limit_for(n_buckets);
+	/* The file reads as zeros: every slot is empty. Not shared yet. */
+	atomic_init(&ix->n_records, 0);
+	atomic_init(&ix->generation, 0);
+	atomic_init(&ix->watermark, 0);
+	atomic_init(&ix->created_at, (int64_t)time(NULL));
+	atomic_init(&ix->data_as_of, atomic_load(&ix->created_at));
+	*out = ix;
+	return 0;
+
+out_unlink:
+	unlink(path);
+	close(ix->file_fd);
+out_free:
+	free(ix->file_path);
+	free(ix);
+	return rc;
+}
+
+int index_create_file(uint64_t capacity, const struct index *secret_of,
+		      const char *path, struct index **out)
+{
+	uint64_t n_buckets;
+	int rc = sizes_for(capacity, &n_buckets);
+	if (rc < 0)
+		return rc;
+	return file_table(n_buckets, secret_of ? secret_of->secret : NULL,
+			  path, out);
+}
+
+int index_copy_file(const struct index *src, const char *path,
+		    struct index **out)
+{
+	struct index *ix;
+	int rc = file_table(src->n_buckets, src->secret, path, &ix);
+	if (rc < 0)
+		return rc;
+	/* Written through the file, not the mapping: the copy's pages go
+	 * to the page cache (and, with a release step's writeback, to the
+	 * disk) without entering this process's resident set. */
+	size_t bytes = src->n_buckets * BUCKET_BYTES;
+	for (size_t off = 0; off < bytes && rc == 0; off += IO_CHUNK_BYTES) {
+		size_t len = bytes - off < IO_CHUNK_BYTES ? bytes - off
+							  : IO_CHUNK_BYTES;
+		rc = fsutil_pwrite_all(ix->file_fd,
+				       (const uint8_t *)src->buckets + off, len,
+				       INDEX_HEADER_BYTES + off);
+		if (rc == 0 && (off + len) % RELEASE_STEP_BYTES == 0)
+			(void)sync_file_range(ix->file_fd,
+					      (off_t)(INDEX_HEADER_BYTES + off +
+						      len - RELEASE_STEP_BYTES),
+					      RELEASE_STEP_BYTES,
+					      SYNC_FILE_RANGE_WRITE);
+	}
+	if (rc < 0) {
+		unlink(path);
+		index_destroy(ix);
+		return rc;
+	}
+	struct index_info info;
+	index_info(src, &info);
+	/* Not shared yet: plain initial values. */
+	atomic_init(&ix->n_records, info.n_records);
+	atomic_init(&ix->generation, info.generation);
+	atomic_init(&ix->watermark, info.watermark);
+	atomic_init(&ix->created_at, info.created_at);
+	atomic_init(&ix->data_as_of, info.data_as_of);
+	*out = ix;
+	return 0;
+}
+
+const char *index_file_path(const struct index *ix)
+{
+	return ix->file_path;
+}
+
+int index_file_sync(struct index *ix)
+{
+	if (ix->file_path == NULL)
+		return 0;
+	return fdatasync(ix->file_fd) < 0 ? -errno : 0;
+}
+
+void index_file_release(struct index *ix, uint64_t bucket)
+{
+	if (ix->file_path == NULL)
+		return;
+	if (bucket > ix->n_buckets)
+		bucket = ix->n_buckets;
+	/* Whole release steps of the file past the header page, from where
+	 * the last call stopped. */
+	uint64_t upto = INDEX_HEADER_BYTES + bucket * BUCKET_BYTES;
+	upto -= upto % RELEASE_STEP_BYTES;
+	uint64_t from = ix->released;
+	if (from == 0)
+		from = INDEX_HEADER_BYTES;
+	if (upto <= from)
+		return;
+	/* Start writeback of the range (the data reaches the disk before
+	 * the kernel needs the memory), then drop it from this mapping:
+	 * its dirty state stays in the page cache, and a later store or
+	 * load (a displaced entry, a reader) faults the page back in. Both
+	 * are hints: a failure costs memory, never data. */
+	(void)sync_file_range(ix->file_fd, (off_t)from, (off_t)(upto - from),
+			      SYNC_FILE_RANGE_WRITE);
+	(void)madvise((uint8_t *)ix->map + from, upto - from, MADV_DONTNEED);
+	ix->released = upto;
 }

@@ -48,6 +48,8 @@ struct index_info {
 	int64_t created_at;    /* Unix seconds */
 	int64_t data_as_of;    /* Unix seconds: newest change or heartbeat */
 	bool huge_pages;       /* the bucket array asked for THP */
+	bool mapped;           /* a file mapping (MMAP, or a table file being
+				* filled), not anonymous memory */
 };
 
 /* An empty index in anonymous memory (huge pages advised), sized so that
@@ -57,7 +59,22 @@ int index_create(uint64_t capacity, const uint8_t *secret, struct index **out);
 enum index_load_mode {
 	INDEX_LOAD_ANON = 0, /* read the file into anonymous THP memory */
 	INDEX_LOAD_MMAP = 1, /* map the file MAP_PRIVATE (page cache) */
+	INDEX_LOAD_AUTO = 2, /* index_load_choose by size at open */
 };
+
+/* The memory rule (README "Memory"): ANON only where two copies of the
+ * table fit, growth's 2.5 (the served table and one 1.5 times as large,
+ * both anonymous) with INDEX_LOAD_RESERVE_BYTES to spare, MMAP otherwise,
+ * so that the kernel may evict the table's pages rather than the
+ * machine running out. mem_available: /proc/meminfo's MemAvailable in
+ * bytes. Pure: tests call it with any figures. */
+#define INDEX_LOAD_RESERVE_BYTES (1ull << 30)
+enum index_load_mode index_load_choose(uint64_t table_bytes,
+				       uint64_t mem_available);
+/* MemAvailable in bytes into *out; -errno when /proc/meminfo cannot be
+ * read or has no such line (index_open then takes MMAP, the mode that
+ * cannot run the machine out of memory). */
+int index_mem_available(uint64_t *out);
 
 /* Validates a file written by index_write (magic, version, sizes,
  * header and bucket checksums) and loads it. */
@@ -79,6 +96,39 @@ int index_open_progress(const char *path, enum index_load_mode mode,
 /* Writes the index to path: temp file, fsync, rename, fsync of the
  * directory. A failed fsync is returned, never retried. */
 int index_write(const struct index *ix, const char *path);
+
+/* ---- a table in its own file (growth without a second table in RAM;
+ * README "Memory") ----
+ * index_create_file makes an empty index like index_create whose bucket
+ * array is a MAP_SHARED mapping of a new file at path (a header page,
+ * zero, then the array; its blocks allocated up front, so a full disk is
+ * -ENOSPC here and never a SIGBUS at a store). The writer fills and
+ * changes it as any index, and readers read it: its pages are page
+ * cache, which the kernel may write back and evict, so neither the fill
+ * nor serving it holds the table in anonymous memory. The file is a
+ * working copy, never a generation (its header stays zero; index_write
+ * publishes a copy), and removed by whoever made it. secret_of (NULL: a
+ * random secret) gives its secret: the same secret keeps a copy in
+ * nearly ascending bucket order (fastrange is monotonic in the hash), so
+ * a fill writes the file nearly sequentially.
+ * Writer only: index_file_release says the buckets below `bucket` are
+ * done for now (their writeback starts and they leave this process's
+ * resident set; a later access faults them back in), a no-op for any
+ * other index. index_file_path: its path, NULL for any other index. */
+int index_create_file(uint64_t capacity, const struct index *secret_of,
+		      const char *path, struct index **out);
+/* A working file at path holding a copy of src (same buckets, secret and
+ * header fields), written through the file. Writer only (src holds
+ * still). */
+int index_copy_file(const struct index *src, const char *path,
+		    struct index **out);
+void index_file_release(struct index *ix, uint64_t bucket);
+/* Writer only: fdatasync of such an index's file, so that a failed
+ * writeback of its pages (whose later reads could come back from the
+ * disk without the failed changes) is seen: -errno. 0 for any other
+ * index. */
+int index_file_sync(struct index *ix);
+const char *index_file_path(const struct index *ix);
 
 void index_destroy(struct index *ix);
 

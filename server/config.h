@@ -71,7 +71,7 @@ struct server_config {
 	/* Receive buffers (one provided-buffer ring per worker). */
 	uint32_t recv_buffers;           /* power of 2, <= 32768: 2048 */
 	uint32_t recv_buffer_bytes;      /* each: 4096 */
-	int index_load;                  /* enum index_load_mode: anon */
+	int index_load;                  /* enum index_load_mode: auto */
 };
 
 /* The defaults above (workers 0 = one per online core, chosen by main). */
@@ -102,7 +102,7 @@ static inline void server_config_defaults(struct server_config *cfg)
 		.shutdown_grace_ms = 5000,
 		.recv_buffers = 2048,
 		.recv_buffer_bytes = 4096,
-		.index_load = 0, /* INDEX_LOAD_ANON */
+		.index_load = 2, /* INDEX_LOAD_AUTO */
 	};
 }
 

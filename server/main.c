@@ -218,7 +218,7 @@ static void main_usage(FILE *f)
 		"                [--tokens FILE] [--stale-soft SEC] "
 		"[--stale-hard SEC]\n"
 		"                [--merchant-default allow|deny] "
-		"[--index-load anon|mmap]\n"
+		"[--index-load auto|anon|mmap]\n"
 		"                [--policy HOST:PORT --policy-map FILE] "
 		"[LIMITS]\n"
 		"                [--tls-cert FILE --tls-key FILE [--tls-ca FILE]"
@@ -239,8 +239,9 @@ static void main_usage(FILE *f)
 	fprintf(f, "  --%-26s %s\n", "merchant-default",
 		"allow|deny: a TACIR with no record (allow)");
 	fprintf(f, "  --%-26s %s\n", "index-load",
-		"anon|mmap: copy the index into huge-page memory, or map it "
-		"(anon)");
+		"auto|anon|mmap: copy the index into huge-page memory, or map "
+		"it; auto: anon only where 2.5 tables fit in MemAvailable "
+		"(auto)");
 	fprintf(f, "  --%-26s %s\n", "config",
 		"FILE: these settings as lines 'name value' (# comments); "
 		"flags given too override it");
@@ -359,13 +360,15 @@ static int main_parse(int argc, char **argv, struct server_config *cfg,
 			continue;
 		}
 		if (strcmp(namebuf, "index-load") == 0) {
-			if (strcmp(val, "anon") == 0)
+			if (strcmp(val, "auto") == 0)
+				cfg->index_load = INDEX_LOAD_AUTO;
+			else if (strcmp(val, "anon") == 0)
 				cfg->index_load = INDEX_LOAD_ANON;
 			else if (strcmp(val, "mmap") == 0)
 				cfg->index_load = INDEX_LOAD_MMAP;
 			else {
-				main_flag_error(at, "--index-load must be anon "
-						"or mmap, not '%s'\n", val);
+				main_flag_error(at, "--index-load must be auto, "
+						"anon or mmap, not '%s'\n", val);
 				return -EINVAL;
 			}
 			continue;
@@ -611,10 +614,19 @@ static void *main_build_thread(void *arg)
 	struct generation *g = calloc(1, sizeof(*g));
 
 	memset(&res, 0, sizeof(res));
-	/* In memory, never in the data directory: the writer takes it as it
-	 * is and publishes it (server/writer.h). */
+	/* Never a generation of the data directory: the writer takes it as
+	 * it is and publishes it (server/writer.h). In anonymous memory, or
+	 * where the index is mapped (MMAP, or AUTO that chose it for the
+	 * served table), in a working file, so that the snapshot swap never
+	 * holds two tables in RAM (README "Memory"). */
+	struct index_info served;
+	bool mapped = b->cfg->index_load == INDEX_LOAD_MMAP ||
+		      (b->cfg->index_load == INDEX_LOAD_AUTO &&
+		       live_info(&served) && served.mapped);
 	b->rc = g == NULL ? -ENOMEM
-			  : build_index(b->fd, g, &res, b->err, sizeof(b->err));
+		: mapped ? build_index_work(b->fd, b->cfg->data_dir, g, &res,
+					    b->err, sizeof(b->err))
+			 : build_index(b->fd, g, &res, b->err, sizeof(b->err));
 	if (g == NULL)
 		snprintf(b->err, sizeof(b->err), "out of memory");
 	if (b->fd != STDIN_FILENO)

@@ -56,12 +56,15 @@
  *  - growth: at the load limit (index_apply_writer says -ENOSPC) a table
  *    1.5 times as large is filled from the served one and swapped in at
  *    once (live_publish; readers keep the old one until the RCU grace
- *    period ends), then written as a checkpoint;
+ *    period ends), then written as a checkpoint. A mapped table (MMAP)
+ *    grows into a working file (generation_grow_file), never into
+ *    anonymous memory: no second table in RAM (README "Memory");
  *  - a snapshot built in the background, handed over in memory (never in
- *    DIR before this thread publishes it): the log past its watermark is
- *    replayed into it, and the served index merged in too (same order
- *    rule) when the log was dropped past that watermark; then it is
- *    written once and swapped in;
+ *    DIR before this thread publishes it; where the index is mapped its
+ *    table is a working file, build_index_work): the log past its
+ *    watermark is replayed into it, and the served index merged in too
+ *    (same order rule) when the log was dropped past that watermark; then
+ *    it is written once and swapped in;
  *  - a rebuild on request (SIGUSR1): a fresh table and hash secret;
  *  - a checkpoint every so many changes and at a graceful stop.
  * A new generation's header watermark is the applied watermark. The one
@@ -327,15 +330,45 @@ static void writer_set_fault(struct writer *w, const char *fmt, ...)
 
 /* ---- applying ---- */
 
+/* Whether the table that replaces the served one (oi) goes into a
+ * working file: always for a mapped one; under AUTO also for one in
+ * anonymous memory that has outgrown the rule, which is asked again as
+ * if the new table were opened now (its memory then, the served table's
+ * given back). */
+static bool writer_grow_mapped(const struct writer *w,
+			       const struct index_info *oi)
+{
+	uint64_t avail;
+	if (oi->mapped)
+		return true;
+	if (w->opt.index_load != INDEX_LOAD_AUTO)
+		return false;
+	if (index_mem_available(&avail) < 0)
+		return true;
+	return index_load_choose(oi->bytes + oi->bytes / 2,
+				 avail + oi->bytes) == INDEX_LOAD_MMAP;
+}
+
 /* Copies the served index into a table for `capacity` records (0: 1.5
- * times the present capacity) with a fresh secret and swaps it in at once
- * (live_publish; readers keep the old one until the grace period ends). */
-static int writer_grow(struct writer *w, uint64_t capacity, const char *why)
+ * times the present capacity) and swaps it in at once (live_publish;
+ * readers keep the old one until the grace period ends). A served table
+ * in anonymous memory (ANON: two fit, README "Memory") grows into
+ * anonymous memory with a fresh secret; a mapped one (or, under AUTO, one
+ * the rule no longer lets stay anonymous) into a working file
+ * (generation_grow_file), with its own secret unless this is a rebuild,
+ * so that no second table is held in RAM. */
+static int writer_grow(struct writer *w, uint64_t capacity, bool rebuild,
+		       const char *why)
 {
 	char err[512];
 	double t0 = clock_mono_s();
 	struct index *old = NULL;
-	int rc = generation_grow(&w->cur, capacity, &old, err, sizeof(err));
+	struct index_info oi;
+	index_info(w->cur.ix, &oi);
+	int rc = writer_grow_mapped(w, &oi)
+		? generation_grow_file(&w->cur, w->dir, capacity, rebuild, &old,
+				       err, sizeof(err))
+		: generation_grow(&w->cur, capacity, &old, err, sizeof(err));
 	if (rc < 0) {
 		say("%s: copying the table: %s", why, err);
 		return rc;
@@ -351,8 +384,10 @@ static int writer_grow(struct writer *w, uint64_t capacity, const char *why)
 	struct index_info ni;
 	index_info(w->cur.ix, &ni);
 	say("%s: new table for %" PRIu64 " records (%" PRIu64 " held, %"
-	    PRIu64 " MiB): copy %.2f s, swap %.2f s", why, ni.capacity,
-	    ni.n_records, ni.bytes >> 20, t_copy - t0, clock_mono_s() - t_copy);
+	    PRIu64 " MiB%s): copy %.2f s, swap %.2f s", why, ni.capacity,
+	    ni.n_records, ni.bytes >> 20,
+	    ni.mapped ? ", in a working file" : "", t_copy - t0,
+	    clock_mono_s() - t_copy);
 	return 0;
 }
 
@@ -366,7 +401,7 @@ static int writer_apply(struct writer *w, const Consent__V1__Consent *c)
 		int rc = generation_apply(&w->cur, c);
 		if (rc != -ENOSPC || tries == 3)
 			return rc;
-		rc = writer_grow(w, 0, "load limit");
+		rc = writer_grow(w, 0, false, "load limit");
 		if (rc < 0)
 			return rc;
 	}
@@ -403,6 +438,17 @@ static int writer_checkpoint(struct writer *w, const char *why)
 	w->since_checkpoint = 0;
 	if (rc < 0) {
 		snprintf(err, sizeof(err), "listing %.400s: %s", w->dir,
+			 strerror(-rc));
+	} else if ((rc = index_file_sync(w->cur.ix)) < 0) {
+		/* A served working file: the kernel writes its pages back on
+		 * its own, and a page whose writeback failed may be read back
+		 * from the disk without its changes. fdatasync says so; then
+		 * neither the answers nor a copy of them can be trusted:
+		 * nothing is published, Applies are refused and /readyz is
+		 * false (a restart opens the last generation and the log). */
+		writer_set_fault(w, "the served table's working file: %s",
+				 strerror(-rc));
+		snprintf(err, sizeof(err), "the working file: %s",
 			 strerror(-rc));
 	} else {
 		w->keep.gen = gen; /* the header the file gets */
@@ -485,6 +531,14 @@ static int writer_take_now(struct writer *w, struct generation *s,
 	}
 	index_set_meta_writer(s->ix, gen, applied, si.created_at, as_of);
 	char e[512] = "";
+	/* A working file whose writeback failed is not published (see
+	 * writer_checkpoint). */
+	rc = index_file_sync(s->ix);
+	if (rc < 0) {
+		errmsg_fail(err, err_cap, rc, "the snapshot's working file: %s",
+			    strerror(-rc));
+		goto out;
+	}
 	rc = generation_publish(w->dir, s, e, sizeof(e));
 	if (rc < 0) {
 		errmsg_fail(err, err_cap, rc, "writing generation %" PRIu64 ": %s",
@@ -493,6 +547,10 @@ static int writer_take_now(struct writer *w, struct generation *s,
 	}
 
 	double t_pub = clock_mono_s();
+	/* A working file's name goes first: live_publish may release the
+	 * index itself before it returns. */
+	if (w->cur_served)
+		generation_work_remove(w->cur.ix);
 	live_publish(s->ix); /* the old index goes after the grace period */
 	metrics_inc(&w->m->generation_swaps);
 	if (w->cur_served)
@@ -1223,7 +1281,7 @@ static void writer_housekeeping(struct writer *w)
 			       GENERATION_GROW_MIN;
 		if (cap < info.capacity)
 			cap = info.capacity;
-		if (writer_grow(w, cap, "rebuild") == 0 &&
+		if (writer_grow(w, cap, true, "rebuild") == 0 &&
 		    writer_checkpoint(w, "rebuild") == 0)
 			say("rebuild: %" PRIu64 " records rebuilt, written and "
 			    "swapped in %.2f s", info.n_records,
@@ -1458,6 +1516,7 @@ void writer_close(struct writer *w)
 			close(w->queues[i].efd);
 	}
 	if (w->cur_served) {
+		generation_work_remove(w->cur.ix);
 		live_publish(NULL); /* destroys it after the grace period */
 		w->cur.ix = NULL;
 	}

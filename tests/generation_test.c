@@ -539,6 +539,31 @@ static void test_open_replay(void)
 		CHECK(lookup(g.ix, k, NULL) == 0);
 	/* The new e-mails are listed: written, the result verifies. */
 	CHECK(g.extra.n == 100);
+	generation_fini(&g);
+
+	/* Mapped: the generation served from a working copy, grown into
+	 * another working file, the same answers; gone when done with. */
+	CHECK(generation_open_replay(dir, INDEX_LOAD_MMAP, log, &g, &number,
+				     &replayed, &grown, err, sizeof(err)) == 0);
+	CHECK(number == 1 && replayed == n - 5 && grown);
+	struct index_info mi;
+	index_info(g.ix, &mi);
+	CHECK(mi.mapped && index_file_path(g.ix) != NULL);
+	char work[PATH_MAX];
+	snprintf(work, sizeof(work), "%s", index_file_path(g.ix));
+	CHECK(strncmp(work, dir, strlen(dir)) == 0 &&
+	      strstr(work, "/.tmp-gen-work-") != NULL);
+	for (uint64_t k = 0; k < 220; k++) {
+		int want = k < 10 ? STATUS_RET : STATUS_ONAY;
+		CHECKF(lookup(g.ix, k, NULL) == want, "key %" PRIu64, k);
+	}
+	CHECK(g.extra.n == 100);
+	generation_fini(&g);
+	CHECK(access(work, F_OK) != 0);
+	CHECK(generation_remove_leftovers(dir) == 0);
+
+	CHECK(generation_open_replay(dir, INDEX_LOAD_ANON, log, &g, &number,
+				     &replayed, &grown, err, sizeof(err)) == 0);
 	index_set_meta_writer(g.ix, 2, 16 + 199, DATE0, DATE0);
 	CHECK(generation_publish(dir, &g, err, sizeof(err)) == 0);
 	CHECKF(generation_verify(dir, err, sizeof(err)) == 0, "%s", err);

@@ -1038,9 +1038,199 @@ static void test_corrupt_files(void)
 	free(good);
 }
 
+/* The memory rule: ANON only where 2.5 tables and the reserve fit. */
+static void test_load_choose(void)
+{
+	const uint64_t G = 1ull << 30, R = INDEX_LOAD_RESERVE_BYTES;
+	/* 10^9 records, ~18 GiB, on a 24 GiB machine: mapped. */
+	CHECK(index_load_choose(18 * G, 23 * G) == INDEX_LOAD_MMAP);
+	/* 10^8, ~1.8 GiB: anonymous. */
+	CHECK(index_load_choose(1843ull << 20, 23 * G) == INDEX_LOAD_ANON);
+	/* The edge: 2.5 tables plus the reserve exactly, and a byte less. */
+	CHECK(index_load_choose(4 * G, 10 * G + R) == INDEX_LOAD_ANON);
+	CHECK(index_load_choose(4 * G, 10 * G + R - 1) == INDEX_LOAD_MMAP);
+	/* Less than the reserve available, or nothing: mapped. */
+	CHECK(index_load_choose(1, R - 1) == INDEX_LOAD_MMAP);
+	CHECK(index_load_choose(0, 0) == INDEX_LOAD_MMAP);
+	CHECK(index_load_choose(0, R) == INDEX_LOAD_ANON);
+	/* Sizes whose 2.5 times would overflow: mapped, not wrapped. */
+	CHECK(index_load_choose(UINT64_MAX / 2, UINT64_MAX) == INDEX_LOAD_MMAP);
+	uint64_t avail = 0;
+	CHECK(index_mem_available(&avail) == 0 && avail > 0);
+	/* AUTO opens in the mode the rule gives for this machine. */
+	struct index *ix, *rd;
+	char path[256], err[256];
+	CHECK(index_create(1000, NULL, &ix) == 0);
+	path_in_tmp(path, sizeof(path), "rt.index");
+	CHECK(index_write(ix, path) == 0);
+	CHECK(index_open(path, INDEX_LOAD_AUTO, &rd, err, sizeof(err)) == 0);
+	struct index_info a, b;
+	index_info(ix, &a);
+	index_info(rd, &b);
+	CHECK(index_mem_available(&avail) == 0);
+	CHECK(b.mapped == (index_load_choose(a.bytes, avail) == INDEX_LOAD_MMAP));
+	index_destroy(rd);
+	index_destroy(ix);
+}
+
+/* A table in its file: filled, looked up and changed as any index, its
+ * stores in the file itself (MAP_SHARED), released pages faulted back,
+ * and a copy written by index_write that opens whole. */
+static void test_file_table(void)
+{
+	char path[256], copy[256], err[256];
+	struct index *ix, *rd, *like;
+	uint64_t n = scaled(20000);
+	struct lkey lk;
+	struct index_key key;
+	struct consent_value v, got;
+
+	path_in_tmp(path, sizeof(path), "work.index");
+	path_in_tmp(copy, sizeof(copy), "good.index");
+	unlink(path);
+	CHECK(index_create(10, NULL, &like) == 0);
+	CHECK(index_create_file(n, like, path, &ix) == 0);
+	CHECK(strcmp(index_file_path(ix), path) == 0);
+	CHECK(index_file_path(like) == NULL);
+	/* The name is taken: a second one there is refused. */
+	CHECK(index_create_file(n, NULL, path, &rd) == -EEXIST);
+	struct index_info info;
+	index_info(ix, &info);
+	CHECK(info.mapped && !info.huge_pages && info.capacity >= n);
+	struct stat st;
+	CHECK(stat(path, &st) == 0 && (uint64_t)st.st_size == 4096 + info.bytes);
+	/* Same secret: keys made with one index serve the other. */
+	lkey_make(1, &lk);
+	struct index_key k1, k2;
+	index_key_make(like, &lk.r, lk.brand, lk.rtype, lk.channel, &k1);
+	index_key_make(ix, &lk.r, lk.brand, lk.rtype, lk.channel, &k2);
+	CHECK(memcmp(&k1, &k2, sizeof(k1)) == 0);
+
+	for (uint64_t i = 0; i < n; i++) {
+		lkey_make(i, &lk);
+		index_key_make(ix, &lk.r, lk.brand, lk.rtype, lk.channel, &key);
+		v.status = STATUS_ONAY;
+		v.source = 1;
+		v.consent_date = INDEX_EPOCH + (int64_t)i;
+		CHECK(index_apply_writer(ix, &key, &v) == INDEX_INSERTED);
+		if (i == n / 2)
+			index_file_release(ix, info.n_buckets / 2);
+	}
+	index_file_release(ix, info.n_buckets);
+	/* The stores are in the file: some bucket's bytes read back. */
+	uint8_t page[4096];
+	int fd = open(path, O_RDONLY);
+	CHECK(fd >= 0 && pread(fd, page, sizeof(page), 4096) == sizeof(page));
+	close(fd);
+	bool nonzero = false;
+	for (size_t i = 0; i < sizeof(page); i++)
+		nonzero |= page[i] != 0;
+	CHECK(nonzero);
+	/* Released pages come back on a lookup and on an update. */
+	uint64_t bad = 0;
+	for (uint64_t i = 0; i < n; i++) {
+		lkey_make(i, &lk);
+		index_key_make(ix, &lk.r, lk.brand, lk.rtype, lk.channel, &key);
+		if (!index_lookup(ix, &key, &got) ||
+		    got.consent_date != INDEX_EPOCH + (int64_t)i)
+			bad++;
+		if (i % 7 == 0) {
+			v.status = STATUS_RET;
+			v.source = 2;
+			v.consent_date = INDEX_EPOCH + (int64_t)i;
+			CHECK(index_apply_writer(ix, &key, &v) == INDEX_UPDATED);
+		}
+	}
+	CHECKF(bad == 0, "%llu keys wrong", (unsigned long long)bad);
+	index_set_meta_writer(ix, 7, 99, 1000, 2000);
+	CHECK(index_write(ix, copy) == 0);
+	CHECK(index_open(copy, INDEX_LOAD_MMAP, &rd, err, sizeof(err)) == 0);
+	index_info(rd, &info);
+	CHECK(info.n_records == n && info.generation == 7 &&
+	      info.watermark == 99);
+	for (uint64_t i = 0; i < n; i += 7) {
+		lkey_make(i, &lk);
+		index_key_make(rd, &lk.r, lk.brand, lk.rtype, lk.channel, &key);
+		CHECK(index_lookup(rd, &key, &got) && got.status == STATUS_RET);
+	}
+	index_destroy(rd);
+	index_destroy(ix);
+	index_destroy(like);
+	unlink(path);
+	unlink(copy);
+}
+
+/* RssAnon of this process, in kB. */
+static long rss_anon_kb(void)
+{
+	FILE *f = fopen("/proc/self/status", "re");
+	char line[256];
+	long kb = -1;
+	while (f != NULL && fgets(line, sizeof(line), f) != NULL)
+		if (sscanf(line, "RssAnon: %ld kB", &kb) == 1)
+			break;
+	if (f != NULL)
+		fclose(f);
+	return kb;
+}
+
+/* MMAP shares the page cache: opening (and validating) a mapped table
+ * adds next to no anonymous memory, where ANON adds the whole table (a
+ * private writable mapping populated for writing would copy it all).
+ * Not under a sanitizer: its shadow of every byte read is anonymous. */
+static void test_mmap_no_copy(void)
+{
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+	fprintf(stderr, "  (skipped: a sanitizer's shadow memory is "
+		"anonymous)\n");
+	return;
+#endif
+	char path[256], err[256];
+	struct index *ix, *rd;
+	struct lkey lk;
+	struct index_key key;
+	struct consent_value v = { .status = STATUS_ONAY, .source = 1,
+				   .consent_date = INDEX_EPOCH + 5 };
+	const uint64_t n = 1500000; /* ~32 MiB of buckets */
+
+	CHECK(index_create(n, NULL, &ix) == 0);
+	for (uint64_t i = 0; i < n; i += 3) {
+		lkey_make(i, &lk);
+		index_key_make(ix, &lk.r, lk.brand, lk.rtype, lk.channel, &key);
+		CHECK(index_apply_writer(ix, &key, &v) == INDEX_INSERTED);
+	}
+	path_in_tmp(path, sizeof(path), "rt.index");
+	CHECK(index_write(ix, path) == 0);
+	struct index_info info;
+	index_info(ix, &info);
+	index_destroy(ix);
+	long table_kb = (long)(info.bytes >> 10);
+
+	long a0 = rss_anon_kb();
+	CHECK(index_open(path, INDEX_LOAD_MMAP, &rd, err, sizeof(err)) == 0);
+	long a1 = rss_anon_kb();
+	CHECKF(a1 - a0 < table_kb / 8, "MMAP open: RssAnon %ld -> %ld kB, "
+	       "table %ld kB", a0, a1, table_kb);
+	/* A change copies its page only. */
+	lkey_make(0, &lk);
+	index_key_make(rd, &lk.r, lk.brand, lk.rtype, lk.channel, &key);
+	v.consent_date++;
+	CHECK(index_apply_writer(rd, &key, &v) == INDEX_UPDATED);
+	CHECK(rss_anon_kb() - a0 < table_kb / 8);
+	index_destroy(rd);
+	a0 = rss_anon_kb();
+	CHECK(index_open(path, INDEX_LOAD_ANON, &rd, err, sizeof(err)) == 0);
+	a1 = rss_anon_kb();
+	CHECKF(a1 - a0 > table_kb / 2, "ANON open: RssAnon %ld -> %ld kB, "
+	       "table %ld kB", a0, a1, table_kb);
+	index_destroy(rd);
+	unlink(path);
+}
+
 static void rm_tmpdir(void)
 {
-	const char *names[] = { "rt.index", "bad.index", "good.index" };
+	const char *names[] = { "rt.index", "bad.index", "good.index",
+				"work.index" };
 	char path[256];
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
 		path_in_tmp(path, sizeof(path), names[i]);
@@ -1067,6 +1257,9 @@ int main(void)
 	RUN(test_probe_lengths);
 	RUN(test_round_trip);
 	RUN(test_corrupt_files);
+	RUN(test_load_choose);
+	RUN(test_file_table);
+	RUN(test_mmap_no_copy);
 	rm_tmpdir();
 	return check_summary();
 }

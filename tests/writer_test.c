@@ -199,12 +199,15 @@ static void new_dir(char *dir, size_t cap, uint64_t n, struct model *m)
 	}
 }
 
+/* How open_writer loads the index (test_growth_mapped sets MMAP). */
+static enum index_load_mode load_mode = INDEX_LOAD_ANON;
+
 static struct writer *open_writer(const char *dir, uint64_t checkpoint,
 				  unsigned queues)
 {
 	struct writer_options o = {
 		.data_dir = dir,
-		.index_load = INDEX_LOAD_ANON,
+		.index_load = load_mode,
 		.n_queues = queues,
 		.checkpoint_changes = checkpoint,
 	};
@@ -573,6 +576,75 @@ static void test_growth_and_restart(void)
 	free(m);
 }
 
+/* Working table files (.tmp-gen-work-*) in dir. */
+static unsigned count_work_dirs(const char *dir)
+{
+	DIR *d = opendir(dir);
+	unsigned n = 0;
+	struct dirent *de;
+	CHECK(d != NULL);
+	while (d != NULL && (de = readdir(d)) != NULL)
+		n += strncmp(de->d_name, ".tmp-gen-work-", 14) == 0;
+	if (d != NULL)
+		closedir(d);
+	return n;
+}
+
+/* A mapped index (MMAP) is served from a working copy of its generation
+ * and grows into a working file, never into anonymous memory: the new
+ * table is mapped, keeps its secret (a growth) or gets a
+ * fresh one (a rebuild), answers every key as the model says, and its
+ * generations are whole copies; the working file goes at close. */
+static void test_growth_mapped(void)
+{
+	char dir[300];
+	struct model *m = calloc(1, sizeof(*m));
+	struct index_info before, after;
+	load_mode = INDEX_LOAD_MMAP;
+	new_dir(dir, sizeof(dir), 20, m);
+	struct writer *w = open_writer(dir, 0, 1);
+	index_info(live_index(), &before);
+	CHECK(before.mapped && !before.huge_pages);
+	/* Served from a working copy of the generation, never its file. */
+	CHECK(count_work_dirs(dir) == 1);
+
+	uint64_t seq = insert_range(w, m, 20, 6000, 1, 100, DATE0 + 10);
+	index_info(live_index(), &after);
+	CHECKF(after.capacity > before.capacity && after.n_records == 6000,
+	       "capacity %" PRIu64 " -> %" PRIu64 ", %" PRIu64 " records",
+	       before.capacity, after.capacity, after.n_records);
+	CHECK(after.mapped && !after.huge_pages);
+	CHECK(after.watermark == seq - 1);
+	CHECK(mismatches(m, 6000) == 0);
+	/* Several growths, one working file: each replaced one is gone. */
+	CHECKF(count_work_dirs(dir) == 1, "%u working files",
+	       count_work_dirs(dir));
+	verify_dir(dir);
+
+	writer_rebuild(w);
+	seq = insert_range(w, m, 6000, 6300, seq, 50, DATE0 + 10);
+	index_info(live_index(), &after);
+	CHECK(after.mapped && after.n_records == 6300);
+	CHECK(mismatches(m, 6300) == 0);
+	CHECK(count_work_dirs(dir) == 1);
+	writer_close(w);
+	CHECK(count_work_dirs(dir) == 0);
+	verify_dir(dir);
+
+	/* The generations hold it all: reopened mapped, and anonymous. */
+	w = open_writer(dir, 0, 1);
+	CHECK(mismatches(m, 6300) == 0);
+	CHECK(watermark() == seq - 1);
+	writer_close(w);
+	load_mode = INDEX_LOAD_ANON;
+	w = open_writer(dir, 0, 1);
+	CHECK(mismatches(m, 6300) == 0);
+	index_info(live_index(), &after);
+	CHECK(!after.mapped);
+	writer_close(w);
+	free(m);
+}
+
 static void test_crash_replay(void)
 {
 	char dir[300];
@@ -622,6 +694,10 @@ static void test_crash_replay(void)
 	free(m);
 }
 
+/* Where take_snapshot builds its table: NULL anonymous memory, else a
+ * working file of this data directory (build_index_work). */
+static const char *snap_work_dir;
+
 /* Builds keys [0, n) at watermark wm in memory and hands it over (the
  * writer has swapped it in when that returns). */
 static void take_snapshot(struct writer *w, uint64_t n, uint64_t wm)
@@ -632,9 +708,14 @@ static void take_snapshot(struct writer *w, uint64_t n, uint64_t wm)
 	snprintf(snap, sizeof(snap), "%s/snap-%d.bin", tmpdir, ++n_dirs);
 	snapshot_file(snap, n, wm);
 	int fd = open(snap, O_RDONLY | O_CLOEXEC);
-	int rc = build_index(fd, g, &res, err, sizeof(err));
+	int rc = snap_work_dir != NULL
+		? build_index_work(fd, snap_work_dir, g, &res, err, sizeof(err))
+		: build_index(fd, g, &res, err, sizeof(err));
 	CHECKF(rc == 0, "build_index: %s", err);
 	close(fd);
+	struct index_info bi;
+	index_info(g->ix, &bi);
+	CHECK(bi.mapped == (snap_work_dir != NULL));
 	const struct index *before = live_index();
 	rc = writer_take_snapshot(w, g, err, sizeof(err));
 	CHECKF(rc == 0, "writer_take_snapshot: %s", err);
@@ -646,11 +727,18 @@ static void take_snapshot(struct writer *w, uint64_t n, uint64_t wm)
 	CHECK(r.code == 0 || r.code == 503);
 }
 
-static void test_snapshot_take(void)
+static unsigned count_work_dirs(const char *dir);
+
+/* The snapshot swap, its table in anonymous memory (ANON) or in a
+ * working file (MMAP: built there, the log replayed and the served index
+ * merged into it, served from it). */
+static void snapshot_take(enum index_load_mode mode)
 {
 	char dir[300];
 	struct model *m = calloc(1, sizeof(*m));
 	new_dir(dir, sizeof(dir), 50, m);
+	load_mode = mode;
+	snap_work_dir = mode == INDEX_LOAD_MMAP ? dir : NULL;
 	struct writer *w = open_writer(dir, 0, 1);
 	uint64_t seq = insert_range(w, m, 0, 40, 1, 10, DATE0 + 50);
 
@@ -660,6 +748,10 @@ static void test_snapshot_take(void)
 	for (uint64_t k = 0; k < 80; k++)
 		model_apply(m, k, STATUS_ONAY, DATE0 + (int64_t)k);
 	CHECK(mismatches(m, 80) == 0);
+	struct index_info si;
+	index_info(live_index(), &si);
+	CHECK(si.mapped == (mode == INDEX_LOAD_MMAP));
+	CHECK(count_work_dirs(dir) == (mode == INDEX_LOAD_MMAP ? 1u : 0u));
 	CHECK(watermark() == seq - 1);
 	verify_dir(dir);
 	writer_close(w);
@@ -689,10 +781,23 @@ static void test_snapshot_take(void)
 	CHECK(r.code == 0 && r.skipped == 1 && r.applied_sequence == seq + 100);
 	writer_close(w);
 	verify_dir(dir);
+	CHECKF(count_work_dirs(dir) == 0, "%u working files", count_work_dirs(dir));
 	w = open_writer(dir, 0, 1);
 	CHECK(mismatches(m, 200) == 0);
 	writer_close(w);
 	free(m);
+	load_mode = INDEX_LOAD_ANON;
+	snap_work_dir = NULL;
+}
+
+static void test_snapshot_take(void)
+{
+	snapshot_take(INDEX_LOAD_ANON);
+}
+
+static void test_snapshot_take_mapped(void)
+{
+	snapshot_take(INDEX_LOAD_MMAP);
 }
 
 static void test_log_failure(void)
@@ -1583,6 +1688,8 @@ int main(void)
 	RUN(test_apply_order_replay);
 	RUN(test_bad_requests);
 	RUN(test_growth_and_restart);
+	RUN(test_growth_mapped);
+	RUN(test_snapshot_take_mapped);
 	RUN(test_crash_replay);
 	RUN(test_snapshot_take);
 	RUN(test_log_failure);
