@@ -82,9 +82,12 @@ def main():
 
     m0 = metrics(a.http)
     records, capacity = int(m0["consentd_records"]), int(m0["consentd_index_capacity"])
-    # Past the load limit with some margin; the rebuild before keeps the
-    # capacity (it sizes for the records + 10 %, as the build did).
-    k = capacity - records + max(1000, records // 100)
+    # Past the load limit with some margin, whichever table serves when
+    # the feed starts: the rebuild before it sizes one for the records
+    # + 10 % + 4096 (GENERATION_GROW_MIN), or keeps a larger one. Keys past
+    # the limit just go into the grown table (1.5x: no second growth).
+    after_rebuild = max(capacity, records + records // 10 + 4096)
+    k = after_rebuild * 105 // 100 - records + 1000
     keys = os.path.join(a.out, "new-keys.bin")
     subprocess.run([f"{a.build}/consentctl", "gen", "--records", str(a.records),
                     "--seed", str(a.seed), "--new-keys", str(k), "--out", keys],
@@ -128,7 +131,8 @@ def main():
         m1 = metrics(a.http)
         swaps, built = m1["consentd_generation_swaps_total"], m1["consentd_generations_built_total"]
         if int(m1["consentd_index_capacity"]) - int(m1["consentd_records"]) >= k:
-            print("bench_swaps: the rebuild grew the table; the feed will not pass its limit")
+            raise RuntimeError("the rebuilt table holds the new keys without growing: "
+                               "no growth window")
         mark("growth")
         t0 = time.monotonic()
         feed = subprocess.run(pin + [f"{a.build}/consentctl", "feed", "--rpc",
