@@ -28,7 +28,8 @@
 # It asserts nothing about speed. It exits non-zero only if the load
 # generator saw a wrong answer (exit 1): a fast wrong server must not pass.
 # QUICK=1 (CI): N = 100000, one run each, short durations.
-# Env: BENCH_SEED (1), BENCH_REDIS_PORT (17709), BENCH_RUNS, BENCH_DURATION.
+# Env: BENCH_SEED (1), BENCH_REDIS_PORT (17709), BENCH_RUNS, BENCH_DURATION,
+# BENCH_FIFO (0; 1: servers and loadgen at SCHED_FIFO, see below).
 set -uo pipefail
 
 build=${1:-build}
@@ -69,6 +70,13 @@ fact() { printf '%s\t%s\n' "$1" "$2" >> "$facts"; }
 log() { printf '\n== %s\n' "$*"; }
 
 if [ "$(nproc)" -ge 2 ]; then srv_cpu=0; cli_cpu=1; else srv_cpu=0; cli_cpu=0; fi
+# BENCH_FIFO=1: the servers and the load generator run SCHED_FIFO (chrt -f
+# 10), so that other work on a shared machine cannot hold them off the CPU
+# for milliseconds (which is what p99 then measures). Off by default: a
+# saturated server at FIFO takes its core from everything else.
+rt=()
+if [ "${BENCH_FIFO:-0}" = 1 ]; then rt=(chrt -f 10); export BENCH_FIFO; fi
+fact fifo "${BENCH_FIFO:-0}"
 fact records "$n"; fact seed "$seed"; fact runs "$runs"; fact duration "$dur"
 fact warmup "$warm"; fact quick "$quick"; fact connections "$conns"
 fact depth "$depth"; fact batch "$batch"; fact batch_depth "$batch_depth"
@@ -142,7 +150,7 @@ if [ -x "$build/consentd" ] && [ -d "$idx" ]; then
   t0=$(now)
   ports="$out/consentd.ports"
   rm -f "$ports"
-  taskset -c "$srv_cpu" "$build/consentd" --data-dir "$idx" \
+  "${rt[@]}" taskset -c "$srv_cpu" "$build/consentd" --data-dir "$idx" \
     --rpc 127.0.0.1:0 --resp 127.0.0.1:0 --http 127.0.0.1:0 \
     --grpc 127.0.0.1:0 --ports-file "$ports" --workers 1 > "$out/consentd.log" 2>&1 &
   cd_pid=$!
@@ -218,7 +226,7 @@ fact openssl_version "$(openssl version | cut -d' ' -f2)"
 log "redis-server on core $srv_cpu, loaded with the same $n records"
 rd_ok=0
 for cand in $(seq "${BENCH_REDIS_PORT:-17709}" 10 $((${BENCH_REDIS_PORT:-17709} + 190))); do
-  taskset -c "$srv_cpu" redis-server --port "$cand" --bind 127.0.0.1 \
+  "${rt[@]}" taskset -c "$srv_cpu" redis-server --port "$cand" --bind 127.0.0.1 \
     --save '' --appendonly no --daemonize no --dir "$out" \
     --logfile "$out/redis.log" &
   rd_pid=$!
@@ -258,7 +266,7 @@ wrong=0
 # run_lg NAME RUN ARGS...: one loadgen run on core $cli_cpu, JSON kept.
 run_lg() {
   local name=$1 run=$2; shift 2
-  timeout $(( ${dur%.*} + 300 )) taskset -c "$cli_cpu" "$build/loadgen" \
+  timeout $(( ${dur%.*} + 300 )) "${rt[@]}" taskset -c "$cli_cpu" "$build/loadgen" \
     --label "$name" --json "$out/$name.$run.json" --records "$n" \
     --seed "$seed" --threads 1 --connections "$conns" --warmup "$warm" \
     --duration "$dur" "$@"
@@ -490,7 +498,7 @@ if [ -x "$build/consentd" ] && [ -d "$idx" ] && [ "${swap_rate:-0}" -gt 0 ]; the
   log "swaps under load: rebuild and growth at $swap_rate RPC checks/s ($n records)"
   rm -rf "$data/idx-swaps" && cp -a "$idx" "$data/idx-swaps"
   sw_ports="$out/swaps.ports"; rm -f "$sw_ports"
-  taskset -c "$srv_cpu" "$build/consentd" --data-dir "$data/idx-swaps" \
+  "${rt[@]}" taskset -c "$srv_cpu" "$build/consentd" --data-dir "$data/idx-swaps" \
     --rpc 127.0.0.1:0 --resp 127.0.0.1:0 --http 127.0.0.1:0 --grpc 127.0.0.1:0 \
     --ports-file "$sw_ports" --workers 1 > "$out/consentd-swaps.log" 2>&1 &
   sw_pid=$!

@@ -78,6 +78,8 @@ def main():
     ap.add_argument("--json", required=True)
     a = ap.parse_args()
     pin = ["taskset", "-c", a.cpu] if a.cpu else []
+    if os.environ.get("BENCH_FIFO") == "1":  # scripts/bench.sh: as the servers
+        pin = ["chrt", "-f", "10"] + pin
     result = {"rate": a.rate, "records": a.records, "windows": [], "events": {}}
 
     m0 = metrics(a.http)

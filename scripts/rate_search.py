@@ -44,7 +44,9 @@ def main():
         if rate < 1:
             break
         out = f"{a.json}.step{i}.json"
-        cmd = ([] if not a.cpu else ["taskset", "-c", a.cpu]) + [
+        # BENCH_FIFO=1 (scripts/bench.sh): SCHED_FIFO, as the servers.
+        rt = ["chrt", "-f", "10"] if os.environ.get("BENCH_FIFO") == "1" else []
+        cmd = rt + ([] if not a.cpu else ["taskset", "-c", a.cpu]) + [
             a.loadgen, *rest, "--rate", str(int(rate)),
             "--duration", str(a.step_duration), "--warmup", str(a.warmup),
             "--json", out, "--quiet", "--label", f"search step {i}"]
