@@ -2,7 +2,9 @@
  * loadgen: drives consentd (RPC, RESP) or Redis (GET, MGET) with checks of
  * the synthetic dataset and verifies every reply (bench/README.md).
  *
- * Each thread owns an epoll instance and its share of the connections.
+ * Each thread owns an io_uring (--io uring, the default: see "the io_uring
+ * loop" below) or an epoll instance (--io epoll, and under --tls-ca), and
+ * its share of the connections.
  * Closed loop (no --rate): every connection keeps --pipeline requests in
  * flight; latency runs from the moment a request is queued. Open loop
  * (--rate R): each connection has a fixed schedule of R / connections
@@ -189,7 +191,7 @@ struct worker {
 	struct io_uring_buf_ring *br;
 	size_t br_bytes;
 	char *bufs;
-	uint64_t syscalls;       /* io_uring_enter or epoll_wait + I/O calls */
+	uint64_t syscalls;       /* io_uring_enter; or epoll_wait, send, recv */
 	uint64_t sends;          /* send operations (calls or SQEs) */
 };
 
@@ -442,6 +444,7 @@ static void lg_conn_flush(struct worker *w, struct lg_conn *c)
 			: send(c->fd, c->out.data + c->out_off,
 			       c->out.len - c->out_off, MSG_NOSIGNAL);
 		w->sends++;
+		w->syscalls++;
 		if (n > 0) {
 			c->out_off += (size_t)n;
 			continue;

@@ -919,6 +919,11 @@ if swaps and swaps.get("windows"):
         secs = "—" if wdw.get("seconds") is None else f"{wdw['seconds']:.1f}"
         L.append(f"| {wdw['window']} | {secs} | {fnum(wdw['requests'])} | {flat(wdw['p50_us'])} | "
                  f"{flat(wdw['p99_us'])} | {flat(wdw['p999_us'])} | {flat(wdw['max_us'])} |")
+    logs = [l.split("writer: ", 1)[-1] for l in swaps.get("server_log", [])
+            if "new table" in l or "wrote generation" in l]
+    if logs:
+        L.append("")
+        L.append("consentd's log: " + "; ".join(f"`{l}`" for l in logs) + ".")
 L.append("")
 L.append("| memory and loading | consentd | Redis | ratio |")
 L.append("|---|---:|---:|---:|")
