@@ -128,7 +128,7 @@ $(BUILD)/loadgen: $(LOADGEN_OBJ) $(BUILD)/libconsentd.a
 test-unit: all $(TESTS) ## build and run the C unit tests only
 	@scripts/run-tests.sh --unit-only $(BUILD)
 
-test: deps all $(TESTS) ## unit tests, then end-to-end tests against a real server
+test: deps all $(TESTS) $(BUILD)/loadgen ## unit tests, then end-to-end tests against a real server
 	@scripts/run-tests.sh $(BUILD)
 
 test-asan: deps ## the unit and end-to-end tests under ASan+UBSan
@@ -139,7 +139,7 @@ test-tsan: deps ## the unit tests under TSan (threads: index readers vs writer)
 	@$(MAKE) --no-print-directory BUILD=build/tsan SAN=tsan OPT=-O1 all tests-built
 	@scripts/run-tests.sh --unit-only build/tsan
 
-tests-built: $(TESTS)
+tests-built: $(TESTS) $(BUILD)/loadgen
 
 benches-built: $(BENCHES) $(BUILD)/loadgen
 

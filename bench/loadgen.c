@@ -2,7 +2,9 @@
  * loadgen: drives consentd (RPC, RESP) or Redis (GET, MGET) with checks of
  * the synthetic dataset and verifies every reply (bench/README.md).
  *
- * Each thread owns an epoll instance and its share of the connections.
+ * Each thread owns an io_uring (--io uring, the default: see "the io_uring
+ * loop" below) or an epoll instance (--io epoll, and under --tls-ca), and
+ * its share of the connections.
  * Closed loop (no --rate): every connection keeps --pipeline requests in
  * flight; latency runs from the moment a request is queued. Open loop
  * (--rate R): each connection has a fixed schedule of R / connections
@@ -40,13 +42,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <liburing.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
@@ -64,6 +69,23 @@
 #define LG_WAIT_MAX_NS 10000000 /* wake at least every 10 ms */
 #define LG_DETAILS_MAX 5       /* wrong answers printed in full */
 #define LG_SECONDS_MAX 3600    /* per-second series length */
+#define LG_PHASES_MAX 16       /* --phases: windows marked by SIGUSR1 */
+#define LG_BUSY_LIMIT 0.85     /* a thread busier than this: client-bound */
+/* io_uring open loop: a turn every 50 us. A turn (enter, timer, two
+ * context switches) cost about 12 us of the client's core on the 2-core
+ * VM, so 20 us ticks kept it 80 % busy whatever the rate; 50 us, 58 %
+ * (p99 the same), 100 us, 45 % (p50 100 us higher). */
+#define LG_TICK_NS_DEFAULT 50000
+#define LG_URING_BUFS 256      /* provided receive buffers per thread */
+#define LG_URING_BUF_SIZE (16 * 1024)
+#define LG_URING_BGID 1
+#define LG_UD_RECV 1u          /* user_data: conn << 8 | op */
+#define LG_UD_SEND 2u
+
+enum lg_io {
+	LG_IO_URING = 0, /* io_uring: multishot recv, one submit per tick */
+	LG_IO_EPOLL = 1, /* epoll: a send and recv call per event */
+};
 
 struct options {
 	const char *host;
@@ -94,6 +116,13 @@ struct options {
 	bool verify_full;   /* decode every reply, not just the odd ones */
 	uint32_t distinct;  /* requests prepared; 0: LG_DISTINCT_CHECKS worth */
 	const char *tls_ca; /* TLS, verifying the server against this CA */
+	enum lg_io io;
+	bool have_io;
+	uint64_t tick_ns;   /* open loop: sends batched per tick; 0: none */
+	bool have_tick;
+	long server_pid;    /* --server-pid: its CPU over the window */
+	double busy_limit;  /* client-bound above this per thread */
+	bool phases;        /* SIGUSR1 opens a window, SIGUSR2 stops */
 };
 
 /* Checks prepared by default: enough distinct keys that the server's
@@ -114,11 +143,18 @@ struct slot {
 
 struct lg_conn {
 	int fd;
+	uint32_t index;      /* in its worker's conns (io_uring user_data) */
 	SSL *ssl;            /* --tls-ca: the session over fd */
 	bool dead;
 	bool want_out;       /* EPOLLOUT armed */
 	struct lg_buf out;
-	size_t out_off;      /* bytes of out already written */
+	size_t out_off;      /* bytes of out already written (epoll) */
+	/* io_uring: out fills while tx is in the kernel's hands; one send
+	 * in flight per connection keeps the bytes in order. */
+	struct lg_buf tx;
+	size_t tx_off;
+	bool tx_busy;
+	bool recv_armed;     /* a multishot recv is in flight */
 	struct lg_buf in;
 	struct slot *ring;   /* cap slots; requests in flight, oldest first */
 	uint32_t cap, head, count;
@@ -144,6 +180,19 @@ struct worker {
 	uint64_t last_measured_ns;
 	uint32_t *per_sec;
 	int rc;
+	/* this thread's CPU (CLOCK_THREAD_CPUTIME_ID) over the measured
+	 * window: marked when it opens and when issuing stops */
+	uint64_t cpu_at_measure, cpu_at_stop, wall_at_measure, wall_at_stop;
+	double srv_at_measure, srv_at_stop; /* worker 0, --server-pid */
+	struct hist *phase_hist; /* --phases: LG_PHASES_MAX of them */
+	/* io_uring */
+	struct io_uring ring;
+	bool ring_ok;
+	struct io_uring_buf_ring *br;
+	size_t br_bytes;
+	char *bufs;
+	uint64_t syscalls;       /* io_uring_enter; or epoll_wait, send, recv */
+	uint64_t sends;          /* send operations (calls or SQEs) */
 };
 
 /* Shared, set before the workers start and read-only afterwards, except
@@ -154,6 +203,12 @@ static const struct lg_reqs *reqs;
 static uint64_t t_start_ns, t_measure_ns, t_stop_ns;
 static uint64_t interval_ns; /* open loop, per connection */
 static _Atomic uint64_t budget_used; /* --requests: measured requests issued */
+/* SIGUSR2 (--phases): issuing stops at this time (UINT64_MAX: not asked). */
+static _Atomic uint64_t stop_asked_ns = UINT64_MAX;
+/* SIGUSR1 (--phases): phase p > 0 began at phase_start_ns[p]; requests
+ * are counted in the phase their intended send time falls in. */
+static _Atomic unsigned phase_count = 1;
+static uint64_t phase_start_ns[LG_PHASES_MAX];
 static atomic_int details_printed;  /* wrong answers printed so far */
 static pthread_barrier_t start_barrier;
 
@@ -162,6 +217,67 @@ static uint64_t now_ns(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* When issuing stops: the end of the run, or earlier on SIGUSR2. */
+static uint64_t stop_ns(void)
+{
+	uint64_t asked = atomic_load_explicit(&stop_asked_ns,
+					      memory_order_relaxed);
+	return asked < t_stop_ns ? asked : t_stop_ns;
+}
+
+static uint64_t thread_cpu_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* utime + stime of a process, in seconds; < 0 if it cannot be read. */
+static double proc_cpu_seconds(long pid)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return -1;
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = 0;
+	/* The command name may hold spaces and parentheses: fields are
+	 * counted from the last ')'; utime and stime are fields 14, 15. */
+	char *p = strrchr(buf, ')');
+	unsigned long long ut, st;
+	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u "
+				"%llu %llu", &ut, &st) != 2)
+		return -1;
+	return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* --phases. Only clock_gettime and atomics: async-signal-safe. */
+static void on_phase_signal(int sig)
+{
+	uint64_t now = now_ns();
+	if (sig == SIGUSR2) {
+		atomic_store_explicit(&stop_asked_ns, now, memory_order_relaxed);
+		return;
+	}
+	unsigned p = atomic_load_explicit(&phase_count, memory_order_relaxed);
+	if (p >= LG_PHASES_MAX)
+		return;
+	phase_start_ns[p] = now;
+	/* Release: a worker that sees the count sees the start. */
+	atomic_store_explicit(&phase_count, p + 1, memory_order_release);
+}
+
+/* The phase a request intended at t belongs to. */
+static unsigned phase_of(uint64_t t)
+{
+	unsigned p = atomic_load_explicit(&phase_count, memory_order_acquire);
+	while (p > 1 && t < phase_start_ns[p - 1])
+		p--;
+	return p - 1;
 }
 
 static const char *proto_name(enum lg_proto p)
@@ -239,6 +355,7 @@ static void lg_conn_fini(struct lg_conn *c)
 	if (c->fd >= 0)
 		close(c->fd);
 	lg_buf_fini(&c->out);
+	lg_buf_fini(&c->tx);
 	lg_buf_fini(&c->in);
 	free(c->ring);
 }
@@ -254,9 +371,16 @@ static void lg_conn_fail(struct worker *w, struct lg_conn *c, const char *why, i
 	w->lost += c->count;
 	c->count = 0;
 	c->dead = true;
-	epoll_ctl(w->epfd, EPOLL_CTL_DEL, c->fd, NULL);
-	close(c->fd);
-	c->fd = -1;
+	if (opt.io == LG_IO_EPOLL) {
+		epoll_ctl(w->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+		close(c->fd);
+		c->fd = -1;
+	} else {
+		/* Operations in flight still name the fd: they end with
+		 * an error once it is shut down, and it is closed at the
+		 * end of the run (lg_conn_fini). */
+		shutdown(c->fd, SHUT_RDWR);
+	}
 }
 
 static void lg_conn_arm(struct worker *w, struct lg_conn *c, bool want_out)
@@ -319,6 +443,8 @@ static void lg_conn_flush(struct worker *w, struct lg_conn *c)
 				      c->out.len - c->out_off)
 			: send(c->fd, c->out.data + c->out_off,
 			       c->out.len - c->out_off, MSG_NOSIGNAL);
+		w->sends++;
+		w->syscalls++;
 		if (n > 0) {
 			c->out_off += (size_t)n;
 			continue;
@@ -345,7 +471,7 @@ static void lg_conn_flush(struct worker *w, struct lg_conn *c)
  * --requests, takes one unit of the shared measured budget. */
 static bool may_issue(uint64_t intended_ns)
 {
-	if (intended_ns >= t_stop_ns)
+	if (intended_ns >= stop_ns())
 		return false;
 	if (opt.requests && intended_ns >= t_measure_ns) {
 		uint64_t used = atomic_fetch_add_explicit(&budget_used, 1,
@@ -395,7 +521,7 @@ static uint64_t worker_issue(struct worker *w, uint64_t now)
 				c->next_due_ns += interval_ns;
 				issued = true;
 			}
-			if (c->next_due_ns < next && c->next_due_ns < t_stop_ns)
+			if (c->next_due_ns < next && c->next_due_ns < stop_ns())
 				next = c->next_due_ns;
 		} else {
 			while (c->count < c->cap && may_issue(now)) {
@@ -404,7 +530,8 @@ static uint64_t worker_issue(struct worker *w, uint64_t now)
 				issued = true;
 			}
 		}
-		if (issued)
+		/* io_uring: the loop sends what is queued, once per turn. */
+		if (issued && opt.io == LG_IO_EPOLL)
 			lg_conn_flush(w, c);
 	}
 	return next;
@@ -422,24 +549,27 @@ static void print_detail(const char *detail)
 		fprintf(stderr, "loadgen: (further wrong answers not shown)\n");
 }
 
-static void lg_conn_replies(struct worker *w, struct lg_conn *c, uint64_t now)
+/* Verifies the replies in data[0..len) in order; returns the bytes used
+ * (the rest is the start of a reply, or the connection failed). */
+static size_t lg_conn_consume(struct worker *w, struct lg_conn *c,
+			      const char *data, size_t len, uint64_t now)
 {
 	size_t off = 0;
-	while (off < c->in.len) {
+	while (off < len) {
 		if (c->count == 0) {
 			lg_conn_fail(w, c, "reply with no request", EPROTO);
-			return;
+			return off;
 		}
 		struct slot *s = &c->ring[c->head];
 		struct lg_reply r;
 		long used = lg_reqs_verify(reqs, w->codec, s->req, s->id,
 					   opt.verify_full, w->scratch,
-					   c->in.data + off, c->in.len - off, &r);
+					   data + off, len - off, &r);
 		if (used == 0)
 			break;
 		if (used < 0) {
 			lg_conn_fail(w, c, "reply does not parse", (int)used);
-			return;
+			return off;
 		}
 		off += (size_t)used;
 		c->head = (c->head + 1) % c->cap;
@@ -454,6 +584,9 @@ static void lg_conn_replies(struct worker *w, struct lg_conn *c, uint64_t now)
 		if (s->measured) {
 			uint64_t lat = now > s->intended_ns ? now - s->intended_ns : 0;
 			hist_record(&w->hist, lat);
+			if (w->phase_hist)
+				hist_record(&w->phase_hist[phase_of(s->intended_ns)],
+					    lat);
 			w->measured++;
 			w->measured_checks += s->n;
 			w->last_measured_ns = now;
@@ -462,7 +595,13 @@ static void lg_conn_replies(struct worker *w, struct lg_conn *c, uint64_t now)
 				w->per_sec[sec]++;
 		}
 	}
-	if (off) {
+	return off;
+}
+
+static void lg_conn_replies(struct worker *w, struct lg_conn *c, uint64_t now)
+{
+	size_t off = lg_conn_consume(w, c, c->in.data, c->in.len, now);
+	if (off && !c->dead) {
 		memmove(c->in.data, c->in.data + off, c->in.len - off);
 		c->in.len -= off;
 	}
@@ -480,6 +619,7 @@ static void lg_conn_read(struct worker *w, struct lg_conn *c)
 				      c->in.cap - c->in.len)
 			: recv(c->fd, c->in.data + c->in.len,
 			       c->in.cap - c->in.len, 0);
+		w->syscalls++;
 		if (n > 0) {
 			size_t room = c->in.cap - c->in.len;
 			c->in.len += (size_t)n;
@@ -521,38 +661,56 @@ static bool worker_alive(const struct worker *w)
 	return false;
 }
 
-static void *worker_main(void *arg)
+/* Is issuing over (the end, SIGUSR2, or the --requests budget)? */
+static bool worker_stopping(uint64_t now)
 {
-	struct worker *w = arg;
-	struct epoll_event evs[64];
+	return now >= stop_ns() ||
+	       (opt.requests &&
+		atomic_load_explicit(&budget_used, memory_order_relaxed) >=
+			opt.requests);
+}
 
-	/* The default 50 us timer slack would delay every scheduled send of
-	 * the open loop by up to that much, charged to the server. */
-	prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
-	pthread_barrier_wait(&start_barrier); /* connected */
-	pthread_barrier_wait(&start_barrier); /* t_start_ns set */
-	for (uint32_t k = 0; k < w->n_conns; k++) {
-		/* Stagger the schedules so connections do not fire together. */
-		uint32_t global = w->index + k * opt.threads;
-		w->conns[k].next_due_ns = t_start_ns +
-					  interval_ns * global / opt.connections;
+/* Marks this thread's CPU clock when the measured window opens and when
+ * issuing stops: its busy share is CPU over wall between the two. */
+static void worker_mark_cpu(struct worker *w, uint64_t now, bool stopping)
+{
+	if (!w->wall_at_measure && now >= t_measure_ns) {
+		w->wall_at_measure = now;
+		w->cpu_at_measure = thread_cpu_ns();
+		if (opt.server_pid && w->index == 0)
+			w->srv_at_measure = proc_cpu_seconds(opt.server_pid);
 	}
+	if (!w->wall_at_stop && stopping) {
+		w->wall_at_stop = now;
+		w->cpu_at_stop = thread_cpu_ns();
+		if (opt.server_pid && w->index == 0)
+			w->srv_at_stop = proc_cpu_seconds(opt.server_pid);
+	}
+}
 
+/* The drain once issuing has stopped: true when the loop should end. */
+static bool worker_done(struct worker *w, uint64_t now, bool stopping,
+			uint64_t *drain_end)
+{
+	if (!worker_alive(w))
+		return true;
+	if (stopping && worker_in_flight(w) == 0)
+		return true;
+	if (stopping && *drain_end == UINT64_MAX)
+		*drain_end = now + (uint64_t)(opt.drain_s * 1e9);
+	return now >= *drain_end;
+}
+
+static void worker_loop_epoll(struct worker *w)
+{
+	struct epoll_event evs[64];
 	uint64_t drain_end = UINT64_MAX; /* set once issuing has stopped */
 	for (;;) {
 		uint64_t now = now_ns();
 		uint64_t next_due = worker_issue(w, now);
-		bool stopping = now >= t_stop_ns ||
-				(opt.requests &&
-				 atomic_load_explicit(&budget_used,
-						      memory_order_relaxed) >= opt.requests);
-		if (!worker_alive(w))
-			break;
-		if (stopping && worker_in_flight(w) == 0)
-			break;
-		if (stopping && drain_end == UINT64_MAX)
-			drain_end = now + (uint64_t)(opt.drain_s * 1e9);
-		if (now >= drain_end)
+		bool stopping = worker_stopping(now);
+		worker_mark_cpu(w, now, stopping);
+		if (worker_done(w, now, stopping, &drain_end))
 			break;
 
 		uint64_t wait = LG_WAIT_MAX_NS;
@@ -564,6 +722,7 @@ static void *worker_main(void *arg)
 			wait = LG_WAIT_MAX_NS;
 		struct timespec ts = { .tv_sec = 0, .tv_nsec = (long)wait };
 		int n = epoll_pwait2(w->epfd, evs, 64, &ts, NULL);
+		w->syscalls++;
 		if (n < 0 && errno != EINTR) {
 			w->rc = -errno;
 			break;
@@ -578,6 +737,280 @@ static void *worker_main(void *arg)
 				lg_conn_flush(w, c);
 		}
 	}
+}
+
+/* ---- the io_uring loop --------------------------------------------------
+ * One ring per thread, made on that thread (SINGLE_ISSUER, DEFER_TASKRUN:
+ * completions are posted only when this thread enters the kernel). Each
+ * connection has a multishot recv over a provided-buffer ring and at most
+ * one send in flight. A turn of the loop: take the completions (verify
+ * replies), top up (closed loop) or issue everything the schedule has due
+ * (open loop), queue one send per connection holding new requests, and
+ * submit them all with the wait in one io_uring_enter. In the open loop
+ * with --tick the thread sleeps a tick between turns whatever arrives
+ * (the wait asks for more completions than can come, so only the timer
+ * wakes it): the requests due on a connection during a tick go out in
+ * one send, and replies are timed when the tick ends, so a reported
+ * latency may be up to a tick late in sending and a tick late in reading,
+ * never early: the client's batching is charged to the server. */
+
+static struct io_uring_sqe *uring_sqe(struct worker *w)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
+	while (!sqe) {
+		/* Sized for a recv and a send per connection; only a
+		 * burst of re-arms could fill it. */
+		io_uring_submit(&w->ring);
+		w->syscalls++;
+		sqe = io_uring_get_sqe(&w->ring);
+	}
+	return sqe;
+}
+
+static void uring_arm_recv(struct worker *w, struct lg_conn *c)
+{
+	struct io_uring_sqe *sqe = uring_sqe(w);
+	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = LG_URING_BGID;
+	io_uring_sqe_set_data64(sqe, (uint64_t)c->index << 8 | LG_UD_RECV);
+	c->recv_armed = true;
+}
+
+/* Queues the connection's pending bytes: the rest of a short send, else
+ * everything issued since the last send (out and tx swap roles). */
+static void uring_send(struct worker *w, struct lg_conn *c)
+{
+	if (c->dead || c->tx_busy)
+		return;
+	if (c->tx_off >= c->tx.len) {
+		if (c->out.len == 0)
+			return;
+		struct lg_buf t = c->tx;
+		c->tx = c->out;
+		c->out = t;
+		c->out.len = 0;
+		c->tx_off = 0;
+	}
+	struct io_uring_sqe *sqe = uring_sqe(w);
+	io_uring_prep_send(sqe, c->fd, c->tx.data + c->tx_off,
+			   c->tx.len - c->tx_off, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, (uint64_t)c->index << 8 | LG_UD_SEND);
+	c->tx_busy = true;
+	w->sends++;
+}
+
+static void uring_buf_return(struct worker *w, unsigned bid)
+{
+	io_uring_buf_ring_add(w->br, w->bufs + (size_t)bid * LG_URING_BUF_SIZE,
+			      LG_URING_BUF_SIZE, (unsigned short)bid,
+			      io_uring_buf_ring_mask(LG_URING_BUFS), 0);
+	io_uring_buf_ring_advance(w->br, 1);
+}
+
+/* Received bytes: verified in the provided buffer when nothing is carried
+ * over, so only a reply cut by the buffer's end is copied. */
+static void uring_in(struct worker *w, struct lg_conn *c, const char *data,
+		     size_t len, uint64_t now)
+{
+	if (c->in.len == 0) {
+		size_t used = lg_conn_consume(w, c, data, len, now);
+		data += used;
+		len -= used;
+		if (c->dead || len == 0)
+			return;
+	}
+	if (lg_buf_reserve(&c->in, len) < 0) {
+		lg_conn_fail(w, c, "read buffer", ENOMEM);
+		return;
+	}
+	memcpy(c->in.data + c->in.len, data, len);
+	c->in.len += len;
+	if (c->in.len > len)
+		lg_conn_replies(w, c, now);
+}
+
+static void uring_cqe(struct worker *w, const struct io_uring_cqe *cqe,
+		      uint64_t now)
+{
+	uint64_t ud = io_uring_cqe_get_data64(cqe);
+	uint32_t k = (uint32_t)(ud >> 8);
+	if (k >= w->n_conns)
+		return;
+	struct lg_conn *c = &w->conns[k];
+	int res = cqe->res;
+
+	if ((ud & 0xff) == LG_UD_SEND) {
+		c->tx_busy = false;
+		if (c->dead)
+			return;
+		if (res <= 0) {
+			if (res == -EINTR || res == -EAGAIN) {
+				uring_send(w, c);
+				return;
+			}
+			lg_conn_fail(w, c, "send", res < 0 ? res : -EPIPE);
+			return;
+		}
+		c->tx_off += (size_t)res;
+		if (c->tx_off >= c->tx.len) {
+			c->tx.len = 0;
+			c->tx_off = 0;
+		}
+		uring_send(w, c);
+		return;
+	}
+
+	if (!(cqe->flags & IORING_CQE_F_MORE))
+		c->recv_armed = false;
+	bool has_buf = cqe->flags & IORING_CQE_F_BUFFER;
+	unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+	if (res > 0 && has_buf && !c->dead)
+		uring_in(w, c, w->bufs + (size_t)bid * LG_URING_BUF_SIZE,
+			 (size_t)res, now);
+	if (has_buf)
+		uring_buf_return(w, bid);
+	if (c->dead)
+		return;
+	if (res == 0)
+		lg_conn_fail(w, c, "closed by server", ECONNRESET);
+	else if (res < 0 && res != -ENOBUFS)
+		lg_conn_fail(w, c, "recv", res);
+	else if (!c->recv_armed)
+		uring_arm_recv(w, c); /* out of buffers for a moment */
+}
+
+/* On the worker's thread: the ring (SINGLE_ISSUER binds it to its
+ * creator) and the provided receive buffers. */
+static int uring_setup(struct worker *w)
+{
+	struct io_uring_params p;
+	unsigned sq = 64;
+	while (sq < 2 * w->n_conns + 8)
+		sq <<= 1;
+	memset(&p, 0, sizeof(p));
+	p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
+		  IORING_SETUP_CQSIZE;
+	p.cq_entries = 4096 + 4 * sq;
+	int rc = io_uring_queue_init_params(sq, &w->ring, &p);
+	if (rc < 0)
+		return rc;
+	w->ring_ok = true;
+	/* liburing 2.3 has no io_uring_setup_buf_ring: mapped here. */
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	w->br_bytes = (LG_URING_BUFS * sizeof(struct io_uring_buf) + page - 1) &
+		      ~(page - 1);
+	void *br = mmap(NULL, w->br_bytes, PROT_READ | PROT_WRITE,
+			MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (br == MAP_FAILED)
+		return -ENOMEM;
+	w->br = br;
+	w->bufs = malloc((size_t)LG_URING_BUFS * LG_URING_BUF_SIZE);
+	if (!w->bufs)
+		return -ENOMEM;
+	struct io_uring_buf_reg reg;
+	memset(&reg, 0, sizeof(reg));
+	reg.ring_addr = (uint64_t)(uintptr_t)w->br;
+	reg.ring_entries = LG_URING_BUFS;
+	reg.bgid = LG_URING_BGID;
+	rc = io_uring_register_buf_ring(&w->ring, &reg, 0);
+	if (rc < 0)
+		return rc;
+	io_uring_buf_ring_init(w->br);
+	for (unsigned i = 0; i < LG_URING_BUFS; i++)
+		io_uring_buf_ring_add(w->br, w->bufs + (size_t)i * LG_URING_BUF_SIZE,
+				      LG_URING_BUF_SIZE, (unsigned short)i,
+				      io_uring_buf_ring_mask(LG_URING_BUFS), (int)i);
+	io_uring_buf_ring_advance(w->br, LG_URING_BUFS);
+	return 0;
+}
+
+static void worker_loop_uring(struct worker *w)
+{
+	for (uint32_t k = 0; k < w->n_conns; k++)
+		uring_arm_recv(w, &w->conns[k]);
+	uint64_t drain_end = UINT64_MAX;
+	for (;;) {
+		uint64_t now = now_ns();
+		uint64_t next_due = worker_issue(w, now);
+		for (uint32_t k = 0; k < w->n_conns; k++)
+			uring_send(w, &w->conns[k]);
+		bool stopping = worker_stopping(now);
+		worker_mark_cpu(w, now, stopping);
+		if (worker_done(w, now, stopping, &drain_end))
+			break;
+
+		unsigned wait_nr = 1;
+		uint64_t wait = LG_WAIT_MAX_NS;
+		if (opt.rate > 0 && !stopping) {
+			uint64_t wake = next_due;
+			if (opt.tick_ns) {
+				uint64_t tick_end = now + opt.tick_ns;
+				if (wake < tick_end)
+					wake = tick_end;
+				if (wake > tick_end && worker_in_flight(w))
+					wake = tick_end;
+				/* More than can complete: only the timer
+				 * ends the wait. */
+				wait_nr = w->ring.cq.ring_entries;
+			}
+			if (wake != UINT64_MAX)
+				wait = wake > now ? wake - now : 0;
+			if (!opt.tick_ns && wait < LG_SPIN_NS)
+				wait = 0;
+		}
+		if (wait > LG_WAIT_MAX_NS)
+			wait = LG_WAIT_MAX_NS;
+		struct __kernel_timespec ts = {
+			.tv_sec = 0, .tv_nsec = (long long)wait,
+		};
+		struct io_uring_cqe *cqe = NULL;
+		int rc = io_uring_submit_and_wait_timeout(&w->ring, &cqe, wait_nr,
+							  &ts, NULL);
+		w->syscalls++;
+		if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY &&
+		    rc != -EAGAIN) {
+			w->rc = rc;
+			break;
+		}
+		now = now_ns();
+		unsigned head, n = 0;
+		io_uring_for_each_cqe(&w->ring, head, cqe) {
+			uring_cqe(w, cqe, now);
+			n++;
+		}
+		io_uring_cq_advance(&w->ring, n);
+	}
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+
+	/* The default 50 us timer slack would delay every scheduled send of
+	 * the open loop by up to that much, charged to the server. */
+	prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+	if (opt.io == LG_IO_URING) {
+		int rc = uring_setup(w);
+		if (rc < 0)
+			w->rc = rc;
+	}
+	pthread_barrier_wait(&start_barrier); /* connected */
+	pthread_barrier_wait(&start_barrier); /* t_start_ns set */
+	if (w->rc < 0)
+		return NULL;
+	for (uint32_t k = 0; k < w->n_conns; k++) {
+		/* Stagger the schedules so connections do not fire together. */
+		uint32_t global = w->index + k * opt.threads;
+		w->conns[k].next_due_ns = t_start_ns +
+					  interval_ns * global / opt.connections;
+	}
+	if (opt.io == LG_IO_URING)
+		worker_loop_uring(w);
+	else
+		worker_loop_epoll(w);
+	uint64_t end = now_ns();
+	worker_mark_cpu(w, end, true);
 	w->lost += worker_in_flight(w);
 	return NULL;
 }
@@ -594,7 +1027,18 @@ static void usage(FILE *f)
 "  --host H            server address, loopback only (127.0.0.1)\n"
 "  --port P            default 7700 rpc, 7701 resp-*, 6379 redis-*\n"
 "  --connections N     connections in total (8)\n"
-"  --threads T         client threads, each with its own epoll (1)\n"
+"  --threads T         client threads, each with its own ring or epoll (1)\n"
+"  --io uring|epoll    io_uring (default): multishot recv, one submit per\n"
+"                      turn; epoll: a send per turn and connection\n"
+"                      (--tls-ca needs epoll, its default then)\n"
+"  --tick-us T         io_uring open loop: the thread wakes every T us and\n"
+"                      sends what fell due per connection in one send (50;\n"
+"                      0: wake at each due time and each reply)\n"
+"  --server-pid PID    report that process's CPU over the measured window\n"
+"  --busy-limit X      a client thread busier than X (0.85) marks the run\n"
+"                      client-bound\n"
+"  --phases            SIGUSR1 starts a new latency window (up to 16),\n"
+"                      SIGUSR2 stops issuing; windows in the JSON\n"
 "  --pipeline D        requests in flight per connection, closed loop (1)\n"
 "  --batch K           checks per request (1); K > 1 needs rpc, resp-mcheck\n"
 "                      or redis-mget; a batch is one brand/channel/type\n"
@@ -669,6 +1113,7 @@ static int parse_options(int argc, char **argv)
 		O_BATCH, O_HIT, O_SKEW, O_DUR, O_REQS, O_RATE, O_WARM, O_DRAIN,
 		O_SEED, O_RECS, O_POOL, O_MAXOUT, O_JSON, O_LABEL, O_QUIET,
 		O_EMIT, O_OUT, O_HELP, O_VERIFY, O_DISTINCT, O_TLS_CA,
+		O_IO, O_TICK, O_SERVER_PID, O_BUSY, O_PHASES,
 	};
 	static const struct option longs[] = {
 		{ "host", required_argument, 0, O_HOST },
@@ -698,6 +1143,11 @@ static int parse_options(int argc, char **argv)
 		{ "verify", required_argument, 0, O_VERIFY },
 		{ "distinct", required_argument, 0, O_DISTINCT },
 		{ "tls-ca", required_argument, 0, O_TLS_CA },
+		{ "io", required_argument, 0, O_IO },
+		{ "tick-us", required_argument, 0, O_TICK },
+		{ "server-pid", required_argument, 0, O_SERVER_PID },
+		{ "busy-limit", required_argument, 0, O_BUSY },
+		{ "phases", no_argument, 0, O_PHASES },
 		{ 0, 0, 0, 0 },
 	};
 	opt = (struct options){
@@ -705,6 +1155,7 @@ static int parse_options(int argc, char **argv)
 		.threads = 1, .pipeline = 1, .batch = 1, .hit_ratio = 0.9,
 		.skew = LG_SKEW_UNIFORM, .duration_s = 10, .warmup_s = 1,
 		.drain_s = 5, .seed = 1, .pool = 4000000,
+		.tick_ns = LG_TICK_NS_DEFAULT, .busy_limit = LG_BUSY_LIMIT,
 	};
 	bool have_proto = false;
 	int ch, bad = 0;
@@ -772,6 +1223,34 @@ static int parse_options(int argc, char **argv)
 			bad |= parse_u32(optarg, &opt.distinct) < 0 || opt.distinct == 0;
 			break;
 		case O_TLS_CA: opt.tls_ca = optarg; break;
+		case O_IO:
+			opt.have_io = true;
+			if (!strcmp(optarg, "uring"))
+				opt.io = LG_IO_URING;
+			else if (!strcmp(optarg, "epoll"))
+				opt.io = LG_IO_EPOLL;
+			else
+				bad = fprintf(stderr, "loadgen: unknown --io '%s' "
+					      "(uring or epoll)\n", optarg);
+			break;
+		case O_TICK: {
+			double t;
+			bad |= parse_double(optarg, &t) < 0 || t > 1e6;
+			opt.tick_ns = (uint64_t)(t * 1000);
+			opt.have_tick = true;
+			break;
+		}
+		case O_SERVER_PID: {
+			uint32_t pid;
+			bad |= parse_u32(optarg, &pid) < 0 || pid == 0;
+			opt.server_pid = (long)pid;
+			break;
+		}
+		case O_BUSY:
+			bad |= parse_double(optarg, &opt.busy_limit) < 0 ||
+			       opt.busy_limit > 1;
+			break;
+		case O_PHASES: opt.phases = true; break;
 		case O_HELP: case 'h': usage(stdout); exit(LG_EXIT_OK);
 		default: bad = 1; break;
 		}
@@ -793,11 +1272,20 @@ static int parse_options(int argc, char **argv)
 			      LG_BATCH_MAX);
 	if (opt.threads > opt.connections)
 		opt.threads = opt.connections;
+	if (opt.threads > 64)
+		bad = fprintf(stderr, "loadgen: at most 64 --threads\n");
 	if (opt.batch > 1 && (opt.proto == LG_PROTO_RESP_CHECK ||
 			      opt.proto == LG_PROTO_REDIS_GET))
 		bad = fprintf(stderr, "loadgen: --batch > 1 needs rpc, resp-mcheck or redis-mget\n");
 	if (opt.duration_s <= 0 && !opt.requests)
 		bad = fprintf(stderr, "loadgen: --duration must be > 0\n");
+	if (opt.tls_ca && !opt.have_io)
+		opt.io = LG_IO_EPOLL;
+	if (opt.tls_ca && opt.io == LG_IO_URING)
+		bad = fprintf(stderr, "loadgen: --tls-ca runs over --io epoll "
+				      "(OpenSSL reads and writes the socket)\n");
+	if (opt.have_tick && opt.io == LG_IO_EPOLL)
+		bad = fprintf(stderr, "loadgen: --tick-us is for --io uring\n");
 	if (!opt.port)
 		opt.port = opt.proto == LG_PROTO_RPC ? "7700" :
 			   opt.proto <= LG_PROTO_RESP_MCHECK ? "7701" : "6379";
@@ -859,6 +1347,14 @@ struct totals {
 	uint64_t last_measured_ns;
 	uint32_t per_sec[LG_SECONDS_MAX];
 	double seconds, rps, cps, cpu;
+	double cpu_s;               /* the process's CPU seconds, whole run */
+	double busy[64];            /* per thread, over the measured window */
+	double busy_max;
+	bool client_bound;
+	double server_cpu;          /* --server-pid: cores busy; < 0 unknown */
+	uint64_t syscalls, sends;
+	struct hist phase_hist[LG_PHASES_MAX];
+	unsigned phases;
 };
 
 static double us(uint64_t ns)
@@ -905,6 +1401,40 @@ static void write_json(const struct totals *t, FILE *f)
 	fprintf(f, "  \"connection_errors\": %llu, \"lost\": %llu,\n",
 		(unsigned long long)t->conn_errors, (unsigned long long)t->lost);
 	fprintf(f, "  \"client_cpu\": %.3f,\n", t->cpu);
+	fprintf(f, "  \"io\": \"%s\", \"tick_us\": %.1f,\n",
+		opt.io == LG_IO_URING ? "uring" : "epoll",
+		opt.io == LG_IO_URING ? (double)opt.tick_ns / 1000 : 0.0);
+	fprintf(f, "  \"client_threads_busy\": [");
+	for (uint32_t i = 0; i < opt.threads; i++)
+		fprintf(f, "%s%.3f", i ? ", " : "", t->busy[i]);
+	fprintf(f, "], \"client_busy_max\": %.3f, \"busy_limit\": %.2f, "
+		   "\"client_bound\": %s,\n", t->busy_max, opt.busy_limit,
+		t->client_bound ? "true" : "false");
+	fprintf(f, "  \"client_cpu_us_per_request\": %.3f, "
+		   "\"syscalls_per_request\": %.3f, \"sends_per_request\": %.3f,\n",
+		t->completed ? t->cpu_s * 1e6 / (double)t->completed : 0,
+		t->completed ? (double)t->syscalls / (double)t->completed : 0,
+		t->completed ? (double)t->sends / (double)t->completed : 0);
+	if (t->server_cpu >= 0)
+		fprintf(f, "  \"server_pid\": %ld, \"server_cpu\": %.3f,\n",
+			opt.server_pid, t->server_cpu);
+	if (opt.phases) {
+		fprintf(f, "  \"phases\": [");
+		for (unsigned i = 0; i < t->phases; i++) {
+			const struct hist *ph = &t->phase_hist[i];
+			double start = i == 0 ? 0 :
+				(double)((int64_t)phase_start_ns[i] -
+					 (int64_t)t_measure_ns) / 1e9;
+			fprintf(f, "%s\n    {\"phase\": %u, \"start_s\": %.3f, "
+				   "\"requests\": %llu, \"p50_us\": %.2f, "
+				   "\"p99_us\": %.2f, \"p999_us\": %.2f, "
+				   "\"max_us\": %.2f}", i ? "," : "", i, start,
+				(unsigned long long)ph->count,
+				us(hist_quantile(ph, 0.5)), us(hist_quantile(ph, 0.99)),
+				us(hist_quantile(ph, 0.999)), us(ph->max));
+		}
+		fprintf(f, "\n  ],\n");
+	}
 	fprintf(f, "  \"verify\": \"%s\", \"distinct_requests\": %u, "
 		   "\"replies_decoded\": %llu,\n",
 		opt.verify_full ? "full" : "fast", opt.distinct,
@@ -924,7 +1454,8 @@ static void print_summary(const struct totals *t)
 	printf("%s%s%s %s batch=%u conns=%u threads=%u %s%u: "
 	       "%.0f req/s, %.0f checks/s | p50 %.1f p90 %.1f p99 %.1f "
 	       "p99.9 %.1f max %.1f us | wrong %llu, lost %llu, conn errors "
-	       "%llu | client cpu %.0f%%\n",
+	       "%llu | client cpu %.0f%% (busiest thread %.0f%%), %.2f us/req, "
+	       "%s\n",
 	       opt.label ? "[" : "", opt.label ? opt.label : "",
 	       opt.label ? "] " : "", proto_name(opt.proto), opt.batch,
 	       opt.connections, opt.threads, opt.rate > 0 ? "rate=" : "pipeline=",
@@ -933,16 +1464,22 @@ static void print_summary(const struct totals *t)
 	       us(hist_quantile(h, 0.99)), us(hist_quantile(h, 0.999)),
 	       us(h->max), (unsigned long long)t->wrong_checks,
 	       (unsigned long long)t->lost, (unsigned long long)t->conn_errors,
-	       t->cpu * 100);
+	       t->cpu * 100, t->busy_max * 100,
+	       t->completed ? t->cpu_s * 1e6 / (double)t->completed : 0,
+	       opt.io == LG_IO_URING ? "io_uring" : "epoll");
+	if (t->server_cpu >= 0)
+		printf("  server pid %ld: %.0f%% of a core over the window\n",
+		       opt.server_pid, t->server_cpu * 100);
 	if (opt.rate > 0 && t->rps < opt.rate * 0.95)
 		printf("  note: achieved %.0f of %.0f req/s: past saturation\n",
 		       t->rps, opt.rate);
 	if (!opt.verify_full && t->decoded)
 		printf("  note: %llu replies differed from the expected bytes and "
 		       "were decoded in full\n", (unsigned long long)t->decoded);
-	if (t->cpu > 0.9 * opt.threads)
-		printf("  note: the client used %.0f%% of its %u thread(s): "
-		       "it may be the bottleneck\n", t->cpu * 100, opt.threads);
+	if (t->client_bound)
+		printf("  note: CLIENT-BOUND: a client thread was %.0f%% busy "
+		       "(limit %.0f%%); these latencies measure the client\n",
+		       t->busy_max * 100, opt.busy_limit * 100);
 }
 
 static double cpu_seconds(void)
@@ -969,6 +1506,13 @@ static int worker_init(struct worker *w, unsigned t, uint32_t cap,
 	w->per_sec = calloc(LG_SECONDS_MAX, sizeof(*w->per_sec));
 	if (!w->conns || !w->scratch || !w->per_sec)
 		return -ENOMEM;
+	if (opt.phases) {
+		w->phase_hist = malloc(LG_PHASES_MAX * sizeof(*w->phase_hist));
+		if (!w->phase_hist)
+			return -ENOMEM;
+		for (unsigned p = 0; p < LG_PHASES_MAX; p++)
+			hist_init(&w->phase_hist[p]);
+	}
 	for (uint32_t c = 0; c < w->n_conns; c++)
 		w->conns[c].fd = -1;
 	w->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -982,9 +1526,12 @@ static int worker_init(struct worker *w, unsigned t, uint32_t cap,
 		rc = lg_conn_init(cn, cap);
 		if (rc < 0)
 			return rc;
+		cn->index = c;
 		rc = lg_conn_open(cn, ai);
 		if (rc < 0)
 			return rc;
+		if (opt.io != LG_IO_EPOLL)
+			continue;
 		struct epoll_event ev = { .events = EPOLLIN, .data.ptr = cn };
 		if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, cn->fd, &ev) < 0)
 			return -errno;
@@ -1000,6 +1547,12 @@ static void worker_fini(struct worker *w)
 	free(w->conns);
 	free(w->scratch);
 	free(w->per_sec);
+	free(w->phase_hist);
+	if (w->ring_ok)
+		io_uring_queue_exit(&w->ring);
+	if (w->br)
+		munmap(w->br, w->br_bytes);
+	free(w->bufs);
 	lg_codec_destroy(w->codec);
 	if (w->epfd >= 0)
 		close(w->epfd);
@@ -1023,6 +1576,18 @@ static void totals_add(struct totals *tot, const struct worker *w)
 		tot->last_measured_ns = w->last_measured_ns;
 	for (unsigned s = 0; s < LG_SECONDS_MAX; s++)
 		tot->per_sec[s] += w->per_sec[s];
+	tot->syscalls += w->syscalls;
+	tot->sends += w->sends;
+	if (w->phase_hist)
+		for (unsigned p = 0; p < LG_PHASES_MAX; p++)
+			hist_merge(&tot->phase_hist[p], &w->phase_hist[p]);
+	double busy = 0;
+	if (w->wall_at_stop > w->wall_at_measure && w->wall_at_measure)
+		busy = (double)(w->cpu_at_stop - w->cpu_at_measure) /
+		       (double)(w->wall_at_stop - w->wall_at_measure);
+	tot->busy[w->index] = busy;
+	if (busy > tot->busy_max)
+		tot->busy_max = busy;
 }
 
 /* Runs the measurement with workers ws[0..opt.threads), all connected;
@@ -1050,17 +1615,32 @@ static int measure(struct worker *ws, struct totals *tot)
 	pthread_barrier_wait(&start_barrier);
 
 	hist_init(&tot->hist);
+	for (unsigned p = 0; p < LG_PHASES_MAX; p++)
+		hist_init(&tot->phase_hist[p]);
 	for (uint32_t t = 0; t < opt.threads; t++) {
 		pthread_join(ws[t].tid, NULL);
 		totals_add(tot, &ws[t]);
 		if (ws[t].rc < 0) {
-			fprintf(stderr, "loadgen: epoll: %s\n", strerror(-ws[t].rc));
+			fprintf(stderr, "loadgen: %s: %s\n",
+				opt.io == LG_IO_URING ? "io_uring" : "epoll",
+				strerror(-ws[t].rc));
 			exit_code = LG_EXIT_TRANSPORT;
 		}
 	}
 	pthread_barrier_destroy(&start_barrier);
 	uint64_t t_end = now_ns();
-	tot->cpu = (cpu_seconds() - cpu0) / ((double)(t_end - t_start_ns) / 1e9);
+	tot->cpu_s = cpu_seconds() - cpu0;
+	tot->cpu = tot->cpu_s / ((double)(t_end - t_start_ns) / 1e9);
+	tot->client_bound = tot->busy_max > opt.busy_limit;
+	/* The server's CPU over worker 0's window: read where it marks its
+	 * own, so the two cover the same time. */
+	tot->server_cpu = -1;
+	const struct worker *w0 = &ws[0];
+	if (opt.server_pid && w0->srv_at_measure >= 0 && w0->srv_at_stop >= 0 &&
+	    w0->wall_at_stop > w0->wall_at_measure && w0->wall_at_measure)
+		tot->server_cpu = (w0->srv_at_stop - w0->srv_at_measure) /
+				  ((double)(w0->wall_at_stop - w0->wall_at_measure) / 1e9);
+	tot->phases = atomic_load_explicit(&phase_count, memory_order_acquire);
 	tot->seconds = tot->last_measured_ns > t_measure_ns ?
 		(double)(tot->last_measured_ns - t_measure_ns) / 1e9 : 0;
 	if (tot->seconds > 0) {
@@ -1111,6 +1691,15 @@ int main(int argc, char **argv)
 		SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_PEER, NULL);
 		SSL_CTX_set_mode(tls_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
 					  SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	}
+
+	if (opt.phases) {
+		struct sigaction sa;
+		memset(&sa, 0, sizeof(sa));
+		sa.sa_handler = on_phase_signal;
+		sigemptyset(&sa.sa_mask);
+		sigaction(SIGUSR1, &sa, NULL);
+		sigaction(SIGUSR2, &sa, NULL);
 	}
 
 	int exit_code = LG_EXIT_USAGE;

@@ -1,6 +1,6 @@
 /*
  * loadgen: the load generator behind `make bench` (bench/README.md). One
- * process, T threads, each with its own epoll and its share of N
+ * process, T threads, each with its own io_uring (or epoll) and its share of N
  * connections; every reply is verified against the answer computed from
  * the same synthetic record (core/synth.h), so a fast wrong server loses.
  * Internal header shared by bench/loadgen*.c: the histogram (loadgen_hist.c),

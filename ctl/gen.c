@@ -17,6 +17,13 @@
  * later than every record of the snapshot and than every earlier change,
  * so applying the streams in order never goes back in time.
  *
+ * New keys (--new-keys K [--from-sequence Q]): changes Q+1..Q+K, each an
+ * ONAY of a key no synthetic dataset holds, to grow a served table under
+ * load (make bench): recipient +1 followed by the ten digits of
+ * 2000000000 + s (synth makes Turkish numbers and e-mails only, so a load
+ * generator's expected answers stay right while they are applied), MESAJ,
+ * BIREYSEL, brand and İYS code of record s mod N, dated as the flips are.
+ *
  * --threads T (default: the online cores) makes a snapshot's records on
  * T threads; the bytes are the same for every T (gen_snapshot_threads).
  * Change streams are made on one.
@@ -41,7 +48,8 @@
 static int gen_usage(void)
 {
 	fprintf(stderr, "usage: consentctl gen --records N [--seed S] "
-			"[--changes K [--from-sequence Q]] [--threads T] "
+			"[--changes K | --new-keys K [--from-sequence Q]] "
+			"[--threads T] "
 			"--out FILE|-\n");
 	return 2;
 }
@@ -309,10 +317,42 @@ static int gen_changes(struct stream_writer *w, uint64_t seed, uint64_t n,
 	return 0;
 }
 
+static int gen_new_keys(struct stream_writer *w, uint64_t seed, uint64_t n,
+			uint64_t from, uint64_t k)
+{
+	for (uint64_t j = 0; j < k; j++) {
+		uint64_t pos = from + j;
+		struct synth_record s;
+		synth_record(seed, n, pos % n, &s); /* its brand, İYS code */
+		snprintf(s.recipient, sizeof(s.recipient), "+1%010" PRIu64,
+			 2000000000u + pos);
+		s.channel = CHANNEL_MESAJ;
+		s.rtype = RTYPE_BIREYSEL;
+		s.status = STATUS_ONAY;
+		s.source = 6; /* HS_WEB */
+		s.consent_date = SYNTH_NOW + (int64_t)pos + 1;
+		s.creation_date = s.consent_date;
+
+		Consent__V1__Consent c;
+		char txid[33];
+		to_consent(&s, &c);
+		snprintf(txid, sizeof(txid), "%016" PRIx64 "%016" PRIx64,
+			 XXH3_64bits_withSeed(&pos, sizeof(pos), seed),
+			 XXH3_64bits_withSeed(&pos, sizeof(pos), ~seed));
+		c.transaction_id = txid;
+		c.sequence = pos + 1;
+		int rc = stream_writer_add(w, &c);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
 int ctl_gen(int argc, char **argv)
 {
 	uint64_t n = 0, seed = 1, changes = 0, from = 0, threads = 0;
 	bool have_n = false, have_changes = false, have_from = false;
+	bool new_keys = false;
 	const char *out = NULL;
 
 	for (int i = 1; i < argc; i += 2) {
@@ -328,6 +368,10 @@ int ctl_gen(int argc, char **argv)
 		} else if (strcmp(a, "--changes") == 0) {
 			rc = parse_u64(a, v, &changes);
 			have_changes = true;
+		} else if (strcmp(a, "--new-keys") == 0) {
+			rc = parse_u64(a, v, &changes);
+			have_changes = true;
+			new_keys = true;
 		} else if (strcmp(a, "--from-sequence") == 0) {
 			rc = parse_u64(a, v, &from);
 			have_from = true;
@@ -360,12 +404,18 @@ int ctl_gen(int argc, char **argv)
 		return 2;
 	}
 	if (have_from && !have_changes) {
-		fprintf(stderr, "consentctl gen: --from-sequence needs --changes\n");
+		fprintf(stderr, "consentctl gen: --from-sequence needs --changes "
+				"or --new-keys\n");
 		return gen_usage();
 	}
 	if (have_changes && n == 0) {
 		fprintf(stderr, "consentctl gen: changes need a dataset "
 				"(--records > 0)\n");
+		return 2;
+	}
+	if (new_keys && (from > 7000000000u || changes > 7000000000u - from)) {
+		fprintf(stderr, "consentctl gen: --new-keys: at most 7e9 keys "
+				"(ten digits after +1)\n");
 		return 2;
 	}
 	if (have_changes && (from > UINT64_MAX / 2 || changes > UINT64_MAX / 2)) {
@@ -390,8 +440,8 @@ int ctl_gen(int argc, char **argv)
 	if (have_changes) {
 		snprintf(origin, sizeof(origin),
 			 "consentctl gen seed=%" PRIu64 " records=%" PRIu64
-			 " changes=%" PRIu64 " from-sequence=%" PRIu64,
-			 seed, n, changes, from);
+			 " %s=%" PRIu64 " from-sequence=%" PRIu64,
+			 seed, n, new_keys ? "new-keys" : "changes", changes, from);
 		h.changes = true;
 		h.sequence = from;
 		h.created_at = SYNTH_NOW + (int64_t)(from + changes);
@@ -409,7 +459,9 @@ int ctl_gen(int argc, char **argv)
 	struct stream_writer *w;
 	int rc = stream_writer_create(fd, &h, STREAM_BATCH_DEFAULT, &w);
 	if (rc == 0) {
-		if (have_changes)
+		if (new_keys)
+			rc = gen_new_keys(w, seed, n, from, changes);
+		else if (have_changes)
 			rc = gen_changes(w, seed, n, from, changes);
 		else if (threads > 1 && n > GEN_BLOCK)
 			rc = gen_snapshot_threads(w, seed, n, (unsigned)threads);

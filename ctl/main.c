@@ -18,9 +18,10 @@ struct command {
 
 static const struct command commands[] = {
 	{ "gen", ctl_gen,
-	  "gen --records N [--seed S] [--changes K [--from-sequence Q]] [--threads T] --out FILE",
+	  "gen --records N [--seed S] [--changes K | --new-keys K [--from-sequence Q]] [--threads T] --out FILE",
 	  "write a deterministic synthetic snapshot stream, or with --changes\n"
-	  "      a change stream of K ONAY<->RET flips of its records,\n"
+	  "      a change stream of K ONAY<->RET flips of its records, or with\n"
+	  "      --new-keys K ONAYs of keys no dataset holds (+1 numbers),\n"
 	  "      sequences Q+1..Q+K (Q defaults to 0); a snapshot is made on T\n"
 	  "      threads (default: the online cores), the same bytes for any T" },
 	{ "build", ctl_build, "build --snapshot FILE --out DIR",
