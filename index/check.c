@@ -105,11 +105,23 @@ static void check_as_of(const struct check_env *env,
 		return;
 	}
 	recipient_format(&r, text, sizeof(text));
+	uint64_t point = c->as_of_sequence;
+	if (point != 0 && env->index != NULL) {
+		/* A position past history's last record but not past what
+		 * is served (heartbeats, refused batches use positions and
+		 * write nothing) had the state of that last record. */
+		struct history_state st;
+		struct index_info info;
+		history_state(env->history, &st);
+		index_info(env->index, &info);
+		if (st.records > 0 && point > st.last_sequence &&
+		    point <= info.watermark)
+			point = st.last_sequence;
+	}
 	char herr[200];
 	int rc = history_as_of(env->history, text, c->brand_code, c->channel,
-			       rtype, c->as_of_sequence != 0 ?
-			       HISTORY_AT_SEQUENCE : HISTORY_AT_TIME,
-			       c->as_of_sequence != 0 ? c->as_of_sequence :
+			       rtype, point != 0 ? HISTORY_AT_SEQUENCE :
+			       HISTORY_AT_TIME, point != 0 ? point :
 			       (uint64_t)c->as_of_time, &e, herr, sizeof(herr));
 	if (rc < 0) {
 		/* Before the start or past the end (-ERANGE): the request
