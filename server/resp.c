@@ -342,7 +342,7 @@ static int resp_verdict(struct obuf *b, const struct verdict *v)
 	} else {
 		p = RESP_LIT(p, "$-1\r\n$-1\r\n");
 	}
-	if (as_of && v->sequence) {
+	if (as_of && v->status) { /* a record decided */
 		*p++ = ':';
 		p = decimal_put_u64(p, v->sequence);
 		p = RESP_LIT(p, "\r\n");
