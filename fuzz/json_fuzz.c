@@ -122,7 +122,8 @@ static void fuzz_param(const char *body, size_t size)
 		memset(err, 'x', sizeof(err));
 		err[sizeof(err) - 1] = '\0';
 		int rc = which == 0
-			? json_check_param(&c, body, kl, val, vl, err, sizeof(err))
+			? json_check_param(&c, body, kl, val, vl, err,
+					   sizeof(err))
 			: json_history_param(&c, body, kl, val, vl, err,
 					     sizeof(err));
 		if (rc < 0) {

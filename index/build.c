@@ -1312,7 +1312,8 @@ int build_dump(const char *dir, int fd, uint64_t *records, char *err,
 			.origin = origin,
 			/* The head at the generation's watermark only. */
 			.chain_hash = has_chain == 1 &&
-				      chain_seq == info.watermark ? chain : NULL,
+					      chain_seq == info.watermark
+				      ? chain : NULL,
 		};
 		rc = build_dump_source(&src, fd, records, err, err_cap);
 	}

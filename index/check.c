@@ -89,7 +89,8 @@ static void check_as_of(const struct check_env *env,
 
 	d.invalid = check_validate(c, &r);
 	if (d.invalid == NULL && c->as_of_time != 0 && c->as_of_sequence != 0)
-		d.invalid = "as_of_time, as_of_sequence: at most one may be set";
+		d.invalid = "as_of_time, as_of_sequence: at most one may be "
+			    "set";
 	if (d.invalid == NULL && c->as_of_time < 0)
 		d.invalid = "as_of_time: before 1970";
 	if (d.invalid == NULL && env->history == NULL)

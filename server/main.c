@@ -7,6 +7,9 @@
  * SIGTERM/SIGINT and stops gracefully. SIGUSR1 asks the writer for a
  * rebuilt generation; SIGHUP reloads the TLS files (server/tls.h), which
  * the client ports named by --tls-listeners speak with --tls-cert.
+ * --history on|off and --history-keep DAYS govern the evidence store
+ * (DESIGN §10, server/writer.h): the writer keeps it; the build thread
+ * puts the first snapshot of a data directory into it (build_index_sink).
  * --config FILE gives flags as lines of a file (server/conffile.h), read
  * first, the command line overriding it. A
  * service manager is told READY=1 once the listeners are up and an index
