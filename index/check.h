@@ -14,7 +14,9 @@
  * start, its start named, and a server with history off), authorisation,
  * purpose, the merchant rule; never staleness (the past does not go
  * stale). The verdict carries the deciding record's sequence and
- * transaction_id. The live path pays one test of the two fields.
+ * transaction_id. The live path pays one test of the two fields (and
+ * decision_decide one store, NULL into verdict.transaction_id, which the
+ * encoders test once per verdict).
  */
 #ifndef CONSENTD_CORE_CHECK_H
 #define CONSENTD_CORE_CHECK_H
