@@ -776,10 +776,11 @@ static int seg_add(struct history *h, const struct hseg *s)
 		struct hseg *n = malloc(nc * sizeof(*n));
 		if (n == NULL)
 			return -ENOMEM;
+		/* Readers hold qmu while they use segs (and extend their
+		 * checkpoints in it): copied under it too. */
+		pthread_mutex_lock(&h->qmu);
 		if (h->n_segs)
 			memcpy(n, h->segs, h->n_segs * sizeof(*n));
-		/* Readers hold qmu while they use segs. */
-		pthread_mutex_lock(&h->qmu);
 		struct hseg *old = h->segs;
 		h->segs = n;
 		h->cap_segs = nc;
@@ -880,9 +881,9 @@ static void seg_path(const struct history *h, uint64_t base, char *buf,
 static void drop_segments_from(struct history *h, size_t from)
 {
 	while (h->n_segs > from) {
-		struct hseg s = h->segs[h->n_segs - 1];
 		char name[64];
 		pthread_mutex_lock(&h->qmu);
+		struct hseg s = h->segs[h->n_segs - 1];
 		h->n_segs--;
 		pthread_mutex_unlock(&h->qmu);
 		seg_name(s.base, name, sizeof(name));
@@ -1762,8 +1763,8 @@ int history_prune(struct history *h, int64_t now, unsigned *removed,
 		return 0;
 	int64_t cutoff = now - h->keep_seconds;
 	while (h->n_segs > 1 && h->segs[0].max_applied < cutoff) {
-		struct hseg s = h->segs[0];
 		pthread_mutex_lock(&h->qmu);
+		struct hseg s = h->segs[0];
 		memmove(h->segs, h->segs + 1, (h->n_segs - 1) * sizeof(*h->segs));
 		h->n_segs--;
 		pthread_mutex_unlock(&h->qmu);
