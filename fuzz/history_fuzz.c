@@ -108,6 +108,11 @@ static void write_seeds(const char *out)
 	fsutil_rm_tree(d);
 }
 
+static void cleanup(void)
+{
+	fsutil_rm_tree(dir);
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
 	(void)argc;
@@ -115,6 +120,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	snprintf(dir, sizeof(dir), "/tmp/history_fuzz.XXXXXX");
 	if (mkdtemp(dir) == NULL)
 		abort();
+	atexit(cleanup);
 	char p[128];
 	snprintf(p, sizeof(p), "%s/%s", dir, HISTORY_DIR);
 	mkdir(p, 0755);

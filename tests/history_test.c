@@ -66,12 +66,16 @@ static void fresh_dir(void)
 
 /* xorshift: the tests' own random numbers, seeded for repeatability. */
 static uint64_t rng = 88172645463325252ull;
+static uint64_t rnd_r(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
+}
 static uint64_t rnd(void)
 {
-	rng ^= rng << 13;
-	rng ^= rng >> 7;
-	rng ^= rng << 17;
-	return rng;
+	return rnd_r(&rng);
 }
 static uint64_t rnd_below(uint64_t n)
 {
@@ -1207,10 +1211,11 @@ static void *race_reader(void *arg)
 	struct race *r = arg;
 	static struct history_entry out[64];
 	char e[512];
+	uint64_t my = 0x9e3779b97f4a7c15ull; /* the reader's own numbers */
 	while (!atomic_load(&r->done)) {
 		struct history_state st;
 		history_state(r->h, &st);
-		int k = (int)(rnd() % (uint64_t)n_keys);
+		int k = (int)(rnd_r(&my) % (uint64_t)n_keys);
 		size_t n = 0;
 		int rc = history_key(r->h, keys[k].canon, keys[k].brand,
 				     keys[k].channel, keys[k].rtype, out, 64, &n,
@@ -1234,7 +1239,7 @@ static void *race_reader(void *arg)
 			}
 			uint8_t hd[32];
 			uint64_t s = st.first_sequence +
-				     rnd() % (st.last_sequence - st.first_sequence + 1);
+				     rnd_r(&my) % (st.last_sequence - st.first_sequence + 1);
 			rc = history_head_at(r->h, s, hd);
 			if (rc != 0 && rc != -ERANGE)
 				r->bad++;
