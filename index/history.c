@@ -2281,7 +2281,7 @@ int history_verify(const char *dir, uint64_t *head_sequence,
 			    XXH3_64bits(hb, SEG_HDR_SUM) == le_get64(hb + SEG_HDR_SUM))
 				why = "header's base is not the file's name";
 			rc = errmsg_fail(err, err_cap, -EPROTO,
-					 "%s: offset 0 (sequence %" PRIu64 "): %s",
+					 "%s: offset 0 (after sequence %" PRIu64 "): %s",
 					 p, last_seq, why);
 			close(fd);
 			goto out;
@@ -2307,7 +2307,7 @@ int history_verify(const char *dir, uint64_t *head_sequence,
 		}
 		if (bad) {
 			rc = errmsg_fail(err, err_cap, -EPROTO,
-					 "%s: offset 0 (sequence %" PRIu64 "): %s",
+					 "%s: offset 0 (after sequence %" PRIu64 "): %s",
 					 p, last_seq, bad);
 			close(fd);
 			goto out;
@@ -2380,7 +2380,7 @@ int history_verify(const char *dir, uint64_t *head_sequence,
 			if (rc == -EBADMSG || rc == -EAGAIN ||
 			    (rc == -EPROTO && bad == NULL))
 				rc = errmsg_fail(err, err_cap, -EPROTO,
-						 "%s: offset %" PRIu64 " (sequence %" PRIu64 "): %s",
+						 "%s: offset %" PRIu64 " (after sequence %" PRIu64 "): %s",
 						 p, off, last_seq,
 						 rc == -EAGAIN ? "record runs past the end of a sealed segment"
 							       : why);
