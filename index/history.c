@@ -1261,7 +1261,16 @@ int history_open(const char *dir, const struct history_options *opt,
 				 "history: %s: path too long", dir);
 		goto fail;
 	}
-	if (mkdir(h->path, 0755) != 0 && errno != EEXIST) {
+	if (mkdir(h->path, 0755) == 0) {
+		/* Durable in DIR before anything goes in: the snapshot's
+		 * records are nowhere else. */
+		rc = fsutil_fsync_dir(dir);
+		if (rc < 0) {
+			errmsg_set(err, err_cap, "%s: fsync: %s", dir,
+				   strerror(-rc));
+			goto fail;
+		}
+	} else if (errno != EEXIST) {
 		rc = errmsg_fail(err, err_cap, -errno, "%s: mkdir: %s", h->path,
 				 strerror(errno));
 		goto fail;
