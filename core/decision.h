@@ -48,7 +48,24 @@ struct verdict {
 	uint8_t source;       /* its source, or 0 */
 	int64_t consent_date; /* its consent date (Unix seconds UTC), or 0 */
 	const char *error;    /* INVALID_REQUEST: static text saying what was wrong */
+	/* §10: set (non-NULL, "" when the record has none) only for a
+	 * verdict answered as of a past point (index/check.h), with the
+	 * deciding record's log sequence (0: no record); NULL for every
+	 * live verdict, so encoders test this one field. */
+	const char *transaction_id;
+	uint64_t sequence;
 };
+
+/* The order rule (DESIGN §2), the one statement of it: true when a
+ * replaces b, that is when a ranks above b by consent_date, then status
+ * (RET above ONAY), then source (wire 1-13, then 32-40, then any other
+ * value, then 0: the index's dense source codes in order). Equal values
+ * do not replace each other. index_apply_writer (index/table.c) keeps
+ * the same rule on its packed values; a unit test compares the
+ * two over random values (tests/history_test.c). Sources as stored
+ * (enums_source_stored). */
+bool consent_value_newer(const struct consent_value *a,
+			 const struct consent_value *b);
 
 void decision_decide(const struct decision_policy *policy,
 		     const struct decision_input *in, struct verdict *out);

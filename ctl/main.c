@@ -51,6 +51,11 @@ static const struct command commands[] = {
 	  "[--origin NAME] [--heartbeat SEC] FILE|-",
 	  "send a change stream to the fleet's JetStream stream (DESIGN 9), "
 	  "resuming from the origin's cursor on a caught-up replica" },
+	{ "audit", ctl_audit, "audit verify DIR | audit head DIR",
+	  "recompute DIR's evidence chain (DIR/history, DESIGN 10): verify\n"
+	  "      prints \"ok: N records, head SEQ HEX\" or names the first record\n"
+	  "      that does not match (file, offset, sequence) and exits 1; head\n"
+	  "      prints \"SEQ HEX\"" },
 	{ "import-csv", ctl_import_csv,
 	  "import-csv --brand B [--iys-code I] [--skip-bad] [--from-sequence Q] "
 	  "FILE --out FILE",

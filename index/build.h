@@ -11,6 +11,7 @@
 #ifndef CONSENTD_INDEX_BUILD_H
 #define CONSENTD_INDEX_BUILD_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -33,17 +34,54 @@ struct build_result {
 struct generation;
 int build_index(int fd, struct generation *out, struct build_result *res,
 		char *err, size_t err_cap);
+/* DESIGN §10: every record of a data directory's first snapshot into its
+ * evidence store (index/history.h). A build with a sink hands it the
+ * stream's records in stream order, every field as the stream has it and
+ * sequence set to the header's (the snapshot's watermark), from the
+ * thread that inserts, before the trailer is checked: a build that then
+ * fails has given records of a snapshot never published (the store's
+ * owner resets it before the next try). */
+typedef struct Consent__V1__Consent Consent__V1__Consent;
+struct build_sink {
+	/* Before each pass over the stream (a file whose trailer hint
+	 * proved wrong is read twice): 0, or -errno stopping the build. */
+	int (*begin)(void *ctx, char *err, size_t err_cap);
+	/* records[0..n), valid for the call only. 0, or -errno stopping
+	 * the build with the message in err. */
+	int (*records)(void *ctx, Consent__V1__Consent *const *records,
+		       size_t n, char *err, size_t err_cap);
+	void *ctx;
+};
+int build_index_sink(int fd, const struct build_sink *sink,
+		     struct generation *out, struct build_result *res,
+		     char *err, size_t err_cap);
+
+/* The sink into an evidence store h (the caller's, open): history_reset
+ * before each pass, then the records appended at the watermark with
+ * applied_at (a snapshot of a new data directory is at sequence 0, as
+ * consentctl gen writes it: its records go in at 0). */
+struct history;
+struct build_history_sink {
+	struct history *h;
+	int64_t applied_at;
+	struct build_sink sink; /* its ctx is the struct itself */
+};
+void build_history_sink_init(struct build_history_sink *s, struct history *h,
+			     int64_t applied_at);
+
 /* build_index on threads decoding threads (0: one per online core; the
  * calling thread inserts). The result means the same for any number:
  * tests compare them. */
 int build_index_threads(int fd, unsigned threads, struct generation *out,
 			struct build_result *res, char *err, size_t err_cap);
 
-/* build_index with the table in a working file of work_dir (the data
- * directory; generation_work_create) rather than anonymous memory, for a
- * server whose index is mapped (README "Memory"): out's table is then
- * such a file, which generation_fini removes, never a generation. */
-int build_index_work(int fd, const char *work_dir, struct generation *out,
+/* build_index_sink with the table in a working file of work_dir (the
+ * data directory; generation_work_create) rather than anonymous memory,
+ * for a server whose index is mapped (README "Memory"): out's table is
+ * then such a file, which generation_fini removes, never a generation.
+ * sink may be NULL. */
+int build_index_work(int fd, const char *work_dir,
+		     const struct build_sink *sink, struct generation *out,
 		     struct build_result *res, char *err, size_t err_cap);
 
 /* The §8 state a peer's snapshot states at its watermark (StreamHeader
@@ -60,7 +98,10 @@ int build_header_origins(const Consent__V1__StreamHeader *h, uint64_t offset,
 			 struct origins **out, char *why, size_t why_cap);
 
 /* build_index, then publishes the result as generation newest+1 of dir
- * (created if missing; generation_publish). */
+ * (created if missing; generation_publish). Into a dir without a
+ * generation, the records also go into its evidence store (DIR/history,
+ * emptied first; -EBUSY when a server holds it), made durable before the
+ * generation is published. */
 int build_snapshot(int fd, const char *dir, struct build_result *res,
 		   char *err, size_t err_cap);
 
@@ -81,6 +122,9 @@ struct build_dump_source {
 	const struct origins *origins; /* §8's state at watermark (NULL: none),
 					* as header origins/origins_kind */
 	const char *origin;       /* the header's origin text */
+	/* §10: the evidence chain's head at watermark (32 bytes), as the
+	 * header's chain_hash; NULL: none (history off or empty). */
+	const uint8_t *chain_hash;
 };
 
 /* The one dump (consentctl dump and GET /v1/snapshot): a snapshot stream
@@ -92,7 +136,8 @@ int build_dump_source(const struct build_dump_source *src, int fd,
 
 /* Writes the records of the newest generation in dir as a snapshot stream
  * to fd (build_dump_source: header sequence = its watermark, created_at =
- * its data_as_of, its origins file's kind and cursors).
+ * its data_as_of, its origins file's kind and cursors, its chain file's
+ * head as chain_hash).
  * The index keeps only the fields a verdict needs, so that is what comes
  * back: recipient, channel, recipient_type, brand_code, status, source,
  * consent_date; iys_code, creation_date, transaction_id and sequence are

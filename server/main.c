@@ -7,6 +7,9 @@
  * SIGTERM/SIGINT and stops gracefully. SIGUSR1 asks the writer for a
  * rebuilt generation; SIGHUP reloads the TLS files (server/tls.h), which
  * the client ports named by --tls-listeners speak with --tls-cert.
+ * --history on|off and --history-keep DAYS govern the evidence store
+ * (DESIGN §10, server/writer.h): the writer keeps it; the build thread
+ * puts the first snapshot of a data directory into it (build_index_sink).
  * --config FILE gives flags as lines of a file (server/conffile.h), read
  * first, the command line overriding it. A
  * service manager is told READY=1 once the listeners are up and an index
@@ -66,6 +69,7 @@
 #include "core/tokens.h"
 #include "index/build.h"
 #include "index/generation.h"
+#include "index/history.h"
 #include "index/table.h"
 #include "server/addr.h"
 #include "server/conffile.h"
@@ -196,6 +200,9 @@ static const struct flag main_flags[] = {
 	{ "max-lag", FLAG_U32, CFG_OFF(max_lag_s), 0, INT32_MAX,
 	  "SEC: not ready while further behind the stream, or unable to "
 	  "reach it for longer (0 = off)" },
+	{ "history-keep", FLAG_U32, CFG_OFF(history_keep_days), 0, 36500,
+	  "DAYS: the evidence store drops whole segments older than this "
+	  "(0 = keep everything)" },
 	{ "changelog-segment-bytes", FLAG_U32,
 	  CFG_OFF(changelog_segment_bytes), 4096, 1u << 30,
 	  "change log segment size (67108864)" },
@@ -225,6 +232,7 @@ static void main_usage(FILE *f)
 		" [--tls-listeners LIST]]\n"
 		"                [--nats URL[,URL...] [--nats-stream NAME] "
 		"[--nats-consumer NAME] [--max-lag SEC]]\n"
+		"                [--history on|off] [--history-keep DAYS]\n"
 		"       consentd --config FILE [flags over it]\n\n");
 	for (size_t i = 0; i < N_FLAGS; i++)
 		fprintf(f, "  --%-26s %s\n", main_flags[i].name,
@@ -238,6 +246,9 @@ static void main_usage(FILE *f)
 		"sasl:USER)");
 	fprintf(f, "  --%-26s %s\n", "merchant-default",
 		"allow|deny: a TACIR with no record (allow)");
+	fprintf(f, "  --%-26s %s\n", "history",
+		"on|off: keep every applied change in DIR/history, with a "
+		"SHA-256 chain, for as-of checks and history queries (on)");
 	fprintf(f, "  --%-26s %s\n", "index-load",
 		"auto|anon|mmap: copy the index into huge-page memory, or map "
 		"it; auto: anon only where 2.5 tables fit in MemAvailable "
@@ -316,6 +327,7 @@ static int main_parse(int argc, char **argv, struct server_config *cfg,
 		if (f == NULL && strcmp(namebuf, "tokens") != 0 &&
 		    strcmp(namebuf, "policy-map") != 0 &&
 		    strcmp(namebuf, "merchant-default") != 0 &&
+		    strcmp(namebuf, "history") != 0 &&
 		    strcmp(namebuf, "index-load") != 0 &&
 		    (strcmp(namebuf, "config") != 0 || config_path == NULL)) {
 			if (at != NULL)
@@ -355,6 +367,18 @@ static int main_parse(int argc, char **argv, struct server_config *cfg,
 			else {
 				main_flag_error(at, "--merchant-default must "
 						"be allow or deny, not '%s'\n", val);
+				return -EINVAL;
+			}
+			continue;
+		}
+		if (strcmp(namebuf, "history") == 0) {
+			if (strcmp(val, "on") == 0)
+				cfg->history_off = false;
+			else if (strcmp(val, "off") == 0)
+				cfg->history_off = true;
+			else {
+				main_flag_error(at, "--history must be on or "
+						"off, not '%s'\n", val);
 				return -EINVAL;
 			}
 			continue;
@@ -612,6 +636,16 @@ static void *main_build_thread(void *arg)
 	struct main_build *b = arg;
 	struct build_result res;
 	struct generation *g = calloc(1, sizeof(*g));
+	/* §10: the snapshot a data directory begins from goes into its
+	 * evidence store, every record at its watermark, the store emptied
+	 * first: what it holds then is a part of a snapshot whose build a
+	 * crash interrupted before any generation existed, so nothing
+	 * acknowledged rests on it (index/history.h). A later snapshot is
+	 * not evidence of any change (README, Decisions). */
+	struct history *hist = atomic_load(&b->had_index)
+				       ? NULL : writer_history(b->writer);
+	struct build_history_sink hs;
+	build_history_sink_init(&hs, hist, (int64_t)time(NULL));
 
 	memset(&res, 0, sizeof(res));
 	/* Never a generation of the data directory: the writer takes it as
@@ -624,9 +658,11 @@ static void *main_build_thread(void *arg)
 		      (b->cfg->index_load == INDEX_LOAD_AUTO &&
 		       live_info(&served) && served.mapped);
 	b->rc = g == NULL ? -ENOMEM
-		: mapped ? build_index_work(b->fd, b->cfg->data_dir, g, &res,
-					    b->err, sizeof(b->err))
-			 : build_index(b->fd, g, &res, b->err, sizeof(b->err));
+		: mapped ? build_index_work(b->fd, b->cfg->data_dir,
+					    hist != NULL ? &hs.sink : NULL, g,
+					    &res, b->err, sizeof(b->err))
+			 : build_index_sink(b->fd, hist != NULL ? &hs.sink : NULL,
+					    g, &res, b->err, sizeof(b->err));
 	if (g == NULL)
 		snprintf(b->err, sizeof(b->err), "out of memory");
 	if (b->fd != STDIN_FILENO)
@@ -944,6 +980,8 @@ static int main_open_writer(struct main_state *s)
 		.metrics = metrics_slot(cfg->workers + 1),
 		.checkpoint_changes = cfg->checkpoint_changes,
 		.segment_bytes = cfg->changelog_segment_bytes,
+		.history_off = cfg->history_off,
+		.history_keep_s = (int64_t)cfg->history_keep_days * 86400,
 	};
 	const struct index *ix;
 
@@ -969,6 +1007,7 @@ static int main_open_writer(struct main_state *s)
 	if (s->had_index)
 		main_log_ready(ix);
 	cfg->writer = s->writer;
+	cfg->history = writer_history(s->writer);
 	if (writer_start(s->writer, s->err, sizeof(s->err)) < 0) {
 		fprintf(stderr, "consentd: %s\n", s->err);
 		return -1;
