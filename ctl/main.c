@@ -50,6 +50,11 @@ static const struct command commands[] = {
 	  "[--origin NAME] [--heartbeat SEC] FILE|-",
 	  "send a change stream to the fleet's JetStream stream (DESIGN 9), "
 	  "resuming from the origin's cursor on a caught-up replica" },
+	{ "receipt", ctl_receipt,
+	  "receipt --server HOST:PORT [--token T] LINE|-",
+	  "a gateway's send-log line (RECIPIENT BRAND CHANNEL TYPE SEQUENCE)\n"
+	  "      to its proof: the verdict as of SEQUENCE, the deciding change\n"
+	  "      (sequence, transaction_id, dates, source) and the chain head" },
 	{ "import-csv", ctl_import_csv,
 	  "import-csv --brand B [--iys-code I] [--skip-bad] [--from-sequence Q] "
 	  "FILE --out FILE",
