@@ -2,7 +2,8 @@
  * receiptline_fuzz: receiptline_parse on arbitrary bytes (an exact-size
  * copy, so ASan sees any over-read). Invariants (a violation traps):
  *   - failure: -EINVAL and a NUL-terminated one-line message (no control
- *     character) that names a field ("field N (NAME)") or the line;
+ *     character) that names a field ("field N (NAME)"), the count of
+ *     fields, or the line;
  *   - success: the recipient is canonical (it normalises to itself), the
  *     brand 1-99999999, channel and type named values, a phone recipient
  *     only on ARAMA/MESAJ and an e-mail only on EPOSTA, a sequence above
@@ -44,9 +45,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		REQUIRE(err[0] != 0);
 		for (size_t i = 0; err[i]; i++)
 			REQUIRE((unsigned char)err[i] >= 0x20);
-		REQUIRE(strncmp(err, "field ", 6) == 0 ||
-			strncmp(err, "line ", 5) == 0 ||
-			strstr(err, "fields") != NULL);
+		REQUIRE(strstr(err, "field") != NULL ||
+			strncmp(err, "line ", 5) == 0);
 	} else if (rc == 0) {
 		size_t i = 0;
 		while (i < size && (text[i] == ' ' || text[i] == '\t' ||
