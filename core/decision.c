@@ -70,3 +70,27 @@ void decision_decide(const struct decision_policy *policy,
 		out->reason = REASON_DATA_STALE;
 	}
 }
+
+/* The source's place in the order: index/table.c's source_code, whose
+ * dense codes are ordered exactly so. */
+static unsigned decision_source_rank(uint8_t wire)
+{
+	if (wire >= 1 && wire <= 13)
+		return wire;
+	if (wire >= 32 && wire <= 40)
+		return wire - 18u;
+	if (wire == 0)
+		return 24;
+	return 23;
+}
+
+bool consent_value_newer(const struct consent_value *a,
+			 const struct consent_value *b)
+{
+	if (a->consent_date != b->consent_date)
+		return a->consent_date > b->consent_date;
+	bool ra = a->status == STATUS_RET, rb = b->status == STATUS_RET;
+	if (ra != rb)
+		return ra;
+	return decision_source_rank(a->source) > decision_source_rank(b->source);
+}

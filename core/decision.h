@@ -50,6 +50,16 @@ struct verdict {
 	const char *error;    /* INVALID_REQUEST: static text saying what was wrong */
 };
 
+/* The order rule (DESIGN §2), the one statement of it: true when a
+ * replaces b, that is when a ranks above b by consent_date, then status
+ * (RET above ONAY), then source (wire 1-13, then 32-40, then any other
+ * value, then 0: the index's dense source codes in order). Equal values
+ * do not replace each other. index_apply_writer (index/table.c) keeps
+ * the same rule on its packed values; tests/table_test.c compares the
+ * two over random values. Sources as stored (enums_source_stored). */
+bool consent_value_newer(const struct consent_value *a,
+			 const struct consent_value *b);
+
 void decision_decide(const struct decision_policy *policy,
 		     const struct decision_input *in, struct verdict *out);
 

@@ -66,7 +66,14 @@ struct history_options {
 	 * record's applied_at) are removed by history_prune; 0 keeps all. */
 	int64_t keep_seconds;
 	uint64_t segment_bytes; /* roll past this; 0: a default */
+	/* For tests: the key map's first size in slots (a power of two;
+	 * 0: a default), and the boot id open compares with the one the
+	 * map was written under (NULL: /proc/sys/kernel/random/boot_id). */
+	uint64_t map_slots;
+	const char *boot_id;
 };
+
+#define HISTORY_SEGMENT_BYTES_DEFAULT (64ull << 20)
 
 /* Opens DIR/history (creating it), cuts a torn tail, and brings the
  * per-key map up to date with the records (rebuilding it by a scan when
@@ -159,5 +166,30 @@ int history_as_of(struct history *h, const char *recipient,
 int history_verify(const char *dir, uint64_t *head_sequence,
 		   uint8_t head[HISTORY_HASH_BYTES], uint64_t *records,
 		   char *err, size_t err_cap);
+
+/* One record as its framing gives it (the decoder history_open and
+ * history_verify use; for fuzzers and tests). The payload points into
+ * the input. */
+struct history_record {
+	uint64_t sequence;
+	int64_t applied_at;
+	uint64_t prev;     /* global position of the key's previous record */
+	uint64_t key_hash; /* history_key_hash of its key */
+	uint8_t chain[HISTORY_HASH_BYTES];
+	const uint8_t *payload; /* canonical Consent bytes */
+	uint32_t payload_len;
+};
+
+/* Decodes the record at p[0..len): its size in bytes (> 0), 0 when
+ * p holds only a prefix of one (a torn tail, or more to read), or
+ * -EPROTO with *why (static text) for bytes that are no record. */
+int history_record_decode(const uint8_t *p, size_t len,
+			  struct history_record *out, const char **why);
+
+/* The key hash of a record's key (never 0): outbox_key_hash over the
+ * canonical recipient, as the key map and back-pointers use it. */
+uint64_t history_key_hash(uint32_t brand_code, int channel,
+			  int recipient_type, const char *recipient,
+			  size_t len);
 
 #endif

@@ -110,8 +110,8 @@ const char *outbox_state_name(enum outbox_state s)
 	return "?";
 }
 
-static uint64_t outbox_key_hash(uint32_t brand, int channel, int rtype,
-				const char *recipient, size_t len)
+uint64_t outbox_key_hash(uint32_t brand, int channel, int rtype,
+			 const char *recipient, size_t len)
 {
 	uint64_t seed = (uint64_t)brand << 16 | (uint64_t)(channel & 0xff) << 8 |
 			(uint64_t)(rtype & 0xff);

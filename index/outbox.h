@@ -131,4 +131,11 @@ int outbox_parse(const uint8_t *buf, size_t len, size_t *good, size_t *live,
 /* The state's name, "queued", "pushed" or "reconciled". */
 const char *outbox_state_name(enum outbox_state s);
 
+/* The hash of a consent key (brand, channel, recipient type, canonical
+ * recipient text): XXH3-64 seeded by the first three, with no secret, so
+ * it is the same in every process and file. Any thread. index/history.c
+ * keys its per-key map with it too. */
+uint64_t outbox_key_hash(uint32_t brand, int channel, int rtype,
+			 const char *recipient, size_t len);
+
 #endif
