@@ -902,6 +902,24 @@ def test_partner_sees_only_its_brands(env, partners, stubs):
     other = [k for k in sorted(o.records) if k[0] == partners.outside][0]
     nobody = (o.absent_brand(), other[1], other[2], other[3])
     try:
+        # Changes to both brands (root may apply), so that the history of B
+        # holds changes as well as its snapshot record.
+        with Rpc(pb, s.rpc) as rpc:
+            assert rpc.auth(partners.tokens["root"]).WhichOneof("body") == "auth"
+            a0 = rpc.stats().applied_sequence
+            req = pb.Request()
+            for i, k in enumerate((mine, other)):
+                req.apply.changes.add(recipient=k[1], brand_code=k[0], channel=k[3],
+                                      recipient_type=k[2], status=RET, source=8,
+                                      consent_date=CLOCK0 + 10 ** 6, sequence=a0 + 1 + i,
+                                      creation_date=CLOCK0 + 10 ** 6,
+                                      transaction_id="partner-%d" % i)
+            r = rpc.call(req)
+            assert r.WhichOneof("body") == "apply", r
+            h = rpc_history(pb, rpc, other)
+            assert h.WhichOneof("body") == "history" and \
+                [e.consent.transaction_id for e in h.history.entries][-1:] == \
+                ["partner-1"], "root sees no history of brand B: %s" % h
         with Rpc(pb, s.rpc) as rpc:
             assert rpc.auth(tok).WhichOneof("body") == "auth"
             live = rpc.check([asof_check(other)]).verdicts[0]
@@ -991,6 +1009,32 @@ def test_partner_sees_only_its_brands(env, partners, stubs):
     finally:
         rc = s.stop()
         assert rc == 0, s.log_tail()
+
+
+def test_built_directory_history_holds_its_snapshot(env, server):
+    """A data directory made by consentctl build began from a snapshot: its
+    history starts with every record of it, at the snapshot's watermark,
+    with all their fields (DESIGN 10)."""
+    pb, o = env.pb, env.oracle
+    _, consents, _ = helpers.read_stream(pb, env.snapshot)
+    wm = o.header.sequence
+    count = {}
+    for c in consents:
+        count[key_of(c)] = count.get(key_of(c), 0) + 1
+    sample = [c for c in consents if count[key_of(c)] == 1][:200]
+    with Rpc(pb, server.rpc) as rpc:
+        for c in sample:
+            k = key_of(c)
+            r = rpc_history(pb, rpc, k)
+            assert r.WhichOneof("body") == "history", r
+            assert r.history.entries, "no history of %s, a record of the " \
+                "snapshot the directory was built from" % (k,)
+            want = pb.Consent()
+            want.CopyFrom(c)
+            want.sequence = wm
+            assert r.history.entries[0].consent == want, \
+                "first history record of %s: %s, snapshot %s" % (
+                    k, r.history.entries[0].consent, want)
 
 
 # --- the history's start, and --history off --------------------------------------
