@@ -19,6 +19,7 @@ void decision_decide(const struct decision_policy *policy,
 	out->source = 0;
 	out->consent_date = 0;
 	out->error = NULL;
+	out->transaction_id = NULL; /* a live verdict; check_as_of sets it */
 
 	/* Row 1: malformed. */
 	if (in->invalid != NULL) {

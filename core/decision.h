@@ -48,6 +48,12 @@ struct verdict {
 	uint8_t source;       /* its source, or 0 */
 	int64_t consent_date; /* its consent date (Unix seconds UTC), or 0 */
 	const char *error;    /* INVALID_REQUEST: static text saying what was wrong */
+	/* §10: set (non-NULL, "" when the record has none) only for a
+	 * verdict answered as of a past point (index/check.h), with the
+	 * deciding record's log sequence (0: no record); NULL for every
+	 * live verdict, so encoders test this one field. */
+	const char *transaction_id;
+	uint64_t sequence;
 };
 
 /* The order rule (DESIGN §2), the one statement of it: true when a

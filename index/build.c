@@ -213,6 +213,8 @@ struct builder {
 	struct grow items;     /* staged items (no hint) */
 	struct grow emails;
 	struct generation *out; /* the table, and the addresses inserted */
+	const struct build_sink *sink; /* NULL: none */
+	struct stream_decoder *sink_dec; /* the sink's second decode */
 	uint64_t n_items;
 	uint64_t n_emails;
 };
@@ -581,10 +583,43 @@ static void direct_from_header(struct builder *b)
 	b->stated_direct = true;
 }
 
+/* The sink's part of chunk c: its frames decoded again here (the
+ * workers' decoded records are gone; only the first snapshot of a data
+ * directory pays this), in stream order. */
+static int sink_chunk(struct builder *b, struct chunk *c)
+{
+	/* b->watermark: read without frame_mu, as direct_from_header reads
+	 * b->stated (written before the first chunk was handed over). */
+	for (size_t f = 0; f < c->n_frames; f++) {
+		const struct chunk_frame *cf = &c->frames[f];
+		struct stream_item raw = {
+			.kind = STREAM_ITEM_RAW_BATCH, .offset = cf->offset,
+			.frame = c->raw + cf->at, .frame_len = cf->len,
+			.n_consents = cf->n_consents,
+		}, batch;
+		int rc = stream_decoder_batch(b->sink_dec, &raw, &batch, c->err,
+					      sizeof(c->err));
+		if (rc < 0)
+			return rc;
+		for (size_t i = 0; i < batch.n_consents; i++)
+			batch.consents[i]->sequence = b->watermark;
+		rc = b->sink->records(b->sink->ctx, batch.consents,
+				      batch.n_consents, c->err, sizeof(c->err));
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
 /* Takes one staged chunk: inserts it (direct) or appends it to the
  * staged items. */
-static int take_chunk(struct builder *b, const struct chunk *c)
+static int take_chunk(struct builder *b, struct chunk *c)
 {
+	if (b->sink != NULL) {
+		int rc = sink_chunk(b, c);
+		if (rc < 0)
+			return rc;
+	}
 	b->n_items += c->n_items;
 	if (b->may_state)
 		direct_from_header(b);
@@ -666,13 +701,15 @@ static int read_stream(struct builder *b, unsigned workers, char *err,
 		rc = c->rc;
 		why = c->err;
 		if (rc == 0) {
+			c->err[0] = '\0';
 			rc = take_chunk(b, c);
 			/* A full table means the hint was wrong: start
 			 * again. */
 			if (rc == -ENOSPC && b->direct != NULL &&
 			    !b->stated_direct)
 				rc = BUILD_RESTART;
-			why = NULL;
+			/* The sink's failures say why in c->err. */
+			why = c->err[0] != '\0' ? c->err : NULL;
 		}
 		pthread_mutex_lock(&b->mu);
 		c->ready = false;
@@ -761,6 +798,7 @@ static uint64_t capacity_for(uint64_t records)
  * Without (hint false), records are staged and inserted after the
  * trailer. */
 static int build_once(int fd, unsigned workers, bool have_hint, uint64_t hint,
+		      const struct build_sink *sink,
 		      struct generation *out, struct build_result *res,
 		      char *err, size_t err_cap)
 {
@@ -778,6 +816,16 @@ static int build_once(int fd, unsigned workers, bool have_hint, uint64_t hint,
 	b->out = &g;
 	b->secret = secret;
 	b->may_state = !have_hint;
+	b->sink = sink;
+	if (sink != NULL) {
+		if (stream_decoder_create(&b->sink_dec) < 0) {
+			rc = errmsg_fail(err, err_cap, -ENOMEM, "out of memory");
+			goto out;
+		}
+		rc = sink->begin(sink->ctx, err, err_cap);
+		if (rc < 0)
+			goto out;
+	}
 
 	/* The generation's secret, in a one-bucket index that makes keys:
 	 * they are valid in the real table, created with the same secret
@@ -875,6 +923,8 @@ out:
 	generation_fini(&g);
 	index_destroy(b->keymaker);
 	origins_destroy(b->origins);
+	if (b->sink_dec != NULL)
+		stream_decoder_destroy(b->sink_dec);
 	if (b->reader != NULL)
 		stream_reader_destroy(b->reader);
 	for (size_t i = 0; b->slot != NULL && i < b->n_slots; i++) {
@@ -900,8 +950,26 @@ int build_index(int fd, struct generation *out, struct build_result *res,
 	return build_index_threads(fd, 0, out, res, err, err_cap);
 }
 
+static int build_run(int fd, unsigned threads, const struct build_sink *sink,
+		     struct generation *out, struct build_result *res,
+		     char *err, size_t err_cap);
+
+int build_index_sink(int fd, const struct build_sink *sink,
+		     struct generation *out, struct build_result *res,
+		     char *err, size_t err_cap)
+{
+	return build_run(fd, 0, sink, out, res, err, err_cap);
+}
+
 int build_index_threads(int fd, unsigned threads, struct generation *out,
 			struct build_result *res, char *err, size_t err_cap)
+{
+	return build_run(fd, threads, NULL, out, res, err, err_cap);
+}
+
+static int build_run(int fd, unsigned threads, const struct build_sink *sink,
+		     struct generation *out, struct build_result *res,
+		     char *err, size_t err_cap)
 {
 	unsigned workers = threads == 0 ? build_workers()
 				: threads > WORKERS_MAX ? WORKERS_MAX : threads;
@@ -910,7 +978,8 @@ int build_index_threads(int fd, unsigned threads, struct generation *out,
 	off_t start = lseek(fd, 0, SEEK_CUR);
 	uint64_t hint = 0;
 	bool have_hint = trailer_hint(fd, &hint);
-	int rc = build_once(fd, workers, have_hint, hint, out, res, err, err_cap);
+	int rc = build_once(fd, workers, have_hint, hint, sink, out, res, err,
+			    err_cap);
 	if (rc == BUILD_RESTART) {
 		/* The hint was wrong (the reader would have refused a stream
 		 * whose trailer disagrees with it, so this is a trailer we
@@ -920,7 +989,8 @@ int build_index_threads(int fd, unsigned threads, struct generation *out,
 				    strerror(errno));
 		if (err != NULL && err_cap > 0)
 			err[0] = '\0';
-		rc = build_once(fd, workers, false, 0, out, res, err, err_cap);
+		rc = build_once(fd, workers, false, 0, sink, out, res, err,
+				err_cap);
 		/* Without a hint nothing is inserted before the trailer. */
 		assert(rc != BUILD_RESTART);
 	}
@@ -1094,6 +1164,10 @@ int build_dump_source(const struct build_dump_source *src, int fd,
 	struct index_info info;
 	index_info(src->ix, &info);
 	h.record_count = info.n_records;
+	if (src->chain_hash != NULL) {
+		h.chain_hash.data = (uint8_t *)src->chain_hash;
+		h.chain_hash.len = GENERATION_CHAIN_BYTES;
+	}
 	if (header_origins_fill(&h, src->origins) < 0)
 		return errmsg_fail(err, err_cap, -ENOMEM, "out of memory");
 	struct dump_ctx d = { .ix = src->ix };
@@ -1145,10 +1219,16 @@ int build_dump(const char *dir, int fd, uint64_t *records, char *err,
 		return rc;
 	struct index_info info;
 	index_info(ix, &info);
+	uint64_t chain_seq = 0;
+	uint8_t chain[GENERATION_CHAIN_BYTES];
 	rc = generation_origins(dir, gen, &o, err, err_cap);
+	int has_chain = 0;
 	if (rc == 0)
+		rc = has_chain = generation_chain(dir, gen, &chain_seq, chain,
+						  err, err_cap);
+	if (rc >= 0)
 		rc = generation_emails_open(dir, gen, &efd, name, sizeof(name),
-					    err, err_cap);
+					    err, err_cap); /* 0 on success */
 	if (rc == 0) {
 		snprintf(origin, sizeof(origin), "dump of generation %" PRIu64,
 			 gen);
@@ -1157,6 +1237,9 @@ int build_dump(const char *dir, int fd, uint64_t *records, char *err,
 			.watermark = info.watermark,
 			.created_at = info.data_as_of, .origins = o,
 			.origin = origin,
+			/* The head at the generation's watermark only. */
+			.chain_hash = has_chain == 1 &&
+				      chain_seq == info.watermark ? chain : NULL,
 		};
 		rc = build_dump_source(&src, fd, records, err, err_cap);
 	}

@@ -33,6 +33,28 @@ struct build_result {
 struct generation;
 int build_index(int fd, struct generation *out, struct build_result *res,
 		char *err, size_t err_cap);
+/* DESIGN §10: every record of a data directory's first snapshot into its
+ * evidence store (index/history.h). A build with a sink hands it the
+ * stream's records in stream order, every field as the stream has it and
+ * sequence set to the header's (the snapshot's watermark), from the
+ * thread that inserts, before the trailer is checked: a build that then
+ * fails has given records of a snapshot never published (the store's
+ * owner resets it before the next try). */
+typedef struct Consent__V1__Consent Consent__V1__Consent;
+struct build_sink {
+	/* Before each pass over the stream (a file whose trailer hint
+	 * proved wrong is read twice): 0, or -errno stopping the build. */
+	int (*begin)(void *ctx, char *err, size_t err_cap);
+	/* records[0..n), valid for the call only. 0, or -errno stopping
+	 * the build with the message in err. */
+	int (*records)(void *ctx, Consent__V1__Consent *const *records,
+		       size_t n, char *err, size_t err_cap);
+	void *ctx;
+};
+int build_index_sink(int fd, const struct build_sink *sink,
+		     struct generation *out, struct build_result *res,
+		     char *err, size_t err_cap);
+
 /* build_index on threads decoding threads (0: one per online core; the
  * calling thread inserts). The result means the same for any number:
  * tests compare them. */
@@ -74,6 +96,9 @@ struct build_dump_source {
 	const struct origins *origins; /* §8's state at watermark (NULL: none),
 					* as header origins/origins_kind */
 	const char *origin;       /* the header's origin text */
+	/* §10: the evidence chain's head at watermark (32 bytes), as the
+	 * header's chain_hash; NULL: none (history off or empty). */
+	const uint8_t *chain_hash;
 };
 
 /* The one dump (consentctl dump and GET /v1/snapshot): a snapshot stream
@@ -85,7 +110,8 @@ int build_dump_source(const struct build_dump_source *src, int fd,
 
 /* Writes the records of the newest generation in dir as a snapshot stream
  * to fd (build_dump_source: header sequence = its watermark, created_at =
- * its data_as_of, its origins file's kind and cursors).
+ * its data_as_of, its origins file's kind and cursors, its chain file's
+ * head as chain_hash).
  * The index keeps only the fields a verdict needs, so that is what comes
  * back: recipient, channel, recipient_type, brand_code, status, source,
  * consent_date; iys_code, creation_date, transaction_id and sequence are

@@ -222,6 +222,56 @@ int generation_origins(const char *dir, uint64_t g, struct origins **out,
 	return rc;
 }
 
+int generation_chain(const char *dir, uint64_t g, uint64_t *sequence,
+		     uint8_t head[GENERATION_CHAIN_BYTES], char *err,
+		     size_t err_cap)
+{
+	char path[4096], text[128];
+	int rc = gen_file_path(dir, g, GENERATION_CHAIN_FILE, path,
+			       sizeof(path));
+	if (rc < 0)
+		return errmsg_fail(err, err_cap, rc, "%s: path too long", dir);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 && errno == ENOENT)
+		return 0;
+	if (fd < 0)
+		return errmsg_fail(err, err_cap, -errno, "%s: %s", path,
+				   strerror(errno));
+	ssize_t n = read(fd, text, sizeof(text) - 1);
+	close(fd);
+	if (n < 0)
+		return errmsg_fail(err, err_cap, -EIO, "%s: cannot be read",
+				   path);
+	text[n] = '\0';
+	/* "SEQUENCE HEX64\n", nothing else. */
+	char *p = text, *end;
+	errno = 0;
+	unsigned long long seq = strtoull(p, &end, 10);
+	if (errno != 0 || end == p || *p < '0' || *p > '9' || *end != ' ')
+		return errmsg_fail(err, err_cap, -EPROTO, "%s: no sequence",
+				   path);
+	p = end + 1;
+	for (size_t i = 0; i < GENERATION_CHAIN_BYTES; i++) {
+		int v = 0;
+		for (int k = 0; k < 2; k++) {
+			char c = *p++;
+			int d = c >= '0' && c <= '9' ? c - '0'
+				: c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+			if (d < 0)
+				return errmsg_fail(err, err_cap, -EPROTO, "%s: "
+						   "the head is not 64 hex "
+						   "digits", path);
+			v = v * 16 + d;
+		}
+		head[i] = (uint8_t)v;
+	}
+	if (strcmp(p, "\n") != 0)
+		return errmsg_fail(err, err_cap, -EPROTO, "%s: bytes after the "
+				   "head", path);
+	*sequence = seq;
+	return 1;
+}
+
 /* The newest generation that opens, with its origins when origins is not
  * NULL (a generation whose origins file is damaged is broken too). */
 static int open_newest(const char *dir, enum index_load_mode mode,
@@ -584,7 +634,7 @@ void generation_kept(const char *dir, struct changelog *log,
 	k->gen = gen;
 	k->watermark = wm;
 	generation_prune(dir, gen, k->prev_gen);
-	if (k->prev_gen == 0)
+	if (k->prev_gen == 0 || log == NULL)
 		return;
 	int rc = changelog_drop_through(log, k->prev_watermark);
 	if (rc < 0)
@@ -827,6 +877,20 @@ int generation_publish(const char *dir, const struct generation *g,
 	rc = write_bytes(path, ob, ob_len, err, err_cap);
 	if (rc < 0)
 		goto out_rm;
+	if (g->has_chain) {
+		char line[128];
+		int ll = snprintf(line, sizeof(line), "%" PRIu64 " ",
+				  g->chain_sequence);
+		for (size_t i = 0; i < GENERATION_CHAIN_BYTES; i++)
+			ll += snprintf(line + ll, sizeof(line) - (size_t)ll,
+				       "%02x", g->chain[i]);
+		line[ll++] = '\n';
+		snprintf(path, sizeof(path), "%s/" GENERATION_CHAIN_FILE, tmp);
+		rc = write_bytes(path, (const uint8_t *)line, (size_t)ll, err,
+				 err_cap);
+		if (rc < 0)
+			goto out_rm;
+	}
 	snprintf(path, sizeof(path), "%s/index", tmp);
 	rc = index_write(g->ix, path);
 	if (rc < 0) {
@@ -869,6 +933,7 @@ out_rm:
 	 * function makes by name (index_write removes its own temp file). */
 	if (fsutil_rm_tree(tmp) < 0) {
 		static const char *const files[] = { "emails", ORIGINS_FILE,
+						     GENERATION_CHAIN_FILE,
 						     "index" };
 		for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
 			snprintf(path, sizeof(path), "%s/%s", tmp, files[i]);

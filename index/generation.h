@@ -7,7 +7,9 @@
  * with another secret can give them back; cold, never read to answer) and
  * `origins` (index/origins.h: the kind of changes taken and every origin's
  * cursor as of the generation's watermark, DESIGN §8; a generation
- * written before it existed has none and reads as an empty table).
+ * written before it existed has none and reads as an empty table) and,
+ * with history on, `chain` (the evidence chain's head at the watermark,
+ * DESIGN §10; absent in older generations and with history off).
  * This module owns the names (generations, temp directories), publishing
  * (temp directory, fsync, rename, fsync of DIR: a crash leaves either the
  * whole generation or none), opening the newest valid one (falling back
@@ -33,6 +35,9 @@
 struct changelog;
 struct origins;
 
+#define GENERATION_CHAIN_FILE "chain" /* in a generation directory */
+#define GENERATION_CHAIN_BYTES 32     /* = HISTORY_HASH_BYTES */
+
 /* ---- on disk ---- */
 
 /* Opens the newest generation that validates; older or broken ones are
@@ -51,6 +56,14 @@ int generation_verify(const char *dir, char *err, size_t err_cap);
  * existed). -EPROTO when the file is damaged; -ENOMEM. */
 int generation_origins(const char *dir, uint64_t generation,
 		       struct origins **out, char *err, size_t err_cap);
+
+/* Reads generation's `chain` file (DESIGN §10: the evidence chain's
+ * head at its watermark, one line "SEQUENCE HEX64"): 1 with *sequence
+ * and head[] filled, 0 when it has none (written with history off, or
+ * before the file existed), -EPROTO when it does not parse. */
+int generation_chain(const char *dir, uint64_t generation, uint64_t *sequence,
+		     uint8_t head[GENERATION_CHAIN_BYTES], char *err,
+		     size_t err_cap);
 
 /* "DIR/gen-NNN" for a generation number. */
 int generation_path(const char *dir, uint64_t generation, char *buf,
@@ -87,7 +100,9 @@ int generation_next(const char *dir, const struct generation_keep *k,
  * in: the one served before becomes the fallback, every other generation
  * is removed (generation_prune) and log is dropped through the fallback's
  * watermark, so either generation plus the log holds everything
- * acknowledged. A failed drop is said on stderr: the log keeps more. */
+ * acknowledged. A failed drop is said on stderr: the log keeps more.
+ * log NULL: nothing is dropped (the evidence store could not be made
+ * durable, and the log is its copy). */
 void generation_kept(const char *dir, struct changelog *log,
 		     struct generation_keep *k, uint64_t gen, uint64_t wm);
 
@@ -147,6 +162,12 @@ struct generation {
 	/* The kind and the cursors as of ix's watermark: NULL is an empty
 	 * table. Published as the `origins` file; replays move it. */
 	struct origins *origins;
+	/* The evidence chain's head at ix's watermark (index/history.h,
+	 * DESIGN §10), published as the `chain` file; has_chain false: none
+	 * (history off or empty). */
+	bool has_chain;
+	uint64_t chain_sequence;
+	uint8_t chain[GENERATION_CHAIN_BYTES];
 	char emails_dir[PATH_MAX];
 	uint64_t emails_gen;
 	struct generation_email_list extra;

@@ -6,6 +6,7 @@
 #ifndef CONSENTD_SERVER_CONFIG_H
 #define CONSENTD_SERVER_CONFIG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -15,6 +16,7 @@ struct policymap;
 struct tokens;
 struct replica;
 struct writer;
+struct history;
 
 struct server_config {
 	const char *data_dir;
@@ -41,6 +43,12 @@ struct server_config {
 	/* The single writer (server/writer.h), set by main before the workers
 	 * start; NULL: Apply is refused (503). */
 	struct writer *writer;
+	/* DESIGN §10: the writer's evidence store (writer_history), set by
+	 * main with it; NULL: --history off (as-of checks and history
+	 * queries are refused). */
+	struct history *history;
+	bool history_off;                /* --history off (default on) */
+	uint32_t history_keep_days;      /* --history-keep DAYS: 0 keeps all */
 	uint32_t checkpoint_changes;     /* a generation every N changes; 0: auto */
 	/* Replicated mode (DESIGN §9, server/replica.h): NULL nats_urls is
 	 * the embedded change log alone. */

@@ -41,6 +41,13 @@ int conn_ctx_init(struct conn_ctx *x, const struct server_config *cfg,
 	memset(x, 0, sizeof(*x));
 	x->cfg = cfg;
 	x->m = m;
+	/* As-of verdicts' strings (§10): only with history on. */
+	if (cfg != NULL && cfg->history != NULL) {
+		x->history = cfg->history;
+		x->evidence = calloc(CONN_BATCH_MAX, sizeof(*x->evidence));
+		if (x->evidence == NULL)
+			return -ENOMEM;
+	}
 	conn_ctx_begin_turn(x);
 	return 0;
 }
@@ -51,6 +58,8 @@ void conn_ctx_fini(struct conn_ctx *x)
 		if (x->protos[i].proto->ctx_destroy != NULL)
 			x->protos[i].proto->ctx_destroy(x->protos[i].state);
 	x->n_protos = 0;
+	free(x->evidence);
+	x->evidence = NULL;
 }
 
 int conn_ctx_add(struct conn_ctx *x, const struct conn_proto *p)

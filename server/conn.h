@@ -145,6 +145,10 @@ struct conn_ctx {
 	/* Checks gathered from one receive, decided in one check_batch. */
 	struct check_input in[CONN_BATCH_MAX];
 	struct verdict out[CONN_BATCH_MAX];
+	/* As-of verdicts' strings, one per slot of in (NULL: history off),
+	 * and the store that answers them (cfg->history). */
+	struct check_evidence *evidence;
+	struct history *history;
 	uint32_t n_in;
 
 	/* Each protocol's per-worker state (conn_ctx_state). */
@@ -215,6 +219,8 @@ static inline struct check_env conn_check_env(const struct conn_ctx *x,
 		.policy = p,
 		.principal = c->principal,
 		.stale = x->stale,
+		.history = x->history,
+		.evidence = x->evidence,
 	};
 	return env;
 }

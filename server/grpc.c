@@ -33,6 +33,7 @@
 #include "index/origins.h"
 #include "proto/consent.pb-c.h"
 #include "server/config.h"
+#include "server/evidence.h"
 #include "server/metrics.h"
 #include "server/reject.h"
 #include "server/rpc.h"
@@ -325,6 +326,8 @@ static int grpc_check(struct grpc_conn *gc, struct grpc_stream *st,
 		.policy = &x->cfg->policy,
 		.principal = st->principal,
 		.stale = x->stale,
+		.history = x->history,
+		.evidence = x->evidence,
 	};
 	struct rpc_check_iter it;
 	size_t left = req->n_checks;
@@ -374,6 +377,28 @@ static int grpc_stats(struct grpc_conn *gc, struct grpc_stream *st,
 			 sizeof(cursor));
 	if (grpc_reply_begin(st) < 0 || rpc_stats_message(&st->out, &s) < 0)
 		return -ENOMEM;
+	return grpc_reply(gc, st);
+}
+
+/* A history query (§10, server/evidence.h): the HistoryResponse, or the
+ * status of its refusal (INVALID_ARGUMENT, PERMISSION_DENIED,
+ * UNIMPLEMENTED with history off, UNAVAILABLE). */
+static int grpc_history(struct grpc_conn *gc, struct grpc_stream *st,
+			const struct rpc_request *req)
+{
+	struct evidence_answer a;
+	char msg[400];
+	int code = evidence_query_message(gc->x->history, st->principal,
+					  req->body, req->body_len, &a, msg,
+					  sizeof(msg));
+	if (code != 0)
+		return grpc_fail_call(gc, st, grpc_status_of((uint32_t)code),
+				      msg);
+	int rc = grpc_reply_begin(st) < 0 ? -ENOMEM :
+		 evidence_encode(&st->out, &a, grpc_applied(gc->x));
+	evidence_answer_fini(&a);
+	if (rc < 0)
+		return rc;
 	return grpc_reply(gc, st);
 }
 
@@ -470,9 +495,6 @@ static int grpc_call(struct grpc_conn *gc, struct grpc_stream *st)
 	size_t hl;
 	int kind = grpc_methods[st->method].kind, drc;
 
-	if (st->method == GRPC_M_HISTORY)
-		return grpc_fail_call(gc, st, GRPC_UNIMPLEMENTED,
-				      "this server keeps no history");
 	if (st->n_msgs != 1 || st->got != st->msg_len ||
 	    st->pre_len != GRPC_MSG_HDR) {
 		metrics_inc(&x->m->frames_undecodable);
@@ -519,6 +541,8 @@ static int grpc_call(struct grpc_conn *gc, struct grpc_stream *st)
 		return grpc_apply(gc, st, &req);
 	case GRPC_M_REJECT:
 		return grpc_reject(gc, st, &req);
+	case GRPC_M_HISTORY:
+		return grpc_history(gc, st, &req);
 	default:
 		return grpc_fail_call(gc, st, GRPC_INTERNAL, "no handler");
 	}

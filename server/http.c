@@ -56,6 +56,7 @@
 #include "index/table.h"
 #include "server/addr.h"
 #include "server/config.h"
+#include "server/evidence.h"
 #include "server/json.h"
 #include "server/live.h"
 #include "server/reject.h"
@@ -141,6 +142,7 @@ enum http_route {
 	ROUTE_OUTBOX,  /* GET: the outbox for the connector (§12) */
 	ROUTE_OUTBOX_PUSHED, /* POST: an entry pushed to İYS */
 	ROUTE_SNAPSHOT, /* GET */
+	ROUTE_HISTORY,  /* GET: a key's evidence (§10) */
 };
 
 /* A POST between its headers and the end of its body. */
@@ -262,7 +264,8 @@ static enum MHD_Result http_reply_error(struct http *h,
  */
 static bool http_checks(struct http *h, const struct principal *p,
 			const struct check_input *in, size_t n,
-			struct verdict *out, struct index_info *info)
+			struct verdict *out, struct check_evidence *ev,
+			struct index_info *info)
 {
 	const struct index *ix;
 	bool have;
@@ -277,6 +280,8 @@ static bool http_checks(struct http *h, const struct principal *p,
 			.principal = p,
 			.stale = live_stale(ix, http_wall_s(),
 					    h->cfg->stale_hard_s),
+			.history = h->cfg->history,
+			.evidence = ev,
 		};
 
 		index_info(ix, info);
@@ -592,6 +597,15 @@ static char *http_metrics_text(struct http *h, size_t *len)
 			   "entry of the outbox (0: empty).", "%" PRId64,
 			   oldest ? http_wall_s() - oldest : 0);
 	}
+	{
+		uint64_t cseq;
+		uint8_t head[32];
+		if (writer_chain(h->cfg->writer, &cseq, head))
+			http_gauge(f, "consentd_chain_sequence",
+				   "Sequence of the newest record of the "
+				   "evidence chain (DESIGN 10).", "%" PRIu64,
+				   cseq);
+	}
 	if (h->cfg->replica != NULL)
 		http_replica_metrics(f, h->cfg->replica);
 	free(sum);
@@ -655,6 +669,9 @@ static enum MHD_Result http_stats(struct http *h, struct MHD_Connection *conn,
 			st.origin_cursor = cursor;
 		}
 	}
+	st.chain = writer_chain(h->cfg->writer, &st.chain_sequence,
+				st.chain_head);
+	st.chain_hash = st.chain_head;
 	http_index_info(h, &info, &stale);
 	st.records = info.n_records;
 	st.applied_sequence = info.watermark;
@@ -715,17 +732,84 @@ static enum MHD_Result http_get_check(struct http *h,
 	struct http_query q = { .in = { .recipient = "" } };
 	struct index_info info;
 	struct verdict v;
+	struct check_evidence ev; /* an as-of verdict's strings */
 
 	MHD_get_connection_values_n(conn, MHD_GET_ARGUMENT_KIND, http_query_arg,
 				    &q);
 	if (q.error)
 		return http_reply_error(h, conn, MHD_HTTP_BAD_REQUEST, NULL,
 					NULL, "%s", q.err);
-	if (!http_checks(h, p, &q.in, 1, &v, &info))
+	if (!http_checks(h, p, &q.in, 1, &v, &ev, &info))
 		return http_reply_error(h, conn, MHD_HTTP_SERVICE_UNAVAILABLE,
 					NULL, NULL, "no index loaded yet");
 	http_count_checks(h, &v, 1, start_us);
 	return http_reply_json(conn, MHD_HTTP_OK, json_encode_verdict(&v));
+}
+
+static enum MHD_Result http_history_arg(void *cls, enum MHD_ValueKind kind,
+					const char *key, size_t key_len,
+					const char *val, size_t val_len)
+{
+	struct http_query *q = cls;
+	int bit;
+
+	(void)kind;
+	if (!val) {
+		val = "";
+		val_len = 0;
+	}
+	bit = json_history_param(&q->in, key, key_len, val, val_len, q->err,
+				 sizeof(q->err));
+	if (bit < 0) {
+		q->error = bit;
+		return MHD_NO;
+	}
+	if (q->seen & (unsigned)bit) {
+		snprintf(q->err, sizeof(q->err), "parameter %.*s given twice",
+			 (int)(key_len < 40 ? key_len : 40), key);
+		q->error = -EINVAL;
+		return MHD_NO;
+	}
+	q->seen |= (unsigned)bit;
+	return MHD_YES;
+}
+
+/* GET /v1/history?recipient=&brand_code=&channel=&recipient_type= (§10,
+ * server/evidence.h): the key's records, oldest first, the newest 1000 at
+ * most ("total" and "truncated" say when there are more). The same
+ * rights as a check of that brand; disk reads, on this thread. */
+static enum MHD_Result http_history(struct http *h, struct MHD_Connection *conn,
+				    const struct principal *p)
+{
+	struct http_query q = { .in = { .recipient = "" } };
+	struct evidence_answer a;
+	struct index_info info;
+	bool stale;
+	char msg[400];
+
+	MHD_get_connection_values_n(conn, MHD_GET_ARGUMENT_KIND,
+				    http_history_arg, &q);
+	if (q.error)
+		return http_reply_error(h, conn, MHD_HTTP_BAD_REQUEST, NULL,
+					NULL, "%s", q.err);
+	struct evidence_query eq = {
+		.recipient = q.in.recipient,
+		.recipient_len = q.in.recipient_len,
+		.brand_code = q.in.brand_code,
+		.channel = q.in.channel,
+		.rtype = q.in.rtype,
+	};
+	int code = evidence_query(h->cfg->history, p, &eq, &a, msg,
+				  sizeof(msg));
+	if (code != 0)
+		return http_reply_error(h, conn, (unsigned)code, NULL, NULL,
+					"%s", msg);
+	if (!http_index_info(h, &info, &stale))
+		info.watermark = 0;
+	char *out = json_encode_history(a.entries, a.n, a.total,
+					info.watermark);
+	evidence_answer_fini(&a);
+	return http_reply_json(conn, MHD_HTTP_OK, out);
 }
 
 /* POST /v1/check, once the whole body is in. */
@@ -753,11 +837,22 @@ static enum MHD_Result http_post_check(struct http *h,
 		return http_reply_error(h, conn, MHD_HTTP_BAD_REQUEST, NULL,
 					NULL, "%s", err);
 	v = calloc(req.n_checks ? req.n_checks : 1, sizeof(*v));
+	/* Room for as-of verdicts' strings only when one asks for it. */
+	struct check_evidence *ev = NULL;
+	for (size_t i = 0; i < req.n_checks && ev == NULL && v != NULL; i++)
+		if ((req.checks[i].as_of_time |
+		     (int64_t)req.checks[i].as_of_sequence) != 0 &&
+		    (ev = calloc(req.n_checks, sizeof(*ev))) == NULL) {
+			free(v);
+			v = NULL;
+		}
 	if (!v) {
 		json_check_request_fini(&req);
 		return http_reply_json(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL);
 	}
-	if (!http_checks(h, r->principal, req.checks, req.n_checks, v, &info)) {
+	if (!http_checks(h, r->principal, req.checks, req.n_checks, v, ev,
+			 &info)) {
+		free(ev);
 		free(v);
 		json_check_request_fini(&req);
 		return http_reply_error(h, conn, MHD_HTTP_SERVICE_UNAVAILABLE,
@@ -766,6 +861,7 @@ static enum MHD_Result http_post_check(struct http *h,
 	http_count_checks(h, v, req.n_checks, r->start_us);
 	out = json_encode_check_response(v, req.n_checks, info.watermark,
 					 info.data_as_of);
+	free(ev);
 	free(v);
 	json_check_request_fini(&req);
 	return http_reply_json(conn, MHD_HTTP_OK, out);
@@ -1170,6 +1266,8 @@ static enum http_route http_route_of(const char *url)
 		return ROUTE_OUTBOX_PUSHED;
 	if (!strcmp(url, "/v1/snapshot"))
 		return ROUTE_SNAPSHOT;
+	if (!strcmp(url, "/v1/history"))
+		return ROUTE_HISTORY;
 	return ROUTE_NONE;
 }
 
@@ -1308,7 +1406,8 @@ static enum MHD_Result http_handle(void *cls, struct MHD_Connection *conn,
 		return http_reply_error(h, conn, MHD_HTTP_NOT_FOUND, NULL, NULL,
 					"no such path (try /healthz, /readyz, "
 					"/metrics, /v1/check, /v1/stats, "
-					"/v1/reject, /v1/outbox, /v1/snapshot)");
+					"/v1/history, /v1/reject, /v1/outbox, "
+					"/v1/snapshot)");
 	get = !strcmp(method, MHD_HTTP_METHOD_GET) ||
 	      !strcmp(method, MHD_HTTP_METHOD_HEAD);
 	post = !strcmp(method, MHD_HTTP_METHOD_POST);
@@ -1347,6 +1446,8 @@ static enum MHD_Result http_handle(void *cls, struct MHD_Connection *conn,
 		return http_stats(h, conn, p);
 	if (route == ROUTE_SNAPSHOT)
 		return http_snapshot(h, conn, p);
+	if (route == ROUTE_HISTORY)
+		return http_history(h, conn, p);
 	if (route == ROUTE_REJECT || route == ROUTE_OUTBOX ||
 	    route == ROUTE_OUTBOX_PUSHED) {
 		/* Rights before the body is read: a refusal costs no

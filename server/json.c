@@ -19,6 +19,7 @@
 
 #include "core/enums.h"
 #include "core/errmsg.h"
+#include "index/history.h"
 #include "index/outbox.h"
 
 enum json_field {
@@ -29,6 +30,8 @@ enum json_field {
 	FIELD_CHANNEL,
 	FIELD_RECIPIENT_TYPE,
 	FIELD_PURPOSE,
+	FIELD_AS_OF_TIME,     /* §10: a Check's only, never a request's */
+	FIELD_AS_OF_SEQUENCE,
 };
 
 /* Names as the schema spells them and as the proto3 JSON mapping does; in
@@ -44,6 +47,8 @@ static const struct {
 	{ "channel", "channel", FIELD_CHANNEL },
 	{ "recipient_type", "recipientType", FIELD_RECIPIENT_TYPE },
 	{ "purpose", "purpose", FIELD_PURPOSE },
+	{ "as_of_time", "asOfTime", FIELD_AS_OF_TIME },
+	{ "as_of_sequence", "asOfSequence", FIELD_AS_OF_SEQUENCE },
 };
 
 static enum json_field json_field_lookup(const char *key)
@@ -143,6 +148,54 @@ int json_brand_text(const char *s, size_t len, uint32_t *out)
 	return 0;
 }
 
+/* A decimal integer as text: digits, a '-' first when is_signed; into
+ * *out (int64 range when is_signed, else uint64). 0, or -EINVAL. */
+static int json_int_text(const char *s, size_t len, bool is_signed,
+			 uint64_t *out)
+{
+	bool neg = is_signed && len > 0 && s[0] == '-';
+	uint64_t v = 0, lim = is_signed ? (neg ? (uint64_t)INT64_MAX + 1
+					       : (uint64_t)INT64_MAX)
+					: UINT64_MAX;
+	size_t i = neg ? 1 : 0;
+
+	if (len == i || len - i > 20)
+		return -EINVAL;
+	for (; i < len; i++) {
+		unsigned d = (unsigned)(s[i] - '0');
+		if (d > 9 || v > (lim - d) / 10)
+			return -EINVAL;
+		v = v * 10 + d;
+	}
+	*out = neg ? (uint64_t)0 - v : v;
+	return 0;
+}
+
+/* An as-of field's text into c (§10): as_of_time Unix seconds (int64),
+ * as_of_sequence a log position (uint64). */
+static int json_as_of_text(enum json_field f, struct check_input *c,
+			   const char *where, const char *s, size_t len,
+			   char *err, size_t err_cap)
+{
+	char q[48];
+	uint64_t v;
+
+	if (json_int_text(s, len, f == FIELD_AS_OF_TIME, &v) < 0) {
+		errmsg_set(err, err_cap, "%s%s: \"%s\" is not %s", where,
+			   f == FIELD_AS_OF_TIME ? "as_of_time"
+						 : "as_of_sequence",
+			   json_quote(q, s, len),
+			   f == FIELD_AS_OF_TIME ? "Unix seconds (an int64)"
+						 : "a sequence (a uint64)");
+		return -EINVAL;
+	}
+	if (f == FIELD_AS_OF_TIME)
+		c->as_of_time = (int64_t)v;
+	else
+		c->as_of_sequence = v;
+	return 0;
+}
+
 int json_check_param(struct check_input *c, const char *key, size_t key_len,
 		     const char *val, size_t val_len, char *err, size_t err_cap)
 {
@@ -179,6 +232,11 @@ int json_check_param(struct check_input *c, const char *key, size_t key_len,
 	case FIELD_PURPOSE:
 		kind = JSON_ENUM_PURPOSE;
 		break;
+	case FIELD_AS_OF_TIME:
+	case FIELD_AS_OF_SEQUENCE:
+		if (json_as_of_text(f, c, "", val, val_len, err, err_cap) < 0)
+			return -EINVAL;
+		return 1 << f;
 	default:
 		errmsg_set(err, err_cap, "unknown parameter \"%s\"",
 			  json_quote(q, key, key_len));
@@ -198,6 +256,29 @@ int json_check_param(struct check_input *c, const char *key, size_t key_len,
 	else
 		c->purpose = e;
 	return 1 << f;
+}
+
+int json_history_param(struct check_input *c, const char *key,
+		       size_t key_len, const char *val, size_t val_len,
+		       char *err, size_t err_cap)
+{
+	char name[32], q[48];
+	enum json_field f = FIELD_UNKNOWN;
+
+	if (key_len < sizeof(name)) {
+		memcpy(name, key, key_len);
+		name[key_len] = '\0';
+		if (strlen(name) == key_len)
+			f = json_field_lookup(name);
+	}
+	if (f == FIELD_PURPOSE || f == FIELD_AS_OF_TIME ||
+	    f == FIELD_AS_OF_SEQUENCE) {
+		errmsg_set(err, err_cap, "unknown parameter \"%s\" (a history "
+			   "names a key: recipient, brand_code, channel, "
+			   "recipient_type)", json_quote(q, key, key_len));
+		return -EINVAL;
+	}
+	return json_check_param(c, key, key_len, val, val_len, err, err_cap);
 }
 
 /*
@@ -291,6 +372,30 @@ static int json_decode_field(enum json_field f, const json_t *v,
 		kind = JSON_ENUM_PURPOSE;
 		slot = &c->purpose;
 		break;
+	case FIELD_AS_OF_TIME:
+	case FIELD_AS_OF_SEQUENCE: {
+		/* An integer, or its decimal text (proto3 JSON writes 64-bit
+		 * integers as strings). */
+		const char *name = f == FIELD_AS_OF_TIME ? "as_of_time"
+							 : "as_of_sequence";
+		if (json_is_string(v))
+			return json_as_of_text(f, c, where, json_string_value(v),
+					       json_string_length(v), err,
+					       err_cap);
+		if (!json_is_integer(v) ||
+		    (f == FIELD_AS_OF_SEQUENCE && json_integer_value(v) < 0)) {
+			errmsg_set(err, err_cap, "%s%s: expected %s", where,
+				   name, f == FIELD_AS_OF_TIME ?
+				   "an integer (Unix seconds)" :
+				   "a non-negative integer");
+			return -EINVAL;
+		}
+		if (f == FIELD_AS_OF_TIME)
+			c->as_of_time = (int64_t)json_integer_value(v);
+		else
+			c->as_of_sequence = (uint64_t)json_integer_value(v);
+		return 0;
+	}
 	default:
 		return -EINVAL; /* callers route the others elsewhere */
 	}
@@ -400,7 +505,8 @@ static int json_decode_top(json_t *doc, struct check_input *def,
 				return -EINVAL;
 			}
 			*checks = v;
-		} else if (f == FIELD_UNKNOWN || f == FIELD_RECIPIENT) {
+		} else if (f == FIELD_UNKNOWN || f == FIELD_RECIPIENT ||
+			   f == FIELD_AS_OF_TIME || f == FIELD_AS_OF_SEQUENCE) {
 			/* A request-level recipient is not a CheckRequest
 			 * field: probably a single check sent bare. */
 			errmsg_set(err, err_cap,
@@ -529,6 +635,34 @@ static json_t *json_u64(uint64_t v)
 	return json_integer(v > INT64_MAX ? INT64_MAX : (json_int_t)v);
 }
 
+/* A client's or İYS's text: as it is when it is UTF-8, else printable
+ * ASCII with '?' for the rest (JSON must stay valid). */
+static json_t *json_text_value(const char *t)
+{
+	json_t *v = json_string(t);
+	if (v != NULL)
+		return v;
+	size_t n = strlen(t);
+	char *b = malloc(n + 1);
+	if (b == NULL)
+		return NULL;
+	for (size_t i = 0; i < n; i++)
+		b[i] = (t[i] >= 0x20 && t[i] < 0x7f) ? t[i] : '?';
+	b[n] = '\0';
+	v = json_string(b);
+	free(b);
+	return v;
+}
+
+/* 32 bytes as 64 lower-case hex digits. */
+static json_t *json_hex32(const uint8_t *h)
+{
+	char t[65];
+	for (size_t i = 0; i < 32; i++)
+		snprintf(t + 2 * i, 3, "%02x", h[i]);
+	return json_string(t);
+}
+
 /* An enum by name; by number should a value have none (not expected). */
 static json_t *json_enum_value(const char *name, int v)
 {
@@ -558,6 +692,12 @@ static json_t *json_verdict_object(const struct verdict *v)
 	}
 	if (v->error)
 		json_put(o, "error", json_string(v->error), &ok);
+	/* §10: an as-of verdict's deciding record (none: left out). */
+	if (v->transaction_id != NULL && v->sequence != 0) {
+		json_put(o, "sequence", json_u64(v->sequence), &ok);
+		json_put(o, "transaction_id",
+			 json_text_value(v->transaction_id), &ok);
+	}
 	if (!ok) {
 		json_decref(o);
 		return NULL;
@@ -627,6 +767,10 @@ char *json_encode_stats(const struct json_stats *s)
 	}
 	if (s->origin_cursor != NULL)
 		json_put(o, "origin_cursor", json_string(s->origin_cursor), &ok);
+	if (s->chain) {
+		json_put(o, "chain_sequence", json_u64(s->chain_sequence), &ok);
+		json_put(o, "chain_hash", json_hex32(s->chain_hash), &ok);
+	}
 	if (!ok) {
 		json_decref(o);
 		return NULL;
@@ -714,7 +858,8 @@ int json_decode_reject(const char *body, size_t len, struct json_reject *out,
 			continue;
 		}
 		if (f == FIELD_UNKNOWN || f == FIELD_CHECKS ||
-		    f == FIELD_PURPOSE) {
+		    f == FIELD_PURPOSE || f == FIELD_AS_OF_TIME ||
+		    f == FIELD_AS_OF_SEQUENCE) {
 			errmsg_set(err, err_cap, "unknown field \"%s\"",
 				   json_quote(q, key, strlen(key)));
 			e = -EINVAL;
@@ -868,6 +1013,61 @@ char *json_encode_pushed(uint64_t sequence)
 		return NULL;
 	json_put(o, "sequence", json_u64(sequence), &ok);
 	json_put(o, "state", json_string(outbox_state_name(OUTBOX_PUSHED)), &ok);
+	if (!ok) {
+		json_decref(o);
+		return NULL;
+	}
+	return json_dump_free(o);
+}
+
+char *json_encode_history(const struct history_entry *e, size_t n,
+			  size_t total, uint64_t applied_sequence)
+{
+	json_t *o = json_object(), *arr = json_array();
+	bool ok = o && arr;
+
+	if (!ok) {
+		json_decref(o);
+		json_decref(arr);
+		return NULL;
+	}
+	for (size_t i = 0; i < n && ok; i++) {
+		const Consent__V1__Consent *c = &e[i].consent;
+		json_t *h = json_object(), *m = json_object();
+		if (h == NULL || m == NULL) {
+			json_decref(h);
+			json_decref(m);
+			ok = false;
+			break;
+		}
+		json_put(m, "recipient", json_text_value(c->recipient), &ok);
+		json_put(m, "channel", json_enum_value(enums_channel_name(
+			 (int)c->channel), (int)c->channel), &ok);
+		json_put(m, "recipient_type", json_enum_value(enums_rtype_name(
+			 (int)c->recipient_type), (int)c->recipient_type), &ok);
+		json_put(m, "brand_code", json_integer(c->brand_code), &ok);
+		json_put(m, "iys_code", json_integer(c->iys_code), &ok);
+		json_put(m, "status", json_enum_value(enums_status_name(
+			 (int)c->status), (int)c->status), &ok);
+		json_put(m, "source", json_enum_value(enums_source_name(
+			 (int)c->source), (int)c->source), &ok);
+		json_put(m, "consent_date", json_integer(c->consent_date), &ok);
+		json_put(m, "creation_date", json_integer(c->creation_date),
+			 &ok);
+		json_put(m, "transaction_id", json_text_value(
+			 c->transaction_id != NULL ? c->transaction_id : ""),
+			 &ok);
+		json_put(m, "sequence", json_u64(c->sequence), &ok);
+		json_put(h, "consent", m, &ok);
+		json_put(h, "applied_at", json_integer(e[i].applied_at), &ok);
+		json_put(h, "chain_hash", json_hex32(e[i].chain), &ok);
+		if (json_array_append_new(arr, h) != 0)
+			ok = false;
+	}
+	json_put(o, "entries", arr, &ok);
+	json_put(o, "applied_sequence", json_u64(applied_sequence), &ok);
+	json_put(o, "total", json_u64(total), &ok);
+	json_put(o, "truncated", json_boolean(total > n), &ok);
 	if (!ok) {
 		json_decref(o);
 		return NULL;

@@ -63,18 +63,25 @@ int json_enum_text(enum json_enum kind, const char *s, size_t len);
 int json_brand_text(const char *s, size_t len, uint32_t *out);
 
 /* One check field from its text form (a GET /v1/check query parameter:
- * recipient, brand_code, channel, recipient_type, purpose, or their
- * lowerCamelCase names), set in *c. Returns a bit unique to the field (to
+ * recipient, brand_code, channel, recipient_type, purpose, as_of_time,
+ * as_of_sequence, or their lowerCamelCase names), set in *c. Returns a bit unique to the field (to
  * catch a parameter given twice), or -EINVAL with a message for an unknown
  * parameter or a bad brand or enum text. val need not be NUL-terminated;
  * *c keeps pointing at it for the recipient. */
 int json_check_param(struct check_input *c, const char *key, size_t key_len,
 		     const char *val, size_t val_len, char *err, size_t err_cap);
 
+/* A GET /v1/history query parameter (§10): json_check_param's recipient,
+ * brand_code, channel and recipient_type; anything else is -EINVAL. */
+int json_history_param(struct check_input *c, const char *key,
+		       size_t key_len, const char *val, size_t val_len,
+		       char *err, size_t err_cap);
+
 /* {"allow":true,"reason":"CONSENT_GIVEN","status":"ONAY","source":"HS_WEB",
  * "consent_date":1700000000}. status, source and consent_date are omitted
  * when no record decided (the proto3 JSON convention for unset fields);
- * "error" is present only for INVALID_REQUEST. */
+ * "error" is present only for INVALID_REQUEST. An as-of verdict (§10)
+ * decided by a record adds "sequence" and "transaction_id" (its). */
 char *json_encode_verdict(const struct verdict *v);
 
 /* {"verdicts":[…],"applied_sequence":…,"data_as_of":…}. Numbers are JSON
@@ -96,6 +103,12 @@ struct json_stats {
 	uint64_t outbox_depth;
 	int64_t outbox_oldest_age_s;
 	const char *origin_cursor; /* ?origin= asked (and allowed): its cursor */
+	/* §10: the chain head (history on and not empty), the hash as 64
+	 * hex digits in "chain_hash". */
+	bool chain;
+	uint64_t chain_sequence;
+	const uint8_t *chain_hash;
+	uint8_t chain_head[32]; /* room chain_hash may point at */
 };
 char *json_encode_stats(const struct json_stats *s);
 
@@ -139,6 +152,17 @@ char *json_encode_apply(uint64_t applied_sequence, uint32_t applied,
 struct outbox_entry;
 char *json_encode_outbox(const struct outbox_entry *e, size_t n,
 			 uint64_t depth);
+
+/* GET /v1/history (§10): {"entries":[{"consent":{"recipient":…,
+ * "channel":…,"recipient_type":…,"brand_code":…,"iys_code":…,"status":…,
+ * "source":…,"consent_date":…,"creation_date":…,"transaction_id":…,
+ * "sequence":…},"applied_at":…,"chain_hash":"64 hex"}],
+ * "applied_sequence":…,"total":T,"truncated":bool}: e[0..n) oldest first,
+ * total the records the key holds (truncated when more than n: the
+ * newest n are given). */
+struct history_entry;
+char *json_encode_history(const struct history_entry *e, size_t n,
+			  size_t total, uint64_t applied_sequence);
 
 /* {"sequence":S,"state":"pushed"}. */
 char *json_encode_pushed(uint64_t sequence);

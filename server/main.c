@@ -66,6 +66,7 @@
 #include "core/tokens.h"
 #include "index/build.h"
 #include "index/generation.h"
+#include "index/history.h"
 #include "index/table.h"
 #include "server/addr.h"
 #include "server/conffile.h"
@@ -196,6 +197,9 @@ static const struct flag main_flags[] = {
 	{ "max-lag", FLAG_U32, CFG_OFF(max_lag_s), 0, INT32_MAX,
 	  "SEC: not ready while further behind the stream, or unable to "
 	  "reach it for longer (0 = off)" },
+	{ "history-keep", FLAG_U32, CFG_OFF(history_keep_days), 0, 36500,
+	  "DAYS: the evidence store drops whole segments older than this "
+	  "(0 = keep everything)" },
 	{ "changelog-segment-bytes", FLAG_U32,
 	  CFG_OFF(changelog_segment_bytes), 4096, 1u << 30,
 	  "change log segment size (67108864)" },
@@ -225,6 +229,7 @@ static void main_usage(FILE *f)
 		" [--tls-listeners LIST]]\n"
 		"                [--nats URL[,URL...] [--nats-stream NAME] "
 		"[--nats-consumer NAME] [--max-lag SEC]]\n"
+		"                [--history on|off] [--history-keep DAYS]\n"
 		"       consentd --config FILE [flags over it]\n\n");
 	for (size_t i = 0; i < N_FLAGS; i++)
 		fprintf(f, "  --%-26s %s\n", main_flags[i].name,
@@ -238,6 +243,9 @@ static void main_usage(FILE *f)
 		"sasl:USER)");
 	fprintf(f, "  --%-26s %s\n", "merchant-default",
 		"allow|deny: a TACIR with no record (allow)");
+	fprintf(f, "  --%-26s %s\n", "history",
+		"on|off: keep every applied change in DIR/history, with a "
+		"SHA-256 chain, for as-of checks and history queries (on)");
 	fprintf(f, "  --%-26s %s\n", "index-load",
 		"anon|mmap: copy the index into huge-page memory, or map it "
 		"(anon)");
@@ -315,6 +323,7 @@ static int main_parse(int argc, char **argv, struct server_config *cfg,
 		if (f == NULL && strcmp(namebuf, "tokens") != 0 &&
 		    strcmp(namebuf, "policy-map") != 0 &&
 		    strcmp(namebuf, "merchant-default") != 0 &&
+		    strcmp(namebuf, "history") != 0 &&
 		    strcmp(namebuf, "index-load") != 0 &&
 		    (strcmp(namebuf, "config") != 0 || config_path == NULL)) {
 			if (at != NULL)
@@ -354,6 +363,18 @@ static int main_parse(int argc, char **argv, struct server_config *cfg,
 			else {
 				main_flag_error(at, "--merchant-default must "
 						"be allow or deny, not '%s'\n", val);
+				return -EINVAL;
+			}
+			continue;
+		}
+		if (strcmp(namebuf, "history") == 0) {
+			if (strcmp(val, "on") == 0)
+				cfg->history_off = false;
+			else if (strcmp(val, "off") == 0)
+				cfg->history_off = true;
+			else {
+				main_flag_error(at, "--history must be on or "
+						"off, not '%s'\n", val);
 				return -EINVAL;
 			}
 			continue;
@@ -604,17 +625,60 @@ static void main_notify_ready(struct notify *n)
 		notify_ready(n, info.generation, info.n_records);
 }
 
+/* §10: the first snapshot of a data directory into its evidence store,
+ * every record at the snapshot's watermark. Before each pass the store
+ * is emptied: whatever it holds is a part of a snapshot whose build a
+ * crash (or a restart of this one) interrupted, before any generation
+ * existed, so nothing acknowledged rests on it (index/history.h). */
+struct main_sink {
+	struct history *h;
+	int64_t applied_at; /* the build's start: one stamp for the lot */
+};
+
+static int main_sink_begin(void *ctx, char *err, size_t err_cap)
+{
+	struct main_sink *s = ctx;
+	char e[400];
+	int rc = history_reset(s->h, e, sizeof(e));
+	if (rc < 0)
+		snprintf(err, err_cap, "history: %s", e);
+	return rc;
+}
+
+static int main_sink_records(void *ctx, Consent__V1__Consent *const *records,
+			     size_t n, char *err, size_t err_cap)
+{
+	struct main_sink *s = ctx;
+	char e[400];
+	int rc = history_append(s->h, records, n, s->applied_at, e, sizeof(e));
+	if (rc < 0)
+		snprintf(err, err_cap, "history: %s", e);
+	return rc;
+}
+
 static void *main_build_thread(void *arg)
 {
 	struct main_build *b = arg;
 	struct build_result res;
 	struct generation *g = calloc(1, sizeof(*g));
+	/* Only the snapshot a data directory begins from (README,
+	 * Decisions): a later one is not evidence of any change. */
+	struct main_sink ms = {
+		.h = atomic_load(&b->had_index) ? NULL
+						: writer_history(b->writer),
+		.applied_at = (int64_t)time(NULL),
+	};
+	struct build_sink sink = {
+		.begin = main_sink_begin, .records = main_sink_records,
+		.ctx = &ms,
+	};
 
 	memset(&res, 0, sizeof(res));
 	/* In memory, never in the data directory: the writer takes it as it
 	 * is and publishes it (server/writer.h). */
 	b->rc = g == NULL ? -ENOMEM
-			  : build_index(b->fd, g, &res, b->err, sizeof(b->err));
+			  : build_index_sink(b->fd, ms.h != NULL ? &sink : NULL,
+					     g, &res, b->err, sizeof(b->err));
 	if (g == NULL)
 		snprintf(b->err, sizeof(b->err), "out of memory");
 	if (b->fd != STDIN_FILENO)
@@ -932,6 +996,8 @@ static int main_open_writer(struct main_state *s)
 		.metrics = metrics_slot(cfg->workers + 1),
 		.checkpoint_changes = cfg->checkpoint_changes,
 		.segment_bytes = cfg->changelog_segment_bytes,
+		.history_off = cfg->history_off,
+		.history_keep_s = (int64_t)cfg->history_keep_days * 86400,
 	};
 	const struct index *ix;
 
@@ -957,6 +1023,7 @@ static int main_open_writer(struct main_state *s)
 	if (s->had_index)
 		main_log_ready(ix);
 	cfg->writer = s->writer;
+	cfg->history = writer_history(s->writer);
 	if (writer_start(s->writer, s->err, sizeof(s->err)) < 0) {
 		fprintf(stderr, "consentd: %s\n", s->err);
 		return -1;

@@ -66,6 +66,9 @@
 	  "Group commits to the change log (one fdatasync each).")             \
 	X(changelog_failures, "consentd_changelog_failures_total",             \
 	  "Change log writes or fsyncs that failed (Applies refused since).")  \
+	X(history_failures, "consentd_history_failures_total",                 \
+	  "Evidence store appends, syncs or recoveries that failed "           \
+	  "(Applies refused since).")                                          \
 	X(generations_built, "consentd_generations_built_total",               \
 	  "Generations written to the data directory by the server.")          \
 	X(generation_swaps, "consentd_generation_swaps_total",                 \

@@ -29,7 +29,10 @@
 #include "core/decimal.h"
 #include "core/enums.h"
 #include "core/tokens.h"
+#include "index/history.h"
+#include "proto/consent.pb-c.h"
 #include "server/config.h"
+#include "server/evidence.h"
 #include "server/metrics.h"
 #include "server/reject.h"
 #include "server/writer.h"
@@ -319,7 +322,9 @@ static int resp_verdict(struct obuf *b, const struct verdict *v)
 	if (p == NULL)
 		return -ENOMEM;
 	reason = enums_reason_name(v->reason);
-	p = RESP_LIT(p, "*4\r\n:");
+	/* An as-of verdict (§10) adds its deciding record's sequence. */
+	bool as_of = v->transaction_id != NULL;
+	p = as_of ? RESP_LIT(p, "*5\r\n:") : RESP_LIT(p, "*4\r\n:");
 	*p++ = v->allow ? '1' : '0';
 	p = RESP_LIT(p, "\r\n+");
 	p = resp_put_str(p, reason, strlen(reason));
@@ -336,6 +341,13 @@ static int resp_verdict(struct obuf *b, const struct verdict *v)
 		p = RESP_LIT(p, "\r\n");
 	} else {
 		p = RESP_LIT(p, "$-1\r\n$-1\r\n");
+	}
+	if (as_of && v->sequence) {
+		*p++ = ':';
+		p = decimal_put_u64(p, v->sequence);
+		p = RESP_LIT(p, "\r\n");
+	} else if (as_of) {
+		p = RESP_LIT(p, "$-1\r\n");
 	}
 	b->len = (size_t)(p - b->data);
 	return 0;
@@ -437,7 +449,24 @@ static const char *resp_channel(const struct resp_arg *a, int *out)
 	return *out ? NULL : "channel: not ARAMA, MESAJ or EPOSTA";
 }
 
-/* CHECK recipient brand channel [rtype] [purpose] */
+/* A positive decimal number of at most 19 digits (AT's Unix time, ATSEQ's
+ * sequence; 0 would mean "now"). */
+static bool resp_number(const struct resp_arg *a, uint64_t *out)
+{
+	uint64_t v = 0;
+
+	if (a->len == 0 || a->len > 19)
+		return false;
+	for (uint32_t i = 0; i < a->len; i++) {
+		if (a->p[i] < '0' || a->p[i] > '9')
+			return false;
+		v = v * 10 + (uint64_t)(a->p[i] - '0');
+	}
+	*out = v;
+	return v > 0;
+}
+
+/* CHECK recipient brand channel [rtype] [purpose] [AT unix | ATSEQ n] */
 static int resp_check(struct conn_ctx *x, struct conn *c,
 		      const struct resp_arg *a, uint32_t argc)
 {
@@ -445,7 +474,7 @@ static int resp_check(struct conn_ctx *x, struct conn *c,
 	const char *bad;
 	int rc;
 
-	if (argc < 4 || argc > 6) {
+	if (argc < 4 || argc > 8) {
 		rc = resp_flush(x, c);
 		return rc < 0 ? rc : resp_arity(c, "check");
 	}
@@ -460,14 +489,38 @@ static int resp_check(struct conn_ctx *x, struct conn *c,
 		int r = enums_rtype_parse(a[i].p, a[i].len);
 		/* No name is both a recipient type and a purpose. */
 		int p = r ? 0 : enums_purpose_parse(a[i].p, a[i].len);
+		uint64_t v;
 
+		/* §10: AT unix / ATSEQ n, each with its value; both is the
+		 * decision table's row 1 (as on every port). */
+		if (RESP_IS(&a[i], "AT") || RESP_IS(&a[i], "ATSEQ")) {
+			bool seq = a[i].len == 5;
+			if (i + 1 == argc)
+				bad = seq ? "ATSEQ: a sequence must follow" :
+					    "AT: a Unix time must follow";
+			else if ((seq ? in->as_of_sequence :
+					(uint64_t)in->as_of_time) != 0)
+				bad = seq ? "ATSEQ: given twice" :
+					    "AT: given twice";
+			else if (!resp_number(&a[++i], &v) ||
+				 (!seq && v > INT64_MAX))
+				bad = seq ? "ATSEQ: not a sequence (a decimal "
+					    "number from 1)" :
+					    "AT: not a Unix time (decimal "
+					    "seconds from 1)";
+			else if (seq)
+				in->as_of_sequence = v;
+			else
+				in->as_of_time = (int64_t)v;
+			continue;
+		}
 		if (r && !in->rtype)
 			in->rtype = r;
 		else if (p && !in->purpose)
 			in->purpose = p;
 		else
 			bad = "expected BIREYSEL or TACIR, then TICARI or "
-			      "BILGILENDIRME";
+			      "BILGILENDIRME, then AT unix or ATSEQ n";
 	}
 	if (bad != NULL) {
 		rc = resp_flush(x, c);
@@ -674,6 +727,92 @@ static int resp_reject(struct conn_ctx *x, struct conn *c,
 	return 0;
 }
 
+/* HISTORY recipient brand channel [BIREYSEL|TACIR] (§10,
+ * server/evidence.h): an array, oldest first, of [:sequence, $status,
+ * $source, :consent_date, :creation_date, $transaction_id, :applied_at],
+ * the newest EVIDENCE_MAX_ENTRIES at most. Disk reads: off the check
+ * path, not for the hot path. */
+static int resp_history(struct conn_ctx *x, struct conn *c,
+			const struct resp_arg *a, uint32_t argc)
+{
+	struct evidence_query q = { 0 };
+	struct evidence_answer ans;
+	const char *bad;
+	char msg[400];
+
+	if (argc < 4 || argc > 5)
+		return resp_arity(c, "history");
+	q.recipient = a[1].p;
+	q.recipient_len = a[1].len;
+	bad = resp_brand(&a[2], &q.brand_code);
+	if (bad == NULL)
+		bad = resp_channel(&a[3], &q.channel);
+	if (bad == NULL && argc == 5 &&
+	    !(q.rtype = enums_rtype_parse(a[4].p, a[4].len)))
+		bad = "recipient_type: not BIREYSEL or TACIR";
+	if (bad != NULL)
+		return resp_invalid(&c->out, bad);
+	int code = evidence_query(x->history, c->principal, &q, &ans, msg,
+				  sizeof(msg));
+	if (code != 0) {
+		char line[sizeof(msg) + 32];
+		snprintf(line, sizeof(line), "%s %s",
+			 code == 400 ? "ERR INVALID_REQUEST" :
+			 code == 403 ? "NOPERM" :
+			 code == 503 ? "ERR UNAVAILABLE" : "ERR", msg);
+		return resp_line(&c->out, '-', line);
+	}
+	char *p = obuf_reserve(&c->out, 24);
+	int rc = 0;
+	if (p == NULL) {
+		evidence_answer_fini(&ans);
+		return -ENOMEM;
+	}
+	*p++ = '*';
+	p = decimal_put_u64(p, ans.n);
+	p = RESP_LIT(p, "\r\n");
+	c->out.len = (size_t)(p - c->out.data);
+	for (size_t i = 0; i < ans.n && rc == 0; i++) {
+		const Consent__V1__Consent *m = &ans.entries[i].consent;
+		const char *st = enums_status_name((int)m->status);
+		const char *src = enums_source_name((int)m->source);
+		const char *tx = m->transaction_id ? m->transaction_id : "";
+		p = obuf_reserve(&c->out, 6 * 24 + 32);
+		if (p == NULL) {
+			rc = -ENOMEM;
+			break;
+		}
+		p = RESP_LIT(p, "*7\r\n:");
+		p = decimal_put_u64(p, m->sequence);
+		p = RESP_LIT(p, "\r\n");
+		c->out.len = (size_t)(p - c->out.data);
+		rc = resp_bulk(&c->out, st ? st : "?", st ? strlen(st) : 1);
+		if (rc == 0)
+			rc = resp_bulk(&c->out, src, strlen(src));
+		if (rc == 0 && (p = obuf_reserve(&c->out, 2 * 24 + 8)) == NULL)
+			rc = -ENOMEM;
+		if (rc < 0)
+			break;
+		*p++ = ':';
+		p = decimal_put_i64(p, m->consent_date);
+		p = RESP_LIT(p, "\r\n:");
+		p = decimal_put_i64(p, m->creation_date);
+		p = RESP_LIT(p, "\r\n");
+		c->out.len = (size_t)(p - c->out.data);
+		rc = resp_bulk(&c->out, tx, strlen(tx));
+		if (rc == 0 && (p = obuf_reserve(&c->out, 24 + 4)) == NULL)
+			rc = -ENOMEM;
+		if (rc < 0)
+			break;
+		*p++ = ':';
+		p = decimal_put_i64(p, ans.entries[i].applied_at);
+		p = RESP_LIT(p, "\r\n");
+		c->out.len = (size_t)(p - c->out.data);
+	}
+	evidence_answer_fini(&ans);
+	return rc;
+}
+
 static int resp_unknown(struct conn *c, const struct resp_arg *name)
 {
 	char msg[96], shown[49];
@@ -725,6 +864,8 @@ static int resp_command(struct conn_ctx *x, struct conn *c,
 		return resp_info(x, c);
 	if (RESP_IS(&a[0], "REJECT"))
 		return resp_reject(x, c, a, argc);
+	if (RESP_IS(&a[0], "HISTORY"))
+		return resp_history(x, c, a, argc);
 	return resp_unknown(c, &a[0]);
 }
 

@@ -4,9 +4,18 @@
  *
  * Commands (names in any case):
  *   CHECK recipient brand channel [BIREYSEL|TACIR] [TICARI|BILGILENDIRME]
+ *         [AT unix | ATSEQ n]
  *     -> *4 [:allow, +REASON, $status or nil, :consent_date or nil]; a
  *        malformed check -> -ERR INVALID_REQUEST <what was wrong>.
- *        The two optional words may come in either order.
+ *        The two optional words may come in either order. AT / ATSEQ
+ *        (§10, each with its value) answer as of that Unix time or log
+ *        sequence from the evidence store: *5, the same four and the
+ *        deciding record's :sequence (nil when no record decided).
+ *   HISTORY recipient brand channel [BIREYSEL|TACIR]
+ *     -> an array, oldest first, of *7 [:sequence, $status, $source,
+ *        :consent_date, :creation_date, $transaction_id, :applied_at]
+ *        (the newest 1000 at most); -ERR INVALID_REQUEST, -NOPERM (a
+ *        brand outside the principal's), -ERR history is off.
  *   MCHECK brand channel rtype purpose r1 [r2 ...]
  *     -> one :1/:0 per recipient, or -ERR INVALID_REQUEST <why> in the
  *        place of a recipient that does not normalise.

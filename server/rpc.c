@@ -35,6 +35,7 @@
 #include "index/origins.h"
 #include "proto/consent.pb-c.h"
 #include "server/config.h"
+#include "server/evidence.h"
 #include "server/metrics.h"
 #include "server/reject.h"
 #include "server/writer.h"
@@ -607,6 +608,16 @@ size_t rpc_verdict_size(const struct verdict *v)
 
 		n += 1 + pb_varint_size(el) + el;
 	}
+	/* §10: an as-of verdict's sequence (7) and transaction_id (8); one
+	 * test for a live one. */
+	if (__builtin_expect(v->transaction_id != NULL, 0)) {
+		size_t tl = strlen(v->transaction_id);
+
+		if (v->sequence)
+			n += 1 + pb_varint_size(v->sequence);
+		if (tl)
+			n += 1 + pb_varint_size(tl) + tl;
+	}
 	return n;
 }
 
@@ -643,6 +654,20 @@ static uint8_t *rpc_put_verdict(uint8_t *p, const struct verdict *v,
 		p = pb_put_varint(p, el);
 		memcpy(p, v->error, el);
 		p += el;
+	}
+	if (__builtin_expect(v->transaction_id != NULL, 0)) {
+		size_t tl = strlen(v->transaction_id);
+
+		if (v->sequence) {
+			*p++ = 0x38;
+			p = pb_put_varint(p, v->sequence);
+		}
+		if (tl) {
+			*p++ = 0x42;
+			p = pb_put_varint(p, tl);
+			memcpy(p, v->transaction_id, tl);
+			p += tl;
+		}
 	}
 	return p;
 }
@@ -846,7 +871,7 @@ int rpc_reply_apply(struct obuf *b, const struct writer_reply *r)
 }
 
 /* StatsResponse's bytes into inner (RPC_STATS_MAX); returns their count. */
-#define RPC_STATS_MAX (64 + ORIGINS_CURSOR_MAX)
+#define RPC_STATS_MAX (64 + 48 + ORIGINS_CURSOR_MAX)
 static size_t rpc_stats_inner(uint8_t *inner, const struct rpc_stats *s)
 {
 	uint8_t *p = inner;
@@ -871,6 +896,16 @@ static size_t rpc_stats_inner(uint8_t *inner, const struct rpc_stats *s)
 	if (s->checks_total) {
 		*p++ = 0x28;
 		p = pb_put_varint(p, s->checks_total);
+	}
+	if (s->chain) {
+		if (s->chain_sequence) {
+			*p++ = 0x30; /* field 6: chain_sequence */
+			p = pb_put_varint(p, s->chain_sequence);
+		}
+		*p++ = 0x3a; /* field 7, LEN: chain_hash */
+		*p++ = (uint8_t)sizeof(s->chain_hash);
+		memcpy(p, s->chain_hash, sizeof(s->chain_hash));
+		p += sizeof(s->chain_hash);
 	}
 	if (cl > ORIGINS_CURSOR_MAX)
 		cl = ORIGINS_CURSOR_MAX;
@@ -1082,6 +1117,10 @@ void rpc_stats_gather(const struct conn_ctx *x, const struct principal *who,
 		s->data_as_of = x->info.data_as_of;
 		s->generation = fleet ? x->info.generation : 0;
 	}
+	/* The chain head says nothing of any brand: every principal may
+	 * check a receipt against it. */
+	s->chain = writer_chain(x->cfg->writer, &s->chain_sequence,
+				s->chain_hash);
 	if (fleet) {
 		metrics_sum(&sum);
 		s->checks_total = metrics_checks_total(&sum);
@@ -1178,6 +1217,28 @@ static int rpc_reject(struct conn_ctx *x, struct conn *c,
 	return 0;
 }
 
+/* A history query (§10, server/evidence.h): a HistoryResponse, or an
+ * Error (400 a bad field, 403 a brand outside the principal's list, 501
+ * history off, 503 the store failed). */
+static int rpc_history(struct conn_ctx *x, struct conn *c,
+		       const struct rpc_request *req)
+{
+	struct evidence_answer a;
+	struct obuf tmp = { 0 };
+	char msg[400];
+	int code = evidence_query_message(x->history, c->principal, req->body,
+					  req->body_len, &a, msg, sizeof(msg));
+	if (code != 0)
+		return rpc_encode_error(&c->out, req->id, (uint32_t)code, msg);
+	int rc = evidence_encode(&tmp, &a, rpc_applied(x));
+	evidence_answer_fini(&a);
+	if (rc == 0)
+		rc = rpc_encode_simple(&c->out, req->id, 0x32 /* field 6 */,
+				       (const uint8_t *)tmp.data, tmp.len);
+	free(tmp.data);
+	return rc;
+}
+
 static const char *rpc_kind_name(int kind)
 {
 	static const char *const names[RPC_REQ_END] = {
@@ -1230,9 +1291,7 @@ static int rpc_handle(struct conn_ctx *x, struct rpc_worker *rw,
 						"(no 'reject' right)");
 		return rpc_reject(x, c, req);
 	case RPC_REQ_HISTORY:
-		return rpc_encode_error(&c->out, req->id,
-					RPC_E_NOT_IMPLEMENTED,
-					"this server keeps no history");
+		return rpc_history(x, c, req);
 	default:
 		return rpc_encode_error(&c->out, req->id, RPC_E_BAD_REQUEST,
 					"Request has no body (check, apply, "

@@ -29,6 +29,10 @@
  *       log failed (its message) or no generation is loaded yet
  * A Reject (§11, server/reject.h) is an Apply of one local RET: 400 for
  * a bad field (named), answered with an ApplyResponse like one.
+ * A History (§10, server/evidence.h) is answered with a HistoryResponse
+ * (the newest EVIDENCE_MAX_ENTRIES of the key's records, oldest first),
+ * or 400 a bad field, 403 a brand outside the principal's list, 501
+ * history off, 503 the store failed.
  * An Apply is answered once its changes are durable (server/writer.h);
  * until then the connection processes no further input, so replies stay
  * in request order.
@@ -141,6 +145,11 @@ struct rpc_stats {
 	uint64_t generation;
 	uint64_t checks_total;
 	const char *origin_cursor; /* §8: the asked origin's ("" or NULL: none) */
+	/* §10: the evidence chain's head (writer_chain), fields 6 and 7;
+	 * chain false: history off or empty, both left out. */
+	bool chain;
+	uint64_t chain_sequence;
+	uint8_t chain_hash[32];
 };
 int rpc_encode_stats(struct obuf *b, uint64_t id, const struct rpc_stats *s);
 

@@ -71,6 +71,7 @@ static void *snapshot_main(void *arg)
 			.emails_name = v.emails_name, .extra = v.extra,
 			.watermark = v.watermark, .created_at = v.data_as_of,
 			.origins = v.origins, .origin = origin,
+			.chain_hash = v.has_chain ? v.chain : NULL,
 		};
 		rc = build_dump_source(&src, j->wfd, &records, err, sizeof(err));
 		writer_view_release(&v);

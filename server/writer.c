@@ -68,10 +68,29 @@
  * served before stays on disk as the fallback, and the log is dropped only
  * through the fallback's watermark (generation_kept).
  *
+ * Evidence (DESIGN §10, index/history.h). With history on, every change
+ * the log takes is appended to DIR/history in log order (w->ptrs after
+ * the group is sorted: the log's own order) right after group_append made
+ * the group durable and before it is applied or answered, stamped with
+ * the wall clock. history_append does not fdatasync: the log is the
+ * durable copy, and history_recover at open copies back what the log
+ * holds past history's end. So history_sync runs where the log may lose
+ * its copy, before generation_kept drops segments, and at a graceful
+ * stop. The chain head is published after every group under chain_mu
+ * (40 bytes copied; Stats and /metrics read it).
+ *
  * Failure. A failed append (write or fdatasync) fails the log for good
  * (never retried: the kernel may have dropped the pages). The writer then
  * refuses every Apply with 503 and the log's message, keeps serving what
  * it has, and writer_fault turns /readyz false. Restart reopens the log.
+ * A failed history append or sync faults the writer the same way, for
+ * the same reason: an Apply acknowledged whose change the evidence store
+ * lacks would break its promise (every applied change, §10), and a
+ * store that skipped one would chain a different stream from the
+ * replicas' from then on. Refusing is safe: the group is durable in the
+ * log (a restart applies it and history_recover copies it), and checks
+ * go on being answered from what is served. A failed sync also keeps
+ * the log whole (generation_kept with no log): it is history's copy.
  */
 #include "server/writer.h"
 
@@ -96,6 +115,7 @@
 #include "core/tokens.h"
 #include "index/changelog.h"
 #include "index/generation.h"
+#include "index/history.h"
 #include "index/origins.h"
 #include "index/outbox.h"
 #include "index/table.h"
@@ -170,6 +190,14 @@ struct writer {
 	char dir[PATH_MAX];
 	struct changelog *log;
 	struct outbox *outbox;   /* local RETs owed to İYS */
+	struct history *hist;    /* §10's evidence store; NULL: --history off */
+	double hist_pruned_at;   /* clock_mono_s of the last prune */
+	/* The chain head for Stats and /metrics: written by the writer
+	 * thread after each group, read by any thread, under chain_mu. */
+	pthread_mutex_t chain_mu;
+	bool chain_any;
+	uint64_t chain_seq;
+	uint8_t chain[HISTORY_HASH_BYTES];
 	struct metrics *m;
 	struct metrics *own_metrics; /* when the options gave none (tests) */
 	struct writer_queue *queues;
@@ -325,6 +353,61 @@ static void writer_set_fault(struct writer *w, const char *fmt, ...)
 	say("%s; refusing Applies until restarted", w->fault);
 }
 
+/* ---- the evidence store ---- */
+
+/* After history changed: its head, for writer_chain. */
+static void writer_chain_publish(struct writer *w)
+{
+	struct history_state st;
+	if (w->hist == NULL)
+		return;
+	history_state(w->hist, &st);
+	pthread_mutex_lock(&w->chain_mu);
+	w->chain_any = st.records > 0;
+	w->chain_seq = st.head_sequence;
+	memcpy(w->chain, st.head, sizeof(w->chain));
+	pthread_mutex_unlock(&w->chain_mu);
+}
+
+/* g, about to be published with watermark wm, carries the head at wm:
+ * history holds every change through wm (the writer appends each group
+ * before it is applied), so that is the head unless wm is past what the
+ * history holds at all (then the head is the same: the last record
+ * with sequence <= wm). None when history is off or empty. */
+static void writer_chain_into(struct writer *w, struct generation *g,
+			      uint64_t wm)
+{
+	struct history_state st;
+	g->has_chain = false;
+	if (w->hist == NULL)
+		return;
+	history_state(w->hist, &st);
+	if (st.records == 0)
+		return;
+	if (st.last_sequence <= wm) {
+		memcpy(g->chain, st.head, sizeof(g->chain));
+	} else if (history_head_at(w->hist, wm, g->chain) < 0) {
+		return;
+	}
+	g->has_chain = true;
+	g->chain_sequence = wm;
+}
+
+/* Makes history durable before the change log may lose its copy: 0, or
+ * < 0 with the writer faulted. */
+static int writer_hist_sync(struct writer *w, const char *why)
+{
+	char err[400];
+	if (w->hist == NULL)
+		return 0;
+	int rc = history_sync(w->hist, err, sizeof(err));
+	if (rc < 0) {
+		metrics_inc(&w->m->history_failures);
+		writer_set_fault(w, "history (%s): %s", why, err);
+	}
+	return rc;
+}
+
 /* ---- applying ---- */
 
 /* Copies the served index into a table for `capacity` records (0: 1.5
@@ -385,7 +468,10 @@ static void writer_set_meta(struct writer *w)
 /* After generation gen (watermark wm) was published and is served. */
 static void writer_published(struct writer *w, uint64_t gen, uint64_t wm)
 {
-	generation_kept(w->dir, w->log, &w->keep, gen, wm);
+	/* The log is history's durable copy: it loses segments only once
+	 * history is durable itself (else it stays whole). */
+	bool synced = writer_hist_sync(w, "before the change log drops") == 0;
+	generation_kept(w->dir, synced ? w->log : NULL, &w->keep, gen, wm);
 	metrics_inc(&w->m->generations_built);
 }
 
@@ -407,6 +493,7 @@ static int writer_checkpoint(struct writer *w, const char *why)
 	} else {
 		w->keep.gen = gen; /* the header the file gets */
 		writer_set_meta(w);
+		writer_chain_into(w, &w->cur, w->applied);
 		rc = generation_publish(w->dir, &w->cur, err, sizeof(err));
 		w->keep.gen = old;
 	}
@@ -484,6 +571,25 @@ static int writer_take_now(struct writer *w, struct generation *s,
 		goto out;
 	}
 	index_set_meta_writer(s->ix, gen, applied, si.created_at, as_of);
+	if (w->hist != NULL && w->cur.ix == NULL) {
+		/* The first generation: the build thread put the snapshot's
+		 * records into history at its watermark (after a reset); the
+		 * changes the log holds past it follow them, as in the index. */
+		uint64_t copied = 0;
+		char he[400];
+		rc = history_recover(w->hist, w->log, &copied, he, sizeof(he));
+		if (rc < 0) {
+			errmsg_fail(err, err_cap, rc, "history: %s", he);
+			metrics_inc(&w->m->history_failures);
+			writer_set_fault(w, "history: %s", he);
+			goto out;
+		}
+		if (copied)
+			say("history: %" PRIu64 " changes of the log past the "
+			    "snapshot's watermark copied in", copied);
+		writer_chain_publish(w);
+	}
+	writer_chain_into(w, s, applied);
 	char e[512] = "";
 	rc = generation_publish(w->dir, s, e, sizeof(e));
 	if (rc < 0) {
@@ -880,6 +986,29 @@ static int group_append(struct writer *w, struct writer_req *list,
 	return 0;
 }
 
+/* The group's m durable changes (w->ptrs: log order) into the evidence
+ * store, before any of them is applied or answered. 0, or < 0 with the
+ * writer faulted and list refused (the log holds them: a restart's
+ * history_recover copies them). */
+static int group_history(struct writer *w, struct writer_req *list, size_t m)
+{
+	char err[400];
+	if (w->hist == NULL)
+		return 0;
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	int rc = history_append(w->hist, w->ptrs, m, ts.tv_sec, err,
+				sizeof(err));
+	if (rc < 0) {
+		metrics_inc(&w->m->history_failures);
+		writer_set_fault(w, "history: %s", err);
+		refuse_unanswered(w, list);
+		return rc;
+	}
+	writer_chain_publish(w);
+	return 0;
+}
+
 /* Applies the group's m durable changes in log order, counting each in
  * its request's reply. 0, or < 0 with the writer faulted and list
  * refused (durable but not applied: a restart replays them). */
@@ -962,6 +1091,8 @@ static void writer_group(struct writer *w, struct writer_req *list)
 		nb = m > 0;
 	}
 	if (nb > 0 && group_append(w, list, kind, nb) < 0)
+		return;
+	if (m > 0 && group_history(w, list, m) < 0)
 		return;
 	if (group_apply(w, list, m) < 0)
 		return;
@@ -1133,6 +1264,12 @@ static int writer_view_fill(struct writer *w, struct writer_view *v,
 				   "(the served generation cannot be held)");
 	v->ix = live_ref_index(v->ref);
 	v->watermark = w->applied;
+	/* Between groups: history holds every change through the
+	 * watermark, so its head now is the head at it. */
+	struct generation cg = { 0 };
+	writer_chain_into(w, &cg, v->watermark);
+	v->has_chain = cg.has_chain;
+	memcpy(v->chain, cg.chain, sizeof(v->chain));
 	v->created_at = w->created_at;
 	v->data_as_of = w->data_as_of;
 	if (origins_create(&v->origins) < 0 ||
@@ -1189,6 +1326,33 @@ static void writer_views(struct writer *w, int refuse)
 	pthread_mutex_unlock(&w->mu);
 }
 
+/* --history-keep: at most once a minute (a prune removes whole segments,
+ * so finer is pointless). A failure is said and tried again later: what
+ * is kept too long costs disk, never evidence. */
+#define WRITER_PRUNE_EVERY_S 60.0
+static void writer_hist_prune(struct writer *w)
+{
+	if (w->hist == NULL || w->opt.history_keep_s <= 0)
+		return;
+	double now = clock_mono_s();
+	if (w->hist_pruned_at != 0 &&
+	    now - w->hist_pruned_at < WRITER_PRUNE_EVERY_S)
+		return;
+	w->hist_pruned_at = now;
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	unsigned removed = 0;
+	char err[400];
+	if (history_prune(w->hist, ts.tv_sec, &removed, err, sizeof(err)) < 0)
+		say("history: pruning: %s (tried again later)", err);
+	else if (removed)
+		say("history: %u segment(s) older than %" PRId64 " days "
+		    "removed (--history-keep)", removed,
+		    w->opt.history_keep_s / 86400);
+	if (removed)
+		writer_chain_publish(w);
+}
+
 /* Between groups: what main asked for, and checkpoints. */
 static void writer_housekeeping(struct writer *w)
 {
@@ -1213,8 +1377,11 @@ static void writer_housekeeping(struct writer *w)
 		pthread_cond_broadcast(&w->take_cv);
 		pthread_mutex_unlock(&w->mu);
 	}
+	/* Not before a generation: the build thread may be putting the
+	 * first snapshot into history (writer_history). */
 	if (w->cur.ix == NULL)
 		return;
+	writer_hist_prune(w);
 	if (rebuild) {
 		struct index_info info;
 		double t0 = clock_mono_s();
@@ -1257,6 +1424,9 @@ static void *writer_main(void *arg)
 	if (w->cur.ix != NULL && w->applied > w->keep.watermark &&
 	    !atomic_load_explicit(&w->failed, memory_order_relaxed))
 		writer_checkpoint(w, "shutdown");
+	/* A graceful stop leaves history durable (the checkpoint synced it
+	 * only when it wrote one). */
+	writer_hist_sync(w, "at stop");
 	return NULL;
 }
 
@@ -1274,6 +1444,7 @@ int writer_open(const struct writer_options *opt, struct writer **out,
 	w->efd = -1;
 	pthread_mutex_init(&w->mu, NULL);
 	pthread_mutex_init(&w->origins_mu, NULL);
+	pthread_mutex_init(&w->chain_mu, NULL);
 	pthread_cond_init(&w->take_cv, NULL);
 	pthread_cond_init(&w->view_cv, NULL);
 	pthread_mutex_init(&w->stream_mu, NULL);
@@ -1336,6 +1507,30 @@ int writer_open(const struct writer_options *opt, struct writer **out,
 		    ls.truncated_bytes);
 	generation_remove_leftovers(w->dir);
 	w->applied = changelog_last_sequence(w->log);
+
+	if (!opt->history_off) {
+		struct history_options ho = {
+			.keep_seconds = opt->history_keep_s,
+		};
+		uint64_t copied = 0;
+		rc = history_open(w->dir, &ho, &w->hist, lerr, sizeof(lerr));
+		if (rc < 0) {
+			rc = errmsg_fail(err, err_cap, rc, "history: %s", lerr);
+			goto fail_free;
+		}
+		rc = history_recover(w->hist, w->log, &copied, lerr,
+				     sizeof(lerr));
+		if (rc < 0) {
+			rc = errmsg_fail(err, err_cap, rc, "history: %s", lerr);
+			goto fail_free;
+		}
+		struct history_state hs;
+		history_state(w->hist, &hs);
+		say("history: %" PRIu64 " records (sequences %" PRIu64 "-%"
+		    PRIu64 "), %" PRIu64 " copied from the change log",
+		    hs.records, hs.first_sequence, hs.last_sequence, copied);
+		writer_chain_publish(w);
+	}
 
 	uint64_t cut = 0;
 	rc = outbox_open(w->dir, &w->outbox, &cut, lerr, sizeof(lerr));
@@ -1468,6 +1663,7 @@ void writer_close(struct writer *w)
 	}
 	changelog_close(w->log);
 	outbox_close(w->outbox);
+	history_close(w->hist);
 	if (w->efd >= 0)
 		close(w->efd);
 	free(w->queues);
@@ -1478,6 +1674,7 @@ void writer_close(struct writer *w)
 	free(w->own_metrics);
 	pthread_mutex_destroy(&w->mu);
 	pthread_mutex_destroy(&w->origins_mu);
+	pthread_mutex_destroy(&w->chain_mu);
 	pthread_cond_destroy(&w->take_cv);
 	pthread_cond_destroy(&w->view_cv);
 	pthread_mutex_destroy(&w->stream_mu);
@@ -1918,6 +2115,23 @@ int writer_origin_cursor(struct writer *w, const char *origin,
 	pthread_mutex_unlock(&w->origins_mu);
 	buf[len] = '\0';
 	return found;
+}
+
+struct history *writer_history(struct writer *w)
+{
+	return w != NULL ? w->hist : NULL;
+}
+
+bool writer_chain(struct writer *w, uint64_t *sequence, uint8_t head[32])
+{
+	if (w == NULL || w->hist == NULL)
+		return false;
+	pthread_mutex_lock(&w->chain_mu);
+	bool any = w->chain_any;
+	*sequence = w->chain_seq;
+	memcpy(head, w->chain, HISTORY_HASH_BYTES);
+	pthread_mutex_unlock(&w->chain_mu);
+	return any;
 }
 
 struct outbox *writer_outbox(struct writer *w)

@@ -38,6 +38,11 @@ struct writer_options {
 	 * of 1,000,000 and half the records. */
 	uint64_t checkpoint_changes;
 	uint64_t segment_bytes;     /* change log segments; 0: its default */
+	/* DESIGN §10: the evidence store (index/history.h) under DIR/history,
+	 * unless history_off (--history off). history_keep_s: whole segments
+	 * older than this are pruned (--history-keep DAYS); 0 keeps all. */
+	bool history_off;
+	int64_t history_keep_s;
 };
 
 /* Opens DIR's change log (a damaged one is refused: -EPROTO, the message
@@ -157,6 +162,8 @@ struct writer_view {
 	int emails_fd;              /* -1: no file */
 	char emails_name[PATH_MAX];
 	struct generation_email_list *extra; /* a copy, NULL when empty */
+	bool has_chain;             /* §10: the chain head at watermark */
+	uint8_t chain[32];
 };
 
 /* Any thread but the writer's, and not inside an RCU read side (the
@@ -235,6 +242,29 @@ uint64_t writer_stream_done(struct writer *w);
 /* The fetch thread, now and then: answers 503 to the requests waiting
  * past their deadline (writer_req_await). */
 void writer_expire(struct writer *w, uint64_t now_ms);
+
+/* ---- The evidence store (DESIGN §10) ----
+ *
+ * With history on, the writer owns DIR/history: opened at writer_open
+ * (after the change log; history_recover copies what the log holds past
+ * its end), every group's changes appended in log order once the log
+ * made them durable and before any reply, made durable before the log
+ * may drop a segment and at a graceful stop, pruned by --history-keep.
+ * A failure of it faults the writer as a failed log does. */
+struct history;
+
+/* Any thread: the store, for queries (history_key, history_as_of are
+ * any-thread), or NULL with history off (or a NULL writer). The build
+ * thread of a data directory without a generation also appends its
+ * first snapshot to it (history_reset first), before it hands the
+ * result over with writer_take_snapshot. Lives until writer_close. */
+struct history *writer_history(struct writer *w);
+
+/* Any thread: the chain head as the writer last published it (after
+ * every group and snapshot): true with *sequence (its last record's) and
+ * head[32] filled; false with history off or empty. A mutex the writer
+ * holds for a copy of 40 bytes. */
+bool writer_chain(struct writer *w, uint64_t *sequence, uint8_t head[32]);
 
 /* Any thread: true once the change log failed (Applies are refused since;
  * the state served stays). msg gets the reason. For /readyz. */
