@@ -1028,24 +1028,55 @@ def test_partner_sees_only_its_brands(env, partners, stubs):
         assert rc == 0, s.log_tail()
 
 
-def test_built_directory_history_holds_its_snapshot(env, server):
-    """A data directory made by consentctl build began from a snapshot: its
-    history starts with every record of it, at the snapshot's watermark,
-    with all their fields (DESIGN 10)."""
+@pytest.mark.parametrize("how", ["consentctl-build", "snapshot-flag"])
+def test_first_snapshot_is_in_history(env, server, how):
+    """A data directory that began from a snapshot (made by consentctl
+    build, or empty and given --snapshot) holds every record of it in its
+    history, at the snapshot's watermark (0 for consentctl gen's, the common
+    case), with all their fields; as of now its verdicts are the live ones
+    with the deciding record's transaction_id; a key nobody has has an
+    empty history on every port (at sequence 0 that reply packs to no
+    bytes), the connection serving on (DESIGN 10)."""
     pb, o = env.pb, env.oracle
     _, consents, _ = helpers.read_stream(pb, env.snapshot)
     wm = o.header.sequence
+    s = server
+    if how == "snapshot-flag":
+        d = empty_dir(env, "hist-first-snapshot")
+        s = tc.start(d, os.path.join(env.tmp, "hist-first-snapshot.log"),
+                     ["--snapshot", env.snapshot])
+    try:
+        check_first_snapshot(env, s, consents, wm)
+    finally:
+        if s is not server:
+            tc.stop_ok(s)
+
+
+def check_first_snapshot(env, server, consents, wm):
+    pb, o = env.pb, env.oracle
     count = {}
     for c in consents:
         count[key_of(c)] = count.get(key_of(c), 0) + 1
     sample = [c for c in consents if count[key_of(c)] == 1][:200]
+    k = (o.absent_brand(), "+905559990001", BIREYSEL, MESAJ)
+    with Rpc(pb, server.rpc) as rpc:
+        r = rpc_history(pb, rpc, k)
+        assert r.WhichOneof("body") == "history" and not r.history.entries, r
+        assert rpc.stats().records == len(o)
+    rc = redis.Redis(host=helpers.LOOPBACK, port=server.resp, socket_timeout=10)
+    try:
+        assert rc.execute_command("HISTORY", k[1], k[0], "MESAJ") == []
+    finally:
+        rc.close()
+    st, body = http_json(server, http_history_path(k))
+    assert st == 200 and json.loads(body).get("entries", []) == [], (st, body)
     with Rpc(pb, server.rpc) as rpc:
         for c in sample:
             k = key_of(c)
             r = rpc_history(pb, rpc, k)
             assert r.WhichOneof("body") == "history", r
             assert r.history.entries, "no history of %s, a record of the " \
-                "snapshot the directory was built from" % (k,)
+                "snapshot the directory began from" % (k,)
             want = pb.Consent()
             want.CopyFrom(c)
             want.sequence = wm
