@@ -61,8 +61,9 @@ struct verdict {
  * (RET above ONAY), then source (wire 1-13, then 32-40, then any other
  * value, then 0: the index's dense source codes in order). Equal values
  * do not replace each other. index_apply_writer (index/table.c) keeps
- * the same rule on its packed values; tests/table_test.c compares the
- * two over random values. Sources as stored (enums_source_stored). */
+ * the same rule on its packed values; a unit test compares the
+ * two over random values (tests/history_test.c). Sources as stored
+ * (enums_source_stored). */
 bool consent_value_newer(const struct consent_value *a,
 			 const struct consent_value *b);
 

@@ -17,6 +17,7 @@ int ctl_feed(int argc, char **argv);        /* ctl/feed.c */
 int ctl_pull(int argc, char **argv);        /* ctl/pull.c */
 int ctl_publish(int argc, char **argv);     /* ctl/publish.c */
 int ctl_receipt(int argc, char **argv);     /* ctl/receipt.c */
+int ctl_audit(int argc, char **argv);       /* ctl/audit.c */
 
 
 /* Opens FILE for reading or writing, "-" meaning stdin/stdout; -errno. */

@@ -50,6 +50,11 @@ static const struct command commands[] = {
 	  "[--origin NAME] [--heartbeat SEC] FILE|-",
 	  "send a change stream to the fleet's JetStream stream (DESIGN 9), "
 	  "resuming from the origin's cursor on a caught-up replica" },
+	{ "audit", ctl_audit, "audit verify DIR | audit head DIR",
+	  "recompute DIR's evidence chain (DIR/history, DESIGN 10): verify\n"
+	  "      prints \"ok: N records, head SEQ HEX\" or names the first record\n"
+	  "      that does not match (file, offset, sequence) and exits 1; head\n"
+	  "      prints \"SEQ HEX\"" },
 	{ "receipt", ctl_receipt,
 	  "receipt --server HOST:PORT [--token T] LINE|-",
 	  "a gateway's send-log line (RECIPIENT BRAND CHANNEL TYPE SEQUENCE)\n"

@@ -147,6 +147,7 @@
 #define CKPT_EVERY 64 /* head_at: a checkpoint every so many records */
 #define SCAN_BUF (1u << 20)
 #define RECOVER_GROUP 1024
+#define READ_AHEAD 432 /* a query's first pread: header and 432 bytes */
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
 	      "the key map's slots are read in place as little-endian");
@@ -213,6 +214,8 @@ struct history {
 
 	/* The writer's own. */
 	bool opened;
+	bool map_rebuilt;
+	uint64_t truncated;
 	int failed;
 	uint64_t first_seq, last_seq, at_last, records;
 	int64_t first_applied;
@@ -513,7 +516,9 @@ static int read_record(int fd, uint64_t off, uint8_t **buf, size_t *cap,
 		*buf = nb;
 		*cap = REC_HDR + REC_PAYLOAD_MAX;
 	}
-	ssize_t n = pread(fd, *buf, REC_HDR, (off_t)off);
+	/* One pread for the header and a typical payload (a Consent is
+	 * ~100 bytes), a second only for a longer one. */
+	ssize_t n = pread(fd, *buf, REC_HDR + READ_AHEAD, (off_t)off);
 	if (n < 0)
 		return -errno;
 	if (n < REC_HDR) {
@@ -521,11 +526,14 @@ static int read_record(int fd, uint64_t off, uint8_t **buf, size_t *cap,
 		return -EPROTO;
 	}
 	uint32_t plen = le_get32(*buf);
-	if (plen <= REC_PAYLOAD_MAX && plen > 0) {
-		n = pread(fd, *buf + REC_HDR, plen, (off_t)(off + REC_HDR));
+	if (plen <= REC_PAYLOAD_MAX && plen > 0 &&
+	    (size_t)n < REC_HDR + (size_t)plen) {
+		size_t have = (size_t)n - REC_HDR;
+		n = pread(fd, *buf + REC_HDR + have, plen - have,
+			  (off_t)(off + REC_HDR + have));
 		if (n < 0)
 			return -errno;
-		if ((size_t)n < plen) {
+		if ((size_t)n < plen - have) {
 			*why = "record past the end of the file";
 			return -EPROTO;
 		}
@@ -749,6 +757,8 @@ static void publish(struct history *h)
 	memcpy(h->pub.head, h->head, HISTORY_HASH_BYTES);
 	h->pub_first_applied = h->first_applied;
 	h->pub_first_base = h->n_segs ? h->segs[0].base : 0;
+	h->pub.map_rebuilt = h->map_rebuilt;
+	h->pub.truncated_bytes = h->truncated;
 	pthread_mutex_unlock(&h->stmu);
 }
 
@@ -766,10 +776,11 @@ static int seg_add(struct history *h, const struct hseg *s)
 		struct hseg *n = malloc(nc * sizeof(*n));
 		if (n == NULL)
 			return -ENOMEM;
+		/* Readers hold qmu while they use segs (and extend their
+		 * checkpoints in it): copied under it too. */
+		pthread_mutex_lock(&h->qmu);
 		if (h->n_segs)
 			memcpy(n, h->segs, h->n_segs * sizeof(*n));
-		/* Readers hold qmu while they use segs. */
-		pthread_mutex_lock(&h->qmu);
 		struct hseg *old = h->segs;
 		h->segs = n;
 		h->cap_segs = nc;
@@ -870,9 +881,9 @@ static void seg_path(const struct history *h, uint64_t base, char *buf,
 static void drop_segments_from(struct history *h, size_t from)
 {
 	while (h->n_segs > from) {
-		struct hseg s = h->segs[h->n_segs - 1];
 		char name[64];
 		pthread_mutex_lock(&h->qmu);
+		struct hseg s = h->segs[h->n_segs - 1];
 		h->n_segs--;
 		pthread_mutex_unlock(&h->qmu);
 		seg_name(s.base, name, sizeof(name));
@@ -961,8 +972,12 @@ static int scan_segment(struct history *h, size_t i, uint64_t map_from,
 	if (ftruncate(s->fd, (off_t)off) != 0)
 		return errmsg_fail(err, err_cap, -errno, "%s: truncate: %s",
 				   h->path, strerror(errno));
+	h->truncated += s->size - off;
+	for (size_t j = i + 1; j < h->n_segs; j++)
+		h->truncated += h->segs[j].size;
 	s->size = off;
 	*cut = true;
+	h->dir_dirty = true;
 	drop_segments_from(h, i + 1);
 	return 0;
 }
@@ -1120,6 +1135,7 @@ static int history_load(struct history *h, uint64_t map_slots, char *err,
 						   "%s/%s: %s", h->path,
 						   KEYS_FILE, strerror(-rc));
 			covered = 0;
+			h->map_rebuilt = true;
 		}
 		uint64_t prev_seq = from > 0 ? h->segs[from].anchor_seq : 0;
 		bool cut = false;
@@ -1747,8 +1763,8 @@ int history_prune(struct history *h, int64_t now, unsigned *removed,
 		return 0;
 	int64_t cutoff = now - h->keep_seconds;
 	while (h->n_segs > 1 && h->segs[0].max_applied < cutoff) {
-		struct hseg s = h->segs[0];
 		pthread_mutex_lock(&h->qmu);
+		struct hseg s = h->segs[0];
 		memmove(h->segs, h->segs + 1, (h->n_segs - 1) * sizeof(*h->segs));
 		h->n_segs--;
 		pthread_mutex_unlock(&h->qmu);

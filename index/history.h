@@ -119,6 +119,10 @@ struct history_state {
 	uint64_t bytes;          /* on disk, the map included */
 	uint64_t head_sequence;  /* = last_sequence */
 	uint8_t head[HISTORY_HASH_BYTES]; /* the chain after the newest */
+	/* What the last open did: rebuilt the key map by a scan (it could
+	 * not be trusted), and cut so many bytes of torn tail. */
+	bool map_rebuilt;
+	uint64_t truncated_bytes;
 };
 void history_state(struct history *h, struct history_state *out);
 

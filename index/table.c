@@ -765,7 +765,9 @@ void index_prefetch(const struct index *ix, const struct index_key *key)
 /* ---- the writer ---- */
 
 /* The order rule's rank (see the essay): date, then RET over ONAY, then
- * source code. Everything but the key bits, reordered. */
+ * source code. Everything but the key bits, reordered. The same rule as
+ * consent_value_newer (core/decision.h), which the history's as-of
+ * answers use; tests/history_test.c compares the two. */
 static uint64_t rank(uint64_t v)
 {
 	return ((v >> VAL_DATE_SHIFT) & VAL_DATE_MASK) << 6 |
