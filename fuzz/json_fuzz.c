@@ -12,6 +12,10 @@
  *     no NUL byte in it; every enum within the schema's values;
  *   - the error message and a verdict list of the decoded size encode to
  *     JSON that jansson parses back with the same number of verdicts.
+ * The same bytes, cut at their first '=', are also one query parameter
+ * of GET /v1/check and of GET /v1/history (json_check_param,
+ * json_history_param: as_of_time and as_of_sequence's integer text among
+ * them): a field's bit, or -EINVAL with a printable message.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -103,6 +107,41 @@ static void fuzz_reject_and_pushed(const char *body, size_t size)
 	free(out);
 }
 
+/* body as KEY=VALUE, one query parameter. */
+static void fuzz_param(const char *body, size_t size)
+{
+	const char *eq = memchr(body, '=', size);
+	size_t kl = eq ? (size_t)(eq - body) : size;
+	const char *val = eq ? eq + 1 : "";
+	size_t vl = eq ? size - kl - 1 : 0;
+	char err[256];
+
+	for (int which = 0; which < 2; which++) {
+		struct check_input c;
+		memset(&c, 0, sizeof(c));
+		memset(err, 'x', sizeof(err));
+		err[sizeof(err) - 1] = '\0';
+		int rc = which == 0
+			? json_check_param(&c, body, kl, val, vl, err,
+					   sizeof(err))
+			: json_history_param(&c, body, kl, val, vl, err,
+					     sizeof(err));
+		if (rc < 0) {
+			check_error(rc, err);
+			continue;
+		}
+		/* One field's bit, and the value where it belongs. */
+		REQUIRE(rc > 0 && (rc & (rc - 1)) == 0);
+		REQUIRE(c.channel >= 0 && c.channel <= CHANNEL_EPOSTA);
+		REQUIRE(c.rtype >= 0 && c.rtype <= RTYPE_TACIR);
+		REQUIRE(c.purpose >= 0 && c.purpose <= PURPOSE_BILGILENDIRME);
+		REQUIRE(which == 0 || (c.purpose == 0 && c.as_of_time == 0 &&
+				       c.as_of_sequence == 0));
+		if (c.recipient != NULL)
+			REQUIRE(c.recipient == val && c.recipient_len == vl);
+	}
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	char *body = malloc(size ? size : 1);
@@ -115,6 +154,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size)
 		memcpy(body, data, size);
 	fuzz_reject_and_pushed(body, size);
+	fuzz_param(body, size);
 	memset(err, 'x', sizeof(err));
 	rc = json_decode_check_request(body, size, FUZZ_MAX_CHECKS, &req, err,
 				       sizeof(err));

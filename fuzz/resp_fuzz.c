@@ -9,15 +9,20 @@
  *     input's own hash, against feeding it whole: the replies must be
  *     byte for byte the same (unless INFO, whose counters move, is in
  *     play), and every reply ends in CRLF.
+ * CHECK ... AT / ATSEQ and HISTORY (§10) reach a real evidence store made
+ * once in a temporary directory (two records of the key the index holds),
+ * which they only read, so replies stay deterministic.
  * A violation traps.
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "core/enums.h"
 #include "core/recipient.h"
+#include "index/history.h"
 #include "index/table.h"
 #include "server/config.h"
 #include "server/conn.h"
@@ -56,6 +61,28 @@ static void fuzz_setup(void)
 	index_key_make(ix, &r, 600123, RTYPE_BIREYSEL, CHANNEL_MESAJ, &k);
 	index_apply_writer(ix, &k, &v);
 	live_publish(ix);
+
+	/* §10: the store (left behind in /tmp by a campaign: it is small). */
+	static char dir[] = "/tmp/resp_fuzz_hist.XXXXXX";
+	struct history *h = NULL;
+	char err[256];
+	REQUIRE(mkdtemp(dir) != NULL);
+	REQUIRE(history_open(dir, NULL, &h, err, sizeof(err)) == 0);
+	Consent__V1__Consent ch[2], *cp[2] = { &ch[0], &ch[1] };
+	for (int i = 0; i < 2; i++) {
+		consent__v1__consent__init(&ch[i]);
+		ch[i].recipient = "+905321234567";
+		ch[i].channel = CONSENT__V1__CHANNEL__MESAJ;
+		ch[i].recipient_type = CONSENT__V1__RECIPIENT_TYPE__BIREYSEL;
+		ch[i].brand_code = 600123;
+		ch[i].status = (Consent__V1__Status)(1 + i);
+		ch[i].source = CONSENT__V1__SOURCE__HS_WEB;
+		ch[i].consent_date = 1700000000 + 100 * i;
+		ch[i].transaction_id = "tx";
+		ch[i].sequence = 5 + (uint64_t)i;
+	}
+	REQUIRE(history_append(h, cp, 2, 1700000300, err, sizeof(err)) == 0);
+	cfg.history = h;
 	REQUIRE(conn_ctx_init(&ctx, &cfg, metrics_slot(0)) == 0);
 }
 

@@ -64,6 +64,7 @@
 #include "core/recipient.h"
 #include "core/stream.h"
 #include "index/generation.h"
+#include "index/history.h"
 #include "index/origins.h"
 #include "index/table.h"
 
@@ -1010,15 +1011,43 @@ int build_snapshot(int fd, const char *dir, struct build_result *res,
 		err[0] = '\0';
 	if (mkdir(dir, 0755) < 0 && errno != EEXIST)
 		return errmsg_fail(err, err_cap, -errno, "%s: %s", dir, strerror(errno));
-	int rc = build_index(fd, &g, &r, err, err_cap);
+	int rc = generation_newest(dir, &gen);
 	if (rc < 0)
-		return rc;
-	rc = generation_newest(dir, &gen);
-	if (rc < 0) {
-		generation_fini(&g);
 		return errmsg_fail(err, err_cap, rc, "%s: listing its generations: %s",
 			    dir, strerror(-rc));
+	/* §10: the snapshot a data directory begins from goes into its
+	 * evidence store, as the server's first build does (a later one is
+	 * not evidence of any change: README, Decisions). */
+	struct history *h = NULL;
+	struct build_history_sink hs;
+	if (gen == 0) {
+		char e[400];
+		rc = history_open(dir, NULL, &h, e, sizeof(e));
+		if (rc < 0)
+			return errmsg_fail(err, err_cap, rc, "history: %s", e);
+		build_history_sink_init(&hs, h, (int64_t)time(NULL));
 	}
+	rc = build_index_sink(fd, h != NULL ? &hs.sink : NULL, &g, &r, err,
+			      err_cap);
+	if (rc == 0 && h != NULL) {
+		char e[400];
+		/* The generation carries the head at its watermark. */
+		struct history_state st;
+		history_state(h, &st);
+		if (st.records > 0) {
+			g.has_chain = true;
+			g.chain_sequence = r.watermark;
+			memcpy(g.chain, st.head, sizeof(g.chain));
+		}
+		rc = history_sync(h, e, sizeof(e));
+		if (rc < 0) {
+			generation_fini(&g);
+			errmsg_fail(err, err_cap, rc, "history: %s", e);
+		}
+	}
+	history_close(h);
+	if (rc < 0)
+		return rc;
 	/* The origins' cursors and the kind outlive a new snapshot (DESIGN
 	 * §8): the newest generation's go into the new one. */
 	if (gen > 0) {
@@ -1048,6 +1077,50 @@ int build_snapshot(int fd, const char *dir, struct build_result *res,
 	if (res != NULL)
 		*res = r;
 	return 0;
+}
+
+/* ---- the evidence store's sink ---- */
+
+static int history_sink_begin(void *ctx, char *err, size_t err_cap)
+{
+	struct build_history_sink *s = ctx;
+	char e[400];
+	int rc = history_reset(s->h, e, sizeof(e));
+	s->unplaced = false;
+	if (rc < 0)
+		errmsg_fail(err, err_cap, rc, "history: %s", e);
+	return rc;
+}
+
+static int history_sink_records(void *ctx, Consent__V1__Consent *const *records,
+				size_t n, char *err, size_t err_cap)
+{
+	struct build_history_sink *s = ctx;
+	char e[400];
+	if (s->unplaced || n == 0)
+		return 0;
+	int rc = history_append(s->h, records, n, s->applied_at, e, sizeof(e));
+	/* A snapshot at sequence 0 (consistent with no position of a change
+	 * stream, as consentctl gen writes one) where the store takes
+	 * positions from 1 only: refused whole (nothing appended), so the
+	 * store starts with the first change (README, Decisions). */
+	if (rc == -EINVAL && records[0]->sequence == 0) {
+		s->unplaced = true;
+		return 0;
+	}
+	if (rc < 0)
+		errmsg_fail(err, err_cap, rc, "history: %s", e);
+	return rc;
+}
+
+void build_history_sink_init(struct build_history_sink *s, struct history *h,
+			     int64_t applied_at)
+{
+	*s = (struct build_history_sink){
+		.h = h, .applied_at = applied_at,
+		.sink = { .begin = history_sink_begin,
+			  .records = history_sink_records, .ctx = s },
+	};
 }
 
 /* ---- dump ---- */
@@ -1239,7 +1312,8 @@ int build_dump(const char *dir, int fd, uint64_t *records, char *err,
 			.origin = origin,
 			/* The head at the generation's watermark only. */
 			.chain_hash = has_chain == 1 &&
-				      chain_seq == info.watermark ? chain : NULL,
+					      chain_seq == info.watermark
+				      ? chain : NULL,
 		};
 		rc = build_dump_source(&src, fd, records, err, err_cap);
 	}

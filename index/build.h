@@ -11,6 +11,7 @@
 #ifndef CONSENTD_INDEX_BUILD_H
 #define CONSENTD_INDEX_BUILD_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -55,6 +56,20 @@ int build_index_sink(int fd, const struct build_sink *sink,
 		     struct generation *out, struct build_result *res,
 		     char *err, size_t err_cap);
 
+/* The sink into an evidence store h (the caller's, open): history_reset
+ * before each pass, then the records appended at the watermark with
+ * applied_at. A snapshot at sequence 0 that the store refuses (its
+ * positions start at 1) is left out whole: unplaced says so. */
+struct history;
+struct build_history_sink {
+	struct history *h;
+	int64_t applied_at;
+	bool unplaced;
+	struct build_sink sink; /* its ctx is the struct itself */
+};
+void build_history_sink_init(struct build_history_sink *s, struct history *h,
+			     int64_t applied_at);
+
 /* build_index on threads decoding threads (0: one per online core; the
  * calling thread inserts). The result means the same for any number:
  * tests compare them. */
@@ -75,7 +90,10 @@ int build_header_origins(const Consent__V1__StreamHeader *h, uint64_t offset,
 			 struct origins **out, char *why, size_t why_cap);
 
 /* build_index, then publishes the result as generation newest+1 of dir
- * (created if missing; generation_publish). */
+ * (created if missing; generation_publish). Into a dir without a
+ * generation, the records also go into its evidence store (DIR/history,
+ * emptied first; -EBUSY when a server holds it), made durable before the
+ * generation is published. */
 int build_snapshot(int fd, const char *dir, struct build_result *res,
 		   char *err, size_t err_cap);
 

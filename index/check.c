@@ -31,8 +31,8 @@ static_assert(CHECK_BATCH_MAX <= 256, "check_chunk indexes with uint8_t");
 
 /* Row 1 for one check: NULL if well formed (and *r normalised), else the
  * static reason. */
-static const char *check_validate(const struct check_input *c,
-				  struct recipient *r)
+static inline __attribute__((always_inline)) const char *
+check_validate(const struct check_input *c, struct recipient *r)
 {
 	const char *why = NULL;
 
@@ -73,9 +73,10 @@ static_assert(CHECK_TXID_MAX ==
  * check (both points set, and history off, are row 1 too), then the
  * key's state as of the point from the evidence store, decided by the
  * same table without staleness. ev: where its strings go (NULL: none). */
-static void check_as_of(const struct check_env *env,
-			const struct check_input *c, struct check_evidence *ev,
-			struct verdict *out)
+/* Out of line and cold: the live path keeps its code as it was. */
+static __attribute__((noinline, cold)) void
+check_as_of(const struct check_env *env, const struct check_input *c,
+	    struct check_evidence *ev, struct verdict *out)
 {
 	struct decision_input d = {
 		.purpose = c->purpose, .rtype = c->rtype,
@@ -89,7 +90,8 @@ static void check_as_of(const struct check_env *env,
 
 	d.invalid = check_validate(c, &r);
 	if (d.invalid == NULL && c->as_of_time != 0 && c->as_of_sequence != 0)
-		d.invalid = "as_of_time, as_of_sequence: at most one may be set";
+		d.invalid = "as_of_time, as_of_sequence: at most one may be "
+			    "set";
 	if (d.invalid == NULL && c->as_of_time < 0)
 		d.invalid = "as_of_time: before 1970";
 	if (d.invalid == NULL && env->history == NULL)
@@ -105,11 +107,23 @@ static void check_as_of(const struct check_env *env,
 		return;
 	}
 	recipient_format(&r, text, sizeof(text));
+	uint64_t point = c->as_of_sequence;
+	if (point != 0 && env->index != NULL) {
+		/* A position past history's last record but not past what
+		 * is served (heartbeats, refused batches use positions and
+		 * write nothing) had the state of that last record. */
+		struct history_state st;
+		struct index_info info;
+		history_state(env->history, &st);
+		index_info(env->index, &info);
+		if (st.records > 0 && point > st.last_sequence &&
+		    point <= info.watermark)
+			point = st.last_sequence;
+	}
 	char herr[200];
 	int rc = history_as_of(env->history, text, c->brand_code, c->channel,
-			       rtype, c->as_of_sequence != 0 ?
-			       HISTORY_AT_SEQUENCE : HISTORY_AT_TIME,
-			       c->as_of_sequence != 0 ? c->as_of_sequence :
+			       rtype, point != 0 ? HISTORY_AT_SEQUENCE :
+			       HISTORY_AT_TIME, point != 0 ? point :
 			       (uint64_t)c->as_of_time, &e, herr, sizeof(herr));
 	if (rc < 0) {
 		/* Before the start or past the end (-ERANGE): the request
@@ -141,9 +155,10 @@ static void check_as_of(const struct check_env *env,
 	out->sequence = rc == 1 ? e.consent.sequence : 0;
 }
 
-static void check_chunk(const struct check_env *env,
-			const struct check_input *in, size_t n,
-			struct verdict *out, struct check_evidence *ev)
+/* Returns how many of the chunk were answered as of a point. */
+static size_t check_chunk(const struct check_env *env,
+			  const struct check_input *in, size_t n,
+			  struct verdict *out, struct check_evidence *ev)
 {
 	struct index_key keys[CHECK_BATCH_MAX];
 	struct consent_value values[CHECK_BATCH_MAX];
@@ -151,7 +166,7 @@ static void check_chunk(const struct check_env *env,
 	uint8_t pos[CHECK_BATCH_MAX]; /* keys[j] belongs to in[pos[j]] */
 	struct decision_input d;
 	struct recipient r;
-	size_t i, m = 0;
+	size_t i, m = 0, n_as_of = 0;
 	bool stale = env->stale || env->index == NULL;
 
 	for (i = 0; i < n; i++) {
@@ -161,6 +176,7 @@ static void check_chunk(const struct check_env *env,
 				      (int64_t)c->as_of_sequence) != 0, 0)) {
 			check_as_of(env, c, ev != NULL ? &ev[i] : NULL,
 				    &out[i]);
+			n_as_of += out[i].transaction_id != NULL;
 			continue;
 		}
 		const char *invalid = check_validate(c, &r);
@@ -193,7 +209,7 @@ static void check_chunk(const struct check_env *env,
 		pos[m++] = (uint8_t)i;
 	}
 	if (m == 0)
-		return;
+		return n_as_of;
 
 	index_lookup_batch(env->index, keys, m, values, found);
 
@@ -208,21 +224,23 @@ static void check_chunk(const struct check_env *env,
 		d.record = found[i] ? &values[i] : NULL;
 		decision_decide(env->policy, &d, &out[pos[i]]);
 	}
+	return n_as_of;
 }
 
-void check_batch(const struct check_env *env, const struct check_input *in,
-		 size_t n, struct verdict *out)
+size_t check_batch(const struct check_env *env, const struct check_input *in,
+		   size_t n, struct verdict *out)
 {
-	size_t done = 0;
+	size_t done = 0, n_as_of = 0;
 
 	principal_count_checks(env->principal, n);
 	while (done < n) {
 		size_t k = n - done < CHECK_BATCH_MAX ? n - done
 						       : CHECK_BATCH_MAX;
 
-		check_chunk(env, in + done, k, out + done,
-			    env->evidence != NULL ? env->evidence + done
-						  : NULL);
+		n_as_of += check_chunk(env, in + done, k, out + done,
+				       env->evidence != NULL
+					       ? env->evidence + done : NULL);
 		done += k;
 	}
+	return n_as_of;
 }

@@ -14,7 +14,10 @@
  * start, its start named, and a server with history off), authorisation,
  * purpose, the merchant rule; never staleness (the past does not go
  * stale). The verdict carries the deciding record's sequence and
- * transaction_id. The live path pays one test of the two fields.
+ * transaction_id. The live path pays one test of the two fields (and
+ * decision_decide one store, NULL into verdict.transaction_id; the RPC
+ * and gRPC encoders test it only in a batch check_batch says holds an
+ * as-of verdict, RESP's once per reply).
  */
 #ifndef CONSENTD_CORE_CHECK_H
 #define CONSENTD_CORE_CHECK_H
@@ -77,9 +80,11 @@ const char *check_validate_key(const struct check_input *c,
 			       struct recipient *r);
 
 /* Decides in[0..n) into out[0..n), in order; any n (batched internally by
- * CHECK_BATCH_MAX for the index's prefetching lookup). */
+ * CHECK_BATCH_MAX for the index's prefetching lookup). Returns how many
+ * were answered as of a point (their transaction_id set): an encoder of
+ * a batch without any skips the §10 fields' test per verdict. */
 #define CHECK_BATCH_MAX 32
-void check_batch(const struct check_env *env, const struct check_input *in,
-		 size_t n, struct verdict *out);
+size_t check_batch(const struct check_env *env, const struct check_input *in,
+		   size_t n, struct verdict *out);
 
 #endif

@@ -3,9 +3,10 @@
  *
  * The entries are read into memory the query allocates: a query is an
  * audit's, not a gateway's hot path, and a key holds a handful of records
- * (one per consent given or withdrawn). One that holds more than
- * EVIDENCE_MAX_ENTRIES is read whole once more and its newest entries
- * kept, so an answer is bounded whatever the key's history.
+ * (one per consent given or withdrawn). One that holds more than the
+ * first room is read once more with room for it, at most
+ * EVIDENCE_MAX_ENTRIES (its newest), so an answer is bounded whatever
+ * the key's history.
  */
 #include "server/evidence.h"
 
@@ -31,7 +32,9 @@ void evidence_answer_fini(struct evidence_answer *a)
 	memset(a, 0, sizeof(*a));
 }
 
-/* The key's records into a->entries, the newest EVIDENCE_MAX_ENTRIES. */
+/* The key's records into a->entries: history_key gives the newest cap
+ * of them (oldest first) and says how many there are, so a key with more
+ * than the first room is read once more with room for what is given. */
 static int evidence_read(struct history *h, const char *text,
 			 const struct evidence_query *q, int rtype,
 			 struct evidence_answer *a, char *msg, size_t msg_cap)
@@ -39,7 +42,7 @@ static int evidence_read(struct history *h, const char *text,
 	size_t cap = EVIDENCE_FIRST_ROOM, n = 0;
 	char err[256];
 
-	for (int round = 0; round < 3; round++) {
+	for (int round = 0; round < 2; round++) {
 		struct history_entry *e = malloc(cap * sizeof(*e));
 		if (e == NULL) {
 			snprintf(msg, msg_cap, "out of memory for %zu history "
@@ -54,30 +57,16 @@ static int evidence_read(struct history *h, const char *text,
 				 err);
 			return 503;
 		}
-		if (n <= cap) {
-			a->total = n;
-			size_t from = n > EVIDENCE_MAX_ENTRIES ?
-					      n - EVIDENCE_MAX_ENTRIES : 0;
-			if (from > 0)
-				memmove(e, e + from,
-					(n - from) * sizeof(*e));
+		if (n <= cap || cap == EVIDENCE_MAX_ENTRIES || round == 1) {
 			a->entries = e;
-			a->n = n - from;
-			/* The strings point into each entry: fix them
-			 * after the move. */
-			for (size_t i = 0; from > 0 && i < a->n; i++) {
-				e[i].consent.recipient = e[i].recipient;
-				e[i].consent.transaction_id =
-					e[i].transaction_id;
-			}
+			a->n = n < cap ? n : cap;
+			a->total = n;
 			return 0;
 		}
 		free(e);
-		cap = n; /* the key grew meanwhile: another round */
+		cap = n < EVIDENCE_MAX_ENTRIES ? n : EVIDENCE_MAX_ENTRIES;
 	}
-	snprintf(msg, msg_cap, "history of this key changes too fast to be "
-		 "read; ask again");
-	return 503;
+	return 503; /* not reached */
 }
 
 int evidence_query(struct history *h, const struct principal *principal,

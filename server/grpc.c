@@ -344,12 +344,12 @@ static int grpc_check(struct grpc_conn *gc, struct grpc_stream *st,
 		if (!req->checks_decoded)
 			for (uint32_t j = 0; j < k; j++)
 				rpc_check_next(&it, req, &x->in[j]);
-		check_batch(&env, x->in, k, x->out);
+		size_t as_of = check_batch(&env, x->in, k, x->out);
 		for (uint32_t j = 0; j < k; j++)
 			metrics_inc(&x->m->checks[METRICS_GRPC]
 						 [x->out[j].reason %
 						  REASON_COUNT]);
-		if (rpc_check_verdicts(&st->out, x->out, k) < 0)
+		if (rpc_check_verdicts(&st->out, x->out, k, as_of > 0) < 0)
 			return -ENOMEM;
 		left -= k;
 		if (st->out.len > x->cfg->conn_out_cap_bytes) {

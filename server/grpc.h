@@ -8,8 +8,8 @@
  *   Check   CheckRequest -> CheckResponse   the check path of every port
  *   Apply   ApplyRequest -> ApplyResponse   through writer_submit
  *   Stats   StatsRequest -> StatsResponse
- *   History, Reject                        UNIMPLEMENTED (grpc_reject is
- *                                           where Reject plugs in)
+ *   History HistoryRequest -> HistoryResponse   server/evidence.h (§10)
+ *   Reject  RejectRequest -> ApplyResponse  a local rejection (§11)
  *
  * Messages are decoded and encoded by server/rpc.c (the framed RPC's
  * decoder and encoders): a request message is wrapped in the Request
@@ -22,7 +22,8 @@
  * reason in grpc-message, as trailers-only responses:
  *   UNAUTHENTICATED (16)    no or unknown token
  *   PERMISSION_DENIED (7)   Apply without 'apply'; an Apply change for a
- *                           brand outside the principal's (writer's 403)
+ *                           brand outside the principal's (writer's 403);
+ *                           a History of a brand outside them
  *   INVALID_ARGUMENT (3)    a message that does not decode, not exactly
  *                           one message in the call, a bad change (400)
  *   RESOURCE_EXHAUSTED (8)  a message over --max-frame-bytes, the calls'
@@ -30,8 +31,8 @@
  *                           reply over --conn-out-cap-bytes
  *   UNAVAILABLE (14)        the change log failed or no index (503)
  *   ABORTED (10)            an Apply's cursor conflict (409)
- *   UNIMPLEMENTED (12)      History, Reject, an unknown method, a
- *                           compressed message
+ *   UNIMPLEMENTED (12)      History with --history off, an unknown
+ *                           method, a compressed message
  * A checks' verdict (NOT_AUTHORIZED for a brand outside the principal's,
  * INVALID_REQUEST, ...) is an OK reply, as on every port.
  *

@@ -692,8 +692,9 @@ static json_t *json_verdict_object(const struct verdict *v)
 	}
 	if (v->error)
 		json_put(o, "error", json_string(v->error), &ok);
-	/* §10: an as-of verdict's deciding record (none: left out). */
-	if (v->transaction_id != NULL && v->sequence != 0) {
+	/* §10: an as-of verdict's deciding record (none: left out; a
+	 * snapshot's record may have sequence 0). */
+	if (v->transaction_id != NULL && v->status != 0) {
 		json_put(o, "sequence", json_u64(v->sequence), &ok);
 		json_put(o, "transaction_id",
 			 json_text_value(v->transaction_id), &ok);

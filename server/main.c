@@ -7,6 +7,9 @@
  * SIGTERM/SIGINT and stops gracefully. SIGUSR1 asks the writer for a
  * rebuilt generation; SIGHUP reloads the TLS files (server/tls.h), which
  * the client ports named by --tls-listeners speak with --tls-cert.
+ * --history on|off and --history-keep DAYS govern the evidence store
+ * (DESIGN §10, server/writer.h): the writer keeps it; the build thread
+ * puts the first snapshot of a data directory into it (build_index_sink).
  * --config FILE gives flags as lines of a file (server/conffile.h), read
  * first, the command line overriding it. A
  * service manager is told READY=1 once the listeners are up and an index
@@ -625,59 +628,27 @@ static void main_notify_ready(struct notify *n)
 		notify_ready(n, info.generation, info.n_records);
 }
 
-/* §10: the first snapshot of a data directory into its evidence store,
- * every record at the snapshot's watermark. Before each pass the store
- * is emptied: whatever it holds is a part of a snapshot whose build a
- * crash (or a restart of this one) interrupted, before any generation
- * existed, so nothing acknowledged rests on it (index/history.h). */
-struct main_sink {
-	struct history *h;
-	int64_t applied_at; /* the build's start: one stamp for the lot */
-};
-
-static int main_sink_begin(void *ctx, char *err, size_t err_cap)
-{
-	struct main_sink *s = ctx;
-	char e[400];
-	int rc = history_reset(s->h, e, sizeof(e));
-	if (rc < 0)
-		snprintf(err, err_cap, "history: %s", e);
-	return rc;
-}
-
-static int main_sink_records(void *ctx, Consent__V1__Consent *const *records,
-			     size_t n, char *err, size_t err_cap)
-{
-	struct main_sink *s = ctx;
-	char e[400];
-	int rc = history_append(s->h, records, n, s->applied_at, e, sizeof(e));
-	if (rc < 0)
-		snprintf(err, err_cap, "history: %s", e);
-	return rc;
-}
-
 static void *main_build_thread(void *arg)
 {
 	struct main_build *b = arg;
 	struct build_result res;
 	struct generation *g = calloc(1, sizeof(*g));
-	/* Only the snapshot a data directory begins from (README,
-	 * Decisions): a later one is not evidence of any change. */
-	struct main_sink ms = {
-		.h = atomic_load(&b->had_index) ? NULL
-						: writer_history(b->writer),
-		.applied_at = (int64_t)time(NULL),
-	};
-	struct build_sink sink = {
-		.begin = main_sink_begin, .records = main_sink_records,
-		.ctx = &ms,
-	};
+	/* §10: the snapshot a data directory begins from goes into its
+	 * evidence store, every record at its watermark, the store emptied
+	 * first: what it holds then is a part of a snapshot whose build a
+	 * crash interrupted before any generation existed, so nothing
+	 * acknowledged rests on it (index/history.h). A later snapshot is
+	 * not evidence of any change (README, Decisions). */
+	struct history *hist = atomic_load(&b->had_index)
+				       ? NULL : writer_history(b->writer);
+	struct build_history_sink hs;
+	build_history_sink_init(&hs, hist, (int64_t)time(NULL));
 
 	memset(&res, 0, sizeof(res));
 	/* In memory, never in the data directory: the writer takes it as it
 	 * is and publishes it (server/writer.h). */
 	b->rc = g == NULL ? -ENOMEM
-			  : build_index_sink(b->fd, ms.h != NULL ? &sink : NULL,
+			  : build_index_sink(b->fd, hist != NULL ? &hs.sink : NULL,
 					     g, &res, b->err, sizeof(b->err));
 	if (g == NULL)
 		snprintf(b->err, sizeof(b->err), "out of memory");
@@ -706,6 +677,10 @@ static void *main_build_thread(void *arg)
 				b->what, (unsigned long long)bytes);
 		}
 	}
+	if (b->rc == 0 && hs.unplaced)
+		fprintf(stderr, "consentd: history: the snapshot states "
+			"sequence 0, so its records are not in history (it "
+			"starts with the first change)\n");
 	if (b->rc == 0) {
 		fprintf(stderr, "consentd: built snapshot: %llu records, "
 			"watermark %llu, in %.1f s; the writer takes it\n",

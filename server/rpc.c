@@ -587,7 +587,9 @@ static inline uint8_t *pb_put_be32(uint8_t *p, uint32_t v)
 	return p + 4;
 }
 
-size_t rpc_verdict_size(const struct verdict *v)
+/* A Verdict's fields 1-6 (a live verdict's, all it has). */
+static inline __attribute__((always_inline)) size_t
+rpc_verdict_size_live(const struct verdict *v)
 {
 	size_t n = 0;
 
@@ -608,25 +610,12 @@ size_t rpc_verdict_size(const struct verdict *v)
 
 		n += 1 + pb_varint_size(el) + el;
 	}
-	/* §10: an as-of verdict's sequence (7) and transaction_id (8); one
-	 * test for a live one. */
-	if (__builtin_expect(v->transaction_id != NULL, 0)) {
-		size_t tl = strlen(v->transaction_id);
-
-		if (v->sequence)
-			n += 1 + pb_varint_size(v->sequence);
-		if (tl)
-			n += 1 + pb_varint_size(tl) + tl;
-	}
 	return n;
 }
 
-/* Writes Verdict v as CheckResponse.verdicts (tag 1) at p. */
-static uint8_t *rpc_put_verdict(uint8_t *p, const struct verdict *v,
-				size_t size)
+static inline __attribute__((always_inline)) uint8_t *
+rpc_put_verdict_live(uint8_t *p, const struct verdict *v)
 {
-	*p++ = 0x0a;
-	p = pb_put_varint(p, size);
 	if (v->allow) {
 		*p++ = 0x08;
 		*p++ = 1;
@@ -655,21 +644,47 @@ static uint8_t *rpc_put_verdict(uint8_t *p, const struct verdict *v,
 		memcpy(p, v->error, el);
 		p += el;
 	}
-	if (__builtin_expect(v->transaction_id != NULL, 0)) {
-		size_t tl = strlen(v->transaction_id);
+	return p;
+}
 
-		if (v->sequence) {
-			*p++ = 0x38;
-			p = pb_put_varint(p, v->sequence);
-		}
-		if (tl) {
-			*p++ = 0x42;
-			p = pb_put_varint(p, tl);
-			memcpy(p, v->transaction_id, tl);
-			p += tl;
-		}
+/* An as-of verdict (§10): fields 1-6, then its sequence (7) and
+ * transaction_id (8). Out of line, so the live path keeps its code. */
+static __attribute__((noinline, cold)) size_t
+rpc_verdict_size_as_of(const struct verdict *v)
+{
+	size_t n = rpc_verdict_size_live(v), tl = strlen(v->transaction_id);
+
+	if (v->sequence)
+		n += 1 + pb_varint_size(v->sequence);
+	if (tl)
+		n += 1 + pb_varint_size(tl) + tl;
+	return n;
+}
+
+static __attribute__((noinline, cold)) uint8_t *
+rpc_put_verdict_as_of(uint8_t *p, const struct verdict *v)
+{
+	size_t tl = strlen(v->transaction_id);
+
+	p = rpc_put_verdict_live(p, v);
+	if (v->sequence) {
+		*p++ = 0x38;
+		p = pb_put_varint(p, v->sequence);
+	}
+	if (tl) {
+		*p++ = 0x42;
+		p = pb_put_varint(p, tl);
+		memcpy(p, v->transaction_id, tl);
+		p += tl;
 	}
 	return p;
+}
+
+size_t rpc_verdict_size(const struct verdict *v)
+{
+	if (v->transaction_id != NULL)
+		return rpc_verdict_size_as_of(v);
+	return rpc_verdict_size_live(v);
 }
 
 /* Opens a CheckResponse frame; returns its start offset in b, or -1. */
@@ -683,7 +698,30 @@ static long rpc_check_begin(struct obuf *b)
 	return (long)start;
 }
 
-int rpc_check_verdicts(struct obuf *b, const struct verdict *v, size_t n)
+/* Live verdicts (none answered as of a point): fields 1-6 only, no test
+ * for the others, so a batch without an as-of check encodes as it did
+ * before §10. */
+static int rpc_check_verdicts_live(struct obuf *b, const struct verdict *v,
+				   size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		size_t size = rpc_verdict_size_live(&v[i]);
+		size_t need = 1 + pb_varint_size(size) + size;
+		uint8_t *p = (uint8_t *)obuf_reserve(b, need);
+
+		if (p == NULL)
+			return -ENOMEM;
+		*p++ = 0x0a;
+		p = pb_put_varint(p, size);
+		b->len = (size_t)((char *)rpc_put_verdict_live(p, &v[i]) -
+				  b->data);
+	}
+	return 0;
+}
+
+/* Any verdicts: each tested for the as-of fields. */
+static __attribute__((noinline)) int
+rpc_check_verdicts_any(struct obuf *b, const struct verdict *v, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
 		size_t size = rpc_verdict_size(&v[i]);
@@ -692,10 +730,21 @@ int rpc_check_verdicts(struct obuf *b, const struct verdict *v, size_t n)
 
 		if (p == NULL)
 			return -ENOMEM;
-		b->len = (size_t)((char *)rpc_put_verdict(p, &v[i], size) -
-				  b->data);
+		*p++ = 0x0a;
+		p = pb_put_varint(p, size);
+		p = v[i].transaction_id != NULL
+			    ? rpc_put_verdict_as_of(p, &v[i])
+			    : rpc_put_verdict_live(p, &v[i]);
+		b->len = (size_t)((char *)p - b->data);
 	}
 	return 0;
+}
+
+int rpc_check_verdicts(struct obuf *b, const struct verdict *v, size_t n,
+		       bool as_of)
+{
+	return as_of ? rpc_check_verdicts_any(b, v, n)
+		     : rpc_check_verdicts_live(b, v, n);
 }
 
 /* CheckResponse's scalars, after its verdicts. */
@@ -745,15 +794,24 @@ static int rpc_check_end(struct obuf *b, size_t start, uint64_t id,
 	return 0;
 }
 
-int rpc_encode_check(struct obuf *b, uint64_t id, const struct verdict *v,
-		     size_t n, uint64_t applied_sequence, int64_t data_as_of)
+static int rpc_encode_check_of(struct obuf *b, uint64_t id,
+			       const struct verdict *v, size_t n,
+			       uint64_t applied_sequence, int64_t data_as_of,
+			       bool as_of)
 {
 	long start = rpc_check_begin(b);
 
-	if (start < 0 || rpc_check_verdicts(b, v, n) < 0)
+	if (start < 0 || rpc_check_verdicts(b, v, n, as_of) < 0)
 		return -ENOMEM;
 	return rpc_check_end(b, (size_t)start, id, applied_sequence,
 			     data_as_of);
+}
+
+int rpc_encode_check(struct obuf *b, uint64_t id, const struct verdict *v,
+		     size_t n, uint64_t applied_sequence, int64_t data_as_of)
+{
+	return rpc_encode_check_of(b, id, v, n, applied_sequence, data_as_of,
+				   true);
 }
 
 /* Appends a Response frame whose body is one message field `tag` holding
@@ -989,16 +1047,18 @@ static int rpc_flush(struct conn_ctx *x, struct conn *c)
 	if (rw->n_pending == 0)
 		return 0;
 	env = conn_check_env(x, c, &x->cfg->policy);
+	size_t as_of = 0; /* as-of verdicts in the batch (§10) */
 	if (x->n_in)
-		check_batch(&env, x->in, x->n_in, x->out);
+		as_of = check_batch(&env, x->in, x->n_in, x->out);
 	for (uint32_t i = 0; i < x->n_in; i++)
 		metrics_inc(&x->m->checks[METRICS_RPC]
 					 [x->out[i].reason % REASON_COUNT]);
 	for (uint32_t i = 0; i < rw->n_pending && rc == 0; i++) {
 		const struct rpc_pending *p = &rw->pending[i];
 
-		rc = rpc_encode_check(&c->out, p->id, x->out + p->first,
-				      p->count, rpc_applied(x), rpc_as_of(x));
+		rc = rpc_encode_check_of(&c->out, p->id, x->out + p->first,
+					 p->count, rpc_applied(x), rpc_as_of(x),
+					 as_of > 0);
 	}
 	x->n_in = 0;
 	rw->n_pending = 0;
@@ -1026,10 +1086,10 @@ static int rpc_check_large(struct conn_ctx *x, struct conn *c,
 
 		for (uint32_t j = 0; j < k; j++)
 			rpc_check_next(&it, req, &x->in[j]);
-		check_batch(&env, x->in, k, x->out);
+		size_t as_of = check_batch(&env, x->in, k, x->out);
 		for (uint32_t j = 0; j < k; j++)
 			by_reason[x->out[j].reason % REASON_COUNT]++;
-		if (rpc_check_verdicts(&c->out, x->out, k) < 0)
+		if (rpc_check_verdicts(&c->out, x->out, k, as_of > 0) < 0)
 			return -ENOMEM;
 		left -= k;
 		if (c->out.len - (size_t)start > x->cfg->conn_out_cap_bytes) {

@@ -158,7 +158,11 @@ int rpc_encode_stats(struct obuf *b, uint64_t id, const struct rpc_stats *s);
  * the Response frames above carry in their body field. A CheckResponse is
  * rpc_check_verdicts (any number of times, in order) then rpc_check_tail.
  * 0, or -ENOMEM. */
-int rpc_check_verdicts(struct obuf *b, const struct verdict *v, size_t n);
+/* as_of: whether any of v[0..n) was answered as of a point (check_batch's
+ * count > 0); false encodes them as live verdicts, with no test for the
+ * §10 fields. */
+int rpc_check_verdicts(struct obuf *b, const struct verdict *v, size_t n,
+		       bool as_of);
 int rpc_check_tail(struct obuf *b, uint64_t applied_sequence,
 		   int64_t data_as_of);
 int rpc_apply_message(struct obuf *b, uint64_t applied_sequence,

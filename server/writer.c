@@ -1527,8 +1527,14 @@ int writer_open(const struct writer_options *opt, struct writer **out,
 		struct history_state hs;
 		history_state(w->hist, &hs);
 		say("history: %" PRIu64 " records (sequences %" PRIu64 "-%"
-		    PRIu64 "), %" PRIu64 " copied from the change log",
-		    hs.records, hs.first_sequence, hs.last_sequence, copied);
+		    PRIu64 "), %" PRIu64 " copied from the change log%s",
+		    hs.records, hs.first_sequence, hs.last_sequence, copied,
+		    hs.map_rebuilt ? "; its key map was rebuilt by a scan" :
+		    "");
+		if (hs.truncated_bytes)
+			say("history: removed a torn tail of %" PRIu64 " bytes "
+			    "(an append a crash interrupted; the change log "
+			    "holds it)", hs.truncated_bytes);
 		writer_chain_publish(w);
 	}
 

@@ -46,7 +46,10 @@ struct writer_options {
 };
 
 /* Opens DIR's change log (a damaged one is refused: -EPROTO, the message
- * names the file and offset), removes what crashed builds left, opens the
+ * names the file and offset), with history on DIR/history (copying in
+ * what the log holds past its end; a damaged store is refused the same
+ * way, a second process holding it is -EBUSY), removes what crashed
+ * builds left, opens the
  * newest generation that validates, replays the change log past its
  * watermark into it and publishes it (live_publish). With no generation in
  * DIR the writer is open without an index (-ENOENT is not returned): every

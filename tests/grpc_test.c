@@ -20,6 +20,7 @@
 #include "core/recipient.h"
 #include "core/tokens.h"
 #include "index/check.h"
+#include "index/history.h"
 #include "index/table.h"
 #include "proto/consent.pb-c.h"
 #include "server/config.h"
@@ -534,7 +535,7 @@ static void test_status_codes(void)
 			   0, NULL);
 	exchange(&c, &cl, 0);
 	expect_status(k[0], GRPC_UNIMPLEMENTED, "unknown method");
-	expect_status(k[1], GRPC_UNIMPLEMENTED, "history");
+	expect_status(k[1], GRPC_UNIMPLEMENTED, "history is off");
 	expect_status(k[2], GRPC_UNIMPLEMENTED, "Reject");
 	expect_status(k[3], GRPC_INVALID_ARGUMENT, "CheckRequest");
 	expect_status(k[4], GRPC_RESOURCE_EXHAUSTED, "limit of 200 bytes");
@@ -725,6 +726,105 @@ static void test_refusal_and_garbage(void)
 	client_fini(&cl);
 }
 
+/* §10: History and an as-of Check over a real evidence store. */
+static void test_history(void)
+{
+	char dir[] = "/tmp/grpc_test_hist.XXXXXX", err[300];
+	struct history *h = NULL;
+	struct server_config hcfg = cfg;
+	struct client cl;
+	struct conn c;
+	struct call *k[4];
+	uint8_t body[512];
+
+	CHECK(mkdtemp(dir) != NULL);
+	CHECKF(history_open(dir, NULL, &h, err, sizeof(err)) == 0, "%s", err);
+	if (h == NULL)
+		return;
+	Consent__V1__Consent x = CONSENT__V1__CONSENT__INIT, *xp = &x;
+	x.recipient = (char *)phones[0];
+	x.channel = CONSENT__V1__CHANNEL__MESAJ;
+	x.recipient_type = CONSENT__V1__RECIPIENT_TYPE__BIREYSEL;
+	x.brand_code = BRAND;
+	x.status = CONSENT__V1__STATUS__ONAY;
+	x.source = CONSENT__V1__SOURCE__HS_WEB;
+	x.consent_date = D1;
+	x.transaction_id = "tx-g";
+	x.sequence = 9;
+	CHECKF(history_append(h, &xp, 1, D1 + 3, err, sizeof(err)) == 0, "%s",
+	       err);
+	hcfg.history = h;
+	struct conn_ctx saved = ctx;
+	CHECK(conn_ctx_init(&ctx, &hcfg, metrics_slot(1)) == 0);
+	conn_ctx_begin_turn(&ctx);
+
+	Consent__V1__HistoryRequest hq = CONSENT__V1__HISTORY_REQUEST__INIT;
+	hq.recipient = (char *)phones[0];
+	hq.brand_code = BRAND;
+	hq.channel = CONSENT__V1__CHANNEL__MESAJ;
+	size_t hl = consent__v1__history_request__pack(&hq, body);
+	Consent__V1__CheckRequest cq = CONSENT__V1__CHECK_REQUEST__INIT;
+	Consent__V1__Check ck = CONSENT__V1__CHECK__INIT, *ckp = &ck;
+	ck.recipient = (char *)phones[0];
+	ck.brand_code = BRAND;
+	ck.channel = CONSENT__V1__CHANNEL__MESAJ;
+	ck.as_of_sequence = 9;
+	cq.checks = &ckp;
+	cq.n_checks = 1;
+	uint8_t cbody[256];
+	size_t cl_len = consent__v1__check_request__pack(&cq, cbody);
+
+	client_init(&cl);
+	CHECK(conn_init(&c, &grpc_proto, &hcfg, ctx.now_ms) == 0);
+	k[0] = client_call(&cl, "/consent.v1.Consent/History", body, hl, 0,
+			   NULL);
+	k[1] = client_call(&cl, "/consent.v1.ConsentService/Check", cbody,
+			   cl_len, 0, NULL);
+	hq.brand_code = 0;
+	hl = consent__v1__history_request__pack(&hq, body);
+	k[2] = client_call(&cl, "/consent.v1.ConsentService/History", body, hl,
+			   0, NULL);
+	exchange(&c, &cl, 0);
+	CHECKF(k[0]->grpc_status == 0 && k[0]->body_len > 5, "%d %s",
+	       k[0]->grpc_status, k[0]->grpc_message);
+	if (k[0]->body_len > 5) {
+		Consent__V1__HistoryResponse *r =
+			consent__v1__history_response__unpack(
+				NULL, k[0]->body_len - 5, k[0]->body + 5);
+		CHECK(r != NULL && r->n_entries == 1);
+		if (r != NULL && r->n_entries == 1) {
+			struct history_state st;
+			history_state(h, &st);
+			CHECK(r->entries[0]->consent->sequence == 9 &&
+			      r->entries[0]->applied_at == D1 + 3 &&
+			      strcmp(r->entries[0]->consent->transaction_id,
+				     "tx-g") == 0 &&
+			      r->entries[0]->chain_hash.len == 32 &&
+			      memcmp(r->entries[0]->chain_hash.data, st.head,
+				     32) == 0);
+		}
+		consent__v1__history_response__free_unpacked(r, NULL);
+	}
+	CHECK(k[1]->grpc_status == 0 && k[1]->body_len > 5);
+	if (k[1]->body_len > 5) {
+		Consent__V1__CheckResponse *r = consent__v1__check_response__unpack(
+			NULL, k[1]->body_len - 5, k[1]->body + 5);
+		CHECK(r != NULL && r->n_verdicts == 1 &&
+		      r->verdicts[0]->allow && r->verdicts[0]->sequence == 9 &&
+		      strcmp(r->verdicts[0]->transaction_id, "tx-g") == 0);
+		consent__v1__check_response__free_unpacked(r, NULL);
+	}
+	expect_status(k[2], GRPC_INVALID_ARGUMENT, "brand_code");
+	conn_fini(&c);
+	client_fini(&cl);
+	conn_ctx_fini(&ctx);
+	ctx = saved;
+	history_close(h);
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	CHECK(system(cmd) == 0);
+}
+
 int main(void)
 {
 	setup();
@@ -736,6 +836,7 @@ int main(void)
 	RUN(test_unfinished_call_and_frame);
 	RUN(test_rst_on_idle_stream);
 	RUN(test_refusal_and_garbage);
+	RUN(test_history);
 	conn_ctx_fini(&ctx);
 	return check_summary();
 }

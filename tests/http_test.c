@@ -23,6 +23,7 @@
 #include "core/enums.h"
 #include "core/recipient.h"
 #include "core/tokens.h"
+#include "index/history.h"
 #include "index/table.h"
 #include "server/config.h"
 #include "server/http.h"
@@ -887,6 +888,163 @@ static void test_start_errors(void)
 	http_stop(NULL);
 }
 
+/* §10: as_of_time / as_of_sequence on /v1/check and GET /v1/history,
+ * against a real evidence store. */
+static void test_history(void)
+{
+	static const char file[] = "partner " TOKEN_DIGEST " 100\n";
+	char dir[] = "/tmp/http_test_hist.XXXXXX", err[300];
+	struct history *h = NULL;
+	struct server_config cfg = base_cfg();
+	struct tokens *t = NULL;
+	struct http *srv;
+	struct reply r;
+	const char *auth = "Authorization: Bearer secret-token\r\n";
+
+	CHECK(mkdtemp(dir) != NULL);
+	CHECKF(history_open(dir, NULL, &h, err, sizeof(err)) == 0, "%s", err);
+	if (h == NULL)
+		return;
+	Consent__V1__Consent ch[3];
+	for (int i = 0; i < 3; i++) {
+		Consent__V1__Consent x = CONSENT__V1__CONSENT__INIT;
+		x.recipient = "+905321234567";
+		x.channel = CONSENT__V1__CHANNEL__MESAJ;
+		x.recipient_type = CONSENT__V1__RECIPIENT_TYPE__BIREYSEL;
+		x.brand_code = i == 2 ? 200 : 100;
+		x.iys_code = 7;
+		x.status = i == 1 ? CONSENT__V1__STATUS__RET
+				  : CONSENT__V1__STATUS__ONAY;
+		x.source = CONSENT__V1__SOURCE__HS_WEB;
+		x.consent_date = D1 + 100 * i;
+		x.creation_date = D1 + 100 * i + 5;
+		x.transaction_id = i == 0 ? "tx-\"a\"" : "tx-b";
+		x.sequence = 40 + (uint64_t)i;
+		ch[i] = x;
+	}
+	Consent__V1__Consent *cp[3] = { &ch[0], &ch[1], &ch[2] };
+	CHECKF(history_append(h, cp, 3, D1 + 7, err, sizeof(err)) == 0, "%s",
+	       err);
+	cfg.history = h;
+	srv = start(&cfg);
+	live_publish(make_index(3, (int64_t)time(NULL)));
+
+	EXPECT_GET("/v1/check?recipient=%2B905321234567&brand_code=100&channel=MESAJ"
+		   "&as_of_sequence=40", 200,
+		   "{\"allow\":true,\"reason\":\"CONSENT_GIVEN\",\"status\":\"ONAY\","
+		   "\"source\":\"HS_WEB\",\"consent_date\":1700000000,"
+		   "\"sequence\":40,\"transaction_id\":\"tx-\\\"a\\\"\"}");
+	EXPECT_GET("/v1/check?recipient=%2B905321234567&brand_code=100&channel=MESAJ"
+		   "&asOfTime=1700000150", 200,
+		   "{\"allow\":false,\"reason\":\"CONSENT_REJECTED\",\"status\":\"RET\","
+		   "\"source\":\"HS_WEB\",\"consent_date\":1700000100,"
+		   "\"sequence\":41,\"transaction_id\":\"tx-b\"}");
+	/* No record then; before the start; both; bad text. */
+	EXPECT_GET("/v1/check?recipient=%2B905321234567&brand_code=100&channel=MESAJ"
+		   "&as_of_time=1600000000", 200,
+		   "{\"allow\":false,\"reason\":\"NO_CONSENT\"}");
+	CHECK(get("/v1/check?recipient=%2B905321234567&brand_code=100&channel=MESAJ"
+		  "&as_of_sequence=39", &r) == 0);
+	CHECKF(r.status == 200 && strstr(r.body, "INVALID_REQUEST") &&
+	       strstr(r.body, "starts at sequence 40"), "%s", r.body);
+	reply_free(&r);
+	CHECK(get("/v1/check?recipient=%2B905321234567&brand_code=100&channel=MESAJ"
+		  "&as_of_sequence=40&as_of_time=1700000000", &r) == 0);
+	CHECKF(r.status == 200 && strstr(r.body, "at most one"), "%s", r.body);
+	reply_free(&r);
+	EXPECT_GET("/v1/check?recipient=x&brand_code=100&channel=MESAJ"
+		   "&as_of_sequence=-1", 400,
+		   "{\"error\":\"as_of_sequence: \\\"-1\\\" is not a sequence (a "
+		   "uint64)\"}");
+	EXPECT_GET("/v1/check?recipient=x&brand_code=100&channel=MESAJ"
+		   "&as_of_time=99999999999999999999", 400,
+		   "{\"error\":\"as_of_time: \\\"99999999999999999999\\\" is not "
+		   "Unix seconds (an int64)\"}");
+	/* POST: per check, as a number or proto3 JSON's string; not at the
+	 * request's level. */
+	CHECK(post("/v1/check", "{\"brand_code\":100,\"channel\":\"MESAJ\","
+		   "\"checks\":[{\"recipient\":\"+905321234567\",\"as_of_sequence\":40},"
+		   "{\"recipient\":\"+905321234567\",\"asOfSequence\":\"41\"},"
+		   "{\"recipient\":\"+905321234567\"}]}", &r) == 0);
+	CHECKF(r.status == 200 &&
+	       strstr(r.body, "\"sequence\":40") && strstr(r.body, "\"sequence\":41") &&
+	       strstr(r.body, "\"consent_date\":1700000000}]"), "%s", r.body);
+	reply_free(&r);
+	CHECK(post("/v1/check", "{\"as_of_sequence\":40,\"checks\":[]}", &r) == 0);
+	CHECKF(r.status == 400 && strstr(r.body, "unknown field"), "%s", r.body);
+	reply_free(&r);
+
+	/* GET /v1/history: every field, oldest first, hex chains. */
+	struct history_state st;
+	history_state(h, &st);
+	char head[65];
+	for (int i = 0; i < 32; i++)
+		snprintf(head + 2 * i, 3, "%02x", st.head[i]);
+	CHECK(get("/v1/history?recipient=05321234567&brand_code=100"
+		  "&channel=MESAJ", &r) == 0);
+	CHECKF(r.status == 200 &&
+	       strstr(r.body, "{\"entries\":[{\"consent\":{\"recipient\":"
+			      "\"+905321234567\",\"channel\":\"MESAJ\","
+			      "\"recipient_type\":\"BIREYSEL\",\"brand_code\":100,"
+			      "\"iys_code\":7,\"status\":\"ONAY\",\"source\":"
+			      "\"HS_WEB\",\"consent_date\":1700000000,"
+			      "\"creation_date\":1700000005,\"transaction_id\":"
+			      "\"tx-\\\"a\\\"\",\"sequence\":40},\"applied_at\":"
+			      "1700000007,\"chain_hash\":\"") == r.body &&
+	       strstr(r.body, "\"sequence\":41},\"applied_at\":1700000007,"
+			      "\"chain_hash\":\"") != NULL &&
+	       strstr(r.body, "\"applied_sequence\":42,\"total\":2,"
+			      "\"truncated\":false}") != NULL, "%s", r.body);
+	reply_free(&r);
+	CHECK(get("/v1/history?recipient=%2B905321234567&brand_code=200"
+		  "&channel=MESAJ", &r) == 0);
+	CHECKF(r.status == 200 && strstr(r.body, head) != NULL, "%s", r.body);
+	reply_free(&r);
+	EXPECT_GET("/v1/history?recipient=%2B905321234567&brand_code=100"
+		   "&channel=MESAJ&purpose=TICARI", 400,
+		   "{\"error\":\"unknown parameter \\\"purpose\\\" (a history "
+		   "names a key: recipient, brand_code, channel, "
+		   "recipient_type)\"}");
+	EXPECT_GET("/v1/history?recipient=%2B905321234567&brand_code=100", 400,
+		   "{\"error\":\"channel: missing (ARAMA, MESAJ or EPOSTA)\"}");
+	http_stop(srv);
+
+	/* A partner (brand 100 only): brand 200's history is 403. */
+	CHECKF(tokens_parse(file, sizeof(file) - 1, &t, err, sizeof(err)) == 0,
+	       "%s", err);
+	cfg.tokens = t;
+	srv = start(&cfg);
+	CHECK(call("GET", "/v1/history?recipient=%2B905321234567&brand_code=200"
+		   "&channel=MESAJ", auth, NULL, 0, &r) == 0);
+	CHECKF(r.status == 403, "%d %s", r.status, r.body);
+	reply_free(&r);
+	CHECK(call("GET", "/v1/history?recipient=%2B905321234567&brand_code=100"
+		   "&channel=MESAJ", auth, NULL, 0, &r) == 0);
+	CHECKF(r.status == 200 && strstr(r.body, "\"total\":2"), "%d %s",
+	       r.status, r.body);
+	reply_free(&r);
+	http_stop(srv);
+
+	/* History off. */
+	cfg.tokens = NULL;
+	cfg.history = NULL;
+	srv = start(&cfg);
+	EXPECT_GET("/v1/history?recipient=%2B905321234567&brand_code=100"
+		   "&channel=MESAJ", 501,
+		   "{\"error\":\"history is off (--history off)\"}");
+	CHECK(get("/v1/check?recipient=%2B905321234567&brand_code=100&channel=MESAJ"
+		  "&as_of_sequence=40", &r) == 0);
+	CHECKF(r.status == 200 && strstr(r.body, "history is off"), "%s", r.body);
+	reply_free(&r);
+	http_stop(srv);
+	live_publish(NULL);
+	tokens_destroy(t);
+	history_close(h);
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	CHECK(system(cmd) == 0);
+}
+
 int main(void)
 {
 	if (metrics_init(N_SLOTS) != 0) {
@@ -903,5 +1061,6 @@ int main(void)
 	RUN(test_tokens);
 	RUN(test_swap_while_serving);
 	RUN(test_start_errors);
+	RUN(test_history);
 	return check_summary();
 }

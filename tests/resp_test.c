@@ -14,6 +14,7 @@
 #include "core/enums.h"
 #include "core/recipient.h"
 #include "core/tokens.h"
+#include "index/history.h"
 #include "index/table.h"
 #include "server/config.h"
 #include "server/conn.h"
@@ -668,6 +669,114 @@ static void test_garbage(void)
 	}
 }
 
+/* §10: CHECK ... AT / ATSEQ and HISTORY against a real evidence store. */
+static void test_history(void)
+{
+	char dir[] = "/tmp/resp_test_hist.XXXXXX", err[300];
+	struct history *h = NULL;
+	struct server_config hcfg = cfg, htok = cfg_tok;
+	struct conn c;
+
+	CHECK(mkdtemp(dir) != NULL);
+	CHECKF(history_open(dir, NULL, &h, err, sizeof(err)) == 0, "%s", err);
+	if (h == NULL)
+		return;
+	Consent__V1__Consent ch[2];
+	for (int i = 0; i < 2; i++) {
+		Consent__V1__Consent x = CONSENT__V1__CONSENT__INIT;
+		x.recipient = "+905321234567";
+		x.channel = CONSENT__V1__CHANNEL__MESAJ;
+		x.recipient_type = CONSENT__V1__RECIPIENT_TYPE__BIREYSEL;
+		x.brand_code = BRAND;
+		x.status = i == 0 ? CONSENT__V1__STATUS__ONAY
+				  : CONSENT__V1__STATUS__RET;
+		x.source = i == 0 ? CONSENT__V1__SOURCE__HS_WEB
+				  : CONSENT__V1__SOURCE__HS_MESAJ;
+		x.consent_date = D1 + 100 * i;
+		x.creation_date = D1 + 100 * i + 5;
+		x.transaction_id = i == 0 ? "tx-a" : "";
+		x.sequence = 40 + (uint64_t)i;
+		ch[i] = x;
+	}
+	Consent__V1__Consent *cp[2] = { &ch[0], &ch[1] };
+	CHECKF(history_append(h, cp, 2, D1 + 7, err, sizeof(err)) == 0, "%s",
+	       err);
+	hcfg.history = htok.history = h;
+	struct conn_ctx saved = ctx;
+	CHECK(conn_ctx_init(&ctx, &hcfg, metrics_slot(1)) == 0);
+	conn_ctx_begin_turn(&ctx);
+	CHECK(conn_init(&c, &resp_proto, &hcfg, ctx.now_ms) == 0);
+	/* As of a sequence, of a time: the four fields and the sequence. */
+	ASK(&c, "CHECK +905321234567 600123 MESAJ ATSEQ 40",
+	    "*5\r\n:1\r\n+CONSENT_GIVEN\r\n$4\r\nONAY\r\n:1700000000\r\n"
+	    ":40\r\n");
+	ASK(&c, "CHECK 05321234567 600123 MESAJ BIREYSEL ATSEQ 41",
+	    "*5\r\n:0\r\n+CONSENT_REJECTED\r\n$3\r\nRET\r\n:1700000100\r\n"
+	    ":41\r\n");
+	ASK(&c, "CHECK +905321234567 600123 MESAJ at 1700000050 TICARI",
+	    "*5\r\n:1\r\n+CONSENT_GIVEN\r\n$4\r\nONAY\r\n:1700000000\r\n"
+	    ":40\r\n");
+	/* No record then: nil sequence. */
+	ASK(&c, "CHECK +905321234567 600123 MESAJ AT 1600000000",
+	    "*5\r\n:0\r\n+NO_CONSENT\r\n$-1\r\n$-1\r\n$-1\r\n");
+	/* Before the history's start, both, and bad values. */
+	ask(&c, "CHECK +905321234567 600123 MESAJ ATSEQ 39");
+	CHECKF(strncmp(reply, "-ERR INVALID_REQUEST as_of_sequence", 35) == 0 &&
+	       strstr(reply, "40") != NULL, "%s", reply);
+	ask(&c, "CHECK +905321234567 600123 MESAJ AT 1700000050 ATSEQ 40");
+	CHECKF(strstr(reply, "at most one") != NULL, "%s", reply);
+	ASK(&c, "CHECK +905321234567 600123 MESAJ ATSEQ",
+	    "-ERR INVALID_REQUEST ATSEQ: a sequence must follow\r\n");
+	ask(&c, "CHECK +905321234567 600123 MESAJ ATSEQ 0");
+	CHECKF(strncmp(reply, "-ERR INVALID_REQUEST ATSEQ: not", 31) == 0,
+	       "%s", reply);
+	ask(&c, "CHECK +905321234567 600123 MESAJ AT -5");
+	CHECKF(strncmp(reply, "-ERR INVALID_REQUEST AT: not", 28) == 0, "%s",
+	       reply);
+	ask(&c, "CHECK +905321234567 600123 MESAJ AT 1 AT 2");
+	CHECKF(strstr(reply, "AT: given twice") != NULL, "%s", reply);
+	/* HISTORY: every field, oldest first. */
+	ASK(&c, "HISTORY 05321234567 600123 MESAJ",
+	    "*2\r\n"
+	    "*7\r\n:40\r\n$4\r\nONAY\r\n$6\r\nHS_WEB\r\n:1700000000\r\n"
+	    ":1700000005\r\n$4\r\ntx-a\r\n:1700000007\r\n"
+	    "*7\r\n:41\r\n$3\r\nRET\r\n$8\r\nHS_MESAJ\r\n:1700000100\r\n"
+	    ":1700000105\r\n$0\r\n\r\n:1700000007\r\n");
+	ASK(&c, "HISTORY +905321234567 600123 MESAJ TACIR", "*0\r\n");
+	ASK(&c, "HISTORY +905321234567 600123",
+	    "-ERR wrong number of arguments for 'history' command\r\n");
+	ASK(&c, "HISTORY +905321234567 600123 MESAJ NOBODY",
+	    "-ERR INVALID_REQUEST recipient_type: not BIREYSEL or TACIR\r\n");
+	ask(&c, "HISTORY ali@example.com 600123 MESAJ");
+	CHECK(strncmp(reply, "-ERR INVALID_REQUEST channel", 28) == 0);
+	conn_fini(&c);
+
+	/* A partner sees only its brands' history. */
+	ctx.cfg = &htok;
+	CHECK(conn_init(&c, &resp_proto, &htok, ctx.now_ms) == 0);
+	ASK(&c, "AUTH s3cret", "+OK\r\n");
+	ask(&c, "HISTORY +905321234567 700456 MESAJ");
+	CHECKF(strncmp(reply, "-NOPERM ", 8) == 0, "%s", reply);
+	ask(&c, "HISTORY +905321234567 600123 MESAJ");
+	CHECK(strncmp(reply, "*2\r\n", 4) == 0);
+	conn_fini(&c);
+	conn_ctx_fini(&ctx);
+	ctx = saved;
+
+	/* History off. */
+	conn_ctx_begin_turn(&ctx);
+	CHECK(conn_init(&c, &resp_proto, &cfg, ctx.now_ms) == 0);
+	ask(&c, "CHECK +905321234567 600123 MESAJ ATSEQ 40");
+	CHECKF(strstr(reply, "history is off") != NULL, "%s", reply);
+	ask(&c, "HISTORY +905321234567 600123 MESAJ");
+	CHECKF(strncmp(reply, "-ERR history is off", 19) == 0, "%s", reply);
+	conn_fini(&c);
+	history_close(h);
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	CHECK(system(cmd) == 0);
+}
+
 int main(void)
 {
 	setup();
@@ -682,6 +791,7 @@ int main(void)
 	RUN(test_http_on_port);
 	RUN(test_output_cap);
 	RUN(test_garbage);
+	RUN(test_history);
 	conn_ctx_fini(&ctx);
 	live_publish(NULL);
 	tokens_destroy(toks);

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "index/check.h"
+#include "index/history.h"
 #include "core/enums.h"
 #include "core/recipient.h"
 #include "core/tokens.h"
@@ -628,6 +629,11 @@ static void test_encode_check(void)
 			if (rnd() % 20 == 0)
 				v[i].consent_date = -v[i].consent_date;
 			v[i].error = errors[rnd() % 4];
+			/* §10: an as-of verdict's sequence and transaction_id
+			 * (NULL: a live one, neither written). */
+			v[i].transaction_id = rnd() % 3 ? NULL :
+					      rnd() % 2 ? "" : "tx-42";
+			v[i].sequence = rnd() % 2 ? rnd() >> (rnd() % 64) : 0;
 			p.allow = v[i].allow;
 			p.reason = (Consent__V1__Reason)v[i].reason;
 			p.status = (Consent__V1__Status)v[i].status;
@@ -635,6 +641,10 @@ static void test_encode_check(void)
 			p.consent_date = v[i].consent_date;
 			p.error = v[i].error ? (char *)v[i].error
 					     : (char *)protobuf_c_empty_string;
+			p.sequence = v[i].transaction_id ? v[i].sequence : 0;
+			p.transaction_id = v[i].transaction_id
+				? (char *)v[i].transaction_id
+				: (char *)protobuf_c_empty_string;
 			pv[i] = p;
 			pp[i] = &pv[i];
 		}
@@ -701,6 +711,14 @@ static void test_encode_others(void)
 			st.generation = rnd() % 2 ? rnd() % 100 : 0;
 			st.checks_total = rnd() % 2 ? rnd() : 0;
 			st.origin_cursor = msg; /* §8's field 9 */
+			/* §10's fields 6 and 7. */
+			st.chain = rnd() % 2;
+			st.chain_sequence = rnd() % 2 ? rnd() : 0;
+			for (size_t k = 0; k < sizeof(st.chain_hash); k++)
+				st.chain_hash[k] = (uint8_t)rnd();
+			s.chain_sequence = st.chain ? st.chain_sequence : 0;
+			s.chain_hash.data = st.chain ? st.chain_hash : NULL;
+			s.chain_hash.len = st.chain ? sizeof(st.chain_hash) : 0;
 			s.origin_cursor = msg ? (char *)msg :
 						(char *)protobuf_c_empty_string;
 			s.records = st.records;
@@ -1209,6 +1227,245 @@ static void test_garbage(void)
 	}
 }
 
+/* ---- §10: as-of checks and History against a real evidence store ---- */
+
+static Consent__V1__Consent hist_change(const char *rcpt, uint32_t brand,
+					int status, int64_t date, uint64_t seq,
+					const char *tx)
+{
+	Consent__V1__Consent c = CONSENT__V1__CONSENT__INIT;
+
+	c.recipient = (char *)rcpt;
+	c.channel = CONSENT__V1__CHANNEL__MESAJ;
+	c.recipient_type = CONSENT__V1__RECIPIENT_TYPE__BIREYSEL;
+	c.brand_code = brand;
+	c.status = (Consent__V1__Status)status;
+	c.source = CONSENT__V1__SOURCE__HS_WEB;
+	c.consent_date = date;
+	c.creation_date = date + 5;
+	c.transaction_id = (char *)tx;
+	c.sequence = seq;
+	return c;
+}
+
+/* One as-of check of +905321234567 at BRAND on conn c. */
+static Consent__V1__Response *as_of_check(struct conn *c, uint64_t id,
+					  uint32_t brand, int64_t t,
+					  uint64_t seq)
+{
+	static uint8_t in[4096];
+	Consent__V1__Request r = CONSENT__V1__REQUEST__INIT;
+	Consent__V1__CheckRequest cr = CONSENT__V1__CHECK_REQUEST__INIT;
+	Consent__V1__Check k = CONSENT__V1__CHECK__INIT, *kp = &k;
+	Consent__V1__Response *out[2];
+
+	k.recipient = "+905321234567";
+	k.brand_code = brand;
+	k.channel = CONSENT__V1__CHANNEL__MESAJ;
+	k.as_of_time = t;
+	k.as_of_sequence = seq;
+	cr.n_checks = 1;
+	cr.checks = &kp;
+	r.id = id;
+	r.body_case = CONSENT__V1__REQUEST__BODY_CHECK;
+	r.check = &cr;
+	size_t n = exchange(c, in, frame(in, &r), out, 2);
+	CHECK(n == 1 && out[0]->body_case == CONSENT__V1__RESPONSE__BODY_CHECK &&
+	      out[0]->check->n_verdicts == 1);
+	return n == 1 ? out[0] : NULL;
+}
+
+static Consent__V1__Response *history_call(struct conn *c, uint64_t id,
+					   uint32_t brand, const char *rcpt)
+{
+	static uint8_t in[4096];
+	Consent__V1__Request r = CONSENT__V1__REQUEST__INIT;
+	Consent__V1__HistoryRequest h = CONSENT__V1__HISTORY_REQUEST__INIT;
+	Consent__V1__Response *out[2];
+
+	h.recipient = (char *)rcpt;
+	h.brand_code = brand;
+	h.channel = CONSENT__V1__CHANNEL__MESAJ;
+	r.id = id;
+	r.body_case = CONSENT__V1__REQUEST__BODY_HISTORY;
+	r.history = &h;
+	size_t n = exchange(c, in, frame(in, &r), out, 2);
+	CHECK(n == 1 && out[0]->id == id);
+	return n == 1 ? out[0] : NULL;
+}
+
+static void test_history_and_as_of(void)
+{
+	char dir[] = "/tmp/rpc_test_hist.XXXXXX", err[300];
+	struct history *h = NULL;
+	struct server_config hcfg = cfg, htok = cfg_tok;
+	struct conn_ctx hx;
+	struct conn c;
+	static uint8_t in[4096];
+	Consent__V1__Response *r;
+
+	CHECK(mkdtemp(dir) != NULL);
+	CHECKF(history_open(dir, NULL, &h, err, sizeof(err)) == 0, "%s", err);
+	if (h == NULL)
+		return;
+	/* +905321234567: ONAY at 40 (consent D1), RET at 41 (D1 + 100),
+	 * and one change of another key between them. */
+	Consent__V1__Consent ch[3] = {
+		hist_change("+905321234567", BRAND, STATUS_ONAY, D1, 40, "tx-a"),
+		hist_change("+905321234599", BRAND, STATUS_ONAY, D1, 40, "tx-b"),
+		hist_change("+905321234567", BRAND, STATUS_RET, D1 + 100, 41,
+			    "tx-c"),
+	};
+	Consent__V1__Consent *cp[3] = { &ch[0], &ch[1], &ch[2] };
+	CHECKF(history_append(h, cp, 3, D1 + 7, err, sizeof(err)) == 0, "%s",
+	       err);
+	struct history_state st;
+	history_state(h, &st);
+
+	hcfg.history = h;
+	htok.history = h;
+	CHECK(conn_ctx_init(&hx, &hcfg, metrics_slot(1)) == 0);
+	struct conn_ctx saved = ctx;
+	ctx = hx; /* exchange() feeds through ctx */
+	conn_ctx_begin_turn(&ctx);
+	CHECK(conn_init(&c, &rpc_proto, &hcfg, ctx.now_ms) == 0);
+
+	/* As of 40: the ONAY, with its sequence and transaction_id. */
+	r = as_of_check(&c, 1, BRAND, 0, 40);
+	if (r != NULL) {
+		const Consent__V1__Verdict *v = r->check->verdicts[0];
+		CHECK(v->allow && v->reason == CONSENT__V1__REASON__CONSENT_GIVEN &&
+		      v->consent_date == D1 && v->sequence == 40 &&
+		      strcmp(v->transaction_id, "tx-a") == 0);
+		consent__v1__response__free_unpacked(r, NULL);
+	}
+	/* As of 41 and as of the time after the RET: the RET. */
+	r = as_of_check(&c, 2, BRAND, 0, 41);
+	if (r != NULL) {
+		const Consent__V1__Verdict *v = r->check->verdicts[0];
+		CHECK(!v->allow && v->reason == CONSENT__V1__REASON__CONSENT_REJECTED &&
+		      v->sequence == 41 && strcmp(v->transaction_id, "tx-c") == 0);
+		consent__v1__response__free_unpacked(r, NULL);
+	}
+	r = as_of_check(&c, 3, BRAND, D1 + 50, 0);
+	if (r != NULL) {
+		const Consent__V1__Verdict *v = r->check->verdicts[0];
+		CHECK(v->allow && v->sequence == 40);
+		consent__v1__response__free_unpacked(r, NULL);
+	}
+	/* Before the history's start: INVALID_REQUEST naming it; both set:
+	 * INVALID_REQUEST; another brand with no record: NO_CONSENT. */
+	r = as_of_check(&c, 4, BRAND, 0, 39);
+	if (r != NULL) {
+		const Consent__V1__Verdict *v = r->check->verdicts[0];
+		CHECKF(v->reason == CONSENT__V1__REASON__INVALID_REQUEST &&
+		       strstr(v->error, "40") != NULL, "%s", v->error);
+		consent__v1__response__free_unpacked(r, NULL);
+	}
+	r = as_of_check(&c, 5, BRAND, D1, 40);
+	if (r != NULL) {
+		const Consent__V1__Verdict *v = r->check->verdicts[0];
+		CHECK(v->reason == CONSENT__V1__REASON__INVALID_REQUEST &&
+		      strstr(v->error, "at most one") != NULL);
+		consent__v1__response__free_unpacked(r, NULL);
+	}
+	r = as_of_check(&c, 6, BRAND2, 0, 41);
+	if (r != NULL) {
+		const Consent__V1__Verdict *v = r->check->verdicts[0];
+		CHECK(v->reason == CONSENT__V1__REASON__NO_CONSENT &&
+		      v->sequence == 0 && v->transaction_id[0] == '\0');
+		consent__v1__response__free_unpacked(r, NULL);
+	}
+
+	/* History: both records of the key, oldest first, all fields, the
+	 * chain after each (the last one is the head). */
+	r = history_call(&c, 7, BRAND, "05321234567");
+	if (r != NULL) {
+		CHECK(r->body_case == CONSENT__V1__RESPONSE__BODY_HISTORY);
+		const Consent__V1__HistoryResponse *hr = r->history;
+		CHECK(hr->n_entries == 2 && hr->applied_sequence == 42);
+		for (size_t i = 0; hr->n_entries == 2 && i < 2; i++) {
+			const Consent__V1__HistoryEntry *e = hr->entries[i];
+			const Consent__V1__Consent *want = &ch[i == 0 ? 0 : 2];
+			CHECK(e->applied_at == D1 + 7 &&
+			      e->chain_hash.len == 32);
+			CHECK(strcmp(e->consent->recipient, "+905321234567") == 0 &&
+			      e->consent->status == want->status &&
+			      e->consent->consent_date == want->consent_date &&
+			      e->consent->creation_date == want->creation_date &&
+			      e->consent->sequence == want->sequence &&
+			      strcmp(e->consent->transaction_id,
+				     want->transaction_id) == 0);
+		}
+		if (hr->n_entries == 2)
+			CHECK(memcmp(hr->entries[1]->chain_hash.data, st.head,
+				     32) == 0);
+		consent__v1__response__free_unpacked(r, NULL);
+	}
+	/* A bad recipient is 400 naming the field. */
+	r = history_call(&c, 8, BRAND, "not a number");
+	if (r != NULL) {
+		CHECK(r->body_case == CONSENT__V1__RESPONSE__BODY_ERROR &&
+		      r->error->code == 400);
+		consent__v1__response__free_unpacked(r, NULL);
+	}
+	conn_fini(&c);
+
+	/* A partner (alice: BRAND only): another brand's history is 403,
+	 * refused as its checks are (NOT_AUTHORIZED), whether it holds
+	 * records or not. */
+	ctx.cfg = &htok;
+	CHECK(conn_init(&c, &rpc_proto, &htok, ctx.now_ms) == 0);
+	size_t n = simple_frame(in, 9, RPC_REQ_AUTH, "s3cret");
+	Consent__V1__Response *a[2];
+	CHECK(exchange(&c, in, n, a, 2) == 1);
+	free_responses(a, 1);
+	r = history_call(&c, 10, BRAND2, "+905321234567");
+	if (r != NULL) {
+		CHECK(r->body_case == CONSENT__V1__RESPONSE__BODY_ERROR &&
+		      r->error->code == 403);
+		consent__v1__response__free_unpacked(r, NULL);
+	}
+	r = as_of_check(&c, 11, BRAND2, 0, 41);
+	if (r != NULL) {
+		CHECK(r->check->verdicts[0]->reason ==
+		      CONSENT__V1__REASON__NOT_AUTHORIZED);
+		consent__v1__response__free_unpacked(r, NULL);
+	}
+	r = history_call(&c, 12, BRAND, "+905321234567");
+	if (r != NULL) {
+		CHECK(r->body_case == CONSENT__V1__RESPONSE__BODY_HISTORY &&
+		      r->history->n_entries == 2);
+		consent__v1__response__free_unpacked(r, NULL);
+	}
+	conn_fini(&c);
+	conn_ctx_fini(&ctx);
+	ctx = saved;
+
+	/* History off (the module's ctx has no store): as-of checks are
+	 * INVALID_REQUEST saying so, History is 501. */
+	conn_ctx_begin_turn(&ctx);
+	CHECK(conn_init(&c, &rpc_proto, &cfg, ctx.now_ms) == 0);
+	r = as_of_check(&c, 13, BRAND, 0, 41);
+	if (r != NULL) {
+		const Consent__V1__Verdict *v = r->check->verdicts[0];
+		CHECK(v->reason == CONSENT__V1__REASON__INVALID_REQUEST &&
+		      strstr(v->error, "history is off") != NULL);
+		consent__v1__response__free_unpacked(r, NULL);
+	}
+	r = history_call(&c, 14, BRAND, "+905321234567");
+	if (r != NULL) {
+		CHECK(r->body_case == CONSENT__V1__RESPONSE__BODY_ERROR &&
+		      r->error->code == 501);
+		consent__v1__response__free_unpacked(r, NULL);
+	}
+	conn_fini(&c);
+	history_close(h);
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	CHECK(system(cmd) == 0);
+}
+
 int main(void)
 {
 	setup();
@@ -1224,6 +1481,7 @@ int main(void)
 	RUN(test_http_sniff);
 	RUN(test_output_cap_and_backpressure);
 	RUN(test_garbage);
+	RUN(test_history_and_as_of);
 	conn_ctx_fini(&ctx);
 	live_publish(NULL);
 	tokens_destroy(toks);

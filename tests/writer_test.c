@@ -38,6 +38,7 @@
 #include "index/build.h"
 #include "index/changelog.h"
 #include "index/generation.h"
+#include "index/history.h"
 #include "index/origins.h"
 #include "index/table.h"
 #include "proto/consent.pb-c.h"
@@ -1574,6 +1575,122 @@ static void test_replicated(void)
 	free(m);
 }
 
+/* §10: the writer's evidence store: a built directory's snapshot, each
+ * group's changes after the log, the head published, carried by the
+ * generation a stop writes, recovered from the log, off; and a history
+ * that cannot be written faulting the writer. */
+static void test_history(void)
+{
+	char dir[300], gen_path[400], cmd[500], err[300];
+	struct chg c[4];
+	uint64_t seq = 0, gen = 0;
+	uint8_t head[32], gh[32];
+
+	snprintf(dir, sizeof(dir), "%s/data-%d", tmpdir, ++n_dirs);
+	build_into(dir, 200, 5, &gen);
+	/* consentctl build put the snapshot in history at its watermark,
+	 * and its generation carries the head. */
+	CHECK(generation_chain(dir, gen, &seq, gh, err, sizeof(err)) == 1 &&
+	      seq == 5);
+	struct writer *w = open_writer(dir, 0, 1);
+	struct history *h = writer_history(w);
+	CHECK(h != NULL);
+	struct history_state st;
+	history_state(h, &st);
+	CHECK(st.records == 200 && st.first_sequence == 5 &&
+	      st.last_sequence == 5 && memcmp(st.head, gh, 32) == 0);
+	CHECK(writer_chain(w, &seq, head) && seq == 5 &&
+	      memcmp(head, gh, 32) == 0);
+
+	/* A group: appended in log order, the head published before the
+	 * reply. */
+	chg_make(&c[0], 7, STATUS_RET, DATE0 + 5000, 6);
+	chg_make(&c[1], 3, STATUS_ONAY, DATE0 - 5000, 7); /* older: skipped */
+	chg_make(&c[2], 7, STATUS_ONAY, DATE0 + 6000, 8);
+	struct writer_reply r = apply(w, c, 3, 1);
+	CHECKF(r.code == 0 && r.applied == 2 && r.skipped == 1, "%u %s",
+	       r.code, r.message);
+	history_state(h, &st);
+	CHECK(st.records == 203 && st.last_sequence == 8);
+	CHECK(writer_chain(w, &seq, head) && seq == 8 &&
+	      memcmp(head, st.head, 32) == 0);
+	struct history_entry e[4];
+	size_t n = 0;
+	CHECK(history_key(h, c[0].text, c[0].c.brand_code, (int)c[0].c.channel,
+			  RTYPE_BIREYSEL, e, 4, &n, err, sizeof(err)) == 0);
+	CHECK(n == 3 && e[0].consent.sequence == 5 &&
+	      e[1].consent.sequence == 6 && e[2].consent.sequence == 8);
+	/* The skipped change is evidence too. */
+	CHECK(history_key(h, c[1].text, c[1].c.brand_code, (int)c[1].c.channel,
+			  RTYPE_BIREYSEL, e, 4, &n, err, sizeof(err)) == 0 &&
+	      n == 2 && e[1].consent.sequence == 7);
+	writer_close(w);
+
+	/* The stop's generation carries the head at its watermark. */
+	CHECK(generation_newest(dir, &gen) == 0);
+	CHECK(generation_chain(dir, gen, &seq, gh, err, sizeof(err)) == 1 &&
+	      seq == 8 && memcmp(gh, head, 32) == 0);
+	generation_path(dir, gen, gen_path, sizeof(gen_path));
+
+	/* History gone (a new disk): open copies back what the log holds. */
+	snprintf(cmd, sizeof(cmd), "rm -rf %s/" HISTORY_DIR, dir);
+	CHECK(system(cmd) == 0);
+	w = open_writer(dir, 0, 1);
+	history_state(writer_history(w), &st);
+	CHECK(st.records == 3 && st.first_sequence == 6 &&
+	      st.last_sequence == 8);
+	writer_close(w);
+
+	/* --history off: no store, no head. */
+	struct writer_options o = {
+		.data_dir = dir, .index_load = INDEX_LOAD_ANON, .n_queues = 1,
+		.history_off = true,
+	};
+	w = NULL;
+	CHECKF(writer_open(&o, &w, err, sizeof(err)) == 0, "%s", err);
+	CHECK(w != NULL && writer_history(w) == NULL &&
+	      !writer_chain(w, &seq, head));
+	writer_close(w);
+
+	/* A history segment that may not grow: the change log takes the
+	 * group, history refuses it, the writer faults (503, named). */
+	snprintf(dir, sizeof(dir), "%s/data-%d", tmpdir, ++n_dirs);
+	build_into(dir, 400, 5, NULL);
+	w = open_writer(dir, 0, 1);
+	char hseg[1100] = "";
+	snprintf(cmd, sizeof(cmd), "%s/" HISTORY_DIR, dir);
+	DIR *d = opendir(cmd);
+	struct dirent *de;
+	while (d && (de = readdir(d)) != NULL)
+		if (strstr(de->d_name, ".hist"))
+			snprintf(hseg, sizeof(hseg), "%s/%s", cmd, de->d_name);
+	if (d)
+		closedir(d);
+	struct stat sb;
+	CHECK(hseg[0] && stat(hseg, &sb) == 0 && sb.st_size > 8192);
+	struct rlimit old, lim;
+	getrlimit(RLIMIT_FSIZE, &old);
+	lim = old;
+	lim.rlim_cur = (rlim_t)sb.st_size;
+	signal(SIGXFSZ, SIG_IGN);
+	CHECK(setrlimit(RLIMIT_FSIZE, &lim) == 0);
+	chg_make(&c[0], 9, STATUS_RET, DATE0 + 7000, 6);
+	r = apply(w, c, 1, 2);
+	setrlimit(RLIMIT_FSIZE, &old);
+	CHECKF(r.code == 503 && strstr(r.message, "history"), "%u %s", r.code,
+	       r.message);
+	CHECK(writer_fault(w, NULL, 0));
+	r = apply(w, c, 1, 3);
+	CHECK(r.code == 503);
+	writer_close(w);
+	/* Restart: the log held it; history gets it back. */
+	w = open_writer(dir, 0, 1);
+	CHECK(!writer_fault(w, NULL, 0) && watermark() == 6);
+	history_state(writer_history(w), &st);
+	CHECK(st.records == 401 && st.last_sequence == 6);
+	writer_close(w);
+}
+
 int main(void)
 {
 	if (mkdtemp(tmpdir) == NULL) {
@@ -1595,6 +1712,7 @@ int main(void)
 	RUN(test_sequence_kind_kept);
 	RUN(test_local_rejections);
 	RUN(test_replicated);
+	RUN(test_history);
 	char cmd[200];
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);
 	if (system(cmd) != 0)

@@ -265,15 +265,17 @@ def test_apply_and_stats(env, stubs):
 
 
 def test_status_codes(env, server, stubs):
-    """History and an unknown method are UNIMPLEMENTED; a message that
-    does not decode, or a Reject of a recipient that does not normalise,
-    is INVALID_ARGUMENT; the channel goes on."""
+    """An unknown method is UNIMPLEMENTED; a message that does not
+    decode, a History without a brand, or a Reject of a recipient that
+    does not normalise, is INVALID_ARGUMENT naming the field; the channel
+    goes on."""
     pb = env.pb
     with channel(server) as ch:
         stub = stubs.ConsentServiceStub(ch)
         code, details = status_of(stub.History, pb.HistoryRequest(),
                                   timeout=10)
-        assert code == grpc.StatusCode.UNIMPLEMENTED and details, (code, details)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, details)
+        assert "brand_code" in details, details
         code, details = status_of(stub.Reject, pb.RejectRequest(
             recipient="x", brand_code=1, channel=MESAJ), timeout=10)
         assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, details)
