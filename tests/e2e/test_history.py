@@ -1033,10 +1033,8 @@ def test_first_snapshot_is_in_history(env, server, how):
     """A data directory that began from a snapshot (made by consentctl
     build, or empty and given --snapshot) holds every record of it in its
     history, at the snapshot's watermark (0 for consentctl gen's, the common
-    case), with all their fields; as of now its verdicts are the live ones
-    with the deciding record's transaction_id; a key nobody has has an
-    empty history on every port (at sequence 0 that reply packs to no
-    bytes), the connection serving on (DESIGN 10)."""
+    case), with all their fields; as of now its verdicts are the live ones,
+    with the deciding record's transaction_id (DESIGN 10)."""
     pb, o = env.pb, env.oracle
     _, consents, _ = helpers.read_stream(pb, env.snapshot)
     wm = o.header.sequence
@@ -1058,19 +1056,17 @@ def check_first_snapshot(env, server, consents, wm):
     for c in consents:
         count[key_of(c)] = count.get(key_of(c), 0) + 1
     sample = [c for c in consents if count[key_of(c)] == 1][:200]
-    k = (o.absent_brand(), "+905559990001", BIREYSEL, MESAJ)
+    # Every key of the sample holds one record (no duplicates in the stream).
     with Rpc(pb, server.rpc) as rpc:
-        r = rpc_history(pb, rpc, k)
-        assert r.WhichOneof("body") == "history" and not r.history.entries, r
-        assert rpc.stats().records == len(o)
-    rc = redis.Redis(host=helpers.LOOPBACK, port=server.resp, socket_timeout=10)
-    try:
-        assert rc.execute_command("HISTORY", k[1], k[0], "MESAJ") == []
-    finally:
-        rc.close()
-    st, body = http_json(server, http_history_path(k))
-    assert st == 200 and json.loads(body).get("entries", []) == [], (st, body)
-    with Rpc(pb, server.rpc) as rpc:
+        # As of now, the legal state is the served one, record for record.
+        now = int(time.time())
+        live = rpc.check([asof_check(key_of(c)) for c in sample])
+        asof = rpc.check([asof_check(key_of(c), t=now) for c in sample])
+        for c, v, a in zip(sample, live.verdicts, asof.verdicts):
+            assert vtuple(a)[:5] == vtuple(v)[:5] and not a.error, \
+                "%s as of now: %s, live %s %s" % (key_of(c), vtuple(a), vtuple(v),
+                                                   a.error)
+            assert (a.sequence, a.transaction_id) == (wm, c.transaction_id), a
         for c in sample:
             k = key_of(c)
             r = rpc_history(pb, rpc, k)
@@ -1083,15 +1079,32 @@ def check_first_snapshot(env, server, consents, wm):
             assert r.history.entries[0].consent == want, \
                 "first history record of %s: %s, snapshot %s" % (
                     k, r.history.entries[0].consent, want)
-        # As of now, the legal state is the served one, record for record.
-        now = int(time.time())
-        live = rpc.check([asof_check(key_of(c)) for c in sample])
-        asof = rpc.check([asof_check(key_of(c), t=now) for c in sample])
-        for c, v, a in zip(sample, live.verdicts, asof.verdicts):
-            assert vtuple(a)[:5] == vtuple(v)[:5] and not a.error, \
-                "%s as of now: %s, live %s %s" % (key_of(c), vtuple(a), vtuple(v),
-                                                   a.error)
-            assert (a.sequence, a.transaction_id) == (wm, c.transaction_id), a
+
+
+def test_unknown_key_has_an_empty_history(env):
+    """A key nobody has: an empty history on every port, the connection
+    serving on; also in a data directory at sequence 0, where that reply
+    packs to no bytes at all."""
+    pb, o = env.pb, env.oracle
+    d = empty_dir(env, "hist-empty-key")
+    s = tc.start(d, os.path.join(env.tmp, "hist-empty-key.log"),
+                 ["--snapshot", env.snapshot])
+    try:
+        k = (o.absent_brand(), "+905559990001", BIREYSEL, MESAJ)
+        with Rpc(pb, s.rpc) as rpc:
+            assert rpc.stats().applied_sequence == 0
+            r = rpc_history(pb, rpc, k)
+            assert r.WhichOneof("body") == "history" and not r.history.entries, r
+            assert rpc.stats().records == len(o)
+        rc = redis.Redis(host=helpers.LOOPBACK, port=s.resp, socket_timeout=10)
+        try:
+            assert rc.execute_command("HISTORY", k[1], k[0], "MESAJ") == []
+        finally:
+            rc.close()
+        st, body = http_json(s, http_history_path(k))
+        assert st == 200 and json.loads(body).get("entries", []) == [], (st, body)
+    finally:
+        tc.stop_ok(s)
 
 
 # --- the history's start, and --history off --------------------------------------
