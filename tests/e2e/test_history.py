@@ -300,9 +300,12 @@ class History:
             out.append(out[0])   # the same change twice in one Apply
         return out
 
-    def apply(self, rpc, stats_rpc=None):
+    def apply(self, rpc, settle=None):
         """One Apply (or a replay refused with 409). Returns the
-        applied_sequence after it."""
+        applied_sequence after it. settle(a), when given, waits for the
+        history to hold the Apply (it is appended after the change log is
+        durable, maybe after the reply): the changes' applied_at lies
+        between the send and its return."""
         pb = self.pb
         if self.last_batch is not None and self.rng.random() < 0.08:
             before, changes, _ = self.last_batch
@@ -331,6 +334,9 @@ class History:
         assert r.WhichOneof("body") == "apply", "seed %d: %s" % (self.seed, r)
         a = r.apply
         assert a.applied + a.skipped == len(changes), (self.seed, a)
+        if settle is not None:
+            settle(a.applied_sequence)
+            t1 = time.time()
         first = a.applied_sequence - len(changes) + 1
         assert first == self.model.last + 1, \
             "seed %d: Apply of %d changes ends at %d, the log was at %d" % (
@@ -696,7 +702,7 @@ def test_random_history_matches_the_model(env, stubs, seed):
                 hist.model.head_at(hist.watermark).hex())
         with Rpc(pb, s.rpc) as rpc:
             for _ in range(45):
-                a = hist.apply(rpc)
+                a = hist.apply(rpc, lambda a: wait_head(pb, s.rpc, a, "seed %d" % seed))
                 seq, head = wait_head(pb, s.rpc, a, "seed %d" % seed)
                 assert seq == a and head == hist.model.head_at(a), \
                     "seed %d: Stats head %d %s after Apply to %d; model %s" % (
@@ -726,7 +732,7 @@ def test_random_history_matches_the_model(env, stubs, seed):
         check_histories(pb, s, hist.model, keys, "restarted", seed)
         with Rpc(pb, s.rpc) as rpc:
             for _ in range(15):
-                a = hist.apply(rpc)
+                a = hist.apply(rpc, lambda a: wait_head(pb, s.rpc, a, "seed %d" % seed))
                 seq, head = wait_head(pb, s.rpc, a, "seed %d after restart" % seed)
                 assert (seq, head) == (a, hist.model.head_at(a)), seed
         keys = list(hist.keys)
