@@ -701,7 +701,7 @@ def test_random_history_matches_the_model(env, stubs, seed):
                 seed, seq, head.hex(), hist.watermark,
                 hist.model.head_at(hist.watermark).hex())
         with Rpc(pb, s.rpc) as rpc:
-            for _ in range(45):
+            for _ in range(150):
                 a = hist.apply(rpc, lambda a: wait_head(pb, s.rpc, a, "seed %d" % seed))
                 seq, head = wait_head(pb, s.rpc, a, "seed %d" % seed)
                 assert seq == a and head == hist.model.head_at(a), \
@@ -731,7 +731,7 @@ def test_random_history_matches_the_model(env, stubs, seed):
         check_times(pb, s.rpc, hist.model, pts, "restarted", seed)
         check_histories(pb, s, hist.model, keys, "restarted", seed)
         with Rpc(pb, s.rpc) as rpc:
-            for _ in range(15):
+            for _ in range(40):
                 a = hist.apply(rpc, lambda a: wait_head(pb, s.rpc, a, "seed %d" % seed))
                 seq, head = wait_head(pb, s.rpc, a, "seed %d after restart" % seed)
                 assert (seq, head) == (a, hist.model.head_at(a)), seed
