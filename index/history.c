@@ -1261,7 +1261,16 @@ int history_open(const char *dir, const struct history_options *opt,
 				 "history: %s: path too long", dir);
 		goto fail;
 	}
-	if (mkdir(h->path, 0755) != 0 && errno != EEXIST) {
+	if (mkdir(h->path, 0755) == 0) {
+		/* Durable in DIR before anything goes in: the snapshot's
+		 * records are nowhere else. */
+		rc = fsutil_fsync_dir(dir);
+		if (rc < 0) {
+			errmsg_set(err, err_cap, "%s: fsync: %s", dir,
+				   strerror(-rc));
+			goto fail;
+		}
+	} else if (errno != EEXIST) {
 		rc = errmsg_fail(err, err_cap, -errno, "%s: mkdir: %s", h->path,
 				 strerror(errno));
 		goto fail;
@@ -2281,7 +2290,7 @@ int history_verify(const char *dir, uint64_t *head_sequence,
 			    XXH3_64bits(hb, SEG_HDR_SUM) == le_get64(hb + SEG_HDR_SUM))
 				why = "header's base is not the file's name";
 			rc = errmsg_fail(err, err_cap, -EPROTO,
-					 "%s: offset 0 (sequence %" PRIu64 "): %s",
+					 "%s: offset 0 (after sequence %" PRIu64 "): %s",
 					 p, last_seq, why);
 			close(fd);
 			goto out;
@@ -2307,7 +2316,7 @@ int history_verify(const char *dir, uint64_t *head_sequence,
 		}
 		if (bad) {
 			rc = errmsg_fail(err, err_cap, -EPROTO,
-					 "%s: offset 0 (sequence %" PRIu64 "): %s",
+					 "%s: offset 0 (after sequence %" PRIu64 "): %s",
 					 p, last_seq, bad);
 			close(fd);
 			goto out;
@@ -2380,7 +2389,7 @@ int history_verify(const char *dir, uint64_t *head_sequence,
 			if (rc == -EBADMSG || rc == -EAGAIN ||
 			    (rc == -EPROTO && bad == NULL))
 				rc = errmsg_fail(err, err_cap, -EPROTO,
-						 "%s: offset %" PRIu64 " (sequence %" PRIu64 "): %s",
+						 "%s: offset %" PRIu64 " (after sequence %" PRIu64 "): %s",
 						 p, off, last_seq,
 						 rc == -EAGAIN ? "record runs past the end of a sealed segment"
 							       : why);

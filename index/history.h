@@ -165,7 +165,9 @@ int history_as_of(struct history *h, const char *recipient,
 /* consentctl audit: recomputes the chain of DIR/history from its first
  * kept segment's anchor and checks every record's framing, checksum,
  * sequence order and back-pointers. 0 and the head, or -EPROTO with err
- * naming the first record that does not match (file, offset, sequence).
+ * naming the first record that does not match: "FILE: offset N
+ * (sequence S): what", or "(after sequence S)", the last good record's,
+ * when the damage is in a header or a record's framing.
  * Needs no server and takes no lock (reads a copy a server may hold). */
 int history_verify(const char *dir, uint64_t *head_sequence,
 		   uint8_t head[HISTORY_HASH_BYTES], uint64_t *records,
