@@ -155,6 +155,8 @@ int evidence_encode(struct obuf *b, const struct evidence_answer *a,
 	resp.entries = ptrs;
 	resp.applied_sequence = applied_sequence;
 	size_t need = consent__v1__history_response__get_packed_size(&resp);
+	if (need == 0)
+		goto out; /* no entries at sequence 0: no bytes at all */
 	uint8_t *p = (uint8_t *)obuf_reserve(b, need);
 	if (p == NULL) {
 		rc = -ENOMEM;

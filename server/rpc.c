@@ -1294,7 +1294,8 @@ static int rpc_history(struct conn_ctx *x, struct conn *c,
 	evidence_answer_fini(&a);
 	if (rc == 0)
 		rc = rpc_encode_simple(&c->out, req->id, 0x32 /* field 6 */,
-				       (const uint8_t *)tmp.data, tmp.len);
+				       tmp.len ? (const uint8_t *)tmp.data
+					       : rpc_empty, tmp.len);
 	free(tmp.data);
 	return rc;
 }

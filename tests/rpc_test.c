@@ -21,6 +21,7 @@
 #include "proto/consent.pb-c.h"
 #include "server/config.h"
 #include "server/conn.h"
+#include "server/evidence.h"
 #include "server/live.h"
 #include "server/metrics.h"
 #include "server/rpc.h"
@@ -1400,6 +1401,20 @@ static void test_history_and_as_of(void)
 		if (hr->n_entries == 2)
 			CHECK(memcmp(hr->entries[1]->chain_hash.data, st.head,
 				     32) == 0);
+		consent__v1__response__free_unpacked(r, NULL);
+	}
+	/* An empty answer at sequence 0 packs to no bytes at all, and is
+	 * still a HistoryResponse. */
+	{
+		struct evidence_answer none = { 0 };
+		struct obuf eb = { 0 };
+		CHECK(evidence_encode(&eb, &none, 0) == 0 && eb.len == 0);
+		free(eb.data);
+	}
+	r = history_call(&c, 70, BRAND, "+905329999999");
+	if (r != NULL) {
+		CHECK(r->body_case == CONSENT__V1__RESPONSE__BODY_HISTORY &&
+		      r->history->n_entries == 0);
 		consent__v1__response__free_unpacked(r, NULL);
 	}
 	/* A bad recipient is 400 naming the field. */
