@@ -1263,3 +1263,34 @@ def test_receipt(env):
             str(hist.watermark) in p.stderr.decode(), p.stderr.decode()
     finally:
         tc.stop_ok(s)
+
+
+def test_stats_and_metrics_show_the_head(env):
+    """DESIGN 10: the chain head (sequence and hash) is in Stats, /v1/stats
+    and /metrics, the same in all three, and the model's."""
+    pb = env.pb
+    hist = History(pb, 4711, env.tmp)
+    _, s, when = start_fresh(env, hist, "hist-head-ports")
+    try:
+        hist.ingest_base(when)
+        with Rpc(pb, s.rpc) as rpc:
+            for _ in range(5):
+                hist.apply(rpc)
+        last = hist.model.last
+        head = hist.model.head_at(last)
+        assert wait_head(pb, s.rpc, last, "head ports") == (last, head)
+        st, body = http_json(s, "/v1/stats")
+        assert st == 200, (st, body)
+        doc = json.loads(body)
+        assert doc.get("chain_sequence") == last, doc
+        assert decode_hash(doc.get("chain_hash", "")) == head, doc
+        m = s.metrics()
+        assert m.total("consentd_chain_sequence") == last, \
+            "consentd_chain_sequence: %s" % m.samples.get("consentd_chain_sequence")
+        # A hash is no number: it can only be a label (an info metric).
+        shown = [lab for samples in m.samples.values() for lab, _ in samples
+                 if head.hex() in lab.values()]
+        assert shown, "/metrics shows no chain hash %s (DESIGN 10: /v1/stats and " \
+            "/metrics show both)" % head.hex()
+    finally:
+        tc.stop_ok(s)
