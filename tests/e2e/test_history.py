@@ -682,7 +682,8 @@ def test_random_history_matches_the_model(env, stubs, seed):
     sampled times, HISTORY of every key on RPC, RESP, HTTP and gRPC, the
     chain head after every Apply and every entry's chain hash, all equal to
     the model's; the same after a graceful restart (a generation written
-    at the stop, the history reopened), and after more changes on top;
+    at the stop, the history reopened), after more changes on top, and
+    after a kill -9 then (the generation plus the change log past it);
     consentctl audit verify passes on the stopped directory and audit head
     equals the server's last Stats head."""
     pb = env.pb
@@ -739,6 +740,19 @@ def test_random_history_matches_the_model(env, stubs, seed):
         check_all_sequences(pb, s.rpc, hist.model, keys, "restarted+more", seed)
         check_histories(pb, s, hist.model, keys, "restarted+more", seed)
         check_ports_sample(pb, s, hist.model, keys, rng, "restarted+more", seed, n=20)
+        # kill -9: the next start is the generation of the last stop plus
+        # the change log past it.
+        s.proc.send_signal(signal.SIGKILL)
+        s.proc.wait(10)
+    finally:
+        s.kill()
+    s = tc.start(d, os.path.join(env.tmp, name + ".log"), ports=s)
+    try:
+        assert wait_head(pb, s.rpc, hist.model.last, "seed %d killed" % seed) == \
+            (hist.model.last, hist.model.head_at(hist.model.last))
+        check_all_sequences(pb, s.rpc, hist.model, keys, "killed, restarted", seed)
+        check_times(pb, s.rpc, hist.model, pts, "killed, restarted", seed)
+        check_histories(pb, s, hist.model, keys, "killed, restarted", seed)
         last_stats = stats(pb, s.rpc)
     finally:
         tc.stop_ok(s)
