@@ -59,7 +59,7 @@ BENCHES := $(patsubst bench/%.cc,$(BUILD)/bench/%,$(wildcard bench/*_bench.cc))
 LOADGEN_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard bench/loadgen*.c))
 FUZZERS := $(patsubst fuzz/%.c,$(BUILD)/fuzz/%,$(wildcard fuzz/*_fuzz.c))
 
-.PHONY: FORCE all deps test test-asan test-tsan test-unit bench bench-pull bench-fleet run fuzz fuzz-replay \
+.PHONY: FORCE all deps test test-asan test-tsan test-unit bench bench-pull bench-fleet bench-history run fuzz fuzz-replay \
         clean help install man deb
 .DEFAULT_GOAL := all
 # Keep objects make would treat as intermediate (tests, fuzzers): no
@@ -148,6 +148,8 @@ bench: deps all benches-built ## benchmarks side by side (N=records, default 10M
 
 bench-pull: all ## consentctl pull against the İYS stand-in: records/s and change-to-answer lag
 	@/usr/bin/python3 scripts/pull_bench.py $(BUILD)
+bench-history: deps all $(BUILD)/loadgen ## the evidence store: Apply and checks with history on vs off, History/as-of queries warm and cold, disk per change (N, QUICK=1; bench/results/*-history.*)
+	@N=$(N) /usr/bin/python3 scripts/bench_history.py $(BUILD)
 bench-fleet: deps all ## replication lag and Apply throughput of a 3-node NATS fleet (bench/results/*-fleet.*)
 	@/usr/bin/python3 scripts/bench_fleet.py $(BUILD)
 

@@ -16,6 +16,7 @@ int ctl_import_json(int argc, char **argv); /* ctl/import.c */
 int ctl_feed(int argc, char **argv);        /* ctl/feed.c */
 int ctl_pull(int argc, char **argv);        /* ctl/pull.c */
 int ctl_publish(int argc, char **argv);     /* ctl/publish.c */
+int ctl_receipt(int argc, char **argv);     /* ctl/receipt.c */
 int ctl_audit(int argc, char **argv);       /* ctl/audit.c */
 
 

@@ -56,6 +56,11 @@ static const struct command commands[] = {
 	  "      prints \"ok: N records, head SEQ HEX\" or names the first record\n"
 	  "      that does not match (file, offset, sequence) and exits 1; head\n"
 	  "      prints \"SEQ HEX\"" },
+	{ "receipt", ctl_receipt,
+	  "receipt --server HOST:PORT [--token T] LINE|-",
+	  "a gateway's send-log line (RECIPIENT BRAND CHANNEL TYPE SEQUENCE)\n"
+	  "      to its proof: the verdict as of SEQUENCE, the deciding change\n"
+	  "      (sequence, transaction_id, dates, source) and the chain head" },
 	{ "import-csv", ctl_import_csv,
 	  "import-csv --brand B [--iys-code I] [--skip-bad] [--from-sequence Q] "
 	  "FILE --out FILE",
