@@ -26,6 +26,7 @@
 #include "core/tokens.h"
 
 #include "core/errmsg.h"
+#include "core/hex.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -54,17 +55,6 @@ struct tokens {
 	size_t n;
 	struct tokens_counter *counters; /* n, one per principal */
 };
-
-static int hex_value(unsigned char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
 
 static bool name_char_ok(unsigned char c)
 {
@@ -182,8 +172,8 @@ static int parse_principal(const struct textfile_field *f, size_t nf,
 		return -EINVAL;
 	}
 	for (i = 0; i < sizeof(p->digest); i++) {
-		int hi = hex_value((unsigned char)f[1].s[2 * i]);
-		int lo = hex_value((unsigned char)f[1].s[2 * i + 1]);
+		int hi = hex_digit((unsigned char)f[1].s[2 * i]);
+		int lo = hex_digit((unsigned char)f[1].s[2 * i + 1]);
 
 		if (hi < 0 || lo < 0) {
 			errmsg_set(err, err_cap, "tokens line %zu: digest: not "

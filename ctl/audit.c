@@ -9,14 +9,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/hex.h"
 #include "ctl/ctl.h"
 #include "index/history.h"
-
-static void hex(const uint8_t *p, size_t n, char *out)
-{
-	for (size_t i = 0; i < n; i++)
-		snprintf(out + 2 * i, 3, "%02x", p[i]);
-}
 
 int ctl_audit(int argc, char **argv)
 {
@@ -33,7 +28,7 @@ int ctl_audit(int argc, char **argv)
 		fprintf(stderr, "consentctl audit %s: %s\n", argv[1], err);
 		return 1;
 	}
-	hex(head, HISTORY_HASH_BYTES, text);
+	hex_put(text, head, HISTORY_HASH_BYTES);
 	if (strcmp(argv[1], "verify") == 0)
 		printf("ok: %" PRIu64 " records, head %" PRIu64 " %s\n", records,
 		       seq, text);

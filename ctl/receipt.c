@@ -35,6 +35,7 @@
 #include <sys/types.h>
 
 #include "core/enums.h"
+#include "core/hex.h"
 #include "core/receiptline.h"
 #include "core/tztime.h"
 #include "ctl/ctl.h"
@@ -62,10 +63,9 @@ static void put_date(const char *name, int64_t t)
 
 static void put_hex(const char *name, const ProtobufCBinaryData *b)
 {
-	printf("%s: ", name);
-	for (size_t i = 0; i < b->len; i++)
-		printf("%02x", b->data[i]);
-	printf("\n");
+	char text[2 * 64 + 1];
+	size_t n = b->len < 64 ? b->len : 64; /* a SHA-256 is 32 */
+	printf("%s: %s\n", name, hex_put(text, b->data, n));
 }
 
 /* 1: the as-of verdict into *out (the caller's Response). */

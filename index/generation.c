@@ -44,6 +44,7 @@
 #include "core/enums.h"
 #include "core/errmsg.h"
 #include "core/fsutil.h"
+#include "core/hex.h"
 #include "core/recipient.h"
 #include "core/stream.h"
 #include "index/changelog.h"
@@ -256,9 +257,7 @@ int generation_chain(const char *dir, uint64_t g, uint64_t *sequence,
 	for (size_t i = 0; i < GENERATION_CHAIN_BYTES; i++) {
 		int v = 0;
 		for (int k = 0; k < 2; k++) {
-			char c = *p++;
-			int d = c >= '0' && c <= '9' ? c - '0'
-				: c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+			int d = hex_digit((unsigned char)*p++);
 			if (d < 0)
 				return errmsg_fail(err, err_cap, -EPROTO, "%s: "
 						   "the head is not 64 hex "
@@ -977,9 +976,8 @@ int generation_publish(const char *dir, const struct generation *g,
 		char line[128];
 		int ll = snprintf(line, sizeof(line), "%" PRIu64 " ",
 				  g->chain_sequence);
-		for (size_t i = 0; i < GENERATION_CHAIN_BYTES; i++)
-			ll += snprintf(line + ll, sizeof(line) - (size_t)ll,
-				       "%02x", g->chain[i]);
+		hex_put(line + ll, g->chain, GENERATION_CHAIN_BYTES);
+		ll += 2 * GENERATION_CHAIN_BYTES;
 		line[ll++] = '\n';
 		snprintf(path, sizeof(path), "%s/" GENERATION_CHAIN_FILE, tmp);
 		rc = write_bytes(path, (const uint8_t *)line, (size_t)ll, err,

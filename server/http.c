@@ -52,6 +52,7 @@
 
 #include "index/check.h"
 #include "core/enums.h"
+#include "core/hex.h"
 #include "core/tokens.h"
 #include "index/table.h"
 #include "server/addr.h"
@@ -600,11 +601,21 @@ static char *http_metrics_text(struct http *h, size_t *len)
 	{
 		uint64_t cseq;
 		uint8_t head[32];
-		if (writer_chain(h->cfg->writer, &cseq, head))
+		if (writer_chain(h->cfg->writer, &cseq, head)) {
 			http_gauge(f, "consentd_chain_sequence",
 				   "Sequence of the newest record of the "
 				   "evidence chain (DESIGN 10).", "%" PRIu64,
 				   cseq);
+			/* A hash is no number: a label of an info metric
+			 * (always 1), as consentd_build_info's version. */
+			char hex[2 * sizeof(head) + 1];
+			hex_put(hex, head, sizeof(head));
+			fprintf(f, "# HELP consentd_chain_head_info The evidence "
+				"chain's head (DESIGN 10; always 1).\n"
+				"# TYPE consentd_chain_head_info gauge\n"
+				"consentd_chain_head_info{sequence=\"%" PRIu64
+				"\",hash=\"%s\"} 1\n", cseq, hex);
+		}
 	}
 	if (h->cfg->replica != NULL)
 		http_replica_metrics(f, h->cfg->replica);

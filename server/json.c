@@ -19,6 +19,7 @@
 
 #include "core/enums.h"
 #include "core/errmsg.h"
+#include "core/hex.h"
 #include "index/history.h"
 #include "index/outbox.h"
 
@@ -658,9 +659,7 @@ static json_t *json_text_value(const char *t)
 static json_t *json_hex32(const uint8_t *h)
 {
 	char t[65];
-	for (size_t i = 0; i < 32; i++)
-		snprintf(t + 2 * i, 3, "%02x", h[i]);
-	return json_string(t);
+	return json_string(hex_put(t, h, 32));
 }
 
 /* An enum by name; by number should a value have none (not expected). */

@@ -482,7 +482,10 @@ def test_stats_right(env, token_server, partners):
         assert st == 200, (st, body)
         return json.loads(body)
     b = stats("bob")
-    assert set(b) == {"applied_sequence", "data_as_of", "checks_total"}, b
+    # The evidence chain's head says nothing of any brand (DESIGN 10): a
+    # partner sees it too, to check its receipts against.
+    assert set(b) == {"applied_sequence", "data_as_of", "checks_total",
+                      "chain_sequence", "chain_hash"}, b
     assert b["checks_total"] == mine + 1, (mine, b)
     r = stats("root")
     assert r["records"] == len(o) and r["checks_total"] > b["checks_total"], r
