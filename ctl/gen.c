@@ -275,6 +275,22 @@ static int gen_snapshot_threads(struct stream_writer *w, uint64_t seed,
 	return rc;
 }
 
+/* Change pos (sequence pos + 1) of s, its transaction id two hashes of
+ * pos. */
+static int gen_put_change(struct stream_writer *w, struct synth_record *s,
+			  uint64_t seed, uint64_t pos)
+{
+	Consent__V1__Consent c;
+	char txid[33];
+	to_consent(s, &c);
+	snprintf(txid, sizeof(txid), "%016" PRIx64 "%016" PRIx64,
+		 XXH3_64bits_withSeed(&pos, sizeof(pos), seed),
+		 XXH3_64bits_withSeed(&pos, sizeof(pos), ~seed));
+	c.transaction_id = txid;
+	c.sequence = pos + 1;
+	return stream_writer_add(w, &c);
+}
+
 static int gen_changes(struct stream_writer *w, uint64_t seed, uint64_t n,
 		       uint64_t from, uint64_t k)
 {
@@ -302,15 +318,7 @@ static int gen_changes(struct stream_writer *w, uint64_t seed, uint64_t n,
 		s.source = t[h & 3];
 		s.consent_date = SYNTH_NOW + (int64_t)pos + 1;
 		s.creation_date = s.consent_date + (int64_t)(h >> 8) % 5;
-
-		Consent__V1__Consent c;
-		char txid[33];
-		to_consent(&s, &c);
-		snprintf(txid, sizeof(txid), "%016" PRIx64 "%016" PRIx64, h,
-			 XXH3_64bits_withSeed(&pos, sizeof(pos), ~seed));
-		c.transaction_id = txid;
-		c.sequence = pos + 1;
-		int rc = stream_writer_add(w, &c);
+		int rc = gen_put_change(w, &s, seed, pos);
 		if (rc < 0)
 			return rc;
 	}
@@ -332,16 +340,7 @@ static int gen_new_keys(struct stream_writer *w, uint64_t seed, uint64_t n,
 		s.source = 6; /* HS_WEB */
 		s.consent_date = SYNTH_NOW + (int64_t)pos + 1;
 		s.creation_date = s.consent_date;
-
-		Consent__V1__Consent c;
-		char txid[33];
-		to_consent(&s, &c);
-		snprintf(txid, sizeof(txid), "%016" PRIx64 "%016" PRIx64,
-			 XXH3_64bits_withSeed(&pos, sizeof(pos), seed),
-			 XXH3_64bits_withSeed(&pos, sizeof(pos), ~seed));
-		c.transaction_id = txid;
-		c.sequence = pos + 1;
-		int rc = stream_writer_add(w, &c);
+		int rc = gen_put_change(w, &s, seed, pos);
 		if (rc < 0)
 			return rc;
 	}

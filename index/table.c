@@ -509,6 +509,19 @@ static int sizes_for(uint64_t capacity, uint64_t *n_buckets)
 	return 0;
 }
 
+/* The fields of an empty table of n_buckets whose slots are zero. The
+ * index is not shared yet, so plain initial values need no ordering. */
+static void index_init_empty(struct index *ix, uint64_t n_buckets)
+{
+	ix->n_buckets = n_buckets;
+	ix->limit = limit_for(n_buckets);
+	atomic_init(&ix->n_records, 0);
+	atomic_init(&ix->generation, 0);
+	atomic_init(&ix->watermark, 0);
+	atomic_init(&ix->created_at, (int64_t)time(NULL));
+	atomic_init(&ix->data_as_of, atomic_load(&ix->created_at));
+}
+
 int index_create(uint64_t capacity, const uint8_t *secret, struct index **out)
 {
 	uint64_t n_buckets;
@@ -532,15 +545,8 @@ int index_create(uint64_t capacity, const uint8_t *secret, struct index **out)
 		free(ix);
 		return rc;
 	}
-	ix->n_buckets = n_buckets;
-	ix->limit = limit_for(n_buckets);
-	/* Fresh anonymous memory is zero: every slot is empty. The index is
-	 * not shared yet, so plain initial values need no ordering. */
-	atomic_init(&ix->n_records, 0);
-	atomic_init(&ix->generation, 0);
-	atomic_init(&ix->watermark, 0);
-	atomic_init(&ix->created_at, (int64_t)time(NULL));
-	atomic_init(&ix->data_as_of, atomic_load(&ix->created_at));
+	/* Fresh anonymous memory is zero: every slot is empty. */
+	index_init_empty(ix, n_buckets);
 	*out = ix;
 	return 0;
 }
@@ -1536,14 +1542,8 @@ static int file_table(uint64_t n_buckets, const uint8_t *secret,
 	ix->map_bytes = file_bytes;
 	ix->mapped = true;
 	ix->buckets = (struct index_bucket *)((uint8_t *)m + INDEX_HEADER_BYTES);
-	ix->n_buckets = n_buckets;
-	ix->limit = limit_for(n_buckets);
-	/* The file reads as zeros: every slot is empty. Not shared yet. */
-	atomic_init(&ix->n_records, 0);
-	atomic_init(&ix->generation, 0);
-	atomic_init(&ix->watermark, 0);
-	atomic_init(&ix->created_at, (int64_t)time(NULL));
-	atomic_init(&ix->data_as_of, atomic_load(&ix->created_at));
+	/* The file reads as zeros: every slot is empty. */
+	index_init_empty(ix, n_buckets);
 	*out = ix;
 	return 0;
 

@@ -701,8 +701,11 @@ static enum MHD_Result http_stats(struct http *h, struct MHD_Connection *conn,
 
 /* GET /v1/check: one check from the query string. */
 struct http_query {
+	/* json_check_param (/v1/check) or json_history_param (/v1/history) */
+	int (*param)(struct check_input *c, const char *key, size_t key_len,
+		     const char *val, size_t val_len, char *err, size_t err_cap);
 	struct check_input in;
-	unsigned seen;  /* json_check_param's field bits */
+	unsigned seen;  /* param's field bits */
 	int error;
 	char err[192];
 };
@@ -719,8 +722,8 @@ static enum MHD_Result http_query_arg(void *cls, enum MHD_ValueKind kind,
 		val = "";
 		val_len = 0;
 	}
-	bit = json_check_param(&q->in, key, key_len, val, val_len, q->err,
-			       sizeof(q->err));
+	bit = q->param(&q->in, key, key_len, val, val_len, q->err,
+		       sizeof(q->err));
 	if (bit < 0) {
 		q->error = bit;
 		return MHD_NO;
@@ -740,7 +743,8 @@ static enum MHD_Result http_get_check(struct http *h,
 				      const struct principal *p)
 {
 	uint64_t start_us = http_mono_us();
-	struct http_query q = { .in = { .recipient = "" } };
+	struct http_query q = { .param = json_check_param,
+				.in = { .recipient = "" } };
 	struct index_info info;
 	struct verdict v;
 	struct check_evidence ev; /* an as-of verdict's strings */
@@ -757,34 +761,6 @@ static enum MHD_Result http_get_check(struct http *h,
 	return http_reply_json(conn, MHD_HTTP_OK, json_encode_verdict(&v));
 }
 
-static enum MHD_Result http_history_arg(void *cls, enum MHD_ValueKind kind,
-					const char *key, size_t key_len,
-					const char *val, size_t val_len)
-{
-	struct http_query *q = cls;
-	int bit;
-
-	(void)kind;
-	if (!val) {
-		val = "";
-		val_len = 0;
-	}
-	bit = json_history_param(&q->in, key, key_len, val, val_len, q->err,
-				 sizeof(q->err));
-	if (bit < 0) {
-		q->error = bit;
-		return MHD_NO;
-	}
-	if (q->seen & (unsigned)bit) {
-		snprintf(q->err, sizeof(q->err), "parameter %.*s given twice",
-			 (int)(key_len < 40 ? key_len : 40), key);
-		q->error = -EINVAL;
-		return MHD_NO;
-	}
-	q->seen |= (unsigned)bit;
-	return MHD_YES;
-}
-
 /* GET /v1/history?recipient=&brand_code=&channel=&recipient_type= (§10,
  * server/evidence.h): the key's records, oldest first, the newest 1000 at
  * most ("total" and "truncated" say when there are more). The same
@@ -792,14 +768,15 @@ static enum MHD_Result http_history_arg(void *cls, enum MHD_ValueKind kind,
 static enum MHD_Result http_history(struct http *h, struct MHD_Connection *conn,
 				    const struct principal *p)
 {
-	struct http_query q = { .in = { .recipient = "" } };
+	struct http_query q = { .param = json_history_param,
+				.in = { .recipient = "" } };
 	struct evidence_answer a;
 	struct index_info info;
 	bool stale;
 	char msg[400];
 
-	MHD_get_connection_values_n(conn, MHD_GET_ARGUMENT_KIND,
-				    http_history_arg, &q);
+	MHD_get_connection_values_n(conn, MHD_GET_ARGUMENT_KIND, http_query_arg,
+				    &q);
 	if (q.error)
 		return http_reply_error(h, conn, MHD_HTTP_BAD_REQUEST, NULL,
 					NULL, "%s", q.err);
