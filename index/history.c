@@ -1469,6 +1469,12 @@ int history_append(struct history *h, Consent__V1__Consent *const *changes,
 		return 0;
 	uint64_t prev = h->last_seq;
 	size_t total = 0;
+	if (reserve_group(h, n) < 0)
+		return errmsg_fail(err, err_cap, -ENOMEM, "history: out of memory");
+	/* Each key's map slot is a cache miss (the map is as large as the
+	 * keys): its hash first and the slot prefetched, for the whole
+	 * group, so the loop below finds them in cache. */
+	uint64_t mask = h->map.slots - 1;
 	for (size_t i = 0; i < n; i++) {
 		uint64_t s = changes[i]->sequence;
 		if (s < prev)
@@ -1483,14 +1489,18 @@ int history_append(struct history *h, Consent__V1__Consent *const *changes,
 					   "history: change %" PRIu64 " is %zu bytes",
 					   s, len);
 		total += REC_HDR + len;
+		char text[RECIPIENT_TEXT_MAX];
+		int tl;
+		h->g_hash[i] = consent_key_hash(&c, text, sizeof(text), &tl);
+		if (h->map.mem != NULL)
+			__builtin_prefetch(map_slot(&h->map,
+						    h->g_hash[i] & mask));
 	}
 	struct hseg *cur = h->n_segs ? &h->segs[h->n_segs - 1] : NULL;
 	bool roll = cur == NULL ||
 		    (cur->records > 0 && cur->size + total > h->segment_bytes);
 	size_t hdr = roll ? SEG_HDR : 0;
 	int rc = reserve_buf(h, hdr + total);
-	if (rc == 0)
-		rc = reserve_group(h, n);
 	if (rc < 0)
 		return errmsg_fail(err, err_cap, rc, "history: out of memory");
 	uint64_t base = cur == NULL ? 0 : roll ? cur->base + cur->size : cur->base;
@@ -1507,9 +1517,7 @@ int history_append(struct history *h, Consent__V1__Consent *const *changes,
 		Consent__V1__Consent c = canonical_of(changes[i]);
 		uint8_t *p = h->wbuf + o;
 		size_t len = consent__v1__consent__pack(&c, p + REC_HDR);
-		char text[RECIPIENT_TEXT_MAX];
-		int tl;
-		uint64_t kh = consent_key_hash(&c, text, sizeof(text), &tl);
+		uint64_t kh = h->g_hash[i];
 		uint64_t pos = base + at + (o - hdr);
 		uint64_t bp = group_swap(h, kh, pos);
 		if (bp == 0)
@@ -1520,7 +1528,6 @@ int history_append(struct history *h, Consent__V1__Consent *const *changes,
 					   "history: SHA-256 failed");
 		rec_encode_header(p, (uint32_t)len, c.sequence, applied_at, bp,
 				  kh, chain);
-		h->g_hash[i] = kh;
 		h->g_pos[i] = pos;
 		o += REC_HDR + len;
 	}
