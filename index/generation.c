@@ -1349,6 +1349,21 @@ int generation_absorb(struct generation *dst, const struct generation *src,
 	}
 }
 
+void generation_prefetch(const struct generation *g,
+			 const Consent__V1__Consent *c)
+{
+	const char *text = c->recipient ? c->recipient : "";
+	const char *why = NULL;
+	struct recipient r;
+	struct index_key key;
+
+	if (g->ix == NULL || recipient_normalize(text, strlen(text), &r, &why) < 0)
+		return;
+	index_key_make(g->ix, &r, c->brand_code, (int)c->recipient_type,
+		       (int)c->channel, &key);
+	index_prefetch(g->ix, &key);
+}
+
 int generation_apply(struct generation *g, const Consent__V1__Consent *c)
 {
 	const char *text = c->recipient ? c->recipient : "";

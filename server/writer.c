@@ -1070,9 +1070,15 @@ static int group_history(struct writer *w, struct writer_req *list, size_t m)
 /* Applies the group's m durable changes in log order, counting each in
  * its request's reply. 0, or < 0 with the writer faulted and list
  * refused (durable but not applied: a restart replays them). */
+#define WRITER_PREFETCH_AHEAD 8 /* changes whose buckets are on the way */
 static int group_apply(struct writer *w, struct writer_req *list, size_t m)
 {
+	for (size_t i = 0; i < m && i < WRITER_PREFETCH_AHEAD; i++)
+		generation_prefetch(&w->cur, w->chg[i].c);
 	for (size_t i = 0; i < m; i++) {
+		if (i + WRITER_PREFETCH_AHEAD < m)
+			generation_prefetch(&w->cur,
+					    w->chg[i + WRITER_PREFETCH_AHEAD].c);
 		struct writer_req *r = w->chg[i].r;
 		int rc = writer_apply(w, w->chg[i].c);
 		if (rc == -EINVAL) {
