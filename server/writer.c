@@ -674,14 +674,18 @@ static int writer_take_now(struct writer *w, struct generation *s,
 	if (applied > w->stream_done)
 		w->stream_done = applied;
 	pthread_mutex_unlock(&w->stream_mu);
+	/* Release: pairs with the acquire in writer_submit. Set as soon as
+	 * the index is served (live_publish above: /readyz may say ready
+	 * from now on), not after the checkpoint's bookkeeping below, so no
+	 * Apply in between is refused as "no generation yet"; one submitted
+	 * now waits in the inbox until this take is done. */
+	atomic_store_explicit(&w->has_index, true, memory_order_release);
 	w->created_at = si.created_at;
 	w->data_as_of = as_of;
 	writer_published(w, gen, applied);
 	generation_written(&w->cur, w->dir, gen);
 	w->since_checkpoint = 0;
 	w->need_checkpoint = false;
-	/* Release: pairs with the acquire in writer_submit. */
-	atomic_store_explicit(&w->has_index, true, memory_order_release);
 	index_info(w->cur.ix, &si);
 	say("snapshot: now serving generation %" PRIu64 ": %" PRIu64
 	    " records, %" PRIu64 " changes replayed%s, through sequence %"
