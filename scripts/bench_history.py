@@ -40,6 +40,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
+from rpc_client import read_varint  # noqa: E402 (scripts/, beside this file)
 
 QUICK = os.environ.get("QUICK") == "1"
 SERVER_CPU = os.environ.get("BENCH_SERVER_CPU", "0")
@@ -51,18 +52,6 @@ T0 = time.monotonic()
 
 def log(msg):
     print("bench-history: [%6.1f s] %s" % (time.monotonic() - T0, msg), flush=True)
-
-
-def read_varint(f):
-    v, shift = 0, 0
-    while True:
-        b = f.read(1)
-        if not b:
-            return None
-        v |= (b[0] & 0x7F) << shift
-        if not b[0] & 0x80:
-            return v
-        shift += 7
 
 
 def sample_keys(pb, path, want, seed):

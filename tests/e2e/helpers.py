@@ -734,3 +734,17 @@ class Resp:
     def cmd(self, *args):
         self.sock.sendall(resp_encode(*args))
         return self.read()
+
+
+def grpc_stubs(tmp, name="grpc-stubs"):
+    """consent_pb2_grpc, generated from the proto into tmp/name with
+    grpc_tools (its messages are the module load_pb made)."""
+    out = os.path.join(tmp, name)
+    os.makedirs(out, exist_ok=True)
+    run([sys.executable, "-m", "grpc_tools.protoc", "-I",
+         os.path.dirname(PROTO), "--grpc_python_out=" + out, PROTO])
+    spec = importlib.util.spec_from_file_location(
+        "consent_pb2_grpc", os.path.join(out, "consent_pb2_grpc.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -5,11 +5,9 @@ oracle for every row of the decision table, many concurrent calls on one
 channel, per-call tokens, brand scope, Apply and Stats, status codes,
 oversize and cancelled calls; after each, the server still answers."""
 
-import importlib.util
 import os
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
@@ -25,18 +23,8 @@ SERVICES = ("consent.v1.ConsentService", "consent.v1.Consent")
 
 @pytest.fixture(scope="module")
 def stubs(env):
-    """consent_pb2_grpc, generated from the proto into a scratch dir (its
-    messages are env.pb, the module helpers.load_pb made)."""
-    out = os.path.join(env.tmp, "grpc-stubs")
-    os.makedirs(out, exist_ok=True)
-    helpers.run([sys.executable, "-m", "grpc_tools.protoc", "-I",
-                 os.path.dirname(helpers.PROTO), "--grpc_python_out=" + out,
-                 helpers.PROTO])
-    spec = importlib.util.spec_from_file_location(
-        "consent_pb2_grpc", os.path.join(out, "consent_pb2_grpc.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """consent_pb2_grpc (its messages are env.pb)."""
+    return helpers.grpc_stubs(env.tmp)
 
 
 def channel(server):

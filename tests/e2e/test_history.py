@@ -636,18 +636,8 @@ def audit_head(d):
 
 @pytest.fixture(scope="module")
 def stubs(env):
-    import importlib.util
-    import sys
-    out = os.path.join(env.tmp, "grpc-stubs-history")
-    os.makedirs(out, exist_ok=True)
-    helpers.run([sys.executable, "-m", "grpc_tools.protoc", "-I",
-                 os.path.dirname(helpers.PROTO), "--grpc_python_out=" + out,
-                 helpers.PROTO])
-    spec = importlib.util.spec_from_file_location(
-        "consent_pb2_grpc", os.path.join(out, "consent_pb2_grpc.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """consent_pb2_grpc (its messages are env.pb)."""
+    return helpers.grpc_stubs(env.tmp, "grpc-stubs-history")
 
 
 def empty_dir(env, name):
