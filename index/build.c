@@ -415,6 +415,20 @@ static int chunk_fail(struct chunk *c, int rc, const char *fmt, ...)
 	return rc;
 }
 
+/* Frame f of chunk c decoded by dec into *batch (its consents dec's until
+ * the next call); a failure says why in c->err. */
+static int chunk_decode_frame(struct stream_decoder *dec, struct chunk *c,
+			      size_t f, struct stream_item *batch)
+{
+	const struct chunk_frame *cf = &c->frames[f];
+	struct stream_item raw = {
+		.kind = STREAM_ITEM_RAW_BATCH, .offset = cf->offset,
+		.frame = c->raw + cf->at, .frame_len = cf->len,
+		.n_consents = cf->n_consents,
+	};
+	return stream_decoder_batch(dec, &raw, batch, c->err, sizeof(c->err));
+}
+
 /* A worker, on its own: decodes, validates, normalises, keys and stages
  * chunk c; the first failure stops it, in c->rc and c->err. */
 static int chunk_stage(struct builder *b, struct chunk *c,
@@ -430,14 +444,8 @@ static int chunk_stage(struct builder *b, struct chunk *c,
 		return chunk_fail(c, -ENOMEM, "out of memory staging %" PRIu64
 				  " records", record);
 	for (size_t f = 0; f < c->n_frames; f++) {
-		const struct chunk_frame *cf = &c->frames[f];
-		struct stream_item raw = {
-			.kind = STREAM_ITEM_RAW_BATCH, .offset = cf->offset,
-			.frame = c->raw + cf->at, .frame_len = cf->len,
-			.n_consents = cf->n_consents,
-		}, batch;
-		int rc = stream_decoder_batch(dec, &raw, &batch, c->err,
-					      sizeof(c->err));
+		struct stream_item batch;
+		int rc = chunk_decode_frame(dec, c, f, &batch);
 		if (rc < 0)
 			return c->rc = rc;
 		struct item *out = (struct item *)c->items.p + c->n_items;
@@ -610,14 +618,8 @@ static int sink_chunk(struct builder *b, struct chunk *c)
 	/* b->watermark: read without frame_mu, as direct_from_header reads
 	 * b->stated (written before the first chunk was handed over). */
 	for (size_t f = 0; f < c->n_frames; f++) {
-		const struct chunk_frame *cf = &c->frames[f];
-		struct stream_item raw = {
-			.kind = STREAM_ITEM_RAW_BATCH, .offset = cf->offset,
-			.frame = c->raw + cf->at, .frame_len = cf->len,
-			.n_consents = cf->n_consents,
-		}, batch;
-		int rc = stream_decoder_batch(b->sink_dec, &raw, &batch, c->err,
-					      sizeof(c->err));
+		struct stream_item batch;
+		int rc = chunk_decode_frame(b->sink_dec, c, f, &batch);
 		if (rc < 0)
 			return rc;
 		for (size_t i = 0; i < batch.n_consents; i++)
